@@ -1,0 +1,257 @@
+using System.Diagnostics;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Scheduler;
+
+/// <summary>
+/// A bounded single-owner work-stealing deque (Chase–Lev with a fixed ring, as in the runtime's
+/// <c>ThreadPoolWorkQueue.WorkStealingQueue</c> and tokio's local run queue).
+/// </summary>
+/// <remarks>
+/// <para>The owner pushes and pops at the tail (LIFO); thieves take from the head (FIFO) in batches.</para>
+/// <para><see cref="TryPush"/> uses no interlocked instruction: it writes the slot, then publishes the tail
+/// with a release store. <see cref="TryPop"/> needs one full fence between writing the tail and reading the
+/// head (a store→load ordering that no release/acquire pair provides); without it the owner and a thief can
+/// both take the last element. <see cref="Interlocked.Exchange(ref long, long)"/> supplies that fence exactly
+/// as the runtime's <c>LocalPop</c> does. Thieves claim a range of the head with one CAS.</para>
+/// <para>Indices are 64-bit and only grow, so there is no ABA on the head.</para>
+/// </remarks>
+internal sealed class WorkStealingDeque
+{
+    internal const int DefaultCapacity = 256;
+
+    private readonly WorkItem[] _slots;
+    private readonly long _mask;
+
+    // Head and tail live on separate cache lines: thieves hammer the head, the owner the tail.
+    private PaddedLong _head;
+    private PaddedLong _tail;
+
+    public WorkStealingDeque(int capacity = DefaultCapacity)
+    {
+        if (capacity < 2 || !BitOperations.IsPow2(capacity))
+        {
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity, "The capacity must be a power of two of at least 2.");
+        }
+
+        _slots = new WorkItem[capacity];
+        _mask = capacity - 1;
+    }
+
+    public int Capacity => _slots.Length;
+
+    /// <summary>Approximate number of items; exact when called by the owner with no thief active.</summary>
+    public int Count
+    {
+        get
+        {
+            long count = Volatile.Read(ref _tail.Value) - Volatile.Read(ref _head.Value);
+            return count <= 0 ? 0 : (int)Math.Min(count, _slots.Length);
+        }
+    }
+
+    public bool IsEmpty => Volatile.Read(ref _tail.Value) - Volatile.Read(ref _head.Value) <= 0;
+
+    /// <summary>Owner only. Returns false when the ring is full (the caller spills to the global queue).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryPush(in WorkItem item)
+    {
+        long tail = _tail.Value; // only the owner writes the tail
+        if (tail - Volatile.Read(ref _head.Value) >= _slots.Length)
+        {
+            return false;
+        }
+
+        _slots[tail & _mask] = item;
+        Volatile.Write(ref _tail.Value, tail + 1); // publishes the slot to thieves
+        return true;
+    }
+
+    /// <summary>Owner only. Takes the newest item.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryPop(out WorkItem item)
+    {
+        long tail = _tail.Value - 1;
+        if (tail < Volatile.Read(ref _head.Value))
+        {
+            item = default;
+            return false;
+        }
+
+        // Full fence: the thief must see the smaller tail before we read the head (Dekker).
+        Interlocked.Exchange(ref _tail.Value, tail);
+        long head = Volatile.Read(ref _head.Value);
+
+        if (tail > head)
+        {
+            // More than one item left: no thief can reach this slot.
+            item = Take(tail);
+            return true;
+        }
+
+        if (tail == head)
+        {
+            // The last item: race the thieves for it on the head.
+            bool won = Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head;
+            item = won ? Take(tail) : default;
+            Volatile.Write(ref _tail.Value, tail + 1); // head == tail + 1 either way: empty
+            return won;
+        }
+
+        // A thief took it between our first check and the fence.
+        Volatile.Write(ref _tail.Value, tail + 1);
+        item = default;
+        return false;
+    }
+
+    /// <summary>
+    /// Owner only: removes <paramref name="target"/> when it is the newest item. Used before inlining a
+    /// task that this worker queued a moment ago (the common fork-join case).
+    /// </summary>
+    public bool TryPopIfNewest(object target)
+    {
+        long tail = _tail.Value - 1;
+        if (tail < Volatile.Read(ref _head.Value) || !ReferenceEquals(_slots[tail & _mask].Target, target))
+        {
+            return false;
+        }
+
+        if (!TryPop(out WorkItem item))
+        {
+            return false;
+        }
+
+        if (ReferenceEquals(item.Target, target))
+        {
+            return true;
+        }
+
+        // Not ours after all (cannot happen for the owner, but never drop work): put it back.
+        bool pushed = TryPush(item);
+        Debug.Assert(pushed);
+        return false;
+    }
+
+    /// <summary>
+    /// Any thread. Moves up to half of the victim's items (at most <paramref name="destination"/>'s free
+    /// space) into <paramref name="destination"/> (which the caller owns) and returns one more item to run.
+    /// </summary>
+    public bool TryStealHalf(WorkStealingDeque destination, out WorkItem first, out int moved)
+    {
+        moved = 0;
+        while (true)
+        {
+            long head = Volatile.Read(ref _head.Value);
+            long tail = Volatile.Read(ref _tail.Value);
+            long available = tail - head;
+            if (available <= 0)
+            {
+                first = default;
+                return false;
+            }
+
+            long take = available - (available >> 1); // ceil(available / 2)
+            long room = destination._slots.Length - destination.Count;
+            take = Math.Min(take, room + 1);
+            if (take > available || take <= 0)
+            {
+                take = 1;
+            }
+
+            // Read the claimed slots before claiming: once the head moves the owner may overwrite them.
+            // A torn or stale read is discarded because the CAS below then fails.
+            first = _slots[head & _mask];
+            if (take == 1)
+            {
+                if (Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head)
+                {
+                    return true;
+                }
+
+                continue;
+            }
+
+            WorkItem[] batch = StealBuffer;
+            int extra = (int)Math.Min(take - 1, batch.Length);
+            for (int i = 0; i < extra; i++)
+            {
+                batch[i] = _slots[(head + 1 + i) & _mask];
+            }
+
+            if (Interlocked.CompareExchange(ref _head.Value, head + 1 + extra, head) != head)
+            {
+                continue;
+            }
+
+            for (int i = 0; i < extra; i++)
+            {
+                bool pushed = destination.TryPush(batch[i]);
+                Debug.Assert(pushed, "room was reserved above");
+                batch[i] = default;
+            }
+
+            moved = extra;
+            return true;
+        }
+    }
+
+    /// <summary>Any thread. Takes the oldest item.</summary>
+    public bool TrySteal(out WorkItem item)
+    {
+        while (true)
+        {
+            long head = Volatile.Read(ref _head.Value);
+            long tail = Volatile.Read(ref _tail.Value);
+            if (tail - head <= 0)
+            {
+                item = default;
+                return false;
+            }
+
+            item = _slots[head & _mask];
+            if (Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head)
+            {
+                return true;
+            }
+        }
+    }
+
+    /// <summary>Best-effort, lock-free view of the queued targets, for debuggers and diagnostics.</summary>
+    public void CopyTargetsTo(List<object> destination)
+    {
+        long head = Volatile.Read(ref _head.Value);
+        long tail = Volatile.Read(ref _tail.Value);
+        for (long i = head; i < tail && i - head < _slots.Length; i++)
+        {
+            if (_slots[i & _mask].Target is { } target)
+            {
+                destination.Add(target);
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private WorkItem Take(long index)
+    {
+        ref WorkItem slot = ref _slots[index & _mask];
+        WorkItem item = slot;
+        slot = default; // let the GC have the task once it ran
+        return item;
+    }
+
+    // Per-thief scratch space for a batch steal (a thief steals into its own deque, one batch at a time).
+    [ThreadStatic]
+    private static WorkItem[]? t_stealBuffer;
+
+    private static WorkItem[] StealBuffer => t_stealBuffer ??= new WorkItem[DefaultCapacity / 2];
+}
+
+/// <summary>A long alone on its cache line (128 bytes covers adjacent-line prefetching).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
+internal struct PaddedLong
+{
+    [FieldOffset(64)]
+    public long Value;
+}

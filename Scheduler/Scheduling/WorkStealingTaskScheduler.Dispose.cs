@@ -1,0 +1,125 @@
+namespace Scheduler;
+
+public sealed partial class WorkStealingTaskScheduler
+{
+    private readonly TaskCompletionSource _allWorkersExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _disposeRequested;
+    private int _liveWorkers;
+    private volatile bool _terminated;
+
+    internal bool IsDisposeRequested => Volatile.Read(ref _disposeRequested) != 0;
+
+    /// <summary>True once every worker has exited; from then on, work that still arrives runs on the ThreadPool.</summary>
+    internal bool IsTerminated => _terminated;
+
+    /// <summary>
+    /// Stops intake from outside producers (then <c>StartNew</c> throws <see cref="TaskSchedulerException"/>
+    /// wrapping <see cref="ObjectDisposedException"/>), runs everything already queued, and joins the workers.
+    /// Idempotent. Called on one of this scheduler's workers it does not wait (a thread cannot join itself);
+    /// the workers finish the queued work and exit on their own.
+    /// </summary>
+    /// <remarks>
+    /// Work already running may still queue continuations while the scheduler drains; they run before the
+    /// workers exit. Work that reaches the scheduler after the workers exited (a late timer or I/O wake-up)
+    /// runs on the .NET ThreadPool rather than being lost.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">Called on <see cref="Shared"/>, which is never disposed.</exception>
+    public void Dispose()
+    {
+        RequestShutdown();
+        if (IsWorkerThread)
+        {
+            return;
+        }
+
+        foreach (Worker worker in _workers)
+        {
+            worker.Thread?.Join();
+        }
+    }
+
+    /// <summary>Like <see cref="Dispose"/>, but waits for the workers to exit without blocking a thread.</summary>
+    /// <returns>A task that completes when every worker has exited (at once when called on a worker).</returns>
+    /// <exception cref="InvalidOperationException">Called on <see cref="Shared"/>, which is never disposed.</exception>
+    public ValueTask DisposeAsync()
+    {
+        RequestShutdown();
+        return IsWorkerThread ? default : new ValueTask(_allWorkersExited.Task);
+    }
+
+    private void RequestShutdown()
+    {
+        if (_isShared)
+        {
+            throw new InvalidOperationException("WorkStealingTaskScheduler.Shared is process-wide and cannot be disposed.");
+        }
+
+        if (Interlocked.Exchange(ref _disposeRequested, 1) == 0)
+        {
+            _idle.WakeAll();
+            SchedulerMetrics.Unregister(this);
+        }
+    }
+
+    private void ThrowIfDisposedForOutsideProducer()
+    {
+        if (IsDisposeRequested)
+        {
+            throw new ObjectDisposedException(nameof(WorkStealingTaskScheduler), "The scheduler has been disposed and accepts no new work from outside its workers.");
+        }
+    }
+
+    internal bool HasAnyQueuedWork()
+    {
+        if (!_globalQueue.IsEmpty)
+        {
+            return true;
+        }
+
+        foreach (Worker worker in _workers)
+        {
+            if (worker.HasStealableWork)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>The parking worker's last look: anything it could run itself or take from a peer.</summary>
+    internal bool HasAnyQueuedWorkFor(Worker worker) => HasAnyQueuedWork() || worker.ApproximateQueuedCount > 0;
+
+    internal void OnWorkerExited()
+    {
+        if (Interlocked.Decrement(ref _liveWorkers) != 0)
+        {
+            return;
+        }
+
+        _terminated = true;
+        Interlocked.MemoryBarrier(); // producers: enqueue, fence, read _terminated; we: write, fence, drain
+        DrainToThreadPool();
+        _allWorkersExited.TrySetResult();
+    }
+
+    /// <summary>Runs whatever is still queued on the ThreadPool (only after every worker has exited).</summary>
+    internal void DrainToThreadPool()
+    {
+        while (_globalQueue.TryDequeue(out WorkItem item))
+        {
+            RunOnThreadPool(item);
+        }
+
+        foreach (Worker worker in _workers)
+        {
+            while (worker.Inbox.TryDequeue(out WorkItem item) || worker.Deque.TrySteal(out item))
+            {
+                RunOnThreadPool(item);
+            }
+        }
+    }
+
+    private void RunOnThreadPool(WorkItem item) =>
+        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Scheduler.RunWorkItem(state.Item), (Scheduler: this, Item: item), preferLocal: false);
+}

@@ -1,0 +1,149 @@
+namespace Scheduler;
+
+public sealed partial class WorkStealingTaskScheduler
+{
+    private readonly IdleCoordinator _idle;
+
+    /// <summary>
+    /// Wakes one parked worker when work was queued where peers can take it, but only when no worker is
+    /// searching (a searcher will find it) and some worker is parked. Cheap when there is nothing to do:
+    /// one volatile read.
+    /// </summary>
+    internal void NotifyParked() => _idle.NotifyOne();
+
+    /// <summary>
+    /// The search/park bookkeeping shared by all workers, after tokio's <c>Idle</c>: one word packs the
+    /// number of unparked workers (high 16 bits) and of searching workers (low 16 bits), so "should an
+    /// enqueue wake somebody?" is a single read; the sleeper list changes under a lock, which only the
+    /// slow paths (park, unpark) take.
+    /// </summary>
+    internal sealed class IdleCoordinator
+    {
+        private const int UnparkedUnit = 1 << 16;
+        private const int SearchingMask = UnparkedUnit - 1;
+
+        private readonly int _workerCount;
+        private readonly List<Worker> _sleepers;
+        private readonly Lock _lock = new();
+        private int _state;
+
+        public IdleCoordinator(int workerCount)
+        {
+            _workerCount = workerCount;
+            _sleepers = new List<Worker>(workerCount);
+            _state = workerCount * UnparkedUnit; // everybody starts awake, nobody searching
+        }
+
+        public int Searching => Volatile.Read(ref _state) & SearchingMask;
+
+        public int Unparked => Volatile.Read(ref _state) >> 16;
+
+        /// <summary>Lets a worker start stealing unless half the workers already are (bounds contention on victims).</summary>
+        public bool TryBeginSearching()
+        {
+            int searching = Volatile.Read(ref _state) & SearchingMask;
+            if (2 * searching >= _workerCount)
+            {
+                return false;
+            }
+
+            Interlocked.Increment(ref _state);
+            return true;
+        }
+
+        /// <summary>Returns true when the caller was the last searcher.</summary>
+        public bool EndSearching() => (Interlocked.Decrement(ref _state) & SearchingMask) == 0;
+
+        public void NotifyOne()
+        {
+            if (!ShouldWake(Volatile.Read(ref _state)))
+            {
+                return;
+            }
+
+            lock (_lock)
+            {
+                if (!ShouldWake(Volatile.Read(ref _state)) || _sleepers.Count == 0)
+                {
+                    return;
+                }
+
+                Worker sleeper = _sleepers[^1];
+                _sleepers.RemoveAt(_sleepers.Count - 1);
+                // The woken worker counts as unparked and searching from now on, so concurrent enqueues do
+                // not wake a second one for the same work (no thundering herd).
+                Interlocked.Add(ref _state, UnparkedUnit + 1);
+                Wake(sleeper, asSearcher: true);
+            }
+        }
+
+        /// <summary>Wakes <paramref name="worker"/> if it is parked (targeted work was put in its inbox).</summary>
+        public void UnparkSpecific(Worker worker)
+        {
+            lock (_lock)
+            {
+                if (!worker.IsParked)
+                {
+                    return;
+                }
+
+                _sleepers.Remove(worker);
+                Interlocked.Add(ref _state, UnparkedUnit);
+                Wake(worker, asSearcher: false);
+            }
+        }
+
+        public void TransitionToParked(Worker worker, bool wasSearching)
+        {
+            lock (_lock)
+            {
+                worker.IsParked = true;
+                _sleepers.Add(worker);
+                Interlocked.Add(ref _state, -(UnparkedUnit + (wasSearching ? 1 : 0)));
+            }
+
+            // The re-check of the queues that follows must not move before the registration above.
+            Interlocked.MemoryBarrier();
+        }
+
+        /// <summary>Called by a worker that registered as parked but then found work. False when a waker beat it.</summary>
+        public bool TryUnparkSelf(Worker worker)
+        {
+            lock (_lock)
+            {
+                if (!worker.IsParked)
+                {
+                    return false;
+                }
+
+                _sleepers.Remove(worker);
+                worker.IsParked = false;
+                Interlocked.Add(ref _state, UnparkedUnit);
+                return true;
+            }
+        }
+
+        public void WakeAll()
+        {
+            lock (_lock)
+            {
+                foreach (Worker sleeper in _sleepers)
+                {
+                    Interlocked.Add(ref _state, UnparkedUnit);
+                    Wake(sleeper, asSearcher: false);
+                }
+
+                _sleepers.Clear();
+            }
+        }
+
+        private bool ShouldWake(int state) => (state & SearchingMask) == 0 && (state >> 16) < _workerCount;
+
+        private static void Wake(Worker worker, bool asSearcher)
+        {
+            worker.WokenAsSearcher = asSearcher;
+            worker.IsParked = false;
+            worker.Signal();
+        }
+    }
+}

@@ -1,0 +1,382 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+
+namespace Scheduler;
+
+public sealed partial class WorkStealingTaskScheduler
+{
+    /// <summary>Counters written only by their worker's thread (plain increments, no contention) and read racily.</summary>
+    internal struct WorkerCounters
+    {
+        public long Executed;
+        public long Stolen;
+        public long Inlined;
+        public long Parks;
+        public long Wakeups;
+    }
+
+    /// <summary>One worker thread: its deque, LIFO slot, inbox, parking event and the loop that ties them together.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The park event holds no kernel handle on .NET (it waits on a Monitor) and a late Set after shutdown must stay harmless, so it is never disposed.")]
+    internal sealed class Worker
+    {
+        private readonly WorkStealingTaskScheduler _owner;
+        private readonly WorkStealingDeque _deque;
+        private readonly ConcurrentQueue<WorkItem> _inbox = new();
+        private readonly ManualResetEventSlim _parkEvent = new(false, spinCount: 0);
+        private readonly int _lifoLimit;
+        private readonly int _fairnessInterval;
+        private readonly int _spinIterations;
+        private Thread? _thread;
+
+        // Owner-thread state.
+        private WorkItem _lifoSlot;
+        private int _lifoRunsInARow;
+        private uint _tick;
+        private uint _random;
+        private bool _isSearching;
+
+        // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
+        internal bool WokenAsSearcher;
+
+        // 1 while this worker is registered as a sleeper (changed only under the idle lock).
+        internal volatile bool IsParked;
+
+        public WorkerCounters Counters;
+
+        public Worker(WorkStealingTaskScheduler owner, int index)
+        {
+            _owner = owner;
+            Index = index;
+            WorkStealingTaskSchedulerOptions options = owner._options;
+            _deque = new WorkStealingDeque(options.LocalQueueCapacity);
+            _lifoLimit = options.LifoSlotLimit;
+            _fairnessInterval = options.FairnessInterval;
+            _spinIterations = options.SpinIterations;
+            _random = (uint)(index * 0x9E3779B9u) | 1;
+        }
+
+        public WorkStealingTaskScheduler Owner => _owner;
+
+        public int Index { get; }
+
+        public Thread? Thread => _thread;
+
+        internal WorkStealingDeque Deque => _deque;
+
+        internal ConcurrentQueue<WorkItem> Inbox => _inbox;
+
+        public void Start(bool background)
+        {
+            _thread = new Thread(static state => ((Worker)state!).Run(), maxStackSize: 0)
+            {
+                IsBackground = background,
+                Name = $"{_owner._options.ThreadNamePrefix} #{Index}",
+            };
+            _thread.UnsafeStart(this);
+        }
+
+        /// <summary>Owner thread: queue work spawned or woken by the running task.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void PushLocal(in WorkItem item)
+        {
+            if (_lifoLimit == 0)
+            {
+                PushToDeque(item);
+                return;
+            }
+
+            // The newest task goes to the LIFO slot (it runs next, cache-hot); the one it displaces goes
+            // to the deque, where peers can steal it, so wake one if nobody is looking.
+            WorkItem displaced = _lifoSlot;
+            _lifoSlot = item;
+            if (!displaced.IsEmpty)
+            {
+                PushToDeque(displaced);
+            }
+        }
+
+        private void PushToDeque(in WorkItem item)
+        {
+            if (!_deque.TryPush(item))
+            {
+                SpillHalfToGlobal();
+                _deque.TryPush(item);
+            }
+
+            _owner.NotifyParked();
+        }
+
+        /// <summary>Any thread: queue work for this worker specifically, and unpark it if it sleeps.</summary>
+        public void PostToInbox(in WorkItem item)
+        {
+            _inbox.Enqueue(item); // interlocked: orders the enqueue before the IsParked read below
+            if (_owner.IsTerminated)
+            {
+                _owner.DrainToThreadPool();
+                return;
+            }
+
+            if (IsParked)
+            {
+                _owner._idle.UnparkSpecific(this);
+            }
+        }
+
+        /// <summary>Owner thread: remove <paramref name="task"/> from the LIFO slot or the deque's tail before inlining it.</summary>
+        public bool TryRemoveLocal(Task task)
+        {
+            if (ReferenceEquals(_lifoSlot.Target, task))
+            {
+                _lifoSlot = default;
+                return true;
+            }
+
+            return _deque.TryPopIfNewest(task);
+        }
+
+        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.IsEmpty ? 0 : 1);
+
+        /// <summary>True when a peer could take work from here (the LIFO slot is private to its worker).</summary>
+        public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty;
+
+        public void CopyQueuedTargetsTo(List<object> destination)
+        {
+            if (_lifoSlot.Target is { } lifo)
+            {
+                destination.Add(lifo);
+            }
+
+            _deque.CopyTargetsTo(destination);
+            foreach (WorkItem item in _inbox)
+            {
+                if (item.Target is not null)
+                {
+                    destination.Add(item.Target);
+                }
+            }
+        }
+
+        /// <summary>Wakes this worker's thread. Called by the idle coordinator only, under its lock.</summary>
+        internal void Signal() => _parkEvent.Set();
+
+        private void Run()
+        {
+            SetCurrentWorker(this);
+            try
+            {
+                while (true)
+                {
+                    if (TryGetWork(out WorkItem item))
+                    {
+                        Execute(item);
+                        continue;
+                    }
+
+                    if (TrySpinForWork(out item))
+                    {
+                        Execute(item);
+                        continue;
+                    }
+
+                    if (_owner.IsDisposeRequested && !_owner.HasAnyQueuedWork())
+                    {
+                        break;
+                    }
+
+                    Park();
+                }
+            }
+            finally
+            {
+                if (_isSearching)
+                {
+                    EndSearching();
+                }
+
+                SetCurrentWorker(null);
+                _owner.OnWorkerExited();
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private void Execute(in WorkItem item)
+        {
+            if (_owner.RunWorkItem(item))
+            {
+                Counters.Executed++;
+            }
+        }
+
+        private bool TryGetWork(out WorkItem item)
+        {
+            // Fairness: every N ticks look outside first, so local churn cannot starve outside producers.
+            if (++_tick % (uint)_fairnessInterval == 0 && TryTakeInboxOrGlobal(out item))
+            {
+                _lifoRunsInARow = 0;
+                return FoundWork();
+            }
+
+            if (!_lifoSlot.IsEmpty)
+            {
+                if (_lifoRunsInARow < _lifoLimit)
+                {
+                    item = _lifoSlot;
+                    _lifoSlot = default;
+                    _lifoRunsInARow++;
+                    return FoundWork();
+                }
+
+                // Cap reached (ping-pong pairs): demote the slot and let the oldest work have a turn.
+                WorkItem demoted = _lifoSlot;
+                _lifoSlot = default;
+                _lifoRunsInARow = 0;
+                PushToDeque(demoted);
+                if (TryTakeInboxOrGlobal(out item) || _deque.TrySteal(out item))
+                {
+                    return FoundWork();
+                }
+            }
+
+            _lifoRunsInARow = 0;
+            if (_deque.TryPop(out item) || TryTakeInboxOrGlobal(out item) || TrySteal(out item))
+            {
+                return FoundWork();
+            }
+
+            return false;
+        }
+
+        private bool FoundWork()
+        {
+            if (_isSearching)
+            {
+                EndSearching();
+            }
+
+            return true;
+        }
+
+        private bool TryTakeInboxOrGlobal(out WorkItem item) =>
+            _inbox.TryDequeue(out item) || _owner.TryDequeueGlobal(out item);
+
+        private bool TrySteal(out WorkItem item)
+        {
+            Worker[] workers = _owner._workers;
+            if (workers.Length > 1)
+            {
+                if (!_isSearching)
+                {
+                    if (!_owner._idle.TryBeginSearching())
+                    {
+                        item = default;
+                        return false; // enough peers are already searching
+                    }
+
+                    _isSearching = true;
+                }
+
+                int start = (int)(NextRandom() % (uint)workers.Length);
+                for (int i = 0; i < workers.Length; i++)
+                {
+                    Worker victim = workers[(start + i) % workers.Length];
+                    if (victim == this)
+                    {
+                        continue;
+                    }
+
+                    if (victim._deque.TryStealHalf(_deque, out item, out int moved) || victim._inbox.TryDequeue(out item))
+                    {
+                        Counters.Stolen += 1 + moved;
+                        return true;
+                    }
+                }
+            }
+
+            return _owner.TryDequeueGlobal(out item);
+        }
+
+        private bool TrySpinForWork(out WorkItem item)
+        {
+            for (int i = 0; i < _spinIterations; i++)
+            {
+                if (_owner.IsDisposeRequested)
+                {
+                    break;
+                }
+
+                Thread.SpinWait(i < 10 ? 20 : 60);
+                if (TryGetWork(out item))
+                {
+                    return true;
+                }
+
+                if (i % 10 == 9)
+                {
+                    Thread.Yield();
+                }
+            }
+
+            item = default;
+            return false;
+        }
+
+        private void EndSearching()
+        {
+            _isSearching = false;
+            if (_owner._idle.EndSearching())
+            {
+                // The last searcher found work: there may be more, so wake a peer to keep looking.
+                _owner.NotifyParked();
+            }
+        }
+
+        private void Park()
+        {
+            // Only this thread resets its event, and only before registering as a sleeper: a Set that
+            // races with us afterwards is never lost (MRES stays set until the next Reset).
+            _parkEvent.Reset();
+            _owner._idle.TransitionToParked(this, _isSearching);
+            _isSearching = false;
+
+            // Registration above was a full fence (lock). Any producer that enqueued before it sees us
+            // as parked and wakes someone; any that enqueues after is seen by this re-check.
+            if (_owner.IsDisposeRequested || _owner.HasAnyQueuedWorkFor(this))
+            {
+                if (!_owner._idle.TryUnparkSelf(this))
+                {
+                    // A waker already took us off the sleeper list and set the event: consume its state.
+                    _isSearching = WokenAsSearcher;
+                }
+
+                return;
+            }
+
+            Counters.Parks++;
+            _parkEvent.Wait();
+            Counters.Wakeups++;
+            _isSearching = WokenAsSearcher;
+        }
+
+        private uint NextRandom()
+        {
+            // xorshift32: cheap victim selection without shared state.
+            uint x = _random;
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            _random = x;
+            return x;
+        }
+
+        private void SpillHalfToGlobal()
+        {
+            // Overflow: move half of the ring to the global queue in one go (tokio does the same), so the
+            // owner keeps pushing locally and peers can pick the batch up.
+            int half = _deque.Capacity / 2;
+            for (int i = 0; i < half && _deque.TrySteal(out WorkItem spilled); i++)
+            {
+                _owner._globalQueue.Enqueue(spilled);
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+using System.Collections.Concurrent;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+
+namespace Scheduler;
+
+/// <summary>
+/// A <see cref="TaskScheduler"/> with a fixed set of workers (one per core by default), a bounded
+/// work-stealing deque per worker, a global queue for outside producers, a per-worker inbox for targeted
+/// wake-ups, and idle workers that spin briefly and then park (no CPU while idle).
+/// </summary>
+/// <remarks>
+/// Use it through <see cref="Factory"/>, <c>Task.Factory.StartNew(..., scheduler)</c>, <c>Parallel.*</c> with
+/// <see cref="ParallelOptions.TaskScheduler"/>, TPL Dataflow's <c>TaskScheduler</c> option, or
+/// <see cref="PipeScheduler"/>. Code running on a worker sees this scheduler as <see cref="TaskScheduler.Current"/>,
+/// so <c>await</c> resumes here. See <c>docs/scheduling.md</c> for the queues and the park/wake protocol.
+/// </remarks>
+public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposable, IAsyncDisposable
+{
+    private static readonly Lazy<WorkStealingTaskScheduler> s_shared = new(
+        () => new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { ThreadNamePrefix = "WorkStealing.Shared" }, isShared: true),
+        LazyThreadSafetyMode.ExecutionAndPublication);
+
+    // The worker the current thread belongs to, of whichever scheduler. Always compare its Owner with `this`.
+    [ThreadStatic]
+    private static Worker? t_currentWorker;
+
+    private readonly Worker[] _workers;
+    private readonly ConcurrentQueue<WorkItem> _globalQueue = new();
+    private readonly WorkStealingTaskSchedulerOptions _options;
+    private readonly bool _isShared;
+
+    /// <summary>Creates a scheduler with <see cref="Environment.ProcessorCount"/> workers.</summary>
+    public WorkStealingTaskScheduler()
+        : this(new WorkStealingTaskSchedulerOptions())
+    {
+    }
+
+    /// <summary>Creates a scheduler with <paramref name="workerCount"/> workers.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="workerCount"/> is less than 1 or more than <see cref="WorkStealingTaskSchedulerOptions.MaxWorkerCount"/>.</exception>
+    public WorkStealingTaskScheduler(int workerCount)
+        : this(CreateOptions(workerCount))
+    {
+    }
+
+    /// <summary>Creates a scheduler with the given options (copied; later changes to them have no effect).</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range.</exception>
+    public WorkStealingTaskScheduler(WorkStealingTaskSchedulerOptions options)
+        : this(options, isShared: false)
+    {
+    }
+
+    private WorkStealingTaskScheduler(WorkStealingTaskSchedulerOptions options, bool isShared)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options.Clone();
+        _options.Validate();
+        _isShared = isShared;
+
+        WorkerCount = _options.WorkerCount;
+        _idle = new IdleCoordinator(WorkerCount);
+        _workers = new Worker[WorkerCount];
+        for (int i = 0; i < _workers.Length; i++)
+        {
+            _workers[i] = new Worker(this, i);
+        }
+
+        _liveWorkers = WorkerCount;
+        Factory = new TaskFactory(CancellationToken.None, TaskCreationOptions.None, TaskContinuationOptions.None, this);
+        PipeScheduler = new WorkStealingPipeScheduler(this);
+
+        foreach (Worker worker in _workers)
+        {
+            worker.Start(_options.UseBackgroundThreads || isShared);
+        }
+
+        SchedulerMetrics.Register(this);
+    }
+
+    /// <summary>A process-wide scheduler with <see cref="Environment.ProcessorCount"/> background workers, created on first use and never disposed.</summary>
+    public static WorkStealingTaskScheduler Shared => s_shared.Value;
+
+    /// <summary>The number of workers; tasks never run on more threads at once (LongRunning tasks aside).</summary>
+    public override int MaximumConcurrencyLevel => WorkerCount;
+
+    /// <summary>The number of worker threads.</summary>
+    public int WorkerCount { get; }
+
+    /// <summary>A <see cref="TaskFactory"/> whose <c>StartNew</c> and <c>ContinueWith</c> run on this scheduler.</summary>
+    public TaskFactory Factory { get; }
+
+    /// <summary>A <see cref="System.IO.Pipelines.PipeScheduler"/> that runs pipe callbacks on this scheduler, with no allocation per <c>Schedule</c>.</summary>
+    public PipeScheduler PipeScheduler { get; }
+
+    /// <summary>True when the calling thread is one of this scheduler's workers.</summary>
+    public bool IsWorkerThread => t_currentWorker?.Owner == this;
+
+    internal WorkStealingTaskSchedulerOptions Options => _options;
+
+    internal ReadOnlySpan<Worker> Workers => _workers;
+
+    /// <summary>The worker running on the calling thread when it belongs to this scheduler, else null.</summary>
+    internal Worker? CurrentWorker
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            Worker? worker = t_currentWorker;
+            return worker is not null && worker.Owner == this ? worker : null;
+        }
+    }
+
+    /// <summary>The worker index of the calling thread when it is one of this scheduler's workers.</summary>
+    internal bool TryGetCurrentWorkerIndex(out int workerIndex)
+    {
+        Worker? worker = CurrentWorker;
+        workerIndex = worker?.Index ?? -1;
+        return worker is not null;
+    }
+
+    /// <summary>The scheduler whose worker runs on the calling thread, if any.</summary>
+    internal static WorkStealingTaskScheduler? CurrentWorkerScheduler => t_currentWorker?.Owner;
+
+    /// <inheritdoc />
+    protected override void QueueTask(Task task)
+    {
+        ArgumentNullException.ThrowIfNull(task);
+
+        if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
+        {
+            ThrowIfDisposedForOutsideProducer();
+            StartLongRunning(task);
+            return;
+        }
+
+        Worker? worker = CurrentWorker;
+        if (worker is null)
+        {
+            // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException.
+            ThrowIfDisposedForOutsideProducer();
+            EnqueueGlobal(new WorkItem(task));
+        }
+        else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
+        {
+            // Task.Yield and fairness-minded callers go to the back of the FIFO line, or yield loops starve others.
+            EnqueueGlobal(new WorkItem(task));
+        }
+        else
+        {
+            worker.PushLocal(new WorkItem(task));
+        }
+    }
+
+    /// <inheritdoc />
+    protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued)
+    {
+        Worker? worker = CurrentWorker;
+        if (worker is null)
+        {
+            // Never run our tasks on a foreign thread: it would break IsWorkerThread and TaskScheduler.Current.
+            return false;
+        }
+
+        if (taskWasPreviouslyQueued)
+        {
+            // Take it out of our own queue when it is there (the usual fork-join case). When another queue
+            // holds it, running it here is still safe: a task executes at most once, and the stale entry is
+            // skipped when dequeued. That is what keeps blocking fork-join from deadlocking one worker.
+            worker.TryRemoveLocal(task);
+        }
+
+        if (!TryExecuteTask(task))
+        {
+            return false;
+        }
+
+        worker.Counters.Inlined++;
+        return true;
+    }
+
+    /// <inheritdoc />
+    protected override IEnumerable<Task> GetScheduledTasks()
+    {
+        // For debuggers, with threads frozen: no locks, best effort, never null.
+        var targets = new List<object>();
+        foreach (WorkItem item in _globalQueue)
+        {
+            if (item.Target is not null)
+            {
+                targets.Add(item.Target);
+            }
+        }
+
+        foreach (Worker worker in _workers)
+        {
+            worker.CopyQueuedTargetsTo(targets);
+        }
+
+        var tasks = new List<Task>(targets.Count);
+        foreach (object target in targets)
+        {
+            if (target is Task task)
+            {
+                tasks.Add(task);
+            }
+        }
+
+        return tasks;
+    }
+
+    /// <summary>Queues a work item: to the calling worker's deque when on a worker of this scheduler, else to the global queue.</summary>
+    internal void Enqueue(in WorkItem item)
+    {
+        Worker? worker = CurrentWorker;
+        if (worker is not null)
+        {
+            worker.PushLocal(item);
+        }
+        else
+        {
+            EnqueueGlobal(item);
+        }
+    }
+
+    /// <summary>Queues a pooled work item (a waker) to the calling worker, or to the global queue from elsewhere. Never throws for disposal: work in flight is never dropped.</summary>
+    internal void Enqueue(IThreadPoolWorkItem workItem) => Enqueue(new WorkItem(workItem));
+
+    /// <summary>
+    /// Queues <paramref name="workItem"/> to a specific worker: into its LIFO slot when called on that worker,
+    /// otherwise into its inbox, unparking it if it sleeps. Any thread may call this; it does not allocate.
+    /// </summary>
+    internal void EnqueueToWorker(int workerIndex, IThreadPoolWorkItem workItem)
+    {
+        ArgumentNullException.ThrowIfNull(workItem);
+        Worker target = _workers[workerIndex];
+        var item = new WorkItem(workItem);
+        if (t_currentWorker == target)
+        {
+            target.PushLocal(item);
+        }
+        else
+        {
+            target.PostToInbox(item);
+        }
+    }
+
+    internal void EnqueueGlobal(in WorkItem item)
+    {
+        _globalQueue.Enqueue(item); // interlocked: the full fence the wake protocol needs before reading idle state
+        if (IsTerminated)
+        {
+            DrainToThreadPool();
+            return;
+        }
+
+        NotifyParked();
+    }
+
+    internal bool TryDequeueGlobal(out WorkItem item) => _globalQueue.TryDequeue(out item);
+
+    internal bool GlobalQueueIsEmpty => _globalQueue.IsEmpty;
+
+    internal int GlobalQueueCount => _globalQueue.Count;
+
+    private void StartLongRunning(Task task)
+    {
+        // A dedicated thread: a long-running task must never hold a worker (the pool has no spare ones).
+        var thread = new Thread(static state =>
+        {
+            var (scheduler, longTask) = ((WorkStealingTaskScheduler, Task))state!;
+            scheduler.TryExecuteTask(longTask);
+        })
+        {
+            IsBackground = true,
+            Name = _options.ThreadNamePrefix + " LongRunning",
+        };
+        thread.UnsafeStart((this, task));
+    }
+
+    private static WorkStealingTaskSchedulerOptions CreateOptions(int workerCount)
+    {
+        if (workerCount < 1 || workerCount > WorkStealingTaskSchedulerOptions.MaxWorkerCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(workerCount), workerCount, $"The worker count must be between 1 and {WorkStealingTaskSchedulerOptions.MaxWorkerCount}.");
+        }
+
+        return new WorkStealingTaskSchedulerOptions { WorkerCount = workerCount };
+    }
+
+    internal static void SetCurrentWorker(Worker? worker) => t_currentWorker = worker;
+
+    internal bool RunWorkItem(in WorkItem item)
+    {
+        switch (item.Target)
+        {
+            case Task task:
+                return TryExecuteTask(task);
+            case IThreadPoolWorkItem workItem:
+                workItem.Execute();
+                return true;
+            case Action<object?> action:
+                action(item.State);
+                return true;
+            case SendOrPostCallback callback:
+                callback(item.State);
+                return true;
+            default:
+                return false;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+namespace Scheduler;
+
+/// <summary>Settings for a <see cref="WorkStealingTaskScheduler"/>. Validated when the scheduler is created.</summary>
+public sealed class WorkStealingTaskSchedulerOptions
+{
+    /// <summary>The largest worker count accepted (the idle protocol packs counts into 16 bits).</summary>
+    public const int MaxWorkerCount = 4096;
+
+    /// <summary>Number of worker threads. Defaults to <see cref="Environment.ProcessorCount"/>; must be 1 to <see cref="MaxWorkerCount"/>.</summary>
+    public int WorkerCount { get; set; } = Environment.ProcessorCount;
+
+    /// <summary>Prefix of worker thread names (<c>{prefix} #0</c>, ...) and of dedicated <c>LongRunning</c> threads.</summary>
+    public string ThreadNamePrefix { get; set; } = "WorkStealing";
+
+    /// <summary>
+    /// How many times an idle worker polls every queue (with a short pause between polls) before it parks.
+    /// Higher values trade idle CPU for wake-up latency under bursty load. Defaults to 30; 0 parks at once.
+    /// </summary>
+    public int SpinIterations { get; set; } = 30;
+
+    /// <summary>
+    /// Every this many tasks a worker serves its inbox and the global queue before its own deque, so
+    /// outside producers are never starved by local work. Defaults to 61 (as tokio); must be positive.
+    /// </summary>
+    public int FairnessInterval { get; set; } = 61;
+
+    /// <summary>
+    /// How many tasks in a row may run from the LIFO slot (the task just spawned or woken by the running
+    /// task) before older work gets a turn. Defaults to 3; 0 disables the LIFO slot.
+    /// </summary>
+    public int LifoSlotLimit { get; set; } = 3;
+
+    /// <summary>Capacity of each worker's deque; a power of two of at least 16. Overflow spills half to the global queue. Defaults to 256.</summary>
+    public int LocalQueueCapacity { get; set; } = 256;
+
+    /// <summary>Whether workers are background threads (they do not keep the process alive). Defaults to true.</summary>
+    public bool UseBackgroundThreads { get; set; } = true;
+
+    internal void Validate()
+    {
+        if (WorkerCount < 1 || WorkerCount > MaxWorkerCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(WorkerCount), WorkerCount, $"The worker count must be between 1 and {MaxWorkerCount}.");
+        }
+
+        ArgumentNullException.ThrowIfNull(ThreadNamePrefix, nameof(ThreadNamePrefix));
+        ArgumentOutOfRangeException.ThrowIfNegative(SpinIterations, nameof(SpinIterations));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FairnessInterval, nameof(FairnessInterval));
+        ArgumentOutOfRangeException.ThrowIfNegative(LifoSlotLimit, nameof(LifoSlotLimit));
+        if (LocalQueueCapacity < 16 || (LocalQueueCapacity & (LocalQueueCapacity - 1)) != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LocalQueueCapacity), LocalQueueCapacity, "The local queue capacity must be a power of two of at least 16.");
+        }
+    }
+
+    internal WorkStealingTaskSchedulerOptions Clone() => (WorkStealingTaskSchedulerOptions)MemberwiseClone();
+}
