@@ -135,66 +135,34 @@ internal sealed class WorkStealingDeque
     }
 
     /// <summary>
-    /// Any thread. Moves up to half of the victim's items (at most <paramref name="destination"/>'s free
-    /// space) into <paramref name="destination"/> (which the caller owns) and returns one more item to run.
+    /// Any thread. Takes the oldest item and moves up to half of the rest (bounded by
+    /// <paramref name="destination"/>'s free space) into <paramref name="destination"/>, which the caller owns.
     /// </summary>
+    /// <remarks>
+    /// The batch is a sequence of single Chase–Lev steals, one CAS each. Claiming a whole range with one CAS
+    /// is not safe against the owner's fence-free-until-last-item pop: a thief can read a stale (larger) tail,
+    /// claim a range, and win its CAS while the owner has already popped the range's end. Stealing is the slow
+    /// path, so a CAS per item is the price of never running a task twice.
+    /// </remarks>
     public bool TryStealHalf(WorkStealingDeque destination, out WorkItem first, out int moved)
     {
         moved = 0;
-        while (true)
+        int half = Count / 2;
+        if (!TrySteal(out first))
         {
-            long head = Volatile.Read(ref _head.Value);
-            long tail = Volatile.Read(ref _tail.Value);
-            long available = tail - head;
-            if (available <= 0)
-            {
-                first = default;
-                return false;
-            }
-
-            long take = available - (available >> 1); // ceil(available / 2)
-            long room = destination._slots.Length - destination.Count;
-            take = Math.Min(take, room + 1);
-            if (take > available || take <= 0)
-            {
-                take = 1;
-            }
-
-            // Read the claimed slots before claiming: once the head moves the owner may overwrite them.
-            // A torn or stale read is discarded because the CAS below then fails.
-            first = _slots[head & _mask];
-            if (take == 1)
-            {
-                if (Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head)
-                {
-                    return true;
-                }
-
-                continue;
-            }
-
-            WorkItem[] batch = StealBuffer;
-            int extra = (int)Math.Min(take - 1, batch.Length);
-            for (int i = 0; i < extra; i++)
-            {
-                batch[i] = _slots[(head + 1 + i) & _mask];
-            }
-
-            if (Interlocked.CompareExchange(ref _head.Value, head + 1 + extra, head) != head)
-            {
-                continue;
-            }
-
-            for (int i = 0; i < extra; i++)
-            {
-                bool pushed = destination.TryPush(batch[i]);
-                Debug.Assert(pushed, "room was reserved above");
-                batch[i] = default;
-            }
-
-            moved = extra;
-            return true;
+            return false;
         }
+
+        int room = destination._slots.Length - destination.Count;
+        int extra = Math.Min(half, room);
+        for (int i = 0; i < extra && TrySteal(out WorkItem item); i++)
+        {
+            bool pushed = destination.TryPush(item);
+            Debug.Assert(pushed, "room was checked above and only this thread pushes to destination");
+            moved++;
+        }
+
+        return true;
     }
 
     /// <summary>Any thread. Takes the oldest item.</summary>
@@ -203,6 +171,9 @@ internal sealed class WorkStealingDeque
         while (true)
         {
             long head = Volatile.Read(ref _head.Value);
+            // Full fence between the head and tail reads, as in Lê et al.'s C11 Chase–Lev: pairs with the
+            // owner's fence in TryPop so that the two never both see the last item as theirs.
+            Interlocked.MemoryBarrier();
             long tail = Volatile.Read(ref _tail.Value);
             if (tail - head <= 0)
             {
@@ -240,12 +211,6 @@ internal sealed class WorkStealingDeque
         slot = default; // let the GC have the task once it ran
         return item;
     }
-
-    // Per-thief scratch space for a batch steal (a thief steals into its own deque, one batch at a time).
-    [ThreadStatic]
-    private static WorkItem[]? t_stealBuffer;
-
-    private static WorkItem[] StealBuffer => t_stealBuffer ??= new WorkItem[DefaultCapacity / 2];
 }
 
 /// <summary>A long alone on its cache line (128 bytes covers adjacent-line prefetching).</summary>

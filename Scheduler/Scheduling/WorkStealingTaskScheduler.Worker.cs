@@ -38,8 +38,13 @@ public sealed partial class WorkStealingTaskScheduler
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
         internal bool WokenAsSearcher;
 
-        // 1 while this worker is registered as a sleeper (changed only under the idle lock).
+        // True while this worker is registered as a sleeper (changed only under the idle lock).
         internal volatile bool IsParked;
+
+        // True while this worker has run out of work (spinning or parked). Peers leave an idle worker's inbox
+        // alone: the owner is about to take it itself, and keeping it there keeps the continuation on the
+        // worker that awaited it. Written only by the owner, on idle transitions (not per task).
+        private volatile bool _isIdle;
 
         public WorkerCounters Counters;
 
@@ -172,8 +177,10 @@ public sealed partial class WorkStealingTaskScheduler
                         continue;
                     }
 
+                    _isIdle = true;
                     if (TrySpinForWork(out item))
                     {
+                        _isIdle = false;
                         Execute(item);
                         continue;
                     }
@@ -184,6 +191,7 @@ public sealed partial class WorkStealingTaskScheduler
                     }
 
                     Park();
+                    _isIdle = false;
                 }
             }
             finally
@@ -193,6 +201,8 @@ public sealed partial class WorkStealingTaskScheduler
                     EndSearching();
                 }
 
+                // An exited worker never takes its inbox again: let the survivors (or the final drain) have it.
+                _isIdle = false;
                 SetCurrentWorker(null);
                 _owner.OnWorkerExited();
             }
@@ -284,7 +294,7 @@ public sealed partial class WorkStealingTaskScheduler
                         continue;
                     }
 
-                    if (victim._deque.TryStealHalf(_deque, out item, out int moved) || victim._inbox.TryDequeue(out item))
+                    if (victim._deque.TryStealHalf(_deque, out item, out int moved) || (!victim._isIdle && victim._inbox.TryDequeue(out item)))
                     {
                         Counters.Stolen += 1 + moved;
                         return true;

@@ -129,7 +129,11 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
         if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
         {
-            ThrowIfDisposedForOutsideProducer();
+            if (CurrentWorker is null)
+            {
+                ThrowIfDisposedForOutsideProducer();
+            }
+
             StartLongRunning(task);
             return;
         }

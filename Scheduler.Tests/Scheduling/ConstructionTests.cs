@@ -1,0 +1,95 @@
+namespace Scheduler.Tests.Scheduling;
+
+public sealed class ConstructionTests
+{
+    [Fact]
+    public void Default_constructor_uses_one_worker_per_core()
+    {
+        using var scheduler = new WorkStealingTaskScheduler();
+        scheduler.WorkerCount.Should().Be(Environment.ProcessorCount);
+        scheduler.MaximumConcurrencyLevel.Should().Be(scheduler.WorkerCount);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Worker_count_constructor_sets_the_concurrency_level(int workers)
+    {
+        using var scheduler = new WorkStealingTaskScheduler(workers);
+        scheduler.WorkerCount.Should().Be(workers);
+        scheduler.MaximumConcurrencyLevel.Should().Be(workers);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-1)]
+    [InlineData(WorkStealingTaskSchedulerOptions.MaxWorkerCount + 1)]
+    public void Worker_count_out_of_range_throws(int workers)
+    {
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(workers))
+            .Should().Throw<ArgumentOutOfRangeException>().WithParameterName("workerCount");
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = workers }))
+            .Should().Throw<ArgumentOutOfRangeException>().WithParameterName("WorkerCount");
+    }
+
+    [Fact]
+    public void Null_options_throw()
+    {
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(null!)).Should().Throw<ArgumentNullException>();
+    }
+
+    [Theory]
+    [InlineData("FairnessInterval")]
+    [InlineData("LocalQueueCapacity")]
+    [InlineData("SpinIterations")]
+    [InlineData("LifoSlotLimit")]
+    public void Invalid_options_name_the_offending_option(string option)
+    {
+        var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1 };
+        switch (option)
+        {
+            case "FairnessInterval": options.FairnessInterval = 0; break;
+            case "LocalQueueCapacity": options.LocalQueueCapacity = 100; break;
+            case "SpinIterations": options.SpinIterations = -1; break;
+            case "LifoSlotLimit": options.LifoSlotLimit = -1; break;
+        }
+
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(options))
+            .Should().Throw<ArgumentOutOfRangeException>().WithParameterName(option);
+    }
+
+    [Fact]
+    public async Task Options_are_copied_and_threads_named_with_the_prefix()
+    {
+        var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Prefixed" };
+        using var scheduler = new WorkStealingTaskScheduler(options);
+        options.WorkerCount = 5;
+        scheduler.WorkerCount.Should().Be(1);
+
+        string? name = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name).WithTimeout();
+        name.Should().StartWith("Prefixed");
+        bool background = await scheduler.Factory.StartNew(() => Thread.CurrentThread.IsBackground).WithTimeout();
+        background.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task Shared_is_a_single_lazily_created_scheduler_that_cannot_be_disposed()
+    {
+        WorkStealingTaskScheduler shared = WorkStealingTaskScheduler.Shared;
+        shared.Should().BeSameAs(WorkStealingTaskScheduler.Shared);
+        shared.WorkerCount.Should().Be(Environment.ProcessorCount);
+        (await shared.Factory.StartNew(() => shared.IsWorkerThread).WithTimeout()).Should().BeTrue();
+        bool background = await shared.Factory.StartNew(() => Thread.CurrentThread.IsBackground).WithTimeout();
+        background.Should().BeTrue();
+
+        FluentActions.Invoking(shared.Dispose).Should().Throw<InvalidOperationException>();
+        (await shared.Factory.StartNew(() => 1).WithTimeout()).Should().Be(1);
+    }
+
+    [Fact]
+    public void IsWorkerThread_is_false_on_foreign_threads()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(1);
+        scheduler.IsWorkerThread.Should().BeFalse();
+    }
+}

@@ -1,0 +1,119 @@
+namespace Scheduler.Tests.Scheduling;
+
+public sealed class DisposeTests
+{
+    [Fact]
+    public void StartNew_after_Dispose_throws_TaskSchedulerException_wrapping_ObjectDisposedException()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        scheduler.Dispose();
+
+        ((Action)(() => scheduler.Factory.StartNew(() => { })))
+            .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+        ((Action)(() => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.LongRunning, scheduler)))
+            .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public void Dispose_runs_everything_already_queued_then_joins_the_workers()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var gate = new ManualResetEventSlim();
+        int ran = 0;
+        Task[] blockers = Enumerable.Range(0, 2).Select(_ => scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout))).ToArray();
+        Task[] queued = Enumerable.Range(0, 1000).Select(_ => scheduler.Factory.StartNew(() => Interlocked.Increment(ref ran))).ToArray();
+
+        var disposer = Task.Run(scheduler.Dispose);
+        Thread.Sleep(20);
+        disposer.IsCompleted.Should().BeFalse("workers are still busy");
+        gate.Set();
+        disposer.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+
+        ran.Should().Be(1000);
+        queued.Concat(blockers).Should().OnlyContain(t => t.IsCompletedSuccessfully);
+    }
+
+    [Fact]
+    public void Work_spawned_by_running_tasks_during_shutdown_still_runs()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var gate = new ManualResetEventSlim();
+        int children = 0;
+        Task parent = scheduler.Factory.StartNew(async () =>
+        {
+            gate.Wait(SchedulerTestHelpers.Timeout);
+            for (int i = 0; i < 100; i++)
+            {
+                await Task.Yield();
+                Interlocked.Increment(ref children);
+            }
+        }).Unwrap();
+
+        var disposer = Task.Run(scheduler.Dispose);
+        Thread.Sleep(20);
+        gate.Set();
+        disposer.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        children.Should().Be(100);
+        parent.IsCompletedSuccessfully.Should().BeTrue();
+    }
+
+    [Fact]
+    public void Dispose_is_idempotent()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        scheduler.Dispose();
+        scheduler.Dispose();
+        scheduler.DisposeAsync().AsTask().IsCompletedSuccessfully.Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task Dispose_from_a_worker_does_not_deadlock()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        int after = 0;
+        Task queuedBehind = Task.CompletedTask;
+        await scheduler.Factory.StartNew(() =>
+        {
+            queuedBehind = Task.Factory.StartNew(() => Interlocked.Increment(ref after), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            scheduler.Dispose(); // cannot join itself: returns, the workers drain and exit
+        }).WithTimeout();
+
+        await queuedBehind.WithTimeout();
+        after.Should().Be(1);
+        await scheduler.DisposeAsync().AsTask().WithTimeout();
+
+        var other = SchedulerTestHelpers.Create(1);
+        await other.Factory.StartNew(async () => await other.DisposeAsync()).Unwrap().WithTimeout();
+        await other.DisposeAsync().AsTask().WithTimeout();
+    }
+
+    [Fact]
+    public async Task DisposeAsync_waits_for_the_workers_without_blocking()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var gate = new ManualResetEventSlim();
+        Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
+        await Task.Delay(10);
+
+        Task disposing = scheduler.DisposeAsync().AsTask();
+        disposing.IsCompleted.Should().BeFalse();
+        gate.Set();
+        await disposing.WithTimeout();
+        blocker.IsCompletedSuccessfully.Should().BeTrue();
+        ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>();
+    }
+
+    [Fact]
+    public async Task Targeted_work_arriving_after_shutdown_runs_on_the_thread_pool_instead_of_being_lost()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        scheduler.Dispose();
+        var ran = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.EnqueueToWorker(1, new SchedulerTestHelpers.RecordingWorkItem(() => ran.SetResult(Thread.CurrentThread.IsThreadPoolThread)));
+        (await ran.Task.WithTimeout()).Should().BeTrue();
+
+        var scheduled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.PipeScheduler.Schedule(_ => scheduled.SetResult(), null);
+        await scheduled.Task.WithTimeout();
+    }
+}

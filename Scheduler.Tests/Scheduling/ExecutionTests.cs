@@ -1,0 +1,403 @@
+using System.Threading.Tasks.Dataflow;
+
+namespace Scheduler.Tests.Scheduling;
+
+public sealed class ExecutionTests
+{
+    [Fact]
+    public async Task A_million_tasks_each_run_exactly_once_and_only_on_workers()
+    {
+        const int Count = 1_000_000;
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        var runs = new int[Count];
+        int offWorker = 0;
+
+        // Half from an outside producer (global queue), half spawned by workers (local deques + stealing).
+        Task outside = Task.Run(() =>
+        {
+            var tasks = new Task[Count / 2];
+            for (int i = 0; i < tasks.Length; i++)
+            {
+                int index = i;
+                tasks[i] = scheduler.Factory.StartNew(() => Record(index));
+            }
+
+            return Task.WhenAll(tasks);
+        });
+        Task inside = scheduler.Factory.StartNew(() =>
+        {
+            var tasks = new Task[Count / 2];
+            for (int i = 0; i < tasks.Length; i++)
+            {
+                int index = Count / 2 + i;
+                tasks[i] = Task.Factory.StartNew(() => Record(index), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+
+            return Task.WhenAll(tasks);
+        }).Unwrap();
+
+        await Task.WhenAll(outside, inside).WithTimeout(TimeSpan.FromSeconds(60));
+        offWorker.Should().Be(0);
+        runs.Should().OnlyContain(r => r == 1);
+
+        void Record(int index)
+        {
+            Interlocked.Increment(ref runs[index]);
+            if (!scheduler.IsWorkerThread)
+            {
+                Interlocked.Increment(ref offWorker);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Await_resumes_on_the_scheduler()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        var foreign = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task<bool[]> observations = scheduler.Factory.StartNew(async () =>
+        {
+            var seen = new List<bool>();
+            await Task.Yield();
+            seen.Add(Check());
+            await Task.Delay(5);
+            seen.Add(Check());
+            await foreign.Task;
+            seen.Add(Check());
+            await Task.Run(() => Thread.Sleep(1));
+            seen.Add(Check());
+            return seen.ToArray();
+        }).Unwrap();
+
+        await Task.Delay(20);
+        new Thread(() => foreign.SetResult()).Start();
+        (await observations.WithTimeout()).Should().Equal(true, true, true, true);
+
+        bool Check() => scheduler.IsWorkerThread && TaskScheduler.Current == scheduler;
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task A_Task_Yield_loop_does_not_starve_other_tasks(int workers)
+    {
+        using var scheduler = SchedulerTestHelpers.Create(workers);
+        using var stop = new CancellationTokenSource();
+        long yields = 0;
+        Task[] loops = Enumerable.Range(0, workers).Select(_ => scheduler.Factory.StartNew(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                Interlocked.Increment(ref yields);
+                await Task.Yield();
+            }
+        }).Unwrap()).ToArray();
+
+        await Task.Delay(20);
+        // Queued after the loops started, from outside and from inside: both must get a turn.
+        Task fromOutside = scheduler.Factory.StartNew(() => { });
+        Task fromInside = scheduler.Factory.StartNew(() => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler)).Unwrap();
+        await Task.WhenAll(fromOutside, fromInside).WithTimeout();
+        stop.Cancel();
+        await Task.WhenAll(loops).WithTimeout();
+        Interlocked.Read(ref yields).Should().BePositive();
+    }
+
+    [Fact]
+    public async Task Local_spawn_chains_cannot_starve_the_global_queue()
+    {
+        // One worker runs an endless chain of locally spawned tasks (LIFO slot); an outside producer's task
+        // must still run because the global queue is checked every FairnessInterval ticks.
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        var stop = 0;
+        void Chain()
+        {
+            if (Volatile.Read(ref stop) == 0)
+            {
+                Task.Factory.StartNew(Chain, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+        }
+
+        await scheduler.Factory.StartNew(Chain).WithTimeout();
+        await scheduler.Factory.StartNew(() => Volatile.Write(ref stop, 1)).WithTimeout();
+    }
+
+    [Fact]
+    public async Task Ping_pong_through_the_lifo_slot_cannot_starve_older_local_work()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        var stop = 0;
+        var olderRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        void Ping()
+        {
+            if (Volatile.Read(ref stop) == 0)
+            {
+                Task.Factory.StartNew(Pong, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+        }
+
+        void Pong()
+        {
+            if (Volatile.Read(ref stop) == 0)
+            {
+                Task.Factory.StartNew(Ping, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+        }
+
+        await scheduler.Factory.StartNew(() =>
+        {
+            // The older task lands in the deque (displaced from the LIFO slot by Ping).
+            Task.Factory.StartNew(() => { Volatile.Write(ref stop, 1); olderRan.SetResult(); }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            Task.Factory.StartNew(Ping, CancellationToken.None, TaskCreationOptions.None, scheduler);
+        }).WithTimeout();
+
+        await olderRan.Task.WithTimeout();
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task Blocking_fork_join_does_not_deadlock(int workers)
+    {
+        using var scheduler = SchedulerTestHelpers.Create(workers);
+        int result = await scheduler.Factory.StartNew(() => Fib(25)).WithTimeout(TimeSpan.FromSeconds(60));
+        result.Should().Be(75025);
+        scheduler.GetStatistics().TasksInlined.Should().BePositive();
+
+        int Fib(int n)
+        {
+            if (n < 2)
+            {
+                return n;
+            }
+
+            Task<int> left = Task.Factory.StartNew(() => Fib(n - 1), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            int right = Fib(n - 2);
+            return left.Result + right; // blocks a worker: must inline the queued child
+        }
+    }
+
+    [Fact]
+    public async Task Fork_join_with_await_computes_correctly()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        int result = await scheduler.Factory.StartNew(() => Fib(20)).Unwrap().WithTimeout();
+        result.Should().Be(6765);
+
+        async Task<int> Fib(int n)
+        {
+            if (n < 2)
+            {
+                return n;
+            }
+
+            Task<int> left = Task.Factory.StartNew(() => Fib(n - 1), CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
+            int right = await Fib(n - 2);
+            return await left + right;
+        }
+    }
+
+    [Fact]
+    public async Task LongRunning_gets_a_dedicated_thread_and_never_blocks_a_worker()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        using var release = new ManualResetEventSlim();
+        var info = new TaskCompletionSource<(bool OnWorker, string? Name)>();
+
+        Task longRunning = scheduler.Factory.StartNew(() =>
+        {
+            info.SetResult((scheduler.IsWorkerThread, Thread.CurrentThread.Name));
+            release.Wait(SchedulerTestHelpers.Timeout); // blocks its own thread only
+            return TaskScheduler.Current == scheduler;
+        }, TaskCreationOptions.LongRunning);
+
+        (bool onWorker, string? name) = await info.Task.WithTimeout();
+        onWorker.Should().BeFalse();
+        name.Should().StartWith("Test").And.Contain("LongRunning");
+
+        // The single worker is free: a normal task runs while the long-running one blocks.
+        await scheduler.Factory.StartNew(() => release.Set()).WithTimeout();
+        await longRunning.WithTimeout();
+    }
+
+    [Fact]
+    public async Task A_faulting_task_faults_only_itself_and_its_worker_lives_on()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        var boom = new InvalidOperationException("boom");
+        Task faulted = scheduler.Factory.StartNew(() => throw boom);
+        Task<int> next = scheduler.Factory.StartNew(() => 42);
+
+        Func<Task> awaitFault = () => faulted.WithTimeout();
+        (await awaitFault.Should().ThrowAsync<InvalidOperationException>()).Which.Should().BeSameAs(boom);
+        (await next.WithTimeout()).Should().Be(42);
+
+        Task asyncFault = scheduler.Factory.StartNew(async () => { await Task.Yield(); throw new FormatException(); }).Unwrap();
+        await FluentActions.Awaiting(() => asyncFault.WithTimeout()).Should().ThrowAsync<FormatException>();
+        (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue();
+    }
+
+    [Fact]
+    public void Parallel_For_runs_every_iteration_on_workers()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        var hits = new int[10_000];
+        int offWorker = 0;
+        Parallel.For(0, hits.Length, new ParallelOptions { TaskScheduler = scheduler }, i =>
+        {
+            hits[i]++;
+            if (!scheduler.IsWorkerThread)
+            {
+                Interlocked.Increment(ref offWorker);
+            }
+        });
+
+        hits.Should().OnlyContain(h => h == 1);
+        // Parallel.For runs part of the loop on the calling thread by design; the rest runs on workers.
+        offWorker.Should().BeLessThan(hits.Length);
+
+        // Called from a worker, every iteration stays on workers.
+        int offWorkerInside = scheduler.Factory.StartNew(() =>
+        {
+            int off = 0;
+            Parallel.For(0, 1000, new ParallelOptions { TaskScheduler = scheduler }, _ =>
+            {
+                if (!scheduler.IsWorkerThread)
+                {
+                    Interlocked.Increment(ref off);
+                }
+            });
+            return off;
+        }).Result;
+        offWorkerInside.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Dataflow_ActionBlock_runs_on_the_scheduler()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        int processed = 0, offWorker = 0;
+        var block = new ActionBlock<int>(async _ =>
+        {
+            await Task.Yield();
+            if (!scheduler.IsWorkerThread)
+            {
+                Interlocked.Increment(ref offWorker);
+            }
+
+            Interlocked.Increment(ref processed);
+        }, new ExecutionDataflowBlockOptions { TaskScheduler = scheduler, MaxDegreeOfParallelism = 2 });
+
+        for (int i = 0; i < 5_000; i++)
+        {
+            block.Post(i);
+        }
+
+        block.Complete();
+        await block.Completion.WithTimeout();
+        processed.Should().Be(5_000);
+        offWorker.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Two_schedulers_never_mix_work()
+    {
+        using var a = SchedulerTestHelpers.Create(2);
+        using var b = SchedulerTestHelpers.Create(2);
+        int mixed = 0;
+
+        async Task Work(WorkStealingTaskScheduler mine, WorkStealingTaskScheduler other)
+        {
+            for (int i = 0; i < 50; i++)
+            {
+                Check(mine, other);
+                await Task.Yield();
+                Check(mine, other);
+                await Task.Factory.StartNew(() => Check(mine, other), CancellationToken.None, TaskCreationOptions.None, mine);
+                await Task.Delay(0);
+            }
+        }
+
+        void Check(WorkStealingTaskScheduler mine, WorkStealingTaskScheduler other)
+        {
+            if (!mine.IsWorkerThread || other.IsWorkerThread || TaskScheduler.Current != mine)
+            {
+                Interlocked.Increment(ref mixed);
+            }
+        }
+
+        var tasks = new List<Task>();
+        for (int i = 0; i < 20; i++)
+        {
+            tasks.Add(a.Factory.StartNew(() => Work(a, b)).Unwrap());
+            tasks.Add(b.Factory.StartNew(() => Work(b, a)).Unwrap());
+        }
+
+        await Task.WhenAll(tasks).WithTimeout();
+        mixed.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Targeted_work_runs_on_the_chosen_worker_from_any_thread()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        Thread[] workerThreads = await Task.WhenAll(Enumerable.Range(0, 2).Select(index =>
+        {
+            var tcs = new TaskCompletionSource<Thread>(TaskCreationOptions.RunContinuationsAsynchronously);
+            scheduler.EnqueueToWorker(index, new SchedulerTestHelpers.RecordingWorkItem(() => tcs.SetResult(Thread.CurrentThread)));
+            return tcs.Task;
+        })).WithTimeout();
+        workerThreads[0].Should().NotBeSameAs(workerThreads[1]);
+
+        for (int round = 0; round < 200; round++)
+        {
+            int index = round % 2;
+            var ran = new TaskCompletionSource<(Thread Thread, bool IsWorker, int Index)>(TaskCreationOptions.RunContinuationsAsynchronously);
+            scheduler.EnqueueToWorker(index, new SchedulerTestHelpers.RecordingWorkItem(() =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out int current);
+                ran.SetResult((Thread.CurrentThread, scheduler.IsWorkerThread, current));
+            }));
+            var result = await ran.Task.WithTimeout();
+            result.IsWorker.Should().BeTrue();
+            // Both workers are idle here, so nobody steals from the inbox: the chosen worker runs it.
+            result.Index.Should().Be(index);
+            result.Thread.Should().BeSameAs(workerThreads[index]);
+        }
+    }
+
+    [Fact]
+    public async Task TryExecuteTaskInline_refuses_foreign_threads()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        using var gate = new ManualResetEventSlim();
+        Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
+        Task<bool> queued = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread);
+
+        // Waiting from the test thread must not run the task here.
+        queued.Wait(50).Should().BeFalse();
+        queued.IsCompleted.Should().BeFalse();
+
+        gate.Set();
+        (await queued.WithTimeout()).Should().BeTrue();
+        await blocker.WithTimeout();
+    }
+
+    [Fact]
+    public async Task GetScheduledTasks_lists_queued_tasks_without_blocking()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        using var gate = new ManualResetEventSlim();
+        Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
+        await Task.Delay(20);
+        Task[] queued = Enumerable.Range(0, 5).Select(_ => scheduler.Factory.StartNew(() => { })).ToArray();
+
+        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        var scheduled = ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList();
+        scheduled.Should().Contain(queued);
+
+        gate.Set();
+        await Task.WhenAll(queued.Append(blocker)).WithTimeout();
+    }
+}

@@ -1,0 +1,96 @@
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>
+/// Outside producers racing with workers that park at once (SpinIterations = 0): every task must run,
+/// across many seeds and thousands of park/unpark cycles. A lost wake-up shows up as a timeout.
+/// </summary>
+public sealed class ParkWakeStressTests
+{
+    public static TheoryData<int> Seeds => new() { 1, 2, 3, 4, 5, 6, 7, 8 };
+
+    [Theory]
+    [MemberData(nameof(Seeds))]
+    public async Task Outside_producers_racing_parking_workers_never_strand_a_task(int seed)
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var random = new Random(seed);
+        int completed = 0;
+        const int Rounds = 1500;
+
+        for (int round = 0; round < Rounds; round++)
+        {
+            // A pause of random length lets workers reach every point of the park protocol before the next enqueue.
+            int pause = random.Next(0, 4) switch { 0 => 0, 1 => random.Next(1, 50), 2 => random.Next(50, 2000), _ => -1 };
+            if (pause > 0)
+            {
+                Thread.SpinWait(pause);
+            }
+            else if (pause < 0)
+            {
+                Thread.Yield();
+            }
+
+            Task task = random.Next(3) switch
+            {
+                0 => scheduler.Factory.StartNew(() => Interlocked.Increment(ref completed)),
+                1 => EnqueueTargeted(scheduler, random.Next(2), () => Interlocked.Increment(ref completed)),
+                _ => SpawnFromWorker(scheduler, () => Interlocked.Increment(ref completed)),
+            };
+
+            if (!task.Wait(TimeSpan.FromSeconds(10)))
+            {
+                throw new TimeoutException($"Task stranded at round {round} (seed {seed}); stats: {scheduler.GetStatistics()}");
+            }
+        }
+
+        completed.Should().Be(Rounds);
+        scheduler.GetStatistics().WorkerParks.Should().BeGreaterThan(Rounds / 4, "the workers must really park between rounds");
+        await Task.CompletedTask;
+    }
+
+    [Fact]
+    public async Task Many_producers_and_bursts_complete_everything()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        int completed = 0;
+        const int Producers = 4, PerProducer = 20_000;
+        Task[] producers = Enumerable.Range(0, Producers).Select(p => Task.Run(async () =>
+        {
+            var random = new Random(p);
+            var tasks = new Task[PerProducer];
+            for (int i = 0; i < PerProducer; i++)
+            {
+                tasks[i] = (i % 3) switch
+                {
+                    0 => scheduler.Factory.StartNew(() => Interlocked.Increment(ref completed)),
+                    1 => EnqueueTargeted(scheduler, i & 1, () => Interlocked.Increment(ref completed)),
+                    _ => SpawnFromWorker(scheduler, () => Interlocked.Increment(ref completed)),
+                };
+
+                if (random.Next(64) == 0)
+                {
+                    Thread.Sleep(0);
+                }
+            }
+
+            await Task.WhenAll(tasks);
+        })).ToArray();
+
+        await Task.WhenAll(producers).WithTimeout(TimeSpan.FromSeconds(60));
+        completed.Should().Be(Producers * PerProducer);
+    }
+
+    private static Task EnqueueTargeted(WorkStealingTaskScheduler scheduler, int worker, Action action)
+    {
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.EnqueueToWorker(worker, new SchedulerTestHelpers.RecordingWorkItem(() =>
+        {
+            action();
+            tcs.SetResult();
+        }));
+        return tcs.Task;
+    }
+
+    private static Task SpawnFromWorker(WorkStealingTaskScheduler scheduler, Action action) =>
+        scheduler.Factory.StartNew(() => Task.Factory.StartNew(action, CancellationToken.None, TaskCreationOptions.None, scheduler)).Unwrap();
+}

@@ -1,0 +1,31 @@
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>Tests that measure process-wide CPU or memory must not share the machine with other tests.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SerialResourceGroup
+{
+    public const string Name = "Serial resource measurements";
+}
+
+internal static class SchedulerTestHelpers
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+
+    public static WorkStealingTaskScheduler Create(int workers, int spin = 30) =>
+        new(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, SpinIterations = spin, ThreadNamePrefix = "Test" });
+
+    /// <summary>Waits with a generous timeout so a hang fails the test instead of the run.</summary>
+    public static async Task WithTimeout(this Task task, TimeSpan? timeout = null)
+    {
+        await task.WaitAsync(timeout ?? Timeout);
+    }
+
+    public static async Task<T> WithTimeout<T>(this Task<T> task, TimeSpan? timeout = null) =>
+        await task.WaitAsync(timeout ?? Timeout);
+
+    /// <summary>A work item that records where it ran.</summary>
+    internal sealed class RecordingWorkItem(Action onExecute) : IThreadPoolWorkItem
+    {
+        public void Execute() => onExecute();
+    }
+}
