@@ -72,7 +72,7 @@ public sealed class WorkStealingDequeTests
     [InlineData(4)]
     public void Stress_every_item_is_taken_exactly_once(int seed)
     {
-        const int Items = 300_000;
+        const int Items = 200_000;
         var deque = new WorkStealingDeque(64);
         var seen = new int[Items];
         var boxes = new object[Items];
@@ -157,7 +157,7 @@ public sealed class WorkStealingDequeTests
 
         Check.Sample(scenarios, scenario =>
         {
-            for (int repeat = 0; repeat < 4; repeat++)
+            for (int repeat = 0; repeat < 3; repeat++)
             {
                 History history = Run(scenario);
                 if (!IsLinearizable(scenario, history))
@@ -165,7 +165,7 @@ public sealed class WorkStealingDequeTests
                     throw new InvalidOperationException($"Not linearizable: {scenario} gave {history}");
                 }
             }
-        }, iter: 600, threads: 1);
+        }, iter: 250, threads: 1);
     }
 
     private sealed record Scenario(int Initial, int[] Owner, int[] ThiefA, int[] ThiefB)

@@ -27,6 +27,7 @@ public sealed partial class WorkStealingTaskScheduler
         private readonly int _fairnessInterval;
         private readonly int _spinIterations;
         private Thread? _thread;
+        private Task? _carrier;
 
         // Owner-thread state.
         private WorkItem _lifoSlot;
@@ -164,15 +165,38 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Wakes this worker's thread. Called by the idle coordinator only, under its lock.</summary>
         internal void Signal() => _parkEvent.Set();
 
+        public bool IsCarrier(Task task) => ReferenceEquals(task, _carrier);
+
         private void Run()
         {
             SetCurrentWorker(this);
+            if (_owner.WorkerContext is { } context)
+            {
+                // Run the loop inside a task of this scheduler, so that TaskScheduler.Current stays this scheduler
+                // in code resumed through the synchronization context (posted callbacks are not tasks themselves).
+                SynchronizationContext.SetSynchronizationContext(context);
+                _carrier = new Task(static state => ((Worker)state!).RunLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
+                _carrier.RunSynchronously(_owner);
+            }
+            else
+            {
+                RunLoop();
+            }
+        }
+
+        private void RunLoop()
+        {
             try
             {
                 while (true)
                 {
                     if (TryGetWork(out WorkItem item))
                     {
+                        if (_isIdle)
+                        {
+                            _isIdle = false;
+                        }
+
                         Execute(item);
                         continue;
                     }
@@ -190,8 +214,7 @@ public sealed partial class WorkStealingTaskScheduler
                         break;
                     }
 
-                    Park();
-                    _isIdle = false;
+                    Park(); // still idle until it finds work: peers keep off its inbox meanwhile
                 }
             }
             finally
@@ -208,19 +231,36 @@ public sealed partial class WorkStealingTaskScheduler
             }
         }
 
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private void Execute(in WorkItem item)
         {
-            if (_owner.RunWorkItem(item))
+            try
             {
-                Counters.Executed++;
+                if (_owner.RunWorkItem(item))
+                {
+                    Counters.Executed++;
+                }
             }
+            catch (Exception exception)
+            {
+                // Tasks capture their own exceptions; this is a fire-and-forget callback (a post from an async void
+                // method, a pipe callback, a work item) that threw. The worker lives on; the exception is raised
+                // as unhandled exactly as the ThreadPool would raise it, so it is never lost silently.
+                Counters.Executed++;
+                ReportUnhandled(exception);
+            }
+        }
+
+        private static void ReportUnhandled(Exception exception)
+        {
+            var captured = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(exception);
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Throw(), captured, preferLocal: false);
         }
 
         private bool TryGetWork(out WorkItem item)
         {
-            // Fairness: every N ticks look outside first, so local churn cannot starve outside producers.
-            if (++_tick % (uint)_fairnessInterval == 0 && TryTakeInboxOrGlobal(out item))
+            // Fairness: every N ticks look outside first (global queue, then inbox), so neither local churn
+            // nor a stream of posts (a Task.Yield loop feeds the inbox) can starve outside producers.
+            if (++_tick % (uint)_fairnessInterval == 0 && (_owner.TryDequeueGlobal(out item) || _inbox.TryDequeue(out item)))
             {
                 _lifoRunsInARow = 0;
                 return FoundWork();
@@ -236,15 +276,25 @@ public sealed partial class WorkStealingTaskScheduler
                     return FoundWork();
                 }
 
-                // Cap reached (ping-pong pairs): demote the slot and let the oldest work have a turn.
+                // Cap reached (a ping-pong pair keeps refilling the slot): give the next-newest local work, or
+                // work from outside, one turn, then the demoted task runs as the newest item of the deque. Taking
+                // the newest rather than the oldest keeps a spawn tree depth-first (bounded queues, cache-hot), and
+                // the demotion wakes nobody: the owner is about to run it.
                 WorkItem demoted = _lifoSlot;
                 _lifoSlot = default;
                 _lifoRunsInARow = 0;
-                PushToDeque(demoted);
-                if (TryTakeInboxOrGlobal(out item) || _deque.TrySteal(out item))
+                if (!TryTakeInboxOrGlobal(out item) && !_deque.TryPop(out item))
                 {
+                    item = demoted;
                     return FoundWork();
                 }
+
+                if (!_deque.TryPush(demoted))
+                {
+                    _lifoSlot = demoted; // deque full: keep it in the slot, it runs next anyway
+                }
+
+                return FoundWork();
             }
 
             _lifoRunsInARow = 0;

@@ -69,6 +69,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         _liveWorkers = WorkerCount;
         Factory = new TaskFactory(CancellationToken.None, TaskCreationOptions.None, TaskContinuationOptions.None, this);
         PipeScheduler = new WorkStealingPipeScheduler(this);
+        WorkerContext = _options.UseSynchronizationContext ? new WorkStealingSynchronizationContext(this) : null;
 
         foreach (Worker worker in _workers)
         {
@@ -97,6 +98,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     public bool IsWorkerThread => t_currentWorker?.Owner == this;
 
     internal WorkStealingTaskSchedulerOptions Options => _options;
+
+    /// <summary>The context installed on workers, or null when <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> is off.</summary>
+    internal WorkStealingSynchronizationContext? WorkerContext { get; }
 
     internal ReadOnlySpan<Worker> Workers => _workers;
 
@@ -147,8 +151,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         }
         else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
         {
-            // Task.Yield and fairness-minded callers go to the back of the FIFO line, or yield loops starve others.
-            EnqueueGlobal(new WorkItem(task));
+            // Task.Yield and fairness-minded callers go to the back of a FIFO line, or yield loops starve others:
+            // this worker's inbox, which it serves after its local work (and peers drain while it is busy).
+            worker.PostToInbox(new WorkItem(task));
         }
         else
         {
@@ -164,6 +169,11 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         {
             // Never run our tasks on a foreign thread: it would break IsWorkerThread and TaskScheduler.Current.
             return false;
+        }
+
+        if (worker.IsCarrier(task))
+        {
+            return TryExecuteTask(task); // the worker loop itself starting up (see Worker.Run)
         }
 
         if (taskWasPreviouslyQueued)
@@ -246,6 +256,23 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         else
         {
             target.PostToInbox(item);
+        }
+    }
+
+    /// <summary>
+    /// Queues a <see cref="System.Threading.SynchronizationContext.Post"/>: FIFO, to the calling worker's inbox or
+    /// the global queue. Posts never throw for disposal: they are continuations of work already in flight.
+    /// </summary>
+    internal void EnqueuePosted(in WorkItem item)
+    {
+        Worker? worker = CurrentWorker;
+        if (worker is not null)
+        {
+            worker.PostToInbox(item);
+        }
+        else
+        {
+            EnqueueGlobal(item);
         }
     }
 

@@ -33,6 +33,22 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// <summary>Capacity of each worker's deque; a power of two of at least 16. Overflow spills half to the global queue. Defaults to 256.</summary>
     public int LocalQueueCapacity { get; set; } = 256;
 
+    /// <summary>
+    /// Opt-in: workers run with a scheduler-specific <see cref="SynchronizationContext"/>, so that <c>await</c> inside
+    /// work on this scheduler resumes through it — one small allocation per asynchronous resumption instead of a
+    /// continuation plus a <see cref="Task"/>, and no task machinery when the awaited task completes on a worker.
+    /// Defaults to false.
+    /// </summary>
+    /// <remarks>
+    /// The trade-off, measured and documented in <c>docs/scheduling.md</c>: when an awaited task completes on a worker
+    /// of the same scheduler, the BCL runs the continuation inline with no current task, so the resumed code sees
+    /// <see cref="TaskScheduler.Current"/> as <see cref="TaskScheduler.Default"/> (it still runs on the worker, and
+    /// <c>await</c> and <c>Task.Yield</c> still come back here). Code that calls <c>Task.Factory.StartNew</c> or
+    /// <c>Parallel.*</c> without naming a scheduler would then reach the ThreadPool. Leave it off unless all work names
+    /// its scheduler explicitly. <see cref="SynchronizationContext.Current"/> is non-null on workers when it is on.
+    /// </remarks>
+    public bool UseSynchronizationContext { get; set; }
+
     /// <summary>Whether workers are background threads (they do not keep the process alive). Defaults to true.</summary>
     public bool UseBackgroundThreads { get; set; } = true;
 

@@ -1,0 +1,92 @@
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>The opt-in synchronization-context mode (see WorkStealingTaskSchedulerOptions.UseSynchronizationContext).</summary>
+public sealed class SynchronizationContextTests
+{
+    private static WorkStealingTaskScheduler Create(int workers) =>
+        new(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, UseSynchronizationContext = true, ThreadNamePrefix = "Ctx" });
+
+    [Fact]
+    public void The_context_is_off_by_default()
+    {
+        new WorkStealingTaskSchedulerOptions().UseSynchronizationContext.Should().BeFalse();
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        scheduler.Factory.StartNew(() => SynchronizationContext.Current).Result.Should().BeNull();
+    }
+
+    [Fact]
+    public async Task Awaits_resume_on_workers_and_posted_code_sees_the_scheduler()
+    {
+        using var scheduler = Create(2);
+        var foreign = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task<bool[]> observations = scheduler.Factory.StartNew(async () =>
+        {
+            var seen = new List<bool>();
+            await Task.Yield();
+            seen.Add(scheduler.IsWorkerThread && TaskScheduler.Current == scheduler);
+            await Task.Delay(5);
+            seen.Add(scheduler.IsWorkerThread && TaskScheduler.Current == scheduler);
+            await foreign.Task;
+            seen.Add(scheduler.IsWorkerThread && TaskScheduler.Current == scheduler);
+            return seen.ToArray();
+        }).Unwrap();
+
+        await Task.Delay(20);
+        new Thread(() => foreign.SetResult()).Start();
+        (await observations.WithTimeout()).Should().Equal(true, true, true);
+    }
+
+    [Fact]
+    public async Task A_yield_loop_cannot_starve_other_work_because_posts_are_fifo()
+    {
+        using var scheduler = Create(1);
+        using var stop = new CancellationTokenSource();
+        Task loop = scheduler.Factory.StartNew(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await Task.Yield();
+            }
+        }).Unwrap();
+
+        await Task.Delay(20);
+        await scheduler.Factory.StartNew(() => { }).WithTimeout();
+        await scheduler.Factory.StartNew(() => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler)).Unwrap().WithTimeout();
+        stop.Cancel();
+        await loop.WithTimeout();
+    }
+
+    [Fact]
+    public async Task Fork_join_with_await_works_in_context_mode()
+    {
+        using var scheduler = Create(2);
+        int result = await scheduler.Factory.StartNew(() => Fib(18)).Unwrap().WithTimeout();
+        result.Should().Be(2584);
+
+        async Task<int> Fib(int n)
+        {
+            if (n < 2)
+            {
+                return n;
+            }
+
+            Task<int> left = Task.Factory.StartNew(() => Fib(n - 1), CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
+            int right = await Fib(n - 2);
+            bool onWorker = scheduler.IsWorkerThread;
+            return onWorker ? await left + right : -1_000_000;
+        }
+    }
+
+    [Fact]
+    public async Task An_async_void_exception_is_raised_as_unhandled_and_the_worker_lives_on()
+    {
+        using var scheduler = Create(1);
+        var context = await scheduler.Factory.StartNew(() => SynchronizationContext.Current!).WithTimeout();
+        int ran = 0;
+        context.Post(_ => Interlocked.Increment(ref ran), null);
+        context.Send(_ => Interlocked.Increment(ref ran), null);
+        ran.Should().Be(2);
+        FluentActions.Invoking(() => context.Send(_ => throw new FormatException(), null)).Should().Throw<FormatException>();
+        (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue();
+    }
+}
