@@ -1,0 +1,105 @@
+using System.IO.Pipelines;
+using Pipelines.Sockets.Unofficial;
+using Scheduler.Benchmarks.Scheduling;
+
+namespace Scheduler.Benchmarks.Compare;
+
+/// <summary>
+/// Every row group of the <c>compare</c> table, in table order. Adding a row is one entry here: a name, a sentence
+/// for the docs, and a comparison — <see cref="Comparison.Timed"/> for "time this on the ThreadPool and on ours",
+/// or <c>new Comparison(...).Baseline(...).Ours(...).Peer(...)</c> for anything else. Workloads that other parts
+/// of the library have not delivered yet simply have no entry (no placeholder rows).
+/// </summary>
+internal static class CompareCatalog
+{
+    private const int PendingAwaiterCount = 10_000;
+
+    public static IReadOnlyList<CompareEntry> Entries { get; } =
+    [
+        new("spawn_many_local",
+            $"One task on a worker spawns {WorkloadSizes.SpawnMany:N0} tasks (local queue path); time until all ran.",
+            c => Comparison.Timed(c, "spawn_many_local", s => SchedulerWorkloads.SpawnManyLocal(s, WorkloadSizes.SpawnMany))),
+        new("spawn_many_remote",
+            $"A thread outside the scheduler spawns {WorkloadSizes.SpawnMany:N0} tasks (injection path); time until all ran.",
+            c => Comparison.Timed(c, "spawn_many_remote", s => SchedulerWorkloads.SpawnManyRemote(s, WorkloadSizes.SpawnMany))),
+        new("chained_spawn",
+            $"Each task spawns the next, {WorkloadSizes.ChainDepth:N0} deep (spawn-to-run latency, no parallelism).",
+            c => Comparison.Timed(c, "chained_spawn", s => SchedulerWorkloads.ChainedSpawn(s, WorkloadSizes.ChainDepth))),
+        new("yield_many",
+            $"{WorkloadSizes.YieldTasks} tasks each `await Task.Yield()` {WorkloadSizes.YieldsPerTask} times.",
+            c => Comparison.Timed(c, "yield_many", s => SchedulerWorkloads.YieldMany(s, WorkloadSizes.YieldTasks, WorkloadSizes.YieldsPerTask))),
+        new("ping_pong",
+            $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
+            c => Comparison.Timed(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
+        new("skynet",
+            $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {WorkloadSizes.SkynetLeaves:N0} leaves (1,111,111 tasks); inner nodes await and sum their children.",
+            c => Comparison.Timed(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
+        new("fork_join",
+            $"fib({WorkloadSizes.FibN}) where every call spawns fib(n-1) as a task, computes fib(n-2) itself and awaits both.",
+            c => Comparison.Timed(c, "fork_join", s => Verified(SchedulerWorkloads.ForkJoin(s, WorkloadSizes.FibN), SchedulerWorkloads.FibExpected(WorkloadSizes.FibN), "fork_join"))),
+        new("pipe_schedule",
+            $"{WorkloadSizes.PipeChains} chains of `PipeScheduler.Schedule` callbacks, each scheduling the next, {WorkloadSizes.PipeHopsPerChain:N0} per chain: " +
+            "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core).",
+            PipeSchedule),
+        new("wake_latency",
+            "From a foreign thread completing an awaited `TaskCompletionSource` (asynchronous continuations) to the awaiting code running: " +
+            "on the ThreadPool vs on ours. Most wake-ups come 0–50 µs after the await (workers may still spin); every 8th after 1 ms (workers parked), so p99 is a parked worker's wake-up. HdrHistogram percentiles.",
+            WakeLatency),
+        new("idle_cpu",
+            $"Process CPU (ms per second, via getrusage) while {PendingAwaiterCount:N0} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
+            IdleCpu),
+        new("pending_task_memory",
+            $"Bytes allocated per pending awaiter (a `TaskCompletionSource` and the async method awaiting it), parking {PendingAwaiterCount:N0} on a ThreadPool thread vs on a worker of ours.",
+            PendingTaskMemory),
+    ];
+
+    private static Comparison PipeSchedule(CompareContext context)
+    {
+        const string What = "pipe_schedule";
+        var dedicated = new DedicatedThreadPoolPipeScheduler("pipe_schedule peer", Environment.ProcessorCount);
+        return new Comparison(What, [Metric.Time])
+            .Owning(dedicated)
+            .Baseline("PipeScheduler.ThreadPool", CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(PipeScheduler.ThreadPool, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)))
+            .Ours(CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(context.Scheduler.PipeScheduler, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)))
+            .Peer("DedicatedThreadPoolPipeScheduler", CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(dedicated, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)));
+    }
+
+    private static Comparison WakeLatency(CompareContext context)
+    {
+        const string What = "wake_latency";
+        int samples = context.Quick ? 1_000 : 4_000;
+        Metric[] metrics = [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
+        return new Comparison(What, metrics, variant: "Tasks")
+            .Baseline("ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
+            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new TaskCompletionSourceWakeSignal(), samples, What))
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 2);
+    }
+
+    private static Comparison IdleCpu(CompareContext context)
+    {
+        const string What = "idle_cpu";
+        TimeSpan settle = TimeSpan.FromMilliseconds(250);
+        TimeSpan window = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
+        return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)])
+            .Baseline("ThreadPool", c => [PendingProbes.IdleCpu(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .Ours(c => [PendingProbes.IdleCpu(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
+    }
+
+    private static Comparison PendingTaskMemory(CompareContext context)
+    {
+        const string What = "pending_task_memory";
+        return new Comparison(What, [new Metric("allocated", "bytes/awaiter", Better.Lower)], variant: "Tasks")
+            .Baseline("TaskCompletionSource on ThreadPool", c => [PendingProbes.BytesPerAwaiter(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .Ours(c => [PendingProbes.BytesPerAwaiter(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
+    }
+
+    /// <summary>Fails the run when a workload computes the wrong answer (a lost or doubled task), without adding a wait.</summary>
+    private static Task<long> Verified(Task<long> task, long expected, string what) =>
+        task.ContinueWith(
+            t => t.Result == expected ? t.Result : throw new InvalidOperationException($"{what} returned {t.Result}, expected {expected}."),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+}
