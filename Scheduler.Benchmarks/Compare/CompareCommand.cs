@@ -5,12 +5,13 @@ namespace Scheduler.Benchmarks.Compare;
 /// <summary>
 /// <c>compare</c>: one side-by-side table of our scheduler against the ThreadPool (and peers) in a few minutes.
 /// The table goes to <c>output</c>, progress and errors to <c>error</c>; exit code 0 on success, 1 when a workload
-/// failed, 2 on bad arguments.
+/// failed, 2 on bad arguments. Public so tests and tools can run it in-process with their own writers.
 /// </summary>
-internal static class CompareCommand
+public static class CompareCommand
 {
     private static readonly TimeSpan s_runTimeout = TimeSpan.FromMinutes(2);
 
+    /// <summary>Runs <c>compare</c> with <paramref name="args"/> (without the word <c>compare</c>).</summary>
     public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error)
     {
         ArgumentNullException.ThrowIfNull(args);
