@@ -5,10 +5,18 @@ using Scheduler.Benchmarks.Scheduling;
 namespace Scheduler.Benchmarks.Compare;
 
 /// <summary>
-/// Every row group of the <c>compare</c> table, in table order. Adding a row is one entry here: a name, a sentence
-/// for the docs, and a comparison — <see cref="Comparison.Timed"/> for "time this on the ThreadPool and on ours",
-/// or <c>new Comparison(...).Baseline(...).Ours(...).Peer(...)</c> for anything else. Workloads that other parts
-/// of the library have not delivered yet simply have no entry (no placeholder rows).
+/// Every row group of the <c>compare</c> table, in table order. Adding a row is one entry here: a name (what
+/// <c>--only</c> matches; several entries may share one, e.g. ping_pong with Tasks and with pooled wakers), a
+/// sentence for the docs, and a comparison:
+/// <list type="bullet">
+/// <item><c>Comparison.Timed(c, name, s =&gt; Workload(s))</c>: time one body on the ThreadPool and on ours;</item>
+/// <item><c>Comparison.Timed(name, "ThreadPool", () =&gt; Bcl(), () =&gt; Ours(c.Scheduler), variant).PeerTimed("Peer", () =&gt; ...)</c>:
+/// time different bodies (e.g. TaskCompletionSource vs pooled wakers), peers in their own columns;</item>
+/// <item><c>new Comparison(name, metrics).Baseline(...).Ours(...)</c> with any <see cref="MeasureRound"/> for other
+/// metrics (latency percentiles, CPU, bytes, throughput); <see cref="WakeSignal"/> and <see cref="PendingAwaiters"/>
+/// let another awaitable reuse the wake_latency, idle_cpu and pending_task_memory probes.</item>
+/// </list>
+/// Workloads that other parts of the library have not delivered yet simply have no entry (no placeholder rows).
 /// </summary>
 internal static class CompareCatalog
 {
@@ -55,13 +63,14 @@ internal static class CompareCatalog
 
     private static Comparison PipeSchedule(CompareContext context)
     {
-        const string What = "pipe_schedule";
         var dedicated = new DedicatedThreadPoolPipeScheduler("pipe_schedule peer", Environment.ProcessorCount);
-        return new Comparison(What, [Metric.Time])
-            .Owning(dedicated)
-            .Baseline("PipeScheduler.ThreadPool", CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(PipeScheduler.ThreadPool, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)))
-            .Ours(CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(context.Scheduler.PipeScheduler, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)))
-            .Peer("DedicatedThreadPoolPipeScheduler", CompareContext.Timed(What, () => PipeSchedulerWorkloads.PipeSchedule(dedicated, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain)));
+        return Comparison.Timed(
+                "pipe_schedule",
+                "PipeScheduler.ThreadPool",
+                () => PipeSchedulerWorkloads.PipeSchedule(PipeScheduler.ThreadPool, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain),
+                () => PipeSchedulerWorkloads.PipeSchedule(context.Scheduler.PipeScheduler, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain))
+            .PeerTimed("DedicatedThreadPoolPipeScheduler", () => PipeSchedulerWorkloads.PipeSchedule(dedicated, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain))
+            .Owning(dedicated);
     }
 
     private static Comparison WakeLatency(CompareContext context)

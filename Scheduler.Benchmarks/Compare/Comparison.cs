@@ -52,6 +52,18 @@ internal sealed class Comparison : IDisposable
             .Ours(CompareContext.Timed(workload + " on ours", () => body(context.Scheduler)));
     }
 
+    /// <summary>
+    /// Times two different bodies: <paramref name="baseline"/> (the BCL way, e.g. TaskCompletionSource on the ThreadPool)
+    /// against <paramref name="ours"/> (e.g. pooled wakers on our scheduler). Chain <see cref="PeerTimed"/> for peers.
+    /// </summary>
+    public static Comparison Timed(string workload, string baselineName, Func<Task> baseline, Func<Task> ours, string? variant = null) =>
+        new Comparison(workload, [Metric.Time], variant)
+            .Baseline(baselineName, CompareContext.Timed($"{workload} on {baselineName}", baseline))
+            .Ours(CompareContext.Timed(workload + " on ours", ours));
+
+    /// <summary>Adds a peer whose run is timed like the baseline's and ours (single <see cref="Metric.Time"/> comparisons).</summary>
+    public Comparison PeerTimed(string name, Func<Task> start) => Peer(name, CompareContext.Timed($"{Workload} on {name}", start));
+
     public Comparison Baseline(string name, MeasureRound measure) => Add(new Contender(name, ContenderRole.Baseline, measure));
 
     public Comparison Ours(MeasureRound measure) => Add(new Contender("ours", ContenderRole.Ours, measure));
