@@ -81,7 +81,7 @@ internal static class CompareCatalog
         return new Comparison(What, metrics, variant: "Tasks")
             .Baseline("ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
             .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new TaskCompletionSourceWakeSignal(), samples, What))
-            .WithRounds(warmups: 1, rounds: 5, quickRounds: 2);
+            .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
     }
 
     private static Comparison IdleCpu(CompareContext context)
@@ -92,7 +92,7 @@ internal static class CompareCatalog
         return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)])
             .Baseline("ThreadPool", c => [PendingProbes.IdleCpu(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
             .Ours(c => [PendingProbes.IdleCpu(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
-            .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 1);
     }
 
     private static Comparison PendingTaskMemory(CompareContext context)

@@ -38,5 +38,5 @@ internal static class WorkloadSizes
     public const int PipeChains = 8;
 
     /// <summary>pipe_schedule: callbacks per chain (each schedules the next).</summary>
-    public const int PipeHopsPerChain = 20_000;
+    public const int PipeHopsPerChain = 50_000;
 }
