@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.IO.Pipelines;
 using Pipelines.Sockets.Unofficial;
 using Scheduler.Benchmarks.Scheduling;
@@ -25,13 +26,13 @@ internal static class CompareCatalog
     public static IReadOnlyList<CompareEntry> Entries { get; } =
     [
         new("spawn_many_local",
-            $"One task on a worker spawns {WorkloadSizes.SpawnMany:N0} tasks (local queue path); time until all ran.",
+            $"One task on a worker spawns {N(WorkloadSizes.SpawnMany)} tasks (local queue path); time until all ran.",
             c => Comparison.Timed(c, "spawn_many_local", s => SchedulerWorkloads.SpawnManyLocal(s, WorkloadSizes.SpawnMany))),
         new("spawn_many_remote",
-            $"A thread outside the scheduler spawns {WorkloadSizes.SpawnMany:N0} tasks (injection path); time until all ran.",
+            $"A thread outside the scheduler spawns {N(WorkloadSizes.SpawnMany)} tasks (injection path); time until all ran.",
             c => Comparison.Timed(c, "spawn_many_remote", s => SchedulerWorkloads.SpawnManyRemote(s, WorkloadSizes.SpawnMany))),
         new("chained_spawn",
-            $"Each task spawns the next, {WorkloadSizes.ChainDepth:N0} deep (spawn-to-run latency, no parallelism).",
+            $"Each task spawns the next, {N(WorkloadSizes.ChainDepth)} deep (spawn-to-run latency, no parallelism).",
             c => Comparison.Timed(c, "chained_spawn", s => SchedulerWorkloads.ChainedSpawn(s, WorkloadSizes.ChainDepth))),
         new("yield_many",
             $"{WorkloadSizes.YieldTasks} tasks each `await Task.Yield()` {WorkloadSizes.YieldsPerTask} times.",
@@ -40,24 +41,24 @@ internal static class CompareCatalog
             $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
             c => Comparison.Timed(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
         new("skynet",
-            $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {WorkloadSizes.SkynetLeaves:N0} leaves (1,111,111 tasks); inner nodes await and sum their children.",
+            $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {N(WorkloadSizes.SkynetLeaves)} leaves (1,111,111 tasks); inner nodes await and sum their children.",
             c => Comparison.Timed(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
         new("fork_join",
             $"fib({WorkloadSizes.FibN}) where every call spawns fib(n-1) as a task, computes fib(n-2) itself and awaits both.",
             c => Comparison.Timed(c, "fork_join", s => Verified(SchedulerWorkloads.ForkJoin(s, WorkloadSizes.FibN), SchedulerWorkloads.FibExpected(WorkloadSizes.FibN), "fork_join"))),
         new("pipe_schedule",
-            $"{WorkloadSizes.PipeChains} chains of `PipeScheduler.Schedule` callbacks, each scheduling the next, {WorkloadSizes.PipeHopsPerChain:N0} per chain: " +
-            "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core).",
+            $"{WorkloadSizes.PipeChains} chains of `PipeScheduler.Schedule` callbacks, each scheduling the next, {N(WorkloadSizes.PipeHopsPerChain)} per chain: " +
+            "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core; its spill-to-ThreadPool queue length of 10 is never reached by 8 chains).",
             PipeSchedule),
         new("wake_latency",
             "From a foreign thread completing an awaited `TaskCompletionSource` (asynchronous continuations) to the awaiting code running: " +
             "on the ThreadPool vs on ours. Most wake-ups come 0–50 µs after the await (workers may still spin); every 8th after 1 ms (workers parked), so p99 is a parked worker's wake-up. HdrHistogram percentiles.",
             WakeLatency),
         new("idle_cpu",
-            $"Process CPU (ms per second, via getrusage) while {PendingAwaiterCount:N0} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
+            $"Process CPU (ms per second, via getrusage) while {N(PendingAwaiterCount)} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
             IdleCpu),
         new("pending_task_memory",
-            $"Bytes allocated per pending awaiter (a `TaskCompletionSource` and the async method awaiting it), parking {PendingAwaiterCount:N0} on a ThreadPool thread vs on a worker of ours.",
+            $"Bytes allocated per pending awaiter (a `TaskCompletionSource` and the async method awaiting it), parking {N(PendingAwaiterCount)} on a ThreadPool thread vs on a worker of ours.",
             PendingTaskMemory),
     ];
 
@@ -103,6 +104,8 @@ internal static class CompareCatalog
             .Ours(c => [PendingProbes.BytesPerAwaiter(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
             .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
     }
+
+    private static string N(int value) => value.ToString("N0", CultureInfo.InvariantCulture);
 
     /// <summary>Fails the run when a workload computes the wrong answer (a lost or doubled task), without adding a wait.</summary>
     private static Task<long> Verified(Task<long> task, long expected, string what) =>
