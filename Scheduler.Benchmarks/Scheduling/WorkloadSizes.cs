@@ -11,19 +11,19 @@ internal static class WorkloadSizes
     public const int SpawnMany = 100_000;
 
     /// <summary>chained_spawn: length of the chain (each task spawns the next).</summary>
-    public const int ChainDepth = 100_000;
+    public const int ChainDepth = 200_000;
 
     /// <summary>yield_many: tasks.</summary>
     public const int YieldTasks = 200;
 
     /// <summary>yield_many: <c>await Task.Yield()</c> per task.</summary>
-    public const int YieldsPerTask = 500;
+    public const int YieldsPerTask = 1_000;
 
     /// <summary>ping_pong: pairs of tasks.</summary>
     public const int PingPongPairs = 100;
 
     /// <summary>ping_pong: round trips per pair.</summary>
-    public const int PingPongRoundTrips = 500;
+    public const int PingPongRoundTrips = 1_000;
 
     /// <summary>skynet: leaves of the 10-ary tree (1,111,111 tasks in all).</summary>
     public const int SkynetLeaves = 1_000_000;
