@@ -70,13 +70,17 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
             for (int k = 0; k < contenders.Count; k++)
             {
                 Contender contender = contenders[(r + k) % contenders.Count];
+                SchedulerStatistics before = context.Scheduler.GetStatistics();
                 double[] values = Measure(comparison, contender);
+                SchedulerStatistics after = context.Scheduler.GetStatistics();
                 for (int m = 0; m < values.Length; m++)
                 {
                     samples[contender][m].Add(values[m]);
                 }
 
-                line.Add($"{contender.Name} {Describe(comparison.Metrics, values)}");
+                // Our scheduler's counters for our run: a first clue when a row looks wrong (steals, parks, inlining).
+                string counters = contender.Role == ContenderRole.Ours ? " " + DescribeCounters(before, after) : string.Empty;
+                line.Add($"{contender.Name} {Describe(comparison.Metrics, values)}{counters}");
             }
 
             progress.WriteLine($"{tag} round {r + 1}/{rounds}: {string.Join(" | ", line)}");
@@ -105,6 +109,11 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
 
         return values;
     }
+
+    private static string DescribeCounters(SchedulerStatistics before, SchedulerStatistics after) =>
+        string.Create(
+            CultureInfo.InvariantCulture,
+            $"[executed {after.TasksExecuted - before.TasksExecuted}, stolen {after.TasksStolen - before.TasksStolen}, inlined {after.TasksInlined - before.TasksInlined}, parks {after.WorkerParks - before.WorkerParks}, wakeups {after.WorkerWakeups - before.WorkerWakeups}]");
 
     private static string Describe(IReadOnlyList<Metric> metrics, double[] values) =>
         metrics.Count == 1
