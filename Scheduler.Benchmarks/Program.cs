@@ -1,11 +1,18 @@
 using BenchmarkDotNet.Running;
+using Scheduler.Benchmarks.Compare;
 
 namespace Scheduler.Benchmarks;
 
-/// <summary>Entry point: named commands first (compare, echo-server), else BenchmarkDotNet's switcher.</summary>
+/// <summary>Entry point: named commands first, anything else goes to BenchmarkDotNet's switcher.</summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    public static int Main(string[] args) => args switch
+    {
+        ["compare", .. var rest] => CompareCommand.Run(rest, Console.Out, Console.Error),
+        _ => RunBenchmarks(args),
+    };
+
+    private static int RunBenchmarks(string[] args)
     {
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;

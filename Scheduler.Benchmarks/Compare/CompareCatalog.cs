@@ -1,0 +1,117 @@
+using System.Globalization;
+using System.IO.Pipelines;
+using Pipelines.Sockets.Unofficial;
+using Scheduler.Benchmarks.Scheduling;
+
+namespace Scheduler.Benchmarks.Compare;
+
+/// <summary>
+/// Every row group of the <c>compare</c> table, in table order. Adding a row is one entry here: a name (what
+/// <c>--only</c> matches; several entries may share one, e.g. ping_pong with Tasks and with pooled wakers), a
+/// sentence for the docs, and a comparison:
+/// <list type="bullet">
+/// <item><c>Comparison.Timed(c, name, s =&gt; Workload(s))</c>: time one body on the ThreadPool and on ours;</item>
+/// <item><c>Comparison.Timed(name, "ThreadPool", () =&gt; Bcl(), () =&gt; Ours(c.Scheduler), variant).PeerTimed("Peer", () =&gt; ...)</c>:
+/// time different bodies (e.g. TaskCompletionSource vs pooled wakers), peers in their own columns;</item>
+/// <item><c>new Comparison(name, metrics).Baseline(...).Ours(...)</c> with any <see cref="MeasureRound"/> for other
+/// metrics (latency percentiles, CPU, bytes, throughput); <see cref="WakeSignal"/> and <see cref="PendingAwaiters"/>
+/// let another awaitable reuse the wake_latency, idle_cpu and pending_task_memory probes.</item>
+/// </list>
+/// Workloads that other parts of the library have not delivered yet simply have no entry (no placeholder rows).
+/// </summary>
+internal static class CompareCatalog
+{
+    private const int PendingAwaiterCount = 10_000;
+
+    public static IReadOnlyList<CompareEntry> Entries { get; } =
+    [
+        new("spawn_many_local",
+            $"One task on a worker spawns {N(WorkloadSizes.SpawnMany)} tasks (local queue path); time until all ran.",
+            c => Comparison.Timed(c, "spawn_many_local", s => SchedulerWorkloads.SpawnManyLocal(s, WorkloadSizes.SpawnMany))),
+        new("spawn_many_remote",
+            $"A thread outside the scheduler spawns {N(WorkloadSizes.SpawnMany)} tasks (injection path); time until all ran.",
+            c => Comparison.Timed(c, "spawn_many_remote", s => SchedulerWorkloads.SpawnManyRemote(s, WorkloadSizes.SpawnMany))),
+        new("chained_spawn",
+            $"Each task spawns the next, {N(WorkloadSizes.ChainDepth)} deep (spawn-to-run latency, no parallelism).",
+            c => Comparison.Timed(c, "chained_spawn", s => SchedulerWorkloads.ChainedSpawn(s, WorkloadSizes.ChainDepth))),
+        new("yield_many",
+            $"{WorkloadSizes.YieldTasks} tasks each `await Task.Yield()` {WorkloadSizes.YieldsPerTask} times.",
+            c => Comparison.Timed(c, "yield_many", s => SchedulerWorkloads.YieldMany(s, WorkloadSizes.YieldTasks, WorkloadSizes.YieldsPerTask))),
+        new("ping_pong",
+            $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
+            c => Comparison.Timed(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
+        new("skynet",
+            $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {N(WorkloadSizes.SkynetLeaves)} leaves (1,111,111 tasks); inner nodes await and sum their children.",
+            c => Comparison.Timed(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
+        new("fork_join",
+            $"fib({WorkloadSizes.FibN}) where every call spawns fib(n-1) as a task, computes fib(n-2) itself and awaits both.",
+            c => Comparison.Timed(c, "fork_join", s => Verified(SchedulerWorkloads.ForkJoin(s, WorkloadSizes.FibN), SchedulerWorkloads.FibExpected(WorkloadSizes.FibN), "fork_join"))),
+        new("pipe_schedule",
+            $"{WorkloadSizes.PipeChains} chains of `PipeScheduler.Schedule` callbacks, each scheduling the next, {N(WorkloadSizes.PipeHopsPerChain)} per chain: " +
+            "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core; its spill-to-ThreadPool queue length of 10 is never reached by 8 chains).",
+            PipeSchedule),
+        new("wake_latency",
+            "From a foreign thread completing an awaited `TaskCompletionSource` (asynchronous continuations) to the awaiting code running: " +
+            "on the ThreadPool vs on ours. Most wake-ups come 0–50 µs after the await (workers may still spin); every 8th after 1 ms (workers parked), so p99 is a parked worker's wake-up. HdrHistogram percentiles.",
+            WakeLatency),
+        new("idle_cpu",
+            $"Process CPU (ms per second, via getrusage) while {N(PendingAwaiterCount)} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
+            IdleCpu),
+        new("pending_task_memory",
+            $"Bytes allocated per pending awaiter (a `TaskCompletionSource` and the async method awaiting it), parking {N(PendingAwaiterCount)} on a ThreadPool thread vs on a worker of ours.",
+            PendingTaskMemory),
+    ];
+
+    private static Comparison PipeSchedule(CompareContext context)
+    {
+        var dedicated = new DedicatedThreadPoolPipeScheduler("pipe_schedule peer", Environment.ProcessorCount);
+        return Comparison.Timed(
+                "pipe_schedule",
+                "PipeScheduler.ThreadPool",
+                () => PipeSchedulerWorkloads.PipeSchedule(PipeScheduler.ThreadPool, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain),
+                () => PipeSchedulerWorkloads.PipeSchedule(context.Scheduler.PipeScheduler, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain))
+            .PeerTimed("DedicatedThreadPoolPipeScheduler", () => PipeSchedulerWorkloads.PipeSchedule(dedicated, WorkloadSizes.PipeChains, WorkloadSizes.PipeHopsPerChain))
+            .Owning(dedicated);
+    }
+
+    private static Comparison WakeLatency(CompareContext context)
+    {
+        const string What = "wake_latency";
+        int samples = context.Quick ? 1_000 : 4_000;
+        Metric[] metrics = [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
+        return new Comparison(What, metrics, variant: "Tasks")
+            .Baseline("ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
+            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new TaskCompletionSourceWakeSignal(), samples, What))
+            .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
+    }
+
+    private static Comparison IdleCpu(CompareContext context)
+    {
+        const string What = "idle_cpu";
+        TimeSpan settle = TimeSpan.FromMilliseconds(250);
+        TimeSpan window = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
+        return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)])
+            .Baseline("ThreadPool", c => [PendingProbes.IdleCpu(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .Ours(c => [PendingProbes.IdleCpu(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 1);
+    }
+
+    private static Comparison PendingTaskMemory(CompareContext context)
+    {
+        const string What = "pending_task_memory";
+        return new Comparison(What, [new Metric("allocated", "bytes/awaiter", Better.Lower)], variant: "Tasks")
+            .Baseline("TaskCompletionSource on ThreadPool", c => [PendingProbes.BytesPerAwaiter(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .Ours(c => [PendingProbes.BytesPerAwaiter(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
+    }
+
+    private static string N(int value) => value.ToString("N0", CultureInfo.InvariantCulture);
+
+    /// <summary>Fails the run when a workload computes the wrong answer (a lost or doubled task), without adding a wait.</summary>
+    private static Task<long> Verified(Task<long> task, long expected, string what) =>
+        task.ContinueWith(
+            t => t.Result == expected ? t.Result : throw new InvalidOperationException($"{what} returned {t.Result}, expected {expected}."),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+}

@@ -1,0 +1,128 @@
+using System.Runtime.ExceptionServices;
+
+namespace Scheduler.Benchmarks.Compare;
+
+/// <summary>
+/// <c>compare</c>: one side-by-side table of our scheduler against the ThreadPool (and peers) in a few minutes.
+/// The table goes to <c>output</c>, progress and errors to <c>error</c>; exit code 0 on success, 1 when a workload
+/// failed, 2 on bad arguments. Public so tests and tools can run it in-process with their own writers.
+/// </summary>
+public static class CompareCommand
+{
+    private static readonly TimeSpan s_runTimeout = TimeSpan.FromMinutes(2);
+
+    /// <summary>Runs <c>compare</c> with <paramref name="args"/> (without the word <c>compare</c>).</summary>
+    public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(error);
+
+        IReadOnlyList<CompareEntry> catalog = CompareCatalog.Entries;
+        CompareOptions options;
+        try
+        {
+            options = CompareOptions.Parse(args, catalog.Select(e => e.Name).Distinct().ToArray());
+        }
+        catch (ArgumentException e)
+        {
+            error.WriteLine(e.Message);
+            return 2;
+        }
+
+        // The harness runs on a dedicated thread: were it a ThreadPool thread blocked in waits, the ThreadPool side
+        // would run one worker short (and inject threads), and "outside" producers would be ThreadPool-local ones.
+        int exitCode = 1;
+        ExceptionDispatchInfo? failure = null;
+        var harness = new Thread(() =>
+        {
+            try
+            {
+                exitCode = RunCore(options, catalog, output, error);
+            }
+            catch (Exception e)
+            {
+                failure = ExceptionDispatchInfo.Capture(e);
+            }
+        })
+        {
+            Name = "compare harness",
+        };
+        harness.Start();
+        harness.Join();
+        failure?.Throw();
+        return exitCode;
+    }
+
+    private static int RunCore(CompareOptions options, IReadOnlyList<CompareEntry> catalog, TextWriter output, TextWriter error)
+    {
+        CompareEntry[] selected = options.Only is null
+            ? catalog.ToArray()
+            : catalog.Where(e => options.Only.Contains(e.Name, StringComparer.Ordinal)).ToArray();
+
+        MachineInfo machine = MachineInfo.Collect();
+        error.WriteLine($"compare: {selected.Length} workload(s), {(options.Quick ? "quick" : "full")} mode, {machine.LogicalCores} cores, {machine.Runtime}");
+
+        var failures = new List<string>();
+        IReadOnlyList<CompareRow> rows;
+        using (var scheduler = new WorkStealingTaskScheduler())
+        {
+            var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
+            rows = new CompareRunner(context, error, RoundPlan.Default).Run(selected, failures);
+        }
+
+        output.Write(MarkdownTable.Render(rows));
+        output.WriteLine();
+        output.WriteLine(MarkdownTable.RatioLegend);
+
+        if (options.JsonPath is not null)
+        {
+            JsonReport.Write(options.JsonPath, machine, options.Quick, rows);
+            error.WriteLine($"compare: wrote {options.JsonPath}");
+        }
+
+        string? docs = DocsDirectory(options, error);
+        if (docs is not null && rows.Count > 0)
+        {
+            DocsWriter.Write(docs, machine, options, rows, catalog);
+            error.WriteLine($"compare: wrote {Path.Combine(docs, DocsWriter.MarkdownFile)} and {DocsWriter.ChartFile}");
+        }
+
+        foreach (string failed in failures)
+        {
+            error.WriteLine($"compare: FAILED {failed}");
+        }
+
+        return failures.Count == 0 ? 0 : 1;
+    }
+
+    /// <summary>Where to write docs: <c>--docs DIR</c>; else the repository's docs/ after a full run; else nowhere.</summary>
+    private static string? DocsDirectory(CompareOptions options, TextWriter error)
+    {
+        if (options.NoDocs)
+        {
+            return null;
+        }
+
+        if (options.DocsDirectory is not null)
+        {
+            return options.DocsDirectory;
+        }
+
+        if (!options.IsFullRun)
+        {
+            return null; // a partial or quick run must not replace the published full table
+        }
+
+        for (DirectoryInfo? dir = new(Environment.CurrentDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Scheduler.sln")))
+            {
+                return Path.Combine(dir.FullName, "docs");
+            }
+        }
+
+        error.WriteLine("compare: repository root (Scheduler.sln) not found from the current directory; docs not written (use --docs DIR).");
+        return null;
+    }
+}

@@ -1,0 +1,45 @@
+using System.Diagnostics;
+
+namespace Scheduler.Benchmarks.Compare;
+
+/// <summary>What every measurement can use: the one scheduler instance of the run, the mode, and a bounded wait.</summary>
+internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool quick, TimeSpan runTimeout)
+{
+    /// <summary>Our scheduler: one instance per run (ProcessorCount workers), reused by every round, disposed at the end.</summary>
+    public WorkStealingTaskScheduler Scheduler { get; } = scheduler;
+
+    /// <summary>True under <c>--quick</c>: fewer rounds (probes may also shorten their windows).</summary>
+    public bool Quick { get; } = quick;
+
+    /// <summary>Longest a single run may take before the comparison fails instead of hanging the command.</summary>
+    public TimeSpan RunTimeout { get; } = runTimeout;
+
+    /// <summary>Blocks until <paramref name="task"/> finishes (rethrowing its failure) or the run timeout passes.</summary>
+    public void Wait(Task task, string what)
+    {
+        ArgumentNullException.ThrowIfNull(task);
+        if (!task.Wait(RunTimeout))
+        {
+            throw new TimeoutException($"{what} did not finish within {RunTimeout.TotalSeconds:F0} s.");
+        }
+    }
+
+    /// <summary>Blocks for the result of <paramref name="task"/> with the run timeout.</summary>
+    public T Wait<T>(Task<T> task, string what)
+    {
+        Wait((Task)task, what);
+        return task.Result;
+    }
+
+    /// <summary>A <see cref="MeasureRound"/> that times one run of <paramref name="start"/> in milliseconds.</summary>
+    public static MeasureRound Timed(string what, Func<Task> start)
+    {
+        ArgumentNullException.ThrowIfNull(start);
+        return context =>
+        {
+            long begin = Stopwatch.GetTimestamp();
+            context.Wait(start(), what);
+            return [Stopwatch.GetElapsedTime(begin).TotalMilliseconds];
+        };
+    }
+}
