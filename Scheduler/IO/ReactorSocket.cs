@@ -66,6 +66,34 @@ public sealed partial class ReactorSocket : IDisposable
     internal bool IsListener => _accept is not null;
 
     /// <summary>
+    /// Accepts the next connection of a listening socket. Each time the kernel reports the listener readable, its
+    /// accept queue is drained in a batch, so later calls complete synchronously until the batch is used up.
+    /// </summary>
+    /// <exception cref="SocketException">accept failed (e.g. too many open files).</exception>
+    /// <exception cref="ObjectDisposedException">The listener was disposed before or during the accept.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; the listener stays usable.</exception>
+    /// <exception cref="InvalidOperationException">Another accept is in flight, or the socket is not listening.</exception>
+    public ValueTask<ReactorSocket> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        if (IsDisposed)
+        {
+            return ValueTask.FromException<ReactorSocket>(CreateDisposedException());
+        }
+
+        if (_accept is null)
+        {
+            return ValueTask.FromException<ReactorSocket>(new InvalidOperationException("Only a socket created with Listen can accept connections."));
+        }
+
+        if (!_accept.TryAcquire())
+        {
+            return ValueTask.FromException<ReactorSocket>(new InvalidOperationException("An accept is already in progress on this socket; only one accept may be pending at a time."));
+        }
+
+        return _accept.Run(cancellationToken);
+    }
+
+    /// <summary>
     /// Receives into <paramref name="buffer"/>: completes synchronously when data is already there, else when the
     /// socket becomes readable. Returns the byte count, or 0 once the peer has shut down its send side. An empty
     /// buffer waits until data (or end of stream) is available without consuming it, and returns 0.
