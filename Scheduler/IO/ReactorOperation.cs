@@ -1,9 +1,10 @@
 using System.Threading.Tasks.Sources;
+using Scheduler.Sources;
 
 namespace Scheduler.IO;
 
 /// <summary>
-/// One direction's reusable operation on a <see cref="ReactorSocket"/> (one receive-side and one send-side
+/// One direction's reusable operation, built on <see cref="WakerCore{TResult}"/> on a <see cref="ReactorSocket"/> (one receive-side and one send-side
 /// instance per socket, so steady-state I/O allocates nothing). It tries the system call on the caller's
 /// thread first; only on EAGAIN does it park as <c>Pending</c> and let readiness from the reactor retry it.
 /// </summary>
@@ -30,13 +31,15 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
 
     private readonly bool _isWrite;
     private int _state;
-    private OperationCore<TResult> _core;
+    private WakerCore<TResult> _core;
     private CancellationTokenRegistration _registration;
 
     protected ReactorOperation(ReactorSocket socket, bool isWrite)
     {
         Socket = socket;
         _isWrite = isWrite;
+        // The operation itself is the work item the core queues to the awaiting worker: no allocation per completion.
+        _core = new WakerCore<TResult>(this);
     }
 
     protected ReactorSocket Socket { get; }
@@ -190,18 +193,17 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         _registration.Unregister();
         if (error is null)
         {
-            _core.SetResult(result, this);
+            _core.SetResult(result);
         }
         else
         {
-            _core.SetException(error, this);
+            _core.SetException(error);
         }
     }
 
     TResult IValueTaskSource<TResult>.GetResult(short token)
     {
-        _core.ValidateToken(token);
-        if (!_core.IsCompleted)
+        if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
         {
             throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result.");
         }
@@ -213,7 +215,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         finally
         {
             // Result read first, then the reset: the next caller can only start after this.
-            _core.Reset();
+            _core.TryReset(token);
             _registration = default;
             Release();
         }
@@ -222,7 +224,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     ValueTaskSourceStatus IValueTaskSource<TResult>.GetStatus(short token) => _core.GetStatus(token);
 
     void IValueTaskSource<TResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        => _core.OnCompleted(continuation, state, token, flags, this);
+        => _core.OnCompleted(continuation, state, token, flags);
 
     void IThreadPoolWorkItem.Execute() => _core.InvokeContinuation();
 }
