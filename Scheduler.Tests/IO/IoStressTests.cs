@@ -263,3 +263,62 @@ public sealed class IoStressTests
         }
     }
 }
+
+[Collection(nameof(IoStressGroup))]
+public sealed class IoAllocationTests
+{
+    [Fact]
+    public async Task Steady_state_echo_allocates_almost_nothing_per_message()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        using (client)
+        using (server)
+        {
+            const int Messages = 20_000;
+            Task echo = io.Run(async () =>
+            {
+                var buffer = new byte[256];
+                while (true)
+                {
+                    int n = await server.ReceiveAsync(buffer);
+                    if (n == 0)
+                    {
+                        return;
+                    }
+
+                    await server.SendAsync(buffer.AsMemory(0, n));
+                }
+            });
+
+            double bytesPerMessage = await io.Run(async () =>
+            {
+                var message = new byte[64];
+                var reply = new byte[64];
+                long before = 0;
+                for (int i = 0; i < Messages * 2; i++)
+                {
+                    if (i == Messages)
+                    {
+                        before = GC.GetTotalAllocatedBytes(precise: true); // after warm-up
+                    }
+
+                    await client.SendAsync(message);
+                    int total = 0;
+                    while (total < reply.Length)
+                    {
+                        total += await client.ReceiveAsync(reply.AsMemory(total));
+                    }
+                }
+
+                return (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)Messages;
+            });
+
+            client.Shutdown(SocketShutdown.Send);
+            await echo;
+            // Both ends, awaits that go pending included; generous margin for queue segments and runtime noise.
+            bytesPerMessage.Should().BeLessThan(32, "receives and sends reuse one operation per direction");
+        }
+    }
+}
