@@ -15,7 +15,7 @@ public static class EchoBenchCommand
         double seconds = 2;
         int[] connections = [1, 16, 256];
         int[] sizes = [64, 16 * 1024];
-        EchoStack[] stacks = [EchoStack.Reactor, EchoStack.ReactorPipes, EchoStack.Sockets, EchoStack.PipelinesSocketsUnofficial];
+        EchoTransport[] stacks = [EchoTransport.Reactor, EchoTransport.ReactorPipes, EchoTransport.Sockets, EchoTransport.PipelinesSocketsUnofficial];
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -30,7 +30,7 @@ public static class EchoBenchCommand
                     sizes = [.. args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture))];
                     break;
                 case "--stacks":
-                    stacks = [.. args[++i].Split(',').Select(s => Enum.Parse<EchoStack>(s, ignoreCase: true))];
+                    stacks = [.. args[++i].Split(',').Select(s => Enum.Parse<EchoTransport>(s, ignoreCase: true))];
                     break;
                 case "echo-bench":
                     break;
@@ -45,7 +45,7 @@ public static class EchoBenchCommand
         {
             foreach (int count in connections)
             {
-                foreach (EchoStack stack in stacks)
+                foreach (EchoTransport stack in stacks)
                 {
                     EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(seconds));
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -3,14 +3,15 @@ using BenchmarkDotNet.Attributes;
 namespace Scheduler.Benchmarks.IO;
 
 /// <summary>
-/// Loopback echo throughput per stack under BenchmarkDotNet: each invocation runs the echo workload for a short
-/// fixed window and reports time per echoed message; [MemoryDiagnoser] gives bytes allocated per message.
-/// p50/p99 round-trip latency comes from <c>echo-bench</c> (HdrHistogram), which BDN cannot express.
+/// Loopback echo under BenchmarkDotNet: every connection does <see cref="MessagesPerConnection"/> round trips per
+/// invocation, so the reported time is per round trip of one connection and [MemoryDiagnoser] gives bytes allocated
+/// per echoed message (client and server together). p50/p99 latency comes from <c>echo-bench</c> (HdrHistogram).
 /// </summary>
 [MemoryDiagnoser]
 public class EchoBenchmarks
 {
-    private const int MessagesPerConnection = 200;
+    private const int MessagesPerConnection = 100;
+    private EchoWorkloads.EchoSession? _session;
 
     [Params(1, 16, 256)]
     public int Connections { get; set; }
@@ -18,18 +19,15 @@ public class EchoBenchmarks
     [Params(64, 16 * 1024)]
     public int MessageSize { get; set; }
 
-    [Benchmark(Baseline = true, OperationsPerInvoke = MessagesPerConnection)]
-    public Task<EchoResult> Sockets_ThreadPool() => Run(EchoStack.Sockets);
+    [ParamsAllValues]
+    public EchoTransport Transport { get; set; }
+
+    [GlobalSetup]
+    public void Setup() => _session = EchoWorkloads.OpenAsync(Transport, Connections, MessageSize).GetAwaiter().GetResult();
+
+    [GlobalCleanup]
+    public void Cleanup() => _session?.DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     [Benchmark(OperationsPerInvoke = MessagesPerConnection)]
-    public Task<EchoResult> Reactor_WorkStealing() => Run(EchoStack.Reactor);
-
-    [Benchmark(OperationsPerInvoke = MessagesPerConnection)]
-    public Task<EchoResult> ReactorPipes_WorkStealing() => Run(EchoStack.ReactorPipes);
-
-    [Benchmark(OperationsPerInvoke = MessagesPerConnection)]
-    public Task<EchoResult> PipelinesSocketsUnofficial() => Run(EchoStack.PipelinesSocketsUnofficial);
-
-    private Task<EchoResult> Run(EchoStack stack) =>
-        EchoWorkloads.RunAsync(stack, Connections, MessageSize, TimeSpan.FromMilliseconds(200), TimeSpan.FromMilliseconds(50));
+    public Task Echo() => _session!.RoundTripsAsync(MessagesPerConnection);
 }

@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using HdrHistogram;
 using Pipelines.Sockets.Unofficial;
 using Scheduler.IO;
@@ -11,7 +10,7 @@ using Scheduler.IO;
 namespace Scheduler.Benchmarks.IO;
 
 /// <summary>The three socket stacks the echo workload compares.</summary>
-internal enum EchoStack
+public enum EchoTransport
 {
     /// <summary>Ours: <see cref="IoReactor"/> + <see cref="ReactorSocket"/>, continuations on a <see cref="WorkStealingTaskScheduler"/>.</summary>
     Reactor,
@@ -28,7 +27,7 @@ internal enum EchoStack
 
 /// <summary>Result of one echo run: throughput, round-trip latency and allocation per echoed message.</summary>
 internal sealed record EchoResult(
-    EchoStack Stack,
+    EchoTransport Stack,
     int Connections,
     int MessageSize,
     long Messages,
@@ -40,36 +39,37 @@ internal sealed record EchoResult(
 /// <summary>
 /// Loopback echo: N client connections each send a message, wait for the whole echo, record the round trip, repeat.
 /// Client and server live in this process on the same stack. Reusable by the <c>compare</c> command
-/// (<c>RunAsync(EchoStack.Reactor, 256, 64, ...)</c> vs <see cref="EchoStack.Sockets"/>).
+/// (<c>RunAsync(EchoTransport.Reactor, 256, 64, ...)</c> vs <see cref="EchoTransport.Sockets"/>).
 /// </summary>
 internal static class EchoWorkloads
 {
     /// <summary>Runs one configuration: <paramref name="warmup"/> unmeasured, then <paramref name="duration"/> measured.</summary>
-    public static async Task<EchoResult> RunAsync(EchoStack stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null)
+    public static async Task<EchoResult> RunAsync(EchoTransport stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(connections, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(messageSize, 1);
-        await using IEchoHarness harness = stack switch
-        {
-            EchoStack.Reactor => new ReactorHarness(usePipes: false),
-            EchoStack.ReactorPipes => new ReactorHarness(usePipes: true),
-            EchoStack.Sockets => new SocketsHarness(),
-            EchoStack.PipelinesSocketsUnofficial => new PsuHarness(),
-            _ => throw new ArgumentOutOfRangeException(nameof(stack)),
-        };
+        await using IEchoHarness harness = CreateHarness(stack);
 
         var control = new RunControl();
-        var histograms = new LongHistogram[connections];
-        var counts = new long[connections];
+        var echoLoops = new EchoLoop[connections];
         var loops = new Task[connections];
         var message = new byte[messageSize];
         new Random(42).NextBytes(message);
         for (int i = 0; i < connections; i++)
         {
-            histograms[i] = new LongHistogram(Stopwatch.Frequency * 10, 3);
             IEchoClient client = await harness.ConnectAsync();
-            int index = i;
-            loops[i] = harness.RunClientLoop(() => ClientLoopAsync(client, message, control, histograms[index], counts, index));
+            var loop = echoLoops[i] = new EchoLoop(-1, control);
+            loops[i] = harness.RunClientLoop(async () =>
+            {
+                try
+                {
+                    await client.LoopAsync(message, loop);
+                }
+                finally
+                {
+                    await client.DisposeAsync();
+                }
+            });
         }
 
         await Task.Delay(warmup ?? TimeSpan.FromMilliseconds(Math.Min(1000, duration.TotalMilliseconds / 4)));
@@ -84,12 +84,12 @@ internal static class EchoWorkloads
         await Task.WhenAll(loops).WaitAsync(TimeSpan.FromSeconds(30));
 
         var all = new LongHistogram(Stopwatch.Frequency * 10, 3);
-        foreach (LongHistogram h in histograms)
+        foreach (EchoLoop loop in echoLoops)
         {
-            all.Add(h);
+            all.Add(loop.Histogram);
         }
 
-        long messages = counts.Sum();
+        long messages = echoLoops.Sum(l => l.Count);
         double toMicros = 1_000_000.0 / Stopwatch.Frequency;
         return new EchoResult(
             stack,
@@ -102,40 +102,102 @@ internal static class EchoWorkloads
             messages == 0 ? 0 : (double)(allocatedAfter - allocatedBefore) / messages);
     }
 
-    private static async Task ClientLoopAsync(IEchoClient client, byte[] message, RunControl control, LongHistogram histogram, long[] counts, int index)
+    /// <summary>Opens <paramref name="connections"/> echo connections on <paramref name="stack"/> for repeated fixed-count runs (BenchmarkDotNet).</summary>
+    public static async Task<EchoSession> OpenAsync(EchoTransport stack, int connections, int messageSize)
     {
-        var receive = new byte[message.Length];
-        try
+        IEchoHarness harness = CreateHarness(stack);
+        var clients = new IEchoClient[connections];
+        for (int i = 0; i < connections; i++)
         {
-            while (!control.Stop.IsCancellationRequested)
-            {
-                long start = Stopwatch.GetTimestamp();
-                await client.EchoAsync(message, receive);
-                if (Volatile.Read(ref control.Measuring))
-                {
-                    histogram.RecordValue(Stopwatch.GetTimestamp() - start);
-                    counts[index]++;
-                }
-            }
+            clients[i] = await harness.ConnectAsync();
         }
-        finally
+
+        var message = new byte[messageSize];
+        new Random(42).NextBytes(message);
+        return new EchoSession(harness, clients, message);
+    }
+
+    /// <summary>Open connections of one stack; <see cref="RoundTripsAsync"/> runs a fixed number of echoes on each.</summary>
+    internal sealed class EchoSession : IAsyncDisposable
+    {
+        private readonly IEchoHarness _harness;
+        private readonly IEchoClient[] _clients;
+        private readonly byte[] _message;
+        private readonly Task[] _loops;
+
+        internal EchoSession(IEchoHarness harness, IEchoClient[] clients, byte[] message)
         {
-            await client.DisposeAsync();
+            _harness = harness;
+            _clients = clients;
+            _message = message;
+            _loops = new Task[clients.Length];
+        }
+
+        public Task RoundTripsAsync(int perConnection)
+        {
+            for (int i = 0; i < _clients.Length; i++)
+            {
+                IEchoClient client = _clients[i];
+                var loop = new EchoLoop(perConnection, null);
+                _loops[i] = _harness.RunClientLoop(() => client.LoopAsync(_message, loop));
+            }
+
+            return Task.WhenAll(_loops);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (IEchoClient client in _clients)
+            {
+                await client.DisposeAsync();
+            }
+
+            await _harness.DisposeAsync();
         }
     }
 
-    private sealed class RunControl
+    private static IEchoHarness CreateHarness(EchoTransport stack) => stack switch
+    {
+        EchoTransport.Reactor => new ReactorHarness(usePipes: false),
+        EchoTransport.ReactorPipes => new ReactorHarness(usePipes: true),
+        EchoTransport.Sockets => new SocketsHarness(),
+        EchoTransport.PipelinesSocketsUnofficial => new PsuHarness(),
+        _ => throw new ArgumentOutOfRangeException(nameof(stack)),
+    };
+
+    internal sealed class RunControl
     {
         public readonly CancellationTokenSource Stop = new();
         public bool Measuring;
     }
 
-    private interface IEchoClient : IAsyncDisposable
+    /// <summary>Per-connection loop state: a fixed count, or until stopped while recording round trips.</summary>
+    internal sealed class EchoLoop(int count, RunControl? control)
     {
-        ValueTask EchoAsync(ReadOnlyMemory<byte> message, Memory<byte> receive);
+        private int _remaining = count;
+
+        public LongHistogram Histogram { get; } = new(Stopwatch.Frequency * 10, 3);
+
+        public long Count { get; private set; }
+
+        public bool Continue() => control is null ? _remaining-- > 0 : !control.Stop.IsCancellationRequested;
+
+        public void Record(long start)
+        {
+            if (control is not null && Volatile.Read(ref control.Measuring))
+            {
+                Histogram.RecordValue(Stopwatch.GetTimestamp() - start);
+                Count++;
+            }
+        }
     }
 
-    private interface IEchoHarness : IAsyncDisposable
+    internal interface IEchoClient : IAsyncDisposable
+    {
+        Task LoopAsync(byte[] message, EchoLoop loop);
+    }
+
+    internal interface IEchoHarness : IAsyncDisposable
     {
         Task<IEchoClient> ConnectAsync();
 
@@ -225,21 +287,26 @@ internal static class EchoWorkloads
 
         private sealed class Client(ReactorSocket socket) : IEchoClient
         {
-            // Pooled builder: the harness's own per-message async call must not be what the allocation column measures.
-            [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-            public async ValueTask EchoAsync(ReadOnlyMemory<byte> message, Memory<byte> receive)
+            // One long-lived async method per connection: the harness adds no allocation per message.
+            public async Task LoopAsync(byte[] message, EchoLoop loop)
             {
-                await socket.SendAsync(message);
-                int total = 0;
-                while (total < receive.Length)
+                Memory<byte> receive = new byte[message.Length];
+                while (loop.Continue())
                 {
-                    int n = await socket.ReceiveAsync(receive[total..]);
-                    if (n == 0)
+                    long start = Stopwatch.GetTimestamp();
+                    await socket.SendAsync(message);
+                    int total = 0;
+                    while (total < receive.Length)
                     {
-                        throw new EndOfStreamException();
-                    }
+                        int n = await socket.ReceiveAsync(receive[total..]);
+                        if (n == 0)
+                        {
+                            throw new EndOfStreamException();
+                        }
 
-                    total += n;
+                        total += n;
+                    }
+                    loop.Record(start);
                 }
             }
 
@@ -331,26 +398,31 @@ internal static class EchoWorkloads
 
         private sealed class Client(Socket socket) : IEchoClient
         {
-            // Pooled builder: the harness's own per-message async call must not be what the allocation column measures.
-            [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-            public async ValueTask EchoAsync(ReadOnlyMemory<byte> message, Memory<byte> receive)
+            // One long-lived async method per connection: the harness adds no allocation per message.
+            public async Task LoopAsync(byte[] message, EchoLoop loop)
             {
-                int sent = 0;
-                while (sent < message.Length)
+                Memory<byte> receive = new byte[message.Length];
+                while (loop.Continue())
                 {
-                    sent += await socket.SendAsync(message[sent..], SocketFlags.None);
-                }
-
-                int total = 0;
-                while (total < receive.Length)
-                {
-                    int n = await socket.ReceiveAsync(receive[total..], SocketFlags.None);
-                    if (n == 0)
+                    long start = Stopwatch.GetTimestamp();
+                    int sent = 0;
+                    while (sent < message.Length)
                     {
-                        throw new EndOfStreamException();
+                        sent += await socket.SendAsync(message[sent..], SocketFlags.None);
                     }
 
-                    total += n;
+                    int total = 0;
+                    while (total < receive.Length)
+                    {
+                        int n = await socket.ReceiveAsync(receive[total..], SocketFlags.None);
+                        if (n == 0)
+                        {
+                            throw new EndOfStreamException();
+                        }
+
+                        total += n;
+                    }
+                    loop.Record(start);
                 }
             }
 
@@ -417,24 +489,29 @@ internal static class EchoWorkloads
 
         private sealed class Client(SocketConnection connection) : IEchoClient
         {
-            // Pooled builder: the harness's own per-message async call must not be what the allocation column measures.
-            [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-            public async ValueTask EchoAsync(ReadOnlyMemory<byte> message, Memory<byte> receive)
+            // One long-lived async method per connection: the harness adds no allocation per message.
+            public async Task LoopAsync(byte[] message, EchoLoop loop)
             {
-                await connection.Output.WriteAsync(message);
-                int total = 0;
-                while (total < receive.Length)
+                Memory<byte> receive = new byte[message.Length];
+                while (loop.Continue())
                 {
-                    ReadResult result = await connection.Input.ReadAsync();
-                    ReadOnlySequence<byte> buffer = result.Buffer;
-                    int take = (int)Math.Min(buffer.Length, receive.Length - total);
-                    buffer.Slice(0, take).CopyTo(receive.Span[total..]);
-                    total += take;
-                    connection.Input.AdvanceTo(buffer.GetPosition(take));
-                    if (result.IsCompleted && total < receive.Length)
+                    long start = Stopwatch.GetTimestamp();
+                    await connection.Output.WriteAsync(message);
+                    int total = 0;
+                    while (total < receive.Length)
                     {
-                        throw new EndOfStreamException();
+                        ReadResult result = await connection.Input.ReadAsync();
+                        ReadOnlySequence<byte> buffer = result.Buffer;
+                        int take = (int)Math.Min(buffer.Length, receive.Length - total);
+                        buffer.Slice(0, take).CopyTo(receive.Span[total..]);
+                        total += take;
+                        connection.Input.AdvanceTo(buffer.GetPosition(take));
+                        if (result.IsCompleted && total < receive.Length)
+                        {
+                            throw new EndOfStreamException();
+                        }
                     }
+                    loop.Record(start);
                 }
             }
 
