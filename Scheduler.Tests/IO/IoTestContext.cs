@@ -7,9 +7,9 @@ namespace Scheduler.Tests.IO;
 /// <summary>A scheduler and a reactor for one test, plus helpers for connected pairs.</summary>
 internal sealed class IoTestContext : IAsyncDisposable
 {
-    public IoTestContext(int workers = 2)
+    public IoTestContext(int workers = 2, string threadNamePrefix = "io-test")
     {
-        Scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, ThreadNamePrefix = "io-test" });
+        Scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, ThreadNamePrefix = threadNamePrefix });
         Reactor = new IoReactor(Scheduler);
     }
 
