@@ -18,7 +18,9 @@ public sealed partial class IoReactor : IDisposable
     private readonly IReactorBackend _backend;
     private readonly Thread _thread;
     private int _disposed;
+    private int _disposeCalled;
     private PipeOptions? _defaultPipeOptions;
+    private Exception? _fatalError;
 
     /// <summary>Creates a reactor whose completions resume on <paramref name="scheduler"/>, and starts its thread.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="scheduler"/> is null.</exception>
@@ -62,11 +64,12 @@ public sealed partial class IoReactor : IDisposable
     /// </summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)
         {
             return;
         }
 
+        Volatile.Write(ref _disposed, 1);
         _backend.Wake();
         if (Thread.CurrentThread != _thread)
         {
@@ -86,9 +89,36 @@ public sealed partial class IoReactor : IDisposable
     private static IReactorBackend CreateBackend() => new EpollBackend();
 #pragma warning restore CA1859
 
-    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(IsDisposed, this);
+    internal void ThrowIfDisposed()
+    {
+        if (IsDisposed)
+        {
+            throw _fatalError is null
+                ? new ObjectDisposedException(GetType().FullName)
+                : new ObjectDisposedException(GetType().FullName, $"The reactor stopped after an epoll failure: {_fatalError.Message}");
+        }
+    }
 
     private void Run()
+    {
+        try
+        {
+            RunLoop();
+        }
+        catch (Exception e) when (!IsDisposed)
+        {
+            // epoll itself failed (it should not): no socket can make progress any more. Fail every socket's
+            // operations instead of crashing the process from a background thread, and refuse new sockets.
+            _fatalError = e;
+            Volatile.Write(ref _disposed, 1);
+            foreach (ReactorSocket socket in DetachAll())
+            {
+                socket.Dispose();
+            }
+        }
+    }
+
+    private void RunLoop()
     {
         var events = new ReadinessEvent[256];
         while (!IsDisposed)
