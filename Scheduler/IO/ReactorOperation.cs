@@ -30,7 +30,10 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         ((ReactorOperation<TResult>)state!).TryFinishFromPending(new OperationCanceledException(token));
 
     private readonly bool _isWrite;
+    private readonly RetryWorkItem _retry;
     private int _state;
+    private WorkStealingTaskScheduler? _ownerScheduler;
+    private int _ownerWorker;
     private WakerCore<TResult> _core;
     private CancellationTokenRegistration _registration;
 
@@ -40,6 +43,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         _isWrite = isWrite;
         // The operation itself is the work item the core queues to the awaiting worker: no allocation per completion.
         _core = new WakerCore<TResult>(this);
+        _retry = new RetryWorkItem(this);
     }
 
     protected ReactorSocket Socket { get; }
@@ -79,6 +83,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             }
 
             waitFirst = false;
+            _ownerScheduler = null;
             _core.Reset();
             short version = _core.Version;
             if (cancellationToken.CanBeCanceled)
@@ -119,7 +124,11 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         }
     }
 
-    /// <summary>Called by the reactor thread after it bumped this direction's sequence number.</summary>
+    /// <summary>
+    /// Called by the reactor thread after it bumped this direction's sequence number. When the awaiting worker is
+    /// known, the retried syscall runs there (the reactor thread only hands over, and the continuation then runs on
+    /// the same worker right after it); otherwise the reactor retries the syscall itself.
+    /// </summary>
     public void OnReady()
     {
         if (Volatile.Read(ref _state) != Pending || Interlocked.CompareExchange(ref _state, Running, Pending) != Pending)
@@ -127,6 +136,19 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             return;
         }
 
+        WorkStealingTaskScheduler? owner = Volatile.Read(ref _ownerScheduler);
+        if (owner is not null && IoReactor.RetryOnOwnerWorker)
+        {
+            owner.EnqueueToWorker(_ownerWorker, _retry);
+            return;
+        }
+
+        RetryWhileRunning();
+    }
+
+    // Precondition: this thread moved the state to Running.
+    private void RetryWhileRunning()
+    {
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
@@ -224,7 +246,25 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     ValueTaskSourceStatus IValueTaskSource<TResult>.GetStatus(short token) => _core.GetStatus(token);
 
     void IValueTaskSource<TResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        => _core.OnCompleted(continuation, state, token, flags);
+    {
+        _core.OnCompleted(continuation, state, token, flags);
+        if ((flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0)
+        {
+            WorkStealingTaskScheduler scheduler = Socket.Reactor.Scheduler;
+            if (scheduler.TryGetCurrentWorkerIndex(out int worker))
+            {
+                // Worker index first, then the scheduler with release semantics: the reactor reads them in reverse.
+                _ownerWorker = worker;
+                Volatile.Write(ref _ownerScheduler, scheduler);
+            }
+        }
+    }
 
     void IThreadPoolWorkItem.Execute() => _core.InvokeContinuation();
+
+    /// <summary>Runs a readiness retry on the awaiting worker.</summary>
+    private sealed class RetryWorkItem(ReactorOperation<TResult> operation) : IThreadPoolWorkItem
+    {
+        public void Execute() => operation.RetryWhileRunning();
+    }
 }
