@@ -537,4 +537,66 @@ public sealed class ReactorSocketTests
             }
         });
     }
+
+    [Fact]
+    public async Task Cancelling_an_in_progress_connect_throws_and_releases_the_socket()
+    {
+        await using var io = new IoTestContext();
+        // A listener that never accepts, with a full backlog: further SYNs are dropped, connects stay in progress.
+        using var plain = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        plain.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        plain.Listen(1);
+        var connected = new List<ReactorSocket>();
+        bool cancelled = false;
+        try
+        {
+            for (int i = 0; i < 16 && !cancelled; i++)
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+                try
+                {
+                    connected.Add(await io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, plain.LocalEndPoint!, cts.Token)));
+                }
+                catch (OperationCanceledException e)
+                {
+                    e.CancellationToken.Should().Be(cts.Token);
+                    cancelled = true;
+                }
+            }
+
+            cancelled.Should().BeTrue("a connect to a listener with a full backlog stays in progress until cancelled");
+            io.Reactor.RegisteredCount.Should().Be(connected.Count, "the cancelled socket was closed and unregistered");
+        }
+        finally
+        {
+            connected.ForEach(c => c.Dispose());
+        }
+    }
+
+    [Fact]
+    public async Task Awaiting_an_operation_twice_throws_InvalidOperationException()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        await io.Run(async () =>
+        {
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
+            using (client)
+            using (server)
+            {
+                ValueTask<int> receive = server.ReceiveAsync(new byte[4]);
+                receive.IsCompleted.Should().BeFalse();
+                await client.SendAsync(new byte[] { 1 });
+                (await receive).Should().Be(1);
+                Func<Task> again = async () => await receive;
+                await again.Should().ThrowAsync<InvalidOperationException>();
+
+                // The socket is unaffected by the misuse.
+                await client.SendAsync(new byte[] { 2 });
+                var buffer = new byte[1];
+                await IoTestContext.ReceiveExactlyAsync(server, buffer);
+                buffer[0].Should().Be(2);
+            }
+        });
+    }
 }
