@@ -58,11 +58,8 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         Volatile.Write(ref _state, Free);
     }
 
-    /// <summary>
-    /// Runs the acquired operation: syscall first, then parks until readiness. With <paramref name="waitFirst"/>
-    /// the first attempt is skipped (an in-progress connect has nothing to try until the socket is writable).
-    /// </summary>
-    public ValueTask<TResult> Run(CancellationToken cancellationToken, bool waitFirst = false)
+    /// <summary>Runs the acquired operation: syscall first, then parks until readiness.</summary>
+    public ValueTask<TResult> Run(CancellationToken cancellationToken)
     {
         if (cancellationToken.IsCancellationRequested)
         {
@@ -73,16 +70,25 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
-            if (!waitFirst)
+            TResult result;
+            Exception? error;
+            bool done;
+            try
             {
-                if (TryExecute(out TResult result, out Exception? error))
-                {
-                    Release();
-                    return error is null ? new ValueTask<TResult>(result) : ValueTask.FromException<TResult>(error);
-                }
+                done = TryExecute(out result, out error);
+            }
+            catch (Exception e)
+            {
+                // An unexpected failure must not leave the operation claimed: the socket stays usable.
+                (done, result, error) = (true, default!, e);
             }
 
-            waitFirst = false;
+            if (done)
+            {
+                Release();
+                return error is null ? new ValueTask<TResult>(result) : ValueTask.FromException<TResult>(error);
+            }
+
             _ownerScheduler = null;
             _core.Reset();
             short version = _core.Version;
