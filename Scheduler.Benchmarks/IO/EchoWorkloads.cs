@@ -174,9 +174,12 @@ internal static class EchoWorkloads
     /// <summary>Per-connection loop state: a fixed count, or until stopped while recording round trips.</summary>
     internal sealed class EchoLoop(int count, RunControl? control)
     {
+        private static readonly LongHistogram s_unused = new(2, 1);
+
         private int _remaining = count;
 
-        public LongHistogram Histogram { get; } = new(Stopwatch.Frequency * 10, 3);
+        // Only timed runs record latency; fixed-count (BenchmarkDotNet) runs must not allocate a histogram per invocation.
+        public LongHistogram Histogram { get; } = control is null ? s_unused : new(Stopwatch.Frequency * 10, 3);
 
         public long Count { get; private set; }
 
