@@ -40,6 +40,17 @@ public sealed partial class TimerWheel
         FireBatch(batch);
     }
 
+    /// <summary>When the driver would next wake up (the start of the earliest occupied slot). For tests.</summary>
+    internal bool TryGetNextWakeTimestamp(out long timestamp)
+    {
+        lock (_lock)
+        {
+            bool any = _wheel.TryGetNextExpiration(out long tick);
+            timestamp = any ? StartOfTick(tick) : 0;
+            return any;
+        }
+    }
+
     private void WakeDriverIfEarlierLocked(long dueTick)
     {
         if (dueTick < _plannedWakeTick)
