@@ -87,9 +87,20 @@ public sealed class TimerWheelTimerTests
     {
         using var wheel = new TimerWheel();
         int count = 0;
-        using ITimer timer = wheel.CreateTimer(_ => Interlocked.Increment(ref count), null, TimeSpan.FromMilliseconds(5), TimeSpan.Zero);
-        await Task.Delay(150);
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                Interlocked.Increment(ref count);
+                fired.TrySetResult();
+            },
+            null,
+            TimeSpan.FromMilliseconds(5),
+            TimeSpan.Zero);
+        await fired.Task.WaitAsync(s_timeout);
+        await Task.Delay(100);
         Volatile.Read(ref count).Should().Be(1);
+        wheel.PendingCount.Should().Be(0);
     }
 
     [Fact]
@@ -127,7 +138,7 @@ public sealed class TimerWheelTimerTests
         (await fired.WaitAsync(s_timeout)).Should().BeTrue();
         (await fired.WaitAsync(s_timeout)).Should().BeTrue();
         timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
-        await Task.Delay(30);
+        await Task.Delay(200);
         int stoppedAt = Volatile.Read(ref count);
         await Task.Delay(100);
         Volatile.Read(ref count).Should().Be(stoppedAt);

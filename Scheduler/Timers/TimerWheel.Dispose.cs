@@ -5,7 +5,7 @@ namespace Scheduler.Timers;
 public sealed partial class TimerWheel
 {
     /// <summary>
-    /// Stops the wheel: the driver thread exits, pending <c>DelayAsync</c> operations complete with
+    /// Stops the wheel: the driver thread exits, pending <see cref="DelayAsync"/> operations complete with
     /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again, and
     /// further calls throw <see cref="ObjectDisposedException"/> (<see cref="GetTimestamp"/> keeps working).
     /// Idempotent.

@@ -1,0 +1,47 @@
+namespace Scheduler.Tests.Sources;
+
+/// <summary>A SynchronizationContext that runs posts on the ThreadPool with itself installed, and counts them.</summary>
+internal sealed class RecordingSynchronizationContext : SynchronizationContext
+{
+    private int _posts;
+
+    public int Posts => Volatile.Read(ref _posts);
+
+    public override void Post(SendOrPostCallback d, object? state)
+    {
+        Interlocked.Increment(ref _posts);
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            SynchronizationContext? previous = Current;
+            SetSynchronizationContext(this);
+            try
+            {
+                d(state);
+            }
+            finally
+            {
+                SetSynchronizationContext(previous);
+            }
+        });
+    }
+
+    public override SynchronizationContext CreateCopy() => this;
+}
+
+/// <summary>A TaskScheduler that runs tasks on the ThreadPool and counts QueueTask calls.</summary>
+internal sealed class CountingTaskScheduler : TaskScheduler
+{
+    private int _queued;
+
+    public int Queued => Volatile.Read(ref _queued);
+
+    protected override void QueueTask(Task task)
+    {
+        Interlocked.Increment(ref _queued);
+        ThreadPool.UnsafeQueueUserWorkItem(_ => TryExecuteTask(task), null);
+    }
+
+    protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => false;
+
+    protected override IEnumerable<Task> GetScheduledTasks() => [];
+}

@@ -1,0 +1,508 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
+using Scheduler.Sources;
+
+namespace Scheduler.Tests.Sources;
+
+public sealed class WakerCoreTests
+{
+    [Fact]
+    public async Task Completed_before_await_returns_result_synchronously()
+    {
+        var waker = new TestWaker<int>();
+        waker.Core.SetResult(42);
+
+        ValueTask<int> task = waker.Task;
+        task.IsCompletedSuccessfully.Should().BeTrue();
+        (await task).Should().Be(42);
+        waker.Registrations.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Completion_from_another_thread_resumes_awaiter_with_result()
+    {
+        var waker = new TestWaker<string>();
+        var completer = new Thread(() =>
+        {
+            waker.WaitForRegistration();
+            waker.Core.SetResult("done");
+        });
+        completer.Start();
+
+        string result = await waker.Task;
+        result.Should().Be("done");
+        completer.Join();
+    }
+
+    [Fact]
+    public void Status_reports_pending_succeeded_faulted_and_canceled()
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        waker.Core.GetStatus(token).Should().Be(ValueTaskSourceStatus.Pending);
+        waker.Core.SetResult(1);
+        waker.Core.GetStatus(token).Should().Be(ValueTaskSourceStatus.Succeeded);
+
+        waker.Core.Reset();
+        token = waker.Version;
+        waker.Core.SetException(new InvalidTimeZoneException());
+        waker.Core.GetStatus(token).Should().Be(ValueTaskSourceStatus.Faulted);
+
+        waker.Core.Reset();
+        token = waker.Version;
+        waker.Core.SetCanceled();
+        waker.Core.GetStatus(token).Should().Be(ValueTaskSourceStatus.Canceled);
+    }
+
+    [Fact]
+    public void Exception_is_rethrown_as_the_same_instance()
+    {
+        var waker = new TestWaker<int>();
+        var error = new InvalidTimeZoneException("boom");
+        waker.Core.SetException(error);
+
+        Action read = () => waker.Core.GetResult(waker.Version);
+        read.Should().Throw<InvalidTimeZoneException>().Which.Should().BeSameAs(error);
+    }
+
+    [Fact]
+    public void Cancellation_carries_the_token()
+    {
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var waker = new TestWaker<int>();
+        waker.Core.TrySetCanceled(cts.Token).Should().BeTrue();
+
+        Action read = () => waker.Core.GetResult(waker.Version);
+        read.Should().Throw<OperationCanceledException>().Which.CancellationToken.Should().Be(cts.Token);
+    }
+
+    [Fact]
+    public void Only_the_first_completion_wins()
+    {
+        var waker = new TestWaker<int>();
+        waker.Core.TrySetResult(1).Should().BeTrue();
+        waker.Core.TrySetResult(2).Should().BeFalse();
+        waker.Core.TrySetException(new InvalidOperationException()).Should().BeFalse();
+        waker.Core.TrySetCanceled().Should().BeFalse();
+
+        Action set = () => waker.Core.SetResult(3);
+        set.Should().Throw<InvalidOperationException>();
+        waker.Core.GetResult(waker.Version).Should().Be(1);
+    }
+
+    [Fact]
+    public void Stale_version_fails_and_leaves_the_next_operation_untouched()
+    {
+        var waker = new TestWaker<int>();
+        short first = waker.Version;
+        waker.Core.TrySetResult(first, 1).Should().BeTrue();
+        waker.Core.GetResult(first).Should().Be(1);
+        waker.Core.TryReset(first).Should().BeTrue();
+
+        short second = waker.Version;
+        second.Should().NotBe(first);
+        waker.Core.TrySetResult(first, 99).Should().BeFalse();
+        waker.Core.TrySetException(first, new InvalidOperationException()).Should().BeFalse();
+        waker.Core.TrySetCanceled(first).Should().BeFalse();
+        waker.Core.GetStatus(second).Should().Be(ValueTaskSourceStatus.Pending);
+
+        waker.Core.TrySetResult(second, 2).Should().BeTrue();
+        waker.Core.GetResult(second).Should().Be(2);
+    }
+
+    [Fact]
+    public void Stale_token_and_early_result_throw_InvalidOperationException()
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+
+        Action early = () => waker.Core.GetResult(token);
+        early.Should().Throw<InvalidOperationException>();
+
+        Action wrongToken = () => waker.Core.GetStatus((short)(token + 1));
+        wrongToken.Should().Throw<InvalidOperationException>();
+
+        waker.Core.SetResult(5);
+        waker.Core.TryReset(token).Should().BeTrue();
+        waker.Core.TryReset(token).Should().BeFalse("only one caller may reset a completed operation");
+
+        Action stale = () => waker.Core.GetResult(token);
+        stale.Should().Throw<InvalidOperationException>();
+    }
+
+    [Fact]
+    public void TryReset_refuses_a_pending_operation()
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        waker.Core.TryReset(token).Should().BeFalse();
+        waker.Version.Should().Be(token);
+    }
+
+    [Fact]
+    public void Version_wraps_after_65536_resets()
+    {
+        var waker = new TestWaker<int>();
+        short start = waker.Version;
+        for (int i = 0; i < 65_536; i++)
+        {
+            waker.Core.Reset();
+        }
+
+        waker.Version.Should().Be(start, "the token is 16 bits: a stale token matches again after 65,536 reuses");
+    }
+
+    [Fact]
+    public void Second_registration_throws()
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        waker.Core.OnCompleted(static _ => { }, null, token, ValueTaskSourceOnCompletedFlags.None);
+
+        Action again = () => waker.Core.OnCompleted(static _ => { }, null, token, ValueTaskSourceOnCompletedFlags.None);
+        again.Should().Throw<InvalidOperationException>();
+    }
+
+    [Fact]
+    public void Bad_arguments_throw_conventional_exceptions()
+    {
+        var waker = new TestWaker<int>();
+        Action nullContinuation = () => waker.Core.OnCompleted(null!, null, waker.Version, ValueTaskSourceOnCompletedFlags.None);
+        nullContinuation.Should().Throw<ArgumentNullException>();
+
+        Action nullError = () => waker.Core.TrySetException(null!);
+        nullError.Should().Throw<ArgumentNullException>();
+
+        Action nullOwner = () => _ = new WakerCore<int>(null!);
+        nullOwner.Should().Throw<ArgumentNullException>();
+
+        Action taskOwner = () => _ = new WakerCore<int>(new TaskWorkItem());
+        taskOwner.Should().Throw<ArgumentException>();
+
+        Action invokeWithout = () => waker.Core.InvokeContinuation();
+        invokeWithout.Should().Throw<InvalidOperationException>();
+    }
+
+    [Fact]
+    public async Task Registration_after_completion_still_queues_and_never_inlines()
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        waker.Core.SetResult(7);
+
+        var ran = new TaskCompletionSource<Thread>(TaskCreationOptions.RunContinuationsAsynchronously);
+        bool returned = false;
+        waker.Core.OnCompleted(_ => ran.SetResult(Volatile.Read(ref returned) ? Thread.CurrentThread : null!), null, token, ValueTaskSourceOnCompletedFlags.None);
+        Volatile.Write(ref returned, true);
+
+        Thread thread = await ran.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        thread.Should().NotBeNull("the continuation must run after OnCompleted returned, not inside it");
+    }
+
+    [Fact]
+    public async Task Default_core_without_work_item_still_dispatches()
+    {
+        var source = new DetachedSource();
+        var completer = new Thread(() =>
+        {
+            SpinWait.SpinUntil(() => source.Registered);
+            source.Core.SetResult(11);
+        });
+        completer.Start();
+
+        int result = await new ValueTask<int>(source, source.Core.Version);
+        result.Should().Be(11);
+        source.Core.WorkItem.Should().BeNull();
+        completer.Join();
+    }
+
+    [Fact]
+    public async Task Continuation_never_runs_on_the_completing_thread_without_scheduler()
+    {
+        // Task.Run: no SynchronizationContext (xunit installs one on test methods), so the ThreadPool path is used.
+        await Task.Run(async () =>
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                var waker = new TestWaker<int>();
+                Thread? completerThread = null;
+                var completer = new Thread(() =>
+                {
+                    waker.WaitForRegistration();
+                    completerThread = Thread.CurrentThread;
+                    waker.Core.SetResult(i);
+                });
+                completer.Start();
+
+                await waker.Task;
+                Thread.CurrentThread.Should().NotBeSameAs(completerThread);
+                Thread.CurrentThread.IsThreadPoolThread.Should().BeTrue();
+                completer.Join();
+            }
+        });
+    }
+
+    [Fact]
+    public async Task Continuation_runs_on_the_awaiting_worker_when_completed_by_a_foreign_thread()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        using var blockers = new WorkerBlockers(scheduler, 1);
+
+        for (int i = 0; i < 50; i++)
+        {
+            var waker = new TestWaker<int>();
+            Thread? completerThread = null;
+            var completer = new Thread(() =>
+            {
+                waker.WaitForRegistration();
+                completerThread = Thread.CurrentThread;
+                waker.Core.SetResult(1);
+            });
+            completer.Start();
+
+            var (before, after, index, onWorker) = await scheduler.Factory.StartNew(async () =>
+            {
+                Thread beforeThread = Thread.CurrentThread;
+                scheduler.TryGetCurrentWorkerIndex(out int beforeIndex);
+                await waker.Task;
+                scheduler.TryGetCurrentWorkerIndex(out int afterIndex);
+                return (beforeThread, Thread.CurrentThread, afterIndex == beforeIndex ? afterIndex : -1, scheduler.IsWorkerThread);
+            }).Unwrap();
+
+            completer.Join();
+            onWorker.Should().BeTrue();
+            after.Should().BeSameAs(before, "the continuation goes back to the worker that awaited");
+            after.Should().NotBeSameAs(completerThread);
+            index.Should().BeGreaterThanOrEqualTo(0);
+        }
+    }
+
+    [Fact]
+    public async Task Completion_on_the_owner_worker_runs_after_the_completer_returns()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        using var blockers = new WorkerBlockers(scheduler, 1);
+
+        bool ok = await scheduler.Factory.StartNew(async () =>
+        {
+            var waker = new TestWaker<int>();
+            bool setReturned = false;
+            Thread owner = Thread.CurrentThread;
+
+            async Task<bool> Awaiter()
+            {
+                await waker.Task;
+                return setReturned && Thread.CurrentThread == owner;
+            }
+
+            Task<bool> awaiting = Awaiter();
+            waker.Registrations.Should().Be(1);
+            waker.Core.SetResult(3);
+            setReturned = true;
+            return await awaiting;
+        }).Unwrap();
+
+        ok.Should().BeTrue("the owner's own completion goes to its LIFO slot and runs after SetResult returns, on the same worker");
+    }
+
+    [Fact]
+    public async Task Under_scheduler_as_current_but_off_worker_resumes_on_the_scheduler()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        var waker = new TestWaker<int>();
+
+        // A LongRunning task has the scheduler as TaskScheduler.Current but runs on a dedicated thread.
+        Task<bool> task = scheduler.Factory.StartNew(async () =>
+        {
+            scheduler.IsWorkerThread.Should().BeFalse();
+            await waker.Task;
+            return scheduler.IsWorkerThread;
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, scheduler).Unwrap();
+
+        waker.WaitForRegistration();
+        waker.Core.SetResult(1);
+        (await task).Should().BeTrue();
+    }
+
+    [Fact]
+    public async Task Execution_context_flows_when_requested()
+    {
+        var local = new AsyncLocal<string?>();
+        var waker = new TestWaker<int>();
+        var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        local.Value = "flowed";
+        ValueTaskAwaiter<int> awaiter = waker.Task.GetAwaiter();
+        awaiter.OnCompleted(() => seen.SetResult(local.Value)); // OnCompleted (not Unsafe) asks for FlowExecutionContext
+        local.Value = null;
+
+        var completer = new Thread(() => waker.Core.SetResult(1));
+        completer.Start();
+        (await seen.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().Be("flowed");
+        completer.Join();
+    }
+
+    [Fact]
+    public async Task Execution_context_is_not_captured_when_not_requested()
+    {
+        var local = new AsyncLocal<string?>();
+        var waker = new TestWaker<int>();
+        var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        local.Value = "not flowed";
+        ValueTaskAwaiter<int> awaiter = waker.Task.GetAwaiter();
+        awaiter.UnsafeOnCompleted(() => seen.SetResult(local.Value));
+        local.Value = null;
+
+        var completer = new Thread(() => waker.Core.SetResult(1));
+        completer.Start();
+        (await seen.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeNull();
+        completer.Join();
+    }
+
+    [Fact]
+    public async Task AsyncLocal_survives_an_await_on_the_scheduler()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        var local = new AsyncLocal<int>();
+        var waker = new TestWaker<int>();
+
+        Task<int> task = scheduler.Factory.StartNew(async () =>
+        {
+            local.Value = 1234;
+            await waker.Task;
+            return local.Value;
+        }).Unwrap();
+
+        waker.WaitForRegistration();
+        var completer = new Thread(() => waker.Core.SetResult(0));
+        completer.Start();
+        (await task).Should().Be(1234);
+        completer.Join();
+    }
+
+    [Fact]
+    public async Task Synchronization_context_receives_the_continuation()
+    {
+        var context = new RecordingSynchronizationContext();
+        var waker = new TestWaker<int>();
+        var resumed = new TaskCompletionSource<SynchronizationContext?>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            waker.Task.GetAwaiter().OnCompleted(() => resumed.SetResult(SynchronizationContext.Current));
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        var completer = new Thread(() => waker.Core.SetResult(1));
+        completer.Start();
+        (await resumed.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeSameAs(context);
+        context.Posts.Should().Be(1);
+        completer.Join();
+    }
+
+    [Fact]
+    public async Task Synchronization_context_is_ignored_with_ConfigureAwait_false()
+    {
+        var context = new RecordingSynchronizationContext();
+        var waker = new TestWaker<int>();
+        var resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            RegisterWithoutContext(waker.Task, () => resumed.SetResult());
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        waker.Core.SetResult(1);
+        await resumed.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        context.Posts.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Other_task_scheduler_runs_the_continuation_as_a_task()
+    {
+        var scheduler = new CountingTaskScheduler();
+        var waker = new TestWaker<int>();
+
+        Task<bool> task = Task.Factory.StartNew(async () =>
+        {
+            await waker.Task;
+            return TaskScheduler.Current == scheduler;
+        }, CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
+
+        waker.WaitForRegistration();
+        waker.Core.SetResult(1);
+        (await task).Should().BeTrue();
+        scheduler.Queued.Should().BeGreaterThanOrEqualTo(2, "the start and the resumption both go through QueueTask");
+    }
+
+    [Fact]
+    public async Task Completion_racing_registration_dispatches_exactly_once()
+    {
+        // The producer's publish and the awaiter's registration race on one CAS: whichever loses dispatches.
+        for (int i = 0; i < 2_000; i++)
+        {
+            var waker = new TestWaker<int>();
+            using var go = new Barrier(2);
+            var completer = new Thread(() =>
+            {
+                go.SignalAndWait();
+                waker.Core.SetResult(i);
+            });
+            completer.Start();
+
+            int runs = 0;
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            short token = waker.Version;
+            go.SignalAndWait();
+            waker.Core.OnCompleted(_ =>
+            {
+                if (Interlocked.Increment(ref runs) == 1)
+                {
+                    done.SetResult();
+                }
+            }, null, token, ValueTaskSourceOnCompletedFlags.None);
+
+            await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+            completer.Join();
+            waker.Core.GetResult(token).Should().Be(i);
+            Volatile.Read(ref runs).Should().Be(1);
+        }
+    }
+
+    private static void RegisterWithoutContext(ValueTask<int> task, Action continuation) =>
+        task.ConfigureAwait(false).GetAwaiter().OnCompleted(continuation);
+
+    private sealed class TaskWorkItem() : Task(static () => { }), IThreadPoolWorkItem
+    {
+        public void Execute() => RunSynchronously();
+    }
+
+    private sealed class DetachedSource : IValueTaskSource<int>
+    {
+        public WakerCore<int> Core;
+        public volatile bool Registered;
+
+        public int GetResult(short token) => Core.GetResult(token);
+
+        public ValueTaskSourceStatus GetStatus(short token) => Core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        {
+            Core.OnCompleted(continuation, state, token, flags);
+            Registered = true;
+        }
+    }
+}

@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using System.Threading.Tasks.Sources;
+
+namespace Scheduler.Sources;
+
+public partial struct WakerCore<TResult>
+{
+    /// <summary>
+    /// Registers the continuation of operation <paramref name="token"/> (for <see cref="IValueTaskSource{TResult}.OnCompleted"/>)
+    /// and records where it must run: the calling worker of a <see cref="WorkStealingTaskScheduler"/>, the current
+    /// <see cref="SynchronizationContext"/> or <see cref="TaskScheduler"/> when <paramref name="flags"/> ask for the
+    /// scheduling context, else the ThreadPool.
+    /// </summary>
+    /// <remarks>
+    /// When the operation completed meanwhile, the continuation is queued at once (never invoked inline).
+    /// <see cref="ExecutionContext"/> is captured and restored around the continuation only when
+    /// <paramref name="flags"/> include <see cref="ValueTaskSourceOnCompletedFlags.FlowExecutionContext"/>.
+    /// </remarks>
+    /// <exception cref="ArgumentNullException"><paramref name="continuation"/> is null.</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="token"/> is stale, or a continuation is already registered (the operation is awaited twice).</exception>
+    public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        ArgumentNullException.ThrowIfNull(continuation);
+        int current = Volatile.Read(ref _state);
+        ValidateRegistration(current, token);
+
+        _executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+        _schedulingContext = WakerDispatch.CaptureSchedulingContext(flags, out _ownerWorkerIndex);
+        _continuationState = state;
+        _continuation = continuation;
+
+        // Publish with a CAS (full fence: the writes above are visible to whoever sees the flag).
+        while (true)
+        {
+            int observed = Interlocked.CompareExchange(ref _state, current | ContinuationFlag, current);
+            if (observed == current)
+            {
+                break;
+            }
+
+            ValidateRegistration(observed, token);
+            current = observed;
+        }
+
+        if ((current & StatusMask) == StatusCompleted)
+        {
+            // The producer finished before our flag landed, so it left the dispatch to us.
+            DispatchContinuation();
+        }
+    }
+
+    /// <summary>
+    /// Runs the registered continuation, inside the captured <see cref="ExecutionContext"/> when one was requested.
+    /// Call it only from the owner's <see cref="IThreadPoolWorkItem.Execute"/>; the core queues the owner when the
+    /// continuation is due.
+    /// </summary>
+    /// <remarks>
+    /// The continuation usually reads the result, resets the core and returns its owner to a pool: nothing here
+    /// touches the core after invoking it.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">No continuation is registered.</exception>
+    public void InvokeContinuation()
+    {
+        Action<object?>? continuation = _continuation;
+        if (continuation is null)
+        {
+            throw new InvalidOperationException("No continuation is registered: InvokeContinuation must only be called from the owner's IThreadPoolWorkItem.Execute when the core queued it.");
+        }
+
+        WakerDispatch.Invoke(continuation, _continuationState, _executionContext);
+    }
+
+    private void DispatchContinuation()
+    {
+        Debug.Assert(_continuation is not null, "Dispatch happens only after a continuation was published.");
+
+        // Read everything first: once queued, the continuation may run, reset the core and re-pool the owner.
+        IThreadPoolWorkItem workItem = _workItem ?? new DetachedContinuation(_continuation, _continuationState, _executionContext);
+        WakerDispatch.Dispatch(workItem, _schedulingContext, _ownerWorkerIndex);
+    }
+
+    private static void ValidateRegistration(int state, short token)
+    {
+        ValidateToken(state, token);
+        if ((state & ContinuationFlag) != 0)
+        {
+            throw new InvalidOperationException("A continuation is already registered: a ValueTask backed by a pooled source can be awaited only once.");
+        }
+    }
+}

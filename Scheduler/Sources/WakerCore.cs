@@ -1,0 +1,326 @@
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using System.Runtime.ExceptionServices;
+using System.Threading.Tasks.Sources;
+
+namespace Scheduler.Sources;
+
+/// <summary>
+/// The reusable heart of an allocation-free awaitable: version tokens, a race-safe completion protocol and
+/// owner-worker dispatch of the continuation. Embed it as a (non-readonly) field of a pooled class that
+/// implements <see cref="IValueTaskSource{TResult}"/> and forward the interface members to it.
+/// </summary>
+/// <typeparam name="TResult">The result type of the operation.</typeparam>
+/// <remarks>
+/// <para>
+/// Like <see cref="ManualResetValueTaskSourceCore{TResult}"/> with <c>RunContinuationsAsynchronously</c>
+/// always on: a continuation never runs inline on the thread that completes the operation. Where it runs:
+/// awaited on a worker of a <see cref="WorkStealingTaskScheduler"/> (or under one as
+/// <see cref="TaskScheduler.Current"/>), it is queued to that worker (its inbox, unparking it; or its LIFO
+/// slot when the worker completes its own operation); under another <see cref="SynchronizationContext"/>
+/// it is posted there; under another <see cref="TaskScheduler"/> it runs as a task there; otherwise it goes
+/// to the .NET ThreadPool.
+/// </para>
+/// <para>
+/// For zero allocation the owner implements <see cref="IThreadPoolWorkItem"/>, creates the core with
+/// <see cref="WakerCore{TResult}(IThreadPoolWorkItem)"/> and calls <see cref="InvokeContinuation"/> from its
+/// <see cref="IThreadPoolWorkItem.Execute"/>: completion then queues the owner itself as the work item. A
+/// default-initialised core works too but allocates one small work item per asynchronous completion.
+/// </para>
+/// <para>
+/// Producers may race: exactly one <c>TrySet*</c> wins, the others return false. The version-checked forms
+/// (<see cref="TrySetResult(short, TResult)"/>, ...) also fail once the core has been reset for its next
+/// use, so a late producer never completes somebody else's operation. The version is a 16-bit counter: after
+/// 65,536 resets a stale token matches again, so keep a token no longer than one use of the object.
+/// </para>
+/// <para>This is a mutable struct: never copy it after first use, never store it in a readonly field.</para>
+/// </remarks>
+public partial struct WakerCore<TResult>
+{
+    // _state packs everything producers and the awaiter race on, so a single CAS decides each race:
+    //   bits 0-15   version (the token of the current operation)
+    //   bits 16-17  status: Pending, Reserved (a producer won and is writing the result), Completed,
+    //               Consumed (the awaiter read the result and a reset is in progress)
+    //   bit  18     a continuation is registered
+    // Version and status in one word is what makes the version-checked TrySet* immune to ABA: a stale
+    // producer's CAS expects (its version, Pending) and can never match the next operation's state.
+    private const int VersionMask = 0xFFFF;
+    private const int StatusShift = 16;
+    private const int StatusMask = 3 << StatusShift;
+    private const int StatusPending = 0;
+    private const int StatusReserved = 1 << StatusShift;
+    private const int StatusCompleted = 2 << StatusShift;
+    private const int StatusConsumed = 3 << StatusShift;
+    private const int ContinuationFlag = 1 << 18;
+
+    private readonly IThreadPoolWorkItem? _workItem;
+    private int _state;
+    private TResult _result;
+    private ExceptionDispatchInfo? _error;
+
+    // Written by OnCompleted before it publishes ContinuationFlag (CAS, a full fence); read by the one
+    // thread that dispatches after observing the flag together with Completed.
+    private Action<object?>? _continuation;
+    private object? _continuationState;
+    private ExecutionContext? _executionContext;
+    private object? _schedulingContext;
+    private int _ownerWorkerIndex;
+
+    /// <summary>
+    /// Creates a core whose continuations are dispatched by queuing <paramref name="workItem"/> (the object
+    /// that embeds this core) — no allocation per completion. Its <see cref="IThreadPoolWorkItem.Execute"/>
+    /// must call <see cref="InvokeContinuation"/> on this core.
+    /// </summary>
+    /// <param name="workItem">The owner of the core; it must not be a <see cref="Task"/>.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="workItem"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="workItem"/> is a <see cref="Task"/>.</exception>
+    public WakerCore(IThreadPoolWorkItem workItem)
+    {
+        ArgumentNullException.ThrowIfNull(workItem);
+        if (workItem is Task)
+        {
+            throw new ArgumentException("A Task cannot serve as the work item of a WakerCore; use the object that embeds the core.", nameof(workItem));
+        }
+
+        _workItem = workItem;
+        _result = default!;
+    }
+
+    /// <summary>The token of the current operation: pass it to <see cref="ValueTask{TResult}"/> and to the version-checked <c>TrySet*</c> forms.</summary>
+    /// <remarks>It wraps after 65,536 resets.</remarks>
+    public short Version
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => (short)Volatile.Read(ref _state);
+    }
+
+    /// <summary>The work item this core queues on completion, or null when it allocates one per completion.</summary>
+    public readonly IThreadPoolWorkItem? WorkItem => _workItem;
+
+    /// <summary>
+    /// Prepares the core for its next operation: clears the outcome and the continuation and advances
+    /// <see cref="Version"/>, so every token of the previous operation becomes stale.
+    /// </summary>
+    /// <remarks>
+    /// Call it only when nobody can still complete or await the current operation (after
+    /// <see cref="GetResult"/>, or before its token was handed out). With racing awaiters prefer
+    /// <see cref="TryReset"/>, which resets only a completed operation and only once.
+    /// </remarks>
+    public void Reset()
+    {
+        int state = Volatile.Read(ref _state);
+        ClearAndAdvance(state);
+    }
+
+    /// <summary>
+    /// Resets the core if operation <paramref name="token"/> has completed and has not been reset yet. Exactly
+    /// one of several concurrent callers wins; call it after reading the result, then return the owner to its pool.
+    /// </summary>
+    /// <param name="token">The token of the operation that the caller has consumed.</param>
+    /// <returns>True when this call reset the core; false when the token is stale or the operation is not completed.</returns>
+    public bool TryReset(short token)
+    {
+        int state = Volatile.Read(ref _state);
+        while ((short)state == token && (state & StatusMask) == StatusCompleted)
+        {
+            int observed = Interlocked.CompareExchange(ref _state, (state & ~StatusMask) | StatusConsumed, state);
+            if (observed == state)
+            {
+                ClearAndAdvance(state);
+                return true;
+            }
+
+            state = observed;
+        }
+
+        return false;
+    }
+
+    /// <summary>Completes the current operation successfully.</summary>
+    /// <exception cref="InvalidOperationException">The operation has already been completed.</exception>
+    public void SetResult(TResult result)
+    {
+        if (!TrySetResult(result))
+        {
+            ThrowAlreadyCompleted();
+        }
+    }
+
+    /// <summary>Completes the current operation with <paramref name="error"/>; awaiting rethrows that same instance.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="error"/> is null.</exception>
+    /// <exception cref="InvalidOperationException">The operation has already been completed.</exception>
+    public void SetException(Exception error)
+    {
+        if (!TrySetException(error))
+        {
+            ThrowAlreadyCompleted();
+        }
+    }
+
+    /// <summary>Completes the current operation as canceled: awaiting throws <see cref="OperationCanceledException"/> carrying <paramref name="cancellationToken"/>.</summary>
+    /// <exception cref="InvalidOperationException">The operation has already been completed.</exception>
+    public void SetCanceled(CancellationToken cancellationToken = default)
+    {
+        if (!TrySetCanceled(cancellationToken))
+        {
+            ThrowAlreadyCompleted();
+        }
+    }
+
+    /// <summary>Completes the current operation successfully unless it is already completed.</summary>
+    /// <returns>True when this call completed the operation.</returns>
+    public bool TrySetResult(TResult result) => TryComplete(AnyVersion, result, null);
+
+    /// <summary>Completes the current operation with <paramref name="error"/> unless it is already completed.</summary>
+    /// <returns>True when this call completed the operation.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="error"/> is null.</exception>
+    public bool TrySetException(Exception error)
+    {
+        ArgumentNullException.ThrowIfNull(error);
+        return TryComplete(AnyVersion, default!, ExceptionDispatchInfo.Capture(error));
+    }
+
+    /// <summary>Completes the current operation as canceled unless it is already completed.</summary>
+    /// <returns>True when this call completed the operation.</returns>
+    [SuppressMessage("ApiDesign", "RS0026:Do not add multiple public overloads with optional parameters", Justification = "Mirrors PooledValueTaskSource, whose overloads are fixed by the API contract.")]
+    public bool TrySetCanceled(CancellationToken cancellationToken = default) =>
+        TryComplete(AnyVersion, default!, ExceptionDispatchInfo.Capture(new OperationCanceledException(cancellationToken)));
+
+    /// <summary>Completes operation <paramref name="version"/> successfully, if it is still the current one and not yet completed.</summary>
+    /// <returns>True when this call completed the operation; false when it was completed already or <paramref name="version"/> is stale.</returns>
+    public bool TrySetResult(short version, TResult result) => TryComplete((ushort)version, result, null);
+
+    /// <summary>Completes operation <paramref name="version"/> with <paramref name="error"/>, if it is still the current one and not yet completed.</summary>
+    /// <returns>True when this call completed the operation; false when it was completed already or <paramref name="version"/> is stale.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="error"/> is null.</exception>
+    public bool TrySetException(short version, Exception error)
+    {
+        ArgumentNullException.ThrowIfNull(error);
+
+        // Fail a stale producer before paying for the capture.
+        return (short)Volatile.Read(ref _state) == version
+            && TryComplete((ushort)version, default!, ExceptionDispatchInfo.Capture(error));
+    }
+
+    /// <summary>Completes operation <paramref name="version"/> as canceled, if it is still the current one and not yet completed.</summary>
+    /// <returns>True when this call completed the operation; false when it was completed already or <paramref name="version"/> is stale.</returns>
+    [SuppressMessage("ApiDesign", "RS0026:Do not add multiple public overloads with optional parameters", Justification = "Mirrors PooledValueTaskSource, whose overloads are fixed by the API contract.")]
+    public bool TrySetCanceled(short version, CancellationToken cancellationToken = default) =>
+        (short)Volatile.Read(ref _state) == version
+        && TryComplete((ushort)version, default!, ExceptionDispatchInfo.Capture(new OperationCanceledException(cancellationToken)));
+
+    /// <summary>The status of operation <paramref name="token"/> (for <see cref="IValueTaskSource{TResult}.GetStatus"/>).</summary>
+    /// <exception cref="InvalidOperationException"><paramref name="token"/> is not the current operation's (it was consumed or never issued).</exception>
+    public ValueTaskSourceStatus GetStatus(short token)
+    {
+        int state = Volatile.Read(ref _state);
+        ValidateToken(state, token);
+        if ((state & StatusMask) != StatusCompleted)
+        {
+            return ValueTaskSourceStatus.Pending;
+        }
+
+        ExceptionDispatchInfo? error = _error;
+        return error is null ? ValueTaskSourceStatus.Succeeded
+            : error.SourceException is OperationCanceledException ? ValueTaskSourceStatus.Canceled
+            : ValueTaskSourceStatus.Faulted;
+    }
+
+    /// <summary>The result of operation <paramref name="token"/> (for <see cref="IValueTaskSource{TResult}.GetResult"/>); rethrows its exception.</summary>
+    /// <remarks>It does not reset the core: a pooled owner calls <see cref="TryReset"/> afterwards (in a <c>finally</c>) and then returns itself to its pool.</remarks>
+    /// <exception cref="InvalidOperationException"><paramref name="token"/> is stale, or the operation has not completed yet.</exception>
+    public TResult GetResult(short token)
+    {
+        int state = Volatile.Read(ref _state);
+        ValidateToken(state, token);
+        if ((state & StatusMask) != StatusCompleted)
+        {
+            ThrowNotCompleted();
+        }
+
+        _error?.Throw();
+        return _result;
+    }
+
+    private const int AnyVersion = -1;
+
+    private bool TryComplete(int version, TResult result, ExceptionDispatchInfo? error)
+    {
+        // Claim: (version, Pending) -> (version, Reserved). Only OnCompleted's flag may change meanwhile.
+        int state = Volatile.Read(ref _state);
+        while (true)
+        {
+            if ((state & StatusMask) != StatusPending || (version != AnyVersion && (state & VersionMask) != version))
+            {
+                return false;
+            }
+
+            int observed = Interlocked.CompareExchange(ref _state, state | StatusReserved, state);
+            if (observed == state)
+            {
+                break;
+            }
+
+            state = observed;
+        }
+
+        _result = result;
+        _error = error;
+
+        // Publish: Reserved -> Completed (a full fence after the outcome writes). The flag we see in the same
+        // atomic step decides who dispatches: us if a continuation is already registered, else OnCompleted.
+        int reserved = state | StatusReserved;
+        while (true)
+        {
+            int observed = Interlocked.CompareExchange(ref _state, (reserved & ~StatusMask) | StatusCompleted, reserved);
+            if (observed == reserved)
+            {
+                break;
+            }
+
+            Debug.Assert((observed & ~ContinuationFlag) == (reserved & ~ContinuationFlag), "Only the continuation flag may change while a producer holds the reservation.");
+            reserved = observed;
+        }
+
+        if ((reserved & ContinuationFlag) != 0)
+        {
+            DispatchContinuation();
+        }
+
+        return true;
+    }
+
+    private void ClearAndAdvance(int state)
+    {
+        _result = default!;
+        _error = null;
+        _continuation = null;
+        _continuationState = null;
+        _executionContext = null;
+        _schedulingContext = null;
+        _ownerWorkerIndex = 0;
+        Volatile.Write(ref _state, (state + 1) & VersionMask);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ValidateToken(int state, short token)
+    {
+        if ((short)state != token || (state & StatusMask) == StatusConsumed)
+        {
+            ThrowStaleToken();
+        }
+    }
+
+    [StackTraceHidden]
+    private static void ThrowStaleToken() =>
+        throw new InvalidOperationException("The awaited operation is no longer current: a ValueTask backed by a pooled source can be awaited (or its result read) only once.");
+
+    [StackTraceHidden]
+    private static void ThrowNotCompleted() =>
+        throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result directly.");
+
+    [StackTraceHidden]
+    private static void ThrowAlreadyCompleted() =>
+        throw new InvalidOperationException("The operation has already been completed.");
+}

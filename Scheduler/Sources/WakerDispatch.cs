@@ -1,0 +1,132 @@
+using System.Diagnostics;
+using System.Threading.Tasks.Sources;
+
+namespace Scheduler.Sources;
+
+/// <summary>Where a waker's continuation runs: capture at <c>OnCompleted</c>, queue at completion, invoke on arrival.</summary>
+internal static class WakerDispatch
+{
+    private static readonly SendOrPostCallback s_postCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
+    private static readonly Action<object?> s_taskCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
+
+    /// <summary>
+    /// The scheduling target of an awaiter: a <see cref="WorkStealingTaskScheduler"/> (with the calling worker's
+    /// index, or -1 when the caller is not one of its workers), a <see cref="SynchronizationContext"/>, another
+    /// <see cref="TaskScheduler"/>, or null for the ThreadPool.
+    /// </summary>
+    public static object? CaptureSchedulingContext(ValueTaskSourceOnCompletedFlags flags, out int workerIndex)
+    {
+        workerIndex = -1;
+        if ((flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0)
+        {
+            SynchronizationContext? context = SynchronizationContext.Current;
+            if (context is not null && context.GetType() != typeof(SynchronizationContext))
+            {
+                return context;
+            }
+
+            TaskScheduler scheduler = TaskScheduler.Current;
+            if (scheduler is WorkStealingTaskScheduler workStealing)
+            {
+                // On one of its workers: that worker. Under it elsewhere (a LongRunning task): its global queue.
+                workStealing.TryGetCurrentWorkerIndex(out workerIndex);
+                return workStealing;
+            }
+
+            if (scheduler != TaskScheduler.Default)
+            {
+                return scheduler;
+            }
+        }
+
+        // No context asked for (or only the default one): a worker still gets its continuation back, which
+        // is what keeps I/O and timer wake-ups on the worker that awaited them.
+        WorkStealingTaskScheduler? owner = WorkStealingTaskScheduler.CurrentWorkerScheduler;
+        if (owner is not null && owner.TryGetCurrentWorkerIndex(out workerIndex))
+        {
+            return owner;
+        }
+
+        workerIndex = -1;
+        return null;
+    }
+
+    /// <summary>Queues <paramref name="workItem"/> to its captured target. Never runs it inline.</summary>
+    public static void Dispatch(IThreadPoolWorkItem workItem, object? schedulingContext, int workerIndex)
+    {
+        switch (schedulingContext)
+        {
+            case null:
+                ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
+                break;
+            case WorkStealingTaskScheduler scheduler:
+                if (workerIndex >= 0)
+                {
+                    scheduler.EnqueueToWorker(workerIndex, workItem);
+                }
+                else
+                {
+                    scheduler.Enqueue(workItem);
+                }
+
+                break;
+            case SynchronizationContext context:
+                context.Post(s_postCallback, workItem);
+                break;
+            case TaskScheduler scheduler:
+                QueueOnTaskScheduler(workItem, scheduler);
+                break;
+            default:
+                throw new UnreachableException($"Unknown scheduling context {schedulingContext.GetType()}.");
+        }
+    }
+
+    /// <summary>Runs a continuation, inside <paramref name="executionContext"/> when one was captured.</summary>
+    public static void Invoke(Action<object?> continuation, object? state, ExecutionContext? executionContext)
+    {
+        if (executionContext is null)
+        {
+            continuation(state);
+            return;
+        }
+
+        ExecutionContext? previous = ExecutionContext.Capture();
+        if (previous is null)
+        {
+            // Flow is suppressed on this thread (rare): Run restores exactly that state afterwards, at the
+            // price of one allocation for the closure state.
+            ExecutionContext.Run(executionContext, s_runContinuation, (continuation, state));
+            return;
+        }
+
+        // Restore (not Run) keeps the common path allocation-free: Run needs continuation and state in one object.
+        ExecutionContext.Restore(executionContext);
+        try
+        {
+            continuation(state);
+        }
+        finally
+        {
+            ExecutionContext.Restore(previous);
+        }
+    }
+
+    private static readonly ContextCallback s_runContinuation = static boxed =>
+    {
+        var (continuation, state) = ((Action<object?>, object?))boxed!;
+        continuation(state);
+    };
+
+    private static void QueueOnTaskScheduler(IThreadPoolWorkItem workItem, TaskScheduler scheduler)
+    {
+        try
+        {
+            _ = Task.Factory.StartNew(s_taskCallback, workItem, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler);
+        }
+        catch (TaskSchedulerException)
+        {
+            // The scheduler refused (e.g. disposed): the continuation must still run, or its awaiter hangs forever.
+            ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
+        }
+    }
+}
