@@ -190,3 +190,28 @@ public sealed class TimingWheelTests
         }
     }
 }
+
+public sealed class FastDivisorTests
+{
+    [Theory]
+    [InlineData(1L)]
+    [InlineData(3L)]
+    [InlineData(100_000L)]
+    [InlineData(1_000_000L)]
+    [InlineData(999_983L)]
+    [InlineData(3_600_000_000_000L)]
+    public void Matches_hardware_division_exactly(long divisor)
+    {
+        var fast = new FastDivisor(divisor);
+        var random = new Random((int)(divisor % int.MaxValue));
+        var samples = Enumerable.Range(0, 20_000).Select(_ => random.NextInt64(0, long.MaxValue))
+            .Concat(Enumerable.Range(0, 1000).Select(i => (long)i))
+            .Concat(new[] { divisor - 1, divisor, divisor + 1, (divisor * 7) - 1, divisor * 7, long.MaxValue, long.MaxValue - 1 });
+        foreach (long x in samples.Where(x => x >= 0))
+        {
+            long quotient = fast.DivRem(x, out long remainder);
+            quotient.Should().Be(x / divisor, $"{x} / {divisor}");
+            remainder.Should().Be(x % divisor);
+        }
+    }
+}

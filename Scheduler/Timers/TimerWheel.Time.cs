@@ -13,7 +13,7 @@ public sealed partial class TimerWheel
         if (_timestampUnitsPerTimeSpanTick != 0)
         {
             // The common case (Linux: 1 ns units, 100 per TimeSpan tick): exact, no division.
-            return ticks > long.MaxValue / _timestampUnitsPerTimeSpanTick ? long.MaxValue : ticks * _timestampUnitsPerTimeSpanTick;
+            return ticks > _maxExactTimeSpanTicks ? long.MaxValue : ticks * _timestampUnitsPerTimeSpanTick;
         }
 
         UInt128 units = (((UInt128)(ulong)ticks * (ulong)Stopwatch.Frequency) + (TimeSpan.TicksPerSecond - 1)) / (ulong)TimeSpan.TicksPerSecond;
@@ -31,7 +31,7 @@ public sealed partial class TimerWheel
     internal long TickOf(long timestamp)
     {
         long sinceOrigin = timestamp - _originTimestamp;
-        return sinceOrigin <= 0 ? 0 : sinceOrigin / _tickTimestampUnits;
+        return sinceOrigin <= 0 ? 0 : _tickDivisor.DivRem(sinceOrigin, out _);
     }
 
     /// <summary>The first tick starting at or after <paramref name="deadlineTimestamp"/> (rounded up).</summary>
@@ -43,8 +43,8 @@ public sealed partial class TimerWheel
             return 0;
         }
 
-        long tick = sinceOrigin / _tickTimestampUnits;
-        return sinceOrigin % _tickTimestampUnits == 0 ? tick : tick + 1;
+        long tick = _tickDivisor.DivRem(sinceOrigin, out long remainder);
+        return remainder == 0 ? tick : tick + 1;
     }
 
     /// <summary>The timestamp at which <paramref name="tick"/> starts, saturating.</summary>

@@ -36,6 +36,9 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     private readonly long _originTimestamp;
     private readonly long _tickTimestampUnits;
     private readonly long _timestampUnitsPerTimeSpanTick;
+    private readonly long _maxExactTimeSpanTicks;
+    private readonly FastDivisor _tickDivisor;
+    private readonly bool _usesStopwatch;
     private TimerEntry? _infiniteHead;
     private int _infiniteCount;
     private volatile bool _disposed;
@@ -65,7 +68,10 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         TickDuration = tickDuration;
         long frequency = Stopwatch.Frequency;
         _timestampUnitsPerTimeSpanTick = frequency % TimeSpan.TicksPerSecond == 0 ? frequency / TimeSpan.TicksPerSecond : 0;
+        _maxExactTimeSpanTicks = _timestampUnitsPerTimeSpanTick == 0 ? 0 : long.MaxValue / _timestampUnitsPerTimeSpanTick;
         _tickTimestampUnits = Math.Max(1, ToTimestampUnits(tickDuration));
+        _tickDivisor = new FastDivisor(_tickTimestampUnits);
+        _usesStopwatch = clock == TimerClock.System;
         _originTimestamp = clock.GetTimestamp();
 
         if (startDriver)
@@ -88,7 +94,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
 
     /// <inheritdoc />
     /// <remarks>The <see cref="Stopwatch"/> timestamp (the clock the wheel itself runs on).</remarks>
-    public override long GetTimestamp() => _clock.GetTimestamp();
+    public override long GetTimestamp() => _usesStopwatch ? Stopwatch.GetTimestamp() : _clock.GetTimestamp();
 
     /// <summary>The number of timers currently waiting (wheel entries plus infinite delays). For tests and diagnostics.</summary>
     internal int PendingCount
