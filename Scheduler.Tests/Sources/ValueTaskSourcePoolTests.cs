@@ -1,0 +1,117 @@
+using Scheduler.Sources;
+
+namespace Scheduler.Tests.Sources;
+
+public sealed class ValueTaskSourcePoolTests
+{
+    [Fact]
+    public void Rent_creates_when_empty_and_reuses_what_was_returned()
+    {
+        int created = 0;
+        var pool = new ValueTaskSourcePool<object>(() =>
+        {
+            created++;
+            return new object();
+        }, capacity: 16);
+
+        object first = pool.Rent();
+        created.Should().Be(1);
+        pool.Return(first).Should().BeTrue();
+        pool.Count.Should().Be(1);
+
+        // Same thread, so almost always the same processor's slots; the overflow queue covers a migration.
+        var seen = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < 4; i++)
+        {
+            seen.Add(pool.Rent());
+        }
+
+        seen.Should().Contain(first);
+        created.Should().Be(4);
+    }
+
+    [Fact]
+    public void Return_drops_objects_beyond_the_capacity()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 10);
+        var items = Enumerable.Range(0, 100).Select(_ => pool.Rent()).ToList();
+        int kept = items.Count(pool.Return);
+
+        kept.Should().Be(10);
+        pool.Count.Should().Be(10);
+        pool.Capacity.Should().Be(10);
+    }
+
+    [Fact]
+    public void Zero_capacity_retains_nothing()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 0);
+        pool.Return(pool.Rent()).Should().BeFalse();
+        pool.Count.Should().Be(0);
+    }
+
+    [Fact]
+    public void Bad_arguments_are_rejected()
+    {
+        Action nullFactory = () => _ = new ValueTaskSourcePool<object>(null!, 4);
+        Action negative = () => _ = new ValueTaskSourcePool<object>(static () => new object(), -1);
+        Action nullFromFactory = () => new ValueTaskSourcePool<object>(static () => null!, 4).Rent();
+        Action nullReturn = () => new ValueTaskSourcePool<object>(static () => new object(), 4).Return(null!);
+
+        nullFactory.Should().Throw<ArgumentNullException>();
+        negative.Should().Throw<ArgumentOutOfRangeException>();
+        nullFromFactory.Should().Throw<InvalidOperationException>();
+        nullReturn.Should().Throw<ArgumentNullException>();
+    }
+
+    [Fact]
+    public void Concurrent_rent_and_return_never_hands_an_object_to_two_owners()
+    {
+        const int Capacity = 64;
+        var pool = new ValueTaskSourcePool<Owned>(static () => new Owned(), Capacity);
+        int violations = 0;
+        var threads = new Thread[8];
+        for (int t = 0; t < threads.Length; t++)
+        {
+            threads[t] = new Thread(() =>
+            {
+                var held = new List<Owned>();
+                var random = new Random(Environment.CurrentManagedThreadId);
+                for (int i = 0; i < 100_000; i++)
+                {
+                    if (held.Count < 8 && (held.Count == 0 || random.Next(2) == 0))
+                    {
+                        Owned item = pool.Rent();
+                        if (Interlocked.Exchange(ref item.InUse, 1) != 0)
+                        {
+                            Interlocked.Increment(ref violations);
+                        }
+
+                        held.Add(item);
+                    }
+                    else
+                    {
+                        Owned item = held[^1];
+                        held.RemoveAt(held.Count - 1);
+                        Volatile.Write(ref item.InUse, 0);
+                        pool.Return(item);
+                    }
+                }
+            });
+            threads[t].Start();
+        }
+
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+
+        violations.Should().Be(0);
+        pool.Count.Should().BeLessThanOrEqualTo(Capacity);
+    }
+
+    private sealed class Owned
+    {
+        public int InUse;
+    }
+}

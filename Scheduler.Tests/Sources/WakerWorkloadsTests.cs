@@ -1,0 +1,53 @@
+using Scheduler.Benchmarks.Sources;
+using Xunit.Abstractions;
+
+namespace Scheduler.Tests.Sources;
+
+/// <summary>Smoke tests of the workloads the compare command calls: they run, finish and report plausible figures.</summary>
+[Collection(SourcesResourceGroup.Name)]
+public sealed class WakerWorkloadsTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Ping_pong_variants_complete_every_round_trip()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        TimeSpan pooled = await WakerWorkloads.PingPongPooledAsync(scheduler, 2_000);
+        TimeSpan pooledPool = await WakerWorkloads.PingPongPooledAsync(null, 2_000);
+        TimeSpan tcs = await WakerWorkloads.PingPongTaskCompletionSourceAsync(null, 2_000);
+        TimeSpan dotNext = await WakerWorkloads.PingPongDotNextAsync(null, 2_000);
+        output.WriteLine($"ping_pong 2,000 round trips: pooled/scheduler {pooled.TotalMilliseconds:F1} ms, pooled/ThreadPool {pooledPool.TotalMilliseconds:F1} ms, TCS/ThreadPool {tcs.TotalMilliseconds:F1} ms, DotNext/ThreadPool {dotNext.TotalMilliseconds:F1} ms");
+
+        foreach (TimeSpan elapsed in new[] { pooled, pooledPool, tcs, dotNext })
+        {
+            elapsed.Should().BePositive().And.BeLessThan(TimeSpan.FromSeconds(20));
+        }
+    }
+
+    [Fact]
+    public void Wake_latency_reports_percentiles_for_both_variants()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        WakeLatency ours = WakerWorkloads.MeasureWakeLatencyPooled(scheduler, 100);
+        WakeLatency baseline = WakerWorkloads.MeasureWakeLatencyTaskCompletionSource(100);
+        output.WriteLine($"wake_latency: pooled/parked worker p50 {ours.P50Microseconds:F1} µs p99 {ours.P99Microseconds:F1} µs; TCS/ThreadPool p50 {baseline.P50Microseconds:F1} µs p99 {baseline.P99Microseconds:F1} µs");
+
+        foreach (WakeLatency latency in new[] { ours, baseline })
+        {
+            latency.Samples.Should().Be(100);
+            latency.P50Microseconds.Should().BePositive();
+            latency.P99Microseconds.Should().BeGreaterThanOrEqualTo(latency.P50Microseconds);
+        }
+    }
+
+    [Fact]
+    public void Pending_awaiter_memory_is_measured_for_both_variants()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        double ours = WakerWorkloads.PendingAwaiterBytesPooled(scheduler, 10_000);
+        double baseline = WakerWorkloads.PendingAwaiterBytesTaskCompletionSource(10_000);
+        output.WriteLine($"pending_task_memory: pooled {ours:F0} B/awaiter, TCS {baseline:F0} B/awaiter");
+
+        ours.Should().BeInRange(1, 1024);
+        baseline.Should().BeInRange(1, 4096);
+    }
+}
