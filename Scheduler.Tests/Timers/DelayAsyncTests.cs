@@ -144,6 +144,24 @@ public sealed class DelayAsyncTests
     }
 
     [Fact]
+    public async Task After_a_burst_the_entry_pool_retains_no_more_than_its_capacity()
+    {
+        using var wheel = new TimerWheel();
+        await Task.Run(async () =>
+        {
+            var tasks = new Task[5_000];
+            for (int i = 0; i < tasks.Length; i++)
+            {
+                tasks[i] = wheel.DelayAsync(TimeSpan.FromMilliseconds(1 + (i % 10))).AsTask();
+            }
+
+            await Task.WhenAll(tasks);
+        }).WaitAsync(s_timeout);
+
+        DelayEntry.PooledCount.Should().BeLessThanOrEqualTo(DelayEntry.PoolCapacity);
+    }
+
+    [Fact]
     public async Task Resumes_on_the_awaiting_worker_never_on_the_driver_thread()
     {
         using var scheduler = new WorkStealingTaskScheduler(2);

@@ -17,7 +17,13 @@ namespace Scheduler.Timers;
 /// </remarks>
 internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWorkItem
 {
+    /// <summary>Entries kept for reuse after a burst; beyond this, completed entries are left to the GC.</summary>
+    internal const int PoolCapacity = 1024;
+
     private static readonly Action<object?, CancellationToken> s_onCanceled = static (state, token) => ((DelayEntry)state!).OnCanceled(token);
+
+    // The shared pooling toolkit: per-core slots plus a lock-free overflow, bounded (the 16-bit version wraps).
+    private static readonly ValueTaskSourcePool<DelayEntry> s_pool = new(static () => new DelayEntry(), PoolCapacity);
 
     private WakerCore<bool> _core;
     private TimerWheel? _wheel;
@@ -25,10 +31,13 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
 
     private DelayEntry() => _core = new WakerCore<bool>(this);
 
+    /// <summary>Entries the pool holds now (a racy snapshot). For tests.</summary>
+    internal static int PooledCount => s_pool.Count;
+
     /// <summary>Starts a delay of <paramref name="delay"/> (positive, or infinite) on <paramref name="wheel"/>.</summary>
     internal static ValueTask Start(TimerWheel wheel, TimeSpan delay, CancellationToken cancellationToken)
     {
-        DelayEntry entry = DelayEntryPool.Rent() ?? new DelayEntry();
+        DelayEntry entry = s_pool.Rent();
         short version = entry._core.Version;
         entry._wheel = wheel;
 
@@ -38,7 +47,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
             if (wheel.IsDisposed)
             {
                 entry._wheel = null;
-                DelayEntryPool.Return(entry);
+                s_pool.Return(entry);
                 TimerWheel.ThrowDisposed();
             }
 
@@ -112,7 +121,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
             if (_core.TryReset(token))
             {
                 _wheel = null;
-                DelayEntryPool.Return(this);
+                s_pool.Return(this);
             }
         }
     }
