@@ -71,7 +71,7 @@ public sealed class TimerResourceTests
             }).Unwrap().WaitAsync(TimeSpan.FromSeconds(20)));
         }
 
-        runs.Should().OnlyContain(r => r.Worker == 0, "the awaiting worker allocates nothing per delay");
+        runs.Should().OnlyContain(r => r.Worker == 0, $"the awaiting worker allocates nothing per delay (runs: {string.Join(", ", runs)})");
 
         // Process-wide (driver, dispatch, and whatever the runtime does meanwhile): the quietest run; Task.Delay
         // costs ~200 B per call.

@@ -287,4 +287,63 @@ public sealed class TimerWheelTimerTests
             timer.Dispose();
         }
     }
+
+    [Fact]
+    public async Task Concurrent_Change_and_Dispose_racing_the_driver_keep_the_wheel_consistent()
+    {
+        using var wheel = new TimerWheel();
+        const int TimerCount = 256;
+        int fired = 0;
+        var timers = new ITimer[TimerCount];
+        for (int i = 0; i < TimerCount; i++)
+        {
+            timers[i] = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(1 + (i % 5)), TimeSpan.FromMilliseconds(1 + (i % 3)));
+        }
+
+        long end = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
+        var workers = Enumerable.Range(0, 4).Select(seed => Task.Run(() =>
+        {
+            var random = new Random(seed);
+            while (Stopwatch.GetTimestamp() < end)
+            {
+                ITimer timer = timers[random.Next(TimerCount)];
+                switch (random.Next(4))
+                {
+                    case 0:
+                        timer.Change(TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+                        break;
+                    case 1:
+                        timer.Change(TimeSpan.FromTicks(random.Next(1, 30_000)), TimeSpan.FromTicks(random.Next(0, 30_000)));
+                        break;
+                    case 2:
+                        timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                        break;
+                    default:
+                        timer.Change(TimeSpan.FromHours(1), Timeout.InfiniteTimeSpan);
+                        break;
+                }
+            }
+        })).ToArray();
+
+        await Task.WhenAll(workers).WaitAsync(s_timeout);
+
+        // The busy workers above may have starved the ThreadPool, where the callbacks run.
+        SpinWait.SpinUntil(() => Volatile.Read(ref fired) > 0, s_timeout).Should().BeTrue();
+
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+
+        wheel.PendingCount.Should().Be(0, "every unlink kept the intrusive lists and counts consistent");
+        await Task.Delay(100);
+        int settled = Volatile.Read(ref fired);
+        await Task.Delay(100);
+        Volatile.Read(ref fired).Should().Be(settled, "disposed timers stop firing");
+
+        // The wheel still works after the storm.
+        long start = Stopwatch.GetTimestamp();
+        await wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
+        Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(5));
+    }
 }
