@@ -283,13 +283,21 @@ public partial struct WakerCore<TResult>
 
     private void ClearAndAdvance(int state)
     {
-        _result = default!;
+        // Drop references so a pooled owner pins nothing; the synchronous path never set the continuation fields.
+        if (RuntimeHelpers.IsReferenceOrContainsReferences<TResult>())
+        {
+            _result = default!;
+        }
+
         _error = null;
-        _continuation = null;
-        _continuationState = null;
-        _executionContext = null;
-        _schedulingContext = null;
-        _ownerWorkerIndex = 0;
+        if ((state & ContinuationFlag) != 0)
+        {
+            _continuation = null;
+            _continuationState = null;
+            _executionContext = null;
+            _schedulingContext = null;
+        }
+
         Volatile.Write(ref _state, (state + 1) & VersionMask);
     }
 
