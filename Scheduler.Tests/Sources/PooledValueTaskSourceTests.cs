@@ -278,6 +278,54 @@ public sealed class PooledValueTaskSourceTests
     }
 
     [Fact]
+    public async Task Completion_after_the_scheduler_shut_down_still_runs_the_continuation()
+    {
+        var scheduler = new WorkStealingTaskScheduler(1);
+        var source = PooledValueTaskSource<int>.Rent();
+        var resumed = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await scheduler.Factory.StartNew(() =>
+        {
+            ValueTask<int> task = source.Task;
+            task.GetAwaiter().UnsafeOnCompleted(() => resumed.SetResult(task.GetAwaiter().GetResult()));
+        });
+
+        await scheduler.DisposeAsync(); // the worker exits: a pending awaiter does not keep it alive
+        source.TrySetResult(5).Should().BeTrue();
+        (await resumed.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().Be(5, "late wake-ups run on the ThreadPool, never lost");
+    }
+
+    [Fact]
+    public async Task Execution_context_flows_to_the_owner_worker_when_requested()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        using var blockers = new WorkerBlockers(scheduler, 1);
+        var local = new AsyncLocal<string?>();
+        var source = PooledValueTaskSource<int>.Rent();
+        var seen = new TaskCompletionSource<(string?, bool)>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        Thread worker = await scheduler.Factory.StartNew(() =>
+        {
+            local.Value = "from the worker";
+            ValueTask<int> task = source.Task;
+            task.GetAwaiter().OnCompleted(() =>
+            {
+                _ = task.GetAwaiter().GetResult();
+                seen.SetResult((local.Value, scheduler.IsWorkerThread));
+            });
+            local.Value = null;
+            return Thread.CurrentThread;
+        });
+
+        var completer = new Thread(() => source.TrySetResult(1));
+        completer.Start();
+        (string? value, bool onWorker) = await seen.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        completer.Join();
+        value.Should().Be("from the worker");
+        onWorker.Should().BeTrue();
+        worker.Should().NotBeNull();
+    }
+
+    [Fact]
     public async Task AsyncLocal_values_survive_the_await()
     {
         var local = new AsyncLocal<string?>();
