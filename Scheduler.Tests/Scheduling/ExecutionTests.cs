@@ -433,4 +433,21 @@ public sealed class ExecutionTests
         SpinWait.SpinUntil(() => UnhandledExceptions.Contains(thrown), SchedulerTestHelpers.Timeout).Should().BeTrue("the exception must surface, not vanish");
         (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue();
     }
+
+    [Fact]
+    public async Task A_worker_blocked_on_work_targeted_at_itself_is_rescued_by_a_peer()
+    {
+        // Sync-over-async on a worker: the owner blocks until an item queued to its own inbox has run.
+        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await Task.Delay(50); // both workers park
+        bool ran = await scheduler.Factory.StartNew(() =>
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int me);
+            using var done = new ManualResetEventSlim();
+            var foreign = new Thread(() => scheduler.EnqueueToWorker(me, new SchedulerTestHelpers.RecordingWorkItem(done.Set)));
+            foreign.Start();
+            return done.Wait(SchedulerTestHelpers.Timeout);
+        }).WithTimeout();
+        ran.Should().BeTrue();
+    }
 }

@@ -130,6 +130,13 @@ public sealed partial class WorkStealingTaskScheduler
             {
                 _owner._idle.UnparkSpecific(this);
             }
+            else
+            {
+                // The owner is awake: it will take the item itself unless it is busy running something long, or
+                // blocked waiting for this very item (sync-over-async on a worker). A searching peer takes inbox
+                // items from a busy owner, so make sure one is looking (one volatile read when nobody is parked).
+                _owner.NotifyParked();
+            }
         }
 
         /// <summary>Owner thread: remove <paramref name="task"/> from the LIFO slot or the deque's tail before inlining it.</summary>
