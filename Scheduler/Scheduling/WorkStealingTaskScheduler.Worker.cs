@@ -26,6 +26,9 @@ public sealed partial class WorkStealingTaskScheduler
         private readonly int _lifoLimit;
         private readonly int _fairnessInterval;
         private readonly int _spinIterations;
+
+        // How many extra items a worker moves from the global queue into its (empty) deque per visit.
+        private const int GlobalBatchSize = 15;
         private Thread? _thread;
         private Task? _carrier;
 
@@ -260,7 +263,7 @@ public sealed partial class WorkStealingTaskScheduler
         {
             // Fairness: every N ticks look outside first (global queue, then inbox), so neither local churn
             // nor a stream of posts (a Task.Yield loop feeds the inbox) can starve outside producers.
-            if (++_tick % (uint)_fairnessInterval == 0 && (_owner.TryDequeueGlobal(out item) || _inbox.TryDequeue(out item)))
+            if (++_tick % (uint)_fairnessInterval == 0 && (TryTakeGlobal(out item) || _inbox.TryDequeue(out item)))
             {
                 _lifoRunsInARow = 0;
                 return FoundWork();
@@ -317,7 +320,37 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         private bool TryTakeInboxOrGlobal(out WorkItem item) =>
-            _inbox.TryDequeue(out item) || _owner.TryDequeueGlobal(out item);
+            _inbox.TryDequeue(out item) || TryTakeGlobal(out item);
+
+        /// <summary>
+        /// Takes one item from the global queue to run and, when the deque is empty, a small batch more into the
+        /// deque (tokio does the same): one trip to the shared queue per batch instead of per task, and the batch
+        /// can be stolen from here by idle peers.
+        /// </summary>
+        private bool TryTakeGlobal(out WorkItem item)
+        {
+            if (!_owner.TryDequeueGlobal(out item))
+            {
+                return false;
+            }
+
+            if (_deque.IsEmpty)
+            {
+                int moved = 0;
+                while (moved < GlobalBatchSize && _owner.TryDequeueGlobal(out WorkItem extra))
+                {
+                    _deque.TryPush(extra); // the deque was empty and only this thread pushes: there is room
+                    moved++;
+                }
+
+                if (moved > 0)
+                {
+                    _owner.NotifyParked();
+                }
+            }
+
+            return true;
+        }
 
         private bool TrySteal(out WorkItem item)
         {
@@ -352,7 +385,7 @@ public sealed partial class WorkStealingTaskScheduler
                 }
             }
 
-            return _owner.TryDequeueGlobal(out item);
+            return TryTakeGlobal(out item);
         }
 
         private bool TrySpinForWork(out WorkItem item)
