@@ -20,7 +20,7 @@ namespace Scheduler.Benchmarks.Compare;
 /// </list>
 /// Workloads that other parts of the library have not delivered yet simply have no entry (no placeholder rows).
 /// </summary>
-internal static class CompareCatalog
+internal static partial class CompareCatalog
 {
     private const int PendingAwaiterCount = 10_000;
     private const string PooledWakers = "pooled wakers";
