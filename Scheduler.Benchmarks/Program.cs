@@ -14,6 +14,16 @@ public static class Program
 
     private static int RunBenchmarks(string[] args)
     {
+        if (args.Length > 0 && args[0] == "echo-server")
+        {
+            return IO.EchoServerCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+        }
+
+        if (args.Length > 0 && args[0] == "echo-bench")
+        {
+            return IO.EchoBenchCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+        }
+
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

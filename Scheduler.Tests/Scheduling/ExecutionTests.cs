@@ -400,4 +400,22 @@ public sealed class ExecutionTests
         gate.Set();
         await Task.WhenAll(queued.Append(blocker)).WithTimeout();
     }
+
+    [Fact]
+    public async Task Work_items_and_pipe_callbacks_see_the_scheduler_as_current_so_awaits_come_back()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        var fromWorkItem = new TaskCompletionSource<(bool Current, bool ResumedOnWorker)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(async () =>
+        {
+            bool current = TaskScheduler.Current == scheduler;
+            await Task.Delay(1); // completes on a timer thread: must come back to the scheduler
+            fromWorkItem.SetResult((current, scheduler.IsWorkerThread && TaskScheduler.Current == scheduler));
+        }));
+        (await fromWorkItem.Task.WithTimeout()).Should().Be((true, true));
+
+        var fromPipe = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.PipeScheduler.Schedule(_ => fromPipe.SetResult(TaskScheduler.Current == scheduler && Task.CurrentId is not null), null);
+        (await fromPipe.Task.WithTimeout()).Should().BeTrue();
+    }
 }

@@ -175,16 +175,16 @@ public sealed partial class WorkStealingTaskScheduler
             SetCurrentWorker(this);
             if (_owner.WorkerContext is { } context)
             {
-                // Run the loop inside a task of this scheduler, so that TaskScheduler.Current stays this scheduler
-                // in code resumed through the synchronization context (posted callbacks are not tasks themselves).
-                SynchronizationContext.SetSynchronizationContext(context);
-                _carrier = new Task(static state => ((Worker)state!).RunLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
-                _carrier.RunSynchronously(_owner);
+                System.Threading.SynchronizationContext.SetSynchronizationContext(context);
             }
-            else
-            {
-                RunLoop();
-            }
+
+            // The loop runs inside a task of this scheduler (a "carrier"), so that work which is not a task itself —
+            // waker continuations, pipe callbacks, synchronization-context posts — sees this scheduler as
+            // TaskScheduler.Current, and an `await` in it comes back here instead of going to the ThreadPool.
+            // Tasks run by the loop set and restore the current task themselves. DenyChildAttach: nothing may
+            // attach to the carrier as a child.
+            _carrier = new Task(static state => ((Worker)state!).RunLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
+            _carrier.RunSynchronously(_owner);
         }
 
         private void RunLoop()

@@ -1,0 +1,59 @@
+using System.Globalization;
+
+namespace Scheduler.Benchmarks.IO;
+
+/// <summary>
+/// <c>echo-bench [--seconds S] [--stacks a,b] [--connections 1,16,256] [--sizes 64,16384]</c>: runs the loopback echo
+/// matrix for each stack and prints throughput, p50/p99 round trip and bytes allocated per message.
+/// </summary>
+public static class EchoBenchCommand
+{
+    /// <summary>Runs the command; returns the process exit code.</summary>
+    public static async Task<int> RunAsync(string[] args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        double seconds = 2;
+        int[] connections = [1, 16, 256];
+        int[] sizes = [64, 16 * 1024];
+        EchoTransport[] stacks = [EchoTransport.Reactor, EchoTransport.ReactorPipes, EchoTransport.Sockets, EchoTransport.PipelinesSocketsUnofficial];
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--seconds":
+                    seconds = double.Parse(args[++i], CultureInfo.InvariantCulture);
+                    break;
+                case "--connections":
+                    connections = [.. args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture))];
+                    break;
+                case "--sizes":
+                    sizes = [.. args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture))];
+                    break;
+                case "--stacks":
+                    stacks = [.. args[++i].Split(',').Select(s => Enum.Parse<EchoTransport>(s, ignoreCase: true))];
+                    break;
+                case "echo-bench":
+                    break;
+                default:
+                    await Console.Error.WriteLineAsync($"unknown option '{args[i]}'");
+                    return 2;
+            }
+        }
+
+        Console.WriteLine($"{"stack",-28} {"conns",5} {"size",6} {"msgs/s",12} {"p50 us",9} {"p99 us",9} {"B/msg",8}");
+        foreach (int size in sizes)
+        {
+            foreach (int count in connections)
+            {
+                foreach (EchoTransport stack in stacks)
+                {
+                    EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(seconds));
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{r.Stack,-28} {r.Connections,5} {r.MessageSize,6} {r.MessagesPerSecond,12:N0} {r.P50Microseconds,9:N1} {r.P99Microseconds,9:N1} {r.AllocatedBytesPerMessage,8:N1}"));
+                }
+            }
+        }
+
+        return 0;
+    }
+}

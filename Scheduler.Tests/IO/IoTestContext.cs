@@ -1,0 +1,82 @@
+using System.Net;
+using System.Net.Sockets;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>A scheduler and a reactor for one test, plus helpers for connected pairs.</summary>
+internal sealed class IoTestContext : IAsyncDisposable
+{
+    public IoTestContext(int workers = 2, string threadNamePrefix = "io-test")
+    {
+        Scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, ThreadNamePrefix = threadNamePrefix });
+        Reactor = new IoReactor(Scheduler);
+    }
+
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
+
+    public WorkStealingTaskScheduler Scheduler { get; }
+
+    public IoReactor Reactor { get; }
+
+    public static IPEndPoint Loopback => new(IPAddress.Loopback, 0);
+
+    public ReactorSocket Listen(EndPoint? endPoint = null, int backlog = 512) => ReactorSocket.Listen(Reactor, endPoint ?? Loopback, backlog);
+
+    /// <summary>Runs <paramref name="body"/> on the scheduler, so awaits resume on its workers.</summary>
+    public Task Run(Func<Task> body) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(Timeout);
+
+    public Task<T> Run<T>(Func<Task<T>> body) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(Timeout);
+
+    /// <summary>A connected (client, server) pair of reactor sockets.</summary>
+    public async Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairAsync(ReactorSocket listener)
+    {
+        ValueTask<ReactorSocket> accept = listener.AcceptAsync();
+        ReactorSocket client = await ReactorSocket.ConnectAsync(Reactor, listener.LocalEndPoint!);
+        ReactorSocket server = await accept;
+        return (client, server);
+    }
+
+    public static async Task ReceiveExactlyAsync(ReactorSocket socket, Memory<byte> buffer)
+    {
+        int total = 0;
+        while (total < buffer.Length)
+        {
+            int n = await socket.ReceiveAsync(buffer[total..]);
+            if (n == 0)
+            {
+                throw new EndOfStreamException($"Peer closed after {total} of {buffer.Length} bytes.");
+            }
+
+            total += n;
+        }
+    }
+
+    public static async Task ReceiveExactlyAsync(Socket socket, Memory<byte> buffer)
+    {
+        int total = 0;
+        while (total < buffer.Length)
+        {
+            int n = await socket.ReceiveAsync(buffer[total..]);
+            if (n == 0)
+            {
+                throw new EndOfStreamException($"Peer closed after {total} of {buffer.Length} bytes.");
+            }
+
+            total += n;
+        }
+    }
+
+    public static byte[] Pattern(int length, int seed)
+    {
+        var bytes = new byte[length];
+        new Random(seed).NextBytes(bytes);
+        return bytes;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Reactor.Dispose();
+        await Scheduler.DisposeAsync();
+    }
+}

@@ -1,0 +1,322 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+public sealed class ReactorConnectionTests
+{
+    internal static async Task<byte[]> ReadToEndAsync(PipeReader reader, int expected = -1)
+    {
+        var all = new ArrayBufferWriter<byte>(Math.Max(expected, 16));
+        while (true)
+        {
+            ReadResult result = await reader.ReadAsync();
+            foreach (ReadOnlyMemory<byte> segment in result.Buffer)
+            {
+                all.Write(segment.Span);
+            }
+
+            reader.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                return all.WrittenSpan.ToArray();
+            }
+        }
+    }
+
+    internal static async Task EchoAsync(ReactorConnection connection)
+    {
+        while (true)
+        {
+            ReadResult result = await connection.Input.ReadAsync();
+            foreach (ReadOnlyMemory<byte> segment in result.Buffer)
+            {
+                await connection.Output.WriteAsync(segment);
+            }
+
+            connection.Input.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                await connection.Output.CompleteAsync();
+                return;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Pipe_echo_with_orderly_close_both_ways()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        await io.Run(async () =>
+        {
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
+            await using var serverConnection = ReactorConnection.Create(server);
+            await using var clientConnection = ReactorConnection.Create(client);
+            serverConnection.Socket.Should().BeSameAs(server);
+            Task echo = EchoAsync(serverConnection);
+
+            byte[] message = IoTestContext.Pattern(100_000, 11);
+            await clientConnection.Output.WriteAsync(message);
+            // Completing Output sends what is buffered, then shuts down the send side: the echo sees end of stream,
+            // completes its own Output, and our Input completes after the last echoed byte.
+            await clientConnection.Output.CompleteAsync();
+            byte[] echoed = await ReadToEndAsync(clientConnection.Input, message.Length);
+            echoed.Should().Equal(message);
+            await echo;
+        });
+    }
+
+    [Fact]
+    public async Task Ten_megabytes_through_the_pipes_intact()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        await io.Run(async () =>
+        {
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
+            await using var serverConnection = ReactorConnection.Create(server);
+            await using var clientConnection = ReactorConnection.Create(client);
+            Task echo = EchoAsync(serverConnection);
+            byte[] message = IoTestContext.Pattern(10 << 20, 12);
+            Task<byte[]> reading = ReadToEndAsync(clientConnection.Input, message.Length);
+            for (int offset = 0; offset < message.Length; offset += 100_003)
+            {
+                int length = Math.Min(100_003, message.Length - offset);
+                FlushResult flush = await clientConnection.Output.WriteAsync(message.AsMemory(offset, length));
+                flush.IsCompleted.Should().BeFalse();
+            }
+
+            await clientConnection.Output.CompleteAsync();
+            byte[] echoed = await reading;
+            echoed.Length.Should().Be(message.Length);
+            echoed.AsSpan().SequenceEqual(message).Should().BeTrue();
+            await echo;
+        });
+    }
+
+    [Fact]
+    public async Task Pipe_callbacks_run_on_the_scheduler_by_default()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        await using var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            // Awaited from a ThreadPool thread: the pipe still resumes us through the scheduler's PipeScheduler.
+            Task<bool> reader = Task.Run(async () =>
+            {
+                ReadResult result = await connection.Input.ReadAsync();
+                connection.Input.AdvanceTo(result.Buffer.End);
+                return io.Scheduler.IsWorkerThread;
+            });
+            await Task.Delay(50);
+            await io.Run(async () => await client.SendAsync(new byte[] { 1 }));
+            (await reader.WaitAsync(IoTestContext.Timeout)).Should().BeTrue();
+        }
+    }
+
+    [Fact]
+    public async Task Peer_reset_completes_Input_with_SocketException_and_spares_others()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using var victimPeer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
+        await victimPeer.ConnectAsync(listener.LocalEndPoint!);
+        await using var victim = ReactorConnection.Create(await accept);
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        await using var healthy = ReactorConnection.Create(server);
+        await using var healthyClient = ReactorConnection.Create(client);
+        Task echo = io.Run(() => EchoAsync(healthy));
+
+        victimPeer.LingerState = new LingerOption(true, 0);
+        victimPeer.Close();
+        Func<Task> read = () => io.Run(async () =>
+        {
+            while (true)
+            {
+                ReadResult result = await victim.Input.ReadAsync();
+                victim.Input.AdvanceTo(result.Buffer.End);
+            }
+        });
+        (await read.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+
+        // Writing to the dead connection ends in an error or a completed flush, never a hang.
+        await io.Run(async () =>
+        {
+            try
+            {
+                for (int i = 0; i < 1000; i++)
+                {
+                    FlushResult flush = await victim.Output.WriteAsync(new byte[4096]);
+                    if (flush.IsCompleted)
+                    {
+                        break;
+                    }
+
+                    await Task.Yield();
+                }
+            }
+            catch (SocketException)
+            {
+            }
+        });
+
+        await io.Run(async () =>
+        {
+            await healthyClient.Output.WriteAsync(new byte[] { 1, 2, 3 });
+            await healthyClient.Output.CompleteAsync();
+            (await ReadToEndAsync(healthyClient.Input)).Should().Equal(1, 2, 3);
+        });
+        await echo;
+    }
+
+    [Fact]
+    public async Task Aborting_Output_with_an_exception_closes_the_connection()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        await using var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            await connection.Output.CompleteAsync(new InvalidOperationException("application aborted"));
+            (await io.Run(async () => await client.ReceiveAsync(new byte[8]))).Should().Be(0);
+        }
+    }
+
+    [Fact]
+    public async Task A_peer_that_never_reads_cannot_grow_memory_beyond_the_thresholds()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        await using var connection = ReactorConnection.Create(server, options, options);
+        using (client)
+        {
+            // The client never reads. Keep writing until a flush stays pending (backpressure reached us).
+            long accepted = 0;
+            var chunk = new byte[16 * 1024];
+            bool blocked = await io.Run(async () =>
+            {
+                while (accepted < (512L << 20))
+                {
+                    ValueTask<FlushResult> flush = connection.Output.WriteAsync(chunk);
+                    if (!flush.IsCompleted)
+                    {
+                        Task<FlushResult> pending = flush.AsTask();
+                        if (await Task.WhenAny(pending, Task.Delay(500)) != pending)
+                        {
+                            return true;
+                        }
+                    }
+                    else
+                    {
+                        await flush;
+                    }
+
+                    accepted += chunk.Length;
+                }
+
+                return false;
+            });
+
+            blocked.Should().BeTrue("the writer must be paused once the peer stops reading");
+            // Pipe threshold plus what the kernel buffers on both ends of a loopback connection (a few MB).
+            accepted.Should().BeLessThan(48L << 20);
+        }
+    }
+
+    [Fact]
+    public async Task Input_pause_threshold_stops_reading_the_socket()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        await using var connection = ReactorConnection.Create(server, options, options);
+        using (client)
+        {
+            // Nobody reads Input: the client's send stalls after pipe threshold + kernel buffers.
+            ValueTask<int> send = client.SendAsync(new byte[256 << 20]);
+            await Task.Delay(500);
+            send.IsCompleted.Should().BeFalse();
+            ReadResult buffered = await connection.Input.ReadAsync();
+            buffered.Buffer.Length.Should().BeLessThan(1 << 20, "the receive loop pauses at the pipe's threshold");
+            connection.Input.AdvanceTo(buffered.Buffer.Start);
+            client.Dispose();
+            Func<Task> failed = async () => await send;
+            await failed.Should().ThrowAsync<ObjectDisposedException>();
+        }
+    }
+
+    [Fact]
+    public async Task DisposeAsync_never_hangs_on_a_peer_that_stopped_reading()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            // Fill the socket and the pipe; nobody drains the client side.
+            Task<FlushResult> stuck = connection.Output.WriteAsync(new byte[32 << 20]).AsTask();
+            await Task.Delay(100);
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            await connection.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+            started.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(5));
+            await connection.DisposeAsync(); // idempotent
+            // Disposal releases a writer blocked on backpressure (the pipe's reader side is completed).
+            await stuck.ContinueWith(static _ => { }, TaskScheduler.Default).WaitAsync(TimeSpan.FromSeconds(5));
+            server.Invoking(s => s.Shutdown(SocketShutdown.Both)).Should().Throw<ObjectDisposedException>();
+        }
+    }
+
+    [Fact]
+    public async Task DisposeAsync_drains_buffered_output_to_a_reading_peer()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
+        await peer.ConnectAsync(listener.LocalEndPoint!);
+        var connection = ReactorConnection.Create(await accept);
+        byte[] message = IoTestContext.Pattern(200_000, 13);
+        await io.Run(async () =>
+        {
+            await connection.Output.WriteAsync(message);
+            await connection.DisposeAsync();
+        });
+        var received = new byte[message.Length];
+        await IoTestContext.ReceiveExactlyAsync(peer, received);
+        received.Should().Equal(message);
+        (await peer.ReceiveAsync(new byte[1])).Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Interop_pipe_connection_with_plain_socket_client()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        using var plain = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
+        await plain.ConnectAsync(listener.LocalEndPoint!);
+        await using var connection = ReactorConnection.Create(await accept);
+        Task echo = io.Run(() => EchoAsync(connection));
+        byte[] message = IoTestContext.Pattern(1 << 20, 14);
+        Task send = plain.SendAsync(message);
+        var received = new byte[message.Length];
+        await IoTestContext.ReceiveExactlyAsync(plain, received);
+        await send;
+        received.AsSpan().SequenceEqual(message).Should().BeTrue();
+        plain.Shutdown(SocketShutdown.Send);
+        await echo.WaitAsync(IoTestContext.Timeout);
+        (await plain.ReceiveAsync(new byte[1])).Should().Be(0);
+    }
+}

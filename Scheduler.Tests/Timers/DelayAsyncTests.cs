@@ -1,0 +1,256 @@
+using System.Diagnostics;
+using Scheduler.Timers;
+
+// These tests hold ValueTasks on purpose (pending delays, second awaits, pre-canceled results).
+#pragma warning disable CA2012
+
+namespace Scheduler.Tests.Timers;
+
+public sealed class DelayAsyncTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task Completes_after_the_delay_and_never_before()
+    {
+        using var wheel = new TimerWheel();
+        long start = Stopwatch.GetTimestamp();
+        await wheel.DelayAsync(TimeSpan.FromMilliseconds(25));
+        Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(25));
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task A_hundred_thousand_random_delays_all_complete_and_none_early()
+    {
+        using var wheel = new TimerWheel();
+        const int Count = 100_000;
+        int early = 0;
+
+        // Started from the ThreadPool (no SynchronizationContext), where library code normally awaits.
+        await Task.Run(async () =>
+        {
+            var random = new Random(7);
+            var tasks = new Task[Count];
+            for (int i = 0; i < Count; i++)
+            {
+                tasks[i] = Wait(TimeSpan.FromMicroseconds(random.Next(1, 30_000)));
+            }
+
+            await Task.WhenAll(tasks);
+        }).WaitAsync(TimeSpan.FromSeconds(30));
+
+        early.Should().Be(0, "the wheel rounds deadlines up and re-checks them against Stopwatch");
+        wheel.PendingCount.Should().Be(0);
+
+        async Task Wait(TimeSpan delay)
+        {
+            long start = Stopwatch.GetTimestamp();
+            await wheel.DelayAsync(delay);
+            if (Stopwatch.GetElapsedTime(start) < delay)
+            {
+                Interlocked.Increment(ref early);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Zero_delay_completes_synchronously_and_a_canceled_token_returns_a_canceled_task()
+    {
+        using var wheel = new TimerWheel();
+        wheel.DelayAsync(TimeSpan.Zero).IsCompletedSuccessfully.Should().BeTrue();
+
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        ValueTask canceled = wheel.DelayAsync(TimeSpan.FromSeconds(1), cts.Token);
+        canceled.IsCanceled.Should().BeTrue();
+        Func<Task> act = async () => await canceled;
+        (await act.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Cancellation_unlinks_the_timer_and_completes_promptly_with_the_token()
+    {
+        using var wheel = new TimerWheel();
+        using var cts = new CancellationTokenSource();
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+        wheel.PendingCount.Should().Be(1);
+
+        long start = Stopwatch.GetTimestamp();
+        Task awaited = delay.AsTask();
+        await cts.CancelAsync();
+        Func<Task> act = () => awaited.WaitAsync(s_timeout);
+        (await act.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+        Stopwatch.GetElapsedTime(start).Should().BeLessThan(TimeSpan.FromSeconds(1));
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Infinite_delay_waits_for_cancellation()
+    {
+        using var wheel = new TimerWheel();
+        using var cts = new CancellationTokenSource();
+        Task delay = wheel.DelayAsync(Timeout.InfiniteTimeSpan, cts.Token).AsTask();
+        await Task.Delay(50);
+        delay.IsCompleted.Should().BeFalse();
+        wheel.PendingCount.Should().Be(1);
+
+        await cts.CancelAsync();
+        Func<Task> act = () => delay.WaitAsync(s_timeout);
+        (await act.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void Negative_delay_other_than_infinite_throws()
+    {
+        using var wheel = new TimerWheel();
+        Action act = () => wheel.DelayAsync(TimeSpan.FromMilliseconds(-2));
+        act.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("delay");
+        Action tick = () => wheel.DelayAsync(TimeSpan.FromTicks(-1));
+        tick.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("delay");
+    }
+
+    [Fact]
+    public async Task Dispose_completes_pending_delays_with_ObjectDisposedException_and_later_calls_throw()
+    {
+        var wheel = new TimerWheel();
+        Task finite = wheel.DelayAsync(TimeSpan.FromMinutes(5)).AsTask();
+        Task infinite = wheel.DelayAsync(Timeout.InfiniteTimeSpan).AsTask();
+        using var cts = new CancellationTokenSource();
+        Task cancelable = wheel.DelayAsync(TimeSpan.FromMinutes(5), cts.Token).AsTask();
+
+        wheel.Dispose();
+        foreach (Task pending in new[] { finite, infinite, cancelable })
+        {
+            Func<Task> act = () => pending.WaitAsync(s_timeout);
+            await act.Should().ThrowAsync<ObjectDisposedException>();
+        }
+
+        await cts.CancelAsync();
+        Action late = () => wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+        late.Should().Throw<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public async Task Awaiting_twice_throws_InvalidOperationException()
+    {
+        using var wheel = new TimerWheel();
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+        await delay;
+        Func<Task> again = async () => await delay;
+        await again.Should().ThrowAsync<InvalidOperationException>();
+    }
+
+    [Fact]
+    public async Task After_a_burst_the_entry_pool_retains_no_more_than_its_capacity()
+    {
+        using var wheel = new TimerWheel();
+        await Task.Run(async () =>
+        {
+            var tasks = new Task[5_000];
+            for (int i = 0; i < tasks.Length; i++)
+            {
+                tasks[i] = wheel.DelayAsync(TimeSpan.FromMilliseconds(1 + (i % 10))).AsTask();
+            }
+
+            await Task.WhenAll(tasks);
+        }).WaitAsync(s_timeout);
+
+        DelayEntry.PooledCount.Should().BeLessThanOrEqualTo(DelayEntry.PoolCapacity);
+    }
+
+    [Fact]
+    public async Task Resumes_on_the_awaiting_worker_never_on_the_driver_thread()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        using var wheel = new TimerWheel();
+
+        // Keep the other worker busy: an idle peer may legitimately steal from the owner's inbox.
+        using var release = new ManualResetEventSlim();
+        using var blocked = new ManualResetEventSlim();
+        Task blocker = scheduler.Factory.StartNew(() =>
+        {
+            blocked.Set();
+            release.Wait();
+        });
+        blocked.Wait(s_timeout).Should().BeTrue();
+
+        var results = await scheduler.Factory.StartNew(async () =>
+        {
+            var outcomes = new List<(bool OnScheduler, bool SameWorker, string? Thread)>();
+            for (int i = 0; i < 20; i++)
+            {
+                scheduler.TryGetCurrentWorkerIndex(out int before);
+                await wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+                bool onScheduler = scheduler.TryGetCurrentWorkerIndex(out int after);
+                outcomes.Add((onScheduler, before == after, Thread.CurrentThread.Name));
+            }
+
+            return outcomes;
+        }).Unwrap().WaitAsync(s_timeout);
+        release.Set();
+        await blocker;
+
+        results.Should().OnlyContain(r => r.OnScheduler && r.SameWorker);
+        results.Should().NotContain(r => r.Thread == "TimerWheel driver");
+    }
+
+    [Fact]
+    public async Task Cancellation_racing_expiry_completes_every_delay_exactly_once_and_never_early()
+    {
+        using var wheel = new TimerWheel();
+        const int Count = 20_000;
+        int succeeded = 0;
+        int canceled = 0;
+        int early = 0;
+        await Task.Run(async () =>
+        {
+            var tasks = new Task[Count];
+            for (int i = 0; i < Count; i++)
+            {
+                tasks[i] = Run(i);
+            }
+
+            await Task.WhenAll(tasks);
+        }).WaitAsync(TimeSpan.FromSeconds(30));
+        (succeeded + canceled).Should().Be(Count);
+        succeeded.Should().BeGreaterThan(0);
+        canceled.Should().BeGreaterThan(0);
+        early.Should().Be(0);
+        wheel.PendingCount.Should().Be(0);
+
+        async Task Run(int seed)
+        {
+            var random = new Random(seed);
+            using var cts = new CancellationTokenSource();
+            TimeSpan delay = TimeSpan.FromMicroseconds(random.Next(1, 20_000));
+            long start = Stopwatch.GetTimestamp();
+            ValueTask wait = wheel.DelayAsync(delay, cts.Token);
+            if (random.Next(4) == 0)
+            {
+                await cts.CancelAsync();
+            }
+            else
+            {
+                cts.CancelAfter(random.Next(0, 20));
+            }
+
+            try
+            {
+                await wait;
+                if (Stopwatch.GetElapsedTime(start) < delay)
+                {
+                    Interlocked.Increment(ref early);
+                }
+
+                Interlocked.Increment(ref succeeded);
+            }
+            catch (OperationCanceledException exception) when (exception.CancellationToken == cts.Token)
+            {
+                Interlocked.Increment(ref canceled);
+            }
+        }
+    }
+}

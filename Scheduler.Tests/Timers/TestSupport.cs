@@ -1,0 +1,169 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>A clock the test moves by hand, so the wheel can be driven through years in microseconds.</summary>
+internal sealed class ManualClock : TimerClock
+{
+    private long _now;
+
+    public ManualClock(long start = 1_000_000) => _now = start;
+
+    public long Now => Volatile.Read(ref _now);
+
+    public override long GetTimestamp() => Volatile.Read(ref _now);
+
+    public void Advance(TimeSpan by) => Interlocked.Add(ref _now, (long)(by.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond)));
+
+    public void AdvanceUnits(long units) => Interlocked.Add(ref _now, units);
+}
+
+/// <summary>A wheel entry that records its firing synchronously (on the thread that runs the wheel).</summary>
+internal sealed class RecordingEntry : TimerEntry
+{
+    public int Id { get; init; }
+
+    public int FireCount;
+
+    public long FiredAt = -1;
+
+    public TimerClock? Clock { get; init; }
+
+    internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 7;
+
+    internal override void Fire(long token)
+    {
+        token.Should().Be(7);
+        FiredAt = Clock?.GetTimestamp() ?? 0;
+        Interlocked.Increment(ref FireCount);
+    }
+
+    internal override long OnRemovedByDispose() => 0;
+
+    internal override void OnWheelDisposed(long token)
+    {
+    }
+
+    public void Schedule(TimerWheel wheel, long deadline, long now)
+    {
+        lock (wheel.SyncRoot)
+        {
+            wheel.InsertLocked(this, deadline, now);
+        }
+    }
+
+    public void Cancel(TimerWheel wheel)
+    {
+        lock (wheel.SyncRoot)
+        {
+            wheel.RemoveLocked(this);
+        }
+    }
+}
+
+/// <summary>The exception the tests' timer callbacks throw on purpose.</summary>
+internal sealed class DeliberateTimerException : Exception
+{
+    public DeliberateTimerException(string message)
+        : base(message)
+    {
+    }
+
+    public DeliberateTimerException()
+    {
+    }
+
+    public DeliberateTimerException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}
+
+/// <summary>
+/// Observes exceptions that go unhandled on ThreadPool threads (what a throwing System.Threading.Timer callback
+/// produces). .NET 10's process-wide handler lets the test process survive them: only
+/// <see cref="DeliberateTimerException"/> is marked handled, anything else still crashes the run as it should.
+/// </summary>
+internal static class UnhandledExceptions
+{
+    private static readonly ConcurrentQueue<Exception> s_seen = new();
+    private static readonly Lazy<bool> s_installed = new(() =>
+    {
+        ExceptionHandling.SetUnhandledExceptionHandler(static exception =>
+        {
+            if (exception is DeliberateTimerException)
+            {
+                s_seen.Enqueue(exception);
+                return true;
+            }
+
+            return false;
+        });
+        return true;
+    });
+
+    public static void EnsureInstalled() => _ = s_installed.Value;
+
+    public static bool Contains(Exception exception) => s_seen.Contains(exception);
+}
+
+internal static class Cpu
+{
+    /// <summary>
+    /// CPU time (user + system) consumed while <paramref name="window"/> passes by the threads whose OS name starts
+    /// with <paramref name="namePrefix"/>, read from /proc (Linux; 10 ms resolution).
+    /// </summary>
+    public static TimeSpan MeasureThreads(string namePrefix, TimeSpan window)
+    {
+        Dictionary<string, long> before = ReadThreadTicks(namePrefix);
+        Thread.Sleep(window);
+        Dictionary<string, long> after = ReadThreadTicks(namePrefix);
+        long ticks = after.Sum(pair => pair.Value - before.GetValueOrDefault(pair.Key));
+        return TimeSpan.FromMilliseconds(ticks * 10);
+    }
+
+    private static Dictionary<string, long> ReadThreadTicks(string namePrefix)
+    {
+        var result = new Dictionary<string, long>();
+        foreach (string task in Directory.GetDirectories("/proc/self/task"))
+        {
+            try
+            {
+                if (!File.ReadAllText(Path.Combine(task, "comm")).StartsWith(namePrefix, StringComparison.Ordinal))
+                {
+                    continue;
+                }
+
+                string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                result[task] = long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (IOException)
+            {
+                // The thread exited while we looked.
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Process CPU time (all threads) consumed while <paramref name="window"/> passes.</summary>
+    public static TimeSpan MeasureProcess(TimeSpan window)
+    {
+        using var process = Process.GetCurrentProcess();
+        TimeSpan before = process.TotalProcessorTime;
+        Thread.Sleep(window);
+        process.Refresh();
+        return process.TotalProcessorTime - before;
+    }
+}
+
+/// <summary>Tests that measure process-wide CPU or memory run alone, after the parallel ones.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ResourceMeasurementGroup
+{
+    public const string Name = "Timers resource measurements";
+}

@@ -1,0 +1,155 @@
+using System.Diagnostics;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>The wheel on a hand-moved clock with no driver: deterministic, and years pass in microseconds.</summary>
+public sealed class TimerWheelClockTests
+{
+    private static long Units(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+
+    [Fact]
+    public void A_timer_fires_at_its_exact_deadline_and_not_one_timestamp_unit_earlier()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        long deadline = clock.Now + Units(TimeSpan.FromMilliseconds(2.5));
+        var entry = new RecordingEntry { Clock = clock };
+        entry.Schedule(wheel, deadline, clock.Now);
+
+        clock.AdvanceUnits(deadline - clock.Now - 1);
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(0, "one unit before the deadline is too early");
+
+        clock.AdvanceUnits(1);
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(0, "deadlines round up to whole ticks: 2.5 ms fires at the start of tick 3");
+
+        clock.Advance(TimeSpan.FromMilliseconds(0.5));
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(1);
+        entry.FiredAt.Should().BeGreaterThanOrEqualTo(deadline);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Long_delays_across_every_level_fire_in_order_never_early_and_at_most_one_tick_late(int seed)
+    {
+        var random = new Random(seed);
+        var clock = new ManualClock();
+        TimeSpan tick = TimeSpan.FromMilliseconds(1);
+        using var wheel = new TimerWheel(tick, clock, startDriver: false);
+        long start = clock.Now;
+
+        // From 1 ms to ~4 years: every level, the cascade and the top-level wrap (the span is ~2.2 years).
+        var entries = new List<(RecordingEntry Entry, long Deadline)>();
+        for (int i = 0; i < 3000; i++)
+        {
+            double milliseconds = Math.Pow(2, random.NextDouble() * 37);
+            long deadline = start + Units(TimeSpan.FromMilliseconds(milliseconds));
+            var entry = new RecordingEntry { Id = i, Clock = clock };
+            entry.Schedule(wheel, deadline, start);
+            entries.Add((entry, deadline));
+        }
+
+        long tickUnits = Units(tick);
+        int runs = 0;
+        while (wheel.PendingCount > 0)
+        {
+            // Jump like the driver does: to the start of the next occupied slot (cascades included).
+            wheel.TryGetNextWakeTimestamp(out long next).Should().BeTrue();
+            if (next > clock.Now)
+            {
+                clock.AdvanceUnits(next - clock.Now);
+            }
+
+            wheel.RunDueTimers();
+            runs++;
+        }
+
+        foreach ((RecordingEntry entry, long deadline) in entries)
+        {
+            entry.FiredAt.Should().BeGreaterThanOrEqualTo(deadline, "never early");
+            (entry.FiredAt - deadline).Should().BeLessThanOrEqualTo(tickUnits, "at most one tick late when the driver wakes on time");
+        }
+
+        entries.Should().OnlyContain(e => e.Entry.FireCount == 1);
+        runs.Should().BeLessThan(3000 * 7, "each entry costs at most one wake per level plus its expiry");
+    }
+
+    [Fact]
+    public void Cancel_unlinks_and_the_entry_never_fires()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        var kept = new RecordingEntry { Clock = clock };
+        var canceled = new RecordingEntry { Clock = clock };
+        long deadline = clock.Now + Units(TimeSpan.FromSeconds(5));
+        kept.Schedule(wheel, deadline, clock.Now);
+        canceled.Schedule(wheel, deadline, clock.Now);
+        wheel.PendingCount.Should().Be(2);
+
+        canceled.Cancel(wheel);
+        canceled.IsLinked.Should().BeFalse();
+        wheel.PendingCount.Should().Be(1);
+
+        clock.Advance(TimeSpan.FromSeconds(6));
+        wheel.RunDueTimers();
+        kept.FireCount.Should().Be(1);
+        canceled.FireCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void A_small_tick_resolves_sub_millisecond_deadlines()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromTicks(1000), clock, startDriver: false); // 0.1 ms
+        var entry = new RecordingEntry { Clock = clock };
+        long deadline = clock.Now + Units(TimeSpan.FromMilliseconds(0.25));
+        entry.Schedule(wheel, deadline, clock.Now);
+
+        clock.Advance(TimeSpan.FromMilliseconds(0.2));
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(0);
+
+        clock.Advance(TimeSpan.FromMilliseconds(0.1));
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(1);
+        (entry.FiredAt - deadline).Should().BeLessThanOrEqualTo(Units(TimeSpan.FromMilliseconds(0.1)));
+    }
+
+    [Fact]
+    public void Saturated_deadlines_are_accepted_and_stay_pending()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        var entry = new RecordingEntry { Clock = clock };
+        entry.Schedule(wheel, wheel.DeadlineAfter(clock.Now, TimeSpan.MaxValue), clock.Now);
+
+        clock.Advance(TimeSpan.FromDays(3 * 365));
+        wheel.RunDueTimers();
+        entry.FireCount.Should().Be(0);
+        entry.IsLinked.Should().BeTrue();
+    }
+
+    [Fact]
+    public void Conversions_round_deadlines_up_and_saturate()
+    {
+        var clock = new ManualClock(start: 0);
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        long tickUnits = Units(TimeSpan.FromMilliseconds(1));
+
+        wheel.TickOf(tickUnits - 1).Should().Be(0);
+        wheel.TickOf(tickUnits).Should().Be(1);
+        wheel.DueTickOf(1).Should().Be(1);
+        wheel.DueTickOf(tickUnits).Should().Be(1);
+        wheel.DueTickOf(tickUnits + 1).Should().Be(2);
+        wheel.StartOfTick(long.MaxValue / 2).Should().Be(long.MaxValue);
+        wheel.ToTimestampUnits(TimeSpan.MaxValue).Should().Be(long.MaxValue);
+        wheel.DeadlineAfter(long.MaxValue - 5, TimeSpan.FromSeconds(1)).Should().Be(long.MaxValue);
+        TimerWheel.MillisecondsUntil(0, 1).Should().Be(1, "a sub-millisecond wait still sleeps (no spinning)");
+        TimerWheel.MillisecondsUntil(0, long.MaxValue).Should().Be(int.MaxValue);
+    }
+}

@@ -1,0 +1,349 @@
+using System.Diagnostics;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary><see cref="TimerWheel.CreateTimer"/>: the <see cref="ITimer"/> contract on the real driver.</summary>
+public sealed class TimerWheelTimerTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task One_shot_timer_fires_once_after_its_due_time_on_a_ThreadPool_thread()
+    {
+        using var wheel = new TimerWheel();
+        var fired = new TaskCompletionSource<(long At, bool PoolThread, object? State)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        int count = 0;
+        var state = new object();
+        long start = Stopwatch.GetTimestamp();
+
+        using ITimer timer = wheel.CreateTimer(
+            s =>
+            {
+                Interlocked.Increment(ref count);
+                fired.TrySetResult((Stopwatch.GetTimestamp(), Thread.CurrentThread.IsThreadPoolThread, s));
+            },
+            state,
+            TimeSpan.FromMilliseconds(30),
+            Timeout.InfiniteTimeSpan);
+
+        (long at, bool poolThread, object? seen) = await fired.Task.WaitAsync(s_timeout);
+        Stopwatch.GetElapsedTime(start, at).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(30));
+        poolThread.Should().BeTrue("callbacks never run on the driver thread");
+        seen.Should().BeSameAs(state);
+
+        await Task.Delay(100);
+        Volatile.Read(ref count).Should().Be(1);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Zero_due_time_fires_immediately()
+    {
+        using var wheel = new TimerWheel();
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(), null, TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+        await fired.Task.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task Periodic_timer_fires_repeatedly_and_the_kth_firing_is_never_early()
+    {
+        using var wheel = new TimerWheel();
+        TimeSpan period = TimeSpan.FromMilliseconds(15);
+        var times = new List<long>();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        long start = Stopwatch.GetTimestamp();
+        using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                lock (times)
+                {
+                    times.Add(Stopwatch.GetTimestamp());
+                    if (times.Count == 6)
+                    {
+                        done.TrySetResult();
+                    }
+                }
+            },
+            null,
+            period,
+            period);
+
+        await done.Task.WaitAsync(s_timeout);
+        timer.Dispose();
+        lock (times)
+        {
+            for (int k = 0; k < 6; k++)
+            {
+                // Each period is measured from the previous firing, so the k-th firing is at least (k+1) periods in.
+                Stopwatch.GetElapsedTime(start, times[k]).Should().BeGreaterThanOrEqualTo(period * (k + 1));
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Zero_period_means_one_shot()
+    {
+        using var wheel = new TimerWheel();
+        int count = 0;
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                Interlocked.Increment(ref count);
+                fired.TrySetResult();
+            },
+            null,
+            TimeSpan.FromMilliseconds(5),
+            TimeSpan.Zero);
+        await fired.Task.WaitAsync(s_timeout);
+        await Task.Delay(100);
+        Volatile.Read(ref count).Should().Be(1);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Change_arms_reschedules_and_stops_a_timer()
+    {
+        using var wheel = new TimerWheel();
+        int count = 0;
+        var fired = new SemaphoreSlim(0);
+        using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                Interlocked.Increment(ref count);
+                fired.Release();
+            },
+            null,
+            Timeout.InfiniteTimeSpan,
+            Timeout.InfiniteTimeSpan);
+
+        await Task.Delay(50);
+        Volatile.Read(ref count).Should().Be(0, "an infinite due time never fires");
+
+        long start = Stopwatch.GetTimestamp();
+        timer.Change(TimeSpan.FromMilliseconds(20), Timeout.InfiniteTimeSpan).Should().BeTrue();
+        (await fired.WaitAsync(s_timeout)).Should().BeTrue();
+        Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(20));
+
+        // Push a pending firing far out: the old schedule must not fire.
+        timer.Change(TimeSpan.FromMilliseconds(30), Timeout.InfiniteTimeSpan).Should().BeTrue();
+        timer.Change(TimeSpan.FromHours(1), Timeout.InfiniteTimeSpan).Should().BeTrue();
+        await Task.Delay(120);
+        Volatile.Read(ref count).Should().Be(1);
+
+        // Make it periodic, then stop it with an infinite due time.
+        timer.Change(TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(5)).Should().BeTrue();
+        (await fired.WaitAsync(s_timeout)).Should().BeTrue();
+        (await fired.WaitAsync(s_timeout)).Should().BeTrue();
+        timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
+        await Task.Delay(200);
+        int stoppedAt = Volatile.Read(ref count);
+        await Task.Delay(100);
+        Volatile.Read(ref count).Should().Be(stoppedAt);
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Disposed_timer_does_not_fire_and_Change_returns_false()
+    {
+        using var wheel = new TimerWheel();
+        int count = 0;
+        ITimer timer = wheel.CreateTimer(_ => Interlocked.Increment(ref count), null, TimeSpan.FromMilliseconds(20), TimeSpan.FromMilliseconds(20));
+        timer.Dispose();
+        timer.Dispose();
+        await timer.DisposeAsync();
+        wheel.PendingCount.Should().Be(0);
+        timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan).Should().BeFalse();
+        await Task.Delay(100);
+        Volatile.Read(ref count).Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Callback_runs_in_the_ExecutionContext_captured_at_creation()
+    {
+        using var wheel = new TimerWheel();
+        var local = new AsyncLocal<string>();
+        var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        local.Value = "captured";
+        using ITimer timer = wheel.CreateTimer(_ => seen.TrySetResult(local.Value), null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        local.Value = "changed later";
+        (await seen.Task.WaitAsync(s_timeout)).Should().Be("captured");
+    }
+
+    [Fact]
+    public async Task A_throwing_callback_is_reported_as_unhandled_and_the_wheel_keeps_running()
+    {
+        UnhandledExceptions.EnsureInstalled();
+        using var wheel = new TimerWheel();
+        var thrown = new DeliberateTimerException("callback failure");
+        int throws = 0;
+        using ITimer bad = wheel.CreateTimer(
+            _ =>
+            {
+                Interlocked.Increment(ref throws);
+                throw thrown;
+            },
+            null,
+            TimeSpan.FromMilliseconds(5),
+            TimeSpan.FromMilliseconds(5));
+
+        var later = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer good = wheel.CreateTimer(_ => later.TrySetResult(), null, TimeSpan.FromMilliseconds(60), Timeout.InfiniteTimeSpan);
+
+        await later.Task.WaitAsync(s_timeout);
+        Volatile.Read(ref throws).Should().BeGreaterThan(1, "the periodic timer keeps firing after its callback threw");
+        SpinWait.SpinUntil(() => UnhandledExceptions.Contains(thrown), s_timeout).Should().BeTrue(
+            "the exception goes unhandled on the ThreadPool, as from a System.Threading.Timer callback, instead of being swallowed");
+    }
+
+    [Fact]
+    public void Bad_arguments_throw_conventional_exceptions()
+    {
+        Action zeroTick = () => _ = new TimerWheel(TimeSpan.Zero);
+        Action negativeTick = () => _ = new TimerWheel(TimeSpan.FromMilliseconds(-1));
+        zeroTick.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("tickDuration");
+        negativeTick.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("tickDuration");
+
+        using var wheel = new TimerWheel();
+        wheel.TickDuration.Should().Be(TimeSpan.FromMilliseconds(1));
+        Action nullCallback = () => wheel.CreateTimer(null!, null, TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+        Action badDue = () => wheel.CreateTimer(_ => { }, null, TimeSpan.FromMilliseconds(-2), Timeout.InfiniteTimeSpan);
+        Action badPeriod = () => wheel.CreateTimer(_ => { }, null, TimeSpan.Zero, TimeSpan.FromTicks(-1));
+        nullCallback.Should().Throw<ArgumentNullException>().WithParameterName("callback");
+        badDue.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("dueTime");
+        badPeriod.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("period");
+
+        using ITimer timer = wheel.CreateTimer(_ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        Action badChange = () => timer.Change(TimeSpan.FromSeconds(-5), Timeout.InfiniteTimeSpan);
+        badChange.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("dueTime");
+    }
+
+    [Fact]
+    public async Task After_Dispose_timers_stop_and_calls_throw_ObjectDisposedException()
+    {
+        var wheel = new TimerWheel();
+        int count = 0;
+        ITimer timer = wheel.CreateTimer(_ => Interlocked.Increment(ref count), null, TimeSpan.FromMilliseconds(40), TimeSpan.FromMilliseconds(40));
+        wheel.Dispose();
+        wheel.Dispose();
+
+        await Task.Delay(120);
+        Volatile.Read(ref count).Should().Be(0);
+        Action create = () => wheel.CreateTimer(_ => { }, null, TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+        Action change = () => timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+        create.Should().Throw<ObjectDisposedException>();
+        change.Should().Throw<ObjectDisposedException>();
+        timer.Dispose();
+        wheel.GetTimestamp().Should().BeGreaterThan(0, "reading the clock still works");
+    }
+
+    [Fact]
+    public async Task Twenty_thousand_random_timers_all_fire_once_and_none_early()
+    {
+        using var wheel = new TimerWheel();
+        const int Count = 20_000;
+        var random = new Random(42);
+        int remaining = Count;
+        int early = 0;
+        int duplicates = 0;
+        var firedFlags = new int[Count];
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var timers = new ITimer[Count];
+        for (int i = 0; i < Count; i++)
+        {
+            int id = i;
+            TimeSpan due = TimeSpan.FromMicroseconds(random.Next(0, 60_000));
+            long start = Stopwatch.GetTimestamp();
+            timers[i] = wheel.CreateTimer(
+                _ =>
+                {
+                    if (Stopwatch.GetElapsedTime(start) < due)
+                    {
+                        Interlocked.Increment(ref early);
+                    }
+
+                    if (Interlocked.Exchange(ref firedFlags[id], 1) != 0)
+                    {
+                        Interlocked.Increment(ref duplicates);
+                    }
+
+                    if (Interlocked.Decrement(ref remaining) == 0)
+                    {
+                        done.TrySetResult();
+                    }
+                },
+                null,
+                due,
+                Timeout.InfiniteTimeSpan);
+        }
+
+        await done.Task.WaitAsync(TimeSpan.FromSeconds(20));
+        early.Should().Be(0);
+        duplicates.Should().Be(0);
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task Concurrent_Change_and_Dispose_racing_the_driver_keep_the_wheel_consistent()
+    {
+        using var wheel = new TimerWheel();
+        const int TimerCount = 256;
+        int fired = 0;
+        var timers = new ITimer[TimerCount];
+        for (int i = 0; i < TimerCount; i++)
+        {
+            timers[i] = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(1 + (i % 5)), TimeSpan.FromMilliseconds(1 + (i % 3)));
+        }
+
+        long end = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
+        var workers = Enumerable.Range(0, 4).Select(seed => Task.Run(() =>
+        {
+            var random = new Random(seed);
+            while (Stopwatch.GetTimestamp() < end)
+            {
+                ITimer timer = timers[random.Next(TimerCount)];
+                switch (random.Next(4))
+                {
+                    case 0:
+                        timer.Change(TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+                        break;
+                    case 1:
+                        timer.Change(TimeSpan.FromTicks(random.Next(1, 30_000)), TimeSpan.FromTicks(random.Next(0, 30_000)));
+                        break;
+                    case 2:
+                        timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                        break;
+                    default:
+                        timer.Change(TimeSpan.FromHours(1), Timeout.InfiniteTimeSpan);
+                        break;
+                }
+            }
+        })).ToArray();
+
+        await Task.WhenAll(workers).WaitAsync(s_timeout);
+
+        // The busy workers above may have starved the ThreadPool, where the callbacks run.
+        SpinWait.SpinUntil(() => Volatile.Read(ref fired) > 0, s_timeout).Should().BeTrue();
+
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+
+        wheel.PendingCount.Should().Be(0, "every unlink kept the intrusive lists and counts consistent");
+        await Task.Delay(100);
+        int settled = Volatile.Read(ref fired);
+        await Task.Delay(100);
+        Volatile.Read(ref fired).Should().Be(settled, "disposed timers stop firing");
+
+        // The wheel still works after the storm.
+        long start = Stopwatch.GetTimestamp();
+        await wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
+        Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(5));
+    }
+}

@@ -1,0 +1,37 @@
+using Scheduler.Benchmarks.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>The workloads behind the benchmarks and the compare command's timers row, run small.</summary>
+public sealed class TimerWorkloadsTests
+{
+    [Fact]
+    public void Delay_comparison_reports_both_sides_and_the_wheel_is_never_early()
+    {
+        TimerComparison result = TimerWorkloads.CompareDelays(3_000, TimeSpan.FromMilliseconds(20));
+
+        foreach (TimerWorkloadResult side in new[] { result.Wheel, result.TaskDelay })
+        {
+            side.Count.Should().Be(3_000);
+            side.WallMilliseconds.Should().BePositive();
+            side.BytesAllocated.Should().BePositive();
+            side.BytesPerPendingTimer.Should().BePositive();
+            side.LatenessP99Milliseconds.Should().BeGreaterThanOrEqualTo(side.LatenessP50Milliseconds);
+        }
+
+        result.Wheel.Name.Should().Be("TimerWheel.DelayAsync");
+        result.TaskDelay.Name.Should().Be("Task.Delay");
+        result.Wheel.EarlyFirings.Should().Be(0);
+        result.Wheel.LatenessP50Milliseconds.Should().BeGreaterThanOrEqualTo(0);
+    }
+
+    [Fact]
+    public void Timeout_pattern_comparison_covers_every_variant()
+    {
+        IReadOnlyList<TimeoutPatternResult> results = TimerWorkloads.CompareTimeoutPattern(2_000);
+
+        results.Should().HaveCount(5);
+        results.Should().OnlyContain(r => r.Operations == 2_000 && r.NanosecondsPerOperation > 0);
+        results.Single(r => r.Name.Contains("ITimer.Change", StringComparison.Ordinal)).BytesPerOperation.Should().Be(0);
+    }
+}

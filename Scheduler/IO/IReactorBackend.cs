@@ -1,0 +1,24 @@
+namespace Scheduler.IO;
+
+/// <summary>Readiness reported by a backend for one registration.</summary>
+internal readonly record struct ReadinessEvent(ulong Token, bool Readable, bool Writable);
+
+/// <summary>
+/// The OS-specific half of <see cref="IoReactor"/>: edge-triggered readiness for registered file descriptors.
+/// epoll implements it on Linux; a kqueue backend (<c>EV_CLEAR</c> filters for read and write, a user event for
+/// <see cref="Wake"/>) would slot in here for macOS/BSD without touching sockets or operations.
+/// </summary>
+internal interface IReactorBackend : IDisposable
+{
+    /// <summary>Registers <paramref name="fd"/> once for edge-triggered read, write and hang-up readiness, tagged with <paramref name="token"/>.</summary>
+    void Register(int fd, ulong token);
+
+    /// <summary>Removes <paramref name="fd"/> (best effort: closing the fd removes it as well).</summary>
+    void Unregister(int fd);
+
+    /// <summary>Blocks until at least one event (or a <see cref="Wake"/>), fills <paramref name="events"/>, returns the count.</summary>
+    int Wait(Span<ReadinessEvent> events);
+
+    /// <summary>Makes a blocked <see cref="Wait"/> return (shutdown); callable from any thread.</summary>
+    void Wake();
+}

@@ -1,0 +1,162 @@
+using System.IO.Pipelines;
+using System.Runtime.InteropServices;
+
+namespace Scheduler.IO;
+
+/// <summary>
+/// An I/O reactor: one thread waiting on epoll for readiness of every socket created on it, completing the
+/// pending socket operations so their continuations resume on the <see cref="WorkStealingTaskScheduler"/>
+/// worker that awaited them. The reactor thread never runs user code.
+/// </summary>
+/// <remarks>
+/// Create one per process (or per scheduler) and create sockets with <see cref="ReactorSocket.Listen"/> and
+/// <see cref="ReactorSocket.ConnectAsync"/>. Idle sockets cost no CPU: the thread blocks in
+/// <c>epoll_wait</c> until the kernel reports an edge. See <c>docs/io.md</c>.
+/// </remarks>
+public sealed partial class IoReactor : IDisposable
+{
+    private readonly IReactorBackend _backend;
+    private readonly Thread _thread;
+    private int _disposed;
+    private int _disposeCalled;
+    private PipeOptions? _defaultPipeOptions;
+    private Exception? _fatalError;
+
+    /// <summary>Creates a reactor whose completions resume on <paramref name="scheduler"/>, and starts its thread.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="scheduler"/> is null.</exception>
+    /// <exception cref="PlatformNotSupportedException">The OS has no supported readiness backend (<see cref="IsSupported"/> is false).</exception>
+    public IoReactor(WorkStealingTaskScheduler scheduler)
+    {
+        ArgumentNullException.ThrowIfNull(scheduler);
+        if (!IsSupported)
+        {
+            throw new PlatformNotSupportedException(
+                $"IoReactor needs Linux epoll; this platform ({RuntimeInformation.OSDescription}, {RuntimeInformation.RuntimeIdentifier}) is not supported yet.");
+        }
+
+        Scheduler = scheduler;
+        _backend = CreateBackend();
+        _thread = new Thread(static s => ((IoReactor)s!).Run())
+        {
+            IsBackground = true,
+            Name = "IoReactor",
+        };
+        _thread.UnsafeStart(this);
+    }
+
+    /// <summary>True where a backend exists (Linux, through epoll).</summary>
+    public static bool IsSupported => OperatingSystem.IsLinux();
+
+    /// <summary>The scheduler that continuations of this reactor's socket operations resume on when awaited there.</summary>
+    public WorkStealingTaskScheduler Scheduler { get; }
+
+    /// <summary>
+    /// When true (the default), a parked operation whose awaiting worker is known retries its system call on that
+    /// worker; when false the reactor thread retries it. Internal switch for benchmarks.
+    /// </summary>
+    internal static bool RetryOnOwnerWorker { get; set; } = Environment.GetEnvironmentVariable("SCHEDULER_IO_RETRY_ON_REACTOR") != "1";
+
+    /// <summary>Pipe options used by <see cref="ReactorConnection"/> when none are given: callbacks on <see cref="Scheduler"/>.</summary>
+    internal PipeOptions DefaultPipeOptions => _defaultPipeOptions ??= new PipeOptions(
+        readerScheduler: Scheduler.PipeScheduler,
+        writerScheduler: Scheduler.PipeScheduler,
+        useSynchronizationContext: false);
+
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>
+    /// Stops the reactor thread and joins it, then disposes every socket still registered: their pending
+    /// operations fail with <see cref="ObjectDisposedException"/>. Idempotent.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)
+        {
+            return;
+        }
+
+        Volatile.Write(ref _disposed, 1);
+        _backend.Wake();
+        if (Thread.CurrentThread != _thread)
+        {
+            _thread.Join();
+        }
+
+        foreach (ReactorSocket socket in DetachAll())
+        {
+            socket.Dispose();
+        }
+
+        _backend.Dispose();
+    }
+
+    // The one place a platform picks its backend (kqueue would be chosen here on macOS/BSD).
+#pragma warning disable CA1859 // The interface is the backend seam; a kqueue backend would be returned here too.
+    private static IReactorBackend CreateBackend() => new EpollBackend();
+#pragma warning restore CA1859
+
+    internal void ThrowIfDisposed()
+    {
+        if (IsDisposed)
+        {
+            throw _fatalError is null
+                ? new ObjectDisposedException(GetType().FullName)
+                : new ObjectDisposedException(GetType().FullName, $"The reactor stopped after an epoll failure: {_fatalError.Message}");
+        }
+    }
+
+    private void Run()
+    {
+        try
+        {
+            RunLoop();
+        }
+        catch (Exception e) when (!IsDisposed)
+        {
+            // epoll itself failed (it should not): no socket can make progress any more. Fail every socket's
+            // operations instead of crashing the process from a background thread, and refuse new sockets.
+            _fatalError = e;
+            Volatile.Write(ref _disposed, 1);
+            foreach (ReactorSocket socket in DetachAll())
+            {
+                socket.Dispose();
+            }
+        }
+    }
+
+    private void RunLoop()
+    {
+        var events = new ReadinessEvent[256];
+        while (!IsDisposed)
+        {
+            int count = _backend.Wait(events);
+            ReactorSocket?[] slots = Volatile.Read(ref _slots);
+            for (int i = 0; i < count; i++)
+            {
+                ReadinessEvent ev = events[i];
+                if (ev.Token == EpollBackend.WakeToken)
+                {
+                    continue;
+                }
+
+                int index = (int)(uint)ev.Token;
+                if ((uint)index >= (uint)slots.Length)
+                {
+                    slots = Volatile.Read(ref _slots);
+                    if ((uint)index >= (uint)slots.Length)
+                    {
+                        continue;
+                    }
+                }
+
+                // The generation in the token must match: an event queued for a closed socket whose slot (or fd
+                // number) was reused since can never reach the new socket's operations.
+                ReactorSocket? socket = Volatile.Read(ref slots[index]);
+                if (socket is not null && socket.RegistrationToken == ev.Token)
+                {
+                    socket.OnReadiness(ev.Readable, ev.Writable);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+using System.IO.Pipelines;
+
+namespace Scheduler.IO;
+
+/// <summary>
+/// A connected <see cref="ReactorSocket"/> exposed as an <see cref="IDuplexPipe"/>: a receive loop fills
+/// <see cref="Input"/> and a send loop drains <see cref="Output"/> with gathered writes.
+/// </summary>
+/// <remarks>
+/// <para>Backpressure is end to end: the receive loop stops reading the socket while <see cref="Input"/> holds more
+/// than its <see cref="PipeOptions.PauseWriterThreshold"/> (the kernel then closes the TCP window), and
+/// <c>Output.FlushAsync</c> waits while the peer does not drain what was written.</para>
+/// <para>Completing <see cref="Output"/> sends what is buffered and then shuts down the send side (the peer reads
+/// end of stream). The peer's shutdown completes <see cref="Input"/>; a reset completes it with the
+/// <see cref="System.Net.Sockets.SocketException"/>. Without explicit options both pipes use the reactor's
+/// scheduler (<see cref="WorkStealingTaskScheduler.PipeScheduler"/>) and its default thresholds (64 KiB/32 KiB).</para>
+/// </remarks>
+public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
+{
+    private readonly Pipe _input;
+    private readonly Pipe _output;
+    private readonly Task _receiveLoop;
+    private readonly Task _sendLoop;
+    private int _disposed;
+
+    private ReactorConnection(ReactorSocket socket, PipeOptions inputOptions, PipeOptions outputOptions)
+    {
+        Socket = socket;
+        _input = new Pipe(inputOptions);
+        _output = new Pipe(outputOptions);
+        TaskScheduler scheduler = socket.Reactor.Scheduler;
+        _receiveLoop = Task.Factory.StartNew(
+            static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
+        _sendLoop = Task.Factory.StartNew(
+            static s => ((ReactorConnection)s!).SendLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
+    }
+
+    /// <summary>How long <see cref="DisposeAsync"/> lets already-written output drain before aborting the socket.</summary>
+    internal static TimeSpan DisposeGracePeriod { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The underlying socket; the connection owns it and disposes it in <see cref="DisposeAsync"/>.</summary>
+    public ReactorSocket Socket { get; }
+
+    /// <summary>Bytes received from the peer. Completes at the peer's orderly shutdown, or with the error that ended the connection.</summary>
+    public PipeReader Input => _input.Reader;
+
+    /// <summary>Bytes to send to the peer. Complete it to send what is buffered and then shut down the send side.</summary>
+    public PipeWriter Output => _output.Writer;
+
+    /// <summary>Starts the receive and send loops of a connected socket.</summary>
+    /// <param name="socket">A connected (not listening, not disposed) socket; the connection takes ownership.</param>
+    /// <param name="inputOptions">Options of the <see cref="Input"/> pipe; null for the reactor scheduler's defaults.</param>
+    /// <param name="outputOptions">Options of the <see cref="Output"/> pipe; null for the reactor scheduler's defaults.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="socket"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="socket"/> is a listening socket.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="socket"/> is disposed.</exception>
+    public static ReactorConnection Create(ReactorSocket socket, PipeOptions? inputOptions = null, PipeOptions? outputOptions = null)
+    {
+        ArgumentNullException.ThrowIfNull(socket);
+        if (socket.IsListener)
+        {
+            throw new ArgumentException("A listening socket cannot carry a connection; pass a socket from AcceptAsync or ConnectAsync.", nameof(socket));
+        }
+
+        ObjectDisposedException.ThrowIf(socket.IsDisposed, socket);
+        PipeOptions defaults = socket.Reactor.DefaultPipeOptions;
+        return new ReactorConnection(socket, inputOptions ?? defaults, outputOptions ?? defaults);
+    }
+
+    /// <summary>
+    /// Completes <see cref="Output"/> (buffered bytes get up to a second to drain, so a peer that stopped reading
+    /// cannot hang this), closes the socket, and waits for both loops to finish. Idempotent.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            await _output.Writer.CompleteAsync();
+            _ = await Task.WhenAny(_sendLoop, Task.Delay(DisposeGracePeriod));
+            Socket.Dispose();
+            _output.Reader.CancelPendingRead();
+            _input.Writer.CancelPendingFlush();
+        }
+
+        await _receiveLoop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        await _sendLoop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    private bool IsDisposing => Volatile.Read(ref _disposed) != 0;
+}

@@ -1,0 +1,276 @@
+using System.Threading.Tasks.Sources;
+using Scheduler.Sources;
+
+namespace Scheduler.IO;
+
+/// <summary>
+/// One direction's reusable operation, built on <see cref="WakerCore{TResult}"/> on a <see cref="ReactorSocket"/> (one receive-side and one send-side
+/// instance per socket, so steady-state I/O allocates nothing). It tries the system call on the caller's
+/// thread first; only on EAGAIN does it park as <c>Pending</c> and let readiness from the reactor retry it.
+/// </summary>
+/// <remarks>
+/// <para>State machine (all transitions by CAS, so exactly one party finishes an operation):
+/// <c>Free → Busy</c> (caller owns it, a second caller gets <see cref="InvalidOperationException"/>),
+/// <c>Busy → Pending</c> (parked), <c>Pending → Running</c> (the reactor retries the syscall) or
+/// <c>Pending → Completed</c> (cancellation or disposal), <c>Running → Pending|Completed</c>,
+/// and <c>Completed → Free</c> once the awaiter has read the result.</para>
+/// <para>No lost edge: the caller records the direction's sequence number before the syscall and re-reads it
+/// after publishing <c>Pending</c> (both with full fences); the reactor bumps the sequence before reading the
+/// state. If an edge slipped in between, one of the two sees it and the syscall is retried.</para>
+/// </remarks>
+internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, IThreadPoolWorkItem
+{
+    private const int Free = 0;
+    private const int Busy = 1;
+    private const int Pending = 2;
+    private const int Running = 3;
+    private const int Completed = 4;
+
+    private static readonly Action<object?, CancellationToken> s_cancel = static (state, token) =>
+        ((ReactorOperation<TResult>)state!).TryFinishFromPending(new OperationCanceledException(token));
+
+    private readonly bool _isWrite;
+    private readonly RetryWorkItem _retry;
+    private int _state;
+    private WorkStealingTaskScheduler? _ownerScheduler;
+    private int _ownerWorker;
+    private WakerCore<TResult> _core;
+    private CancellationTokenRegistration _registration;
+
+    protected ReactorOperation(ReactorSocket socket, bool isWrite)
+    {
+        Socket = socket;
+        _isWrite = isWrite;
+        // The operation itself is the work item the core queues to the awaiting worker: no allocation per completion.
+        _core = new WakerCore<TResult>(this);
+        _retry = new RetryWorkItem(this);
+    }
+
+    protected ReactorSocket Socket { get; }
+
+    /// <summary>Claims the operation for one caller; false when another call of this direction is in flight.</summary>
+    public bool TryAcquire() => Interlocked.CompareExchange(ref _state, Busy, Free) == Free;
+
+    /// <summary>Gives back an operation acquired with <see cref="TryAcquire"/> without running it.</summary>
+    public void Release()
+    {
+        ClearParameters();
+        Volatile.Write(ref _state, Free);
+    }
+
+    /// <summary>Runs the acquired operation: syscall first, then parks until readiness.</summary>
+    public ValueTask<TResult> Run(CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            Release();
+            return ValueTask.FromCanceled<TResult>(cancellationToken);
+        }
+
+        while (true)
+        {
+            int sequence = Socket.ReadSequence(_isWrite);
+            TResult result;
+            Exception? error;
+            bool done;
+            try
+            {
+                done = TryExecute(out result, out error);
+            }
+            catch (Exception e)
+            {
+                // An unexpected failure must not leave the operation claimed: the socket stays usable.
+                (done, result, error) = (true, default!, e);
+            }
+
+            if (done)
+            {
+                Release();
+                return error is null ? new ValueTask<TResult>(result) : ValueTask.FromException<TResult>(error);
+            }
+
+            _ownerScheduler = null;
+            _core.Reset();
+            short version = _core.Version;
+            if (cancellationToken.CanBeCanceled)
+            {
+                _registration = cancellationToken.UnsafeRegister(s_cancel, this);
+            }
+
+            Interlocked.Exchange(ref _state, Pending);
+            if (Socket.ReadSequence(_isWrite) != sequence)
+            {
+                // An edge arrived between our syscall and publishing Pending: take the operation back and retry,
+                // unless the reactor (or cancellation/disposal) already took it and will finish it.
+                if (Interlocked.CompareExchange(ref _state, Busy, Pending) == Pending)
+                {
+                    _registration.Dispose();
+                    _registration = default;
+                    if (cancellationToken.IsCancellationRequested)
+                    {
+                        Release();
+                        return ValueTask.FromCanceled<TResult>(cancellationToken);
+                    }
+
+                    continue;
+                }
+            }
+
+            if (Socket.IsDisposed)
+            {
+                TryFinishFromPending(Socket.CreateDisposedException());
+            }
+            else if (cancellationToken.IsCancellationRequested)
+            {
+                // Cancelled while registering: the callback ran before Pending was visible and lost its CAS.
+                TryFinishFromPending(new OperationCanceledException(cancellationToken));
+            }
+
+            return new ValueTask<TResult>(this, version);
+        }
+    }
+
+    /// <summary>
+    /// Called by the reactor thread after it bumped this direction's sequence number. When the awaiting worker is
+    /// known, the retried syscall runs there (the reactor thread only hands over, and the continuation then runs on
+    /// the same worker right after it); otherwise the reactor retries the syscall itself.
+    /// </summary>
+    public void OnReady()
+    {
+        if (Volatile.Read(ref _state) != Pending || Interlocked.CompareExchange(ref _state, Running, Pending) != Pending)
+        {
+            return;
+        }
+
+        WorkStealingTaskScheduler? owner = Volatile.Read(ref _ownerScheduler);
+        if (owner is not null && IoReactor.RetryOnOwnerWorker)
+        {
+            owner.EnqueueToWorker(_ownerWorker, _retry);
+            return;
+        }
+
+        RetryWhileRunning();
+    }
+
+    // Precondition: this thread moved the state to Running.
+    private void RetryWhileRunning()
+    {
+        while (true)
+        {
+            int sequence = Socket.ReadSequence(_isWrite);
+            TResult result;
+            Exception? error;
+            bool done;
+            try
+            {
+                done = TryExecute(out result, out error);
+            }
+            catch (Exception e)
+            {
+                // Never let a failure escape onto the reactor thread: it belongs to this operation only.
+                (done, result, error) = (true, default!, e);
+            }
+
+            if (done)
+            {
+                Volatile.Write(ref _state, Completed);
+                Finish(result, error);
+                return;
+            }
+
+            Interlocked.Exchange(ref _state, Pending);
+            if (Socket.ReadSequence(_isWrite) == sequence && !Socket.IsDisposed)
+            {
+                return;
+            }
+
+            if (Interlocked.CompareExchange(ref _state, Running, Pending) != Pending)
+            {
+                return;
+            }
+
+            if (Socket.IsDisposed)
+            {
+                Volatile.Write(ref _state, Completed);
+                Finish(default!, Socket.CreateDisposedException());
+                return;
+            }
+        }
+    }
+
+    /// <summary>Fails a parked operation (disposal, cancellation). False when it is not parked.</summary>
+    public bool TryFinishFromPending(Exception error)
+    {
+        if (Interlocked.CompareExchange(ref _state, Completed, Pending) != Pending)
+        {
+            return false;
+        }
+
+        Finish(default!, error);
+        return true;
+    }
+
+    /// <summary>One non-blocking attempt. False on EAGAIN (wait for readiness); true with a result or an error otherwise.</summary>
+    protected abstract bool TryExecute(out TResult result, out Exception? error);
+
+    /// <summary>Drops references to caller buffers so a finished operation pins nothing.</summary>
+    protected abstract void ClearParameters();
+
+    private void Finish(TResult result, Exception? error)
+    {
+        _registration.Unregister();
+        if (error is null)
+        {
+            _core.SetResult(result);
+        }
+        else
+        {
+            _core.SetException(error);
+        }
+    }
+
+    TResult IValueTaskSource<TResult>.GetResult(short token)
+    {
+        if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
+        {
+            throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result.");
+        }
+
+        try
+        {
+            return _core.GetResult(token);
+        }
+        finally
+        {
+            // Result read first, then the reset: the next caller can only start after this.
+            _core.TryReset(token);
+            _registration = default;
+            Release();
+        }
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<TResult>.GetStatus(short token) => _core.GetStatus(token);
+
+    void IValueTaskSource<TResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        _core.OnCompleted(continuation, state, token, flags);
+        if ((flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0)
+        {
+            WorkStealingTaskScheduler scheduler = Socket.Reactor.Scheduler;
+            if (scheduler.TryGetCurrentWorkerIndex(out int worker))
+            {
+                // Worker index first, then the scheduler with release semantics: the reactor reads them in reverse.
+                _ownerWorker = worker;
+                Volatile.Write(ref _ownerScheduler, scheduler);
+            }
+        }
+    }
+
+    void IThreadPoolWorkItem.Execute() => _core.InvokeContinuation();
+
+    /// <summary>Runs a readiness retry on the awaiting worker.</summary>
+    private sealed class RetryWorkItem(ReactorOperation<TResult> operation) : IThreadPoolWorkItem
+    {
+        public void Execute() => operation.RetryWhileRunning();
+    }
+}

@@ -1,0 +1,194 @@
+using System.Net;
+using System.Net.Sockets;
+using Scheduler.Native;
+using static Scheduler.Native.LinuxConstants;
+
+namespace Scheduler.IO;
+
+public sealed partial class ReactorSocket
+{
+    /// <summary>
+    /// Creates a listening socket bound to <paramref name="endPoint"/> (with address reuse for IP endpoints, so a
+    /// restarted server can rebind at once). Port 0 picks a free port; read it from <see cref="LocalEndPoint"/>.
+    /// </summary>
+    /// <param name="reactor">The reactor that drives the socket.</param>
+    /// <param name="endPoint">An <see cref="IPEndPoint"/> (IPv4 or IPv6) or a <see cref="UnixDomainSocketEndPoint"/>.</param>
+    /// <param name="backlog">The kernel's accept queue length (capped by <c>net.core.somaxconn</c>).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">The endpoint type is not supported.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="backlog"/> is less than 1.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="reactor"/> is disposed.</exception>
+    /// <exception cref="SocketException">bind or listen failed (address in use, ...).</exception>
+    public static unsafe ReactorSocket Listen(IoReactor reactor, EndPoint endPoint, int backlog = 512)
+    {
+        ArgumentNullException.ThrowIfNull(reactor);
+        ArgumentNullException.ThrowIfNull(endPoint);
+        ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
+        reactor.ThrowIfDisposed();
+
+        SocketAddress address = SocketAddressMarshal.Serialize(endPoint);
+        SafeFileDescriptor handle = CreateHandle(address.Family);
+        try
+        {
+            int fd = handle.Fd;
+            if (address.Family != AddressFamily.Unix)
+            {
+                SetOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
+            }
+
+            fixed (byte* native = address.Buffer.Span)
+            {
+                if (Libc.Bind(fd, native, (uint)address.Size) != 0)
+                {
+                    Errno.ThrowLast($"bind to {endPoint}");
+                }
+            }
+
+            if (Libc.Listen(fd, backlog) != 0)
+            {
+                Errno.ThrowLast("listen");
+            }
+
+            var socket = new ReactorSocket(reactor, handle, address.Family, isListener: true);
+            reactor.Register(socket, fd);
+            return socket;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Connects to <paramref name="endPoint"/>: starts a non-blocking connect, waits for the socket to become
+    /// writable, then reads the socket error, so a refused connect throws <see cref="SocketException"/> with
+    /// <see cref="SocketError.ConnectionRefused"/>.
+    /// </summary>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">The endpoint type is not supported.</exception>
+    /// <exception cref="ObjectDisposedException"><paramref name="reactor"/> is disposed.</exception>
+    /// <exception cref="SocketException">The connect failed (refused, unreachable, ...).</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; the half-open socket is closed.</exception>
+    public static ValueTask<ReactorSocket> ConnectAsync(IoReactor reactor, EndPoint endPoint, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(reactor);
+        ArgumentNullException.ThrowIfNull(endPoint);
+        reactor.ThrowIfDisposed();
+        SocketAddress address = SocketAddressMarshal.Serialize(endPoint);
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return ValueTask.FromCanceled<ReactorSocket>(cancellationToken);
+        }
+
+        ReactorSocket socket;
+        bool connected;
+        SafeFileDescriptor handle = CreateHandle(address.Family);
+        try
+        {
+            connected = StartConnect(handle.Fd, address, endPoint);
+            socket = new ReactorSocket(reactor, handle, address.Family, isListener: false);
+            // Registered after connect(): EPOLL_CTL_ADD reports current readiness, so no edge is missed, and an
+            // unconnected socket's spurious EPOLLHUP is never seen.
+            reactor.Register(socket, handle.Fd);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+
+        return connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(cancellationToken);
+    }
+
+    internal static ReactorSocket CreateAccepted(IoReactor reactor, int fd, AddressFamily family)
+    {
+        var handle = new SafeFileDescriptor(fd);
+        try
+        {
+            if (family != AddressFamily.Unix)
+            {
+                SetOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
+            }
+
+            var socket = new ReactorSocket(reactor, handle, family, isListener: false);
+            reactor.Register(socket, fd);
+            return socket;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    private static unsafe bool StartConnect(int fd, SocketAddress address, EndPoint endPoint)
+    {
+        if (address.Family != AddressFamily.Unix)
+        {
+            SetOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
+        }
+
+        int rc;
+        int errno;
+        fixed (byte* native = address.Buffer.Span)
+        {
+            do
+            {
+                rc = Libc.Connect(fd, native, (uint)address.Size);
+                errno = rc == 0 ? 0 : Errno.Last;
+            }
+            while (rc != 0 && errno == EINTR);
+        }
+
+        if (rc == 0)
+        {
+            return true;
+        }
+
+        if (errno == EINPROGRESS)
+        {
+            return false;
+        }
+
+        throw Errno.ToException(errno, $"connect to {endPoint}");
+    }
+
+    private async ValueTask<ReactorSocket> CompleteConnectAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (!_connect!.TryAcquire())
+            {
+                throw new InvalidOperationException("The connect operation is already in use.");
+            }
+
+            await _connect.Run(cancellationToken).ConfigureAwait(false);
+            return this;
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private static SafeFileDescriptor CreateHandle(AddressFamily family)
+    {
+        int fd = Libc.Socket(SocketAddressMarshal.ToNativeFamily(family), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            Errno.ThrowLast("socket");
+        }
+
+        return new SafeFileDescriptor(fd);
+    }
+
+    private static unsafe void SetOption(int fd, int level, int name, int value, string what)
+    {
+        if (Libc.SetSockOpt(fd, level, name, &value, sizeof(int)) != 0)
+        {
+            Errno.ThrowLast(what);
+        }
+    }
+}

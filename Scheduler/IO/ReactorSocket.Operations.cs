@@ -1,0 +1,349 @@
+using System.Buffers;
+using System.Net.Sockets;
+using Scheduler.Native;
+using static Scheduler.Native.LinuxConstants;
+
+namespace Scheduler.IO;
+
+public sealed partial class ReactorSocket
+{
+    /// <summary>recv(2) into one buffer; an empty buffer peeks one byte to wait for readability.</summary>
+    private sealed class ReceiveOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: false)
+    {
+        public Memory<byte> Buffer { get; set; }
+
+        protected override unsafe bool TryExecute(out int result, out Exception? error)
+        {
+            result = 0;
+            error = null;
+            if (!Socket.TryAddRef(out FdReference fd))
+            {
+                error = Socket.CreateDisposedException();
+                return true;
+            }
+
+            using (fd)
+            {
+                Span<byte> span = Buffer.Span;
+                byte peek;
+                bool waitOnly = span.IsEmpty;
+                fixed (byte* buffer = span)
+                {
+                    while (true)
+                    {
+                        nint n = waitOnly
+                            ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
+                            : Libc.Recv(fd.Fd, buffer, (nuint)span.Length, 0);
+                        if (n >= 0)
+                        {
+                            result = waitOnly ? 0 : (int)n;
+                            return true;
+                        }
+
+                        int errno = Errno.Last;
+                        if (errno == EINTR)
+                        {
+                            continue;
+                        }
+
+                        if (errno == EAGAIN)
+                        {
+                            return false;
+                        }
+
+                        error = Errno.ToException(errno, "recv");
+                        return true;
+                    }
+                }
+            }
+        }
+
+        protected override void ClearParameters() => Buffer = default;
+    }
+
+    /// <summary>send(2) of one buffer or sendmsg(2) gathering a sequence, until every byte is taken.</summary>
+    private sealed class SendOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: true)
+    {
+        private const int MaxIoVectors = 64;
+
+        private ReadOnlyMemory<byte> _buffer;
+        private ReadOnlySequence<byte> _buffers;
+        private bool _isSequence;
+        private int _total;
+        private int _sent;
+
+        public void SetBuffer(ReadOnlyMemory<byte> buffer)
+        {
+            _buffer = buffer;
+            _isSequence = false;
+            _total = buffer.Length;
+            _sent = 0;
+        }
+
+        public void SetBuffers(in ReadOnlySequence<byte> buffers)
+        {
+            if (buffers.IsSingleSegment)
+            {
+                SetBuffer(buffers.First);
+                return;
+            }
+
+            _buffers = buffers;
+            _isSequence = true;
+            _total = checked((int)buffers.Length);
+            _sent = 0;
+        }
+
+        protected override bool TryExecute(out int result, out Exception? error)
+        {
+            result = 0;
+            error = null;
+            if (!Socket.TryAddRef(out FdReference fd))
+            {
+                error = Socket.CreateDisposedException();
+                return true;
+            }
+
+            using (fd)
+            {
+                while (_sent < _total)
+                {
+                    nint n = _isSequence ? SendGather(fd.Fd) : SendSingle(fd.Fd);
+                    if (n >= 0)
+                    {
+                        _sent += (int)n;
+                        if (_isSequence)
+                        {
+                            _buffers = _buffers.Slice(n);
+                        }
+
+                        continue;
+                    }
+
+                    int errno = Errno.Last;
+                    if (errno == EINTR)
+                    {
+                        continue;
+                    }
+
+                    if (errno == EAGAIN)
+                    {
+                        return false;
+                    }
+
+                    error = Errno.ToException(errno, _isSequence ? "sendmsg" : "send");
+                    return true;
+                }
+
+                result = _total;
+                return true;
+            }
+        }
+
+        protected override void ClearParameters()
+        {
+            _buffer = default;
+            _buffers = default;
+            _isSequence = false;
+        }
+
+        private unsafe nint SendSingle(int fd)
+        {
+            ReadOnlySpan<byte> remaining = _buffer.Span[_sent..];
+            fixed (byte* p = remaining)
+            {
+                return Libc.Send(fd, p, (nuint)remaining.Length, MSG_NOSIGNAL);
+            }
+        }
+
+        private unsafe nint SendGather(int fd)
+        {
+            // One sendmsg for up to 64 segments. Pinning is only for the duration of the call.
+            Libc.IoVector* vectors = stackalloc Libc.IoVector[MaxIoVectors];
+            var handles = new MemoryHandleBuffer();
+            int count = 0;
+            try
+            {
+                foreach (ReadOnlyMemory<byte> segment in _buffers)
+                {
+                    if (segment.IsEmpty)
+                    {
+                        continue;
+                    }
+
+                    if (count == MaxIoVectors)
+                    {
+                        break;
+                    }
+
+                    handles[count] = segment.Pin();
+                    vectors[count].Base = handles[count].Pointer;
+                    vectors[count].Length = (nuint)segment.Length;
+                    count++;
+                }
+
+                Libc.MessageHeader message = default;
+                message.IoVectors = vectors;
+                message.IoVectorCount = (nuint)count;
+                return Libc.SendMsg(fd, &message, MSG_NOSIGNAL);
+            }
+            finally
+            {
+                for (int i = 0; i < count; i++)
+                {
+                    handles[i].Dispose();
+                }
+            }
+        }
+    }
+
+    /// <summary>Room for the pins of one gathered send, on the stack.</summary>
+    [System.Runtime.CompilerServices.InlineArray(64)]
+    private struct MemoryHandleBuffer
+    {
+        private MemoryHandle _element;
+    }
+
+    /// <summary>accept4(2), draining the kernel's accept queue in batches into a small local queue.</summary>
+    private sealed class AcceptOperation(ReactorSocket socket) : ReactorOperation<ReactorSocket>(socket, isWrite: false)
+    {
+        private const int BatchSize = 32;
+        private readonly Queue<int> _accepted = new();
+        private readonly Lock _queueLock = new();
+
+        public void CloseQueued()
+        {
+            lock (_queueLock)
+            {
+                while (_accepted.TryDequeue(out int fd))
+                {
+                    Libc.Close(fd);
+                }
+            }
+        }
+
+        protected override unsafe bool TryExecute(out ReactorSocket result, out Exception? error)
+        {
+            result = null!;
+            error = null;
+            int fd;
+            lock (_queueLock)
+            {
+                if (_accepted.Count == 0 && !Drain(out error))
+                {
+                    return error is not null;
+                }
+
+                if (!_accepted.TryDequeue(out fd))
+                {
+                    return error is not null;
+                }
+            }
+
+            try
+            {
+                result = CreateAccepted(Socket.Reactor, fd, Socket._family);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                error = e;
+            }
+
+            return true;
+        }
+
+        protected override void ClearParameters()
+        {
+        }
+
+        // Returns true when at least one connection was queued; false with error == null on EAGAIN.
+        private unsafe bool Drain(out Exception? error)
+        {
+            error = null;
+            if (!Socket.TryAddRef(out FdReference listener))
+            {
+                error = Socket.CreateDisposedException();
+                return false;
+            }
+
+            using (listener)
+            {
+                while (_accepted.Count < BatchSize)
+                {
+                    int fd = Libc.Accept4(listener.Fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                    if (fd >= 0)
+                    {
+                        _accepted.Enqueue(fd);
+                        continue;
+                    }
+
+                    int errno = Errno.Last;
+                    if (errno is EINTR or ECONNABORTED)
+                    {
+                        continue; // a connection reset while queued is skipped, as accept(2) recommends
+                    }
+
+                    if (errno != EAGAIN && _accepted.Count == 0)
+                    {
+                        error = Errno.ToException(errno, "accept4");
+                    }
+
+                    break;
+                }
+
+                return _accepted.Count > 0;
+            }
+        }
+    }
+
+    /// <summary>Completes an in-progress connect: SO_ERROR reports failure, getpeername success.</summary>
+    private sealed class ConnectOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: true)
+    {
+        protected override unsafe bool TryExecute(out int result, out Exception? error)
+        {
+            result = 0;
+            error = null;
+            if (!Socket.TryAddRef(out FdReference fd))
+            {
+                error = Socket.CreateDisposedException();
+                return true;
+            }
+
+            using (fd)
+            {
+                int socketError = 0;
+                uint length = sizeof(int);
+                if (Libc.GetSockOpt(fd.Fd, SOL_SOCKET, SO_ERROR, &socketError, &length) != 0)
+                {
+                    socketError = Errno.Last;
+                }
+
+                if (socketError != 0)
+                {
+                    error = Errno.ToException(socketError, "connect");
+                    return true;
+                }
+
+                byte* address = stackalloc byte[SocketAddressMarshal.MaxAddressSize];
+                uint addressLength = SocketAddressMarshal.MaxAddressSize;
+                if (Libc.GetPeerName(fd.Fd, address, &addressLength) == 0)
+                {
+                    return true;
+                }
+
+                int errno = Errno.Last;
+                if (errno == ENOTCONN)
+                {
+                    return false; // still in progress
+                }
+
+                error = Errno.ToException(errno, "connect");
+                return true;
+            }
+        }
+
+        protected override void ClearParameters()
+        {
+        }
+    }
+}

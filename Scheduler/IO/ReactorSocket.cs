@@ -1,0 +1,301 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using Scheduler.Native;
+using static Scheduler.Native.LinuxConstants;
+
+namespace Scheduler.IO;
+
+/// <summary>
+/// A non-blocking stream socket (TCP over IPv4/IPv6, or a Unix domain socket) driven by an <see cref="IoReactor"/>.
+/// Operations try the system call first and only wait for epoll readiness when the kernel says EAGAIN;
+/// awaited on a <see cref="WorkStealingTaskScheduler"/> worker, they resume on that worker.
+/// </summary>
+/// <remarks>
+/// At most one receive (or accept) and one send may be in flight at a time; a second concurrent one fails with
+/// <see cref="InvalidOperationException"/>. Steady-state receives and sends allocate nothing: each socket owns one
+/// reusable operation per direction. Errors surface as <see cref="SocketException"/> carrying the OS error,
+/// <see cref="ObjectDisposedException"/> after <see cref="Dispose"/> (also for operations pending at that moment),
+/// and <see cref="OperationCanceledException"/> on cancellation, after which the socket remains usable.
+/// </remarks>
+public sealed partial class ReactorSocket : IDisposable
+{
+    private readonly SafeFileDescriptor _handle;
+    private readonly AddressFamily _family;
+    private readonly ReceiveOperation? _receive;
+    private readonly SendOperation? _send;
+    private readonly AcceptOperation? _accept;
+    private readonly ConnectOperation? _connect;
+    private int _readSequence;
+    private int _writeSequence;
+    private int _disposed;
+    private EndPoint? _localEndPoint;
+    private EndPoint? _remoteEndPoint;
+
+    private ReactorSocket(IoReactor reactor, SafeFileDescriptor handle, AddressFamily family, bool isListener)
+    {
+        Reactor = reactor;
+        _handle = handle;
+        _family = family;
+        if (isListener)
+        {
+            _accept = new AcceptOperation(this);
+        }
+        else
+        {
+            _receive = new ReceiveOperation(this);
+            _send = new SendOperation(this);
+            _connect = new ConnectOperation(this);
+        }
+    }
+
+    /// <summary>The local endpoint the socket is bound to, or null when it cannot be determined (e.g. after disposal).</summary>
+    public EndPoint? LocalEndPoint => _localEndPoint ??= QueryEndPoint(remote: false);
+
+    /// <summary>The connected peer's endpoint, or null for a listening or disposed socket.</summary>
+    public EndPoint? RemoteEndPoint => _remoteEndPoint ??= _accept is null ? QueryEndPoint(remote: true) : null;
+
+    internal IoReactor Reactor { get; }
+
+    internal ulong RegistrationToken { get; set; }
+
+    internal int RegistrationSlot { get; set; } = -1;
+
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    internal bool IsListener => _accept is not null;
+
+    /// <summary>
+    /// Accepts the next connection of a listening socket. Each time the kernel reports the listener readable, its
+    /// accept queue is drained in a batch, so later calls complete synchronously until the batch is used up.
+    /// </summary>
+    /// <exception cref="SocketException">accept failed (e.g. too many open files).</exception>
+    /// <exception cref="ObjectDisposedException">The listener was disposed before or during the accept.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; the listener stays usable.</exception>
+    /// <exception cref="InvalidOperationException">Another accept is in flight, or the socket is not listening.</exception>
+    public ValueTask<ReactorSocket> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        if (IsDisposed)
+        {
+            return ValueTask.FromException<ReactorSocket>(CreateDisposedException());
+        }
+
+        if (_accept is null)
+        {
+            return ValueTask.FromException<ReactorSocket>(new InvalidOperationException("Only a socket created with Listen can accept connections."));
+        }
+
+        if (!_accept.TryAcquire())
+        {
+            return ValueTask.FromException<ReactorSocket>(new InvalidOperationException("An accept is already in progress on this socket; only one accept may be pending at a time."));
+        }
+
+        return _accept.Run(cancellationToken);
+    }
+
+    /// <summary>
+    /// Receives into <paramref name="buffer"/>: completes synchronously when data is already there, else when the
+    /// socket becomes readable. Returns the byte count, or 0 once the peer has shut down its send side. An empty
+    /// buffer waits until data (or end of stream) is available without consuming it, and returns 0.
+    /// </summary>
+    /// <exception cref="SocketException">The connection failed (reset, ...).</exception>
+    /// <exception cref="ObjectDisposedException">The socket was disposed before or during the receive.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; no data was consumed.</exception>
+    /// <exception cref="InvalidOperationException">Another receive is in flight, or this is a listening socket.</exception>
+    public ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (IsDisposed)
+        {
+            return ValueTask.FromException<int>(CreateDisposedException());
+        }
+
+        if (_receive is null)
+        {
+            return ValueTask.FromException<int>(new InvalidOperationException("A listening socket cannot receive; use AcceptAsync."));
+        }
+
+        if (!_receive.TryAcquire())
+        {
+            return ValueTask.FromException<int>(new InvalidOperationException("A receive is already in progress on this socket; only one receive may be pending at a time."));
+        }
+
+        _receive.Buffer = buffer;
+        return _receive.Run(cancellationToken);
+    }
+
+    /// <summary>Sends the whole of <paramref name="buffer"/>; completes (with its length) once the kernel has taken every byte.</summary>
+    /// <exception cref="SocketException">The connection failed (reset, peer gone, ...).</exception>
+    /// <exception cref="ObjectDisposedException">The socket was disposed before or during the send.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; part of the buffer may have been sent.</exception>
+    /// <exception cref="InvalidOperationException">Another send is in flight, or this is a listening socket.</exception>
+    public ValueTask<int> SendAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!TryAcquireSend(out ValueTask<int> failure))
+        {
+            return failure;
+        }
+
+        _send!.SetBuffer(buffer);
+        return _send.Run(cancellationToken);
+    }
+
+    /// <summary>Sends every segment of <paramref name="buffers"/>, gathering up to 64 segments per <c>sendmsg</c>.</summary>
+    internal ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers, CancellationToken cancellationToken = default)
+    {
+        if (!TryAcquireSend(out ValueTask<int> failure))
+        {
+            return failure;
+        }
+
+        _send!.SetBuffers(buffers);
+        return _send.Run(cancellationToken);
+    }
+
+    /// <summary>Disables sends and/or receives (<c>shutdown(2)</c>); after <see cref="SocketShutdown.Send"/> the peer reads end of stream.</summary>
+    /// <exception cref="ObjectDisposedException">The socket was disposed.</exception>
+    /// <exception cref="SocketException">The OS refused (e.g. the socket is not connected).</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="how"/> is not a defined value.</exception>
+    public void Shutdown(SocketShutdown how)
+    {
+        int nativeHow = how switch
+        {
+            SocketShutdown.Receive => SHUT_RD,
+            SocketShutdown.Send => SHUT_WR,
+            SocketShutdown.Both => SHUT_RDWR,
+            _ => throw new ArgumentOutOfRangeException(nameof(how), how, "Expected Receive, Send or Both."),
+        };
+
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        using FdReference fd = AddRef();
+        if (Libc.Shutdown(fd.Fd, nativeHow) != 0)
+        {
+            Errno.ThrowLast("shutdown");
+        }
+    }
+
+    /// <summary>
+    /// Closes the socket. Operations pending at this moment fail with <see cref="ObjectDisposedException"/>; the fd is
+    /// closed once no system call uses it any more. Idempotent.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        Reactor.Unregister(this);
+        ObjectDisposedException error = CreateDisposedException();
+        _receive?.TryFinishFromPending(error);
+        _send?.TryFinishFromPending(error);
+        _connect?.TryFinishFromPending(error);
+        if (_accept is not null)
+        {
+            _accept.TryFinishFromPending(error);
+            _accept.CloseQueued();
+        }
+
+        _handle.Dispose();
+    }
+
+    /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
+    internal void OnReadiness(bool readable, bool writable)
+    {
+        if (readable)
+        {
+            Interlocked.Increment(ref _readSequence);
+            _receive?.OnReady();
+            _accept?.OnReady();
+        }
+
+        if (writable)
+        {
+            Interlocked.Increment(ref _writeSequence);
+            _send?.OnReady();
+            _connect?.OnReady();
+        }
+    }
+
+    internal int ReadSequence(bool isWrite) => isWrite ? Volatile.Read(ref _writeSequence) : Volatile.Read(ref _readSequence);
+
+    internal ObjectDisposedException CreateDisposedException() => new(GetType().FullName, "The socket has been disposed.");
+
+    /// <summary>Holds the fd open for one system call; fails when the socket has been disposed.</summary>
+    internal FdReference AddRef()
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+        }
+        catch (ObjectDisposedException)
+        {
+            throw CreateDisposedException();
+        }
+
+        return new FdReference(_handle);
+    }
+
+    internal bool TryAddRef(out FdReference reference)
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        reference = added ? new FdReference(_handle) : default;
+        return added;
+    }
+
+    private bool TryAcquireSend(out ValueTask<int> failure)
+    {
+        failure = default;
+        if (IsDisposed)
+        {
+            failure = ValueTask.FromException<int>(CreateDisposedException());
+            return false;
+        }
+
+        if (_send is null)
+        {
+            failure = ValueTask.FromException<int>(new InvalidOperationException("A listening socket cannot send."));
+            return false;
+        }
+
+        if (!_send.TryAcquire())
+        {
+            failure = ValueTask.FromException<int>(new InvalidOperationException("A send is already in progress on this socket; only one send may be pending at a time."));
+            return false;
+        }
+
+        return true;
+    }
+
+    private unsafe EndPoint? QueryEndPoint(bool remote)
+    {
+        if (!TryAddRef(out FdReference fd))
+        {
+            return null;
+        }
+
+        using (fd)
+        {
+            byte* address = stackalloc byte[SocketAddressMarshal.MaxAddressSize];
+            uint length = SocketAddressMarshal.MaxAddressSize;
+            int rc = remote ? Libc.GetPeerName(fd.Fd, address, &length) : Libc.GetSockName(fd.Fd, address, &length);
+            return rc != 0 ? null : SocketAddressMarshal.ToEndPoint(_family, new ReadOnlySpan<byte>(address, (int)length));
+        }
+    }
+
+    /// <summary>A held reference on the fd, released by <see cref="Dispose"/>.</summary>
+    internal readonly struct FdReference(SafeFileDescriptor handle) : IDisposable
+    {
+        public int Fd => handle.Fd;
+
+        public void Dispose() => handle?.DangerousRelease();
+    }
+}

@@ -1,0 +1,58 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace Scheduler.Timers;
+
+public sealed partial class TimerWheel
+{
+    /// <summary>
+    /// Stops the wheel: the driver thread exits, pending <see cref="DelayAsync"/> operations complete with
+    /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again, and
+    /// further calls throw <see cref="ObjectDisposedException"/> (<see cref="GetTimestamp"/> keeps working).
+    /// Idempotent.
+    /// </summary>
+    [SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Every pending entry must be told; a failure is re-raised as unhandled on the ThreadPool.")]
+    public void Dispose()
+    {
+        var removed = new ExpiredTimers();
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            _wheel.RemoveAll(removed);
+            while (_infiniteHead is { } entry)
+            {
+                TimerEntryList.Remove(ref _infiniteHead, entry);
+                removed.Add(entry);
+            }
+
+            _infiniteCount = 0;
+            for (int i = 0; i < removed.Count; i++)
+            {
+                removed.SetToken(i, removed[i].OnRemovedByDispose());
+            }
+
+            Monitor.PulseAll(_lock);
+        }
+
+        if (_driver is not null && _driver != Thread.CurrentThread)
+        {
+            _driver.Join();
+        }
+
+        for (int i = 0; i < removed.Count; i++)
+        {
+            try
+            {
+                removed[i].OnWheelDisposed(removed.GetToken(i));
+            }
+            catch (Exception exception)
+            {
+                ReportUnhandled(exception);
+            }
+        }
+    }
+}

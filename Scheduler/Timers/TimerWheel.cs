@@ -1,0 +1,162 @@
+using System.Diagnostics;
+
+namespace Scheduler.Timers;
+
+/// <summary>
+/// A hierarchical timer wheel (6 levels × 64 slots) exposed as a <see cref="TimeProvider"/>: timers cost an
+/// O(1) insert and an O(1) cancel, one driver thread sleeps until the next deadline (no CPU while nothing is
+/// due), and nothing ever fires before its deadline as <see cref="Stopwatch"/> measures it.
+/// </summary>
+/// <remarks>
+/// <para>
+/// <see cref="DelayAsync"/> is the allocation-free path: a pooled timer entry whose continuation resumes on the
+/// awaiting <see cref="WorkStealingTaskScheduler"/> worker (or the captured context, or the ThreadPool).
+/// As a <see cref="TimeProvider"/> the wheel serves <c>Task.Delay(delay, wheel)</c>,
+/// <c>new CancellationTokenSource(delay, wheel)</c>, <c>new PeriodicTimer(period, wheel)</c> and any code
+/// written against <see cref="TimeProvider"/>; <see cref="CreateTimer"/> callbacks run on the .NET ThreadPool,
+/// never on the driver thread.
+/// </para>
+/// <para>
+/// Deadlines are rounded up to whole ticks, so a timer fires at most about one tick (plus scheduling noise)
+/// after its deadline. See <c>docs/timers.md</c> for the data structure and the never-early argument.
+/// </para>
+/// </remarks>
+public sealed partial class TimerWheel : TimeProvider, IDisposable
+{
+    // Ticks longer than this would make tick arithmetic overflow long before the wheel's span is reached,
+    // and no one needs a coarser timer than this.
+    private static readonly TimeSpan s_maxTickDuration = TimeSpan.FromHours(1);
+
+    // Guards the wheel, every entry's links and deadlines, _disposed and _plannedWakeTick. A Monitor (rather
+    // than System.Threading.Lock) because the driver sleeps with Monitor.Wait: an insert that needs an earlier
+    // wake-up pulses under the same lock, so a wake-up can never be lost between "compute wait" and "wait".
+    private readonly object _lock = new();
+    private readonly TimerClock _clock;
+    private readonly TimingWheel _wheel = new();
+    private readonly long _originTimestamp;
+    private readonly long _tickTimestampUnits;
+    private readonly long _timestampUnitsPerTimeSpanTick;
+    private readonly long _maxExactTimeSpanTicks;
+    private readonly FastDivisor _tickDivisor;
+    private readonly bool _usesStopwatch;
+    private TimerEntry? _infiniteHead;
+    private int _infiniteCount;
+    private volatile bool _disposed;
+
+    /// <summary>Creates a wheel with a 1 ms tick and starts its driver thread.</summary>
+    public TimerWheel()
+        : this(TimeSpan.FromMilliseconds(1))
+    {
+    }
+
+    /// <summary>Creates a wheel whose deadlines are rounded up to multiples of <paramref name="tickDuration"/>, and starts its driver thread.</summary>
+    /// <param name="tickDuration">The wheel's resolution. Smaller ticks mean less lateness and more driver wake-ups under load.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="tickDuration"/> is zero, negative, or longer than one hour.</exception>
+    public TimerWheel(TimeSpan tickDuration)
+        : this(tickDuration, TimerClock.System, startDriver: true)
+    {
+    }
+
+    /// <summary>The test seam: a clock of the caller's choosing, and optionally no driver (the caller then calls <see cref="RunDueTimers"/>).</summary>
+    internal TimerWheel(TimeSpan tickDuration, TimerClock clock, bool startDriver)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(tickDuration, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(tickDuration, s_maxTickDuration);
+        ArgumentNullException.ThrowIfNull(clock);
+
+        _clock = clock;
+        TickDuration = tickDuration;
+        long frequency = Stopwatch.Frequency;
+        _timestampUnitsPerTimeSpanTick = frequency % TimeSpan.TicksPerSecond == 0 ? frequency / TimeSpan.TicksPerSecond : 0;
+        _maxExactTimeSpanTicks = _timestampUnitsPerTimeSpanTick == 0 ? 0 : long.MaxValue / _timestampUnitsPerTimeSpanTick;
+        _tickTimestampUnits = Math.Max(1, ToTimestampUnits(tickDuration));
+        _tickDivisor = new FastDivisor(_tickTimestampUnits);
+        _usesStopwatch = clock == TimerClock.System;
+        _originTimestamp = clock.GetTimestamp();
+
+        if (startDriver)
+        {
+            _driver = new Thread(DriverLoop)
+            {
+                IsBackground = true,
+                Name = "TimerWheel driver",
+            };
+            _driver.UnsafeStart();
+        }
+    }
+
+    /// <summary>The wheel's resolution: deadlines are rounded up to a multiple of it.</summary>
+    public TimeSpan TickDuration { get; }
+
+    /// <inheritdoc />
+    /// <remarks>The <see cref="Stopwatch"/> frequency: timestamps of this provider and of <see cref="Stopwatch"/> are interchangeable.</remarks>
+    public override long TimestampFrequency => Stopwatch.Frequency;
+
+    /// <inheritdoc />
+    /// <remarks>The <see cref="Stopwatch"/> timestamp (the clock the wheel itself runs on).</remarks>
+    public override long GetTimestamp() => _usesStopwatch ? Stopwatch.GetTimestamp() : _clock.GetTimestamp();
+
+    /// <summary>The number of timers currently waiting (wheel entries plus infinite delays). For tests and diagnostics.</summary>
+    internal int PendingCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _wheel.Count + _infiniteCount;
+            }
+        }
+    }
+
+    internal bool IsDisposed => _disposed;
+
+    /// <summary>
+    /// Links <paramref name="entry"/> to fire once <paramref name="deadlineTimestamp"/> has passed. Caller holds
+    /// the lock and has checked <see cref="IsDisposed"/> under it.
+    /// </summary>
+    internal void InsertLocked(TimerEntry entry, long deadlineTimestamp, long nowTimestamp)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
+        entry.DeadlineTimestamp = deadlineTimestamp;
+        if (_wheel.Count == 0)
+        {
+            // After an idle spell the wheel's notion of "now" is stale; catching up first keeps the new entry on
+            // the level its real distance calls for instead of cascading down through the idle gap.
+            _wheel.FastForward(TickOf(nowTimestamp));
+        }
+
+        // Rounding up never makes a timer early; a due tick already processed (only possible if the clock
+        // stepped backwards) becomes the next one, which is later still.
+        entry.DueTick = Math.Max(DueTickOf(deadlineTimestamp), _wheel.Elapsed + 1);
+        _wheel.Insert(entry);
+        WakeDriverIfEarlierLocked(entry.DueTick);
+    }
+
+    /// <summary>Parks <paramref name="entry"/> on the list of waits that have no deadline (found again by Dispose). Caller holds the lock.</summary>
+    internal void InsertInfiniteLocked(TimerEntry entry)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
+        TimerEntryList.AddFirst(ref _infiniteHead, entry, TimerEntry.InfiniteSlot);
+        _infiniteCount++;
+    }
+
+    /// <summary>Unlinks <paramref name="entry"/> if it is linked. O(1). Caller holds the lock.</summary>
+    internal void RemoveLocked(TimerEntry entry)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
+        if (entry.Slot == TimerEntry.InfiniteSlot)
+        {
+            TimerEntryList.Remove(ref _infiniteHead, entry);
+            _infiniteCount--;
+        }
+        else if (entry.IsLinked)
+        {
+            _wheel.Remove(entry);
+        }
+    }
+
+    internal object SyncRoot => _lock;
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    internal static void ThrowDisposed() => throw new ObjectDisposedException(nameof(TimerWheel));
+}
