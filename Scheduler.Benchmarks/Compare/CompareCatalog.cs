@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.IO.Pipelines;
 using Pipelines.Sockets.Unofficial;
+using Scheduler.Benchmarks.IO;
 using Scheduler.Benchmarks.Scheduling;
 using Scheduler.Benchmarks.Sources;
 
@@ -79,6 +80,9 @@ internal static partial class CompareCatalog
             $"Pooled wakers: the same probe with one rented `PooledValueTaskSource` per awaiter on a worker of ours (the pool keeps a few hundred idle sources, so most of the {N(PendingAwaiterCount)} are new objects), " +
             "vs `TaskCompletionSource` on the ThreadPool, vs one DotNext.Threading `ValueTaskCompletionSource` per awaiter on the ThreadPool.",
             PendingTaskMemoryPooled),
+        new("echo", EchoSocketDescription, c => Echo(c, EchoTransport.Reactor, "ReactorSocket")),
+        new("echo", EchoConnectionDescription, c => Echo(c, EchoTransport.ReactorPipes, "ReactorConnection")),
+        new("timers", TimersDescription, Timers),
     ];
 
     private static Comparison PipeSchedule(CompareContext context)
