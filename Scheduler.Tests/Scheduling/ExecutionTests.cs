@@ -418,4 +418,19 @@ public sealed class ExecutionTests
         scheduler.PipeScheduler.Schedule(_ => fromPipe.SetResult(TaskScheduler.Current == scheduler && Task.CurrentId is not null), null);
         (await fromPipe.Task.WithTimeout()).Should().BeTrue();
     }
+
+    private sealed class DeliberateCallbackException() : DeliberateTestException("callback failure");
+
+    [Fact]
+    public async Task A_throwing_callback_is_raised_as_unhandled_and_its_worker_lives_on()
+    {
+        UnhandledExceptions.EnsureInstalled();
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        var thrown = new DeliberateCallbackException();
+        scheduler.PipeScheduler.Schedule(static state => throw (Exception)state!, thrown);
+        scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() => throw new DeliberateCallbackException()));
+
+        SpinWait.SpinUntil(() => UnhandledExceptions.Contains(thrown), SchedulerTestHelpers.Timeout).Should().BeTrue("the exception must surface, not vanish");
+        (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue();
+    }
 }

@@ -53,6 +53,23 @@ public sealed class WorkStealingDequeTests
     }
 
     [Fact]
+    public void Take_oldest_batch_claims_from_the_head()
+    {
+        var deque = new WorkStealingDeque(16);
+        for (int i = 0; i < 10; i++)
+        {
+            deque.TryPush(new WorkItem(Box(i)));
+        }
+
+        var batch = new WorkItem[4];
+        deque.TakeOldestBatch(batch).Should().Be(4);
+        batch.Select(Unbox).Should().Equal(0, 1, 2, 3);
+        deque.Count.Should().Be(6);
+        deque.TryPop(out WorkItem newest).Should().BeTrue();
+        Unbox(newest).Should().Be(9);
+    }
+
+    [Fact]
     public void Pop_if_newest_only_removes_the_tail_item()
     {
         var deque = new WorkStealingDeque(16);
@@ -64,7 +81,7 @@ public sealed class WorkStealingDequeTests
         deque.Count.Should().Be(1);
     }
 
-    /// <summary>Owner pushes/pops while two thieves steal (singly and in batches): every item is taken exactly once.</summary>
+    /// <summary>Owner pushes/pops/spills while two thieves steal (singly and in batches): every item is taken exactly once.</summary>
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
@@ -116,6 +133,17 @@ public sealed class WorkStealingDequeTests
                 if (deque.TryPush(new WorkItem(boxes[next])))
                 {
                     next++;
+                }
+            }
+
+            if (random.Next(40) == 0)
+            {
+                // Overflow path: the owner claims the oldest half in one CAS while thieves race for the head.
+                var batch = new WorkItem[deque.Capacity / 2];
+                int taken = deque.TakeOldestBatch(batch);
+                for (int i = 0; i < taken; i++)
+                {
+                    Interlocked.Increment(ref seen[(int)batch[i].Target!]);
                 }
             }
 

@@ -170,8 +170,9 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     private static async Task<long> MeasureCrossThreadAsync(Func<Func<Task<long>>, Task<long>> start, ITestOutputHelper output)
     {
         const int WarmUp = 5_000;
-        const int Measured = 20_000;
-        const long NoiseBudget = 64 * 1024; // runner threads, tiering, first-time lazy state: generous, far below 1 B/cycle
+        const int Measured = 10_000;
+        const int Windows = 3;
+        const long NoiseBudget = 32 * 1024; // runner threads, tiering, first-time lazy state: generous, far below 1 B/cycle
         PooledValueTaskSource<int>? slot = null;
         bool done = false;
 
@@ -198,13 +199,22 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
         {
             return await start(async () =>
             {
-                long before = 0;
+                // Several windows, keep the quietest: noise from other threads (runner, ThreadPool thread
+                // injection, tiering) is additive and sporadic, a per-cycle allocation would show in every window.
+                long best = long.MaxValue;
                 long sum = 0;
-                for (int i = 0; i < WarmUp + Measured; i++)
+                long windowStart = 0;
+                for (int i = 0; i < WarmUp + (Windows * Measured); i++)
                 {
-                    if (i == WarmUp)
+                    if (i >= WarmUp && (i - WarmUp) % Measured == 0)
                     {
-                        before = GC.GetTotalAllocatedBytes(precise: true);
+                        long now = GC.GetTotalAllocatedBytes(precise: true);
+                        if (i > WarmUp)
+                        {
+                            best = Math.Min(best, now - windowStart);
+                        }
+
+                        windowStart = now;
                     }
 
                     var source = PooledValueTaskSource<int>.Rent();
@@ -213,10 +223,10 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
                     sum += await task;
                 }
 
-                long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-                output.WriteLine($"{allocated} bytes allocated process-wide over {Measured} cross-thread cycles");
-                sum.Should().Be(WarmUp + Measured);
-                return allocated <= NoiseBudget ? 0 : allocated / Measured;
+                best = Math.Min(best, GC.GetTotalAllocatedBytes(precise: true) - windowStart);
+                output.WriteLine($"{best} bytes allocated process-wide in the quietest window of {Measured} cross-thread cycles");
+                sum.Should().Be(WarmUp + (Windows * Measured));
+                return best <= NoiseBudget ? 0 : best / Measured;
             });
         }
         finally

@@ -95,7 +95,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
             producers[p].Start();
         }
 
-        async Task AwaitRental(int i, long id, PooledValueTaskSource<long> source, short version)
+        async Task AwaitRental(int i, long id, PooledValueTaskSource<long> source)
         {
             try
             {
@@ -111,8 +111,6 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 int producer = Array.FindIndex(tokens, t => t.Token == canceled.CancellationToken);
                 outcomes[i] = producer >= 0 ? (producer * 3) + KindCanceled : -4;
             }
-
-            _ = version;
         }
 
         var stopwatch = Stopwatch.StartNew();
@@ -137,7 +135,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 {
                     for (int i = 0; i < Batch; i++)
                     {
-                        awaiters[i] = AwaitRental(i, ids[i], sources[i], versions[i]);
+                        awaiters[i] = AwaitRental(i, ids[i], sources[i]);
                     }
                 });
             }
@@ -147,7 +145,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 {
                     for (int i = 0; i < Batch; i++)
                     {
-                        awaiters[i] = AwaitRental(i, ids[i], sources[i], versions[i]);
+                        awaiters[i] = AwaitRental(i, ids[i], sources[i]);
                     }
                 });
             }

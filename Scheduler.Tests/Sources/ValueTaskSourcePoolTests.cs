@@ -17,7 +17,9 @@ public sealed class ValueTaskSourcePoolTests
         object first = pool.Rent();
         created.Should().Be(1);
         pool.Return(first).Should().BeTrue();
-        pool.Count.Should().Be(1);
+        pool.Count.Should().Be(0, "the first object returned on a thread stays in that thread's cache");
+        pool.Rent().Should().BeSameAs(first);
+        pool.Return(first);
 
         // Same thread, so almost always the same processor's slots; the overflow queue covers a migration.
         var seen = new HashSet<object>(ReferenceEqualityComparer.Instance);
@@ -37,7 +39,7 @@ public sealed class ValueTaskSourcePoolTests
         var items = Enumerable.Range(0, 100).Select(_ => pool.Rent()).ToList();
         int kept = items.Count(pool.Return);
 
-        kept.Should().Be(10);
+        kept.Should().Be(11, "the capacity bounds the shared storage, and this thread caches one more");
         pool.Count.Should().Be(10);
         pool.Capacity.Should().Be(10);
     }
@@ -48,6 +50,18 @@ public sealed class ValueTaskSourcePoolTests
         var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 0);
         pool.Return(pool.Rent()).Should().BeFalse();
         pool.Count.Should().Be(0);
+    }
+
+    [Fact]
+    public void Thread_cache_serves_only_its_own_pool()
+    {
+        var a = new ValueTaskSourcePool<object>(static () => new object(), capacity: 4);
+        var b = new ValueTaskSourcePool<object>(static () => new object(), capacity: 4);
+        object fromA = a.Rent();
+        a.Return(fromA);
+
+        b.Rent().Should().NotBeSameAs(fromA, "pool b must never hand out an object that belongs to pool a");
+        a.Rent().Should().BeSameAs(fromA);
     }
 
     [Fact]

@@ -191,13 +191,16 @@ public sealed class WakerCoreTests
         short token = waker.Version;
         waker.Core.SetResult(7);
 
-        var ran = new TaskCompletionSource<Thread>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var ran = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         bool returned = false;
-        waker.Core.OnCompleted(_ => ran.SetResult(Volatile.Read(ref returned) ? Thread.CurrentThread : null!), null, token, ValueTaskSourceOnCompletedFlags.None);
+        Thread caller = Thread.CurrentThread;
+
+        // Inline would mean: on the calling thread while OnCompleted is still running. Another thread may run it
+        // before OnCompleted returns (it was queued), the calling thread only afterwards.
+        waker.Core.OnCompleted(_ => ran.SetResult(Thread.CurrentThread != caller || Volatile.Read(ref returned)), null, token, ValueTaskSourceOnCompletedFlags.None);
         Volatile.Write(ref returned, true);
 
-        Thread thread = await ran.Task.WaitAsync(TimeSpan.FromSeconds(10));
-        thread.Should().NotBeNull("the continuation must run after OnCompleted returned, not inside it");
+        (await ran.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeTrue("the continuation must be queued, never invoked inside OnCompleted");
     }
 
     [Fact]
@@ -451,34 +454,49 @@ public sealed class WakerCoreTests
     [Fact]
     public async Task Completion_racing_registration_dispatches_exactly_once()
     {
-        // The producer's publish and the awaiter's registration race on one CAS: whichever loses dispatches.
-        for (int i = 0; i < 2_000; i++)
+        // The producer's publish and the awaiter's registration race on the state word: exactly one dispatches.
+        const int Iterations = 5_000;
+        var wakers = new TestWaker<int>[Iterations];
+        for (int i = 0; i < Iterations; i++)
         {
-            var waker = new TestWaker<int>();
-            using var go = new Barrier(2);
-            var completer = new Thread(() =>
+            wakers[i] = new TestWaker<int>();
+        }
+
+        using var go = new Barrier(2);
+        var completer = new Thread(() =>
+        {
+            for (int i = 0; i < Iterations; i++)
             {
                 go.SignalAndWait();
-                waker.Core.SetResult(i);
-            });
-            completer.Start();
+                wakers[i].Core.SetResult(i);
+            }
+        });
+        completer.Start();
 
-            int runs = 0;
-            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            short token = waker.Version;
+        var runs = new int[Iterations];
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int finished = 0;
+        for (int i = 0; i < Iterations; i++)
+        {
+            int index = i;
             go.SignalAndWait();
-            waker.Core.OnCompleted(_ =>
+            wakers[i].Core.OnCompleted(_ =>
             {
-                if (Interlocked.Increment(ref runs) == 1)
+                Interlocked.Increment(ref runs[index]);
+                if (Interlocked.Increment(ref finished) == Iterations)
                 {
                     done.SetResult();
                 }
-            }, null, token, ValueTaskSourceOnCompletedFlags.None);
+            }, null, wakers[i].Version, ValueTaskSourceOnCompletedFlags.None);
+        }
 
-            await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
-            completer.Join();
-            waker.Core.GetResult(token).Should().Be(i);
-            Volatile.Read(ref runs).Should().Be(1);
+        await done.Task.WaitAsync(TimeSpan.FromSeconds(20));
+        completer.Join();
+        await Task.Delay(50); // a duplicate dispatch would land by now
+        runs.Should().OnlyContain(count => count == 1);
+        for (int i = 0; i < Iterations; i++)
+        {
+            wakers[i].Core.GetResult(wakers[i].Version).Should().Be(i);
         }
     }
 

@@ -43,8 +43,8 @@ public sealed class WakerWorkloadsTests(ITestOutputHelper output)
     public void Pending_awaiter_memory_is_measured_for_both_variants()
     {
         using var scheduler = new WorkStealingTaskScheduler(2);
-        double ours = WakerWorkloads.PendingAwaiterBytesPooled(scheduler, 10_000);
-        double baseline = WakerWorkloads.PendingAwaiterBytesTaskCompletionSource(10_000);
+        double ours = WakerWorkloads.PendingAwaiterBytesPooled(scheduler, 2_000);
+        double baseline = WakerWorkloads.PendingAwaiterBytesTaskCompletionSource(2_000);
         output.WriteLine($"pending_task_memory: pooled {ours:F0} B/awaiter, TCS {baseline:F0} B/awaiter");
 
         ours.Should().BeInRange(1, 1024);

@@ -3,6 +3,8 @@ using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 using Scheduler.Timers;
 
+using Scheduler.Tests;
+
 namespace Scheduler.Tests.Timers;
 
 /// <summary>A clock the test moves by hand, so the wheel can be driven through years in microseconds.</summary>
@@ -65,7 +67,7 @@ internal sealed class RecordingEntry : TimerEntry
 }
 
 /// <summary>The exception the tests' timer callbacks throw on purpose.</summary>
-internal sealed class DeliberateTimerException : Exception
+internal sealed class DeliberateTimerException : DeliberateTestException
 {
     public DeliberateTimerException(string message)
         : base(message)
@@ -80,34 +82,6 @@ internal sealed class DeliberateTimerException : Exception
         : base(message, innerException)
     {
     }
-}
-
-/// <summary>
-/// Observes exceptions that go unhandled on ThreadPool threads (what a throwing System.Threading.Timer callback
-/// produces). .NET 10's process-wide handler lets the test process survive them: only
-/// <see cref="DeliberateTimerException"/> is marked handled, anything else still crashes the run as it should.
-/// </summary>
-internal static class UnhandledExceptions
-{
-    private static readonly ConcurrentQueue<Exception> s_seen = new();
-    private static readonly Lazy<bool> s_installed = new(() =>
-    {
-        ExceptionHandling.SetUnhandledExceptionHandler(static exception =>
-        {
-            if (exception is DeliberateTimerException)
-            {
-                s_seen.Enqueue(exception);
-                return true;
-            }
-
-            return false;
-        });
-        return true;
-    });
-
-    public static void EnsureInstalled() => _ = s_installed.Value;
-
-    public static bool Contains(Exception exception) => s_seen.Contains(exception);
 }
 
 internal static class Cpu

@@ -165,6 +165,35 @@ internal sealed class WorkStealingDeque
         return true;
     }
 
+    /// <summary>
+    /// Owner only: takes up to <paramref name="destination"/>.Length of the oldest items with one CAS on the head
+    /// (overflow: the owner moves half its ring to the global queue). A range claim is safe here, unlike for a
+    /// thief, because the only thread that pops at the tail is the caller itself.
+    /// </summary>
+    public int TakeOldestBatch(Span<WorkItem> destination)
+    {
+        while (true)
+        {
+            long head = Volatile.Read(ref _head.Value);
+            long available = _tail.Value - head;
+            if (available <= 0)
+            {
+                return 0;
+            }
+
+            int count = (int)Math.Min(available, destination.Length);
+            for (int i = 0; i < count; i++)
+            {
+                destination[i] = _slots[(head + i) & _mask];
+            }
+
+            if (Interlocked.CompareExchange(ref _head.Value, head + count, head) == head)
+            {
+                return count;
+            }
+        }
+    }
+
     /// <summary>Any thread. Takes the oldest item.</summary>
     public bool TrySteal(out WorkItem item)
     {

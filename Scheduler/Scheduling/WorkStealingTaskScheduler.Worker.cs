@@ -31,6 +31,7 @@ public sealed partial class WorkStealingTaskScheduler
         private const int GlobalBatchSize = 15;
         private Thread? _thread;
         private Task? _carrier;
+        private WorkItem[]? _spillBuffer;
 
         // Owner-thread state.
         private WorkItem _lifoSlot;
@@ -463,12 +464,14 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void SpillHalfToGlobal()
         {
-            // Overflow: move half of the ring to the global queue in one go (tokio does the same), so the
-            // owner keeps pushing locally and peers can pick the batch up.
-            int half = _deque.Capacity / 2;
-            for (int i = 0; i < half && _deque.TrySteal(out WorkItem spilled); i++)
+            // Overflow: move the older half of the ring to the global queue in one claim (tokio does the same), so
+            // the owner keeps pushing locally and peers can pick the batch up.
+            WorkItem[] batch = _spillBuffer ??= new WorkItem[_deque.Capacity / 2];
+            int count = _deque.TakeOldestBatch(batch);
+            for (int i = 0; i < count; i++)
             {
-                _owner._globalQueue.Enqueue(spilled);
+                _owner._globalQueue.Enqueue(batch[i]);
+                batch[i] = default;
             }
         }
     }

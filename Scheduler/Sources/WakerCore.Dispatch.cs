@@ -32,6 +32,11 @@ public partial struct WakerCore<TResult>
         // Publish with a CAS (full fence: the writes above are visible to whoever sees the flag).
         while (true)
         {
+            if ((current & StatusMask) == StatusReserved)
+            {
+                current = WaitWhileReserved(token);
+            }
+
             int observed = Interlocked.CompareExchange(ref _state, current | ContinuationFlag, current);
             if (observed == current)
             {
@@ -77,6 +82,20 @@ public partial struct WakerCore<TResult>
         // Read everything first: once queued, the continuation may run, reset the core and re-pool the owner.
         IThreadPoolWorkItem workItem = _workItem ?? new DetachedContinuation(_continuation, _continuationState, _executionContext);
         WakerDispatch.Dispatch(workItem, _schedulingContext, _ownerWorkerIndex);
+    }
+
+    /// <summary>A producer is between its claim and its publish (a few instructions): wait for the outcome.</summary>
+    private int WaitWhileReserved(short token)
+    {
+        var spinner = new SpinWait();
+        int state;
+        while (((state = Volatile.Read(ref _state)) & StatusMask) == StatusReserved)
+        {
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+
+        ValidateRegistration(state, token);
+        return state;
     }
 
     private static void ValidateRegistration(int state, short token)

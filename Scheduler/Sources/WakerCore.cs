@@ -43,6 +43,7 @@ public partial struct WakerCore<TResult>
     //   bits 16-17  status: Pending, Reserved (a producer won and is writing the result), Completed,
     //               Consumed (the awaiter read the result and a reset is in progress)
     //   bit  18     a continuation is registered
+    // Only the winning producer writes the state while it is Reserved, so its publish is a plain release write.
     // Version and status in one word is what makes the version-checked TrySet* immune to ABA: a stale
     // producer's CAS expects (its version, Pending) and can never match the next operation's state.
     private const int VersionMask = 0xFFFF;
@@ -268,22 +269,11 @@ public partial struct WakerCore<TResult>
         _result = result;
         _error = error;
 
-        // Publish: Reserved -> Completed (a full fence after the outcome writes). The flag we see in the same
-        // atomic step decides who dispatches: us if a continuation is already registered, else OnCompleted.
-        int reserved = state | StatusReserved;
-        while (true)
-        {
-            int observed = Interlocked.CompareExchange(ref _state, (reserved & ~StatusMask) | StatusCompleted, reserved);
-            if (observed == reserved)
-            {
-                break;
-            }
-
-            Debug.Assert((observed & ~ContinuationFlag) == (reserved & ~ContinuationFlag), "Only the continuation flag may change while a producer holds the reservation.");
-            reserved = observed;
-        }
-
-        if ((reserved & ContinuationFlag) != 0)
+        // Publish: Reserved -> Completed. While Reserved nobody else writes the state (OnCompleted waits for the
+        // outcome instead, see WaitWhileReserved), so a release write suffices and the flag read at the claim
+        // decides who dispatches: us if a continuation was registered before, else OnCompleted.
+        Volatile.Write(ref _state, (state & ~StatusMask) | StatusCompleted);
+        if ((state & ContinuationFlag) != 0)
         {
             DispatchContinuation();
         }
@@ -293,13 +283,21 @@ public partial struct WakerCore<TResult>
 
     private void ClearAndAdvance(int state)
     {
-        _result = default!;
+        // Drop references so a pooled owner pins nothing; the synchronous path never set the continuation fields.
+        if (RuntimeHelpers.IsReferenceOrContainsReferences<TResult>())
+        {
+            _result = default!;
+        }
+
         _error = null;
-        _continuation = null;
-        _continuationState = null;
-        _executionContext = null;
-        _schedulingContext = null;
-        _ownerWorkerIndex = 0;
+        if ((state & ContinuationFlag) != 0)
+        {
+            _continuation = null;
+            _continuationState = null;
+            _executionContext = null;
+            _schedulingContext = null;
+        }
+
         Volatile.Write(ref _state, (state + 1) & VersionMask);
     }
 
