@@ -70,18 +70,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
-            TResult result;
-            Exception? error;
-            bool done;
-            try
-            {
-                done = TryExecute(out result, out error);
-            }
-            catch (Exception e)
-            {
-                // An unexpected failure must not leave the operation claimed: the socket stays usable.
-                (done, result, error) = (true, default!, e);
-            }
+            bool done = TryExecuteGuarded(out TResult result, out Exception? error);
 
             if (done)
             {
@@ -152,24 +141,32 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         RetryWhileRunning();
     }
 
+    /// <summary>
+    /// The syscall attempt with every unexpected exception turned into this operation's failure: it must neither
+    /// leave the operation claimed (the socket stays usable) nor escape onto the reactor thread (it belongs to this
+    /// operation only).
+    /// </summary>
+    private bool TryExecuteGuarded(out TResult result, out Exception? error)
+    {
+        try
+        {
+            return TryExecute(out result, out error);
+        }
+        catch (Exception e)
+        {
+            result = default!;
+            error = e;
+            return true;
+        }
+    }
+
     // Precondition: this thread moved the state to Running.
     private void RetryWhileRunning()
     {
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
-            TResult result;
-            Exception? error;
-            bool done;
-            try
-            {
-                done = TryExecute(out result, out error);
-            }
-            catch (Exception e)
-            {
-                // Never let a failure escape onto the reactor thread: it belongs to this operation only.
-                (done, result, error) = (true, default!, e);
-            }
+            bool done = TryExecuteGuarded(out TResult result, out Exception? error);
 
             if (done)
             {
