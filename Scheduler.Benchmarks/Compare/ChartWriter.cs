@@ -19,12 +19,14 @@ internal static class ChartWriter
         var bars = new List<Bar>();
         var positions = new double[plotted.Length];
         var labels = new string[plotted.Length];
-        double extent = 1; // log2 units either side of 1×
+        // log2 units either side of 1×, at most 64×: a count that drops to zero (early timer firings) or bytes that
+        // drop to amortised setup would otherwise squash every other bar; longer bars stop at the edge, labelled in full.
+        double extent = Math.Max(1, plotted.Select(r => Math.Ceiling(Math.Abs(Math.Log2(r.Ratio)))).DefaultIfEmpty(1).Max());
+        int reach = (int)Math.Min(extent, 6);
         for (int i = 0; i < plotted.Length; i++)
         {
             CompareRow row = plotted[i];
-            double log2 = Math.Log2(row.Ratio);
-            extent = Math.Max(extent, Math.Ceiling(Math.Abs(log2)));
+            double log2 = Math.Clamp(Math.Log2(row.Ratio), -reach, reach);
             double position = plotted.Length - 1 - i; // first row on top
             positions[i] = position;
             labels[i] = row.Variant is null ? $"{row.Workload} {row.Metric.Name}" : $"{row.Workload} {row.Metric.Name} ({row.Variant})";
@@ -45,14 +47,15 @@ internal static class ChartWriter
         one.LineWidth = 1;
 
         plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(positions, labels);
-        int reach = (int)Math.Min(extent, 6);
         double[] xTicks = Enumerable.Range(-reach, (2 * reach) + 1).Select(k => (double)k).ToArray();
         string[] xLabels = xTicks.Select(k => Math.Pow(2, k).ToString("0.###", CultureInfo.InvariantCulture) + "×").ToArray();
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(xTicks, xLabels);
-        plot.Axes.SetLimitsX(-reach - 0.25, reach + 0.25);
+        // Room for the labels of capped bars beyond the last tick.
+        bool capped = extent > reach;
+        plot.Axes.SetLimitsX(-reach - (capped ? 1.5 : 0.25), reach + (capped ? 1.5 : 0.25));
         plot.Axes.SetLimitsY(-0.75, Math.Max(plotted.Length, 1) - 0.25);
-        plot.Title("WorkStealingTaskScheduler vs ThreadPool");
-        plot.XLabel("ours vs ThreadPool, × better (log scale; right of 1× = ours leads)");
+        plot.Title("Scheduler library vs ThreadPool / BCL");
+        plot.XLabel("ours vs ThreadPool / BCL, × better (log scale, bars stop at 64×; right = ours leads)");
 
         string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
         if (directory is not null)

@@ -1,7 +1,9 @@
 using System.Globalization;
 using System.IO.Pipelines;
 using Pipelines.Sockets.Unofficial;
+using Scheduler.Benchmarks.IO;
 using Scheduler.Benchmarks.Scheduling;
+using Scheduler.Benchmarks.Sources;
 
 namespace Scheduler.Benchmarks.Compare;
 
@@ -19,9 +21,11 @@ namespace Scheduler.Benchmarks.Compare;
 /// </list>
 /// Workloads that other parts of the library have not delivered yet simply have no entry (no placeholder rows).
 /// </summary>
-internal static class CompareCatalog
+internal static partial class CompareCatalog
 {
     private const int PendingAwaiterCount = 10_000;
+    private const string PooledWakers = "pooled wakers";
+    private const string DotNextPeer = "DotNext ValueTaskCompletionSource (ThreadPool)";
 
     public static IReadOnlyList<CompareEntry> Entries { get; } =
     [
@@ -40,6 +44,11 @@ internal static class CompareCatalog
         new("ping_pong",
             $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
             c => Comparison.Timed(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
+        new("ping_pong",
+            $"Pooled wakers: the same {WorkloadSizes.PingPongPairs} pairs × {N(WorkloadSizes.PingPongRoundTrips)} round trips, the ball carrying the next inbox: `TaskCompletionSource` on the ThreadPool vs " +
+            "a freshly rented `PooledValueTaskSource<T>` per hop on ours vs DotNext.Threading's `ValueTaskCompletionSource<T>` (one per side, reset and re-armed per hop) on the ThreadPool. " +
+            "Also managed bytes allocated per round trip, process-wide (`GC.GetTotalAllocatedBytes`) and including each run's setup (200 loops started), so below 1 B/round trip means nothing per hop; the ratio counts anything below 1 B as 1 B.",
+            PingPongPooled),
         new("skynet",
             $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {N(WorkloadSizes.SkynetLeaves)} leaves (1,111,111 tasks); inner nodes await and sum their children.",
             c => Comparison.Timed(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
@@ -54,12 +63,26 @@ internal static class CompareCatalog
             "From a foreign thread completing an awaited `TaskCompletionSource` (asynchronous continuations) to the awaiting code running: " +
             "on the ThreadPool vs on ours. Most wake-ups come 0–50 µs after the await (workers may still spin); every 8th after 1 ms (workers parked), so p99 is a parked worker's wake-up. HdrHistogram percentiles.",
             WakeLatency),
+        new("wake_latency",
+            "Pooled wakers: the same probe (same gaps, same foreign thread) awaiting a freshly rented `PooledValueTaskSource<long>` per sample on a worker of ours, vs `TaskCompletionSource` on the ThreadPool, " +
+            "vs DotNext.Threading's `ValueTaskCompletionSource<long>` (one, reset per sample) on the ThreadPool.",
+            WakeLatencyPooled),
         new("idle_cpu",
             $"Process CPU (ms per second, via getrusage) while {N(PendingAwaiterCount)} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
             IdleCpu),
+        new("idle_cpu",
+            $"Pooled wakers: the same with {N(PendingAwaiterCount)} async methods awaiting never-completed `PooledValueTaskSource`s on ours, vs `TaskCompletionSource`s on the ThreadPool.",
+            IdleCpuPooled),
         new("pending_task_memory",
             $"Bytes allocated per pending awaiter (a `TaskCompletionSource` and the async method awaiting it), parking {N(PendingAwaiterCount)} on a ThreadPool thread vs on a worker of ours.",
             PendingTaskMemory),
+        new("pending_task_memory",
+            $"Pooled wakers: the same probe with one rented `PooledValueTaskSource` per awaiter on a worker of ours (the pool keeps a few hundred idle sources, so most of the {N(PendingAwaiterCount)} are new objects), " +
+            "vs `TaskCompletionSource` on the ThreadPool, vs one DotNext.Threading `ValueTaskCompletionSource` per awaiter on the ThreadPool.",
+            PendingTaskMemoryPooled),
+        new("echo", EchoSocketDescription, c => Echo(c, EchoTransport.Reactor, "ReactorSocket")),
+        new("echo", EchoConnectionDescription, c => Echo(c, EchoTransport.ReactorPipes, "ReactorConnection")),
+        new("timers", TimersDescription, Timers),
     ];
 
     private static Comparison PipeSchedule(CompareContext context)
@@ -85,14 +108,49 @@ internal static class CompareCatalog
             .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
     }
 
+    private static Comparison PingPongPooled(CompareContext context)
+    {
+        const string What = "ping_pong";
+        const int Pairs = WorkloadSizes.PingPongPairs;
+        const int RoundTrips = WorkloadSizes.PingPongRoundTrips;
+        Metric[] metrics = [Metric.Time, new("allocated", "B/round trip", Better.Lower, NoiseFloor: 1.0)];
+        return new Comparison(What, metrics, variant: PooledWakers)
+            .Baseline("TaskCompletionSource on ThreadPool", CompareContext.TimedWithAllocations(What + " (TaskCompletionSource) on the ThreadPool", () => SchedulerWorkloads.PingPong(TaskScheduler.Default, Pairs, RoundTrips), Pairs * RoundTrips))
+            .Ours(CompareContext.TimedWithAllocations(What + " (pooled wakers) on ours", () => WakerPingPongPairs.Pooled(context.Scheduler, Pairs, RoundTrips), Pairs * RoundTrips))
+            .Peer(DotNextPeer, CompareContext.TimedWithAllocations(What + " (DotNext) on the ThreadPool", () => WakerPingPongPairs.DotNext(TaskScheduler.Default, Pairs, RoundTrips), Pairs * RoundTrips));
+    }
+
+    private static Comparison WakeLatencyPooled(CompareContext context)
+    {
+        const string What = "wake_latency";
+        int samples = context.Quick ? 1_000 : 4_000;
+        Metric[] metrics = [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
+        return new Comparison(What, metrics, variant: PooledWakers)
+            .Baseline("TaskCompletionSource on ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
+            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new PooledWakeSignal(), samples, What))
+            .Peer(DotNextPeer, c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new DotNextWakeSignal(), samples, What))
+            .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
+    }
+
     private static Comparison IdleCpu(CompareContext context)
     {
         const string What = "idle_cpu";
         TimeSpan settle = TimeSpan.FromMilliseconds(250);
         TimeSpan window = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
-        return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)])
+        return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)], variant: "Tasks")
             .Baseline("ThreadPool", c => [PendingProbes.IdleCpu(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
             .Ours(c => [PendingProbes.IdleCpu(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 1);
+    }
+
+    private static Comparison IdleCpuPooled(CompareContext context)
+    {
+        const string What = "idle_cpu";
+        TimeSpan settle = TimeSpan.FromMilliseconds(250);
+        TimeSpan window = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
+        return new Comparison(What, [new Metric("CPU", "ms/s", Better.Lower, NoiseFloor: 1.0)], variant: PooledWakers)
+            .Baseline("TaskCompletionSource on ThreadPool", c => [PendingProbes.IdleCpu(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), settle, window, What)])
+            .Ours(c => [PendingProbes.IdleCpu(c, c.Scheduler, new PooledValueTaskSourceAwaiters(PendingAwaiterCount), settle, window, What)])
             .WithRounds(warmups: 1, rounds: 5, quickRounds: 1);
     }
 
@@ -102,6 +160,16 @@ internal static class CompareCatalog
         return new Comparison(What, [new Metric("allocated", "bytes/awaiter", Better.Lower)], variant: "Tasks")
             .Baseline("TaskCompletionSource on ThreadPool", c => [PendingProbes.BytesPerAwaiter(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
             .Ours(c => [PendingProbes.BytesPerAwaiter(c, c.Scheduler, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
+    }
+
+    private static Comparison PendingTaskMemoryPooled(CompareContext context)
+    {
+        const string What = "pending_task_memory";
+        return new Comparison(What, [new Metric("allocated", "bytes/awaiter", Better.Lower)], variant: PooledWakers)
+            .Baseline("TaskCompletionSource on ThreadPool", c => [PendingProbes.BytesPerAwaiter(c, TaskScheduler.Default, new TaskCompletionSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .Ours(c => [PendingProbes.BytesPerAwaiter(c, c.Scheduler, new PooledValueTaskSourceAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
+            .Peer(DotNextPeer, c => [PendingProbes.BytesPerAwaiter(c, TaskScheduler.Default, new DotNextAwaiters(PendingAwaiterCount), PendingAwaiterCount, What)])
             .WithRounds(warmups: 1, rounds: 3, quickRounds: 1);
     }
 

@@ -42,4 +42,24 @@ internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool q
             return [Stopwatch.GetElapsedTime(begin).TotalMilliseconds];
         };
     }
+
+    /// <summary>
+    /// A <see cref="MeasureRound"/> for <see cref="Metric.Time"/> plus an allocation metric: the run's milliseconds and the
+    /// managed bytes allocated per operation (<paramref name="operations"/> per run). Bytes are counted process-wide with
+    /// <see cref="GC.GetTotalAllocatedBytes(bool)"/> (precise), so allocations on any thread, and the run's own setup, count.
+    /// </summary>
+    public static MeasureRound TimedWithAllocations(string what, Func<Task> start, int operations)
+    {
+        ArgumentNullException.ThrowIfNull(start);
+        ArgumentOutOfRangeException.ThrowIfLessThan(operations, 1);
+        return context =>
+        {
+            long bytesBefore = GC.GetTotalAllocatedBytes(precise: true);
+            long begin = Stopwatch.GetTimestamp();
+            context.Wait(start(), what);
+            double milliseconds = Stopwatch.GetElapsedTime(begin).TotalMilliseconds;
+            long bytes = GC.GetTotalAllocatedBytes(precise: true) - bytesBefore;
+            return [milliseconds, (double)bytes / operations];
+        };
+    }
 }

@@ -79,7 +79,9 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
                 }
 
                 // Our scheduler's counters for our run: a first clue when a row looks wrong (steals, parks, inlining).
-                string counters = contender.Role == ContenderRole.Ours ? " " + DescribeCounters(before, after) : string.Empty;
+                // Rows whose workload brings its own scheduler (echo) or none (timers) leave them untouched: nothing to show.
+                bool ranOnOurs = after.TasksExecuted != before.TasksExecuted;
+                string counters = contender.Role == ContenderRole.Ours && ranOnOurs ? " " + DescribeCounters(before, after) : string.Empty;
                 line.Add($"{contender.Name} {Describe(comparison.Metrics, values)}{counters}");
             }
 

@@ -48,7 +48,8 @@ internal static class DocsWriter
 
         md.Append("## How to read it\n\n");
         md.Append("- **ThreadPool / BCL** is what you get without this library: `TaskScheduler.Default`, `PipeScheduler.ThreadPool`, ");
-        md.Append("`TaskCompletionSource` on the ThreadPool. **ours** is the same code on one `WorkStealingTaskScheduler` instance reused for the whole run. ");
+        md.Append("`TaskCompletionSource` on the ThreadPool, `System.Net.Sockets`, `Task.Delay`. **ours** is the same code on one `WorkStealingTaskScheduler` instance reused for the whole run ");
+        md.Append("(the `pooled wakers` rows swap `TaskCompletionSource` for `PooledValueTaskSource`; `echo` brings its own reactor and scheduler per run; `timers` awaits `TimerWheel.DelayAsync`). ");
         md.Append("Further columns are peers (other libraries), `–` where a peer does not apply.\n");
         md.Append("- Each workload runs after warm-up rounds; then the contenders alternate, one run each per round, the order rotating every round, ");
         md.Append("with a full GC before every run. The table shows medians, so one round disturbed by other load does not move it.\n");
