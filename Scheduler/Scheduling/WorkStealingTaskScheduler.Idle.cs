@@ -54,13 +54,17 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Returns true when the caller was the last searcher.</summary>
         public bool EndSearching() => (Interlocked.Decrement(ref _state) & SearchingMask) == 0;
 
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
         public void NotifyOne()
         {
-            if (!ShouldWake(Volatile.Read(ref _state)))
+            if (ShouldWake(Volatile.Read(ref _state)))
             {
-                return;
+                NotifyOneSlow();
             }
+        }
 
+        private void NotifyOneSlow()
+        {
             lock (_lock)
             {
                 if (!ShouldWake(Volatile.Read(ref _state)) || _sleepers.Count == 0)

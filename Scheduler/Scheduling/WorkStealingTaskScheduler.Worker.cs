@@ -36,7 +36,7 @@ public sealed partial class WorkStealingTaskScheduler
         // Owner-thread state.
         private WorkItem _lifoSlot;
         private int _lifoRunsInARow;
-        private uint _tick;
+        private int _ticksToFairness;
         private uint _random;
         private bool _isSearching;
 
@@ -271,7 +271,7 @@ public sealed partial class WorkStealingTaskScheduler
         {
             // Fairness: every N ticks look outside first (global queue, then inbox), so neither local churn
             // nor a stream of posts (a Task.Yield loop feeds the inbox) can starve outside producers.
-            if (++_tick % (uint)_fairnessInterval == 0 && (TryTakeGlobal(out item) || _inbox.TryDequeue(out item)))
+            if (--_ticksToFairness <= 0 && FairnessTurn(out item))
             {
                 _lifoRunsInARow = 0;
                 return FoundWork();
@@ -315,6 +315,12 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             return false;
+        }
+
+        private bool FairnessTurn(out WorkItem item)
+        {
+            _ticksToFairness = _fairnessInterval; // a countdown: no division on the per-task path
+            return TryTakeGlobal(out item) || _inbox.TryDequeue(out item);
         }
 
         private bool FoundWork()
