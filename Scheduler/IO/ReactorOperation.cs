@@ -207,8 +207,28 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         return true;
     }
 
-    /// <summary>One non-blocking attempt. False on EAGAIN (wait for readiness); true with a result or an error otherwise.</summary>
-    protected abstract bool TryExecute(out TResult result, out Exception? error);
+    /// <summary>
+    /// One non-blocking attempt. False on EAGAIN (wait for readiness); true with a result or an error otherwise.
+    /// The descriptor is referenced for the whole attempt so a concurrent dispose cannot close (and the kernel
+    /// reuse) it mid-syscall; a socket already disposed completes with the disposed error.
+    /// </summary>
+    protected virtual bool TryExecute(out TResult result, out Exception? error)
+    {
+        if (!Socket.TryAddRef(out ReactorSocket.FdReference fd))
+        {
+            result = default!;
+            error = Socket.CreateDisposedException();
+            return true;
+        }
+
+        using (fd)
+        {
+            return TryExecute(fd, out result, out error);
+        }
+    }
+
+    /// <summary>The syscall attempt proper, with the descriptor referenced; same contract as the overload without it.</summary>
+    protected abstract bool TryExecute(ReactorSocket.FdReference fd, out TResult result, out Exception? error);
 
     /// <summary>Drops references to caller buffers so a finished operation pins nothing.</summary>
     protected abstract void ClearParameters();

@@ -12,48 +12,39 @@ public sealed partial class ReactorSocket
     {
         public Memory<byte> Buffer { get; set; }
 
-        protected override unsafe bool TryExecute(out int result, out Exception? error)
+        protected override unsafe bool TryExecute(FdReference fd, out int result, out Exception? error)
         {
             result = 0;
             error = null;
-            if (!Socket.TryAddRef(out FdReference fd))
+            Span<byte> span = Buffer.Span;
+            byte peek;
+            bool waitOnly = span.IsEmpty;
+            fixed (byte* buffer = span)
             {
-                error = Socket.CreateDisposedException();
-                return true;
-            }
-
-            using (fd)
-            {
-                Span<byte> span = Buffer.Span;
-                byte peek;
-                bool waitOnly = span.IsEmpty;
-                fixed (byte* buffer = span)
+                while (true)
                 {
-                    while (true)
+                    nint n = waitOnly
+                        ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
+                        : Libc.Recv(fd.Fd, buffer, (nuint)span.Length, 0);
+                    if (n >= 0)
                     {
-                        nint n = waitOnly
-                            ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
-                            : Libc.Recv(fd.Fd, buffer, (nuint)span.Length, 0);
-                        if (n >= 0)
-                        {
-                            result = waitOnly ? 0 : (int)n;
-                            return true;
-                        }
-
-                        int errno = Errno.Last;
-                        if (errno == EINTR)
-                        {
-                            continue;
-                        }
-
-                        if (errno == EAGAIN)
-                        {
-                            return false;
-                        }
-
-                        error = Errno.ToException(errno, "recv");
+                        result = waitOnly ? 0 : (int)n;
                         return true;
                     }
+
+                    int errno = Errno.Last;
+                    if (errno == EINTR)
+                    {
+                        continue;
+                    }
+
+                    if (errno == EAGAIN)
+                    {
+                        return false;
+                    }
+
+                    error = Errno.ToException(errno, "recv");
+                    return true;
                 }
             }
         }
@@ -94,50 +85,41 @@ public sealed partial class ReactorSocket
             _sent = 0;
         }
 
-        protected override bool TryExecute(out int result, out Exception? error)
+        protected override bool TryExecute(FdReference fd, out int result, out Exception? error)
         {
             result = 0;
             error = null;
-            if (!Socket.TryAddRef(out FdReference fd))
+            while (_sent < _total)
             {
-                error = Socket.CreateDisposedException();
-                return true;
-            }
-
-            using (fd)
-            {
-                while (_sent < _total)
+                nint n = _isSequence ? SendGather(fd.Fd) : SendSingle(fd.Fd);
+                if (n >= 0)
                 {
-                    nint n = _isSequence ? SendGather(fd.Fd) : SendSingle(fd.Fd);
-                    if (n >= 0)
+                    _sent += (int)n;
+                    if (_isSequence)
                     {
-                        _sent += (int)n;
-                        if (_isSequence)
-                        {
-                            _buffers = _buffers.Slice(n);
-                        }
-
-                        continue;
+                        _buffers = _buffers.Slice(n);
                     }
 
-                    int errno = Errno.Last;
-                    if (errno == EINTR)
-                    {
-                        continue;
-                    }
-
-                    if (errno == EAGAIN)
-                    {
-                        return false;
-                    }
-
-                    error = Errno.ToException(errno, _isSequence ? "sendmsg" : "send");
-                    return true;
+                    continue;
                 }
 
-                result = _total;
+                int errno = Errno.Last;
+                if (errno == EINTR)
+                {
+                    continue;
+                }
+
+                if (errno == EAGAIN)
+                {
+                    return false;
+                }
+
+                error = Errno.ToException(errno, _isSequence ? "sendmsg" : "send");
                 return true;
             }
+
+            result = _total;
+            return true;
         }
 
         protected override void ClearParameters()
@@ -222,7 +204,7 @@ public sealed partial class ReactorSocket
             }
         }
 
-        protected override unsafe bool TryExecute(out ReactorSocket result, out Exception? error)
+        protected override bool TryExecute(out ReactorSocket result, out Exception? error)
         {
             result = null!;
             error = null;
@@ -256,90 +238,78 @@ public sealed partial class ReactorSocket
         {
         }
 
-        // Returns true when at least one connection was queued; false with error == null on EAGAIN.
-        private unsafe bool Drain(out Exception? error)
+        // Returns true when at least one connection was queued; false with error == null on EAGAIN. The base
+        // template references the listener for the batch (a disposed listener: false with the disposed error).
+        private bool Drain(out Exception? error) => base.TryExecute(out _, out error) && error is null;
+
+        // The batch itself, called only through Drain (TryExecute above is overridden to serve the local queue
+        // first): true when at least one connection was queued, with no result.
+        protected override unsafe bool TryExecute(FdReference fd, out ReactorSocket result, out Exception? error)
         {
+            result = null!;
             error = null;
-            if (!Socket.TryAddRef(out FdReference listener))
+            while (_accepted.Count < BatchSize)
             {
-                error = Socket.CreateDisposedException();
-                return false;
-            }
-
-            using (listener)
-            {
-                while (_accepted.Count < BatchSize)
+                int accepted = Libc.Accept4(fd.Fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (accepted >= 0)
                 {
-                    int fd = Libc.Accept4(listener.Fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                    if (fd >= 0)
-                    {
-                        _accepted.Enqueue(fd);
-                        continue;
-                    }
-
-                    int errno = Errno.Last;
-                    if (errno is EINTR or ECONNABORTED)
-                    {
-                        continue; // a connection reset while queued is skipped, as accept(2) recommends
-                    }
-
-                    if (errno != EAGAIN && _accepted.Count == 0)
-                    {
-                        error = Errno.ToException(errno, "accept4");
-                    }
-
-                    break;
+                    _accepted.Enqueue(accepted);
+                    continue;
                 }
 
-                return _accepted.Count > 0;
+                int errno = Errno.Last;
+                if (errno is EINTR or ECONNABORTED)
+                {
+                    continue; // a connection reset while queued is skipped, as accept(2) recommends
+                }
+
+                if (errno != EAGAIN && _accepted.Count == 0)
+                {
+                    error = Errno.ToException(errno, "accept4");
+                }
+
+                break;
             }
+
+            return _accepted.Count > 0;
         }
     }
 
     /// <summary>Completes an in-progress connect: SO_ERROR reports failure, getpeername success.</summary>
     private sealed class ConnectOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: true)
     {
-        protected override unsafe bool TryExecute(out int result, out Exception? error)
+        protected override unsafe bool TryExecute(FdReference fd, out int result, out Exception? error)
         {
             result = 0;
             error = null;
-            if (!Socket.TryAddRef(out FdReference fd))
+            int socketError = 0;
+            uint length = sizeof(int);
+            if (Libc.GetSockOpt(fd.Fd, SOL_SOCKET, SO_ERROR, &socketError, &length) != 0)
             {
-                error = Socket.CreateDisposedException();
+                socketError = Errno.Last;
+            }
+
+            if (socketError != 0)
+            {
+                error = Errno.ToException(socketError, "connect");
                 return true;
             }
 
-            using (fd)
+            byte* address = stackalloc byte[SocketAddressMarshal.MaxAddressSize];
+            uint addressLength = SocketAddressMarshal.MaxAddressSize;
+            if (Libc.GetPeerName(fd.Fd, address, &addressLength) == 0)
             {
-                int socketError = 0;
-                uint length = sizeof(int);
-                if (Libc.GetSockOpt(fd.Fd, SOL_SOCKET, SO_ERROR, &socketError, &length) != 0)
-                {
-                    socketError = Errno.Last;
-                }
-
-                if (socketError != 0)
-                {
-                    error = Errno.ToException(socketError, "connect");
-                    return true;
-                }
-
-                byte* address = stackalloc byte[SocketAddressMarshal.MaxAddressSize];
-                uint addressLength = SocketAddressMarshal.MaxAddressSize;
-                if (Libc.GetPeerName(fd.Fd, address, &addressLength) == 0)
-                {
-                    return true;
-                }
-
-                int errno = Errno.Last;
-                if (errno == ENOTCONN)
-                {
-                    return false; // still in progress
-                }
-
-                error = Errno.ToException(errno, "connect");
                 return true;
             }
+
+            int errno = Errno.Last;
+            if (errno == ENOTCONN)
+            {
+                return false; // still in progress
+            }
+
+            error = Errno.ToException(errno, "connect");
+            return true;
         }
 
         protected override void ClearParameters()
