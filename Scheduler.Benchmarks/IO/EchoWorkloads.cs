@@ -322,13 +322,17 @@ internal static class EchoWorkloads
         }
     }
 
-    private sealed class SocketsHarness : IEchoHarness
+    /// <summary>
+    /// A loopback <see cref="Socket"/> listener with its accept loop, shared by the harnesses built on
+    /// System.Net.Sockets: each only says how it connects a client and serves an accepted socket.
+    /// </summary>
+    private abstract class SocketListenerHarness : IEchoHarness
     {
         private readonly Socket _listener;
         private readonly Task _acceptLoop;
         private readonly List<Task> _servers = [];
 
-        public SocketsHarness()
+        protected SocketListenerHarness()
         {
             _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
             _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
@@ -336,12 +340,9 @@ internal static class EchoWorkloads
             _acceptLoop = Task.Run(AcceptLoopAsync);
         }
 
-        public async Task<IEchoClient> ConnectAsync()
-        {
-            var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await socket.ConnectAsync(_listener.LocalEndPoint!);
-            return new Client(socket);
-        }
+        protected EndPoint ListenerEndPoint => _listener.LocalEndPoint!;
+
+        public abstract Task<IEchoClient> ConnectAsync();
 
         public Task RunClientLoop(Func<Task> loop) => Task.Run(loop);
 
@@ -351,6 +352,9 @@ internal static class EchoWorkloads
             await _acceptLoop;
             await Task.WhenAll(_servers).WaitAsync(TimeSpan.FromSeconds(10));
         }
+
+        /// <summary>Starts serving one accepted connection; the returned task is awaited on dispose.</summary>
+        protected abstract Task StartServer(Socket socket);
 
         private async Task AcceptLoopAsync()
         {
@@ -366,9 +370,24 @@ internal static class EchoWorkloads
                     return;
                 }
 
-                socket.NoDelay = true;
-                _servers.Add(Task.Run(() => ServeAsync(socket)));
+                _servers.Add(StartServer(socket));
             }
+        }
+    }
+
+    private sealed class SocketsHarness : SocketListenerHarness
+    {
+        public override async Task<IEchoClient> ConnectAsync()
+        {
+            var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await socket.ConnectAsync(ListenerEndPoint);
+            return new Client(socket);
+        }
+
+        protected override Task StartServer(Socket socket)
+        {
+            socket.NoDelay = true;
+            return Task.Run(() => ServeAsync(socket));
         }
 
         private static async Task ServeAsync(Socket socket)
@@ -438,56 +457,22 @@ internal static class EchoWorkloads
         }
     }
 
-    private sealed class PsuHarness : IEchoHarness
+    private sealed class PsuHarness : SocketListenerHarness
     {
-        private readonly Socket _listener;
-        private readonly Task _acceptLoop;
-        private readonly List<Task> _servers = [];
+        public override async Task<IEchoClient> ConnectAsync() =>
+            new Client(await SocketConnection.ConnectAsync(ListenerEndPoint));
 
-        public PsuHarness()
+        protected override Task StartServer(Socket socket)
         {
-            _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            _listener.Listen(1024);
-            _acceptLoop = Task.Run(AcceptLoopAsync);
-        }
-
-        public async Task<IEchoClient> ConnectAsync() =>
-            new Client(await SocketConnection.ConnectAsync(_listener.LocalEndPoint!));
-
-        public Task RunClientLoop(Func<Task> loop) => Task.Run(loop);
-
-        public async ValueTask DisposeAsync()
-        {
-            _listener.Dispose();
-            await _acceptLoop;
-            await Task.WhenAll(_servers).WaitAsync(TimeSpan.FromSeconds(10));
-        }
-
-        private async Task AcceptLoopAsync()
-        {
-            while (true)
+            SocketConnection.SetRecommendedServerOptions(socket);
+            SocketConnection connection = SocketConnection.Create(socket);
+            return Task.Run(async () =>
             {
-                Socket socket;
-                try
+                using (connection)
                 {
-                    socket = await _listener.AcceptAsync();
+                    await PipeEchoAsync(connection.Input, connection.Output);
                 }
-                catch (Exception e) when (e is ObjectDisposedException or SocketException)
-                {
-                    return;
-                }
-
-                SocketConnection.SetRecommendedServerOptions(socket);
-                SocketConnection connection = SocketConnection.Create(socket);
-                _servers.Add(Task.Run(async () =>
-                {
-                    using (connection)
-                    {
-                        await PipeEchoAsync(connection.Input, connection.Output);
-                    }
-                }));
-            }
+            });
         }
 
         private sealed class Client(SocketConnection connection) : IEchoClient
