@@ -37,27 +37,29 @@ internal sealed class IoTestContext : IAsyncDisposable
         return (client, server);
     }
 
-    public static async Task ReceiveExactlyAsync(ReactorSocket socket, Memory<byte> buffer)
-    {
-        int total = 0;
-        while (total < buffer.Length)
-        {
-            int n = await socket.ReceiveAsync(buffer[total..]);
-            if (n == 0)
-            {
-                throw new EndOfStreamException($"Peer closed after {total} of {buffer.Length} bytes.");
-            }
+    /// <summary>A plain System.Net.Sockets TCP/IPv4 socket, for interop with ours.</summary>
+    public static Socket NewPlainSocket() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
 
-            total += n;
-        }
+    /// <summary>Connects <paramref name="plain"/> to <paramref name="listener"/>; returns our side, accepted on the scheduler.</summary>
+    public async Task<ReactorSocket> AcceptConnectedAsync(ReactorSocket listener, Socket plain)
+    {
+        Task<ReactorSocket> accept = Run(async () => await listener.AcceptAsync());
+        await plain.ConnectAsync(listener.LocalEndPoint!);
+        return await accept;
     }
 
-    public static async Task ReceiveExactlyAsync(Socket socket, Memory<byte> buffer)
+    public static Task ReceiveExactlyAsync(ReactorSocket socket, Memory<byte> buffer) =>
+        ReceiveExactlyAsync(buffer, b => socket.ReceiveAsync(b));
+
+    public static Task ReceiveExactlyAsync(Socket socket, Memory<byte> buffer) =>
+        ReceiveExactlyAsync(buffer, b => socket.ReceiveAsync(b));
+
+    private static async Task ReceiveExactlyAsync(Memory<byte> buffer, Func<Memory<byte>, ValueTask<int>> receive)
     {
         int total = 0;
         while (total < buffer.Length)
         {
-            int n = await socket.ReceiveAsync(buffer[total..]);
+            int n = await receive(buffer[total..]);
             if (n == 0)
             {
                 throw new EndOfStreamException($"Peer closed after {total} of {buffer.Length} bytes.");

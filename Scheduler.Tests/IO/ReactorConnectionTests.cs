@@ -125,10 +125,8 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using var victimPeer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
-        await victimPeer.ConnectAsync(listener.LocalEndPoint!);
-        await using var victim = ReactorConnection.Create(await accept);
+        using Socket victimPeer = IoTestContext.NewPlainSocket();
+        await using var victim = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, victimPeer));
         (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
         await using var healthy = ReactorConnection.Create(server);
         await using var healthyClient = ReactorConnection.Create(client);
@@ -283,10 +281,8 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
-        await peer.ConnectAsync(listener.LocalEndPoint!);
-        var connection = ReactorConnection.Create(await accept);
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
         byte[] message = IoTestContext.Pattern(200_000, 13);
         await io.Run(async () =>
         {

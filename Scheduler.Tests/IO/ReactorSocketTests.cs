@@ -446,11 +446,9 @@ public sealed class ReactorSocketTests
 
         // Ours listens, a plain Socket connects.
         using ReactorSocket listener = io.Listen();
-        using (var plain = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        using (Socket plain = IoTestContext.NewPlainSocket())
         {
-            Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
-            await plain.ConnectAsync(listener.LocalEndPoint!);
-            using ReactorSocket server = await accept;
+            using ReactorSocket server = await io.AcceptConnectedAsync(listener, plain);
             byte[] message = IoTestContext.Pattern(300_000, 3);
             Task sending = plain.SendAsync(message);
             byte[] received = new byte[message.Length];
@@ -484,10 +482,8 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using var victimPeer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
-        await victimPeer.ConnectAsync(listener.LocalEndPoint!);
-        using ReactorSocket victim = await accept;
+        using Socket victimPeer = IoTestContext.NewPlainSocket();
+        using ReactorSocket victim = await io.AcceptConnectedAsync(listener, victimPeer);
         (ReactorSocket healthyClient, ReactorSocket healthyServer) = await io.Run(() => io.ConnectPairAsync(listener));
         using (healthyClient)
         using (healthyServer)
