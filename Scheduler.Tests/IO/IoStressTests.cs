@@ -305,7 +305,7 @@ public sealed class IoAllocationTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         using (client)
         using (server)
         {

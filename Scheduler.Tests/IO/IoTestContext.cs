@@ -37,6 +37,10 @@ internal sealed class IoTestContext : IAsyncDisposable
         return (client, server);
     }
 
+    /// <summary><see cref="ConnectPairAsync"/> run on the scheduler, for tests that are not already on it.</summary>
+    public Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairOnSchedulerAsync(ReactorSocket listener) =>
+        Run(() => ConnectPairAsync(listener));
+
     /// <summary>A plain System.Net.Sockets TCP/IPv4 socket, for interop with ours.</summary>
     public static Socket NewPlainSocket() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
 

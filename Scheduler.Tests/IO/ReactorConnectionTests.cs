@@ -103,7 +103,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         await using var connection = ReactorConnection.Create(server);
         using (client)
         {
@@ -127,7 +127,7 @@ public sealed class ReactorConnectionTests
         using ReactorSocket listener = io.Listen();
         using Socket victimPeer = IoTestContext.NewPlainSocket();
         await using var victim = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, victimPeer));
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         await using var healthy = ReactorConnection.Create(server);
         await using var healthyClient = ReactorConnection.Create(client);
         Task echo = io.Run(() => EchoAsync(healthy));
@@ -179,7 +179,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         await using var connection = ReactorConnection.Create(server);
         using (client)
         {
@@ -193,7 +193,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
         await using var connection = ReactorConnection.Create(server, options, options);
         using (client)
@@ -236,7 +236,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
         await using var connection = ReactorConnection.Create(server, options, options);
         using (client)
@@ -259,7 +259,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var connection = ReactorConnection.Create(server);
         using (client)
         {

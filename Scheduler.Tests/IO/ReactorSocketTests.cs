@@ -328,7 +328,7 @@ public sealed class ReactorSocketTests
         try
         {
             using ReactorSocket listener = io.Listen();
-            (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
             ValueTask<int> pending = server.ReceiveAsync(new byte[8]);
             ValueTask<ReactorSocket> pendingAccept = listener.AcceptAsync();
             io.Reactor.Dispose();
@@ -370,7 +370,7 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         using (client)
         using (server)
         {
@@ -389,7 +389,7 @@ public sealed class ReactorSocketTests
         }
 
         // Awaited off the scheduler, the continuation goes to the ThreadPool (never the reactor thread).
-        (client, server) = await io.Run(() => io.ConnectPairAsync(listener));
+        (client, server) = await io.ConnectPairOnSchedulerAsync(listener);
         using (client)
         using (server)
         {
@@ -484,7 +484,7 @@ public sealed class ReactorSocketTests
         using ReactorSocket listener = io.Listen();
         using Socket victimPeer = IoTestContext.NewPlainSocket();
         using ReactorSocket victim = await io.AcceptConnectedAsync(listener, victimPeer);
-        (ReactorSocket healthyClient, ReactorSocket healthyServer) = await io.Run(() => io.ConnectPairAsync(listener));
+        (ReactorSocket healthyClient, ReactorSocket healthyServer) = await io.ConnectPairOnSchedulerAsync(listener);
         using (healthyClient)
         using (healthyServer)
         {
