@@ -87,8 +87,6 @@ public sealed partial class WorkStealingTaskScheduler
         return false;
     }
 
-    /// <summary>The parking worker's last look: anything it could run itself or take from a peer.</summary>
-    internal bool HasAnyQueuedWorkFor(Worker worker) => HasAnyQueuedWork() || worker.ApproximateQueuedCount > 0;
 
     internal void OnWorkerExited()
     {

@@ -34,10 +34,6 @@ public sealed partial class WorkStealingTaskScheduler
             _state = workerCount * UnparkedUnit; // everybody starts awake, nobody searching
         }
 
-        public int Searching => Volatile.Read(ref _state) & SearchingMask;
-
-        public int Unparked => Volatile.Read(ref _state) >> 16;
-
         /// <summary>Lets a worker start stealing unless half the workers already are (bounds contention on victims).</summary>
         public bool TryBeginSearching()
         {

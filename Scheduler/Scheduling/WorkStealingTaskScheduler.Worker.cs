@@ -447,7 +447,8 @@ public sealed partial class WorkStealingTaskScheduler
 
             // Registration above was a full fence (lock). Any producer that enqueued before it sees us
             // as parked and wakes someone; any that enqueues after is seen by this re-check.
-            if (_owner.IsDisposeRequested || _owner.HasAnyQueuedWorkFor(this))
+            // (Its own LIFO slot is empty here: TryGetWork takes it before the worker ever idles.)
+            if (_owner.IsDisposeRequested || _owner.HasAnyQueuedWork())
             {
                 if (!_owner._idle.TryUnparkSelf(this))
                 {

@@ -102,8 +102,6 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     /// <summary>The context installed on workers, or null when <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> is off.</summary>
     internal WorkStealingSynchronizationContext? WorkerContext { get; }
 
-    internal ReadOnlySpan<Worker> Workers => _workers;
-
     /// <summary>The worker running on the calling thread when it belongs to this scheduler, else null.</summary>
     internal Worker? CurrentWorker
     {
@@ -290,9 +288,6 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     internal bool TryDequeueGlobal(out WorkItem item) => _globalQueue.TryDequeue(out item);
 
-    internal bool GlobalQueueIsEmpty => _globalQueue.IsEmpty;
-
-    internal int GlobalQueueCount => _globalQueue.Count;
 
     private void StartLongRunning(Task task)
     {
