@@ -53,6 +53,28 @@ public sealed partial class WorkStealingTaskScheduler
         [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
         public void NotifyOne()
         {
+            int state = Volatile.Read(ref _state);
+            if (ShouldWake(state))
+            {
+                NotifyOneSlow();
+            }
+            else if ((state & SearchingMask) != 0 && (state >> 16) < _workerCount)
+            {
+                NotifyOneWhileSearching();
+            }
+        }
+
+        /// <summary>
+        /// Somebody is searching, so this enqueue wakes nobody — unless the last searcher is just ending its search.
+        /// That searcher decrements (a full fence) and then scans the queues; the item may have been published with
+        /// a plain store (the owner's deque push), which the read above may have overtaken. A fence and a second
+        /// read close the pair: either the searcher's scan sees the item, or this read sees it gone and wakes.
+        /// Taken only while a worker searches and another is parked, never on a fully busy scheduler.
+        /// </summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        private void NotifyOneWhileSearching()
+        {
+            Interlocked.MemoryBarrier();
             if (ShouldWake(Volatile.Read(ref _state)))
             {
                 NotifyOneSlow();

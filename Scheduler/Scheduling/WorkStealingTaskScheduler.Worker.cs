@@ -430,9 +430,14 @@ public sealed partial class WorkStealingTaskScheduler
         private void EndSearching()
         {
             _isSearching = false;
-            if (_owner._idle.EndSearching())
+
+            // The last searcher found work. Producers that saw it searching woke nobody, so if anything is still
+            // visible in a queue, wake a peer to take it. Only then: waking a peer for nothing (tokio's
+            // unconditional rule) costs a futex wake-up, a core to spin on and a park per found item, which on a
+            // small machine steals the CPU the woken work needs. The decrement is a full fence before the scan;
+            // the producer side of the pair is in IdleCoordinator.NotifyOne.
+            if (_owner._idle.EndSearching() && _owner.HasAnyQueuedWork())
             {
-                // The last searcher found work: there may be more, so wake a peer to keep looking.
                 _owner.NotifyParked();
             }
         }
