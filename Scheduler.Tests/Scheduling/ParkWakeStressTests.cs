@@ -48,6 +48,37 @@ public sealed class ParkWakeStressTests
         await Task.CompletedTask;
     }
 
+    [Theory]
+    [MemberData(nameof(Seeds))]
+    public void A_worker_blocked_on_work_it_pushed_to_its_own_deque_is_rescued_by_a_peer(int seed)
+    {
+        // Sync-over-async that inlining cannot help: the owner blocks on an event that only the task it pushed to
+        // its own deque sets. The push must reach a parked or searching peer, however the pause lines it up with
+        // the peer's park and search transitions.
+        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var random = new Random(seed);
+        const int Rounds = 600;
+        for (int round = 0; round < Rounds; round++)
+        {
+            int pause = random.Next(0, 3) switch { 0 => 0, 1 => random.Next(1, 200), _ => random.Next(200, 3000) };
+            Task<bool> blocker = scheduler.Factory.StartNew(() =>
+            {
+                using var released = new ManualResetEventSlim(false);
+                Thread.SpinWait(pause);
+
+                // The first spawn lands in the LIFO slot and is displaced into the deque by the second: only a peer can run it now.
+                Task.Factory.StartNew(() => released.Set(), CancellationToken.None, TaskCreationOptions.None, scheduler);
+                Task.Factory.StartNew(static () => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+                return released.Wait(TimeSpan.FromSeconds(10));
+            });
+
+            if (!blocker.Wait(TimeSpan.FromSeconds(20)) || !blocker.Result)
+            {
+                throw new TimeoutException($"A pushed task was stranded behind its blocked owner at round {round} (seed {seed}); stats: {scheduler.GetStatistics()}");
+            }
+        }
+    }
+
     [Fact]
     public async Task Many_producers_and_bursts_complete_everything()
     {
