@@ -106,7 +106,18 @@ public sealed partial class WorkStealingTaskScheduler
     {
         while (_globalQueue.TryDequeue(out WorkItem item))
         {
-            RunOnThreadPool(item);
+            if (item.Target is WorkItemBatch batch)
+            {
+                OnBatchDequeued(batch);
+                while (batch.Count > 0)
+                {
+                    RunOnThreadPool(batch.TakeFirst());
+                }
+            }
+            else
+            {
+                RunOnThreadPool(item);
+            }
         }
 
         foreach (Worker worker in _workers)

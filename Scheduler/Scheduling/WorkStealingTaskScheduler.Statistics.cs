@@ -6,7 +6,7 @@ public sealed partial class WorkStealingTaskScheduler
     public SchedulerStatistics GetStatistics()
     {
         long executed = 0, stolen = 0, inlined = 0, parks = 0, wakeups = 0;
-        int queued = _globalQueue.Count;
+        int queued = GlobalQueuedCount;
         foreach (Worker worker in _workers)
         {
             executed += Volatile.Read(ref worker.Counters.Executed);

@@ -31,7 +31,6 @@ public sealed partial class WorkStealingTaskScheduler
         private const int GlobalBatchSize = 15;
         private Thread? _thread;
         private Task? _carrier;
-        private WorkItem[]? _spillBuffer;
 
         // Owner-thread state.
         private WorkItem _lifoSlot;
@@ -348,22 +347,61 @@ public sealed partial class WorkStealingTaskScheduler
                 return false;
             }
 
-            if (_deque.IsEmpty)
+            int moved = 0;
+            if (item.Target is WorkItemBatch batch)
             {
-                int moved = 0;
+                // An overflow batch: run its oldest item, keep the rest here (stealable by idle peers).
+                _owner.OnBatchDequeued(batch);
+                item = batch.TakeFirst();
+                moved = PushBatchToDeque(batch);
+            }
+            else if (_deque.IsEmpty)
+            {
                 while (moved < GlobalBatchSize && _owner.TryDequeueGlobal(out WorkItem extra))
                 {
+                    if (extra.Target is WorkItemBatch extraBatch)
+                    {
+                        _owner.OnBatchDequeued(extraBatch);
+                        moved += PushBatchToDeque(extraBatch);
+                        break;
+                    }
+
                     _deque.TryPush(extra); // the deque was empty and only this thread pushes: there is room
                     moved++;
                 }
+            }
 
-                if (moved > 0)
-                {
-                    _owner.NotifyParked();
-                }
+            if (moved > 0)
+            {
+                _owner.NotifyParked();
             }
 
             return true;
+        }
+
+        /// <summary>
+        /// Moves what fits of a dequeued overflow batch into this worker's deque; a remainder goes back to the global
+        /// queue (the deque already held work). Returns the number of items moved.
+        /// </summary>
+        private int PushBatchToDeque(WorkItemBatch batch)
+        {
+            int moved = 0;
+            while (batch.Count > 0 && _deque.TryPush(batch.Items[batch.Start]))
+            {
+                batch.TakeFirst();
+                moved++;
+            }
+
+            if (batch.Count > 0)
+            {
+                _owner.EnqueueBatch(batch);
+            }
+            else
+            {
+                _owner.ReturnBatch(batch);
+            }
+
+            return moved;
         }
 
         private bool TrySteal(out WorkItem item)
@@ -483,15 +521,17 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void SpillHalfToGlobal()
         {
-            // Overflow: move the older half of the ring to the global queue in one claim (tokio does the same), so
-            // the owner keeps pushing locally and peers can pick the batch up.
-            WorkItem[] batch = _spillBuffer ??= new WorkItem[_deque.Capacity / 2];
-            int count = _deque.TakeOldestBatch(batch);
-            for (int i = 0; i < count; i++)
+            // Overflow: move the older half of the ring to the global queue in one claim (tokio does the same), as
+            // one batch entry, so the owner keeps pushing locally and a peer picks the whole batch up at once.
+            WorkItemBatch batch = _owner.RentBatch();
+            batch.End = _deque.TakeOldestBatch(batch.Items);
+            if (batch.Count == 0)
             {
-                _owner._globalQueue.Enqueue(batch[i]);
-                batch[i] = default;
+                _owner.ReturnBatch(batch);
+                return;
             }
+
+            _owner.EnqueueBatch(batch);
         }
     }
 }

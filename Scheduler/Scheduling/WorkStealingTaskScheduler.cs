@@ -198,7 +198,17 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         var targets = new List<object>();
         foreach (WorkItem item in _globalQueue)
         {
-            if (item.Target is not null)
+            if (item.Target is WorkItemBatch batch)
+            {
+                for (int i = batch.Start; i < batch.End; i++)
+                {
+                    if (batch.Items[i].Target is { } batched)
+                    {
+                        targets.Add(batched);
+                    }
+                }
+            }
+            else if (item.Target is not null)
             {
                 targets.Add(item.Target);
             }

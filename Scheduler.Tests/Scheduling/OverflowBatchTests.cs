@@ -1,0 +1,92 @@
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>
+/// Deque overflow: the older half of a full ring travels through the global queue as one batch entry, and whoever
+/// dequeues it keeps what fits in its own deque and puts any remainder back.
+/// </summary>
+public sealed class OverflowBatchTests
+{
+    [Fact]
+    public async Task Overflowed_work_is_counted_item_by_item_and_runs_exactly_once()
+    {
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, LocalQueueCapacity = 16, ThreadNamePrefix = "Test" });
+        const int Children = 1_000;
+        var runs = new int[Children];
+        using var spawned = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        Task parent = scheduler.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < Children; i++)
+            {
+                int index = i;
+                Task.Factory.StartNew(() => Interlocked.Increment(ref runs[index]), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+
+            spawned.Set();
+            release.Wait(SchedulerTestHelpers.Timeout);
+        });
+
+        spawned.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+
+        // The only worker is still inside the parent: every child waits in the LIFO slot, the deque or a batch.
+        scheduler.GetStatistics().QueuedTasks.Should().Be(Children);
+        var getScheduledTasks = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        ((IEnumerable<Task>)getScheduledTasks.Invoke(scheduler, null)!).Should().HaveCount(Children, "a debugger sees the tasks inside overflow batches too");
+        release.Set();
+        await parent.WithTimeout();
+        await WaitUntilAsync(() => runs.Sum() == Children);
+        runs.Should().OnlyContain(count => count == 1);
+        scheduler.GetStatistics().QueuedTasks.Should().Be(0);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public async Task Workers_that_overflow_while_busy_take_batches_with_a_remainder_and_lose_nothing(int seed)
+    {
+        // Small rings and several spawning parents: workers dequeue batches while their own deque holds work
+        // (fairness turns look at the global queue first), so remainders go back to the global queue.
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LocalQueueCapacity = 16, FairnessInterval = 3, ThreadNamePrefix = "Test" });
+        const int Parents = 8, ChildrenPerParent = 5_000;
+        var runs = new int[Parents * ChildrenPerParent];
+        var random = new Random(seed);
+        var parents = new Task[Parents];
+        for (int p = 0; p < Parents; p++)
+        {
+            int parent = p;
+            int pause = random.Next(0, 50);
+            parents[p] = scheduler.Factory.StartNew(() =>
+            {
+                for (int i = 0; i < ChildrenPerParent; i++)
+                {
+                    int index = (parent * ChildrenPerParent) + i;
+                    Task.Factory.StartNew(() => Interlocked.Increment(ref runs[index]), CancellationToken.None, TaskCreationOptions.None, scheduler);
+                    if (i % 512 == 0)
+                    {
+                        Thread.SpinWait(pause);
+                    }
+                }
+            });
+        }
+
+        await Task.WhenAll(parents).WithTimeout();
+        await WaitUntilAsync(() => runs.Sum() == runs.Length);
+        runs.Should().OnlyContain(count => count == 1);
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + SchedulerTestHelpers.Timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException("The work did not finish in time.");
+            }
+
+            await Task.Delay(5);
+        }
+    }
+}
