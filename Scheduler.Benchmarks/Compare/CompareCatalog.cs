@@ -40,10 +40,10 @@ internal static partial class CompareCatalog
             c => Comparison.Timed(c, "chained_spawn", s => SchedulerWorkloads.ChainedSpawn(s, WorkloadSizes.ChainDepth))),
         new("yield_many",
             $"{WorkloadSizes.YieldTasks} tasks each `await Task.Yield()` {WorkloadSizes.YieldsPerTask} times.",
-            c => Comparison.Timed(c, "yield_many", s => SchedulerWorkloads.YieldMany(s, WorkloadSizes.YieldTasks, WorkloadSizes.YieldsPerTask))),
+            c => Comparison.TimedWithSynchronizationContextPeer(c, "yield_many", s => SchedulerWorkloads.YieldMany(s, WorkloadSizes.YieldTasks, WorkloadSizes.YieldsPerTask))),
         new("ping_pong",
             $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
-            c => Comparison.Timed(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
+            c => Comparison.TimedWithSynchronizationContextPeer(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
         new("ping_pong",
             $"Pooled wakers: the same {WorkloadSizes.PingPongPairs} pairs × {N(WorkloadSizes.PingPongRoundTrips)} round trips, the ball carrying the next inbox: `TaskCompletionSource` on the ThreadPool vs " +
             "a freshly rented `PooledValueTaskSource<T>` per hop on ours vs DotNext.Threading's `ValueTaskCompletionSource<T>` (one per side, reset and re-armed per hop) on the ThreadPool. " +
@@ -51,10 +51,10 @@ internal static partial class CompareCatalog
             PingPongPooled),
         new("skynet",
             $"A {WorkloadSizes.SkynetFanOut}-ary tree of tasks with {N(WorkloadSizes.SkynetLeaves)} leaves (1,111,111 tasks); inner nodes await and sum their children.",
-            c => Comparison.Timed(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
+            c => Comparison.TimedWithSynchronizationContextPeer(c, "skynet", s => Verified(SchedulerWorkloads.Skynet(s, WorkloadSizes.SkynetLeaves, WorkloadSizes.SkynetFanOut), SchedulerWorkloads.SkynetExpected(WorkloadSizes.SkynetLeaves), "skynet"))),
         new("fork_join",
             $"fib({WorkloadSizes.FibN}) where every call spawns fib(n-1) as a task, computes fib(n-2) itself and awaits both.",
-            c => Comparison.Timed(c, "fork_join", s => Verified(SchedulerWorkloads.ForkJoin(s, WorkloadSizes.FibN), SchedulerWorkloads.FibExpected(WorkloadSizes.FibN), "fork_join"))),
+            c => Comparison.TimedWithSynchronizationContextPeer(c, "fork_join", s => Verified(SchedulerWorkloads.ForkJoin(s, WorkloadSizes.FibN), SchedulerWorkloads.FibExpected(WorkloadSizes.FibN), "fork_join"))),
         new("pipe_schedule",
             $"{WorkloadSizes.PipeChains} chains of `PipeScheduler.Schedule` callbacks, each scheduling the next, {N(WorkloadSizes.PipeHopsPerChain)} per chain: " +
             "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core; its spill-to-ThreadPool queue length of 10 is never reached by 8 chains).",

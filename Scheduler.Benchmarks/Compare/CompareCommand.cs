@@ -67,7 +67,7 @@ public static class CompareCommand
         IReadOnlyList<CompareRow> rows;
         using (var scheduler = new WorkStealingTaskScheduler())
         {
-            var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
+            using var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
             rows = new CompareRunner(context, error, RoundPlan.Default).Run(selected, failures);
         }
 

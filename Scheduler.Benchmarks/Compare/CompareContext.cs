@@ -2,11 +2,24 @@ using System.Diagnostics;
 
 namespace Scheduler.Benchmarks.Compare;
 
-/// <summary>What every measurement can use: the one scheduler instance of the run, the mode, and a bounded wait.</summary>
-internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool quick, TimeSpan runTimeout)
+/// <summary>What every measurement can use: the scheduler instances of the run, the mode, and a bounded wait.</summary>
+internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool quick, TimeSpan runTimeout) : IDisposable
 {
+    private WorkStealingTaskScheduler? _synchronizationContextScheduler;
+
     /// <summary>Our scheduler: one instance per run (ProcessorCount workers), reused by every round, disposed at the end.</summary>
     public WorkStealingTaskScheduler Scheduler { get; } = scheduler;
+
+    /// <summary>
+    /// A second scheduler of ours with <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> on (created
+    /// on first use; its workers park while other rows run): the opt-in way around the BCL's Task per await resumption.
+    /// </summary>
+    public WorkStealingTaskScheduler SynchronizationContextScheduler =>
+        _synchronizationContextScheduler ??= new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            UseSynchronizationContext = true,
+            ThreadNamePrefix = "WorkStealing.SyncContext",
+        });
 
     /// <summary>True under <c>--quick</c>: fewer rounds (probes may also shorten their windows).</summary>
     public bool Quick { get; } = quick;
@@ -62,4 +75,7 @@ internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool q
             return [milliseconds, (double)bytes / operations];
         };
     }
+
+    /// <summary>Disposes the second scheduler if it was created (the first belongs to the caller).</summary>
+    public void Dispose() => _synchronizationContextScheduler?.Dispose();
 }

@@ -53,6 +53,18 @@ internal sealed class Comparison : IDisposable
     }
 
     /// <summary>
+    /// Like <see cref="Timed(CompareContext, string, Func{TaskScheduler, Task}, string?)"/>, plus a peer column for ours with
+    /// <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> on: for await-heavy workloads, where
+    /// the option replaces the BCL's Task per resumption with a synchronization-context post.
+    /// </summary>
+    public static Comparison TimedWithSynchronizationContextPeer(CompareContext context, string workload, Func<TaskScheduler, Task> body, string? variant = null) =>
+        Timed(context, workload, body, variant)
+            .PeerTimed(SynchronizationContextPeer, () => body(context.SynchronizationContextScheduler));
+
+    /// <summary>The column name of ours with <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> on.</summary>
+    public const string SynchronizationContextPeer = "ours, UseSynchronizationContext";
+
+    /// <summary>
     /// Times two different bodies: <paramref name="baseline"/> (the BCL way, e.g. TaskCompletionSource on the ThreadPool)
     /// against <paramref name="ours"/> (e.g. pooled wakers on our scheduler). Chain <see cref="PeerTimed"/> for peers.
     /// </summary>

@@ -4,7 +4,7 @@ internal static partial class SchedulerWorkloads
 {
     private static readonly Func<object?, long> s_skynetLeaf = static state => ((SkynetNode)state!).Number;
     private static readonly Func<object?, Task<long>> s_skynetInner = static state => SkynetInner((SkynetNode)state!);
-    private static readonly Func<object?, Task<long>> s_fib = static state => Fib((int)state!);
+    private static readonly Func<object?, Task<long>> s_fib = static state => Fib(((FibNode)state!).Scheduler, ((FibNode)state!).N);
 
     /// <summary>The sum skynet must return for <paramref name="leaves"/> leaves (0 + 1 + ... + leaves-1).</summary>
     public static long SkynetExpected(int leaves) => (long)leaves * (leaves - 1) / 2;
@@ -38,7 +38,7 @@ internal static partial class SchedulerWorkloads
 
     /// <summary>fork_join: fib(<paramref name="n"/>) where every call spawns fib(n-1) as a task, computes fib(n-2) itself and awaits both.</summary>
     public static Task<long> ForkJoin(TaskScheduler scheduler, int n) =>
-        Task.Factory.StartNew(s_fib, n, CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
+        Task.Factory.StartNew(s_fib, new FibNode(scheduler, n), CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
 
     private static Task<long> SpawnSkynet(SkynetNode node) =>
         node.Size == 1
@@ -63,18 +63,21 @@ internal static partial class SchedulerWorkloads
         return sum;
     }
 
-    private static async Task<long> Fib(int n)
+    private static async Task<long> Fib(TaskScheduler scheduler, int n)
     {
         if (n < 2)
         {
             return n;
         }
 
-        // TaskScheduler.Current is the scheduler under test: fib always runs as one of its tasks.
-        Task<long> left = Task.Factory.StartNew(s_fib, n - 1, CancellationToken.None, TaskCreationOptions.None, TaskScheduler.Current).Unwrap();
-        long right = await Fib(n - 2);
+        // The scheduler is named, as skynet names it, rather than read from TaskScheduler.Current: with a
+        // SynchronizationContext on the workers, code resumed inline reads Current as Default.
+        Task<long> left = Task.Factory.StartNew(s_fib, new FibNode(scheduler, n - 1), CancellationToken.None, TaskCreationOptions.None, scheduler).Unwrap();
+        long right = await Fib(scheduler, n - 2);
         return await left + right;
     }
+
+    private sealed record FibNode(TaskScheduler Scheduler, int N);
 
     private static bool IsPowerOf(int value, int radix)
     {
