@@ -57,6 +57,44 @@ public sealed class SynchronizationContextTests
     }
 
     [Fact]
+    public void The_callbacks_that_Task_Yield_posts_are_discovered()
+    {
+        SendOrPostCallback?[] callbacks = YieldCallbacks.Discover();
+        callbacks.Should().Contain(c => c != null, "await Task.Yield() under a context posts through one of the runtime's cached callbacks");
+    }
+
+    [Fact]
+    public async Task A_yield_is_served_after_older_local_work_but_an_await_resumption_runs_next()
+    {
+        // One worker, and no fairness turn in the way (they would look at the inbox first every N ticks).
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, UseSynchronizationContext = true, FairnessInterval = 1_000_000, ThreadNamePrefix = "Ctx" });
+        var order = new List<string>();
+        await scheduler.Factory.StartNew(() =>
+        {
+            // A spawned task first, then a yield: the yield goes to the back of the line (FIFO).
+            Task.Factory.StartNew(() => order.Add("spawned before the yield"), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            _ = YieldThenRecord(order);
+        }).WithTimeout();
+
+        await scheduler.Factory.StartNew(() =>
+        {
+            // A spawned task first, then an ordinary post (what an await resuming on this worker does): it runs next (LIFO).
+            Task.Factory.StartNew(() => order.Add("spawned before the post"), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            SynchronizationContext.Current!.Post(static state => ((List<string>)state!).Add("posted"), order);
+        }).WithTimeout();
+
+        await scheduler.Factory.StartNew(() => { }).WithTimeout();
+        await Task.Delay(50);
+        order.Should().Equal("spawned before the yield", "after the yield", "posted", "spawned before the post");
+
+        static async Task YieldThenRecord(List<string> order)
+        {
+            await Task.Yield();
+            order.Add("after the yield");
+        }
+    }
+
+    [Fact]
     public async Task Fork_join_with_await_works_in_context_mode()
     {
         using var scheduler = Create(2);

@@ -9,17 +9,38 @@ namespace Scheduler;
 /// <see cref="TaskScheduler"/>.<c>QueueTask</c>. With a context installed, an <c>await</c> captures the context
 /// instead: one small continuation object, run inline when the awaited task completes on a worker of the same
 /// scheduler, otherwise posted here — and a post travels in the queue's struct slot, with no allocation.</para>
-/// <para>Posts are FIFO (the worker's inbox, or the global queue from other threads): <c>Task.Yield</c> arrives
-/// through <see cref="Post"/>, and a LIFO post would let a yield loop re-run itself forever.</para>
+/// <para>Where a post goes: <c>Task.Yield</c> arrives through <see cref="Post"/> and must be served FIFO (the worker's
+/// inbox), or a yield loop would re-run itself ahead of everything else. Every other post is an <c>await</c>
+/// resuming, which goes where a resumed task would go: the posting worker's LIFO slot (cache-hot, no interlocked
+/// operation), or the global queue from other threads. Yields are recognised by their callback, discovered once by
+/// yielding under a probe context (<see cref="YieldCallbacks"/>). If a future runtime posted yields some other way,
+/// they would be served LIFO — still capped by the LIFO slot's limit and the fairness turns, so degraded fairness,
+/// never starvation.</para>
 /// </remarks>
 internal sealed class WorkStealingSynchronizationContext(WorkStealingTaskScheduler scheduler) : SynchronizationContext
 {
+    private static readonly SendOrPostCallback?[] s_yieldCallbacks = YieldCallbacks.Discover();
+
     public WorkStealingTaskScheduler Scheduler => scheduler;
 
     public override void Post(SendOrPostCallback d, object? state)
     {
         ArgumentNullException.ThrowIfNull(d);
-        scheduler.EnqueuePosted(new WorkItem(d, state));
+        var item = new WorkItem(d, state);
+        if (IsYield(d))
+        {
+            scheduler.EnqueuePosted(item);
+        }
+        else
+        {
+            scheduler.Enqueue(item);
+        }
+    }
+
+    private static bool IsYield(SendOrPostCallback callback)
+    {
+        SendOrPostCallback?[] known = s_yieldCallbacks;
+        return ReferenceEquals(callback, known[0]) || ReferenceEquals(callback, known[1]);
     }
 
     public override void Send(SendOrPostCallback d, object? state)
