@@ -37,17 +37,16 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private int _flags;
 
     // The intent, written under the Locked bit: bumped by every Change and Dispose (also read without the bit by
-    // Fire, so an expiry of an older schedule is dropped once the call that replaced it has returned) ...
-    private long _generation;
+    // Fire, so an expiry of an older schedule is dropped once the call that replaced it has returned; 32 bits
+    // because a stale expiry could only match again after exactly 2^32 changes while it is in flight) ...
+    private int _generation;
 
     // ... the deadline to arm for (a Stopwatch timestamp, or NotArmed) and the period (0: one-shot).
     private long _dueTimestamp = NotArmed;
     private long _periodUnits;
 
-    // The schedule the entry is linked for, owned by the wheel-lock holder: the generation it was reconciled at
-    // (its expiries carry it as their token) and that generation's period.
-    private long _linkedGeneration;
-    private long _linkedPeriodUnits;
+    // The generation the entry is linked for, owned by the wheel-lock holder: its expiries carry it as their token.
+    private int _linkedGeneration;
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
     {
@@ -183,9 +182,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             return false;
         }
 
-        long generation = _generation;
+        int generation = _generation;
         long due = _dueTimestamp;
-        long periodUnits = _periodUnits;
 
         // Clearing Enqueued inside the critical section: a writer that comes after us sees it clear and pushes
         // again, one that came before has its intent in what we just read. No change can fall in between.
@@ -195,7 +193,6 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         if ((flags & Disposed) == 0 && due != NotArmed)
         {
             _linkedGeneration = generation;
-            _linkedPeriodUnits = periodUnits;
             wheel.InsertLocked(this, due, nowTimestamp);
         }
 
@@ -204,13 +201,20 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp)
     {
-        // Re-arm only the schedule that is still current: after a Change or Dispose the entry is on the pending
-        // stack and its reconciliation decides what comes next.
-        if (_linkedPeriodUnits != 0 && Volatile.Read(ref _generation) == _linkedGeneration)
+        // Re-arm only the schedule that is still current. The period is read under the Locked bit; if a writer
+        // holds it, or the generation moved, a Change or Dispose is under way and will push the entry: its
+        // reconciliation decides what comes next.
+        int flags = Volatile.Read(ref _flags);
+        if ((flags & Locked) == 0 && Interlocked.CompareExchange(ref _flags, flags | Locked, flags) == flags)
         {
-            // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
-            // instead of producing a burst of catch-up callbacks.
-            wheel.InsertLocked(this, SaturatingAdd(nowTimestamp, _linkedPeriodUnits), nowTimestamp);
+            long periodUnits = _generation == _linkedGeneration ? _periodUnits : 0;
+            Release(flags);
+            if (periodUnits != 0)
+            {
+                // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
+                // instead of producing a burst of catch-up callbacks.
+                wheel.InsertLocked(this, SaturatingAdd(nowTimestamp, periodUnits), nowTimestamp);
+            }
         }
 
         return _linkedGeneration;
