@@ -119,6 +119,21 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         }
     }
 
+    /// <summary>
+    /// The number of timers linked right now, without reconciling pending changes first: what the wheel actually
+    /// holds (a cancelled timer counts until the driver has reconciled it). For tests and diagnostics.
+    /// </summary>
+    internal int LinkedCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _wheel.Count + _infiniteCount;
+            }
+        }
+    }
+
     internal bool IsDisposed => _disposed;
 
     /// <summary>
