@@ -28,7 +28,11 @@ public sealed partial class TimerWheel
     /// Reconciles every pending change and fires every timer due by the clock's current time, on the calling
     /// thread (what the driver does after each wake-up). The test seam for wheels created without a driver.
     /// </summary>
-    internal void RunDueTimers()
+    /// <param name="reconcilePending">
+    /// False fires what the wheel holds without reconciling pushed changes first: what the driver does when it
+    /// wakes for an expiry before the reconcile deadline of a change pushed meanwhile.
+    /// </param>
+    internal void RunDueTimers(bool reconcilePending = true)
     {
         var batch = new ExpiredTimers();
         lock (_lock)
@@ -39,7 +43,11 @@ public sealed partial class TimerWheel
             }
 
             long now = _clock.GetTimestamp();
-            DrainPendingLocked(now);
+            if (reconcilePending)
+            {
+                DrainPendingLocked(now);
+            }
+
             CollectDueLocked(now, batch);
         }
 
