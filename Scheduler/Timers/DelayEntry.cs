@@ -33,7 +33,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     // The shared pooling toolkit: per-core slots plus a lock-free overflow, bounded (the 16-bit version wraps).
     private static readonly ValueTaskSourcePool<DelayEntry> s_pool = new(static () => new DelayEntry(), PoolCapacity);
 
-    // _flags bits. Enqueued: on the pending stack (or about to be). Canceled: the cancellation callback won and
+    // Flags bits. Enqueued: on the pending stack (or about to be). Canceled: the cancellation callback won and
     // the driver must unlink the entry. DriverOwned: the wheel still references the entry (linked, enqueued, or
     // about to be). ConsumerDone: the awaiter has consumed and reset this use. Infinite: park it on the list of
     // deadline-less waits rather than in the wheel. Invariant: Enqueued implies DriverOwned.
@@ -49,7 +49,6 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     private WakerCore<bool> _core;
     private TimerWheel? _wheel;
     private CancellationTokenRegistration _registration;
-    private int _flags;
 
     private DelayEntry() => _core = new WakerCore<bool>(this);
 
@@ -67,20 +66,20 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
         long drainBy = wheel.ReconcileDeadline(now);
         if (delay == Timeout.InfiniteTimeSpan)
         {
-            entry._flags = Enqueued | DriverOwned | Infinite;
+            entry.Flags = Enqueued | DriverOwned | Infinite;
         }
         else
         {
             // The deadline travels in the (not yet linked) entry; the driver links it by this value.
             entry.DeadlineTimestamp = wheel.DeadlineAfter(now, delay);
-            entry._flags = Enqueued | DriverOwned;
+            entry.Flags = Enqueued | DriverOwned;
             drainBy = Math.Min(drainBy, entry.DeadlineTimestamp);
         }
 
         if (!wheel.TryPushPending(entry, drainBy))
         {
             // Never published: nobody else can reference the entry.
-            entry._flags = 0;
+            entry.Flags = 0;
             entry._wheel = null;
             s_pool.Return(entry);
             TimerWheel.ThrowDisposed();
@@ -99,7 +98,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     internal override bool Reconcile(TimerWheel wheel, long nowTimestamp)
     {
         // Clear Enqueued and read the rest in one atomic step; the canceller sets Canceled and Enqueued in one, too.
-        int flags = Interlocked.And(ref _flags, ~Enqueued);
+        int flags = Interlocked.And(ref Flags, ~Enqueued);
         if ((flags & Canceled) != 0)
         {
             wheel.RemoveLocked(this);
@@ -159,7 +158,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
         // Version first, then the flags: a reset can only follow the canceller's Canceled mark (the awaiter waits
         // for the cancellation callback before resetting), so a version read after a reset comes with Canceled seen.
         short version = _core.Version;
-        return (Volatile.Read(ref _flags) & Canceled) != 0 ? NoToken : version;
+        return (Volatile.Read(ref Flags) & Canceled) != 0 ? NoToken : version;
     }
 
     private void OnCanceled(CancellationToken token)
@@ -175,14 +174,14 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
         // Hand the entry (back) to the driver to unlink. DriverOwned is set again because expiry may have released
         // it already (collected, but not yet fired when we won); while we are in this callback the consumer cannot
         // have let go (it disposes the registration first, which waits for us).
-        int flags = Interlocked.Or(ref _flags, Canceled | Enqueued | DriverOwned);
+        int flags = Interlocked.Or(ref Flags, Canceled | Enqueued | DriverOwned);
         if ((flags & Enqueued) == 0 && !wheel.TryPushPending(this, wheel.ReconcileDeadline(wheel.GetTimestamp())))
         {
             // The wheel was disposed. Its Dispose removed everything under the lock; once we hold the lock it is
             // done, and nothing references the entry any more.
             lock (wheel.SyncRoot)
             {
-                Interlocked.And(ref _flags, ~(Enqueued | DriverOwned));
+                Interlocked.And(ref Flags, ~(Enqueued | DriverOwned));
             }
         }
     }
@@ -190,7 +189,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     /// <summary>The driver lets go of an entry that is neither linked nor enqueued; pools it if the consumer already has.</summary>
     private void ReleaseByDriver()
     {
-        int flags = Volatile.Read(ref _flags);
+        int flags = Volatile.Read(ref Flags);
         while (true)
         {
             if ((flags & Enqueued) != 0)
@@ -199,7 +198,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
                 return;
             }
 
-            int seen = Interlocked.CompareExchange(ref _flags, flags & ~DriverOwned, flags);
+            int seen = Interlocked.CompareExchange(ref Flags, flags & ~DriverOwned, flags);
             if (seen == flags)
             {
                 break;
@@ -217,7 +216,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     /// <summary>The consumer lets go of a reset entry; pools it if the driver already has.</summary>
     private void ReleaseByConsumer()
     {
-        int flags = Interlocked.Or(ref _flags, ConsumerDone);
+        int flags = Interlocked.Or(ref Flags, ConsumerDone);
         if ((flags & DriverOwned) == 0)
         {
             ReturnToPool();
@@ -227,7 +226,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
     private void ReturnToPool()
     {
         _wheel = null;
-        _flags = 0;
+        Flags = 0;
         s_pool.Return(this);
     }
 

@@ -20,7 +20,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         timer._callback(timer._state);
     };
 
-    // _flags bits. Locked is a tiny spin lock that serialises the writers of the intent below (Change and Dispose
+    // Flags bits. Locked is a tiny spin lock that serialises the writers of the intent below (Change and Dispose
     // on any thread) with the lock holder's Reconcile; Enqueued means "on the wheel's pending stack, or about to be".
     private const int Locked = 1;
     private const int Enqueued = 2;
@@ -34,7 +34,6 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private readonly object? _state;
     private readonly ExecutionContext? _context;
 
-    private int _flags;
 
     // The intent, written under the Locked bit: bumped by every Change and Dispose (also read without the bit by
     // Fire, so an expiry of an older schedule is dropped once the call that replaced it has returned; 32 bits
@@ -159,7 +158,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// <summary>Runs the callback on the ThreadPool thread. An exception escapes, as from a <see cref="System.Threading.Timer"/> callback.</summary>
     void IThreadPoolWorkItem.Execute()
     {
-        if ((Volatile.Read(ref _flags) & Disposed) != 0)
+        if ((Volatile.Read(ref Flags) & Disposed) != 0)
         {
             return;
         }
@@ -176,8 +175,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     internal override bool Reconcile(TimerWheel wheel, long nowTimestamp)
     {
-        int flags = Volatile.Read(ref _flags);
-        if ((flags & Locked) != 0 || Interlocked.CompareExchange(ref _flags, flags | Locked, flags) != flags)
+        int flags = Volatile.Read(ref Flags);
+        if ((flags & Locked) != 0 || Interlocked.CompareExchange(ref Flags, flags | Locked, flags) != flags)
         {
             return false;
         }
@@ -187,7 +186,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
         // Clearing Enqueued inside the critical section: a writer that comes after us sees it clear and pushes
         // again, one that came before has its intent in what we just read. No change can fall in between.
-        Volatile.Write(ref _flags, flags & ~Enqueued);
+        Volatile.Write(ref Flags, flags & ~Enqueued);
 
         wheel.RemoveLocked(this);
         if ((flags & Disposed) == 0 && due != NotArmed)
@@ -204,8 +203,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // Re-arm only the schedule that is still current. The period is read under the Locked bit; if a writer
         // holds it, or the generation moved, a Change or Dispose is under way and will push the entry: its
         // reconciliation decides what comes next.
-        int flags = Volatile.Read(ref _flags);
-        if ((flags & Locked) == 0 && Interlocked.CompareExchange(ref _flags, flags | Locked, flags) == flags)
+        int flags = Volatile.Read(ref Flags);
+        if ((flags & Locked) == 0 && Interlocked.CompareExchange(ref Flags, flags | Locked, flags) == flags)
         {
             long periodUnits = _generation == _linkedGeneration ? _periodUnits : 0;
             Release(flags);
@@ -238,12 +237,12 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// <summary>Takes the Locked bit (spinning: the holder runs a few stores) and returns the other flags.</summary>
     private int Acquire()
     {
-        int flags = Volatile.Read(ref _flags);
+        int flags = Volatile.Read(ref Flags);
         while (true)
         {
             if ((flags & Locked) == 0)
             {
-                int seen = Interlocked.CompareExchange(ref _flags, flags | Locked, flags);
+                int seen = Interlocked.CompareExchange(ref Flags, flags | Locked, flags);
                 if (seen == flags)
                 {
                     return flags;
@@ -257,14 +256,14 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             do
             {
                 spinner.SpinOnce();
-                flags = Volatile.Read(ref _flags);
+                flags = Volatile.Read(ref Flags);
             }
             while ((flags & Locked) != 0);
         }
     }
 
     /// <summary>Publishes <paramref name="flags"/> (without Locked) and, with the release store, the intent written under it.</summary>
-    private void Release(int flags) => Volatile.Write(ref _flags, flags);
+    private void Release(int flags) => Volatile.Write(ref Flags, flags);
 
     private static long SaturatingAdd(long timestamp, long units) => units > long.MaxValue - timestamp ? long.MaxValue : timestamp + units;
 }
