@@ -28,10 +28,20 @@ public sealed class TimerWorkloadsTests
     [Fact]
     public void Timeout_pattern_comparison_covers_every_variant()
     {
-        IReadOnlyList<TimeoutPatternResult> results = TimerWorkloads.CompareTimeoutPattern(2_000);
+        IReadOnlyList<TimeoutPatternResult> results = TimerWorkloads.CompareTimeoutPattern(2_000, warmUp: TimeSpan.FromMilliseconds(5));
 
         results.Should().HaveCount(5);
         results.Should().OnlyContain(r => r.Operations == 2_000 && r.NanosecondsPerOperation > 0);
         results.Single(r => r.Name.Contains("ITimer.Change", StringComparison.Ordinal)).BytesPerOperation.Should().Be(0);
+    }
+
+    [Fact]
+    public void A_pending_DelayAsync_allocates_less_than_a_pending_Task_Delay()
+    {
+        // The compare command's pending_timer_memory row; a pooled entry may come from the pool (0 B), so the
+        // wheel's figure is at most its entry size.
+        double ours = TimerWorkloads.MeasurePendingBytes(2_000, useWheel: true);
+        double bcl = TimerWorkloads.MeasurePendingBytes(2_000, useWheel: false);
+        ours.Should().BeLessThan(bcl, $"a pending DelayAsync ({ours:F0} B) is one pooled entry, Task.Delay ({bcl:F0} B) a promise and a timer");
     }
 }
