@@ -7,8 +7,11 @@ namespace Scheduler.Tests.Timers;
 /// <summary>
 /// Stress tests of the lock-free arm/cancel protocol (TimerWheel.Pending.cs): user threads publish intent on the
 /// entry and push it at most once onto an MPSC stack; the lock holder reconciles. Each test hammers one part of
-/// it from several threads, over several seeds, while a driver (or a thread standing in for it) runs.
+/// it from several threads, over several seeds, while a driver (or a thread standing in for it) runs. They run
+/// alone: their spinning threads would otherwise starve the ThreadPool that other timer tests' cancellations and
+/// callbacks need on 2 cores.
 /// </summary>
+[Collection(StressGroup.Name)]
 public sealed class PendingChangesStressTests
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(20);
@@ -413,4 +416,11 @@ public sealed class PendingChangesStressTests
             cts.Dispose();
         }
     }
+}
+
+/// <summary>Stress tests that saturate the cores run alone, after the parallel ones.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class StressGroup
+{
+    public const string Name = "Timers stress";
 }

@@ -2,7 +2,12 @@ using Scheduler.Benchmarks.Timers;
 
 namespace Scheduler.Tests.Timers;
 
-/// <summary>The workloads behind the benchmarks and the compare command's timers row, run small.</summary>
+/// <summary>The workloads behind the benchmarks and the compare command's timers rows, run small.</summary>
+/// <remarks>
+/// Run alone, like the other resource measurements: CompareDelays measures process-wide CPU and bytes and
+/// CompareTimeoutPattern times tight loops, which parallel tests would distort (and which would slow them down).
+/// </remarks>
+[Collection(ResourceMeasurementGroup.Name)]
 public sealed class TimerWorkloadsTests
 {
     [Fact]

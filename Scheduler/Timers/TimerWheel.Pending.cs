@@ -6,15 +6,14 @@ namespace Scheduler.Timers;
 // on the entry and pushes the entry (at most once until it is popped) onto a lock-free MPSC stack; the thread
 // that holds the wheel lock (the driver) pops the whole stack and reconciles each entry with the wheel. The
 // hot path of the timeout pattern is then one clock read, one small per-entry CAS and, once per drain, one CAS
-// on the stack head; the wheel lock is only taken to wake a sleeping driver that would otherwise wake too late,
-// and (TryEnter, never waiting) by a pusher that reconciles a full batch itself.
+// on the stack head; a user thread takes the wheel lock only to wake a sleeping driver that would otherwise wake
+// too late (an arm due before its planned wake-up), and with TryEnter, never waiting, to reconcile a full batch.
 //
 // When must the stack be drained? Each push names a time by which its entry has to be reconciled (_drainBy, an
 // atomic minimum): an arm needs its deadline; anything pushed, arm or cancel, at most 4 ms after the push, so that
 // cancelled timers do not stay linked (and reachable) for their whole 30 s; and every ReconcileBatch pushes the
-// pusher drains the stack on the spot if the lock is free (else it asks the driver to drain at once), which bounds
-// how many cancelled entries the stack can hold however fast they are produced. The driver drains when its clock
-// reaches _drainBy.
+// pusher drains the stack on the spot if the lock is free (never waiting for it), which keeps a hot arm/cancel loop
+// from piling entries up between reconcile deadlines. The driver drains when its clock reaches _drainBy.
 public sealed partial class TimerWheel
 {
     /// <summary>Every this many pushes since the last drain (counted approximately), the pusher drains the stack.</summary>
@@ -26,9 +25,6 @@ public sealed partial class TimerWheel
     /// driver CPU; 1,024 keeps the lock attempts of several pushing threads rare.
     /// </remarks>
     internal const int ReconcileBatch = 1024;
-
-    /// <summary>_drainBy value of a request to drain at once (smaller than any timestamp a clock returns): a full batch the pusher could not drain itself.</summary>
-    private const long DrainNow = long.MinValue + 1;
 
     /// <summary>
     /// The longest a pushed change waits for reconciliation. 4 ms: under a slow stream of arms and cancels the
@@ -100,14 +96,14 @@ public sealed partial class TimerWheel
     /// Reconciles a full batch on the pushing thread when the wheel lock is free (the driver sleeps in
     /// Monitor.Wait, which releases it). Cheaper than waking the driver: no futex wake and context switch per batch,
     /// and the entries are reconciled while still in this core's cache, so cancelled timers die young instead of
-    /// surviving a gen0 collection on the stack. False when someone holds the lock (the caller then asks the
-    /// driver to drain at once) or this thread is already draining.
+    /// surviving a gen0 collection on the stack. Never waits: when someone holds the lock (the driver at work,
+    /// another pusher draining) or this thread is already draining, the batch stays for the next batch's pusher or
+    /// the reconcile deadline, which bounds it anyway.
     /// </summary>
     private bool TryDrainInline()
     {
         if (Monitor.IsEntered(_lock) || !Monitor.TryEnter(_lock))
         {
-            RequestDrainBy(DrainNow);
             return false;
         }
 
