@@ -48,9 +48,6 @@ public sealed partial class TimerWheel
     // The earliest time a pushed change needs the driver awake to reconcile it; long.MaxValue when none.
     private long _drainBy = long.MaxValue;
 
-    /// <summary>How many pushes the driver's last drain reconciled (for tests and diagnostics).</summary>
-    internal int LastDrainCount { get; private set; }
-
     /// <summary>The timestamp by which a change pushed at <paramref name="nowTimestamp"/> must be reconciled.</summary>
     internal long ReconcileDeadline(long nowTimestamp) =>
         nowTimestamp > long.MaxValue - _reconcileIntervalUnits ? long.MaxValue : nowTimestamp + _reconcileIntervalUnits;
@@ -180,7 +177,6 @@ public sealed partial class TimerWheel
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, null);
         Volatile.Write(ref _pendingPushes, 0);
         Debug.Assert(entry != s_pendingClosed, "Only Dispose closes the stack, under the lock, and then nothing drains again.");
-        int count = 0;
         while (entry is not null)
         {
             // Read and clear the link before Reconcile: once it has cleared the entry's enqueued mark, its owner may
@@ -193,11 +189,8 @@ public sealed partial class TimerWheel
                 TryPushPending(entry, SaturatingAdd(now, _tickTimestampUnits));
             }
 
-            count++;
             entry = next;
         }
-
-        LastDrainCount = count;
     }
 
     /// <summary>Closes the stack for good and reconciles what it held. Caller holds the lock and is disposing the wheel.</summary>
