@@ -83,6 +83,9 @@ internal static partial class CompareCatalog
         new("echo", EchoSocketDescription, c => Echo(c, EchoTransport.Reactor, "ReactorSocket")),
         new("echo", EchoConnectionDescription, c => Echo(c, EchoTransport.ReactorPipes, "ReactorConnection")),
         new("timers", TimersDescription, Timers),
+        new("timer_create_cancel", TimerCreateCancelDescription, TimerCreateCancel),
+        new("timer_create_cancel", TimerCreateCancelReusedDescription, TimerCreateCancelReused),
+        new("pending_timer_memory", PendingTimerMemoryDescription, PendingTimerMemory),
     ];
 
     private static Comparison PipeSchedule(CompareContext context)

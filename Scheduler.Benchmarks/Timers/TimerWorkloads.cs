@@ -176,7 +176,10 @@ public static class TimerWorkloads
     /// users write: the wheel's ITimer (fresh and reused), a CancellationTokenSource on the wheel, and the BCL's
     /// CancelAfter (fresh and reused).
     /// </summary>
-    public static IReadOnlyList<TimeoutPatternResult> CompareTimeoutPattern(int operations = 200_000)
+    /// <param name="operations">Arm+cancel pairs timed per variant.</param>
+    /// <param name="warmUp">How long each variant runs before it is timed (default 250 ms, see <see cref="MeasureTimeoutPattern"/>).</param>
+    /// <returns>One result per variant, in the order above.</returns>
+    public static IReadOnlyList<TimeoutPatternResult> CompareTimeoutPattern(int operations = 200_000, TimeSpan? warmUp = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(operations, 1);
         TimeSpan timeout = TimeSpan.FromSeconds(30);
@@ -209,24 +212,44 @@ public static class TimerWorkloads
         var results = new List<TimeoutPatternResult>();
         foreach ((string name, Action body) in variants)
         {
-            for (int i = 0; i < Math.Min(operations, 10_000); i++)
-            {
-                body();
-            }
-
-            long bytesBefore = GC.GetAllocatedBytesForCurrentThread();
-            long start = Stopwatch.GetTimestamp();
-            for (int i = 0; i < operations; i++)
-            {
-                body();
-            }
-
-            TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
-            long bytes = GC.GetAllocatedBytesForCurrentThread() - bytesBefore;
-            results.Add(new TimeoutPatternResult(name, operations, elapsed.TotalNanoseconds / operations, bytes / (double)operations));
+            results.Add(MeasureTimeoutPattern(name, operations, body, warmUp));
         }
 
         return results;
+    }
+
+    /// <summary>
+    /// Times <paramref name="operations"/> runs of <paramref name="body"/> (one arm+cancel pair each) on the calling
+    /// thread: wall time and bytes allocated on this thread, per pair. Runs the body for at least
+    /// <paramref name="warmUp"/> first (default 250 ms): tiered compilation counts calls and then compiles the final
+    /// code in the background after a delay, and a round timed before that measures tier-0 code instead.
+    /// </summary>
+    public static TimeoutPatternResult MeasureTimeoutPattern(string name, int operations, Action body, TimeSpan? warmUp = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(operations, 1);
+        ArgumentNullException.ThrowIfNull(body);
+        long warmUntil = Stopwatch.GetTimestamp() + (long)((warmUp ?? TimeSpan.FromMilliseconds(250)).TotalSeconds * Stopwatch.Frequency);
+        int warmed = 0;
+        while (warmed < Math.Min(operations, 10_000) || Stopwatch.GetTimestamp() < warmUntil)
+        {
+            for (int i = 0; i < 1_000; i++)
+            {
+                body();
+            }
+
+            warmed += 1_000;
+        }
+
+        long bytesBefore = GC.GetAllocatedBytesForCurrentThread();
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < operations; i++)
+        {
+            body();
+        }
+
+        TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
+        long bytes = GC.GetAllocatedBytesForCurrentThread() - bytesBefore;
+        return new TimeoutPatternResult(name, operations, elapsed.TotalNanoseconds / operations, bytes / (double)operations);
     }
 
     private static double ToMilliseconds(long stopwatchUnits) => stopwatchUnits * 1000.0 / Stopwatch.Frequency;

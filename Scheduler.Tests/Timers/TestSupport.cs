@@ -34,6 +34,9 @@ internal sealed class RecordingEntry : TimerEntry
 
     public TimerClock? Clock { get; init; }
 
+    // Scheduled directly under the lock (Schedule/Cancel), never through the pending-changes stack.
+    internal override bool Reconcile(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
+
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 7;
 
     internal override void Fire(long token)

@@ -1,9 +1,12 @@
 namespace Scheduler.Timers;
 
 /// <summary>
-/// A node of the wheel: the intrusive links and the deadline of one pending timer. Everything here is
-/// guarded by the owning <see cref="TimerWheel"/>'s lock; only <see cref="Fire"/> and
-/// <see cref="OnWheelDisposed"/> run outside it.
+/// A node of the wheel: the intrusive links and the deadline of one pending timer. The wheel links,
+/// <see cref="Slot"/>, <see cref="DueTick"/> and <see cref="DeadlineTimestamp"/> of a linked entry belong to
+/// whoever holds the owning <see cref="TimerWheel"/>'s lock (the driver, in production); user threads never
+/// take that lock to arm or cancel: they publish their intent on the entry and push it once onto the wheel's
+/// pending-changes stack (<see cref="PendingNext"/>), and the lock holder applies it in <see cref="Reconcile"/>.
+/// Only <see cref="Fire"/> and <see cref="OnWheelDisposed"/> run outside the lock.
 /// </summary>
 /// <remarks>
 /// Intrusive links (rather than a <c>LinkedList&lt;T&gt;</c> of nodes) are what make insert and cancel O(1)
@@ -23,6 +26,19 @@ internal abstract class TimerEntry
     /// <summary>The list the entry is on: a wheel slot (level * 64 + slot), <see cref="InfiniteSlot"/> or <see cref="NotLinked"/>.</summary>
     internal int Slot = NotLinked;
 
+    /// <summary>
+    /// The link on the wheel's lock-free pending-changes stack. Separate from <see cref="Next"/>/<see cref="Prev"/>
+    /// because an entry can be linked in a slot and waiting on the stack at the same time. Written by the thread
+    /// that pushes the entry (before the publishing CAS) and cleared by the lock holder that pops it.
+    /// </summary>
+    internal TimerEntry? PendingNext;
+
+    /// <summary>
+    /// State bits owned by the concrete entry type (its intent and ownership flags). Declared here so that the
+    /// int shares an 8-byte slot with <see cref="Slot"/> instead of growing every subclass by 8 bytes.
+    /// </summary>
+    internal int Flags;
+
     /// <summary>The first wheel tick at whose start the deadline has passed (the deadline rounded up to a tick).</summary>
     internal long DueTick;
 
@@ -30,6 +46,13 @@ internal abstract class TimerEntry
     internal long DeadlineTimestamp;
 
     internal bool IsLinked => Slot != NotLinked;
+
+    /// <summary>
+    /// Called under the wheel lock for an entry popped off the pending-changes stack: reads the intent its
+    /// owner published and links, moves or unlinks the entry to match. Returns false (and changes nothing) when
+    /// the intent is being written at that very moment; the wheel then pushes the entry back and retries.
+    /// </summary>
+    internal abstract bool Reconcile(TimerWheel wheel, long nowTimestamp);
 
     /// <summary>
     /// Called under the wheel lock when the entry has been taken off the wheel because its deadline passed.

@@ -4,27 +4,35 @@ using System.Runtime.ExceptionServices;
 
 namespace Scheduler.Timers;
 
-// The driver: one thread that sleeps (Monitor.Wait) until the start of the wheel's next occupied slot, fires
-// what is due, and sleeps again. Nothing due → no wake-ups at all, so an idle wheel costs no CPU however many
-// timers it holds. An insert earlier than the planned wake-up pulses the driver under the lock.
+// The driver: one thread that sleeps (Monitor.Wait) until the start of the wheel's next occupied slot or until
+// a pushed change must be reconciled, whichever is first; then it reconciles the pending changes, fires what is
+// due, and sleeps again. Nothing due and nothing pushed → no wake-ups at all, so an idle wheel costs no CPU
+// however many timers it holds. A push that needs the driver earlier than planned pulses it (TimerWheel.Pending.cs).
 public sealed partial class TimerWheel
 {
-    // _plannedWakeTick while the driver is awake (it re-reads the wheel before sleeping, so no pulse is needed).
+    // _plannedWake while the driver is awake: below every request, so no one pulses (the driver re-reads _drainBy
+    // before it sleeps).
     private const long DriverAwake = long.MinValue;
 
     private readonly Thread? _driver;
     private readonly ExpiredTimers _driverBatch = new();
-    private long _plannedWakeTick = DriverAwake;
+
+    // When the sleeping driver will wake (a timestamp), long.MaxValue for "only when pulsed", DriverAwake while awake.
+    private long _plannedWake = DriverAwake;
     private long _driverWakeups;
 
     /// <summary>How many times the driver woke up (timeouts and pulses). For idle-CPU tests.</summary>
     internal long DriverWakeups => Interlocked.Read(ref _driverWakeups);
 
     /// <summary>
-    /// Fires every timer due by the clock's current time, on the calling thread (what the driver does after each
-    /// wake-up). The test seam for wheels created without a driver.
+    /// Reconciles every pending change and fires every timer due by the clock's current time, on the calling
+    /// thread (what the driver does after each wake-up). The test seam for wheels created without a driver.
     /// </summary>
-    internal void RunDueTimers()
+    /// <param name="reconcilePending">
+    /// False fires what the wheel holds without reconciling pushed changes first: what the driver does when it
+    /// wakes for an expiry before the reconcile deadline of a change pushed meanwhile.
+    /// </param>
+    internal void RunDueTimers(bool reconcilePending = true)
     {
         var batch = new ExpiredTimers();
         lock (_lock)
@@ -34,28 +42,40 @@ public sealed partial class TimerWheel
                 return;
             }
 
-            CollectDueLocked(_clock.GetTimestamp(), batch);
+            long now = _clock.GetTimestamp();
+            if (reconcilePending)
+            {
+                DrainPendingLocked(now);
+            }
+
+            CollectDueLocked(now, batch);
         }
 
         FireBatch(batch);
     }
 
-    /// <summary>When the driver would next wake up (the start of the earliest occupied slot). For tests.</summary>
+    /// <summary>When the driver would next wake up for the wheel (the start of the earliest occupied slot), after reconciling pending changes. For tests.</summary>
     internal bool TryGetNextWakeTimestamp(out long timestamp)
     {
         lock (_lock)
         {
+            if (!_disposed)
+            {
+                DrainPendingLocked(_clock.GetTimestamp());
+            }
+
             bool any = _wheel.TryGetNextExpiration(out long tick);
             timestamp = any ? StartOfTick(tick) : 0;
             return any;
         }
     }
 
+    /// <summary>Pulses a sleeping driver that planned to wake after <paramref name="dueTick"/> starts. Caller holds the lock.</summary>
     private void WakeDriverIfEarlierLocked(long dueTick)
     {
-        if (dueTick < _plannedWakeTick)
+        if (StartOfTick(dueTick) < _plannedWake)
         {
-            _plannedWakeTick = DriverAwake;
+            _plannedWake = DriverAwake;
             Monitor.Pulse(_lock);
         }
     }
@@ -69,11 +89,16 @@ public sealed partial class TimerWheel
             while (!_disposed)
             {
                 long now = _clock.GetTimestamp();
+                if (now >= Volatile.Read(ref _drainBy))
+                {
+                    DrainPendingLocked(now);
+                }
+
                 CollectDueLocked(now, batch);
                 if (batch.Count > 0)
                 {
                     // Fire outside the lock: completing a waker enqueues to a worker and may unpark it, which
-                    // must not hold up inserts and cancels on other threads.
+                    // must not hold up a thread that needs the lock to wake us or to dispose.
                     Monitor.Exit(_lock);
                     try
                     {
@@ -87,22 +112,45 @@ public sealed partial class TimerWheel
                     continue;
                 }
 
-                int timeout = Timeout.Infinite;
-                _plannedWakeTick = long.MaxValue;
-                if (_wheel.TryGetNextExpiration(out long nextTick))
+                long wake = _wheel.TryGetNextExpiration(out long nextTick) ? StartOfTick(nextTick) : long.MaxValue;
+                long plan = PublishPlanLocked(wake);
+                now = _clock.GetTimestamp();
+                if (plan <= now)
                 {
-                    _plannedWakeTick = nextTick;
-                    timeout = MillisecondsUntil(now, StartOfTick(nextTick));
+                    _plannedWake = DriverAwake;
+                    continue;
                 }
 
-                Monitor.Wait(_lock, timeout);
-                _plannedWakeTick = DriverAwake;
+                Monitor.Wait(_lock, plan == long.MaxValue ? Timeout.Infinite : MillisecondsUntil(now, plan));
+                _plannedWake = DriverAwake;
                 _driverWakeups++;
             }
         }
         finally
         {
             Monitor.Exit(_lock);
+        }
+    }
+
+    /// <summary>
+    /// Publishes when the driver will wake: at <paramref name="wheelWake"/> or at the earliest reconciliation
+    /// request, whichever is first. Caller holds the lock and waits right after.
+    /// </summary>
+    private long PublishPlanLocked(long wheelWake)
+    {
+        while (true)
+        {
+            long request = Volatile.Read(ref _drainBy);
+            long plan = Math.Min(wheelWake, request);
+            Volatile.Write(ref _plannedWake, plan);
+
+            // Dekker with LowerDrainBy: a request made before this fence is seen by the re-read below; one made
+            // after it sees the plan and pulses (under the lock, so only once we wait).
+            Interlocked.MemoryBarrier();
+            if (Volatile.Read(ref _drainBy) == request)
+            {
+                return plan;
+            }
         }
     }
 

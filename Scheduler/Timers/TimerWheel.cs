@@ -27,9 +27,11 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     // and no one needs a coarser timer than this.
     private static readonly TimeSpan s_maxTickDuration = TimeSpan.FromHours(1);
 
-    // Guards the wheel, every entry's links and deadlines, _disposed and _plannedWakeTick. A Monitor (rather
-    // than System.Threading.Lock) because the driver sleeps with Monitor.Wait: an insert that needs an earlier
-    // wake-up pulses under the same lock, so a wake-up can never be lost between "compute wait" and "wait".
+    // Guards the wheel, every linked entry's links and deadlines, and _disposed. In production only the driver
+    // takes it on its own (user threads arm and cancel through the pending-changes stack, TimerWheel.Pending.cs);
+    // Dispose, the test seams and a thread waking a driver that would sleep too long take it too. A Monitor
+    // (rather than System.Threading.Lock) because the driver sleeps with Monitor.Wait: a pulse taken under the
+    // same lock can never be lost between "compute wait" and "wait".
     private readonly object _lock = new();
     private readonly TimerClock _clock;
     private readonly TimingWheel _wheel = new();
@@ -73,6 +75,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         _tickDivisor = new FastDivisor(_tickTimestampUnits);
         _usesStopwatch = clock == TimerClock.System;
         _originTimestamp = clock.GetTimestamp();
+        _reconcileIntervalUnits = Math.Max(1, ToTimestampUnits(s_reconcileInterval));
 
         if (startDriver)
         {
@@ -96,8 +99,31 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     /// <remarks>The <see cref="Stopwatch"/> timestamp (the clock the wheel itself runs on).</remarks>
     public override long GetTimestamp() => _usesStopwatch ? Stopwatch.GetTimestamp() : _clock.GetTimestamp();
 
-    /// <summary>The number of timers currently waiting (wheel entries plus infinite delays). For tests and diagnostics.</summary>
+    /// <summary>
+    /// The number of timers currently waiting (wheel entries plus infinite delays), after reconciling every change
+    /// pushed so far (so a cancel that returned is already counted out). For tests and diagnostics.
+    /// </summary>
     internal int PendingCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                if (!_disposed)
+                {
+                    DrainPendingLocked(_clock.GetTimestamp());
+                }
+
+                return _wheel.Count + _infiniteCount;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The number of timers linked right now, without reconciling pending changes first: what the wheel actually
+    /// holds (a cancelled timer counts until the driver has reconciled it). For tests and diagnostics.
+    /// </summary>
+    internal int LinkedCount
     {
         get
         {
@@ -118,16 +144,19 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         entry.DeadlineTimestamp = deadlineTimestamp;
+        long dueTick = DueTickOf(deadlineTimestamp);
         if (_wheel.Count == 0)
         {
             // After an idle spell the wheel's notion of "now" is stale; catching up first keeps the new entry on
-            // the level its real distance calls for instead of cascading down through the idle gap.
-            _wheel.FastForward(TickOf(nowTimestamp));
+            // the level its real distance calls for instead of cascading down through the idle gap. Never past the
+            // entry's own due tick: a change reconciled after its deadline is then expired by the very next Advance
+            // instead of waiting for one more tick.
+            _wheel.FastForward(Math.Min(TickOf(nowTimestamp), dueTick - 1));
         }
 
-        // Rounding up never makes a timer early; a due tick already processed (only possible if the clock
-        // stepped backwards) becomes the next one, which is later still.
-        entry.DueTick = Math.Max(DueTickOf(deadlineTimestamp), _wheel.Elapsed + 1);
+        // Rounding up never makes a timer early; a due tick already processed (a change reconciled after its
+        // deadline, or a clock that stepped backwards) becomes the next one, which is later still.
+        entry.DueTick = Math.Max(dueTick, _wheel.Elapsed + 1);
         _wheel.Insert(entry);
         WakeDriverIfEarlierLocked(entry.DueTick);
     }

@@ -20,18 +20,32 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         timer._callback(timer._state);
     };
 
+    // Flags bits. Locked is a tiny spin lock that serialises the writers of the intent below (Change and Dispose
+    // on any thread) with the lock holder's Reconcile; Enqueued means "on the wheel's pending stack, or about to be".
+    private const int Locked = 1;
+    private const int Enqueued = 2;
+    private const int Disposed = 4;
+
+    // _dueTimestamp of a disarmed timer.
+    private const long NotArmed = long.MinValue;
+
     private readonly TimerWheel _wheel;
     private readonly TimerCallback _callback;
     private readonly object? _state;
     private readonly ExecutionContext? _context;
 
-    // Guarded by the wheel lock. 0 means one-shot.
+
+    // The intent, written under the Locked bit: bumped by every Change and Dispose (also read without the bit by
+    // Fire, so an expiry of an older schedule is dropped once the call that replaced it has returned; 32 bits
+    // because a stale expiry could only match again after exactly 2^32 changes while it is in flight) ...
+    private int _generation;
+
+    // ... the deadline to arm for (a Stopwatch timestamp, or NotArmed) and the period (0: one-shot).
+    private long _dueTimestamp = NotArmed;
     private long _periodUnits;
 
-    // Bumped (under the wheel lock) by Change and Dispose; an expiry collected before the bump carries the old
-    // value and is dropped, so a rescheduled timer does not also fire on its old schedule.
-    private long _generation;
-    private volatile bool _disposed;
+    // The generation the entry is linked for, owned by the wheel-lock holder: its expiries carry it as their token.
+    private int _linkedGeneration;
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
     {
@@ -47,38 +61,61 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
         TimerWheel.ValidateTimerArgument(period, nameof(period));
 
-        bool fireNow = false;
-        lock (_wheel.SyncRoot)
+        long periodUnits = period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero ? 0 : Math.Max(1, _wheel.ToTimestampUnits(period));
+        bool fireNow = dueTime == TimeSpan.Zero;
+        bool armed = dueTime != Timeout.InfiniteTimeSpan;
+        long now = 0;
+        long due = NotArmed;
+        if (armed)
         {
-            if (_disposed)
+            // Read before publishing: the deadline is measured from the call, and the clock read (the dominant
+            // cost of an arm) stays outside the entry's critical section.
+            now = _wheel.GetTimestamp();
+            if (!fireNow)
             {
-                return false;
+                due = _wheel.DeadlineAfter(now, dueTime);
+            }
+            else if (periodUnits != 0)
+            {
+                due = SaturatingAdd(now, periodUnits);
+            }
+        }
+
+        int flags = Acquire();
+        if ((flags & Disposed) != 0)
+        {
+            Release(flags);
+            return false;
+        }
+
+        if (_wheel.IsDisposed)
+        {
+            Release(flags);
+            TimerWheel.ThrowDisposed();
+        }
+
+        Volatile.Write(ref _generation, _generation + 1);
+        _dueTimestamp = due;
+        _periodUnits = periodUnits;
+        Release(flags | Enqueued);
+
+        if ((flags & Enqueued) == 0)
+        {
+            if (!armed)
+            {
+                now = _wheel.GetTimestamp();
             }
 
-            if (_wheel.IsDisposed)
+            long drainBy = _wheel.ReconcileDeadline(now);
+            if (!_wheel.TryPushPending(this, due != NotArmed && due < drainBy ? due : drainBy))
             {
                 TimerWheel.ThrowDisposed();
             }
-
-            _wheel.RemoveLocked(this);
-            Volatile.Write(ref _generation, _generation + 1);
-            _periodUnits = period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero ? 0 : Math.Max(1, _wheel.ToTimestampUnits(period));
-            if (dueTime != Timeout.InfiniteTimeSpan)
-            {
-                long now = _wheel.GetTimestamp();
-                if (dueTime == TimeSpan.Zero)
-                {
-                    fireNow = true;
-                    if (_periodUnits != 0)
-                    {
-                        _wheel.InsertLocked(this, SaturatingAdd(now, _periodUnits), now);
-                    }
-                }
-                else
-                {
-                    _wheel.InsertLocked(this, _wheel.DeadlineAfter(now, dueTime), now);
-                }
-            }
+        }
+        else if (due != NotArmed)
+        {
+            // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
+            _wheel.RequestDrainBy(due);
         }
 
         if (fireNow)
@@ -92,16 +129,21 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// <inheritdoc />
     public void Dispose()
     {
-        lock (_wheel.SyncRoot)
+        int flags = Acquire();
+        if ((flags & Disposed) != 0)
         {
-            if (_disposed)
-            {
-                return;
-            }
+            Release(flags);
+            return;
+        }
 
-            _disposed = true;
-            Volatile.Write(ref _generation, _generation + 1);
-            _wheel.RemoveLocked(this);
+        Volatile.Write(ref _generation, _generation + 1);
+        _dueTimestamp = NotArmed;
+        Release(flags | Disposed | Enqueued);
+
+        // A disposed wheel unlinked everything already; otherwise the driver unlinks it within the reconcile bound.
+        if ((flags & Enqueued) == 0)
+        {
+            _wheel.TryPushPending(this, _wheel.ReconcileDeadline(_wheel.GetTimestamp()));
         }
     }
 
@@ -116,7 +158,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// <summary>Runs the callback on the ThreadPool thread. An exception escapes, as from a <see cref="System.Threading.Timer"/> callback.</summary>
     void IThreadPoolWorkItem.Execute()
     {
-        if (_disposed)
+        if ((Volatile.Read(ref Flags) & Disposed) != 0)
         {
             return;
         }
@@ -131,21 +173,55 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
     }
 
-    internal override long OnExpired(TimerWheel wheel, long nowTimestamp)
+    internal override bool Reconcile(TimerWheel wheel, long nowTimestamp)
     {
-        if (_periodUnits != 0)
+        int flags = Volatile.Read(ref Flags);
+        if ((flags & Locked) != 0 || Interlocked.CompareExchange(ref Flags, flags | Locked, flags) != flags)
         {
-            // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
-            // instead of producing a burst of catch-up callbacks.
-            wheel.InsertLocked(this, SaturatingAdd(nowTimestamp, _periodUnits), nowTimestamp);
+            return false;
         }
 
-        return _generation;
+        int generation = _generation;
+        long due = _dueTimestamp;
+
+        // Clearing Enqueued inside the critical section: a writer that comes after us sees it clear and pushes
+        // again, one that came before has its intent in what we just read. No change can fall in between.
+        Volatile.Write(ref Flags, flags & ~Enqueued);
+
+        wheel.RemoveLocked(this);
+        if ((flags & Disposed) == 0 && due != NotArmed)
+        {
+            _linkedGeneration = generation;
+            wheel.InsertLocked(this, due, nowTimestamp);
+        }
+
+        return true;
+    }
+
+    internal override long OnExpired(TimerWheel wheel, long nowTimestamp)
+    {
+        // Re-arm only the schedule that is still current. The period is read under the Locked bit; if a writer
+        // holds it, or the generation moved, a Change or Dispose is under way and will push the entry: its
+        // reconciliation decides what comes next.
+        int flags = Volatile.Read(ref Flags);
+        if ((flags & Locked) == 0 && Interlocked.CompareExchange(ref Flags, flags | Locked, flags) == flags)
+        {
+            long periodUnits = _generation == _linkedGeneration ? _periodUnits : 0;
+            Release(flags);
+            if (periodUnits != 0)
+            {
+                // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
+                // instead of producing a burst of catch-up callbacks.
+                wheel.InsertLocked(this, SaturatingAdd(nowTimestamp, periodUnits), nowTimestamp);
+            }
+        }
+
+        return _linkedGeneration;
     }
 
     internal override void Fire(long token)
     {
-        if (!_disposed && token == Volatile.Read(ref _generation))
+        if (token == Volatile.Read(ref _generation))
         {
             ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
@@ -157,6 +233,37 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     {
         // A timer of a disposed wheel simply never fires again; Change reports the disposal.
     }
+
+    /// <summary>Takes the Locked bit (spinning: the holder runs a few stores) and returns the other flags.</summary>
+    private int Acquire()
+    {
+        int flags = Volatile.Read(ref Flags);
+        while (true)
+        {
+            if ((flags & Locked) == 0)
+            {
+                int seen = Interlocked.CompareExchange(ref Flags, flags | Locked, flags);
+                if (seen == flags)
+                {
+                    return flags;
+                }
+
+                flags = seen;
+                continue;
+            }
+
+            var spinner = default(SpinWait);
+            do
+            {
+                spinner.SpinOnce();
+                flags = Volatile.Read(ref Flags);
+            }
+            while ((flags & Locked) != 0);
+        }
+    }
+
+    /// <summary>Publishes <paramref name="flags"/> (without Locked) and, with the release store, the intent written under it.</summary>
+    private void Release(int flags) => Volatile.Write(ref Flags, flags);
 
     private static long SaturatingAdd(long timestamp, long units) => units > long.MaxValue - timestamp ? long.MaxValue : timestamp + units;
 }
