@@ -124,8 +124,14 @@ public sealed partial class WorkStealingTaskScheduler
                 Interlocked.Add(ref _state, -(UnparkedUnit + (wasSearching ? 1 : 0)));
             }
 
-            // The re-check of the queues that follows must not move before the registration above.
-            Interlocked.MemoryBarrier();
+            // The re-check of the queues that follows must see every item published before the registration. Items
+            // from the global queue and inboxes are published by interlocked operations (full fences), but an owner
+            // pushes to its own deque with a plain release store and then reads the idle state without a fence, so
+            // that store may still sit in its core's store buffer while we register and re-check. A process-wide
+            // barrier (membarrier: an IPI that serializes every core running this process) closes that window from
+            // this side only — the asymmetric Dekker pattern — keeping the push path free of fences. It costs under a
+            // microsecond, on a path that is about to sleep in the kernel anyway.
+            Interlocked.MemoryBarrierProcessWide();
         }
 
         /// <summary>Called by a worker that registered as parked but then found work. False when a waker beat it.</summary>
