@@ -161,6 +161,42 @@ public sealed class TimerWheelTimerTests
     }
 
     [Fact]
+    public async Task DisposeAsync_waits_for_a_running_callback_and_no_callback_starts_afterwards()
+    {
+        using var wheel = new TimerWheel();
+        using var entered = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        int starts = 0;
+        ITimer timer = wheel.CreateTimer(_ =>
+        {
+            Interlocked.Increment(ref starts);
+            entered.Set();
+            release.Wait(TimeSpan.FromSeconds(30));
+        }, null, TimeSpan.Zero, TimeSpan.FromMilliseconds(1));
+
+        entered.Wait(TimeSpan.FromSeconds(30)).Should().BeTrue();
+        ValueTask disposing = timer.DisposeAsync();
+        await Task.Delay(50);
+        disposing.IsCompleted.Should().BeFalse("a callback of the timer is still running");
+        release.Set();
+        await disposing.AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+
+        int startsAtDisposal = Volatile.Read(ref starts);
+        await Task.Delay(50);
+        Volatile.Read(ref starts).Should().Be(startsAtDisposal, "no callback starts once the timer is disposed");
+    }
+
+    [Fact]
+    public async Task DisposeAsync_with_no_callback_running_completes_at_once()
+    {
+        using var wheel = new TimerWheel();
+        ITimer timer = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromSeconds(30), Timeout.InfiniteTimeSpan);
+        ValueTask disposing = timer.DisposeAsync();
+        disposing.IsCompletedSuccessfully.Should().BeTrue();
+        await disposing;
+    }
+
+    [Fact]
     public async Task Callback_runs_in_the_ExecutionContext_captured_at_creation()
     {
         using var wheel = new TimerWheel();

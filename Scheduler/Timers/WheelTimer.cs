@@ -9,8 +9,9 @@ namespace Scheduler.Timers;
 /// Like <see cref="System.Threading.Timer"/>: a periodic timer's next due time is measured from the moment it
 /// fired (callbacks may overlap if one outlasts the period); a period of zero or
 /// <see cref="Timeout.InfiniteTimeSpan"/> means one-shot; an exception escaping the callback is unhandled on
-/// the ThreadPool thread (the wheel keeps running). A callback already queued when <see cref="Change"/> or
-/// <see cref="Dispose"/> is called may still run once.
+/// the ThreadPool thread (the wheel keeps running). A callback already queued when <see cref="Change"/> is called
+/// may still run once; after <see cref="Dispose"/> no callback starts, and <see cref="DisposeAsync"/> also waits for
+/// one that is running.
 /// </remarks>
 internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 {
@@ -33,6 +34,11 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private readonly TimerCallback _callback;
     private readonly object? _state;
     private readonly ExecutionContext? _context;
+
+    // Callbacks of this timer running now, and what DisposeAsync awaits until that count drops to zero (created only
+    // by a DisposeAsync that finds a callback running).
+    private int _runningCallbacks;
+    private TaskCompletionSource? _callbacksDone;
 
 
     // The intent, written under the Locked bit: bumped by every Change and Dispose (also read without the bit by
@@ -148,28 +154,59 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     /// <inheritdoc />
-    /// <remarks>Unlinks the timer like <see cref="Dispose"/>; it does not wait for a callback that is already running.</remarks>
+    /// <remarks>
+    /// Unlinks the timer like <see cref="Dispose"/>, and completes once no callback of this timer is running any more
+    /// (as <see cref="System.Threading.Timer.DisposeAsync"/> does). Awaiting it from inside the timer's own callback
+    /// would wait for itself.
+    /// </remarks>
     public ValueTask DisposeAsync()
     {
         Dispose();
-        return default;
+
+        // Dekker with Execute: we publish Disposed (above) and then read the running count; a callback counts itself
+        // in and then reads Disposed. Either we see it running, or it sees the flag and does not run.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _runningCallbacks) == 0)
+        {
+            return default;
+        }
+
+        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        TaskCompletionSource waiter = Interlocked.CompareExchange(ref _callbacksDone, idle, null) ?? idle;
+        if (Volatile.Read(ref _runningCallbacks) == 0)
+        {
+            waiter.TrySetResult();
+        }
+
+        return new ValueTask(waiter.Task);
     }
 
     /// <summary>Runs the callback on the ThreadPool thread. An exception escapes, as from a <see cref="System.Threading.Timer"/> callback.</summary>
     void IThreadPoolWorkItem.Execute()
     {
-        if ((Volatile.Read(ref Flags) & Disposed) != 0)
+        Interlocked.Increment(ref _runningCallbacks);
+        try
         {
-            return;
-        }
+            if ((Volatile.Read(ref Flags) & Disposed) != 0)
+            {
+                return;
+            }
 
-        if (_context is null)
-        {
-            _callback(_state);
+            if (_context is null)
+            {
+                _callback(_state);
+            }
+            else
+            {
+                ExecutionContext.Run(_context, s_invokeInContext, this);
+            }
         }
-        else
+        finally
         {
-            ExecutionContext.Run(_context, s_invokeInContext, this);
+            if (Interlocked.Decrement(ref _runningCallbacks) == 0)
+            {
+                Volatile.Read(ref _callbacksDone)?.TrySetResult();
+            }
         }
     }
 
