@@ -50,12 +50,6 @@ public sealed partial class IoReactor : IDisposable
     /// <summary>The scheduler that continuations of this reactor's socket operations resume on when awaited there.</summary>
     public WorkStealingTaskScheduler Scheduler { get; }
 
-    /// <summary>
-    /// When true (the default), a parked operation whose awaiting worker is known retries its system call on that
-    /// worker; when false the reactor thread retries it. Internal switch for benchmarks.
-    /// </summary>
-    internal static bool RetryOnOwnerWorker { get; set; } = Environment.GetEnvironmentVariable("SCHEDULER_IO_RETRY_ON_REACTOR") != "1";
-
     /// <summary>Pipe options used by <see cref="ReactorConnection"/> when none are given: callbacks on <see cref="Scheduler"/>.</summary>
     internal PipeOptions DefaultPipeOptions => _defaultPipeOptions ??= new PipeOptions(
         readerScheduler: Scheduler.PipeScheduler,
