@@ -34,7 +34,7 @@ public sealed class OverflowBatchTests
         ((IEnumerable<Task>)getScheduledTasks.Invoke(scheduler, null)!).Should().HaveCount(Children, "a debugger sees the tasks inside overflow batches too");
         release.Set();
         await parent.WithTimeout();
-        await WaitUntilAsync(() => runs.Sum() == Children);
+        await SchedulerTestHelpers.WaitUntilAsync(() => runs.Sum() == Children);
         runs.Should().OnlyContain(count => count == 1);
         scheduler.GetStatistics().QueuedTasks.Should().Be(0);
     }
@@ -72,21 +72,7 @@ public sealed class OverflowBatchTests
         }
 
         await Task.WhenAll(parents).WithTimeout();
-        await WaitUntilAsync(() => runs.Sum() == runs.Length);
+        await SchedulerTestHelpers.WaitUntilAsync(() => runs.Sum() == runs.Length);
         runs.Should().OnlyContain(count => count == 1);
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow + SchedulerTestHelpers.Timeout;
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline)
-            {
-                throw new TimeoutException("The work did not finish in time.");
-            }
-
-            await Task.Delay(5);
-        }
     }
 }

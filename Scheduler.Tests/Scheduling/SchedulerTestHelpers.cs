@@ -23,6 +23,19 @@ internal static class SchedulerTestHelpers
     public static async Task<T> WithTimeout<T>(this Task<T> task, TimeSpan? timeout = null) =>
         await task.WaitAsync(timeout ?? Timeout);
 
+    /// <summary>
+    /// Polls <paramref name="condition"/> until it holds or the generous timeout passes, for state that trails the
+    /// awaited work (counters, the last task's side effect); the test's own assertions then report a miss.
+    /// </summary>
+    public static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + Timeout;
+        while (!condition() && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(1);
+        }
+    }
+
     /// <summary>A work item that records where it ran.</summary>
     internal sealed class RecordingWorkItem(Action onExecute) : IThreadPoolWorkItem
     {

@@ -33,7 +33,7 @@ public sealed class StatisticsTests
             return child.Result;
         }).WithTimeout();
 
-        await WaitForExecutedAsync(scheduler, 102);
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted >= 102);
         SchedulerStatistics stats = scheduler.GetStatistics();
         stats.TasksExecuted.Should().BeGreaterThanOrEqualTo(102);
         stats.TasksStolen.Should().BePositive();
@@ -62,7 +62,8 @@ public sealed class StatisticsTests
         using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "MeterProbe" });
         await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => scheduler.Factory.StartNew(() => { }))).WithTimeout();
 
-        await WaitForExecutedAsync(scheduler, 10);
+        // A task's awaiters can resume before its worker counts it (the count follows the run).
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted >= 10);
 
         var seen = new Dictionary<string, long>();
         using var listener = new MeterListener();
@@ -89,18 +90,5 @@ public sealed class StatisticsTests
         seen.Keys.Should().Contain(["scheduler.tasks.executed", "scheduler.tasks.stolen", "scheduler.tasks.inlined",
             "scheduler.worker.parks", "scheduler.worker.wakeups", "scheduler.tasks.queued"]);
         seen["scheduler.tasks.executed"].Should().BeGreaterThanOrEqualTo(10);
-    }
-
-    /// <summary>
-    /// A task's awaiters can resume before its worker has counted it (the count follows the run), so a test that has
-    /// just awaited tasks waits for the counter to catch up (or the timeout, and the assertion then reports it).
-    /// </summary>
-    private static async Task WaitForExecutedAsync(WorkStealingTaskScheduler scheduler, long count)
-    {
-        var deadline = DateTime.UtcNow + SchedulerTestHelpers.Timeout;
-        while (scheduler.GetStatistics().TasksExecuted < count && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(1);
-        }
     }
 }

@@ -23,6 +23,18 @@ internal sealed class WorkItemBatch
 
     public int Count => End - Start;
 
+    /// <summary>Adds the targets still to run (for the debugger's view of queued tasks; racy, never blocks).</summary>
+    public void CopyTargetsTo(List<object> destination)
+    {
+        for (int i = Start; i < End; i++)
+        {
+            if (Items[i].Target is { } target)
+            {
+                destination.Add(target);
+            }
+        }
+    }
+
     /// <summary>Takes the oldest remaining item, clearing its slot (a pooled batch must not keep work alive).</summary>
     public WorkItem TakeFirst()
     {

@@ -200,13 +200,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         {
             if (item.Target is WorkItemBatch batch)
             {
-                for (int i = batch.Start; i < batch.End; i++)
-                {
-                    if (batch.Items[i].Target is { } batched)
-                    {
-                        targets.Add(batched);
-                    }
-                }
+                batch.CopyTargetsTo(targets);
             }
             else if (item.Target is not null)
             {

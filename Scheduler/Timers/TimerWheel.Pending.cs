@@ -50,7 +50,7 @@ public sealed partial class TimerWheel
 
     /// <summary>The timestamp by which a change pushed at <paramref name="nowTimestamp"/> must be reconciled.</summary>
     internal long ReconcileDeadline(long nowTimestamp) =>
-        nowTimestamp > long.MaxValue - _reconcileIntervalUnits ? long.MaxValue : nowTimestamp + _reconcileIntervalUnits;
+        SaturatingAdd(nowTimestamp, _reconcileIntervalUnits);
 
     /// <summary>
     /// Pushes <paramref name="entry"/>, which the caller has just marked as enqueued (so no one else pushes it
@@ -213,8 +213,6 @@ public sealed partial class TimerWheel
             entry = next;
         }
     }
-
-    private static long SaturatingAdd(long timestamp, long units) => units > long.MaxValue - timestamp ? long.MaxValue : timestamp + units;
 
     /// <summary>The closed-stack sentinel; never linked, reconciled or fired.</summary>
     private sealed class ClosedMarker : TimerEntry

@@ -23,9 +23,11 @@ public sealed partial class TimerWheel
     /// <summary>The deadline <paramref name="delay"/> after <paramref name="nowTimestamp"/>, saturating.</summary>
     internal long DeadlineAfter(long nowTimestamp, TimeSpan delay)
     {
-        long units = ToTimestampUnits(delay);
-        return units > long.MaxValue - nowTimestamp ? long.MaxValue : nowTimestamp + units;
+        return SaturatingAdd(nowTimestamp, ToTimestampUnits(delay));
     }
+
+    /// <summary><paramref name="timestamp"/> + <paramref name="units"/> (both non-negative), saturating at <see cref="long.MaxValue"/>.</summary>
+    internal static long SaturatingAdd(long timestamp, long units) => units > long.MaxValue - timestamp ? long.MaxValue : timestamp + units;
 
     /// <summary>The tick containing <paramref name="timestamp"/> (rounded down).</summary>
     internal long TickOf(long timestamp)

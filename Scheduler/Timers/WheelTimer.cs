@@ -83,7 +83,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             }
             else if (periodUnits != 0)
             {
-                due = SaturatingAdd(now, periodUnits);
+                due = TimerWheel.SaturatingAdd(now, periodUnits);
             }
         }
 
@@ -249,7 +249,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             {
                 // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
                 // instead of producing a burst of catch-up callbacks.
-                wheel.InsertLocked(this, SaturatingAdd(nowTimestamp, periodUnits), nowTimestamp);
+                wheel.InsertLocked(this, TimerWheel.SaturatingAdd(nowTimestamp, periodUnits), nowTimestamp);
             }
         }
 
@@ -301,6 +301,4 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     /// <summary>Publishes <paramref name="flags"/> (without Locked) and, with the release store, the intent written under it.</summary>
     private void Release(int flags) => Volatile.Write(ref Flags, flags);
-
-    private static long SaturatingAdd(long timestamp, long units) => units > long.MaxValue - timestamp ? long.MaxValue : timestamp + units;
 }
