@@ -20,7 +20,7 @@ internal static partial class CompareCatalog
         "The timeout pattern on one thread: arm a 30 s timeout and cancel it before it fires; wall time and managed bytes allocated on that thread per arm+cancel pair " +
         $"(`TimerWorkloads.MeasureTimeoutPattern`, {N(TimeoutPatternPairs)} pairs per round, {N(TimeoutPatternPairsQuick)} with --quick, after a warm-up): " +
         "`new CancellationTokenSource()` + `CancelAfter(30 s)` + `Dispose()` vs ours (`wheel.CreateTimer(callback, null, 30 s, infinite)` + `Dispose()`, 1 ms tick, one wheel for the row). " +
-        "Ours reads `Stopwatch` once per arm (the never-early promise needs a precise clock); `CancelAfter` reads the coarse `Environment.TickCount64`. " +
+        "A 30 s arm of ours reads no clock: its deadline is measured from the driver's reading when it takes the arm in (never early, at most ~4 ms late); `CancelAfter` reads the coarse `Environment.TickCount64`. " +
         "Our cancels are reconciled by the driver thread within 4 ms or per 1,024 of them, off the measured thread.";
 
     private static string TimerCreateCancelReusedDescription =>

@@ -62,21 +62,22 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
         short version = entry._core.Version;
         entry._wheel = wheel;
 
-        long now = wheel.GetTimestamp();
-        long drainBy = wheel.ReconcileDeadline(now);
+        bool pushed;
         if (delay == Timeout.InfiniteTimeSpan)
         {
             entry.Flags = Enqueued | DriverOwned | Infinite;
+            pushed = wheel.TryPushPending(entry);
         }
         else
         {
             // The deadline travels in the (not yet linked) entry; the driver links it by this value.
+            long now = wheel.GetTimestamp();
             entry.DeadlineTimestamp = wheel.DeadlineAfter(now, delay);
             entry.Flags = Enqueued | DriverOwned;
-            drainBy = Math.Min(drainBy, entry.DeadlineTimestamp);
+            pushed = wheel.TryPushPending(entry, now, entry.DeadlineTimestamp);
         }
 
-        if (!wheel.TryPushPending(entry, drainBy))
+        if (!pushed)
         {
             // Never published: nobody else can reference the entry.
             entry.Flags = 0;
@@ -175,7 +176,7 @@ internal sealed class DelayEntry : TimerEntry, IValueTaskSource, IThreadPoolWork
         // it already (collected, but not yet fired when we won); while we are in this callback the consumer cannot
         // have let go (it disposes the registration first, which waits for us).
         int flags = Interlocked.Or(ref Flags, Canceled | Enqueued | DriverOwned);
-        if ((flags & Enqueued) == 0 && !wheel.TryPushPending(this, wheel.ReconcileDeadline(wheel.GetTimestamp())))
+        if ((flags & Enqueued) == 0 && !wheel.TryPushPending(this))
         {
             // The wheel was disposed. Its Dispose removed everything under the lock; once we hold the lock it is
             // done, and nothing references the entry any more.

@@ -45,7 +45,7 @@ public sealed partial class TimerWheel
             long now = _clock.GetTimestamp();
             if (reconcilePending)
             {
-                DrainPendingLocked(now);
+                now = DrainPendingLocked(now);
             }
 
             CollectDueLocked(now, batch);
@@ -91,7 +91,7 @@ public sealed partial class TimerWheel
                 long now = _clock.GetTimestamp();
                 if (now >= Volatile.Read(ref _drainBy))
                 {
-                    DrainPendingLocked(now);
+                    now = DrainPendingLocked(now);
                 }
 
                 CollectDueLocked(now, batch);

@@ -25,7 +25,7 @@ public sealed partial class TimerWheel
         ObjectDisposedException.ThrowIf(_disposed, this);
 
         var timer = new WheelTimer(this, callback, state);
-        timer.Change(dueTime, period);
+        timer.Change(dueTime, period, published: false);
         return timer;
     }
 

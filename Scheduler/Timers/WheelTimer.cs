@@ -9,7 +9,7 @@ namespace Scheduler.Timers;
 /// Like <see cref="System.Threading.Timer"/>: a periodic timer's next due time is measured from the moment it
 /// fired (callbacks may overlap if one outlasts the period); a period of zero or
 /// <see cref="Timeout.InfiniteTimeSpan"/> means one-shot; an exception escaping the callback is unhandled on
-/// the ThreadPool thread (the wheel keeps running). A callback already queued when <see cref="Change"/> is called
+/// the ThreadPool thread (the wheel keeps running). A callback already queued when <see cref="Change(TimeSpan, TimeSpan)"/> is called
 /// may still run once; after <see cref="Dispose"/> no callback starts, and <see cref="DisposeAsync"/> also waits for
 /// one that is running.
 /// </remarks>
@@ -26,6 +26,10 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private const int Locked = 1;
     private const int Enqueued = 2;
     private const int Disposed = 4;
+
+    // Set with an arm whose _dueTimestamp holds the delay (Stopwatch units) rather than the deadline: the
+    // reconciler measures it from its own clock reading (see Change).
+    private const int RelativeDue = 8;
 
     // _dueTimestamp of a disarmed timer.
     private const long NotArmed = long.MinValue;
@@ -46,7 +50,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // because a stale expiry could only match again after exactly 2^32 changes while it is in flight) ...
     private int _generation;
 
-    // ... the deadline to arm for (a Stopwatch timestamp, or NotArmed) and the period (0: one-shot).
+    // ... the deadline to arm for (a Stopwatch timestamp, or NotArmed; the delay when RelativeDue is set) and the
+    // period (0: one-shot).
     private long _dueTimestamp = NotArmed;
     private long _periodUnits;
 
@@ -62,7 +67,13 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     /// <inheritdoc />
-    public bool Change(TimeSpan dueTime, TimeSpan period)
+    public bool Change(TimeSpan dueTime, TimeSpan period) => Change(dueTime, period, published: true);
+
+    /// <summary>
+    /// <see cref="Change(TimeSpan, TimeSpan)"/>, and for the first arm by <see cref="TimerWheel.CreateTimer"/>
+    /// (<paramref name="published"/> false: no other thread can see the timer yet) without taking the Locked bit.
+    /// </summary>
+    internal bool Change(TimeSpan dueTime, TimeSpan period, bool published)
     {
         TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
         TimerWheel.ValidateTimerArgument(period, nameof(period));
@@ -70,12 +81,20 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         long periodUnits = period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero ? 0 : Math.Max(1, _wheel.ToTimestampUnits(period));
         bool fireNow = dueTime == TimeSpan.Zero;
         bool armed = dueTime != Timeout.InfiniteTimeSpan;
+        bool relative = armed && _wheel.ArmsRelative(dueTime);
         long now = 0;
         long due = NotArmed;
-        if (armed)
+        if (relative)
         {
-            // Read before publishing: the deadline is measured from the call, and the clock read (the dominant
-            // cost of an arm) stays outside the entry's critical section.
+            // A long timeout: no clock read here (it would be most of the cost of an arm). The reconciler adds its
+            // own reading, taken after it popped this change, so the timer is never early and at most one reconcile
+            // interval late.
+            due = _wheel.ToTimestampUnits(dueTime);
+        }
+        else if (armed)
+        {
+            // Read before publishing: the deadline is measured from the call, and the clock read stays outside
+            // the entry's critical section.
             now = _wheel.GetTimestamp();
             if (!fireNow)
             {
@@ -87,7 +106,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             }
         }
 
-        int flags = Acquire();
+        int flags = published ? Acquire() : Volatile.Read(ref Flags);
         if ((flags & Disposed) != 0)
         {
             Release(flags);
@@ -103,22 +122,25 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         Volatile.Write(ref _generation, _generation + 1);
         _dueTimestamp = due;
         _periodUnits = periodUnits;
-        Release(flags | Enqueued);
+        int intent = (flags & ~RelativeDue) | Enqueued | (relative ? RelativeDue : 0);
+        if (published)
+        {
+            Release(intent);
+        }
+        else
+        {
+            Flags = intent; // published by the push below (an interlocked operation)
+        }
 
         if ((flags & Enqueued) == 0)
         {
-            if (!armed)
-            {
-                now = _wheel.GetTimestamp();
-            }
-
-            long drainBy = _wheel.ReconcileDeadline(now);
-            if (!_wheel.TryPushPending(this, due != NotArmed && due < drainBy ? due : drainBy))
+            bool pushed = due == NotArmed || relative ? _wheel.TryPushPending(this) : _wheel.TryPushPending(this, now, due);
+            if (!pushed)
             {
                 TimerWheel.ThrowDisposed();
             }
         }
-        else if (due != NotArmed)
+        else if (due != NotArmed && !relative)
         {
             // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
             _wheel.RequestDrainBy(due);
@@ -149,7 +171,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // A disposed wheel unlinked everything already; otherwise the driver unlinks it within the reconcile bound.
         if ((flags & Enqueued) == 0)
         {
-            _wheel.TryPushPending(this, _wheel.ReconcileDeadline(_wheel.GetTimestamp()));
+            _wheel.TryPushPending(this);
         }
     }
 
@@ -228,8 +250,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         wheel.RemoveLocked(this);
         if ((flags & Disposed) == 0 && due != NotArmed)
         {
+            // nowTimestamp was read after this entry was popped, so after the Change that wrote a relative delay.
             _linkedGeneration = generation;
-            wheel.InsertLocked(this, due, nowTimestamp);
+            wheel.InsertLocked(this, (flags & RelativeDue) != 0 ? TimerWheel.SaturatingAdd(nowTimestamp, due) : due, nowTimestamp);
         }
 
         return true;

@@ -1,0 +1,197 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>
+/// Relative arms: a timer armed for a second or more reads no clock; its deadline is the reconciler's clock reading
+/// (taken after it popped the change) plus the delay. Never early, at most one reconcile interval late.
+/// </summary>
+public sealed class RelativeArmTests
+{
+    private static readonly TimeSpan s_tick = TimeSpan.FromMilliseconds(1);
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public void Relative_arms_are_on_for_the_Stopwatch_clock_and_off_for_a_manual_one()
+    {
+        using var real = new TimerWheel();
+        real.RelativeArmsEnabled.Should().BeTrue();
+        real.ArmsRelative(TimeSpan.FromSeconds(1)).Should().BeTrue();
+        real.ArmsRelative(TimeSpan.FromMilliseconds(999)).Should().BeFalse("short arms keep a deadline measured from the call");
+
+        using var manual = new TimerWheel(s_tick, new ManualClock(), startDriver: false);
+        manual.RelativeArmsEnabled.Should().BeFalse();
+        manual.ArmsRelative(TimeSpan.FromSeconds(5)).Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task A_long_arm_is_measured_from_its_reconciliation_and_a_short_one_from_the_call()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        var longFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var shortFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer longTimer = wheel.CreateTimer(_ => longFired.TrySetResult(), null, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
+        using ITimer shortTimer = wheel.CreateTimer(_ => shortFired.TrySetResult(), null, TimeSpan.FromMilliseconds(500), Timeout.InfiniteTimeSpan);
+
+        // The driver gets to the changes 3 ms after the calls.
+        clock.Advance(TimeSpan.FromMilliseconds(3));
+        wheel.RunDueTimers();
+
+        clock.Advance(TimeSpan.FromMilliseconds(497));
+        wheel.RunDueTimers();
+        await shortFired.Task.WaitAsync(s_timeout); // 500 ms after its call, as an absolute arm
+
+        clock.Advance(TimeSpan.FromMilliseconds(1_500));
+        wheel.RunDueTimers();
+        await Task.Delay(50);
+        longFired.Task.IsCompleted.Should().BeFalse("2 s after the call, but the deadline counts from the reconciliation 3 ms later");
+
+        clock.Advance(TimeSpan.FromMilliseconds(3));
+        wheel.RunDueTimers();
+        await longFired.Task.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_relative_arm_made_after_the_reconcilers_clock_reading_is_not_measured_from_that_reading()
+    {
+        // The driver reads the clock, then pops the stack. A Change that lands in between must not take the earlier
+        // reading as its start: the reconciler reads the clock again after the pop. The clock hook below arms the
+        // timer (a relative arm reads no clock) 5 ms after the reading it then hands back to the driver.
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        var fired = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(clock.GetTimestamp()), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        wheel.RunDueTimers();
+
+        long changedAt = 0;
+        clock.OnNextRead = () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(5));
+            changedAt = clock.GetTimestamp();
+            timer.Change(TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan).Should().BeTrue();
+            return changedAt - Units(TimeSpan.FromMilliseconds(5));
+        };
+        wheel.RunDueTimers();
+        changedAt.Should().NotBe(0, "the hook ran inside the driver's pass");
+
+        // One second after the stale reading, 5 ms short of one second after the Change.
+        clock.Advance(TimeSpan.FromMilliseconds(995));
+        wheel.RunDueTimers();
+        await Task.Delay(50);
+        fired.Task.IsCompleted.Should().BeFalse("the timer would fire 5 ms early");
+
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        long firedAt = await fired.Task.WaitAsync(s_timeout);
+        (firedAt - changedAt).Should().BeGreaterThanOrEqualTo(Units(TimeSpan.FromSeconds(1)));
+    }
+
+    [Fact]
+    public async Task Long_timers_armed_from_many_threads_on_the_real_clock_are_never_early_and_the_driver_links_them_by_itself()
+    {
+        using var wheel = new TimerWheel();
+        const int Threads = 4;
+        const int PerThread = 100;
+        var armedAt = new long[Threads * PerThread];
+        var firedAt = new long[Threads * PerThread];
+        var dueTimes = new TimeSpan[Threads * PerThread];
+        var timers = new ConcurrentBag<ITimer>();
+        int remaining = Threads * PerThread;
+        int duplicates = 0;
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        Task[] arming = Enumerable.Range(0, Threads).Select(t => Task.Run(() =>
+        {
+            var random = new Random(t);
+            for (int i = 0; i < PerThread; i++)
+            {
+                int id = (t * PerThread) + i;
+                dueTimes[id] = TimeSpan.FromMilliseconds(1_000 + random.Next(0, 100));
+                TimerCallback callback = _ =>
+                {
+                    if (Interlocked.Exchange(ref firedAt[id], Stopwatch.GetTimestamp()) != 0)
+                    {
+                        Interlocked.Increment(ref duplicates);
+                    }
+
+                    if (Interlocked.Decrement(ref remaining) == 0)
+                    {
+                        done.TrySetResult();
+                    }
+                };
+
+                if (i % 2 == 0)
+                {
+                    // Armed at creation.
+                    armedAt[id] = Stopwatch.GetTimestamp();
+                    timers.Add(wheel.CreateTimer(callback, null, dueTimes[id], Timeout.InfiniteTimeSpan));
+                }
+                else
+                {
+                    // Created disarmed, then armed (and re-armed once) by Change.
+                    ITimer timer = wheel.CreateTimer(callback, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                    timers.Add(timer);
+                    timer.Change(TimeSpan.FromSeconds(5), Timeout.InfiniteTimeSpan);
+                    armedAt[id] = Stopwatch.GetTimestamp();
+                    timer.Change(dueTimes[id], Timeout.InfiniteTimeSpan);
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(arming);
+
+        // 600 pushes stay below the inline-drain batch and nothing here reads PendingCount: only the driver's
+        // reconcile request, made by the push that found the stack empty, can link them.
+        await done.Task.WaitAsync(s_timeout);
+
+        duplicates.Should().Be(0, "each timer fires once");
+        var early = new List<string>();
+        var late = new List<string>();
+        for (int id = 0; id < armedAt.Length; id++)
+        {
+            TimeSpan elapsed = Stopwatch.GetElapsedTime(armedAt[id], firedAt[id]);
+            if (elapsed < dueTimes[id])
+            {
+                early.Add($"#{id}: {elapsed.TotalMilliseconds:F3} ms < {dueTimes[id].TotalMilliseconds} ms");
+            }
+            else if (elapsed >= dueTimes[id] + TimeSpan.FromSeconds(1))
+            {
+                late.Add($"#{id}: {elapsed.TotalMilliseconds:F3} ms for {dueTimes[id].TotalMilliseconds} ms");
+            }
+        }
+
+        early.Should().BeEmpty("no timer may fire early");
+        late.Should().BeEmpty("a timer is late by at most a reconcile interval, a tick and scheduling noise");
+
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
+    private static long Units(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+
+    /// <summary>A manual clock that can run a hook in place of its next reading (once) and return what the hook says.</summary>
+    private sealed class HookClock : TimerClock
+    {
+        private readonly ManualClock _inner = new();
+
+        public Func<long>? OnNextRead { get; set; }
+
+        public override long GetTimestamp()
+        {
+            Func<long>? hook = OnNextRead;
+            if (hook is not null)
+            {
+                OnNextRead = null;
+                return hook();
+            }
+
+            return _inner.GetTimestamp();
+        }
+
+        public void Advance(TimeSpan by) => _inner.Advance(by);
+    }
+}
