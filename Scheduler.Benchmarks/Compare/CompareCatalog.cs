@@ -60,13 +60,17 @@ internal static partial class CompareCatalog
             "`PipeScheduler.ThreadPool` vs ours (`scheduler.PipeScheduler`) vs Pipelines.Sockets.Unofficial's `DedicatedThreadPoolPipeScheduler` (one worker per core; its spill-to-ThreadPool queue length of 10 is never reached by 8 chains).",
             PipeSchedule),
         new("wake_latency",
-            "From a foreign thread completing an awaited `TaskCompletionSource` (asynchronous continuations) to the awaiting code running: " +
-            "on the ThreadPool vs on ours. Most wake-ups come 0–50 µs after the await (workers may still spin); every 8th after 1 ms (workers parked), so p99 is a parked worker's wake-up. HdrHistogram percentiles.",
-            WakeLatency),
+            "A parked worker resumes: a foreign thread completes an awaited `TaskCompletionSource` (asynchronous continuations) 2 ms after the await, when the awaiting side has parked " +
+            $"(blocked in the kernel), and the sample is the time until the awaiting code runs: on the ThreadPool vs on ours. {N(ParkedWakeSamples)} samples per round ({N(ParkedWakeSamplesQuick)} with --quick), HdrHistogram percentiles.",
+            c => WakeLatency(c, WakeGap.Parked)),
         new("wake_latency",
-            "Pooled wakers: the same probe (same gaps, same foreign thread) awaiting a freshly rented `PooledValueTaskSource<long>` per sample on a worker of ours, vs `TaskCompletionSource` on the ThreadPool, " +
+            "Pooled wakers, parked worker: the same probe awaiting a freshly rented `PooledValueTaskSource<long>` per sample on a worker of ours, vs `TaskCompletionSource` on the ThreadPool, " +
             "vs DotNext.Threading's `ValueTaskCompletionSource<long>` (one, reset per sample) on the ThreadPool.",
-            WakeLatencyPooled),
+            c => WakeLatencyPooled(c, WakeGap.Parked)),
+        new("wake_latency",
+            $"Pooled wakers, busy gaps: the foreign thread completes 0–50 µs after the await (busy-waited, the same random sequence for all), while the awaiting worker may still spin before parking; " +
+            $"{N(BusyWakeSamples)} samples per round ({N(BusyWakeSamplesQuick)} with --quick). Contenders as in the row above.",
+            c => WakeLatencyPooled(c, WakeGap.Busy)),
         new("idle_cpu",
             $"Process CPU (ms per second, via getrusage) while {N(PendingAwaiterCount)} tasks sit awaiting never-completed `TaskCompletionSource`s, measured after a 250 ms settle: ThreadPool vs ours. Below 1 ms/s both count as idle (ratio 1.0).",
             IdleCpu),
@@ -100,15 +104,25 @@ internal static partial class CompareCatalog
             .Owning(dedicated);
     }
 
-    private static Comparison WakeLatency(CompareContext context)
+    private const int ParkedWakeSamples = 500;
+    private const int ParkedWakeSamplesQuick = 150;
+    private const int BusyWakeSamples = 4_000;
+    private const int BusyWakeSamplesQuick = 1_000;
+
+    private static int WakeSamples(CompareContext context, WakeGap gap) => gap == WakeGap.Parked
+        ? (context.Quick ? ParkedWakeSamplesQuick : ParkedWakeSamples)
+        : (context.Quick ? BusyWakeSamplesQuick : BusyWakeSamples);
+
+    private static Metric[] WakeLatencyMetrics() => [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
+
+    private static Comparison WakeLatency(CompareContext context, WakeGap gap)
     {
         const string What = "wake_latency";
-        int samples = context.Quick ? 1_000 : 4_000;
-        Metric[] metrics = [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
-        return new Comparison(What, metrics, variant: "Tasks")
-            .Baseline("ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
-            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new TaskCompletionSourceWakeSignal(), samples, What))
-            .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
+        int samples = WakeSamples(context, gap);
+        return new Comparison(What, WakeLatencyMetrics(), variant: "Tasks, parked worker")
+            .Baseline("ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, gap, What))
+            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new TaskCompletionSourceWakeSignal(), samples, gap, What))
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 2);
     }
 
     private static Comparison PingPongPooled(CompareContext context)
@@ -123,16 +137,15 @@ internal static partial class CompareCatalog
             .Peer(DotNextPeer, CompareContext.TimedWithAllocations(What + " (DotNext) on the ThreadPool", () => WakerPingPongPairs.DotNext(TaskScheduler.Default, Pairs, RoundTrips), Pairs * RoundTrips));
     }
 
-    private static Comparison WakeLatencyPooled(CompareContext context)
+    private static Comparison WakeLatencyPooled(CompareContext context, WakeGap gap)
     {
         const string What = "wake_latency";
-        int samples = context.Quick ? 1_000 : 4_000;
-        Metric[] metrics = [new("p50", "µs", Better.Lower), new("p99", "µs", Better.Lower)];
-        return new Comparison(What, metrics, variant: PooledWakers)
-            .Baseline("TaskCompletionSource on ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, What))
-            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new PooledWakeSignal(), samples, What))
-            .Peer(DotNextPeer, c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new DotNextWakeSignal(), samples, What))
-            .WithRounds(warmups: 1, rounds: 7, quickRounds: 2);
+        int samples = WakeSamples(context, gap);
+        return new Comparison(What, WakeLatencyMetrics(), variant: gap == WakeGap.Parked ? PooledWakers + ", parked worker" : PooledWakers + ", busy gaps")
+            .Baseline("TaskCompletionSource on ThreadPool", c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new TaskCompletionSourceWakeSignal(), samples, gap, What))
+            .Ours(c => WakeLatencyProbe.Measure(c, c.Scheduler, new PooledWakeSignal(), samples, gap, What))
+            .Peer(DotNextPeer, c => WakeLatencyProbe.Measure(c, TaskScheduler.Default, new DotNextWakeSignal(), samples, gap, What))
+            .WithRounds(warmups: 1, rounds: gap == WakeGap.Parked ? 5 : 7, quickRounds: 2);
     }
 
     private static Comparison IdleCpu(CompareContext context)

@@ -3,21 +3,37 @@ using HdrHistogram;
 
 namespace Scheduler.Benchmarks.Compare;
 
+/// <summary>When the probe's foreign thread completes the awaitable, counted from the moment the awaiter armed it.</summary>
+internal enum WakeGap
+{
+    /// <summary>2 ms later: the awaiting side has long gone idle and parked (blocked in the kernel). The pattern.</summary>
+    Parked,
+
+    /// <summary>0–50 µs later (busy-waited, random, the same sequence for every contender): workers may still be spinning.</summary>
+    Busy,
+}
+
 /// <summary>
 /// wake_latency: the time from a foreign thread completing an awaitable to the awaiting continuation running on the
-/// scheduler under test. Most samples fire within 0–50 µs of arming (a worker may still be spinning); every 8th
-/// fires after a 1 ms sleep, when the workers have parked, so p99 measures waking a parked worker.
+/// scheduler under test, with the completion coming either after the awaiting worker parked (<see cref="WakeGap.Parked"/>)
+/// or while it may still spin (<see cref="WakeGap.Busy"/>).
 /// </summary>
+/// <remarks>
+/// The two are kept apart on purpose. Mixed in one run (as an earlier version of this probe did: a 1 ms sleep every 8th
+/// sample), the kernel places the worker that the sleeping firer wakes on the firer's own CPU, and the busy-waiting firer
+/// then shares that CPU with it for the samples that follow, so the mix measured the co-location rather than either
+/// scenario (see docs/scheduling.md, "Wake latency").
+/// </remarks>
 internal static class WakeLatencyProbe
 {
-    private const int ParkedEvery = 8;
     private const int MaxBusyGapMicroseconds = 50;
+    private const int ParkedGapMilliseconds = 2;
 
     /// <summary>Returns the median (p50) and p99 latency in microseconds over <paramref name="samples"/> wake-ups.</summary>
-    public static double[] Measure(CompareContext context, TaskScheduler scheduler, WakeSignal signal, int samples, string what)
+    public static double[] Measure(CompareContext context, TaskScheduler scheduler, WakeSignal signal, int samples, WakeGap gap, string what)
     {
         ArgumentNullException.ThrowIfNull(context);
-        var run = new Run(signal, samples);
+        var run = new Run(signal, samples, gap);
         var firer = new Thread(static state => ((Run)state!).FireLoop()) { IsBackground = true, Name = "wake_latency firer" };
         firer.UnsafeStart(run);
         try
@@ -34,7 +50,7 @@ internal static class WakeLatencyProbe
         return [run.Histogram.GetValueAtPercentile(50) / 1000.0, run.Histogram.GetValueAtPercentile(99) / 1000.0];
     }
 
-    private sealed class Run(WakeSignal signal, int samples)
+    private sealed class Run(WakeSignal signal, int samples, WakeGap gap)
     {
         private const long HighestNanoseconds = 60_000_000_000;
         private static readonly double s_nanosecondsPerTick = 1e9 / Stopwatch.Frequency;
@@ -80,9 +96,9 @@ internal static class WakeLatencyProbe
                     spinner.SpinOnce(sleep1Threshold: -1);
                 }
 
-                if (i % ParkedEvery == ParkedEvery - 1)
+                if (gap == WakeGap.Parked)
                 {
-                    Thread.Sleep(1);
+                    Thread.Sleep(ParkedGapMilliseconds);
                 }
                 else
                 {

@@ -36,13 +36,16 @@ public sealed class WakerRowTests : IDisposable
         await WakerPingPongPairs.DotNext(where, pairs: 1, roundTrips: 1).WaitAsync(s_timeout);
     }
 
-    [Fact]
-    public void Pooled_and_DotNext_wake_signals_give_percentiles_through_the_wake_latency_probe()
+    [Theory]
+    [InlineData(false, 200)]
+    [InlineData(true, 20)]
+    public void Pooled_and_DotNext_wake_signals_give_percentiles_through_the_wake_latency_probe(bool parked, int samples)
     {
+        WakeGap gap = parked ? WakeGap.Parked : WakeGap.Busy;
         var context = new CompareContext(_scheduler, quick: true, s_timeout);
 
-        double[] pooled = WakeLatencyProbe.Measure(context, _scheduler, new PooledWakeSignal(), samples: 200, "test");
-        double[] dotNext = WakeLatencyProbe.Measure(context, TaskScheduler.Default, new DotNextWakeSignal(), samples: 200, "test");
+        double[] pooled = WakeLatencyProbe.Measure(context, _scheduler, new PooledWakeSignal(), samples, gap, "test");
+        double[] dotNext = WakeLatencyProbe.Measure(context, TaskScheduler.Default, new DotNextWakeSignal(), samples, gap, "test");
 
         foreach (double[] percentiles in new[] { pooled, dotNext })
         {

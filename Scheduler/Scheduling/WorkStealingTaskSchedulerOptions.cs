@@ -13,10 +13,10 @@ public sealed class WorkStealingTaskSchedulerOptions
     public string ThreadNamePrefix { get; set; } = "WorkStealing";
 
     /// <summary>
-    /// How many times an idle worker polls every queue (with a short pause between polls) before it parks.
-    /// Higher values trade idle CPU for wake-up latency under bursty load. Defaults to 30; 0 parks at once.
+    /// How many times an idle worker polls every queue (with a pause of about 0.2 µs between polls) before it parks.
+    /// Higher values trade idle CPU for wake-up latency under bursty load. Defaults to 256 (about 60 µs); 0 parks at once.
     /// </summary>
-    public int SpinIterations { get; set; } = 30;
+    public int SpinIterations { get; set; } = 256;
 
     /// <summary>
     /// Every this many tasks a worker serves its inbox and the global queue before its own deque, so
