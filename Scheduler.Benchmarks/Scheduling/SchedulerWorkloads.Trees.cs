@@ -4,7 +4,7 @@ internal static partial class SchedulerWorkloads
 {
     private static readonly Func<object?, long> s_skynetLeaf = static state => ((SkynetNode)state!).Number;
     private static readonly Func<object?, Task<long>> s_skynetInner = static state => SkynetInner((SkynetNode)state!);
-    private static readonly Func<object?, Task<long>> s_fib = static state => Fib(((FibNode)state!).Scheduler, ((FibNode)state!).N);
+    private static readonly Func<object?, Task<long>> s_fib = static state => ((FibNode)state!).Run();
 
     /// <summary>The sum skynet must return for <paramref name="leaves"/> leaves (0 + 1 + ... + leaves-1).</summary>
     public static long SkynetExpected(int leaves) => (long)leaves * (leaves - 1) / 2;
@@ -77,7 +77,10 @@ internal static partial class SchedulerWorkloads
         return await left + right;
     }
 
-    private sealed record FibNode(TaskScheduler Scheduler, int N);
+    private sealed record FibNode(TaskScheduler Scheduler, int N)
+    {
+        public Task<long> Run() => Fib(Scheduler, N);
+    }
 
     private static bool IsPowerOf(int value, int radix)
     {

@@ -16,7 +16,7 @@ public sealed class PendingChangesStressTests
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(20);
 
-    private static long Units(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+    private static long Units(TimeSpan span) => StopwatchUnits.From(span);
 
     /// <summary>
     /// Several threads race Change and Dispose on shared periodic timers while the driver fires them; then one

@@ -45,9 +45,7 @@ public sealed class RelativeArmTests
         await shortFired.Task.WaitAsync(s_timeout); // 500 ms after its call, as an absolute arm
 
         clock.Advance(TimeSpan.FromMilliseconds(1_500));
-        wheel.RunDueTimers();
-        await Task.Delay(50);
-        longFired.Task.IsCompleted.Should().BeFalse("2 s after the call, but the deadline counts from the reconciliation 3 ms later");
+        await RunAndConfirmNotFiredAsync(wheel, longFired.Task, "2 s after the call, but the deadline counts from the reconciliation 3 ms later");
 
         clock.Advance(TimeSpan.FromMilliseconds(3));
         wheel.RunDueTimers();
@@ -79,9 +77,7 @@ public sealed class RelativeArmTests
 
         // One second after the stale reading, 5 ms short of one second after the Change.
         clock.Advance(TimeSpan.FromMilliseconds(995));
-        wheel.RunDueTimers();
-        await Task.Delay(50);
-        fired.Task.IsCompleted.Should().BeFalse("the timer would fire 5 ms early");
+        await RunAndConfirmNotFiredAsync(wheel, fired.Task, "the timer would fire 5 ms early");
 
         clock.Advance(TimeSpan.FromMilliseconds(5));
         wheel.RunDueTimers();
@@ -171,7 +167,15 @@ public sealed class RelativeArmTests
         }
     }
 
-    private static long Units(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+    private static long Units(TimeSpan span) => StopwatchUnits.From(span);
+
+    /// <summary>Runs the wheel at the clock's time and checks, after giving a queued callback time to run, that <paramref name="fired"/> has not.</summary>
+    private static async Task RunAndConfirmNotFiredAsync(TimerWheel wheel, Task fired, string because)
+    {
+        wheel.RunDueTimers();
+        await Task.Delay(50);
+        fired.IsCompleted.Should().BeFalse(because);
+    }
 
     /// <summary>A manual clock that can run a hook in place of its next reading (once) and return what the hook says.</summary>
     private sealed class HookClock : TimerClock

@@ -7,6 +7,12 @@ using Scheduler.Tests;
 
 namespace Scheduler.Tests.Timers;
 
+/// <summary>Converts between <see cref="TimeSpan"/> and the wheel's <see cref="Stopwatch"/> timestamp units.</summary>
+internal static class StopwatchUnits
+{
+    public static long From(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+}
+
 /// <summary>A clock the test moves by hand, so the wheel can be driven through years in microseconds.</summary>
 internal sealed class ManualClock : TimerClock
 {
@@ -18,7 +24,7 @@ internal sealed class ManualClock : TimerClock
 
     public override long GetTimestamp() => Volatile.Read(ref _now);
 
-    public void Advance(TimeSpan by) => Interlocked.Add(ref _now, (long)(by.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond)));
+    public void Advance(TimeSpan by) => Interlocked.Add(ref _now, StopwatchUnits.From(by));
 
     public void AdvanceUnits(long units) => Interlocked.Add(ref _now, units);
 }

@@ -6,7 +6,7 @@ namespace Scheduler.Tests.Timers;
 /// <summary>The wheel on a hand-moved clock with no driver: deterministic, and years pass in microseconds.</summary>
 public sealed class TimerWheelClockTests
 {
-    private static long Units(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+    private static long Units(TimeSpan span) => StopwatchUnits.From(span);
 
     [Fact]
     public void A_timer_fires_at_its_exact_deadline_and_not_one_timestamp_unit_earlier()

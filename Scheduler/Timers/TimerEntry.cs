@@ -51,6 +51,8 @@ internal abstract class TimerEntry
     /// Called under the wheel lock for an entry popped off the pending-changes stack: reads the intent its
     /// owner published and links, moves or unlinks the entry to match. Returns false (and changes nothing) when
     /// the intent is being written at that very moment; the wheel then pushes the entry back and retries.
+    /// <paramref name="nowTimestamp"/> is always a clock reading taken after the entry was popped, so after the
+    /// change that pushed it: a relative arm may be measured from it without ever firing early.
     /// </summary>
     internal abstract bool Reconcile(TimerWheel wheel, long nowTimestamp);
 

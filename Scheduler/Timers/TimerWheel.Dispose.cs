@@ -26,7 +26,7 @@ public sealed partial class TimerWheel
             // Close the pending-changes stack first: a change pushed before this point is reconciled into the
             // wheel here and removed with everything else below; one attempted after it fails to push and its
             // caller reports the disposal itself. Nothing can be stranded in between.
-            ClosePendingLocked(_clock.GetTimestamp());
+            ClosePendingLocked();
             _wheel.RemoveAll(removed);
             while (_infiniteHead is { } entry)
             {

@@ -69,7 +69,7 @@ public sealed partial class TimerWheel
     internal bool ArmsRelative(TimeSpan dueTime) => RelativeArmsEnabled && dueTime >= s_relativeArmThreshold;
 
     /// <summary>The timestamp by which a change pushed at <paramref name="nowTimestamp"/> must be reconciled.</summary>
-    internal long ReconcileDeadline(long nowTimestamp) =>
+    private long ReconcileDeadline(long nowTimestamp) =>
         SaturatingAdd(nowTimestamp, _reconcileIntervalUnits);
 
     /// <summary>
@@ -267,10 +267,13 @@ public sealed partial class TimerWheel
     }
 
     /// <summary>Closes the stack for good and reconciles what it held. Caller holds the lock and is disposing the wheel.</summary>
-    private void ClosePendingLocked(long now)
+    private void ClosePendingLocked()
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, s_pendingClosed);
+
+        // Read after the pop, as in DrainPendingLocked: Reconcile may measure a relative arm from it.
+        long now = _clock.GetTimestamp();
         var spinner = default(SpinWait);
         while (entry is not null)
         {

@@ -250,7 +250,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         wheel.RemoveLocked(this);
         if ((flags & Disposed) == 0 && due != NotArmed)
         {
-            // nowTimestamp was read after this entry was popped, so after the Change that wrote a relative delay.
+            // nowTimestamp follows the Change that wrote a relative delay (see TimerEntry.Reconcile).
             _linkedGeneration = generation;
             wheel.InsertLocked(this, (flags & RelativeDue) != 0 ? TimerWheel.SaturatingAdd(nowTimestamp, due) : due, nowTimestamp);
         }
