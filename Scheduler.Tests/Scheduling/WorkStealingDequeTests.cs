@@ -81,6 +81,36 @@ public sealed class WorkStealingDequeTests
         deque.Count.Should().Be(1);
     }
 
+    /// <summary>
+    /// A stolen item's slot must not keep it alive: a thief cannot clear the slot (the owner may be refilling it), so
+    /// the owner clears it at its next push, or when it finds the ring empty. Found in ping_pong, where one stale slot
+    /// kept a whole chain of completed promises reachable and every gen-0 collection promoted megabytes.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Stolen_items_are_released_at_the_owners_next_push_or_empty_pop(bool ringEmptied)
+    {
+        var deque = new WorkStealingDeque(16);
+        var thief = new WorkStealingDeque(16);
+        WeakReference[] stolen = PushAndSteal(deque, thief, ringEmptied);
+
+        if (ringEmptied)
+        {
+            deque.TryPop(out _).Should().BeFalse();
+        }
+        else
+        {
+            deque.TryPush(new WorkItem(Box(100))).Should().BeTrue();
+        }
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        stolen.Should().OnlyContain(w => !w.IsAlive, "the owner released the slots of items taken by thieves");
+        deque.Count.Should().Be(ringEmptied ? 0 : 4, "releasing stolen slots never touches queued items");
+    }
+
     /// <summary>Owner pushes/pops/spills while two thieves steal (singly and in batches): every item is taken exactly once.</summary>
     [Theory]
     [InlineData(1)]
@@ -380,6 +410,38 @@ public sealed class WorkStealingDequeTests
         }
 
         return true;
+    }
+
+    // Not inlined, so no reference to the stolen items outlives this frame in a register or stack slot of the test.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static WeakReference[] PushAndSteal(WorkStealingDeque deque, WorkStealingDeque thief, bool stealAll)
+    {
+        var pushed = new List<object>();
+        for (int i = 0; i < 8; i++)
+        {
+            object item = new object();
+            pushed.Add(item);
+            deque.TryPush(new WorkItem(item)).Should().BeTrue();
+        }
+
+        // One single steal, then one batch steal (the first item plus half the rest, into the thief).
+        deque.TrySteal(out _).Should().BeTrue();
+        deque.TryStealHalf(thief, out _, out int moved).Should().BeTrue();
+        while (thief.TryPop(out _))
+        {
+        }
+
+        int stolen = 1 + 1 + moved;
+        if (stealAll)
+        {
+            while (deque.TrySteal(out _))
+            {
+                stolen++;
+            }
+        }
+
+        stolen.Should().Be(stealAll ? 8 : 5);
+        return pushed.Take(stolen).Select(o => new WeakReference(o)).ToArray();
     }
 
     private static object Box(int value) => (object)value;
