@@ -42,7 +42,8 @@ internal static partial class CompareCatalog
             $"{WorkloadSizes.YieldTasks} tasks each `await Task.Yield()` {WorkloadSizes.YieldsPerTask} times.",
             c => Comparison.TimedWithSynchronizationContextPeer(c, "yield_many", s => SchedulerWorkloads.YieldMany(s, WorkloadSizes.YieldTasks, WorkloadSizes.YieldsPerTask))),
         new("ping_pong",
-            $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations).",
+            $"Tasks: {WorkloadSizes.PingPongPairs} pairs of tasks bounce a ball {WorkloadSizes.PingPongRoundTrips} round trips each through awaited `TaskCompletionSource`s (asynchronous continuations). " +
+            "The ball, the next inbox, travels in a field the receiver clears: hops never form a chain (a chain of every hop made the row time the GC, see `SchedulerWorkloads.Hop`).",
             c => Comparison.TimedWithSynchronizationContextPeer(c, "ping_pong", s => SchedulerWorkloads.PingPong(s, WorkloadSizes.PingPongPairs, WorkloadSizes.PingPongRoundTrips), variant: "Tasks")),
         new("ping_pong",
             $"Pooled wakers: the same {WorkloadSizes.PingPongPairs} pairs × {N(WorkloadSizes.PingPongRoundTrips)} round trips, the ball carrying the next inbox: `TaskCompletionSource` on the ThreadPool vs " +

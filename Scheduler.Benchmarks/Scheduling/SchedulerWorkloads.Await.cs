@@ -18,9 +18,9 @@ internal static partial class SchedulerWorkloads
 
     /// <summary>
     /// ping_pong with Tasks: <paramref name="pairs"/> pairs of tasks, each pair bouncing a ball
-    /// <paramref name="roundTrips"/> times. Every hop completes a <see cref="TaskCompletionSource{TResult}"/>
-    /// the partner awaits, with <see cref="TaskCreationOptions.RunContinuationsAsynchronously"/> so every hop
-    /// goes through the scheduler's queues (wake the partner, run it) instead of running inline.
+    /// <paramref name="roundTrips"/> times. Every hop completes a <see cref="TaskCompletionSource"/> the partner
+    /// awaits, with <see cref="TaskCreationOptions.RunContinuationsAsynchronously"/> so every hop goes through the
+    /// scheduler's queues (wake the partner, run it) instead of running inline. The ball carries the inbox to answer to.
     /// </summary>
     public static Task PingPong(TaskScheduler scheduler, int pairs, int roundTrips)
     {
@@ -58,12 +58,13 @@ internal static partial class SchedulerWorkloads
     {
         try
         {
-            Hop? partner = state.First;
+            Hop? partner = state.TakeFirst();
             for (int i = 0; i < state.RoundTrips; i++)
             {
                 var mine = new Hop();
-                partner!.SetResult(mine);
-                partner = await mine.Task;
+                partner!.Pass(mine);
+                await mine.Task;
+                partner = mine.TakeBall();
             }
 
             state.Done.Signal();
@@ -79,18 +80,19 @@ internal static partial class SchedulerWorkloads
     {
         try
         {
-            Hop mine = state.First;
+            Hop mine = state.TakeFirst();
             for (int i = 0; i < state.RoundTrips; i++)
             {
-                Hop partner = (await mine.Task)!;
+                await mine.Task;
+                Hop partner = mine.TakeBall()!;
                 if (i == state.RoundTrips - 1)
                 {
-                    partner.SetResult(null);
+                    partner.Pass(null);
                 }
                 else
                 {
                     mine = new Hop();
-                    partner.SetResult(mine);
+                    partner.Pass(mine);
                 }
             }
 
@@ -104,8 +106,41 @@ internal static partial class SchedulerWorkloads
 
     private sealed record YieldState(int Yields, WorkloadCompletion Done);
 
-    private sealed record PingPongState(Hop First, int RoundTrips, WorkloadCompletion Done);
+    /// <summary>One side's start: the first hop (handed over once, see <see cref="Hop"/>), the length and the shared completion.</summary>
+    private sealed class PingPongState(Hop first, int roundTrips, WorkloadCompletion done)
+    {
+        private Hop? _first = first;
 
-    /// <summary>One hop of the ball: completing it hands the partner the inbox to answer to.</summary>
-    private sealed class Hop() : TaskCompletionSource<Hop?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        public int RoundTrips { get; } = roundTrips;
+
+        public WorkloadCompletion Done { get; } = done;
+
+        public Hop TakeFirst() => Interlocked.Exchange(ref _first, null) ?? throw new InvalidOperationException("The first hop was already taken.");
+    }
+
+    /// <summary>
+    /// One hop: completing it hands the partner the ball, the inbox to answer to. The ball sits in a field that the
+    /// receiver clears, not in the task's result, and nothing keeps the first hop: hops must not form a chain. A chain of
+    /// every hop of the run (each result the next hop) made the row time the GC instead of the hops: a dead hop in an
+    /// older generation roots the rest of the chain at every gen-0 collection, which then promoted ~7.5 MB of 16 and
+    /// paused 8–13 ms, and the side allocating more per hop (a custom scheduler's await, see docs/scheduling.md) paid it
+    /// several times over.
+    /// </summary>
+    private sealed class Hop() : TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+    {
+        private Hop? _ball;
+
+        public void Pass(Hop? ball)
+        {
+            _ball = ball; // ordered before the completion the partner awaits
+            SetResult();
+        }
+
+        public Hop? TakeBall()
+        {
+            Hop? ball = _ball;
+            _ball = null;
+            return ball;
+        }
+    }
 }
