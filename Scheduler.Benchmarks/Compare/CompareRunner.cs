@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 
 namespace Scheduler.Benchmarks.Compare;
@@ -6,6 +7,19 @@ namespace Scheduler.Benchmarks.Compare;
 internal sealed record RoundPlan(int Warmups, int Rounds, int QuickWarmups, int QuickRounds)
 {
     public static RoundPlan Default { get; } = new(Warmups: 2, Rounds: 11, QuickWarmups: 1, QuickRounds: 3);
+
+    /// <summary>
+    /// Outside <c>--quick</c>, warm-up goes on past <see cref="Warmups"/> rounds until every contender has run this long
+    /// in total. Our library is IL compiled at run time: tier 0, then (after the runtime's 100 ms tiering delay, which
+    /// restarts whenever new tier-0 code appears, and on a background thread that competes with two busy workers for two
+    /// cores) instrumented code, then tier 1. The BCL side starts from precompiled ReadyToRun code. Two fixed rounds of a
+    /// 10 ms workload measured ours on tier-0 code: ping_pong with pooled wakers took 27 ms a run for the first ~15 runs
+    /// and 11 ms once tiered.
+    /// </summary>
+    public TimeSpan MinimumWarmupTime { get; init; } = TimeSpan.FromSeconds(1.5);
+
+    /// <summary>Upper bound on warm-up rounds, however short the runs.</summary>
+    public int MaximumWarmups { get; init; } = 60;
 }
 
 /// <summary>
@@ -54,14 +68,7 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
             : comparison.Warmups ?? plan.Warmups;
         int rounds = context.Quick ? comparison.QuickRounds ?? plan.QuickRounds : comparison.Rounds ?? plan.Rounds;
 
-        for (int w = 0; w < warmups; w++)
-        {
-            progress.WriteLine($"{tag} warm-up {w + 1}/{warmups}");
-            foreach (Contender contender in contenders)
-            {
-                Measure(comparison, contender);
-            }
-        }
+        Warmup(comparison, tag, warmups, context.Quick ? TimeSpan.Zero : plan.MinimumWarmupTime);
 
         var samples = contenders.ToDictionary(c => c, _ => comparison.Metrics.Select(_ => new List<double>()).ToArray());
         for (int r = 0; r < rounds; r++)
@@ -97,13 +104,36 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
             .ToList();
     }
 
-    private double[] Measure(Comparison comparison, Contender contender)
+    private void Warmup(Comparison comparison, string tag, int minimumRounds, TimeSpan minimumTime)
+    {
+        IReadOnlyList<Contender> contenders = comparison.Contenders;
+        var warmedFor = new TimeSpan[contenders.Count];
+        int round = 0;
+        while (round < minimumRounds || (round < plan.MaximumWarmups && warmedFor.Any(t => t < minimumTime)))
+        {
+            for (int k = 0; k < contenders.Count; k++)
+            {
+                Measure(comparison, contenders[k], out TimeSpan elapsed);
+                warmedFor[k] += elapsed;
+            }
+
+            round++;
+        }
+
+        progress.WriteLine($"{tag} warm-up: {round} rounds ({string.Join(", ", contenders.Select((c, k) => $"{c.Name} {warmedFor[k].TotalSeconds:F1} s"))})");
+    }
+
+    private double[] Measure(Comparison comparison, Contender contender) => Measure(comparison, contender, out _);
+
+    private double[] Measure(Comparison comparison, Contender contender, out TimeSpan elapsed)
     {
         // Each run starts from a settled heap, so nobody pays for the previous run's garbage.
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
+        long begin = Stopwatch.GetTimestamp();
         double[] values = contender.Measure(context);
+        elapsed = Stopwatch.GetElapsedTime(begin);
         if (values.Length != comparison.Metrics.Count)
         {
             throw new InvalidOperationException($"{comparison.Workload}/{contender.Name} returned {values.Length} values for {comparison.Metrics.Count} metrics.");

@@ -50,7 +50,7 @@ public sealed class CompareCommandTests : IDisposable
 
         // Progress goes to stderr: the workload, its warm-up and each measured round.
         string progress = error.ToString();
-        progress.Should().Contain("spawn_many_local warm-up 1/");
+        progress.Should().Contain("spawn_many_local warm-up: 1 rounds");
         progress.Should().Contain("spawn_many_local round 1/").And.Contain("spawn_many_local round 3/3");
 
         // Docs go where --docs says (never the repository's docs/ from a test), with the same table and a PNG chart.
