@@ -6,7 +6,7 @@ namespace Scheduler.Benchmarks.Compare;
 /// <summary>Default round counts; a comparison may override them (see <see cref="Comparison.WithRounds"/>).</summary>
 internal sealed record RoundPlan(int Warmups, int Rounds, int QuickWarmups, int QuickRounds)
 {
-    public static RoundPlan Default { get; } = new(Warmups: 2, Rounds: 11, QuickWarmups: 1, QuickRounds: 3);
+    public static RoundPlan Default { get; } = new(Warmups: 2, Rounds: 21, QuickWarmups: 1, QuickRounds: 3);
 
     /// <summary>
     /// Outside <c>--quick</c>, warm-up goes on past <see cref="Warmups"/> rounds until every contender has run this long
