@@ -83,8 +83,8 @@ public sealed class WorkStealingDequeTests
 
     /// <summary>
     /// A stolen item's slot must not keep it alive: a thief cannot clear the slot (the owner may be refilling it), so
-    /// the owner clears it at its next push, or when it finds the ring empty. Found in ping_pong, where one stale slot
-    /// kept a whole chain of completed promises reachable and every gen-0 collection promoted megabytes.
+    /// the owner clears it at its next push, or when it finds the ring empty. Found in a heap dump of ping_pong, where one
+    /// stale slot kept a whole chain of completed promises reachable.
     /// </summary>
     [Theory]
     [InlineData(false)]

@@ -253,8 +253,8 @@ internal sealed class WorkStealingDeque
     /// Owner only: clears the slots of items that thieves took (indices below <paramref name="head"/>, a head value the
     /// owner has read), which still point at their tasks. Left alone, a stolen task, and everything its continuation
     /// reaches (a state machine, the next promise, a whole chain of them), stays reachable from this ring until the
-    /// owner happens to push a ring's worth more items, and the GC promotes it all: in ping_pong with Tasks a single
-    /// stale slot kept whole chains of completed promises alive, and every gen-0 collection promoted ~7 MB.
+    /// owner happens to push a ring's worth more items (a heap dump of ping_pong with Tasks showed a completed task in
+    /// a stale slot rooting a chain of completed promises).
     /// </summary>
     /// <remarks>
     /// Safe without atomics. Every index below the head is consumed, and the head only grows, so a thief that still
