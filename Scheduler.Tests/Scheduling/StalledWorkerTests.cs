@@ -1,0 +1,74 @@
+using System.Diagnostics;
+
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>
+/// A worker that stops making progress (a long task, or a preempted thread) must not hold the continuations queued to
+/// its inbox while its peers are busy with short work: busy workers do not steal, so a peer takes a batch of a stalled
+/// worker's inbox at its fairness turn instead. (Its deque is left to idle peers, as work stealing always did.)
+/// </summary>
+public sealed class StalledWorkerTests
+{
+    private static readonly TimeSpan Stall = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task Work_queued_to_a_stalled_workers_inbox_runs_on_a_busy_peer()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        using var stalledStarted = new ManualResetEventSlim();
+        using var release = new CancellationTokenSource();
+        int stalledIndex = -1;
+        int chainRuns = 0;
+
+        Task stalled = Task.CompletedTask, chain = Task.CompletedTask;
+        try
+        {
+            // The stalled worker: one long task.
+            var rescued = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+            stalled = scheduler.Factory.StartNew(() =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out stalledIndex);
+                stalledStarted.Set();
+                var clock = Stopwatch.StartNew();
+                while (!release.IsCancellationRequested && clock.Elapsed < Stall)
+                {
+                    Thread.SpinWait(100);
+                }
+            });
+            stalledStarted.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+
+            // The peer: kept busy by a chain of short tasks, so it never goes idle (and never steals the idle way).
+            chain = scheduler.Factory.StartNew(() => Chain(scheduler, () => Interlocked.Increment(ref chainRuns), release.Token));
+            SpinWait.SpinUntil(() => Volatile.Read(ref chainRuns) > 1_000, SchedulerTestHelpers.Timeout).Should().BeTrue("the chain runs on the other worker");
+
+            // A continuation for the stalled worker (what a waker completed by an I/O or timer thread sends it).
+            scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() => RecordRunner(scheduler, rescued)));
+
+            var waited = Stopwatch.StartNew();
+            int ranOn = await rescued.Task.WaitAsync(Stall / 2);
+            waited.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(2), "a busy peer takes it at a fairness turn, not after the stall");
+            ranOn.Should().NotBe(stalledIndex);
+        }
+        finally
+        {
+            // Even when an assertion failed: stop both, or disposing the scheduler would wait for an endless chain.
+            release.Cancel();
+            await Task.WhenAll(stalled, chain).WithTimeout();
+        }
+    }
+
+    private static void RecordRunner(WorkStealingTaskScheduler scheduler, TaskCompletionSource<int> rescued)
+    {
+        scheduler.TryGetCurrentWorkerIndex(out int index);
+        rescued.TrySetResult(index);
+    }
+
+    private static void Chain(WorkStealingTaskScheduler scheduler, Action step, CancellationToken stop)
+    {
+        step();
+        if (!stop.IsCancellationRequested)
+        {
+            scheduler.Factory.StartNew(() => Chain(scheduler, step, stop), CancellationToken.None);
+        }
+    }
+}
