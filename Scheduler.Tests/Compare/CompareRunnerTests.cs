@@ -11,7 +11,7 @@ public sealed class CompareRunnerTests
     [Fact]
     public void Warm_up_goes_on_until_every_contender_ran_the_minimum_time()
     {
-        var plan = RoundPlan.Default with { Warmups = 2, Rounds = 3, MinimumWarmupTime = TimeSpan.FromMilliseconds(60), MaximumWarmups = 1_000 };
+        var plan = RoundPlan.Default with { Warmups = 2, Rounds = 3, MinimumWarmupTime = TimeSpan.FromMilliseconds(60), MaximumWarmups = 1_000, SettleHeapBeforeEachRun = false };
         (int baselineRuns, int oursRuns, string progress) = RunCounting(plan, quick: false, baselineSleep: 1, oursSleep: 1);
 
         // Each run sleeps at least 1 ms, so 60 ms of warm-up is at most 60 rounds; it is well beyond the fixed 2 unless
@@ -25,7 +25,7 @@ public sealed class CompareRunnerTests
     [Fact]
     public void Warm_up_rounds_are_capped_and_quick_mode_keeps_the_fixed_count()
     {
-        var plan = RoundPlan.Default with { Warmups = 2, Rounds = 3, QuickWarmups = 1, QuickRounds = 1, MinimumWarmupTime = TimeSpan.FromSeconds(30), MaximumWarmups = 4 };
+        var plan = RoundPlan.Default with { Warmups = 2, Rounds = 3, QuickWarmups = 1, QuickRounds = 1, MinimumWarmupTime = TimeSpan.FromSeconds(30), MaximumWarmups = 4, SettleHeapBeforeEachRun = false };
 
         RunCounting(plan, quick: false, baselineSleep: 1, oursSleep: 1).OursRuns.Should().Be(4 + 3, "the cap bounds warm-up however short the runs");
         RunCounting(plan, quick: true, baselineSleep: 1, oursSleep: 1).OursRuns.Should().Be(1 + 1, "--quick is a first look: its fixed warm-up count only");

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Scheduler.IO;
 
 namespace Scheduler.Tests.IO;
@@ -107,16 +108,24 @@ public sealed class ReactorConnectionTests
         await using var connection = ReactorConnection.Create(server);
         using (client)
         {
-            // Awaited from a ThreadPool thread: the pipe still resumes us through the scheduler's PipeScheduler.
-            Task<bool> reader = Task.Run(async () =>
+            // Awaited from a ThreadPool thread: the pipe still resumes us through the scheduler's PipeScheduler. The
+            // continuation is registered before anything is sent (a fixed delay here let a slow ThreadPool thread call
+            // ReadAsync after the data had arrived, which then completed synchronously on that thread).
+            var resumedOnWorker = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            await Task.Run(() =>
             {
-                ReadResult result = await connection.Input.ReadAsync();
-                connection.Input.AdvanceTo(result.Buffer.End);
-                return io.Scheduler.IsWorkerThread;
+                ValueTask<ReadResult> pending = connection.Input.ReadAsync();
+                pending.IsCompleted.Should().BeFalse("nothing was sent yet");
+                ValueTaskAwaiter<ReadResult> awaiter = pending.GetAwaiter();
+                awaiter.UnsafeOnCompleted(() =>
+                {
+                    bool onWorker = io.Scheduler.IsWorkerThread;
+                    connection.Input.AdvanceTo(awaiter.GetResult().Buffer.End);
+                    resumedOnWorker.SetResult(onWorker);
+                });
             });
-            await Task.Delay(50);
             await io.Run(async () => await client.SendAsync(new byte[] { 1 }));
-            (await reader.WaitAsync(IoTestContext.Timeout)).Should().BeTrue();
+            (await resumedOnWorker.Task.WaitAsync(IoTestContext.Timeout)).Should().BeTrue();
         }
     }
 
