@@ -47,8 +47,9 @@ public sealed partial class WorkStealingTaskScheduler
         private uint _random;
         private bool _isSearching;
 
-        // Each peer's progress count (executed plus inlined) as this worker saw it at its last fairness turn.
+        // Each peer's progress count (executed plus inlined) as this worker last saw it, and the peer to look at next.
         private readonly long[] _peerProgress;
+        private int _rescueCursor;
 
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
         internal bool WokenAsSearcher;
@@ -341,7 +342,7 @@ public sealed partial class WorkStealingTaskScheduler
         /// the continuations queued to its inbox until it comes back, however busy with short work its peers are. So at
         /// every fairness turn a worker also looks at each peer's progress (tasks executed plus tasks inlined): a peer
         /// whose count has not moved since this worker's previous turn, while it is neither idle nor parked, is stalled,
-        /// and this worker takes a batch of its inbox.
+        /// and this worker takes a batch of its inbox. One peer is looked at per turn.
         /// </summary>
         /// <remarks>
         /// <para>Found in the echo benchmark: three busy threads (two workers and the reactor) on two cores, a preempted
@@ -350,26 +351,30 @@ public sealed partial class WorkStealingTaskScheduler
         /// reached 7 ms (against 10 that did without).</para>
         /// <para>Only the inbox: the deque's work is stealable by any idle peer already, and taking half a "stalled"
         /// deque at fairness turns (where a few microseconds of one task look like a stall) quintupled skynet's steals,
-        /// broke its depth-first order and cost 4% of its median and much of its tail. Costs one read of each peer's
+        /// broke its depth-first order and cost 4% of its median and much of its tail. Costs one read of one peer's
         /// counters per fairness turn. The LIFO slot stays private, as in tokio.</para>
         /// </remarks>
         private bool TryRescueStalledPeer(out WorkItem item)
         {
+            // One peer per turn, round robin: O(1) per turn however many workers there are (each peer is then looked
+            // at every WorkerCount − 1 turns, and "no progress since the last look" spans that longer window).
             Worker[] workers = _owner._workers;
-            for (int i = 0; i < workers.Length; i++)
+            if (workers.Length > 1)
             {
-                Worker peer = workers[i];
-                if (peer == this)
+                int i = _rescueCursor = (_rescueCursor + 1) % workers.Length;
+                if (i == Index)
                 {
-                    continue;
+                    i = _rescueCursor = (i + 1) % workers.Length;
                 }
 
+                Worker peer = workers[i];
                 long progress = Volatile.Read(ref peer.Counters.Executed) + Volatile.Read(ref peer.Counters.Inlined);
                 bool progressed = progress != _peerProgress[i];
                 _peerProgress[i] = progress;
                 if (progressed || peer._isIdle || peer.IsParked || !peer._inbox.TryDequeue(out item))
                 {
-                    continue;
+                    item = default;
+                    return false;
                 }
 
                 int moved = 0;
