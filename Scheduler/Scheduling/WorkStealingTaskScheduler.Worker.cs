@@ -356,49 +356,49 @@ public sealed partial class WorkStealingTaskScheduler
         /// </remarks>
         private bool TryRescueStalledPeer(out WorkItem item)
         {
-            // One peer per turn, round robin: O(1) per turn however many workers there are (each peer is then looked
-            // at every WorkerCount − 1 turns, and "no progress since the last look" spans that longer window).
+            // Only a busy worker rescues: an idle one (whose polls also count down to fairness turns) already takes
+            // inbox work from busy owners through TrySteal, under the searcher limit; a second path for it let an
+            // idle worker take work targeted at an idle peer (ExecutionTests' targeted-work test caught it).
             Worker[] workers = _owner._workers;
-            if (workers.Length > 1)
+            if (_isIdle || workers.Length == 1)
             {
-                int i = _rescueCursor = (_rescueCursor + 1) % workers.Length;
-                if (i == Index)
-                {
-                    i = _rescueCursor = (i + 1) % workers.Length;
-                }
-
-                Worker peer = workers[i];
-                long progress = Volatile.Read(ref peer.Counters.Executed) + Volatile.Read(ref peer.Counters.Inlined);
-                bool progressed = progress != _peerProgress[i];
-                _peerProgress[i] = progress;
-                if (progressed || peer._isIdle || peer.IsParked || !peer._inbox.TryDequeue(out item))
-                {
-                    item = default;
-                    return false;
-                }
-
-                int moved = 0;
-                while (moved < RescueBatchSize && peer._inbox.TryDequeue(out WorkItem extra))
-                {
-                    if (!_deque.TryPush(extra))
-                    {
-                        PushToDeque(extra); // full: the spill path makes room (and never drops the item)
-                    }
-
-                    moved++;
-                }
-
-                Counters.Stolen += 1 + moved;
-                if (moved > 0)
-                {
-                    _owner.NotifyParked();
-                }
-
-                return true;
+                item = default;
+                return false;
             }
 
-            item = default;
-            return false;
+            // One peer per turn, round robin: O(1) per turn however many workers there are (each peer is then looked
+            // at every WorkerCount − 1 turns, and "no progress since the last look" spans that longer window).
+            int i = _rescueCursor = (_rescueCursor + 1) % workers.Length;
+            if (i == Index)
+            {
+                i = _rescueCursor = (i + 1) % workers.Length;
+            }
+
+            Worker peer = workers[i];
+            long progress = Volatile.Read(ref peer.Counters.Executed) + Volatile.Read(ref peer.Counters.Inlined);
+            bool progressed = progress != _peerProgress[i];
+            _peerProgress[i] = progress;
+            if (progressed || peer._isIdle || peer.IsParked)
+            {
+                item = default;
+                return false;
+            }
+
+            if (!peer._inbox.TryDequeue(out item))
+            {
+                return false;
+            }
+
+            // The rest of a batch goes to this worker's deque, where idle peers can steal it in turn.
+            int moved = 0;
+            while (moved < RescueBatchSize && peer._inbox.TryDequeue(out WorkItem extra))
+            {
+                PushToDeque(extra);
+                moved++;
+            }
+
+            Counters.Stolen += 1 + moved;
+            return true;
         }
 
         private bool FoundWork()
