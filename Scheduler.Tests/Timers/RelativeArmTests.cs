@@ -88,6 +88,23 @@ public sealed class RelativeArmTests
     [Fact]
     public async Task Long_timers_armed_from_many_threads_on_the_real_clock_are_never_early_and_the_driver_links_them_by_itself()
     {
+        // The callbacks run on the ThreadPool, like System.Threading.Timer's. On two cores, with other test classes
+        // blocking ThreadPool threads at the same time, a queued callback waited for the pool to inject a thread (a
+        // timer "1 s late" in CI) although the wheel had fired it on time. Spare threads keep that out of a wheel test.
+        ThreadPool.GetMinThreads(out int minWorkers, out int minIo);
+        ThreadPool.SetMinThreads(Math.Max(minWorkers, Environment.ProcessorCount + 16), minIo);
+        try
+        {
+            await LongTimersOnTheRealClock();
+        }
+        finally
+        {
+            ThreadPool.SetMinThreads(minWorkers, minIo);
+        }
+    }
+
+    private static async Task LongTimersOnTheRealClock()
+    {
         using var wheel = new TimerWheel();
         const int Threads = 4;
         const int PerThread = 100;
