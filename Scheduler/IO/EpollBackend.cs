@@ -19,8 +19,16 @@ internal sealed unsafe class EpollBackend : IReactorBackend
         RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.X86 ? 12 : 16;
     private static readonly int s_dataOffset = s_eventSize == 12 ? 4 : 8;
 
+    // Whether epoll_pwait2 (nanosecond timeouts) is usable; cleared for good the first time it is missing. Without
+    // it, timeouts round up to whole milliseconds with epoll_wait.
+    private static bool s_hasPWait2 = Environment.Is64BitProcess;
+
     private readonly int _epollFd;
     private readonly int _wakeFd;
+
+    // The eventfd again, for Wake: any thread may call it, also while or after the reactor disposes the backend, and
+    // a write must never reach another file that reused the fd number (see SafeFileDescriptor). It owns the fd.
+    private readonly SafeFileDescriptor _wakeHandle;
     private readonly byte* _events;
     private int _disposed;
 
@@ -40,6 +48,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             throw Errno.ToException(errno, "eventfd");
         }
 
+        _wakeHandle = new SafeFileDescriptor(_wakeFd);
         _events = (byte*)NativeMemory.AllocZeroed((nuint)(MaxEvents * s_eventSize));
         Ctl(EPOLL_CTL_ADD, _wakeFd, EPOLLIN | EPOLLET, WakeToken);
     }
@@ -52,15 +61,15 @@ internal sealed unsafe class EpollBackend : IReactorBackend
         _ = Libc.EpollCtl(_epollFd, EPOLL_CTL_DEL, fd, ev);
     }
 
-    public int Wait(Span<ReadinessEvent> events)
+    public int Wait(Span<ReadinessEvent> events, long timeoutNanoseconds)
     {
         int max = Math.Min(events.Length, MaxEvents);
         int count;
         do
         {
-            count = Libc.EpollWait(_epollFd, _events, max, -1);
+            count = WaitOnce(max, timeoutNanoseconds);
         }
-        while (count < 0 && Errno.Last == EINTR);
+        while (count < 0 && Errno.Last == EINTR); // a signal cut the wait short: at worst we wait a little longer
 
         if (count < 0)
         {
@@ -93,8 +102,24 @@ internal sealed unsafe class EpollBackend : IReactorBackend
 
     public void Wake()
     {
-        ulong one = 1;
-        _ = Libc.Write(_wakeFd, &one, sizeof(ulong));
+        bool added = false;
+        try
+        {
+            _wakeHandle.DangerousAddRef(ref added);
+            ulong one = 1;
+            _ = Libc.Write(_wakeFd, &one, sizeof(ulong));
+        }
+        catch (ObjectDisposedException)
+        {
+            // The reactor is gone; nothing waits any more.
+        }
+        finally
+        {
+            if (added)
+            {
+                _wakeHandle.DangerousRelease();
+            }
+        }
     }
 
     public void Dispose()
@@ -104,9 +129,45 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             return;
         }
 
-        Libc.Close(_wakeFd);
+        _wakeHandle.Dispose(); // closes the eventfd once no Wake holds it
         Libc.Close(_epollFd);
         NativeMemory.Free(_events);
+    }
+
+    private int WaitOnce(int max, long timeoutNanoseconds)
+    {
+        if (timeoutNanoseconds < 0)
+        {
+            return Libc.EpollWait(_epollFd, _events, max, -1);
+        }
+
+        if (s_hasPWait2)
+        {
+            var timeout = new TimeSpec
+            {
+                Seconds = timeoutNanoseconds / 1_000_000_000,
+                Nanoseconds = timeoutNanoseconds % 1_000_000_000,
+            };
+
+            try
+            {
+                int count = Libc.EpollPWait2(_epollFd, _events, max, &timeout, null);
+                if (count >= 0 || Errno.Last != ENOSYS)
+                {
+                    return count;
+                }
+            }
+            catch (EntryPointNotFoundException)
+            {
+                // glibc older than 2.35.
+            }
+
+            s_hasPWait2 = false; // the kernel (older than 5.11) or libc lacks it: milliseconds from now on
+        }
+
+        // Rounded up: a wait never ends before the deadline the wheel asked for.
+        long milliseconds = (timeoutNanoseconds + 999_999) / 1_000_000;
+        return Libc.EpollWait(_epollFd, _events, max, (int)Math.Min(milliseconds, int.MaxValue));
     }
 
     private void DrainWake()

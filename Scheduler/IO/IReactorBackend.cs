@@ -16,9 +16,15 @@ internal interface IReactorBackend : IDisposable
     /// <summary>Removes <paramref name="fd"/> (best effort: closing the fd removes it as well).</summary>
     void Unregister(int fd);
 
-    /// <summary>Blocks until at least one event (or a <see cref="Wake"/>), fills <paramref name="events"/>, returns the count.</summary>
-    int Wait(Span<ReadinessEvent> events);
+    /// <summary>
+    /// Blocks until at least one event, a <see cref="Wake"/>, or <paramref name="timeoutNanoseconds"/> (-1: no limit;
+    /// never shorter than asked), fills <paramref name="events"/>, returns the count (0 on timeout).
+    /// </summary>
+    int Wait(Span<ReadinessEvent> events, long timeoutNanoseconds);
 
-    /// <summary>Makes a blocked <see cref="Wait"/> return (shutdown); callable from any thread.</summary>
+    /// <summary>
+    /// Makes a blocked <see cref="Wait"/> return (shutdown, an earlier timer); callable from any thread, also after
+    /// disposal (then it does nothing). A wake-up that comes before the wait is not lost: that wait returns at once.
+    /// </summary>
     void Wake();
 }

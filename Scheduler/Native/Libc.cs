@@ -20,6 +20,10 @@ internal static unsafe partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "epoll_wait", SetLastError = true)]
     internal static partial int EpollWait(int epfd, void* events, int maxEvents, int timeout);
 
+    /// <summary>epoll_wait with a <c>struct timespec</c> timeout (null: none). Linux 5.11 and glibc 2.35 or later.</summary>
+    [LibraryImport(LibraryName, EntryPoint = "epoll_pwait2", SetLastError = true)]
+    internal static partial int EpollPWait2(int epfd, void* events, int maxEvents, TimeSpec* timeout, void* sigmask);
+
     [LibraryImport(LibraryName, EntryPoint = "eventfd", SetLastError = true)]
     internal static partial int EventFd(uint initval, int flags);
 
@@ -91,4 +95,11 @@ internal static unsafe partial class Libc
         public nuint ControlLength;
         public int Flags;
     }
+}
+
+/// <summary><c>struct timespec</c> on 64-bit Linux.</summary>
+internal struct TimeSpec
+{
+    public long Seconds;
+    public long Nanoseconds;
 }

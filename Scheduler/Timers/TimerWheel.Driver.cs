@@ -75,6 +75,12 @@ public sealed partial class TimerWheel
     {
         if (StartOfTick(dueTick) < _plannedWake)
         {
+            if (_wakeHost is not null)
+            {
+                WakeHost();
+                return;
+            }
+
             _plannedWake = DriverAwake;
             Monitor.Pulse(_lock);
         }
@@ -88,37 +94,10 @@ public sealed partial class TimerWheel
         {
             while (!_disposed)
             {
-                long now = _clock.GetTimestamp();
-                if (now >= Volatile.Read(ref _drainBy))
+                long plan = AdvanceLocked(batch, out long now);
+                if (_disposed)
                 {
-                    now = DrainPendingLocked(now);
-                }
-
-                CollectDueLocked(now, batch);
-                if (batch.Count > 0)
-                {
-                    // Fire outside the lock: completing a waker enqueues to a worker and may unpark it, which
-                    // must not hold up a thread that needs the lock to wake us or to dispose.
-                    Monitor.Exit(_lock);
-                    try
-                    {
-                        FireBatch(batch);
-                    }
-                    finally
-                    {
-                        Monitor.Enter(_lock);
-                    }
-
-                    continue;
-                }
-
-                long wake = _wheel.TryGetNextExpiration(out long nextTick) ? StartOfTick(nextTick) : long.MaxValue;
-                long plan = PublishPlanLocked(wake);
-                now = _clock.GetTimestamp();
-                if (plan <= now)
-                {
-                    _plannedWake = DriverAwake;
-                    continue;
+                    break;
                 }
 
                 Monitor.Wait(_lock, plan == long.MaxValue ? Timeout.Infinite : MillisecondsUntil(now, plan));
@@ -129,6 +108,57 @@ public sealed partial class TimerWheel
         finally
         {
             Monitor.Exit(_lock);
+        }
+    }
+
+    /// <summary>
+    /// One wake-up's work, for the driver thread and for a host (<see cref="RunHostedDriverStep"/>): reconciles the
+    /// pending changes when one asked for it, fires everything due, and publishes when to wake next. Returns that
+    /// time (always after <paramref name="now"/>, or <see cref="long.MaxValue"/>: only when woken), or
+    /// <see cref="long.MaxValue"/> once the wheel is disposed. Caller holds the lock; it is released while firing.
+    /// </summary>
+    private long AdvanceLocked(ExpiredTimers batch, out long now)
+    {
+        while (true)
+        {
+            now = _clock.GetTimestamp();
+            if (now >= Volatile.Read(ref _drainBy))
+            {
+                now = DrainPendingLocked(now);
+            }
+
+            CollectDueLocked(now, batch);
+            if (batch.Count > 0)
+            {
+                // Fire outside the lock: completing a waker enqueues to a worker and may unpark it, which
+                // must not hold up a thread that needs the lock to wake us or to dispose.
+                Monitor.Exit(_lock);
+                try
+                {
+                    FireBatch(batch);
+                }
+                finally
+                {
+                    Monitor.Enter(_lock);
+                }
+
+                if (_disposed)
+                {
+                    return long.MaxValue;
+                }
+
+                continue;
+            }
+
+            long wake = _wheel.TryGetNextExpiration(out long nextTick) ? StartOfTick(nextTick) : long.MaxValue;
+            long plan = PublishPlanLocked(wake);
+            now = _clock.GetTimestamp();
+            if (plan > now)
+            {
+                return plan;
+            }
+
+            _plannedWake = DriverAwake;
         }
     }
 

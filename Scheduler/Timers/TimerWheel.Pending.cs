@@ -217,6 +217,12 @@ public sealed partial class TimerWheel
         // fall between the driver's last look and its wait.
         if (timestamp < Volatile.Read(ref _plannedWake))
         {
+            if (_wakeHost is not null)
+            {
+                WakeHost();
+                return;
+            }
+
             lock (_lock)
             {
                 Monitor.Pulse(_lock);
