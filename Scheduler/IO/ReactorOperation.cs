@@ -224,7 +224,10 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
 
     private void Finish(TResult result, Exception? error)
     {
-        _registration.Unregister();
+        // The cancellation registration stays until GetResult: disposing it there keeps that work (a lock on the
+        // token's source) off the reactor thread, and waits out a callback that may still be running, which could
+        // otherwise finish the socket's next operation once this one is released. A callback that runs in between
+        // finds the operation no longer pending and does nothing.
         if (error is null)
         {
             _core.SetResult(result);
@@ -248,10 +251,15 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         }
         finally
         {
-            // Result read first, then the reset: the next caller can only start after this.
-            _core.TryReset(token);
-            _registration = default;
-            Release();
+            // Result read first, then the reset: the next caller can only start after this. Only the reader whose
+            // reset wins releases the operation: a second reader racing it (awaiting the same ValueTask twice at once)
+            // must not free an operation that the socket's next caller may already hold.
+            if (_core.TryReset(token))
+            {
+                _registration.Dispose();
+                _registration = default;
+                Release();
+            }
         }
     }
 
