@@ -16,24 +16,39 @@ internal static partial class CompareCatalog
     private static string EchoConnectionDescription =>
         "ReactorConnection: the same, with our server side on `ReactorConnection` pipes (clients on `ReactorSocket`), against the same baseline and peer.";
 
-    private static Comparison Echo(CompareContext context, EchoTransport ours, string variant)
-    {
-        const string What = "echo";
-        TimeSpan duration = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
-        TimeSpan warmup = TimeSpan.FromMilliseconds(250);
-        Metric[] metrics = [new("throughput", "msgs/s", Better.Higher), new("p99 RTT", "ms", Better.Lower)];
-        return new Comparison(What, metrics, variant)
-            .Baseline("System.Net.Sockets on ThreadPool", Run(EchoTransport.Sockets))
-            .Ours(Run(ours))
-            .Peer("Pipelines.Sockets.Unofficial SocketConnection", Run(EchoTransport.PipelinesSocketsUnofficial))
+    private static string EchoTimeoutsDescription =>
+        $"The echo row with a timeout on every server receive, the way I/O code guards requests: {EchoConnections} connections, {EchoMessageBytes}-byte messages, " +
+        "each server connection arms a 30 s timeout before its receive and disarms it after (`EchoTimeouts`): `System.Net.Sockets` on the ThreadPool with `CancelAfter` + `TryReset` " +
+        "on one `CancellationTokenSource` per connection, vs `ReactorSocket` with `CancelAfter(30 s)` + `CancelAfter(infinite)` on a source made with `IoReactor.Timers` " +
+        "(the wheel driven by the reactor's epoll_wait: ours), vs the same on a `TimerWheel` with its own driver thread (the peer column). The last two differ only in who drives the wheel.";
+
+    private static Comparison Echo(CompareContext context, EchoTransport ours, string variant) =>
+        new Comparison("echo", EchoMetrics(), variant)
+            .Baseline("System.Net.Sockets on ThreadPool", RunEcho(context, EchoTransport.Sockets))
+            .Ours(RunEcho(context, ours))
+            .Peer("Pipelines.Sockets.Unofficial SocketConnection", RunEcho(context, EchoTransport.PipelinesSocketsUnofficial))
             .WithRounds(warmups: 1, rounds: 5, quickRounds: 1); // loopback under load is noisy; 5 rounds still keep both rows near 50 s
 
-        MeasureRound Run(EchoTransport stack) => c =>
+    private static Comparison EchoWithTimeouts(CompareContext context) =>
+        new Comparison("echo_timeouts", EchoMetrics(), "ReactorSocket, 30 s receive timeouts")
+            .Baseline("System.Net.Sockets on ThreadPool", RunEcho(context, EchoTransport.Sockets, EchoTimeouts.System))
+            .Ours(RunEcho(context, EchoTransport.Reactor, EchoTimeouts.ReactorWheel))
+            .Peer("ours, TimerWheel with its own thread", RunEcho(context, EchoTransport.Reactor, EchoTimeouts.DedicatedWheel))
+            .WithRounds(warmups: 1, rounds: 5, quickRounds: 1);
+
+    private static Metric[] EchoMetrics() => [new("throughput", "msgs/s", Better.Higher), new("p99 RTT", "ms", Better.Lower)];
+
+    private static MeasureRound RunEcho(CompareContext context, EchoTransport stack, EchoTimeouts timeouts = EchoTimeouts.None)
+    {
+        TimeSpan duration = context.Quick ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromSeconds(1);
+        TimeSpan warmup = TimeSpan.FromMilliseconds(250);
+        string what = timeouts == EchoTimeouts.None ? $"echo on {stack}" : $"echo on {stack} with {timeouts} timeouts";
+        return c =>
         {
-            EchoResult result = c.Wait(EchoWorkloads.RunAsync(stack, EchoConnections, EchoMessageBytes, duration, warmup), $"{What} on {stack}");
+            EchoResult result = c.Wait(EchoWorkloads.RunAsync(stack, EchoConnections, EchoMessageBytes, duration, warmup, timeouts), what);
             if (result.Messages == 0)
             {
-                throw new InvalidOperationException($"{What} on {stack} echoed no message in {duration.TotalMilliseconds:F0} ms.");
+                throw new InvalidOperationException($"{what} echoed no message in {duration.TotalMilliseconds:F0} ms.");
             }
 
             return [result.MessagesPerSecond, result.P99Microseconds / 1000];

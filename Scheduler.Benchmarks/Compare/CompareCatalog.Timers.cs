@@ -12,7 +12,8 @@ internal static partial class CompareCatalog
 
     private static string TimersDescription =>
         $"{N(TimerCount)} concurrent delays of random length in [1 µs, 1 s] (the same seed for both), each awaited by its own async method started on the ThreadPool " +
-        "(`TimerWorkloads.RunDelays`): `Task.Delay` vs ours (`TimerWheel.DelayAsync`, 1 ms tick, one wheel for the whole row). Process CPU over the run (10 ms clock ticks), " +
+        "(`TimerWorkloads.RunDelays`): `Task.Delay` vs ours (`TimerWheel.DelayAsync`, 1 ms tick, one wheel for the whole row, with its own driver thread) " +
+        "and, as a peer, the same on `IoReactor.Timers` (the wheel driven by an otherwise idle reactor's epoll_wait). Process CPU over the run (10 ms clock ticks), " +
         "managed bytes allocated per delay (process-wide, including each awaiting async method), delays that completed before their requested time as `Stopwatch` measures it " +
         "(the ratio counts 0 as 1), and lateness (completion − deadline) p50/p99.";
 
@@ -91,6 +92,8 @@ internal static partial class CompareCatalog
         const string What = "timers";
         TimeSpan maxDelay = TimeSpan.FromSeconds(1);
         var wheel = new TimerWheel();
+        var reactor = new Scheduler.IO.IoReactor(context.Scheduler);
+        TimerWheel reactorWheel = reactor.Timers;
         Metric[] metrics =
         [
             new("CPU", "ms", Better.Lower),
@@ -102,8 +105,10 @@ internal static partial class CompareCatalog
         return new Comparison(What, metrics)
             .Baseline("Task.Delay", _ => Figures(TimerWorkloads.RunDelays("Task.Delay", TimerCount, maxDelay, seed: 1, static d => new ValueTask(Task.Delay(d)))))
             .Ours(_ => Figures(TimerWorkloads.RunDelays("TimerWheel.DelayAsync", TimerCount, maxDelay, seed: 1, d => wheel.DelayAsync(d))))
+            .Peer("ours, IoReactor.Timers", _ => Figures(TimerWorkloads.RunDelays("IoReactor.Timers.DelayAsync", TimerCount, maxDelay, seed: 1, d => reactorWheel.DelayAsync(d))))
             .WithRounds(warmups: 1, rounds: 3, quickRounds: 1)
-            .Owning(wheel);
+            .Owning(wheel)
+            .Owning(reactor);
 
         static double[] Figures(TimerWorkloadResult result) =>
             [result.CpuMilliseconds, result.BytesPerDelay, result.EarlyFirings, result.LatenessP50Milliseconds, result.LatenessP99Milliseconds];

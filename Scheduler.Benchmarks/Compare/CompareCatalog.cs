@@ -87,6 +87,7 @@ internal static partial class CompareCatalog
             PendingTaskMemoryPooled),
         new("echo", EchoSocketDescription, c => Echo(c, EchoTransport.Reactor, "ReactorSocket")),
         new("echo", EchoConnectionDescription, c => Echo(c, EchoTransport.ReactorPipes, "ReactorConnection")),
+        new("echo_timeouts", EchoTimeoutsDescription, EchoWithTimeouts),
         new("timers", TimersDescription, Timers),
         new("timer_create_cancel", TimerCreateCancelDescription, TimerCreateCancel),
         new("timer_create_cancel", TimerCreateCancelReusedDescription, TimerCreateCancelReused),

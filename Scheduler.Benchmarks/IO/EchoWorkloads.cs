@@ -25,6 +25,25 @@ public enum EchoTransport
     PipelinesSocketsUnofficial,
 }
 
+/// <summary>Whether, and with which timers, the echo servers arm a timeout around every receive (the timeout pattern).</summary>
+public enum EchoTimeouts
+{
+    /// <summary>No timeout.</summary>
+    None,
+
+    /// <summary>
+    /// System.Net.Sockets servers: one <see cref="CancellationTokenSource"/> per connection, <c>CancelAfter(30 s)</c>
+    /// before each receive and <c>TryReset()</c> after it (the BCL timer queue).
+    /// </summary>
+    System,
+
+    /// <summary>Reactor servers: the same pattern on a source created with <see cref="IoReactor.Timers"/> (driven by the reactor's thread).</summary>
+    ReactorWheel,
+
+    /// <summary>Reactor servers: the same pattern on a <see cref="Scheduler.Timers.TimerWheel"/> with its own driver thread.</summary>
+    DedicatedWheel,
+}
+
 /// <summary>Result of one echo run: throughput, round-trip latency and allocation per echoed message.</summary>
 internal sealed record EchoResult(
     EchoTransport Stack,
@@ -44,11 +63,11 @@ internal sealed record EchoResult(
 internal static class EchoWorkloads
 {
     /// <summary>Runs one configuration: <paramref name="warmup"/> unmeasured, then <paramref name="duration"/> measured.</summary>
-    public static async Task<EchoResult> RunAsync(EchoTransport stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null)
+    public static async Task<EchoResult> RunAsync(EchoTransport stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null, EchoTimeouts timeouts = EchoTimeouts.None)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(connections, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(messageSize, 1);
-        await using IEchoHarness harness = CreateHarness(stack);
+        await using IEchoHarness harness = CreateHarness(stack, timeouts);
 
         var control = new RunControl();
         var echoLoops = new EchoLoop[connections];
@@ -156,13 +175,16 @@ internal static class EchoWorkloads
         }
     }
 
-    private static IEchoHarness CreateHarness(EchoTransport stack) => stack switch
+    /// <summary>The timeout the servers arm around each receive when asked to (never reached: the pattern's cost is the point).</summary>
+    internal static readonly TimeSpan ReceiveTimeout = TimeSpan.FromSeconds(30);
+
+    private static IEchoHarness CreateHarness(EchoTransport stack, EchoTimeouts timeouts = EchoTimeouts.None) => (stack, timeouts) switch
     {
-        EchoTransport.Reactor => new ReactorHarness(usePipes: false),
-        EchoTransport.ReactorPipes => new ReactorHarness(usePipes: true),
-        EchoTransport.Sockets => new SocketsHarness(),
-        EchoTransport.PipelinesSocketsUnofficial => new PsuHarness(),
-        _ => throw new ArgumentOutOfRangeException(nameof(stack)),
+        (EchoTransport.Reactor, EchoTimeouts.None or EchoTimeouts.ReactorWheel or EchoTimeouts.DedicatedWheel) => new ReactorHarness(usePipes: false, timeouts),
+        (EchoTransport.ReactorPipes, EchoTimeouts.None) => new ReactorHarness(usePipes: true, timeouts),
+        (EchoTransport.Sockets, EchoTimeouts.None or EchoTimeouts.System) => new SocketsHarness(timeouts == EchoTimeouts.System),
+        (EchoTransport.PipelinesSocketsUnofficial, EchoTimeouts.None) => new PsuHarness(),
+        _ => throw new ArgumentException($"Echo over {stack} cannot use {timeouts} timeouts.", nameof(timeouts)),
     };
 
     internal sealed class RunControl
@@ -215,11 +237,15 @@ internal static class EchoWorkloads
         private readonly Task _acceptLoop;
         private readonly bool _usePipes;
         private readonly List<Task> _servers = [];
+        private readonly Scheduler.Timers.TimerWheel? _ownWheel;
+        private readonly TimeProvider? _timeouts;
 
-        public ReactorHarness(bool usePipes)
+        public ReactorHarness(bool usePipes, EchoTimeouts timeouts = EchoTimeouts.None)
         {
             _usePipes = usePipes;
             _reactor = new IoReactor(_scheduler);
+            _ownWheel = timeouts == EchoTimeouts.DedicatedWheel ? new Scheduler.Timers.TimerWheel() : null;
+            _timeouts = timeouts == EchoTimeouts.ReactorWheel ? _reactor.Timers : _ownWheel;
             _listener = ReactorSocket.Listen(_reactor, new IPEndPoint(IPAddress.Loopback, 0), 1024);
             _acceptLoop = _scheduler.Factory.StartNew(AcceptLoopAsync).Unwrap();
         }
@@ -235,6 +261,7 @@ internal static class EchoWorkloads
             await _acceptLoop;
             await Task.WhenAll(_servers).WaitAsync(TimeSpan.FromSeconds(10));
             _reactor.Dispose();
+            _ownWheel?.Dispose();
             await _scheduler.DisposeAsync();
         }
 
@@ -252,20 +279,27 @@ internal static class EchoWorkloads
                     return;
                 }
 
-                _servers.Add(_usePipes ? ServePipesAsync(ReactorConnection.Create(socket)) : ServeAsync(socket));
+                _servers.Add(_usePipes ? ServePipesAsync(ReactorConnection.Create(socket)) : ServeAsync(socket, _timeouts));
             }
         }
 
-        private static async Task ServeAsync(ReactorSocket socket)
+        private static async Task ServeAsync(ReactorSocket socket, TimeProvider? timeouts)
         {
             using (socket)
             {
                 var buffer = new byte[64 * 1024];
+
+                // A source made with a TimeProvider other than the system one cannot TryReset (the BCL refuses), so
+                // the pattern disarms with CancelAfter(infinite): one ITimer.Change, as TryReset is on the system one.
+                using CancellationTokenSource? timeout = timeouts is null ? null : new CancellationTokenSource(Timeout.InfiniteTimeSpan, timeouts);
+                CancellationToken token = timeout?.Token ?? CancellationToken.None;
                 try
                 {
                     while (true)
                     {
-                        int n = await socket.ReceiveAsync(buffer);
+                        timeout?.CancelAfter(ReceiveTimeout);
+                        int n = await socket.ReceiveAsync(buffer, token);
+                        timeout?.CancelAfter(Timeout.InfiniteTimeSpan);
                         if (n == 0)
                         {
                             return;
@@ -375,7 +409,7 @@ internal static class EchoWorkloads
         }
     }
 
-    private sealed class SocketsHarness : SocketListenerHarness
+    private sealed class SocketsHarness(bool timeouts) : SocketListenerHarness
     {
         public override async Task<IEchoClient> ConnectAsync()
         {
@@ -387,19 +421,23 @@ internal static class EchoWorkloads
         protected override Task StartServer(Socket socket)
         {
             socket.NoDelay = true;
-            return Task.Run(() => ServeAsync(socket));
+            return Task.Run(() => ServeAsync(socket, timeouts));
         }
 
-        private static async Task ServeAsync(Socket socket)
+        private static async Task ServeAsync(Socket socket, bool timeouts)
         {
             using (socket)
             {
                 var buffer = new byte[64 * 1024];
+                using CancellationTokenSource? timeout = timeouts ? new CancellationTokenSource() : null;
+                CancellationToken token = timeout?.Token ?? CancellationToken.None;
                 try
                 {
                     while (true)
                     {
-                        int n = await socket.ReceiveAsync(buffer, SocketFlags.None);
+                        timeout?.CancelAfter(ReceiveTimeout);
+                        int n = await socket.ReceiveAsync(buffer, SocketFlags.None, token);
+                        timeout?.TryReset();
                         if (n == 0)
                         {
                             return;
