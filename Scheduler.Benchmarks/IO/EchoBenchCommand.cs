@@ -3,8 +3,11 @@ using System.Globalization;
 namespace Scheduler.Benchmarks.IO;
 
 /// <summary>
-/// <c>echo-bench [--seconds S] [--stacks a,b] [--connections 1,16,256] [--sizes 64,16384]</c>: runs the loopback echo
-/// matrix for each stack and prints throughput, p50/p99 round trip and bytes allocated per message.
+/// <c>echo-bench [--seconds S] [--stacks a,b] [--connections 1,16,256] [--sizes 64,16384] [--timeouts none|system|reactorwheel|dedicatedwheel]</c>:
+/// runs the loopback echo matrix for each stack and prints throughput, p50/p99 round trip and bytes allocated per
+/// message. With <c>--timeouts</c> other than <c>none</c> the servers arm a 30 s timeout around every receive
+/// (<see cref="EchoTimeouts"/>): System.Net.Sockets with the BCL's timers, ours with <c>IoReactor.Timers</c> (or, with
+/// <c>dedicatedwheel</c>, a wheel with its own thread); the pipe stacks run without.
 /// </summary>
 public static class EchoBenchCommand
 {
@@ -16,6 +19,7 @@ public static class EchoBenchCommand
         int[] connections = [1, 16, 256];
         int[] sizes = [64, 16 * 1024];
         EchoTransport[] stacks = [EchoTransport.Reactor, EchoTransport.ReactorPipes, EchoTransport.Sockets, EchoTransport.PipelinesSocketsUnofficial];
+        EchoTimeouts timeouts = EchoTimeouts.None;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -32,6 +36,9 @@ public static class EchoBenchCommand
                 case "--stacks":
                     stacks = [.. args[++i].Split(',').Select(s => Enum.Parse<EchoTransport>(s, ignoreCase: true))];
                     break;
+                case "--timeouts":
+                    timeouts = Enum.Parse<EchoTimeouts>(args[++i], ignoreCase: true);
+                    break;
                 case "echo-bench":
                     break;
                 default:
@@ -47,9 +54,20 @@ public static class EchoBenchCommand
             {
                 foreach (EchoTransport stack in stacks)
                 {
-                    EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(seconds));
+                    // Any flavour turns timeouts on where the stack has them: the BCL's on System.Net.Sockets, the
+                    // reactor's wheel on ours (or the dedicated wheel when asked for); the pipe stacks run without.
+                    EchoTimeouts flavour = (timeouts, stack) switch
+                    {
+                        (EchoTimeouts.None, _) => EchoTimeouts.None,
+                        (_, EchoTransport.Sockets) => EchoTimeouts.System,
+                        (EchoTimeouts.DedicatedWheel, EchoTransport.Reactor) => EchoTimeouts.DedicatedWheel,
+                        (_, EchoTransport.Reactor) => EchoTimeouts.ReactorWheel,
+                        _ => EchoTimeouts.None,
+                    };
+                    EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(seconds), timeouts: flavour);
+                    string name = flavour == EchoTimeouts.None ? r.Stack.ToString() : $"{r.Stack}+{flavour}";
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"{r.Stack,-28} {r.Connections,5} {r.MessageSize,6} {r.MessagesPerSecond,12:N0} {r.P50Microseconds,9:N1} {r.P99Microseconds,9:N1} {r.AllocatedBytesPerMessage,8:N1}"));
+                        $"{name,-28} {r.Connections,5} {r.MessageSize,6} {r.MessagesPerSecond,12:N0} {r.P50Microseconds,9:N1} {r.P99Microseconds,9:N1} {r.AllocatedBytesPerMessage,8:N1}"));
                 }
             }
         }

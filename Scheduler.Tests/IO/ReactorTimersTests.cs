@@ -35,32 +35,9 @@ public sealed class ReactorTimersTests
     {
         await using var io = new IoTestContext();
         TimerWheel wheel = io.Reactor.Timers;
-        const int Count = 20_000;
-        int early = 0;
-        await Task.Run(async () =>
-        {
-            var random = new Random(11);
-            var tasks = new Task[Count];
-            for (int i = 0; i < Count; i++)
-            {
-                tasks[i] = Wait(TimeSpan.FromMicroseconds(random.Next(1, 30_000)));
-            }
-
-            await Task.WhenAll(tasks);
-        }).WaitAsync(TimeSpan.FromSeconds(30));
-
+        int early = await RandomDelays.CountEarlyAsync(wheel, 20_000, maxMicroseconds: 30_000, seed: 11);
         early.Should().Be(0);
         wheel.PendingCount.Should().Be(0);
-
-        async Task Wait(TimeSpan delay)
-        {
-            long start = Stopwatch.GetTimestamp();
-            await wheel.DelayAsync(delay);
-            if (Stopwatch.GetElapsedTime(start) < delay)
-            {
-                Interlocked.Increment(ref early);
-            }
-        }
     }
 
     [Fact]

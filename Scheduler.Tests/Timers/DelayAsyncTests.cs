@@ -24,34 +24,9 @@ public sealed class DelayAsyncTests
     public async Task A_hundred_thousand_random_delays_all_complete_and_none_early()
     {
         using var wheel = new TimerWheel();
-        const int Count = 100_000;
-        int early = 0;
-
-        // Started from the ThreadPool (no SynchronizationContext), where library code normally awaits.
-        await Task.Run(async () =>
-        {
-            var random = new Random(7);
-            var tasks = new Task[Count];
-            for (int i = 0; i < Count; i++)
-            {
-                tasks[i] = Wait(TimeSpan.FromMicroseconds(random.Next(1, 30_000)));
-            }
-
-            await Task.WhenAll(tasks);
-        }).WaitAsync(TimeSpan.FromSeconds(30));
-
+        int early = await RandomDelays.CountEarlyAsync(wheel, 100_000, maxMicroseconds: 30_000, seed: 7);
         early.Should().Be(0, "the wheel rounds deadlines up and re-checks them against Stopwatch");
         wheel.PendingCount.Should().Be(0);
-
-        async Task Wait(TimeSpan delay)
-        {
-            long start = Stopwatch.GetTimestamp();
-            await wheel.DelayAsync(delay);
-            if (Stopwatch.GetElapsedTime(start) < delay)
-            {
-                Interlocked.Increment(ref early);
-            }
-        }
     }
 
     [Fact]

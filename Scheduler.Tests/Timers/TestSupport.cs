@@ -93,6 +93,42 @@ internal sealed class DeliberateTimerException : DeliberateTestException
     }
 }
 
+/// <summary>Runs many concurrent delays of random length on a wheel and counts those that ended before their time.</summary>
+internal static class RandomDelays
+{
+    /// <summary>
+    /// Starts <paramref name="count"/> delays of 1 µs to <paramref name="maxMicroseconds"/> µs, each awaited by its own
+    /// async method started from the ThreadPool (where library code normally awaits), waits for all of them (at most
+    /// 30 s), and returns how many completed before their delay had passed by <see cref="Stopwatch"/>.
+    /// </summary>
+    public static async Task<int> CountEarlyAsync(TimerWheel wheel, int count, int maxMicroseconds, int seed)
+    {
+        int early = 0;
+        await Task.Run(async () =>
+        {
+            var random = new Random(seed);
+            var tasks = new Task[count];
+            for (int i = 0; i < count; i++)
+            {
+                tasks[i] = Wait(TimeSpan.FromMicroseconds(random.Next(1, maxMicroseconds)));
+            }
+
+            await Task.WhenAll(tasks);
+        }).WaitAsync(TimeSpan.FromSeconds(30));
+        return early;
+
+        async Task Wait(TimeSpan delay)
+        {
+            long start = Stopwatch.GetTimestamp();
+            await wheel.DelayAsync(delay);
+            if (Stopwatch.GetElapsedTime(start) < delay)
+            {
+                Interlocked.Increment(ref early);
+            }
+        }
+    }
+}
+
 internal static class Cpu
 {
     /// <summary>
