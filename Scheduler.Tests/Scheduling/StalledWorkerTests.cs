@@ -57,6 +57,69 @@ public sealed class StalledWorkerTests
         }
     }
 
+    [Fact]
+    public async Task A_rescued_batch_runs_in_the_order_it_was_queued()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        using var stalledStarted = new ManualResetEventSlim();
+        using var release = new CancellationTokenSource();
+        int stalledIndex = -1;
+        int peerIndex = -1;
+        int chainRuns = 0;
+        const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
+        var order = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        var allRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        Task stalled = Task.CompletedTask, chain = Task.CompletedTask;
+        try
+        {
+            stalled = scheduler.Factory.StartNew(() =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out stalledIndex);
+                stalledStarted.Set();
+                var clock = Stopwatch.StartNew();
+                while (!release.IsCancellationRequested && clock.Elapsed < Stall)
+                {
+                    Thread.SpinWait(100);
+                }
+            });
+            stalledStarted.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+            chain = scheduler.Factory.StartNew(() => Chain(scheduler, () =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out int index);
+                Volatile.Write(ref peerIndex, index);
+                Interlocked.Increment(ref chainRuns);
+            }, release.Token));
+            SpinWait.SpinUntil(() => Volatile.Read(ref chainRuns) > 1_000, SchedulerTestHelpers.Timeout).Should().BeTrue("the chain runs on the other worker");
+
+            // Queue the whole batch from inside one item on the peer: no fairness turn can fall between two of these
+            // enqueues, so its next rescue takes all of them at once.
+            scheduler.EnqueueToWorker(peerIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
+            {
+                for (int i = 0; i < Batch; i++)
+                {
+                    int sequence = i;
+                    scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
+                    {
+                        order.Enqueue(sequence);
+                        if (order.Count == Batch)
+                        {
+                            allRan.TrySetResult();
+                        }
+                    }));
+                }
+            }));
+
+            await allRan.Task.WaitAsync(Stall / 2);
+            order.Should().Equal(Enumerable.Range(0, Batch), "continuations wait in a FIFO inbox, and a rescue keeps that order");
+        }
+        finally
+        {
+            release.Cancel();
+            await Task.WhenAll(stalled, chain).WithTimeout();
+        }
+    }
+
     private static void RecordRunner(WorkStealingTaskScheduler scheduler, TaskCompletionSource<int> rescued)
     {
         scheduler.TryGetCurrentWorkerIndex(out int index);

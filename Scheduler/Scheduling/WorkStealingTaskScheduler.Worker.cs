@@ -51,6 +51,9 @@ public sealed partial class WorkStealingTaskScheduler
         private readonly long[] _peerProgress;
         private int _rescueCursor;
 
+        // Where a rescued batch waits while it is pushed in reverse (so that this worker's LIFO pops run it oldest first).
+        private readonly WorkItem[] _rescueBatch = new WorkItem[RescueBatchSize];
+
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
         internal bool WokenAsSearcher;
 
@@ -389,12 +392,19 @@ public sealed partial class WorkStealingTaskScheduler
                 return false;
             }
 
-            // The rest of a batch goes to this worker's deque, where idle peers can steal it in turn.
+            // The rest of a batch goes to this worker's deque, where idle peers can steal it in turn. Pushed newest
+            // first: the owner pops the deque from the newest end, and these continuations waited in a FIFO inbox, so
+            // the oldest of them should run first (pushed in arrival order, the batch ran newest-first).
             int moved = 0;
             while (moved < RescueBatchSize && peer._inbox.TryDequeue(out WorkItem extra))
             {
-                PushToDeque(extra);
-                moved++;
+                _rescueBatch[moved++] = extra;
+            }
+
+            for (int newest = moved - 1; newest >= 0; newest--)
+            {
+                PushToDeque(_rescueBatch[newest]);
+                _rescueBatch[newest] = default;
             }
 
             Counters.Stolen += 1 + moved;
