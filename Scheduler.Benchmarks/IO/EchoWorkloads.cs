@@ -63,11 +63,12 @@ internal sealed record EchoResult(
 internal static class EchoWorkloads
 {
     /// <summary>Runs one configuration: <paramref name="warmup"/> unmeasured, then <paramref name="duration"/> measured.</summary>
-    public static async Task<EchoResult> RunAsync(EchoTransport stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null, EchoTimeouts timeouts = EchoTimeouts.None)
+    /// <param name="spreadOverCpus">For the reactor stacks: whether the scheduler keeps its workers on their own CPUs (on by default; off shows what it buys).</param>
+    public static async Task<EchoResult> RunAsync(EchoTransport stack, int connections, int messageSize, TimeSpan duration, TimeSpan? warmup = null, EchoTimeouts timeouts = EchoTimeouts.None, bool spreadOverCpus = true)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(connections, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(messageSize, 1);
-        await using IEchoHarness harness = CreateHarness(stack, timeouts);
+        await using IEchoHarness harness = CreateHarness(stack, timeouts, spreadOverCpus);
 
         var control = new RunControl();
         var echoLoops = new EchoLoop[connections];
@@ -178,10 +179,10 @@ internal static class EchoWorkloads
     /// <summary>The timeout the servers arm around each receive when asked to (never reached: the pattern's cost is the point).</summary>
     internal static readonly TimeSpan ReceiveTimeout = TimeSpan.FromSeconds(30);
 
-    private static IEchoHarness CreateHarness(EchoTransport stack, EchoTimeouts timeouts = EchoTimeouts.None) => (stack, timeouts) switch
+    private static IEchoHarness CreateHarness(EchoTransport stack, EchoTimeouts timeouts = EchoTimeouts.None, bool spreadOverCpus = true) => (stack, timeouts) switch
     {
-        (EchoTransport.Reactor, EchoTimeouts.None or EchoTimeouts.ReactorWheel or EchoTimeouts.DedicatedWheel) => new ReactorHarness(usePipes: false, timeouts),
-        (EchoTransport.ReactorPipes, EchoTimeouts.None) => new ReactorHarness(usePipes: true, timeouts),
+        (EchoTransport.Reactor, EchoTimeouts.None or EchoTimeouts.ReactorWheel or EchoTimeouts.DedicatedWheel) => new ReactorHarness(usePipes: false, timeouts, spreadOverCpus),
+        (EchoTransport.ReactorPipes, EchoTimeouts.None) => new ReactorHarness(usePipes: true, timeouts, spreadOverCpus),
         (EchoTransport.Sockets, EchoTimeouts.None or EchoTimeouts.System) => new SocketsHarness(timeouts == EchoTimeouts.System),
         (EchoTransport.PipelinesSocketsUnofficial, EchoTimeouts.None) => new PsuHarness(),
         _ => throw new ArgumentException($"Echo over {stack} cannot use {timeouts} timeouts.", nameof(timeouts)),
@@ -231,7 +232,7 @@ internal static class EchoWorkloads
 
     private sealed class ReactorHarness : IEchoHarness
     {
-        private readonly WorkStealingTaskScheduler _scheduler = new(new WorkStealingTaskSchedulerOptions { ThreadNamePrefix = "echo-bench" });
+        private readonly WorkStealingTaskScheduler _scheduler;
         private readonly IoReactor _reactor;
         private readonly ReactorSocket _listener;
         private readonly Task _acceptLoop;
@@ -240,8 +241,9 @@ internal static class EchoWorkloads
         private readonly Scheduler.Timers.TimerWheel? _ownWheel;
         private readonly TimeProvider? _timeouts;
 
-        public ReactorHarness(bool usePipes, EchoTimeouts timeouts = EchoTimeouts.None)
+        public ReactorHarness(bool usePipes, EchoTimeouts timeouts = EchoTimeouts.None, bool spreadOverCpus = true)
         {
+            _scheduler = new(new WorkStealingTaskSchedulerOptions { ThreadNamePrefix = "echo-bench", SpreadOverCpus = spreadOverCpus });
             _usePipes = usePipes;
             _reactor = new IoReactor(_scheduler);
             _ownWheel = timeouts == EchoTimeouts.DedicatedWheel ? new Scheduler.Timers.TimerWheel() : null;

@@ -17,7 +17,7 @@ public sealed partial class WorkStealingTaskScheduler
 
     /// <summary>One worker thread: its deque, LIFO slot, inbox, parking event and the loop that ties them together.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The park event holds no kernel handle on .NET (it waits on a Monitor) and a late Set after shutdown must stay harmless, so it is never disposed.")]
-    internal sealed class Worker
+    internal sealed partial class Worker
     {
         private readonly WorkStealingTaskScheduler _owner;
         private readonly WorkStealingDeque _deque;
@@ -197,6 +197,7 @@ public sealed partial class WorkStealingTaskScheduler
         private void Run()
         {
             SetCurrentWorker(this);
+            InitializePlacement();
             if (_owner.WorkerContext is { } context)
             {
                 System.Threading.SynchronizationContext.SetSynchronizationContext(context);
@@ -336,6 +337,11 @@ public sealed partial class WorkStealingTaskScheduler
         private bool FairnessTurn(out WorkItem item)
         {
             _ticksToFairness = _fairnessInterval; // a countdown: no division on the per-task path
+            if (!_isIdle)
+            {
+                ReturnToPreferredCpu();
+            }
+
             return TryRescueStalledPeer(out item) || TryTakeGlobal(out item) || _inbox.TryDequeue(out item);
         }
 

@@ -52,6 +52,12 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// <summary>Whether workers are background threads (they do not keep the process alive). Defaults to true.</summary>
     public bool UseBackgroundThreads { get; set; } = true;
 
+    /// <summary>
+    /// Whether busy workers that find themselves on the same CPU move apart (Linux; see
+    /// WorkStealingTaskScheduler.Placement.cs). On by default; off for A/B measurements and tests.
+    /// </summary>
+    internal bool SpreadOverCpus { get; set; } = true;
+
     internal void Validate()
     {
         if (WorkerCount < 1 || WorkerCount > MaxWorkerCount)

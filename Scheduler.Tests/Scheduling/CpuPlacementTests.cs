@@ -1,0 +1,111 @@
+using Scheduler.Native;
+
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>Workers keep to CPUs of their own (WorkStealingTaskScheduler.Placement.cs), without being pinned.</summary>
+[Collection(SerialResourceGroup.Name)]
+public sealed class CpuPlacementTests
+{
+    private static bool CanPlace => CpuAffinity.IsSupported && CpuAffinity.AllowedCpus().Length >= 2;
+
+    [Theory]
+    [InlineData(0, 5, 1)]
+    [InlineData(1, 5, 2)]
+    [InlineData(256, 5, 512)]
+    [InlineData(512, 5, 1000)]
+    [InlineData(1000, 999, 1000)]
+    [InlineData(1000, 1000, 0)]
+    [InlineData(8, 5_000, 0)]
+    public void Backoff_doubles_from_a_millisecond_to_a_second_and_resets_after_a_quiet_second(long previous, long sinceLastMove, long expected) =>
+        WorkStealingTaskScheduler.NextPlacementBackoff(previous, sinceLastMove).Should().Be(expected);
+
+    [Fact]
+    public async Task Workers_prefer_different_cpus_and_only_where_placement_is_on()
+    {
+        using var first = SchedulerTestHelpers.Create(2);
+        using var second = SchedulerTestHelpers.Create(2);
+        using var off = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpreadOverCpus = false });
+        foreach (WorkStealingTaskScheduler scheduler in new[] { first, second, off })
+        {
+            await RunOnEveryWorker(scheduler);
+        }
+
+        off.PreferredCpus.Should().Equal(-1, -1);
+        if (!CanPlace)
+        {
+            first.PreferredCpus.Should().Equal([-1, -1], "placement needs Linux and at least two CPUs");
+            return;
+        }
+
+        int[] allowed = CpuAffinity.AllowedCpus();
+        foreach (WorkStealingTaskScheduler scheduler in new[] { first, second })
+        {
+            scheduler.PreferredCpus.Should().OnlyContain(cpu => allowed.Contains(cpu));
+            scheduler.PreferredCpus.Should().OnlyHaveUniqueItems("two workers of one scheduler never share a preferred CPU while there are CPUs enough");
+        }
+    }
+
+    [Fact]
+    public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
+    {
+        if (!CanPlace)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        await RunOnEveryWorker(scheduler);
+        int[] allowed = CpuAffinity.AllowedCpus();
+        var back = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var stop = new CancellationTokenSource();
+        int index = -1;
+        int displacedTo = -1;
+
+        // A chain of short tasks keeps one worker busy (placement acts at a busy worker's fairness turns). Its first
+        // step moves the thread off its preferred CPU, as the kernel does when it places a woken thread; later steps
+        // watch for the worker's return.
+        Task chain = scheduler.Factory.StartNew(() => Step(first: true));
+        try
+        {
+            int returnedTo = await back.Task.WaitAsync(TimeSpan.FromSeconds(5));
+            returnedTo.Should().Be(scheduler.PreferredCpus[index]);
+            displacedTo.Should().NotBe(returnedTo);
+            scheduler.CpuMovesPerWorker[index].Should().BePositive();
+        }
+        finally
+        {
+            stop.Cancel();
+            await chain.WithTimeout();
+        }
+
+        void Step(bool first)
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int current);
+            int preferred = scheduler.PreferredCpus[current];
+            if (first)
+            {
+                index = current;
+                displacedTo = allowed.First(cpu => cpu != preferred);
+                CpuAffinity.MoveCallingThreadTo(displacedTo, allowed).Should().BeTrue();
+            }
+            else if (current == index && CpuAffinity.CurrentCpu() == preferred)
+            {
+                back.TrySetResult(preferred);
+            }
+
+            Thread.SpinWait(200);
+            if (!stop.IsCancellationRequested)
+            {
+                scheduler.Factory.StartNew(() => Step(first: false));
+            }
+        }
+    }
+
+    private static Task RunOnEveryWorker(WorkStealingTaskScheduler scheduler) =>
+        Task.WhenAll(Enumerable.Range(0, scheduler.WorkerCount).Select(i =>
+        {
+            var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            scheduler.EnqueueToWorker(i, new SchedulerTestHelpers.RecordingWorkItem(() => ran.SetResult()));
+            return ran.Task;
+        })).WithTimeout();
+}
