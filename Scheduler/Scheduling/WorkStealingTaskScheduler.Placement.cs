@@ -9,7 +9,8 @@ namespace Scheduler;
 // CPUs) showed both workers on one CPU for stretches with the reactor alone on the other, and a worker waiting up to
 // 8 ms for its turn — the p99 tail. Pinning each worker to its own CPU took the p99 from 5.4-6.8 ms to 4.2-4.9 ms in
 // alternating runs, but it would keep a worker on a CPU that another process hogs. So each worker has a preferred CPU
-// (handed out round robin over the process's allowed CPUs, so that several schedulers spread too) and, at its
+// (handed out round robin over the process's allowed CPUs, so that several schedulers spread too; only in a scheduler
+// with at least one worker per allowed CPU, the default) and, at its
 // fairness turns while busy, moves back to it when it finds itself elsewhere: its affinity is narrowed to that CPU
 // (the kernel migrates it at once) and restored right away, so the kernel stays free to move it again. If the kernel
 // keeps moving it away (the CPU is contended), the worker backs off, doubling the pause up to a second each time.
@@ -33,7 +34,8 @@ public sealed partial class WorkStealingTaskScheduler
 
     internal sealed partial class Worker
     {
-        // The CPU this worker returns to, or -1 when placement is off (not Linux, one CPU or one worker, or disabled).
+        // The CPU this worker returns to, or -1 when placement is off (not Linux, one CPU, fewer workers than CPUs, or
+        // disabled).
         internal int PreferredCpu = -1;
         private int[] _allowedCpus = [];
         private long _lastMoveMs = long.MinValue / 2;
@@ -50,8 +52,10 @@ public sealed partial class WorkStealingTaskScheduler
                 return;
             }
 
+            // Only for one worker per CPU or more (the default): a smaller scheduler on a big machine is better off
+            // where the kernel puts it than held to CPUs that other processes may be using.
             int[] allowed = CpuAffinity.AllowedCpus();
-            if (allowed.Length < 2)
+            if (allowed.Length < 2 || _owner._workers.Length < allowed.Length)
             {
                 return;
             }
