@@ -15,108 +15,99 @@ public sealed class StalledWorkerTests
     public async Task Work_queued_to_a_stalled_workers_inbox_runs_on_a_busy_peer()
     {
         using var scheduler = SchedulerTestHelpers.Create(2);
-        using var stalledStarted = new ManualResetEventSlim();
-        using var release = new CancellationTokenSource();
-        int stalledIndex = -1;
-        int chainRuns = 0;
+        await using var pair = StalledAndBusyPair.Start(scheduler);
+        var rescued = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        int stalledIndex = pair.StalledIndex;
 
-        Task stalled = Task.CompletedTask, chain = Task.CompletedTask;
-        try
-        {
-            // The stalled worker: one long task.
-            var rescued = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
-            stalled = scheduler.Factory.StartNew(() =>
-            {
-                scheduler.TryGetCurrentWorkerIndex(out stalledIndex);
-                stalledStarted.Set();
-                var clock = Stopwatch.StartNew();
-                while (!release.IsCancellationRequested && clock.Elapsed < Stall)
-                {
-                    Thread.SpinWait(100);
-                }
-            });
-            stalledStarted.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        // A continuation for the stalled worker (what a waker completed by an I/O or timer thread sends it).
+        scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() => RecordRunner(scheduler, rescued)));
 
-            // The peer: kept busy by a chain of short tasks, so it never goes idle (and never steals the idle way).
-            chain = scheduler.Factory.StartNew(() => Chain(scheduler, () => Interlocked.Increment(ref chainRuns), release.Token));
-            SpinWait.SpinUntil(() => Volatile.Read(ref chainRuns) > 1_000, SchedulerTestHelpers.Timeout).Should().BeTrue("the chain runs on the other worker");
-
-            // A continuation for the stalled worker (what a waker completed by an I/O or timer thread sends it).
-            scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() => RecordRunner(scheduler, rescued)));
-
-            var waited = Stopwatch.StartNew();
-            int ranOn = await rescued.Task.WaitAsync(Stall / 2);
-            waited.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(2), "a busy peer takes it at a fairness turn, not after the stall");
-            ranOn.Should().NotBe(stalledIndex);
-        }
-        finally
-        {
-            // Even when an assertion failed: stop both, or disposing the scheduler would wait for an endless chain.
-            release.Cancel();
-            await Task.WhenAll(stalled, chain).WithTimeout();
-        }
+        var waited = Stopwatch.StartNew();
+        int ranOn = await rescued.Task.WaitAsync(Stall / 2);
+        waited.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(2), "a busy peer takes it at a fairness turn, not after the stall");
+        ranOn.Should().NotBe(stalledIndex);
     }
 
     [Fact]
     public async Task A_rescued_batch_runs_in_the_order_it_was_queued()
     {
         using var scheduler = SchedulerTestHelpers.Create(2);
-        using var stalledStarted = new ManualResetEventSlim();
-        using var release = new CancellationTokenSource();
-        int stalledIndex = -1;
-        int peerIndex = -1;
-        int chainRuns = 0;
+        await using var pair = StalledAndBusyPair.Start(scheduler);
         const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
         var order = new System.Collections.Concurrent.ConcurrentQueue<int>();
         var allRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        Task stalled = Task.CompletedTask, chain = Task.CompletedTask;
-        try
+        // Queue the whole batch from inside one item on the peer: no fairness turn can fall between two of these
+        // enqueues, so its next rescue takes all of them at once.
+        scheduler.EnqueueToWorker(pair.BusyIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
         {
-            stalled = scheduler.Factory.StartNew(() =>
+            for (int i = 0; i < Batch; i++)
             {
-                scheduler.TryGetCurrentWorkerIndex(out stalledIndex);
+                int sequence = i;
+                scheduler.EnqueueToWorker(pair.StalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
+                {
+                    order.Enqueue(sequence);
+                    if (order.Count == Batch)
+                    {
+                        allRan.TrySetResult();
+                    }
+                }));
+            }
+        }));
+
+        await allRan.Task.WaitAsync(Stall / 2);
+        order.Should().Equal(Enumerable.Range(0, Batch), "continuations wait in a FIFO inbox, and a rescue keeps that order");
+    }
+
+    /// <summary>
+    /// One worker stalled in a long task, the other kept busy by a chain of short tasks (so it never goes idle, and
+    /// never steals the idle way). Disposing stops both, also after a failed assertion: disposing the scheduler would
+    /// otherwise wait for an endless chain.
+    /// </summary>
+    private sealed class StalledAndBusyPair : IAsyncDisposable
+    {
+        private readonly CancellationTokenSource _release = new();
+        private Task _stalled = Task.CompletedTask;
+        private Task _chain = Task.CompletedTask;
+        private int _stalledIndex = -1;
+        private int _busyIndex = -1;
+        private int _chainRuns;
+
+        public int StalledIndex => _stalledIndex;
+
+        public int BusyIndex => Volatile.Read(ref _busyIndex);
+
+        public static StalledAndBusyPair Start(WorkStealingTaskScheduler scheduler)
+        {
+            var pair = new StalledAndBusyPair();
+            using var stalledStarted = new ManualResetEventSlim();
+            pair._stalled = scheduler.Factory.StartNew(() =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out pair._stalledIndex);
                 stalledStarted.Set();
                 var clock = Stopwatch.StartNew();
-                while (!release.IsCancellationRequested && clock.Elapsed < Stall)
+                while (!pair._release.IsCancellationRequested && clock.Elapsed < Stall)
                 {
                     Thread.SpinWait(100);
                 }
             });
             stalledStarted.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
-            chain = scheduler.Factory.StartNew(() => Chain(scheduler, () =>
+
+            pair._chain = scheduler.Factory.StartNew(() => Chain(scheduler, () =>
             {
                 scheduler.TryGetCurrentWorkerIndex(out int index);
-                Volatile.Write(ref peerIndex, index);
-                Interlocked.Increment(ref chainRuns);
-            }, release.Token));
-            SpinWait.SpinUntil(() => Volatile.Read(ref chainRuns) > 1_000, SchedulerTestHelpers.Timeout).Should().BeTrue("the chain runs on the other worker");
-
-            // Queue the whole batch from inside one item on the peer: no fairness turn can fall between two of these
-            // enqueues, so its next rescue takes all of them at once.
-            scheduler.EnqueueToWorker(peerIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
-            {
-                for (int i = 0; i < Batch; i++)
-                {
-                    int sequence = i;
-                    scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
-                    {
-                        order.Enqueue(sequence);
-                        if (order.Count == Batch)
-                        {
-                            allRan.TrySetResult();
-                        }
-                    }));
-                }
-            }));
-
-            await allRan.Task.WaitAsync(Stall / 2);
-            order.Should().Equal(Enumerable.Range(0, Batch), "continuations wait in a FIFO inbox, and a rescue keeps that order");
+                Volatile.Write(ref pair._busyIndex, index);
+                Interlocked.Increment(ref pair._chainRuns);
+            }, pair._release.Token));
+            SpinWait.SpinUntil(() => Volatile.Read(ref pair._chainRuns) > 1_000, SchedulerTestHelpers.Timeout).Should().BeTrue("the chain runs on the other worker");
+            return pair;
         }
-        finally
+
+        public async ValueTask DisposeAsync()
         {
-            release.Cancel();
-            await Task.WhenAll(stalled, chain).WithTimeout();
+            _release.Cancel();
+            await Task.WhenAll(_stalled, _chain).WithTimeout();
+            _release.Dispose();
         }
     }
 
