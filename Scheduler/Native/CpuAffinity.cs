@@ -95,7 +95,12 @@ internal static unsafe partial class CpuAffinity
         }
 
         bool moved = SchedSetAffinity(0, MaskWords * sizeof(ulong), single) == 0;
-        return SchedSetAffinity(0, MaskWords * sizeof(ulong), restore) == 0 && moved;
+
+        // Never leave the thread pinned: a failed restore (which should not happen: it is the mask the thread had) is
+        // retried once.
+        bool restored = SchedSetAffinity(0, MaskWords * sizeof(ulong), restore) == 0
+            || SchedSetAffinity(0, MaskWords * sizeof(ulong), restore) == 0;
+        return moved && restored;
     }
 
     [LibraryImport("libc", EntryPoint = "sched_getcpu")]
