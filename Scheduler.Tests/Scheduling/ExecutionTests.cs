@@ -353,6 +353,11 @@ public sealed class ExecutionTests
         for (int round = 0; round < 200; round++)
         {
             int index = round % 2;
+
+            // Wait until the chosen worker has run out of work. A worker that has just run the previous item and been
+            // preempted (or moved to another CPU) before it found its queues empty still counts as busy, and an idle
+            // peer may then take its inbox — by design, so that nothing waits for a stalled worker.
+            SpinWait.SpinUntil(() => scheduler.IsWorkerIdle(index), SchedulerTestHelpers.Timeout).Should().BeTrue();
             var ran = new TaskCompletionSource<(Thread Thread, bool IsWorker, int Index)>(TaskCreationOptions.RunContinuationsAsynchronously);
             scheduler.EnqueueToWorker(index, new SchedulerTestHelpers.RecordingWorkItem(() =>
             {
@@ -361,7 +366,7 @@ public sealed class ExecutionTests
             }));
             var result = await ran.Task.WithTimeout();
             result.IsWorker.Should().BeTrue();
-            // Both workers are idle here, so nobody steals from the inbox: the chosen worker runs it.
+            // The chosen worker was idle when its item arrived, so nobody steals from its inbox: it runs the item.
             result.Index.Should().Be(index);
             result.Thread.Should().BeSameAs(workerThreads[index]);
         }

@@ -47,6 +47,9 @@ public sealed partial class WorkStealingTaskScheduler
         private uint _random;
         private bool _isSearching;
 
+        // Whether this worker went idle since its previous fairness turn (CPU placement moves only steadily busy workers).
+        private bool _idleSinceLastTurn = true;
+
         // Each peer's progress count (executed plus inlined) as this worker last saw it, and the peer to look at next.
         private readonly long[] _peerProgress;
         private int _rescueCursor;
@@ -82,6 +85,9 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         public WorkStealingTaskScheduler Owner => _owner;
+
+        /// <summary>True while this worker has run out of work (spinning or parked): peers then keep off its inbox.</summary>
+        internal bool IsIdle => _isIdle;
 
         public int Index { get; }
 
@@ -230,6 +236,7 @@ public sealed partial class WorkStealingTaskScheduler
                     }
 
                     _isIdle = true;
+                    _idleSinceLastTurn = true;
                     if (TrySpinForWork(out item))
                     {
                         _isIdle = false;
@@ -337,9 +344,20 @@ public sealed partial class WorkStealingTaskScheduler
         private bool FairnessTurn(out WorkItem item)
         {
             _ticksToFairness = _fairnessInterval; // a countdown: no division on the per-task path
-            if (!_isIdle)
+            if (_isIdle)
             {
-                ReturnToPreferredCpu();
+                _idleSinceLastTurn = true;
+            }
+            else
+            {
+                // Only a worker that stayed busy since its previous turn: one that runs an item now and then and
+                // idles in between gains nothing from a move, and is briefly off the CPUs while it migrates.
+                if (!_idleSinceLastTurn)
+                {
+                    ReturnToPreferredCpu();
+                }
+
+                _idleSinceLastTurn = false;
             }
 
             return TryRescueStalledPeer(out item) || TryTakeGlobal(out item) || _inbox.TryDequeue(out item);

@@ -121,6 +121,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         return worker is not null;
     }
 
+    /// <summary>Whether worker <paramref name="workerIndex"/> has run out of work (spinning or parked). For tests.</summary>
+    internal bool IsWorkerIdle(int workerIndex) => _workers[workerIndex].IsIdle;
+
     /// <summary>The scheduler whose worker runs on the calling thread, if any.</summary>
     internal static WorkStealingTaskScheduler? CurrentWorkerScheduler => t_currentWorker?.Owner;
 
