@@ -51,6 +51,32 @@ public sealed class CpuPlacementTests
     }
 
     [Fact]
+    public void Schedulers_created_at_once_on_several_threads_each_keep_their_workers_apart()
+    {
+        if (!CanPlace)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        // Preferred CPUs are handed out from one process-wide counter; a scheduler must reserve its block in one step,
+        // or workers of schedulers starting at the same time interleave and two of one scheduler share a CPU.
+        const int Threads = 6;
+        for (int round = 0; round < 15; round++)
+        {
+            using var start = new Barrier(Threads);
+            int[][] preferred = new int[Threads][];
+            Parallel.For(0, Threads, new ParallelOptions { MaxDegreeOfParallelism = Threads }, i =>
+            {
+                start.SignalAndWait();
+                using var scheduler = SchedulerTestHelpers.Create(Cpus);
+                preferred[i] = scheduler.PreferredCpus;
+            });
+
+            preferred.Should().OnlyContain(cpus => cpus.Distinct().Count() == cpus.Length, "each scheduler's workers prefer different CPUs");
+        }
+    }
+
+    [Fact]
     public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
     {
         if (!CanPlace)

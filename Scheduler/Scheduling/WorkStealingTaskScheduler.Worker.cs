@@ -47,9 +47,6 @@ public sealed partial class WorkStealingTaskScheduler
         private uint _random;
         private bool _isSearching;
 
-        // Whether this worker went idle since its previous fairness turn (CPU placement moves only steadily busy workers).
-        private bool _idleSinceLastTurn = true;
-
         // Each peer's progress count (executed plus inlined) as this worker last saw it, and the peer to look at next.
         private readonly long[] _peerProgress;
         private int _rescueCursor;
@@ -203,7 +200,6 @@ public sealed partial class WorkStealingTaskScheduler
         private void Run()
         {
             SetCurrentWorker(this);
-            InitializePlacement();
             if (_owner.WorkerContext is { } context)
             {
                 System.Threading.SynchronizationContext.SetSynchronizationContext(context);
@@ -236,7 +232,7 @@ public sealed partial class WorkStealingTaskScheduler
                     }
 
                     _isIdle = true;
-                    _idleSinceLastTurn = true;
+                    NoteIdle();
                     if (TrySpinForWork(out item))
                     {
                         _isIdle = false;
@@ -344,20 +340,9 @@ public sealed partial class WorkStealingTaskScheduler
         private bool FairnessTurn(out WorkItem item)
         {
             _ticksToFairness = _fairnessInterval; // a countdown: no division on the per-task path
-            if (_isIdle)
+            if (!_isIdle)
             {
-                _idleSinceLastTurn = true;
-            }
-            else
-            {
-                // Only a worker that stayed busy since its previous turn: one that runs an item now and then and
-                // idles in between gains nothing from a move, and is briefly off the CPUs while it migrates.
-                if (!_idleSinceLastTurn)
-                {
-                    ReturnToPreferredCpu();
-                }
-
-                _idleSinceLastTurn = false;
+                OnBusyFairnessTurn();
             }
 
             return TryRescueStalledPeer(out item) || TryTakeGlobal(out item) || _inbox.TryDequeue(out item);

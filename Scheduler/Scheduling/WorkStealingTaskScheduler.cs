@@ -71,6 +71,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         PipeScheduler = new WorkStealingPipeScheduler(this);
         WorkerContext = _options.UseSynchronizationContext ? new WorkStealingSynchronizationContext(this) : null;
 
+        AssignPreferredCpus();
         foreach (Worker worker in _workers)
         {
             worker.Start(_options.UseBackgroundThreads || isShared);

@@ -53,8 +53,9 @@ public sealed class WorkStealingTaskSchedulerOptions
     public bool UseBackgroundThreads { get; set; } = true;
 
     /// <summary>
-    /// Whether busy workers that find themselves on the same CPU move apart (Linux; see
-    /// WorkStealingTaskScheduler.Placement.cs). On by default; off for A/B measurements and tests.
+    /// Whether busy workers return to a preferred CPU of their own when the kernel moved them (Linux, schedulers with
+    /// at least one worker per allowed CPU; see WorkStealingTaskScheduler.Placement.cs). On by default; off for A/B
+    /// measurements and tests.
     /// </summary>
     internal bool SpreadOverCpus { get; set; } = true;
 
