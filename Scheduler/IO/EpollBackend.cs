@@ -11,7 +11,9 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     /// <summary>Token of the eventfd; registration tokens never use it (generation 0xFFFFFFFF is skipped).</summary>
     internal const ulong WakeToken = ulong.MaxValue;
 
-    private const uint SocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    // EPOLLPRI only to learn of urgent data: a receive stops short at the urgent mark with data still queued, so
+    // after urgent data a short read must not be taken as proof that the socket is drained.
+    private const uint SocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
     private const int MaxEvents = 256;
 
     // struct epoll_event is packed (12 bytes) on x86/x86-64 and naturally aligned (16 bytes) elsewhere.
@@ -93,8 +95,9 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             bool failed = (flags & (EPOLLERR | EPOLLHUP)) != 0;
             events[written++] = new ReadinessEvent(
                 token,
-                failed || (flags & (EPOLLIN | EPOLLRDHUP)) != 0,
-                failed || (flags & EPOLLOUT) != 0);
+                failed || (flags & (EPOLLIN | EPOLLRDHUP | EPOLLPRI)) != 0,
+                failed || (flags & EPOLLOUT) != 0,
+                (flags & (EPOLLERR | EPOLLHUP | EPOLLRDHUP | EPOLLPRI)) != 0);
         }
 
         return written;

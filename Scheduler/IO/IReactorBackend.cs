@@ -1,7 +1,15 @@
 namespace Scheduler.IO;
 
 /// <summary>Readiness reported by a backend for one registration.</summary>
-internal readonly record struct ReadinessEvent(ulong Token, bool Readable, bool Writable);
+/// <param name="Token">The registration's token.</param>
+/// <param name="Readable">Read readiness (or a condition a receive must observe: end of stream, an error).</param>
+/// <param name="Writable">Write readiness (or an error a send must observe).</param>
+/// <param name="Exceptional">
+/// A hang-up, an error, the peer's shutdown or urgent (out-of-band) data: conditions that a short read does not
+/// reveal, so after one of them a receive that came back short no longer proves the socket drained (see
+/// <see cref="ReactorSocket"/>'s receive path).
+/// </param>
+internal readonly record struct ReadinessEvent(ulong Token, bool Readable, bool Writable, bool Exceptional = false);
 
 /// <summary>
 /// The OS-specific half of <see cref="IoReactor"/>: edge-triggered readiness for registered file descriptors.

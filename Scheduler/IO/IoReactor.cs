@@ -200,7 +200,7 @@ public sealed partial class IoReactor : IDisposable
                 ReactorSocket? socket = Volatile.Read(ref slots[index]);
                 if (socket is not null && socket.RegistrationToken == ev.Token)
                 {
-                    socket.OnReadiness(ev.Readable, ev.Writable);
+                    socket.OnReadiness(ev.Readable, ev.Writable, ev.Exceptional);
                 }
             }
         }

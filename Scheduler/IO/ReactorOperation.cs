@@ -29,8 +29,18 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     private static readonly Action<object?, CancellationToken> s_cancel = static (state, token) =>
         ((ReactorOperation<TResult>)state!).TryFinishFromPending(new OperationCanceledException(token));
 
+    // _drainedAtSequence when no attempt has proved the socket drained (sequences are 32-bit, so none equals it).
+    private const long NoDrainProof = long.MinValue;
+
     private readonly bool _isWrite;
     private int _state;
+
+    // The direction's sequence number read before the last attempt that proved the socket drained, or NoDrainProof.
+    // A receive that finds it equal to the current sequence parks at once rather than pay for a recv that would
+    // say EAGAIN: in a request/response exchange that is every other receive (tokio does the same; epoll(7)
+    // states the rule for stream sockets). See ReactorSocket.ShortReadsProveDrained for when a short read proves
+    // nothing.
+    private long _drainedAtSequence = NoDrainProof;
     private WakerCore<TResult> _core;
     private CancellationTokenRegistration _registration;
 
@@ -66,7 +76,21 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
-            bool done = TryExecuteGuarded(out TResult result, out Exception? error);
+            bool done;
+            TResult result;
+            Exception? error;
+            if (_drainedAtSequence == sequence && Socket.ShortReadsProveDrained)
+            {
+                // The last attempt found the socket drained and no edge has come since: this one would say EAGAIN.
+                done = false;
+                result = default!;
+                error = null;
+                SkippedAttempts++;
+            }
+            else
+            {
+                done = Attempt(sequence, out result, out error);
+            }
 
             if (done)
             {
@@ -131,6 +155,35 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     }
 
     /// <summary>
+    /// Receives skipped because the socket was known to be drained (see <see cref="LastAttemptDrained"/>). Written
+    /// by the operation's current caller only; for tests.
+    /// </summary>
+    internal int SkippedAttempts { get; private set; }
+
+    /// <summary>
+    /// Set by <see cref="TryExecute(ReactorSocket.FdReference, out TResult, out Exception?)"/>: the attempt proved
+    /// the socket drained at that moment (a receive that said EAGAIN, or came back with fewer bytes than asked).
+    /// </summary>
+    protected bool LastAttemptDrained { get; set; }
+
+    /// <summary>
+    /// One attempt, recording whether it proved the socket drained. <paramref name="sequence"/> is the direction's
+    /// sequence number read before it.
+    /// </summary>
+    private bool Attempt(int sequence, out TResult result, out Exception? error)
+    {
+        LastAttemptDrained = false;
+        bool done = TryExecuteGuarded(out result, out error);
+
+        // Every byte that arrives after a drained attempt brings an edge, and the reactor bumps the sequence for
+        // it: while the sequence still reads what it did before this attempt, the next one would find nothing.
+        // Written here by whoever attempts (the caller, or the reactor), read by the next caller after the
+        // completion has published it.
+        _drainedAtSequence = LastAttemptDrained ? sequence : NoDrainProof;
+        return done;
+    }
+
+    /// <summary>
     /// The syscall attempt with every unexpected exception turned into this operation's failure: it must neither
     /// leave the operation claimed (the socket stays usable) nor escape onto the reactor thread (it belongs to this
     /// operation only).
@@ -155,7 +208,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
         while (true)
         {
             int sequence = Socket.ReadSequence(_isWrite);
-            bool done = TryExecuteGuarded(out TResult result, out Exception? error);
+            bool done = Attempt(sequence, out TResult result, out Exception? error);
 
             if (done)
             {

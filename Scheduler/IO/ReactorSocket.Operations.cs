@@ -29,6 +29,10 @@ public sealed partial class ReactorSocket
                     if (n >= 0)
                     {
                         result = waitOnly ? 0 : (int)n;
+
+                        // A stream socket fills the buffer unless its queue ran dry (or it stopped at the urgent
+                        // mark, or before an end of stream: ReactorSocket.ShortReadsProveDrained covers those).
+                        LastAttemptDrained = n > 0 && n < span.Length;
                         return true;
                     }
 
@@ -40,6 +44,7 @@ public sealed partial class ReactorSocket
 
                     if (errno == EAGAIN)
                     {
+                        LastAttemptDrained = true;
                         return false;
                     }
 

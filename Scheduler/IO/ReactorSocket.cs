@@ -8,7 +8,8 @@ namespace Scheduler.IO;
 
 /// <summary>
 /// A non-blocking stream socket (TCP over IPv4/IPv6, or a Unix domain socket) driven by an <see cref="IoReactor"/>.
-/// Operations try the system call first and only wait for epoll readiness when the kernel says EAGAIN;
+/// Operations try the system call first and only wait for epoll readiness when the kernel says EAGAIN (a receive
+/// right after one that proved the socket drained, with no edge since, waits at once);
 /// awaited on a <see cref="WorkStealingTaskScheduler"/> worker, they resume on that worker.
 /// </summary>
 /// <remarks>
@@ -28,6 +29,7 @@ public sealed partial class ReactorSocket : IDisposable
     private readonly ConnectOperation? _connect;
     private int _readSequence;
     private int _writeSequence;
+    private int _shortReadsProveNothing;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -198,9 +200,25 @@ public sealed partial class ReactorSocket : IDisposable
         _handle.Dispose();
     }
 
+    /// <summary>
+    /// Whether a receive that came back short (fewer bytes than asked) proves that the socket was drained at that
+    /// moment, so that the next receive may wait for the next edge without trying the system call (see
+    /// <see cref="ReactorOperation{TResult}"/>). True until the reactor reports a hang-up, an error, the peer's
+    /// shutdown or urgent data: a short read does not reveal an end of stream or an error queued behind the data,
+    /// and stops at the urgent mark with data still queued, and none of those comes with a later edge.
+    /// </summary>
+    internal bool ShortReadsProveDrained => Volatile.Read(ref _shortReadsProveNothing) == 0;
+
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
-    internal void OnReadiness(bool readable, bool writable)
+    internal void OnReadiness(bool readable, bool writable, bool exceptional)
     {
+        if (exceptional)
+        {
+            // Sticky, and written before the sequence bump below (a full fence): a receive that reads the bumped
+            // sequence (or a later one) also sees this.
+            _shortReadsProveNothing = 1;
+        }
+
         if (readable)
         {
             Interlocked.Increment(ref _readSequence);
@@ -215,6 +233,9 @@ public sealed partial class ReactorSocket : IDisposable
             _connect?.OnReady();
         }
     }
+
+    /// <summary>Receives that parked without a system call because the socket was known to be drained. For tests.</summary>
+    internal int ReceiveAttemptsSkipped => _receive?.SkippedAttempts ?? 0;
 
     internal int ReadSequence(bool isWrite) => isWrite ? Volatile.Read(ref _writeSequence) : Volatile.Read(ref _readSequence);
 

@@ -1,0 +1,251 @@
+using System.Net.Sockets;
+using System.Text;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// A receive that came back short proves the socket drained, so the next receive waits for the next edge without a
+/// system call. These tests pin down that it still sees everything: more data, and the conditions a short read does
+/// not reveal (an end of stream or a reset queued behind the data, urgent data).
+/// </summary>
+public sealed class DrainedReceiveTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(5);
+
+    // How long the peer's bytes sit before our first receive: 0 races the reactor, 30 ms lets it handle every edge
+    // first (the case where a wrongly skipped receive would never see another edge).
+    public static TheoryData<int> Delays => new() { 0, 1, 30 };
+
+    [Fact]
+    public async Task Request_response_skips_the_receive_that_would_say_EAGAIN_and_loses_nothing()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        using (client)
+        using (server)
+        {
+            const int Rounds = 300;
+            await io.Run(async () =>
+            {
+                Task echo = Task.Run(async () =>
+                {
+                    var buffer = new byte[4096];
+                    for (int i = 0; i < Rounds; i++)
+                    {
+                        int n = await server.ReceiveAsync(buffer);
+                        n.Should().Be(64);
+                        await server.SendAsync(buffer.AsMemory(0, n));
+                    }
+                });
+
+                var reply = new byte[4096];
+                for (int i = 0; i < Rounds; i++)
+                {
+                    byte[] message = IoTestContext.Pattern(64, i);
+                    await client.SendAsync(message);
+                    int n = await client.ReceiveAsync(reply);
+                    n.Should().Be(64);
+                    reply.AsSpan(0, n).ToArray().Should().Equal(message);
+                }
+
+                await echo;
+            });
+
+            // Each side's receive after a 64-byte short read waits for the edge directly, unless an edge came first.
+            (client.ReceiveAttemptsSkipped + server.ReceiveAttemptsSkipped).Should().BeGreaterThan(Rounds / 2);
+        }
+    }
+
+    [Fact]
+    public async Task A_full_read_proves_nothing_and_the_rest_is_read_without_an_edge()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        using (client)
+        using (server)
+        {
+            byte[] message = IoTestContext.Pattern(1000, 3);
+            await io.Run(async () =>
+            {
+                await client.SendAsync(message);
+                await Task.Delay(30);
+
+                // 1,000 bytes queued, read 100 at a time: every read fills its buffer, so each next one must try.
+                var received = new List<byte>();
+                var buffer = new byte[100];
+                while (received.Count < message.Length)
+                {
+                    int n = await server.ReceiveAsync(buffer).AsTask().WaitAsync(Bound);
+                    received.AddRange(buffer.AsSpan(0, n).ToArray());
+                }
+
+                received.Should().Equal(message);
+            });
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Delays))]
+    public async Task End_of_stream_queued_behind_the_data_is_seen_after_a_short_read(int delayMs)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        for (int round = 0; round < 10; round++)
+        {
+            using Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+
+            // Data and FIN leave together, before our receive: the short read cannot tell that the FIN is there.
+            peer.Send(Encoding.ASCII.GetBytes("0123456789"));
+            peer.Shutdown(SocketShutdown.Send);
+
+            (string text, bool ended) = await io.Run(() => ReadToEndAsync(ours, delayMs));
+            text.Should().Be("0123456789");
+            ended.Should().BeTrue();
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Delays))]
+    public async Task A_reset_queued_behind_the_data_is_seen_after_a_short_read(int delayMs)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        for (int round = 0; round < 10; round++)
+        {
+            Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+            peer.Send(Encoding.ASCII.GetBytes("0123456789"));
+            peer.LingerState = new LingerOption(true, 0);
+            peer.Close(); // RST
+
+            Exception? failure = await io.Run(async () =>
+            {
+                try
+                {
+                    await ReadToEndAsync(ours, delayMs);
+                    return null;
+                }
+                catch (SocketException e)
+                {
+                    return e;
+                }
+            });
+
+            // Linux drops the queued data on a reset, or delivers it first: either way the receive ends.
+            failure.Should().BeOfType<SocketException>().Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+        }
+    }
+
+    public static TheoryData<int, bool> DelaysAndFamilies => new()
+    {
+        { 0, false }, { 1, false }, { 30, false },
+        { 0, true }, { 30, true },
+    };
+
+    [Theory]
+    [MemberData(nameof(DelaysAndFamilies))]
+    public async Task Urgent_data_does_not_stall_the_stream(int delayMs, bool unixDomain)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"drained-{Guid.NewGuid():N}.sock");
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = unixDomain ? io.Listen(new UnixDomainSocketEndPoint(path)) : io.Listen();
+        for (int round = 0; round < 10; round++)
+        {
+            // Unix domain stream sockets have urgent data too (Linux 5.15 and later), with the same mark.
+            using Socket peer = unixDomain ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) : IoTestContext.NewPlainSocket();
+            using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+
+            // A receive stops short at the urgent mark with "def" still queued, and no later edge announces it.
+            peer.Send(Encoding.ASCII.GetBytes("abc"));
+            peer.Send(Encoding.ASCII.GetBytes("X"), SocketFlags.OutOfBand);
+            peer.Send(Encoding.ASCII.GetBytes("def"));
+
+            string text = await io.Run(async () =>
+            {
+                await Task.Delay(delayMs);
+                var received = new StringBuilder();
+                var buffer = new byte[1024];
+                while (received.Length < 6)
+                {
+                    int n = await ours.ReceiveAsync(buffer).AsTask().WaitAsync(Bound);
+                    n.Should().BePositive();
+                    received.Append(Encoding.ASCII.GetString(buffer, 0, n));
+                }
+
+                return received.ToString();
+            });
+
+            // The urgent byte is out of band (not inline): the stream is the rest.
+            text.Should().Be("abcdef");
+        }
+
+        File.Delete(path);
+    }
+
+    [Fact]
+    public async Task Bulk_transfer_to_a_slow_reader_with_random_buffer_sizes_never_stalls()
+    {
+        // The window fills while the reader dawdles and reopens as it reads: every window update must still go
+        // out although receives after short reads skip their system call. Short and full reads alternate at random.
+        const int Length = 8 * 1024 * 1024;
+        byte[] data = IoTestContext.Pattern(Length, 11);
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        Task send = Task.Run(() =>
+        {
+            peer.Send(data);
+            peer.Shutdown(SocketShutdown.Send);
+        });
+
+        byte[] received = await io.Run(async () =>
+        {
+            var random = new Random(5);
+            var output = new MemoryStream(Length);
+            var buffer = new byte[64 * 1024];
+            int reads = 0;
+            while (true)
+            {
+                int n = await ours.ReceiveAsync(buffer.AsMemory(0, random.Next(1, buffer.Length + 1))).AsTask().WaitAsync(Bound);
+                if (n == 0)
+                {
+                    return output.ToArray();
+                }
+
+                output.Write(buffer, 0, n);
+                if (++reads % 16 == 0)
+                {
+                    await Task.Delay(1);
+                }
+            }
+        });
+
+        await send.WaitAsync(Bound);
+        received.Length.Should().Be(Length);
+        received.AsSpan().SequenceEqual(data).Should().BeTrue();
+        ours.ReceiveAttemptsSkipped.Should().BePositive();
+    }
+
+    /// <summary>Reads with a large buffer until end of stream; each receive must complete within <see cref="Bound"/>.</summary>
+    private static async Task<(string Text, bool Ended)> ReadToEndAsync(ReactorSocket socket, int delayMs)
+    {
+        await Task.Delay(delayMs);
+        var received = new StringBuilder();
+        var buffer = new byte[1024];
+        while (true)
+        {
+            int n = await socket.ReceiveAsync(buffer).AsTask().WaitAsync(Bound);
+            if (n == 0)
+            {
+                return (received.ToString(), true);
+            }
+
+            received.Append(Encoding.ASCII.GetString(buffer, 0, n));
+        }
+    }
+}
