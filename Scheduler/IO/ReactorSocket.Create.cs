@@ -86,8 +86,9 @@ public sealed partial class ReactorSocket
         SafeFileDescriptor handle = CreateHandle(address.Family);
         try
         {
+            bool reportsQueuedBytes = ConfigureStream(handle.Fd, address.Family);
             connected = StartConnect(handle.Fd, address, endPoint);
-            socket = new ReactorSocket(reactor, handle, address.Family, isListener: false);
+            socket = new ReactorSocket(reactor, handle, address.Family, isListener: false, reportsQueuedBytes);
             // Registered after connect(): EPOLL_CTL_ADD reports current readiness, so no edge is missed, and an
             // unconnected socket's spurious EPOLLHUP is never seen.
             reactor.Register(socket, handle.Fd);
@@ -106,12 +107,8 @@ public sealed partial class ReactorSocket
         var handle = new SafeFileDescriptor(fd);
         try
         {
-            if (family != AddressFamily.Unix)
-            {
-                SetOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
-            }
-
-            var socket = new ReactorSocket(reactor, handle, family, isListener: false);
+            bool reportsQueuedBytes = ConfigureStream(fd, family);
+            var socket = new ReactorSocket(reactor, handle, family, isListener: false, reportsQueuedBytes);
             reactor.Register(socket, fd);
             return socket;
         }
@@ -122,13 +119,27 @@ public sealed partial class ReactorSocket
         }
     }
 
-    private static unsafe bool StartConnect(int fd, SocketAddress address, EndPoint endPoint)
+    /// <summary>
+    /// Options of a connected (or connecting) stream socket: TCP sends small writes at once (no Nagle), and asks the
+    /// kernel to report with every read how many bytes stay queued (TCP_INQ, Linux 4.18 and later), so a read that
+    /// fills its buffer can still prove the socket drained. Returns whether that report is on.
+    /// </summary>
+    private static unsafe bool ConfigureStream(int fd, AddressFamily family)
     {
-        if (address.Family != AddressFamily.Unix)
+        if (family == AddressFamily.Unix)
         {
-            SetOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
+            return false;
         }
 
+        SetOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
+
+        // The control message is parsed with the LP64 layout of struct cmsghdr; an older kernel refuses the option.
+        int on = 1;
+        return Environment.Is64BitProcess && Libc.SetSockOpt(fd, IPPROTO_TCP, TCP_INQ, &on, sizeof(int)) == 0;
+    }
+
+    private static unsafe bool StartConnect(int fd, SocketAddress address, EndPoint endPoint)
+    {
         int rc;
         int errno;
         fixed (byte* native = address.Buffer.Span)

@@ -7,9 +7,18 @@ namespace Scheduler.IO;
 
 public sealed partial class ReactorSocket
 {
-    /// <summary>recv(2) into one buffer; an empty buffer peeks one byte to wait for readability.</summary>
-    private sealed class ReceiveOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: false)
+    /// <summary>
+    /// recv(2) into one buffer (recvmsg(2) where the kernel reports the bytes still queued); an empty buffer peeks one
+    /// byte to wait for readability.
+    /// </summary>
+    private sealed class ReceiveOperation(ReactorSocket socket, bool reportsQueuedBytes) : ReactorOperation<int>(socket, isWrite: false)
     {
+        // struct cmsghdr on LP64: size_t cmsg_len, int cmsg_level, int cmsg_type, then the data, 8-byte aligned.
+        private const int ControlLevelOffset = 8;
+        private const int ControlTypeOffset = 12;
+        private const int ControlDataOffset = 16;
+        private const int ControlSpace = 24; // CMSG_SPACE(sizeof(int))
+
         public Memory<byte> Buffer { get; set; }
 
         protected override unsafe bool TryExecute(FdReference fd, out int result, out Exception? error)
@@ -23,16 +32,18 @@ public sealed partial class ReactorSocket
             {
                 while (true)
                 {
-                    nint n = waitOnly
-                        ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
+                    int queued = -1;
+                    nint n = waitOnly ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
+                        : reportsQueuedBytes ? ReceiveReportingQueued(fd.Fd, buffer, span.Length, out queued)
                         : Libc.Recv(fd.Fd, buffer, (nuint)span.Length, 0);
                     if (n >= 0)
                     {
                         result = waitOnly ? 0 : (int)n;
 
-                        // A stream socket fills the buffer unless its queue ran dry (or it stopped at the urgent
-                        // mark, or before an end of stream: ReactorSocket.ShortReadsProveDrained covers those).
-                        LastAttemptDrained = n > 0 && n < span.Length;
+                        // Drained when the kernel says nothing stays queued (it reports an end of stream as one byte),
+                        // or else when a stream socket did not fill the buffer: it fills it unless its queue ran dry
+                        // (or it stopped at the urgent mark, or before an end of stream: see ShortReadsProveDrained).
+                        LastAttemptDrained = n > 0 && (queued >= 0 ? queued == 0 : n < span.Length);
                         return true;
                     }
 
@@ -55,6 +66,29 @@ public sealed partial class ReactorSocket
         }
 
         protected override void ClearParameters() => Buffer = default;
+
+        /// <summary>recvmsg(2) with TCP_INQ's control message: <paramref name="queued"/> is what stays queued, or -1 when not reported.</summary>
+        private static unsafe nint ReceiveReportingQueued(int fd, byte* buffer, int length, out int queued)
+        {
+            Libc.IoVector vector = default;
+            vector.Base = buffer;
+            vector.Length = (nuint)length;
+            byte* control = stackalloc byte[ControlSpace];
+            Libc.MessageHeader message = default;
+            message.IoVectors = &vector;
+            message.IoVectorCount = 1;
+            message.Control = control;
+            message.ControlLength = ControlSpace;
+
+            nint n = Libc.RecvMsg(fd, &message, 0);
+            queued = n >= 0
+                && message.ControlLength >= ControlDataOffset + sizeof(int)
+                && *(int*)(control + ControlLevelOffset) == IPPROTO_TCP
+                && *(int*)(control + ControlTypeOffset) == TCP_INQ
+                ? *(int*)(control + ControlDataOffset)
+                : -1;
+            return n;
+        }
     }
 
     /// <summary>send(2) of one buffer or sendmsg(2) gathering a sequence, until every byte is taken.</summary>

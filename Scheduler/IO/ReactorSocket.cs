@@ -34,7 +34,7 @@ public sealed partial class ReactorSocket : IDisposable
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
 
-    private ReactorSocket(IoReactor reactor, SafeFileDescriptor handle, AddressFamily family, bool isListener)
+    private ReactorSocket(IoReactor reactor, SafeFileDescriptor handle, AddressFamily family, bool isListener, bool reportsQueuedBytes = false)
     {
         Reactor = reactor;
         _handle = handle;
@@ -45,7 +45,7 @@ public sealed partial class ReactorSocket : IDisposable
         }
         else
         {
-            _receive = new ReceiveOperation(this);
+            _receive = new ReceiveOperation(this, reportsQueuedBytes);
             _send = new SendOperation(this);
             _connect = new ConnectOperation(this);
         }

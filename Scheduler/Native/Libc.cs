@@ -60,6 +60,9 @@ internal static unsafe partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "recv", SetLastError = true)]
     internal static partial nint Recv(int fd, void* buffer, nuint length, int flags);
 
+    [LibraryImport(LibraryName, EntryPoint = "recvmsg", SetLastError = true)]
+    internal static partial nint RecvMsg(int fd, MessageHeader* message, int flags);
+
     [LibraryImport(LibraryName, EntryPoint = "send", SetLastError = true)]
     internal static partial nint Send(int fd, void* buffer, nuint length, int flags);
 

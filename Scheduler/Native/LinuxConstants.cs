@@ -51,6 +51,7 @@ internal static class LinuxConstants
     public const int SO_ERROR = 4;
     public const int IPPROTO_TCP = 6;
     public const int TCP_NODELAY = 1;
+    public const int TCP_INQ = 36; // also the control message's type (TCP_CM_INQ)
     public const int MSG_PEEK = 0x2;
     public const int MSG_NOSIGNAL = 0x4000;
     public const int SHUT_RD = 0;
