@@ -149,13 +149,19 @@ public sealed partial class WorkStealingTaskScheduler
             {
                 _owner._idle.UnparkSpecific(this);
             }
-            else
+            else if (!_isIdle)
             {
-                // The owner is awake: it will take the item itself unless it is busy running something long, or
-                // blocked waiting for this very item (sync-over-async on a worker). A searching peer takes inbox
-                // items from a busy owner, so make sure one is looking (one volatile read when nobody is parked).
+                // The owner is busy: it will take the item itself unless it is running something long, or blocked
+                // waiting for this very item (sync-over-async on a worker). A searching peer takes inbox items from a
+                // busy owner, so make sure one is looking (one volatile read when nobody is parked).
                 _owner.NotifyParked();
             }
+
+            // An idle owner that is not parked is spinning: it takes the item itself within a poll, or finds it when
+            // it re-checks the queues after registering to park. A peer woken for it could not even take it (peers
+            // keep off an idle owner's inbox): it cost a futex wake-up and a third spinning thread on two cores for
+            // nothing. Should the owner turn busy with other work meanwhile, it looks at its inbox right after
+            // (BecomeBusy) and wakes a peer itself.
         }
 
         /// <summary>Owner thread: remove <paramref name="task"/> from the LIFO slot or the deque's tail before inlining it.</summary>
@@ -224,7 +230,7 @@ public sealed partial class WorkStealingTaskScheduler
                     {
                         if (_isIdle)
                         {
-                            _isIdle = false;
+                            BecomeBusy();
                         }
 
                         Execute(item);
@@ -235,7 +241,7 @@ public sealed partial class WorkStealingTaskScheduler
                     NoteIdle();
                     if (TrySpinForWork(out item))
                     {
-                        _isIdle = false;
+                        BecomeBusy();
                         Execute(item);
                         continue;
                     }
@@ -259,6 +265,22 @@ public sealed partial class WorkStealingTaskScheduler
                 _isIdle = false;
                 SetCurrentWorker(null);
                 _owner.OnWorkerExited();
+            }
+        }
+
+        /// <summary>
+        /// Leaves the idle state before running an item. A producer that found this worker idle (and not parked) posted
+        /// to its inbox without waking a peer, counting on it to take the item itself; the item now has to wait for the
+        /// one about to run, which may be long. The fence pairs with the producer's interlocked enqueue before its read
+        /// of the idle flag: either the producer saw this worker busy and woke a peer, or this check sees the item.
+        /// </summary>
+        private void BecomeBusy()
+        {
+            _isIdle = false;
+            Interlocked.MemoryBarrier();
+            if (!_inbox.IsEmpty)
+            {
+                _owner.NotifyParked();
             }
         }
 
