@@ -117,7 +117,7 @@ public sealed class CpuPlacementTests
             {
                 index = current;
                 displacedTo = allowed.First(cpu => cpu != preferred);
-                CpuAffinity.MoveCallingThreadTo(displacedTo, allowed).Should().BeTrue();
+                CpuAffinity.MoveCallingThreadTo(displacedTo).Should().BeTrue();
             }
             else if (current == index && CpuAffinity.CurrentCpu() == preferred)
             {
@@ -128,6 +128,70 @@ public sealed class CpuPlacementTests
             if (!stop.IsCancellationRequested)
             {
                 scheduler.Factory.StartNew(() => Step(first: false));
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_narrower_affinity_set_after_construction_is_kept_not_widened()
+    {
+        if (!CanPlace)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        // The CPUs a worker may use can shrink after the scheduler started (taskset on the process, a container's
+        // cpuset). Placement must then never move the worker outside the new set, nor restore the old one after a move.
+        using var scheduler = SchedulerTestHelpers.Create(Cpus);
+        await RunOnEveryWorker(scheduler);
+        var violations = new List<string>();
+        int index = -1;
+        int restrictedTo = -1;
+        long until = Environment.TickCount64 + 300;
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        // A chain of short tasks keeps one worker busy for 300 ms (placement acts at a busy worker's fairness turns,
+        // with a backoff from 1 ms); its first step restricts the worker's thread to a CPU other than its preferred one.
+        _ = scheduler.Factory.StartNew(() => Step(first: true));
+        await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+        lock (violations)
+        {
+            violations.Should().BeEmpty();
+        }
+
+        scheduler.CpuMovesPerWorker[index].Should().Be(0);
+
+        void Step(bool first)
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int current);
+            if (first)
+            {
+                index = current;
+                restrictedTo = CpuAffinity.AllowedCpus().First(cpu => cpu != scheduler.PreferredCpus[current]);
+                CpuAffinity.SetCallingThreadAffinity([restrictedTo]).Should().BeTrue();
+            }
+            else if (current == index)
+            {
+                int[] affinity = CpuAffinity.AllowedCpus();
+                int cpu = CpuAffinity.CurrentCpu();
+                if (affinity is not [var only] || only != restrictedTo || cpu != restrictedTo)
+                {
+                    lock (violations)
+                    {
+                        violations.Add($"on CPU {cpu} with affinity [{string.Join(",", affinity)}], restricted to {restrictedTo}");
+                    }
+                }
+            }
+
+            Thread.SpinWait(200);
+            if (Environment.TickCount64 < until)
+            {
+                scheduler.Factory.StartNew(() => Step(first: false));
+            }
+            else
+            {
+                done.TrySetResult();
             }
         }
     }

@@ -72,14 +72,14 @@ internal static unsafe partial class CpuAffinity
     }
 
     /// <summary>
-    /// Moves the calling thread to <paramref name="cpu"/> now and then gives it back <paramref name="allowed"/>: the
-    /// kernel migrates a thread at once when its current CPU leaves its mask, and restoring the mask leaves the thread
-    /// where it landed, free to be balanced again. Returns false when the kernel refused (the mask is then restored
-    /// as far as it can be).
+    /// Moves the calling thread to <paramref name="cpu"/> without pinning it there: narrows its affinity to that CPU
+    /// (the kernel migrates it at once) and restores the affinity it had right away. The affinity is read at each move,
+    /// so a narrower set given to the process or thread since (<c>taskset</c>, a container's cpuset) is kept, never
+    /// widened; a CPU outside it is not moved to. False when the thread did not move.
     /// </summary>
-    public static bool MoveCallingThreadTo(int cpu, int[] allowed)
+    public static bool MoveCallingThreadTo(int cpu)
     {
-        if (!IsSupported || cpu < 0 || cpu >= MaxCpus || allowed.Length == 0)
+        if (!IsSupported || cpu < 0 || cpu >= MaxCpus)
         {
             return false;
         }
@@ -87,11 +87,10 @@ internal static unsafe partial class CpuAffinity
         ulong* single = stackalloc ulong[MaskWords];
         ulong* restore = stackalloc ulong[MaskWords];
         new Span<ulong>(single, MaskWords).Clear();
-        new Span<ulong>(restore, MaskWords).Clear();
         single[cpu / 64] = 1UL << (cpu % 64);
-        foreach (int allowedCpu in allowed)
+        if (SchedGetAffinity(0, MaskWords * sizeof(ulong), restore) != 0 || (restore[cpu / 64] & single[cpu / 64]) == 0)
         {
-            restore[allowedCpu / 64] |= 1UL << (allowedCpu % 64);
+            return false;
         }
 
         bool moved = SchedSetAffinity(0, MaskWords * sizeof(ulong), single) == 0;
@@ -101,6 +100,19 @@ internal static unsafe partial class CpuAffinity
         bool restored = SchedSetAffinity(0, MaskWords * sizeof(ulong), restore) == 0
             || SchedSetAffinity(0, MaskWords * sizeof(ulong), restore) == 0;
         return moved && restored;
+    }
+
+    /// <summary>Restricts the calling thread to <paramref name="cpus"/> (what <c>taskset</c> does from outside). For tests.</summary>
+    internal static bool SetCallingThreadAffinity(ReadOnlySpan<int> cpus)
+    {
+        ulong* mask = stackalloc ulong[MaskWords];
+        new Span<ulong>(mask, MaskWords).Clear();
+        foreach (int cpu in cpus)
+        {
+            mask[cpu / 64] |= 1UL << (cpu % 64);
+        }
+
+        return IsSupported && SchedSetAffinity(0, MaskWords * sizeof(ulong), mask) == 0;
     }
 
     [LibraryImport("libc", EntryPoint = "sched_getcpu")]

@@ -49,7 +49,7 @@ public sealed partial class WorkStealingTaskScheduler
         uint first = (uint)Interlocked.Add(ref s_nextPreferredCpu, _workers.Length) - (uint)_workers.Length;
         foreach (Worker worker in _workers)
         {
-            worker.SetPreferredCpu(allowed[(int)((first + (uint)worker.Index) % (uint)allowed.Length)], allowed);
+            worker.PreferredCpu = allowed[(int)((first + (uint)worker.Index) % (uint)allowed.Length)];
         }
     }
 
@@ -65,7 +65,6 @@ public sealed partial class WorkStealingTaskScheduler
         // The CPU this worker returns to, or -1 when placement is off (not Linux, one CPU, fewer workers than CPUs, or
         // disabled).
         internal int PreferredCpu = -1;
-        private int[] _allowedCpus = [];
         private long _lastMoveMs = long.MinValue / 2;
         private long _placementBackoffMs;
         private long _nextPlacementMs;
@@ -75,13 +74,6 @@ public sealed partial class WorkStealingTaskScheduler
 
         /// <summary>How many times this worker moved itself back to its preferred CPU.</summary>
         internal long CpuMoves;
-
-        /// <summary>Before the worker starts: its preferred CPU, and the CPUs its affinity is restored to after a move.</summary>
-        internal void SetPreferredCpu(int cpu, int[] allowed)
-        {
-            _allowedCpus = allowed;
-            PreferredCpu = cpu;
-        }
 
         /// <summary>The worker ran out of work: the next busy fairness turn starts a new busy stretch.</summary>
         private void NoteIdle() => _idleSinceLastTurn = true;
@@ -116,7 +108,7 @@ public sealed partial class WorkStealingTaskScheduler
             _placementBackoffMs = NextPlacementBackoff(_placementBackoffMs, now - _lastMoveMs);
             _nextPlacementMs = now + _placementBackoffMs;
             _lastMoveMs = now;
-            if (CpuAffinity.MoveCallingThreadTo(preferred, _allowedCpus))
+            if (CpuAffinity.MoveCallingThreadTo(preferred))
             {
                 CpuMoves++;
             }
