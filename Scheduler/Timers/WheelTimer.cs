@@ -235,6 +235,16 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     internal override bool Reconcile(TimerWheel wheel, long nowTimestamp)
     {
         int flags = Volatile.Read(ref Flags);
+        if ((flags & Disposed) != 0)
+        {
+            // Final: no call re-arms or pushes a disposed timer (Change and Dispose return once they see the bit, and
+            // their critical sections write back only what they read), so there is no intent to read under the
+            // Locked bit and nobody needs Enqueued cleared. Unlink it if it was armed. No atomic operation: in the
+            // timeout pattern (create, dispose) this is every reconcile, one per pair.
+            wheel.RemoveLocked(this);
+            return true;
+        }
+
         if ((flags & Locked) != 0 || Interlocked.CompareExchange(ref Flags, flags | Locked, flags) != flags)
         {
             return false;
