@@ -146,6 +146,27 @@ public sealed class TimerWheelTimerTests
     }
 
     [Fact]
+    public void A_linked_timer_that_is_disposed_is_unlinked_by_the_next_reconcile()
+    {
+        // The reconciler handles a disposed timer without its intent bit (disposal is final); it must still unlink it.
+        using var wheel = new TimerWheel();
+        ITimer[] timers = [.. Enumerable.Range(0, 10).Select(i =>
+            wheel.CreateTimer(static _ => { }, null, TimeSpan.FromSeconds(10 + i), i % 2 == 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(1)))];
+        wheel.PendingCount.Should().Be(10); // reconciled: all linked
+        wheel.LinkedCount.Should().Be(10);
+
+        foreach (ITimer timer in timers.Take(7))
+        {
+            timer.Dispose();
+        }
+
+        wheel.PendingCount.Should().Be(3);
+        wheel.LinkedCount.Should().Be(3);
+        timers[0].Change(TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan).Should().BeFalse();
+        wheel.PendingCount.Should().Be(3);
+    }
+
+    [Fact]
     public async Task Disposed_timer_does_not_fire_and_Change_returns_false()
     {
         using var wheel = new TimerWheel();
