@@ -70,17 +70,30 @@ public sealed partial class TimerWheel
         }
     }
 
-    /// <summary>Pulses a sleeping driver that planned to wake after <paramref name="dueTick"/> starts. Caller holds the lock.</summary>
+    /// <summary>Wakes a sleeping driver that planned to wake after <paramref name="dueTick"/> starts. Caller holds the lock.</summary>
     private void WakeDriverIfEarlierLocked(long dueTick)
     {
         if (StartOfTick(dueTick) < _plannedWake)
         {
-            if (_wakeHost is not null)
-            {
-                WakeHost();
-                return;
-            }
+            WakeSleeper();
+        }
+    }
 
+    /// <summary>
+    /// Wakes whoever sleeps on the published plan: a host through its own wake-up (<see cref="WakeHost"/>), the driver
+    /// thread with a pulse. The pulse is taken under the lock, which the driver holds from publishing its plan until
+    /// Monitor.Wait releases it, so it cannot fall between the driver's last look and its wait.
+    /// </summary>
+    private void WakeSleeper()
+    {
+        if (_wakeHost is not null)
+        {
+            WakeHost();
+            return;
+        }
+
+        lock (_lock)
+        {
             _plannedWake = DriverAwake;
             Monitor.Pulse(_lock);
         }

@@ -212,21 +212,10 @@ public sealed partial class TimerWheel
         }
 
         // The CAS above is a full fence, and the driver publishes its plan and then re-reads _drainBy behind a full
-        // fence before it sleeps (Dekker): either it sees our request, or we see its plan and pulse. The pulse
-        // takes the lock the driver holds from publishing its plan until Monitor.Wait releases it, so it cannot
-        // fall between the driver's last look and its wait.
+        // fence before it sleeps (Dekker): either it sees our request, or we see its plan and wake it.
         if (timestamp < Volatile.Read(ref _plannedWake))
         {
-            if (_wakeHost is not null)
-            {
-                WakeHost();
-                return;
-            }
-
-            lock (_lock)
-            {
-                Monitor.Pulse(_lock);
-            }
+            WakeSleeper();
         }
     }
 
