@@ -67,7 +67,6 @@ public sealed partial class WorkStealingTaskScheduler
         internal int PreferredCpu = -1;
         private long _lastMoveMs = long.MinValue / 2;
         private long _placementBackoffMs;
-        private long _nextPlacementMs;
 
         // Whether this worker went idle since its previous busy fairness turn.
         private bool _idleSinceLastTurn = true;
@@ -94,7 +93,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             long now = Environment.TickCount64;
-            if (now < _nextPlacementMs)
+            if (now < _lastMoveMs + _placementBackoffMs)
             {
                 return;
             }
@@ -106,7 +105,6 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             _placementBackoffMs = NextPlacementBackoff(_placementBackoffMs, now - _lastMoveMs);
-            _nextPlacementMs = now + _placementBackoffMs;
             _lastMoveMs = now;
             if (CpuAffinity.MoveCallingThreadTo(preferred))
             {
