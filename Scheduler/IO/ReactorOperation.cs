@@ -38,7 +38,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     // The direction's sequence number read before the last attempt that proved the socket drained, or NoDrainProof.
     // A receive that finds it equal to the current sequence parks at once rather than pay for a recv that would
     // say EAGAIN: in a request/response exchange that is every other receive (tokio does the same; epoll(7)
-    // states the rule for stream sockets). See ReactorSocket.ShortReadsProveDrained for when a short read proves
+    // states the rule for stream sockets). See ReactorSocket.DrainProofsHold for when a short read proves
     // nothing.
     private long _drainedAtSequence = NoDrainProof;
     private WakerCore<TResult> _core;
@@ -79,7 +79,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             bool done;
             TResult result;
             Exception? error;
-            if (_drainedAtSequence == sequence && Socket.ShortReadsProveDrained)
+            if (_drainedAtSequence == sequence && Socket.DrainProofsHold)
             {
                 // The last attempt found the socket drained and no edge has come since: this one would say EAGAIN.
                 done = false;

@@ -42,7 +42,7 @@ public sealed partial class ReactorSocket
 
                         // Drained when the kernel says nothing stays queued (it reports an end of stream as one byte),
                         // or else when a stream socket did not fill the buffer: it fills it unless its queue ran dry
-                        // (or it stopped at the urgent mark, or before an end of stream: see ShortReadsProveDrained).
+                        // (or it stopped at the urgent mark, or before an end of stream: see DrainProofsHold).
                         LastAttemptDrained = n > 0 && (queued >= 0 ? queued == 0 : n < span.Length);
                         return true;
                     }

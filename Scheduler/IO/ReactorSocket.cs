@@ -29,7 +29,7 @@ public sealed partial class ReactorSocket : IDisposable
     private readonly ConnectOperation? _connect;
     private int _readSequence;
     private int _writeSequence;
-    private int _shortReadsProveNothing;
+    private int _drainProofsVoid;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -201,13 +201,13 @@ public sealed partial class ReactorSocket : IDisposable
     }
 
     /// <summary>
-    /// Whether a receive that came back short (fewer bytes than asked) proves that the socket was drained at that
-    /// moment, so that the next receive may wait for the next edge without trying the system call (see
+    /// Whether a receive that proved the socket drained (a short read, EAGAIN, or TCP's report of nothing queued) lets
+    /// the next receive wait for the next edge without trying the system call (see
     /// <see cref="ReactorOperation{TResult}"/>). True until the reactor reports a hang-up, an error, the peer's
     /// shutdown or urgent data: a short read does not reveal an end of stream or an error queued behind the data,
     /// and stops at the urgent mark with data still queued, and none of those comes with a later edge.
     /// </summary>
-    internal bool ShortReadsProveDrained => Volatile.Read(ref _shortReadsProveNothing) == 0;
+    internal bool DrainProofsHold => Volatile.Read(ref _drainProofsVoid) == 0;
 
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
     internal void OnReadiness(bool readable, bool writable, bool exceptional)
@@ -216,7 +216,7 @@ public sealed partial class ReactorSocket : IDisposable
         {
             // Sticky, and written before the sequence bump below (a full fence): a receive that reads the bumped
             // sequence (or a later one) also sees this.
-            _shortReadsProveNothing = 1;
+            _drainProofsVoid = 1;
         }
 
         if (readable)
