@@ -37,6 +37,18 @@ internal sealed class IoTestContext : IAsyncDisposable
         return (client, server);
     }
 
+    /// <summary>Runs <paramref name="body"/> on the scheduler with a fresh connected (client, server) pair, disposed afterwards.</summary>
+    public Task RunOnPair(ReactorSocket listener, Func<ReactorSocket, ReactorSocket, Task> body) =>
+        Run(async () =>
+        {
+            (ReactorSocket client, ReactorSocket server) = await ConnectPairAsync(listener);
+            using (client)
+            using (server)
+            {
+                await body(client, server);
+            }
+        });
+
     /// <summary><see cref="ConnectPairAsync"/> run on the scheduler, for tests that are not already on it.</summary>
     public Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairOnSchedulerAsync(ReactorSocket listener) =>
         Run(() => ConnectPairAsync(listener));

@@ -22,26 +22,21 @@ public sealed class ReactorSocketTests
         local.Address.Should().Be(IPAddress.Loopback);
         local.Port.Should().BeGreaterThan(0);
 
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                ((IPEndPoint)client.RemoteEndPoint!).Should().Be(local);
-                ((IPEndPoint)server.LocalEndPoint!).Should().Be(local);
-                ((IPEndPoint)server.RemoteEndPoint!).Should().Be((IPEndPoint)client.LocalEndPoint!);
+            ((IPEndPoint)client.RemoteEndPoint!).Should().Be(local);
+            ((IPEndPoint)server.LocalEndPoint!).Should().Be(local);
+            ((IPEndPoint)server.RemoteEndPoint!).Should().Be((IPEndPoint)client.LocalEndPoint!);
 
-                byte[] message = IoTestContext.Pattern(5000, 1);
-                (await client.SendAsync(message)).Should().Be(5000);
-                var received = new byte[5000];
-                await IoTestContext.ReceiveExactlyAsync(server, received);
-                received.Should().Equal(message);
-                (await server.SendAsync(received)).Should().Be(5000);
-                var echoed = new byte[5000];
-                await IoTestContext.ReceiveExactlyAsync(client, echoed);
-                echoed.Should().Equal(message);
-            }
+            byte[] message = IoTestContext.Pattern(5000, 1);
+            (await client.SendAsync(message)).Should().Be(5000);
+            var received = new byte[5000];
+            await IoTestContext.ReceiveExactlyAsync(server, received);
+            received.Should().Equal(message);
+            (await server.SendAsync(received)).Should().Be(5000);
+            var echoed = new byte[5000];
+            await IoTestContext.ReceiveExactlyAsync(client, echoed);
+            echoed.Should().Equal(message);
         });
     }
 
@@ -51,18 +46,13 @@ public sealed class ReactorSocketTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen(new IPEndPoint(IPAddress.IPv6Loopback, 0));
         ((IPEndPoint)listener.LocalEndPoint!).Address.Should().Be(IPAddress.IPv6Loopback);
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                ((IPEndPoint)server.RemoteEndPoint!).AddressFamily.Should().Be(AddressFamily.InterNetworkV6);
-                await client.SendAsync(new byte[] { 1, 2, 3 });
-                var buffer = new byte[3];
-                await IoTestContext.ReceiveExactlyAsync(server, buffer);
-                buffer.Should().Equal(1, 2, 3);
-            }
+            ((IPEndPoint)server.RemoteEndPoint!).AddressFamily.Should().Be(AddressFamily.InterNetworkV6);
+            await client.SendAsync(new byte[] { 1, 2, 3 });
+            var buffer = new byte[3];
+            await IoTestContext.ReceiveExactlyAsync(server, buffer);
+            buffer.Should().Equal(1, 2, 3);
         });
     }
 
@@ -99,25 +89,20 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                var buffer = new byte[16];
-                ValueTask<int> pending = server.ReceiveAsync(buffer);
-                pending.IsCompleted.Should().BeFalse();
-                await client.SendAsync(new byte[] { 9 });
-                (await pending).Should().Be(1);
-                client.Shutdown(SocketShutdown.Send);
-                (await server.ReceiveAsync(buffer)).Should().Be(0);
-                (await server.ReceiveAsync(buffer)).Should().Be(0);
-                // Half-close: the other direction still works.
-                await server.SendAsync(new byte[] { 7 });
-                (await client.ReceiveAsync(buffer)).Should().Be(1);
-                buffer[0].Should().Be(7);
-            }
+            var buffer = new byte[16];
+            ValueTask<int> pending = server.ReceiveAsync(buffer);
+            pending.IsCompleted.Should().BeFalse();
+            await client.SendAsync(new byte[] { 9 });
+            (await pending).Should().Be(1);
+            client.Shutdown(SocketShutdown.Send);
+            (await server.ReceiveAsync(buffer)).Should().Be(0);
+            (await server.ReceiveAsync(buffer)).Should().Be(0);
+            // Half-close: the other direction still works.
+            await server.SendAsync(new byte[] { 7 });
+            (await client.ReceiveAsync(buffer)).Should().Be(1);
+            buffer[0].Should().Be(7);
         });
     }
 
@@ -126,29 +111,24 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
+            await client.SendAsync(new byte[] { 1, 2, 3, 4 });
+            var buffer = new byte[4];
+            int got = 0;
+            // Loopback delivery is immediate, but give the kernel a moment in case the box is busy.
+            for (int i = 0; i < 100 && got == 0; i++)
             {
-                await client.SendAsync(new byte[] { 1, 2, 3, 4 });
-                var buffer = new byte[4];
-                int got = 0;
-                // Loopback delivery is immediate, but give the kernel a moment in case the box is busy.
-                for (int i = 0; i < 100 && got == 0; i++)
-                {
-                    byte[] peek = [];
-                    ValueTask<int> ready = server.ReceiveAsync(peek);
-                    await ready;
-                    ValueTask<int> receive = server.ReceiveAsync(buffer);
-                    receive.IsCompletedSuccessfully.Should().BeTrue("data was already queued in the kernel");
-                    got = receive.Result;
-                }
-
-                got.Should().Be(4);
-                buffer.Should().Equal(1, 2, 3, 4);
+                byte[] peek = [];
+                ValueTask<int> ready = server.ReceiveAsync(peek);
+                await ready;
+                ValueTask<int> receive = server.ReceiveAsync(buffer);
+                receive.IsCompletedSuccessfully.Should().BeTrue("data was already queued in the kernel");
+                got = receive.Result;
             }
+
+            got.Should().Be(4);
+            buffer.Should().Equal(1, 2, 3, 4);
         });
     }
 
@@ -157,20 +137,15 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                ValueTask<int> wait = server.ReceiveAsync(Memory<byte>.Empty);
-                wait.IsCompleted.Should().BeFalse();
-                await client.SendAsync(new byte[] { 42 });
-                (await wait).Should().Be(0);
-                var buffer = new byte[1];
-                (await server.ReceiveAsync(buffer)).Should().Be(1);
-                buffer[0].Should().Be(42);
-            }
+            ValueTask<int> wait = server.ReceiveAsync(Memory<byte>.Empty);
+            wait.IsCompleted.Should().BeFalse();
+            await client.SendAsync(new byte[] { 42 });
+            (await wait).Should().Be(0);
+            var buffer = new byte[1];
+            (await server.ReceiveAsync(buffer)).Should().Be(1);
+            buffer[0].Should().Be(42);
         });
     }
 
@@ -204,28 +179,23 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                var buffer = new byte[8];
-                using var cts = new CancellationTokenSource();
-                ValueTask<int> pending = server.ReceiveAsync(buffer, cts.Token);
-                pending.IsCompleted.Should().BeFalse();
-                await cts.CancelAsync();
-                Func<Task> awaiting = async () => await pending;
-                (await awaiting.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+            var buffer = new byte[8];
+            using var cts = new CancellationTokenSource();
+            ValueTask<int> pending = server.ReceiveAsync(buffer, cts.Token);
+            pending.IsCompleted.Should().BeFalse();
+            await cts.CancelAsync();
+            Func<Task> awaiting = async () => await pending;
+            (await awaiting.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
 
-                // Already-cancelled tokens fail fast too.
-                Func<Task> precancelled = async () => await server.ReceiveAsync(buffer, cts.Token);
-                await precancelled.Should().ThrowAsync<OperationCanceledException>();
+            // Already-cancelled tokens fail fast too.
+            Func<Task> precancelled = async () => await server.ReceiveAsync(buffer, cts.Token);
+            await precancelled.Should().ThrowAsync<OperationCanceledException>();
 
-                await client.SendAsync(new byte[] { 5, 6 });
-                await IoTestContext.ReceiveExactlyAsync(server, buffer.AsMemory(0, 2));
-                buffer[..2].Should().Equal(5, 6);
-            }
+            await client.SendAsync(new byte[] { 5, 6 });
+            await IoTestContext.ReceiveExactlyAsync(server, buffer.AsMemory(0, 2));
+            buffer[..2].Should().Equal(5, 6);
         });
     }
 
@@ -262,29 +232,24 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                var buffer = new byte[8];
-                ValueTask<int> first = server.ReceiveAsync(buffer);
-                Func<Task> second = async () => await server.ReceiveAsync(new byte[8]);
-                await second.Should().ThrowAsync<InvalidOperationException>();
+            var buffer = new byte[8];
+            ValueTask<int> first = server.ReceiveAsync(buffer);
+            Func<Task> second = async () => await server.ReceiveAsync(new byte[8]);
+            await second.Should().ThrowAsync<InvalidOperationException>();
 
-                // A send that cannot finish: nobody reads the client side, the kernel buffers fill up.
-                ValueTask<int> bigSend = server.SendAsync(new byte[64 << 20]);
-                bigSend.IsCompleted.Should().BeFalse();
-                Func<Task> secondSend = async () => await server.SendAsync(new byte[1]);
-                await secondSend.Should().ThrowAsync<InvalidOperationException>();
+            // A send that cannot finish: nobody reads the client side, the kernel buffers fill up.
+            ValueTask<int> bigSend = server.SendAsync(new byte[64 << 20]);
+            bigSend.IsCompleted.Should().BeFalse();
+            Func<Task> secondSend = async () => await server.SendAsync(new byte[1]);
+            await secondSend.Should().ThrowAsync<InvalidOperationException>();
 
-                await client.SendAsync(new byte[] { 1 });
-                (await first).Should().Be(1);
-                server.Dispose();
-                Func<Task> disposedSend = async () => await bigSend;
-                await disposedSend.Should().ThrowAsync<ObjectDisposedException>();
-            }
+            await client.SendAsync(new byte[] { 1 });
+            (await first).Should().Be(1);
+            server.Dispose();
+            Func<Task> disposedSend = async () => await bigSend;
+            await disposedSend.Should().ThrowAsync<ObjectDisposedException>();
         });
     }
 
@@ -518,19 +483,14 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                byte[] message = IoTestContext.Pattern(8 << 20, 5);
-                ValueTask<int> send = client.SendAsync(message);
-                var received = new byte[message.Length];
-                await IoTestContext.ReceiveExactlyAsync(server, received);
-                (await send).Should().Be(message.Length);
-                received.AsSpan().SequenceEqual(message).Should().BeTrue();
-            }
+            byte[] message = IoTestContext.Pattern(8 << 20, 5);
+            ValueTask<int> send = client.SendAsync(message);
+            var received = new byte[message.Length];
+            await IoTestContext.ReceiveExactlyAsync(server, received);
+            (await send).Should().Be(message.Length);
+            received.AsSpan().SequenceEqual(message).Should().BeTrue();
         });
     }
 
@@ -574,25 +534,20 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                ValueTask<int> receive = server.ReceiveAsync(new byte[4]);
-                receive.IsCompleted.Should().BeFalse();
-                await client.SendAsync(new byte[] { 1 });
-                (await receive).Should().Be(1);
-                Func<Task> again = async () => await receive;
-                await again.Should().ThrowAsync<InvalidOperationException>();
+            ValueTask<int> receive = server.ReceiveAsync(new byte[4]);
+            receive.IsCompleted.Should().BeFalse();
+            await client.SendAsync(new byte[] { 1 });
+            (await receive).Should().Be(1);
+            Func<Task> again = async () => await receive;
+            await again.Should().ThrowAsync<InvalidOperationException>();
 
-                // The socket is unaffected by the misuse.
-                await client.SendAsync(new byte[] { 2 });
-                var buffer = new byte[1];
-                await IoTestContext.ReceiveExactlyAsync(server, buffer);
-                buffer[0].Should().Be(2);
-            }
+            // The socket is unaffected by the misuse.
+            await client.SendAsync(new byte[] { 2 });
+            var buffer = new byte[1];
+            await IoTestContext.ReceiveExactlyAsync(server, buffer);
+            buffer[0].Should().Be(2);
         });
     }
 }

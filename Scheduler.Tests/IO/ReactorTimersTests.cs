@@ -185,26 +185,21 @@ public sealed class ReactorTimersTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
+            var buffer = new byte[16];
+            long start = Stopwatch.GetTimestamp(); // before the source arms its timer
+            using (var timeout = new CancellationTokenSource(TimeSpan.FromMilliseconds(50), io.Reactor.Timers))
             {
-                var buffer = new byte[16];
-                long start = Stopwatch.GetTimestamp(); // before the source arms its timer
-                using (var timeout = new CancellationTokenSource(TimeSpan.FromMilliseconds(50), io.Reactor.Timers))
-                {
-                    Func<Task> receive = async () => await server.ReceiveAsync(buffer, timeout.Token);
-                    (await receive.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(timeout.Token);
-                    Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(50));
-                }
-
-                await client.SendAsync(new byte[] { 4, 5, 6 });
-                using var generous = new CancellationTokenSource(TimeSpan.FromSeconds(30), io.Reactor.Timers);
-                (await server.ReceiveAsync(buffer, generous.Token)).Should().Be(3);
-                buffer.AsSpan(0, 3).ToArray().Should().Equal(4, 5, 6);
+                Func<Task> receive = async () => await server.ReceiveAsync(buffer, timeout.Token);
+                (await receive.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(timeout.Token);
+                Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(50));
             }
+
+            await client.SendAsync(new byte[] { 4, 5, 6 });
+            using var generous = new CancellationTokenSource(TimeSpan.FromSeconds(30), io.Reactor.Timers);
+            (await server.ReceiveAsync(buffer, generous.Token)).Should().Be(3);
+            buffer.AsSpan(0, 3).ToArray().Should().Equal(4, 5, 6);
         });
     }
 
@@ -215,49 +210,44 @@ public sealed class ReactorTimersTests
         using ReactorSocket listener = io.Listen();
         TimerWheel wheel = io.Reactor.Timers;
         const int Messages = 2_000;
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
+            // Delays firing all along on the same thread that dispatches the sockets' readiness.
+            var random = new Random(5);
+            Task delays = Task.WhenAll(Enumerable.Range(0, 2_000).Select(i => wheel.DelayAsync(TimeSpan.FromMicroseconds(random.Next(1, 200_000))).AsTask()));
+
+            Task echo = Task.Run(async () =>
             {
-                // Delays firing all along on the same thread that dispatches the sockets' readiness.
-                var random = new Random(5);
-                Task delays = Task.WhenAll(Enumerable.Range(0, 2_000).Select(i => wheel.DelayAsync(TimeSpan.FromMicroseconds(random.Next(1, 200_000))).AsTask()));
-
-                Task echo = Task.Run(async () =>
+                using var timeout = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
+                var buffer = new byte[64];
+                while (true)
                 {
-                    using var timeout = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
-                    var buffer = new byte[64];
-                    while (true)
+                    // The timeout pattern: arm, then disarm on success. (TryReset cannot be used here: it returns
+                    // false for a source created with any TimeProvider but the system one, a BCL limitation.)
+                    timeout.CancelAfter(TimeSpan.FromSeconds(30));
+                    int n = await server.ReceiveAsync(buffer, timeout.Token);
+                    timeout.CancelAfter(Timeout.InfiniteTimeSpan);
+                    if (n == 0)
                     {
-                        // The timeout pattern: arm, then disarm on success. (TryReset cannot be used here: it returns
-                        // false for a source created with any TimeProvider but the system one, a BCL limitation.)
-                        timeout.CancelAfter(TimeSpan.FromSeconds(30));
-                        int n = await server.ReceiveAsync(buffer, timeout.Token);
-                        timeout.CancelAfter(Timeout.InfiniteTimeSpan);
-                        if (n == 0)
-                        {
-                            return;
-                        }
-
-                        await server.SendAsync(buffer.AsMemory(0, n));
+                        return;
                     }
-                });
 
-                var echoed = new byte[8];
-                for (int i = 0; i < Messages; i++)
-                {
-                    byte[] message = BitConverter.GetBytes((long)i);
-                    await client.SendAsync(message);
-                    await IoTestContext.ReceiveExactlyAsync(client, echoed);
-                    echoed.Should().Equal(message);
+                    await server.SendAsync(buffer.AsMemory(0, n));
                 }
+            });
 
-                client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
-                await echo.WaitAsync(IoTestContext.Timeout);
-                await delays.WaitAsync(IoTestContext.Timeout);
+            var echoed = new byte[8];
+            for (int i = 0; i < Messages; i++)
+            {
+                byte[] message = BitConverter.GetBytes((long)i);
+                await client.SendAsync(message);
+                await IoTestContext.ReceiveExactlyAsync(client, echoed);
+                echoed.Should().Equal(message);
             }
+
+            client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            await echo.WaitAsync(IoTestContext.Timeout);
+            await delays.WaitAsync(IoTestContext.Timeout);
         });
         wheel.PendingCount.Should().Be(0);
     }
@@ -302,17 +292,12 @@ public sealed class ReactorTimersTests
         await FluentActions.Awaiting(async () => await pending).Should().ThrowAsync<ObjectDisposedException>();
         io.Reactor.Timers.Should().BeSameAs(wheel);
 
-        await io.Run(async () =>
+        await io.RunOnPair(listener, async (client, server) =>
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            using (client)
-            using (server)
-            {
-                await client.SendAsync(new byte[] { 9 });
-                var buffer = new byte[1];
-                await IoTestContext.ReceiveExactlyAsync(server, buffer);
-                buffer[0].Should().Be(9);
-            }
+            await client.SendAsync(new byte[] { 9 });
+            var buffer = new byte[1];
+            await IoTestContext.ReceiveExactlyAsync(server, buffer);
+            buffer[0].Should().Be(9);
         });
     }
 

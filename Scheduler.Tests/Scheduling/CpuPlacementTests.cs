@@ -79,23 +79,21 @@ public sealed class CpuPlacementTests
     [Fact]
     public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
     {
-        if (!CanPlace)
+        using WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
         {
             return; // nothing to place: one CPU, or not Linux
         }
 
-        using var scheduler = SchedulerTestHelpers.Create(Cpus);
-        await RunOnEveryWorker(scheduler);
         int[] allowed = CpuAffinity.AllowedCpus();
         var back = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var stop = new CancellationTokenSource();
         int index = -1;
         int displacedTo = -1;
 
-        // A chain of short tasks keeps one worker busy (placement acts at a busy worker's fairness turns). Its first
-        // step moves the thread off its preferred CPU, as the kernel does when it places a woken thread; later steps
-        // watch for the worker's return.
-        Task chain = scheduler.Factory.StartNew(() => Step(first: true));
+        // A busy chain whose first step moves the thread off its preferred CPU, as the kernel does when it places a
+        // woken thread; later steps watch for the worker's return.
+        Task chain = RunBusyChainAsync(scheduler, Step, stop.Token);
         try
         {
             int returnedTo = await back.Task.WaitAsync(TimeSpan.FromSeconds(5));
@@ -123,37 +121,28 @@ public sealed class CpuPlacementTests
             {
                 back.TrySetResult(preferred);
             }
-
-            Thread.SpinWait(200);
-            if (!stop.IsCancellationRequested)
-            {
-                scheduler.Factory.StartNew(() => Step(first: false));
-            }
         }
     }
 
     [Fact]
     public async Task A_narrower_affinity_set_after_construction_is_kept_not_widened()
     {
-        if (!CanPlace)
+        // The CPUs a worker may use can shrink after the scheduler started (taskset on the process, a container's
+        // cpuset). Placement must then never move the worker outside the new set, nor restore the old one after a move.
+        using WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
         {
             return; // nothing to place: one CPU, or not Linux
         }
 
-        // The CPUs a worker may use can shrink after the scheduler started (taskset on the process, a container's
-        // cpuset). Placement must then never move the worker outside the new set, nor restore the old one after a move.
-        using var scheduler = SchedulerTestHelpers.Create(Cpus);
-        await RunOnEveryWorker(scheduler);
         var violations = new List<string>();
         int index = -1;
         int restrictedTo = -1;
-        long until = Environment.TickCount64 + 300;
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var stop = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
 
-        // A chain of short tasks keeps one worker busy for 300 ms (placement acts at a busy worker's fairness turns,
-        // with a backoff from 1 ms); its first step restricts the worker's thread to a CPU other than its preferred one.
-        _ = scheduler.Factory.StartNew(() => Step(first: true));
-        await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        // A busy chain for 300 ms (placement backs off from 1 ms); its first step restricts the worker's thread to a
+        // CPU other than its preferred one.
+        await RunBusyChainAsync(scheduler, Step, stop.Token).WaitAsync(TimeSpan.FromSeconds(10));
 
         lock (violations)
         {
@@ -183,16 +172,65 @@ public sealed class CpuPlacementTests
                     }
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// A chain of short tasks, each spawning the next from its worker, keeps one worker busy (placement acts at a busy
+    /// worker's fairness turns) until <paramref name="stop"/> is cancelled; each step first runs <paramref name="step"/>
+    /// (with true for the first). Completes when the chain ends, or faults with the exception a step threw.
+    /// </summary>
+    private static Task RunBusyChainAsync(WorkStealingTaskScheduler scheduler, Action<bool> step, CancellationToken stop)
+    {
+        var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        scheduler.Factory.StartNew(() => Next(first: true), CancellationToken.None);
+        return ended.Task;
+
+        void Next(bool first)
+        {
+            try
+            {
+                step(first);
+            }
+            catch (Exception e)
+            {
+                ended.TrySetException(e);
+                return;
+            }
 
             Thread.SpinWait(200);
-            if (Environment.TickCount64 < until)
+            if (stop.IsCancellationRequested)
             {
-                scheduler.Factory.StartNew(() => Step(first: false));
+                ended.TrySetResult();
             }
             else
             {
-                done.TrySetResult();
+                scheduler.Factory.StartNew(() => Next(first: false), CancellationToken.None);
             }
+        }
+    }
+
+    /// <summary>
+    /// A scheduler with one worker per allowed CPU (so placement applies), every worker started and running; null where
+    /// there is nothing to place (one CPU, or not Linux).
+    /// </summary>
+    private static async Task<WorkStealingTaskScheduler?> StartPlacedSchedulerAsync()
+    {
+        if (!CanPlace)
+        {
+            return null;
+        }
+
+        WorkStealingTaskScheduler scheduler = SchedulerTestHelpers.Create(Cpus);
+        try
+        {
+            await RunOnEveryWorker(scheduler);
+            return scheduler;
+        }
+        catch
+        {
+            scheduler.Dispose();
+            throw;
         }
     }
 
