@@ -91,8 +91,10 @@ public sealed class CpuPlacementTests
         int index = -1;
         int displacedTo = -1;
 
-        // A busy chain whose first step moves the thread off its preferred CPU, as the kernel does when it places a
-        // woken thread; later steps watch for the worker's return.
+        // A busy chain that moves the thread off its preferred CPU, as the kernel does when it places a woken thread,
+        // and watches for the scheduler to move it back. The kernel may bring it back first on its own (a competing
+        // thread on the other CPU makes the load balancer do that): it is then displaced again, until a return is the
+        // scheduler's. Found under a busy competing thread, where "back on its CPU" alone was sometimes the kernel's.
         Task chain = RunBusyChainAsync(scheduler, Step, stop.Token);
         try
         {
@@ -110,16 +112,25 @@ public sealed class CpuPlacementTests
         void Step(bool first)
         {
             scheduler.TryGetCurrentWorkerIndex(out int current);
-            int preferred = scheduler.PreferredCpus[current];
             if (first)
             {
                 index = current;
-                displacedTo = allowed.First(cpu => cpu != preferred);
-                CpuAffinity.MoveCallingThreadTo(displacedTo).Should().BeTrue();
             }
-            else if (current == index && CpuAffinity.CurrentCpu() == preferred)
+
+            int preferred = scheduler.PreferredCpus[current];
+            if (current != index || CpuAffinity.CurrentCpu() != preferred)
+            {
+                return;
+            }
+
+            if (scheduler.CpuMovesPerWorker[index] > 0)
             {
                 back.TrySetResult(preferred);
+            }
+            else
+            {
+                displacedTo = allowed.First(cpu => cpu != preferred);
+                CpuAffinity.MoveCallingThreadTo(displacedTo).Should().BeTrue();
             }
         }
     }
