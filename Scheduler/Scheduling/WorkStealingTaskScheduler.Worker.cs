@@ -33,10 +33,6 @@ public sealed partial class WorkStealingTaskScheduler
         // How many extra items a fairness turn moves from a stalled peer's inbox into this worker's deque.
         private const int RescueBatchSize = 15;
 
-        // The pause between two polls of an idle worker's spell (Thread.SpinWait units), and every how many polls
-        // (a power of two, minus one) it yields the CPU.
-        private const int SpinPause = 4;
-        private const int YieldEvery = 63;
         private Thread? _thread;
         private Task? _carrier;
 
@@ -558,36 +554,6 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             return TryTakeGlobal(out item);
-        }
-
-        private bool TrySpinForWork(out WorkItem item)
-        {
-            // Poll every queue with a short pause in between (Thread.SpinWait(4): ~0.2 µs on the 2-core test
-            // machine), so work that arrives while we spin is picked up within a fraction of a microsecond; with
-            // the default 256 polls the whole spell lasts ~60 µs. (Polls 2.7 µs apart, as before, made that the
-            // typical pick-up delay: the ThreadPool's spinning workers answered in 0.5 µs.) Now and then the CPU
-            // is yielded: a thread that shares this core (the one that will produce our next work, often) runs.
-            for (int i = 0; i < _spinIterations; i++)
-            {
-                if (_owner.IsDisposeRequested)
-                {
-                    break;
-                }
-
-                Thread.SpinWait(SpinPause);
-                if (TryGetWork(out item))
-                {
-                    return true;
-                }
-
-                if ((i & YieldEvery) == YieldEvery)
-                {
-                    Thread.Yield();
-                }
-            }
-
-            item = default;
-            return false;
         }
 
         private void EndSearching()

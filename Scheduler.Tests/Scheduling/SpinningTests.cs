@@ -1,0 +1,63 @@
+using System.Diagnostics;
+
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>Idle workers spin only while they have a CPU to themselves (WorkStealingTaskScheduler.Spinning.cs).</summary>
+[Collection(SerialResourceGroup.Name)]
+public sealed class SpinningTests
+{
+    [Theory]
+    [InlineData(0, 5, 10)]
+    [InlineData(10, 5, 20)]
+    [InlineData(640, 5, 1000)]
+    [InlineData(1000, 999, 1000)]
+    [InlineData(1000, 1000, 10)]
+    [InlineData(80, 5_000, 10)]
+    public void Suppression_doubles_from_ten_milliseconds_to_a_second_and_resets_after_a_quiet_second(long previousMs, long sinceLastMs, long expectedMs)
+    {
+        static long Units(long ms) => ms * Stopwatch.Frequency / 1000;
+
+        WorkStealingTaskScheduler.NextSpinSuppression(Units(previousMs), Units(sinceLastMs)).Should().Be(Units(expectedMs));
+    }
+
+    [Fact]
+    public async Task A_worker_preempted_while_spinning_cuts_its_spell_short()
+    {
+        // Threads that keep every CPU busy, as another process would: a spinning worker is then preempted (its yields
+        // hand the CPU to them for a whole time slice). Found as a test that timed out beside two busy processes: a
+        // one-connection echo took 3.7 ms per round trip, its workers waiting for time slices while they spun.
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpinIterations = 256, ThreadNamePrefix = "Test" });
+        using var stop = new CancellationTokenSource();
+        Thread[] hogs = [.. Enumerable.Range(0, Environment.ProcessorCount).Select(_ => new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                Thread.SpinWait(1000);
+            }
+        }) { IsBackground = true })];
+        foreach (Thread hog in hogs)
+        {
+            hog.Start();
+        }
+
+        try
+        {
+            // Each item leaves its worker idle, spinning, until the next arrives.
+            var deadline = Stopwatch.StartNew();
+            while (scheduler.SpinsCutShortPerWorker.Sum() == 0 && deadline.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                await Task.Factory.StartNew(static () => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            foreach (Thread hog in hogs)
+            {
+                hog.Join();
+            }
+        }
+
+        scheduler.SpinsCutShortPerWorker.Sum().Should().BePositive("a spell that lost the CPU for over half a millisecond stops, and the worker parks");
+    }
+}
