@@ -309,7 +309,10 @@ public sealed class IoAllocationTests
         using (client)
         using (server)
         {
-            const int Messages = 20_000;
+            // Sequential round trips, so the run time is latency-bound: 1 s on an idle 2-core machine, ~10 s beside four
+            // busy processes. The timeout only catches a hang; this test is about bytes, not speed.
+            const int Messages = 10_000;
+            TimeSpan timeout = TimeSpan.FromSeconds(90);
             Task echo = io.Run(async () =>
             {
                 var buffer = new byte[256];
@@ -323,7 +326,7 @@ public sealed class IoAllocationTests
 
                     await server.SendAsync(buffer.AsMemory(0, n));
                 }
-            });
+            }, timeout);
 
             double bytesPerMessage = await io.Run(async () =>
             {
@@ -346,7 +349,7 @@ public sealed class IoAllocationTests
                 }
 
                 return (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)Messages;
-            });
+            }, timeout);
 
             client.Shutdown(SocketShutdown.Send);
             await echo;

@@ -24,9 +24,9 @@ internal sealed class IoTestContext : IAsyncDisposable
     public ReactorSocket Listen(EndPoint? endPoint = null, int backlog = 512) => ReactorSocket.Listen(Reactor, endPoint ?? Loopback, backlog);
 
     /// <summary>Runs <paramref name="body"/> on the scheduler, so awaits resume on its workers.</summary>
-    public Task Run(Func<Task> body) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(Timeout);
+    public Task Run(Func<Task> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
 
-    public Task<T> Run<T>(Func<Task<T>> body) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(Timeout);
+    public Task<T> Run<T>(Func<Task<T>> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
 
     /// <summary>A connected (client, server) pair of reactor sockets.</summary>
     public async Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairAsync(ReactorSocket listener)
