@@ -41,40 +41,32 @@ internal sealed record CompareOptions
                 "--only" => options with { Only = ParseNames(Value(args, ref i), knownWorkloads) },
                 "--json" => options with { JsonPath = Value(args, ref i) },
                 "--docs" => options with { DocsDirectory = Value(args, ref i) },
-                _ => throw new ArgumentException($"Unknown option '{arg}'.\n{Usage}", nameof(args)),
+                _ => throw new CommandLineException($"Unknown option '{arg}'.\n{Usage}"),
             };
         }
 
         if (options.NoDocs && options.DocsDirectory is not null)
         {
-            throw new ArgumentException($"--docs and --no-docs contradict each other.\n{Usage}", nameof(args));
+            throw new CommandLineException($"--docs and --no-docs contradict each other.\n{Usage}");
         }
 
         return options;
     }
 
-    private static string Value(IReadOnlyList<string> args, ref int i)
-    {
-        if (i + 1 >= args.Count || args[i + 1].StartsWith("--", StringComparison.Ordinal))
-        {
-            throw new ArgumentException($"{args[i]} needs a value.\n{Usage}", nameof(args));
-        }
-
-        return args[++i];
-    }
+    private static string Value(IReadOnlyList<string> args, ref int i) => CommandLine.Value(args, ref i, Usage);
 
     private static string[] ParseNames(string value, IReadOnlyList<string> knownWorkloads)
     {
         string[] names = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (names.Length == 0)
         {
-            throw new ArgumentException($"--only needs at least one workload name.\n{Usage}", nameof(value));
+            throw new CommandLineException($"--only needs at least one workload name.\n{Usage}");
         }
 
         string[] unknown = names.Where(n => !knownWorkloads.Contains(n, StringComparer.Ordinal)).ToArray();
         if (unknown.Length > 0)
         {
-            throw new ArgumentException($"Unknown workload(s): {string.Join(", ", unknown)}. Known: {string.Join(", ", knownWorkloads)}.", nameof(value));
+            throw new CommandLineException($"Unknown workload(s): {string.Join(", ", unknown)}. Known: {string.Join(", ", knownWorkloads)}.");
         }
 
         return names;

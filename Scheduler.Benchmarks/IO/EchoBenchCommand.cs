@@ -15,44 +15,25 @@ public static class EchoBenchCommand
     public static async Task<int> RunAsync(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        double seconds = 2;
-        int[] connections = [1, 16, 256];
-        int[] sizes = [64, 16 * 1024];
-        EchoTransport[] stacks = [EchoTransport.Reactor, EchoTransport.ReactorPipes, EchoTransport.Sockets, EchoTransport.PipelinesSocketsUnofficial];
-        EchoTimeouts timeouts = EchoTimeouts.None;
-        for (int i = 0; i < args.Length; i++)
+        EchoBenchOptions options;
+        try
         {
-            switch (args[i])
-            {
-                case "--seconds":
-                    seconds = double.Parse(args[++i], CultureInfo.InvariantCulture);
-                    break;
-                case "--connections":
-                    connections = [.. args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture))];
-                    break;
-                case "--sizes":
-                    sizes = [.. args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture))];
-                    break;
-                case "--stacks":
-                    stacks = [.. args[++i].Split(',').Select(s => Enum.Parse<EchoTransport>(s, ignoreCase: true))];
-                    break;
-                case "--timeouts":
-                    timeouts = Enum.Parse<EchoTimeouts>(args[++i], ignoreCase: true);
-                    break;
-                case "echo-bench":
-                    break;
-                default:
-                    await Console.Error.WriteLineAsync($"unknown option '{args[i]}'");
-                    return 2;
-            }
+            options = EchoBenchOptions.Parse(args);
+        }
+        catch (ArgumentException e)
+        {
+            await Console.Error.WriteLineAsync($"echo-bench: {e.Message}");
+            return 2;
         }
 
+        double seconds = options.Seconds;
+        EchoTimeouts timeouts = options.Timeouts;
         Console.WriteLine($"{"stack",-28} {"conns",5} {"size",6} {"msgs/s",12} {"p50 us",9} {"p99 us",9} {"B/msg",8}");
-        foreach (int size in sizes)
+        foreach (int size in options.Sizes)
         {
-            foreach (int count in connections)
+            foreach (int count in options.Connections)
             {
-                foreach (EchoTransport stack in stacks)
+                foreach (EchoTransport stack in options.Stacks)
                 {
                     // Any flavour turns timeouts on where the stack has them: the BCL's on System.Net.Sockets, the
                     // reactor's wheel on ours (or the dedicated wheel when asked for); the pipe stacks run without.

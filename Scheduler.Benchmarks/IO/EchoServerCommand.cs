@@ -20,29 +20,20 @@ public static class EchoServerCommand
     public static async Task<int> RunAsync(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        int port = 5000;
-        int workers = Environment.ProcessorCount;
-        string? unixPath = null;
-        for (int i = 0; i < args.Length; i++)
+        EchoServerOptions options;
+        try
         {
-            switch (args[i])
-            {
-                case "echo-server":
-                    break;
-                case "--port" when i + 1 < args.Length:
-                    port = int.Parse(args[++i], CultureInfo.InvariantCulture);
-                    break;
-                case "--workers" when i + 1 < args.Length:
-                    workers = int.Parse(args[++i], CultureInfo.InvariantCulture);
-                    break;
-                case "--unix" when i + 1 < args.Length:
-                    unixPath = args[++i];
-                    break;
-                default:
-                    await Console.Error.WriteLineAsync($"usage: echo-server [--port 5000] [--workers N] [--unix PATH] (unknown '{args[i]}')");
-                    return 2;
-            }
+            options = EchoServerOptions.Parse(args);
         }
+        catch (ArgumentException e)
+        {
+            await Console.Error.WriteLineAsync($"echo-server: {e.Message}");
+            return 2;
+        }
+
+        int port = options.Port;
+        int workers = options.Workers;
+        string? unixPath = options.UnixPath;
 
         if (!IoReactor.IsSupported)
         {
