@@ -9,6 +9,24 @@ namespace Scheduler.Benchmarks;
 /// </summary>
 internal static class CommandLine
 {
+    /// <summary>
+    /// Runs <paramref name="parse"/>; on a malformed command line prints <c>{command}: {reason}</c> and the usage to
+    /// stderr and returns null (the command then exits with code 2).
+    /// </summary>
+    public static T? ParseOrReport<T>(string command, Func<T> parse)
+        where T : class
+    {
+        try
+        {
+            return parse();
+        }
+        catch (CommandLineException e)
+        {
+            Console.Error.WriteLine($"{command}: {e.Message}");
+            return null;
+        }
+    }
+
     /// <summary>The value after option <c>args[i]</c>; advances <paramref name="i"/> past it.</summary>
     public static string Value(IReadOnlyList<string> args, ref int i, string usage)
     {

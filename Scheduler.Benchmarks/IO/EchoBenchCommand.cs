@@ -15,14 +15,8 @@ public static class EchoBenchCommand
     public static async Task<int> RunAsync(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        EchoBenchOptions options;
-        try
+        if (CommandLine.ParseOrReport("echo-bench", () => EchoBenchOptions.Parse(args)) is not { } options)
         {
-            options = EchoBenchOptions.Parse(args);
-        }
-        catch (ArgumentException e)
-        {
-            await Console.Error.WriteLineAsync($"echo-bench: {e.Message}");
             return 2;
         }
 

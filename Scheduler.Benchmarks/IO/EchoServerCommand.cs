@@ -20,14 +20,8 @@ public static class EchoServerCommand
     public static async Task<int> RunAsync(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        EchoServerOptions options;
-        try
+        if (CommandLine.ParseOrReport("echo-server", () => EchoServerOptions.Parse(args)) is not { } options)
         {
-            options = EchoServerOptions.Parse(args);
-        }
-        catch (ArgumentException e)
-        {
-            await Console.Error.WriteLineAsync($"echo-server: {e.Message}");
             return 2;
         }
 
