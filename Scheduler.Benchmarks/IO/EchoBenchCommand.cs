@@ -20,8 +20,6 @@ public static class EchoBenchCommand
             return 2;
         }
 
-        double seconds = options.Seconds;
-        EchoTimeouts timeouts = options.Timeouts;
         Console.WriteLine($"{"stack",-28} {"conns",5} {"size",6} {"msgs/s",12} {"p50 us",9} {"p99 us",9} {"B/msg",8}");
         foreach (int size in options.Sizes)
         {
@@ -31,7 +29,7 @@ public static class EchoBenchCommand
                 {
                     // Any flavour turns timeouts on where the stack has them: the BCL's on System.Net.Sockets, the
                     // reactor's wheel on ours (or the dedicated wheel when asked for); the pipe stacks run without.
-                    EchoTimeouts flavour = (timeouts, stack) switch
+                    EchoTimeouts flavour = (options.Timeouts, stack) switch
                     {
                         (EchoTimeouts.None, _) => EchoTimeouts.None,
                         (_, EchoTransport.Sockets) => EchoTimeouts.System,
@@ -39,7 +37,7 @@ public static class EchoBenchCommand
                         (_, EchoTransport.Reactor) => EchoTimeouts.ReactorWheel,
                         _ => EchoTimeouts.None,
                     };
-                    EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(seconds), timeouts: flavour);
+                    EchoResult r = await EchoWorkloads.RunAsync(stack, count, size, TimeSpan.FromSeconds(options.Seconds), timeouts: flavour);
                     string name = flavour == EchoTimeouts.None ? r.Stack.ToString() : $"{r.Stack}+{flavour}";
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"{name,-28} {r.Connections,5} {r.MessageSize,6} {r.MessagesPerSecond,12:N0} {r.P50Microseconds,9:N1} {r.P99Microseconds,9:N1} {r.AllocatedBytesPerMessage,8:N1}"));

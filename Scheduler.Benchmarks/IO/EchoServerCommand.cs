@@ -25,8 +25,6 @@ public static class EchoServerCommand
             return 2;
         }
 
-        int port = options.Port;
-        int workers = options.Workers;
         string? unixPath = options.UnixPath;
 
         if (!IoReactor.IsSupported)
@@ -45,9 +43,9 @@ public static class EchoServerCommand
         using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
             System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.Cancel(); });
 
-        await using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, ThreadNamePrefix = "echo" });
+        await using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = options.Workers, ThreadNamePrefix = "echo" });
         using var reactor = new IoReactor(scheduler);
-        EndPoint endPoint = unixPath is null ? new IPEndPoint(IPAddress.IPv6Any, port) : new UnixDomainSocketEndPoint(unixPath);
+        EndPoint endPoint = unixPath is null ? new IPEndPoint(IPAddress.IPv6Any, options.Port) : new UnixDomainSocketEndPoint(unixPath);
         if (unixPath is not null && File.Exists(unixPath))
         {
             File.Delete(unixPath);
@@ -64,7 +62,7 @@ public static class EchoServerCommand
             return 1;
         }
 
-        Console.WriteLine($"echo-server listening on {listener.LocalEndPoint} with {workers} workers; Ctrl+C to stop");
+        Console.WriteLine($"echo-server listening on {listener.LocalEndPoint} with {options.Workers} workers; Ctrl+C to stop");
         var connections = new HashSet<ReactorConnection>();
         Task acceptLoop = scheduler.Factory.StartNew(() => AcceptLoopAsync(listener, connections)).Unwrap();
 
