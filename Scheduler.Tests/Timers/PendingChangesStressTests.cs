@@ -285,9 +285,9 @@ public sealed class PendingChangesStressTests
     }
 
     /// <summary>
-    /// Pooled <see cref="DelayEntry"/> reuse never crosses operations: tasks start delays on two wheels and cancel
+    /// Delay slot reuse (<see cref="DelayChunk"/>) never crosses operations: tasks start delays on two wheels and cancel
     /// them at random moments (before, around and after expiry) while a third wheel is disposed under its own
-    /// pending delays. An entry recycled while a wheel still referenced it would complete some later operation —
+    /// pending delays. A slot freed while a wheel still referenced it would complete some later operation —
     /// early, canceled with a foreign token, or with another wheel's ObjectDisposedException.
     /// </summary>
     [Theory]

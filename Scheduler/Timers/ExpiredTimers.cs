@@ -1,20 +1,31 @@
 namespace Scheduler.Timers;
 
 /// <summary>
-/// A reusable batch of entries taken off the wheel, each with the token captured under the lock. The driver
-/// keeps one for its lifetime, so firing allocates nothing once the array has grown to the largest batch.
+/// A reusable batch of entries taken off the wheel — timer objects and delay slots — each with the token captured
+/// under the lock. The driver keeps one for its lifetime, so firing allocates nothing once the arrays have grown to
+/// the largest batch.
 /// </summary>
 /// <remarks>
 /// Entries are copied out (rather than chained through their links) because an entry may be completed by a
 /// racing cancellation, returned to its pool and re-inserted while the driver is still firing the batch:
-/// its links then belong to the wheel again, while its stale token makes the late fire a no-op.
+/// its links then belong to the wheel again, while its stale token makes the late fire a no-op. (A delay slot
+/// cannot be reused while a batch holds it: the batch owns it until it has fired.)
 /// </remarks>
 internal sealed class ExpiredTimers
 {
     private TimerEntry?[] _entries = new TimerEntry?[64];
     private long[] _tokens = new long[64];
+    private int[] _delays = new int[64];
+    private int[] _generations = new int[64];
 
+    /// <summary>The timer entries in the batch.</summary>
     public int Count { get; private set; }
+
+    /// <summary>The delay slots in the batch.</summary>
+    public int DelayCount { get; private set; }
+
+    /// <summary>True when the batch holds nothing.</summary>
+    public bool IsEmpty => Count == 0 && DelayCount == 0;
 
     public TimerEntry this[int index] => _entries[index]!;
 
@@ -42,9 +53,36 @@ internal sealed class ExpiredTimers
         _entries[Count] = null;
     }
 
+    /// <summary>Appends a delay slot (its generation is set later, with <see cref="SetDelayGeneration"/>).</summary>
+    public void AddDelay(int handle)
+    {
+        if (DelayCount == _delays.Length)
+        {
+            Array.Resize(ref _delays, DelayCount * 2);
+            Array.Resize(ref _generations, DelayCount * 2);
+        }
+
+        _delays[DelayCount++] = handle;
+    }
+
+    public int GetDelay(int index) => _delays[index];
+
+    public int GetDelayGeneration(int index) => _generations[index];
+
+    public void SetDelayGeneration(int index, int generation) => _generations[index] = generation;
+
+    /// <summary>Replaces the delay at <paramref name="index"/> with the last one.</summary>
+    public void RemoveDelayAt(int index)
+    {
+        DelayCount--;
+        _delays[index] = _delays[DelayCount];
+        _generations[index] = _generations[DelayCount];
+    }
+
     public void Clear()
     {
         Array.Clear(_entries, 0, Count);
         Count = 0;
+        DelayCount = 0;
     }
 }

@@ -17,13 +17,10 @@ internal abstract class TimerEntry
     /// <summary><see cref="Slot"/> of an entry that is in no list.</summary>
     internal const int NotLinked = -1;
 
-    /// <summary><see cref="Slot"/> of an entry parked on the wheel's list of deadline-less (infinite) waits.</summary>
-    internal const int InfiniteSlot = TimingWheel.LevelCount * TimingWheel.SlotCount;
-
     internal TimerEntry? Next;
     internal TimerEntry? Prev;
 
-    /// <summary>The list the entry is on: a wheel slot (level * 64 + slot), <see cref="InfiniteSlot"/> or <see cref="NotLinked"/>.</summary>
+    /// <summary>The list the entry is on: a wheel slot (level * 64 + slot) or <see cref="NotLinked"/>.</summary>
     internal int Slot = NotLinked;
 
     /// <summary>

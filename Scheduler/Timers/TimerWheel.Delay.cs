@@ -32,6 +32,6 @@ public sealed partial class TimerWheel
             return default;
         }
 
-        return DelayEntry.Start(this, delay, cancellationToken);
+        return DelayChunk.Start(_delays, delay, cancellationToken);
     }
 }

@@ -28,13 +28,8 @@ public sealed partial class TimerWheel
             // caller reports the disposal itself. Nothing can be stranded in between.
             ClosePendingLocked();
             _wheel.RemoveAll(removed);
-            while (_infiniteHead is { } entry)
-            {
-                TimerEntryList.Remove(ref _infiniteHead, entry);
-                removed.Add(entry);
-            }
-
-            _infiniteCount = 0;
+            _delayWheel.RemoveAll(removed);
+            TakeDelaysIntoBatchLocked(removed);
             for (int i = 0; i < removed.Count; i++)
             {
                 removed.SetToken(i, removed[i].OnRemovedByDispose());
@@ -48,6 +43,8 @@ public sealed partial class TimerWheel
             _driver.Join();
         }
 
+        // Delays first: completing one only queues its continuation, so nothing here can throw.
+        CompleteDelays(removed, DelayWord.Disposed);
         for (int i = 0; i < removed.Count; i++)
         {
             try

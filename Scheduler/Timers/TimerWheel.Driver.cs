@@ -64,7 +64,7 @@ public sealed partial class TimerWheel
                 DrainPendingLocked(_clock.GetTimestamp());
             }
 
-            bool any = _wheel.TryGetNextExpiration(out long tick);
+            bool any = TryGetNextExpirationLocked(out long tick);
             timestamp = any ? StartOfTick(tick) : 0;
             return any;
         }
@@ -141,7 +141,7 @@ public sealed partial class TimerWheel
             }
 
             CollectDueLocked(now, batch);
-            if (batch.Count > 0)
+            if (!batch.IsEmpty)
             {
                 // Fire outside the lock: completing a waker enqueues to a worker and may unpark it, which
                 // must not hold up a thread that needs the lock to wake us or to dispose.
@@ -163,7 +163,7 @@ public sealed partial class TimerWheel
                 continue;
             }
 
-            long wake = _wheel.TryGetNextExpiration(out long nextTick) ? StartOfTick(nextTick) : long.MaxValue;
+            long wake = TryGetNextExpirationLocked(out long nextTick) ? StartOfTick(nextTick) : long.MaxValue;
             long plan = PublishPlanLocked(wake);
             now = _clock.GetTimestamp();
             if (plan > now)
@@ -218,11 +218,26 @@ public sealed partial class TimerWheel
             batch.SetToken(i, entry.OnExpired(this, now));
             i++;
         }
+
+        // Delays carry no deadline of their own to re-check: a slot is due at the start of its due tick, which is
+        // at or after its deadline, and the tick being processed started at or before now.
+        _delayWheel.Advance(TickOf(now), batch);
+        TakeDelaysIntoBatchLocked(batch);
+    }
+
+    /// <summary>The earliest tick at which either wheel (timers or delays) has work. Caller holds the lock.</summary>
+    private bool TryGetNextExpirationLocked(out long tick)
+    {
+        bool timers = _wheel.TryGetNextExpiration(out long timerTick);
+        bool delays = _delayWheel.TryGetNextExpiration(out long delayTick);
+        tick = !delays ? timerTick : !timers ? delayTick : Math.Min(timerTick, delayTick);
+        return timers || delays;
     }
 
     [SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "The driver must survive; the exception is re-raised as unhandled on the ThreadPool, as a BCL timer would.")]
-    private static void FireBatch(ExpiredTimers batch)
+    private void FireBatch(ExpiredTimers batch)
     {
+        CompleteDelays(batch, outcome: 0);
         for (int i = 0; i < batch.Count; i++)
         {
             try

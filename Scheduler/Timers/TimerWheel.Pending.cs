@@ -46,6 +46,9 @@ public sealed partial class TimerWheel
     /// <summary>Replaces the stack head when the wheel is disposed: pushes then fail, so nothing is stranded.</summary>
     private static readonly TimerEntry s_pendingClosed = new ClosedMarker();
 
+    /// <summary>An <see cref="AfterPush"/> request for one reconcile interval from now (read from the clock only if needed).</summary>
+    private const long RequestReconcileInterval = long.MinValue;
+
     private readonly long _reconcileIntervalUnits;
 
     // The head of the pending-changes stack (entries chained through PendingNext), or s_pendingClosed.
@@ -86,11 +89,7 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        if (wasEmpty)
-        {
-            RequestDrainBy(ReconcileDeadline(GetTimestamp()));
-        }
-
+        AfterPush(wasEmpty ? RequestReconcileInterval : long.MaxValue);
         return true;
     }
 
@@ -108,14 +107,35 @@ public sealed partial class TimerWheel
         }
 
         long drainBy = ReconcileDeadline(nowTimestamp);
-        RequestDrainBy(deadlineTimestamp < drainBy ? deadlineTimestamp : drainBy);
+        AfterPush(deadlineTimestamp < drainBy ? deadlineTimestamp : drainBy);
         return true;
     }
 
     /// <summary>
-    /// The push itself; every <see cref="ReconcileBatch"/> pushes it also tries to drain the stack on the spot.
-    /// <paramref name="wasEmpty"/> tells whether the entry went onto an empty stack that is still waiting for a drain.
+    /// What every successful push (of a timer or of a delay) does next: every <see cref="ReconcileBatch"/> pushes it
+    /// drains the stacks on the spot; otherwise it asks the driver to reconcile by <paramref name="requestBy"/>
+    /// (<see cref="long.MaxValue"/>: no request needed; <see cref="RequestReconcileInterval"/>: one reconcile
+    /// interval from now, for a push that found its stack empty).
     /// </summary>
+    private void AfterPush(long requestBy)
+    {
+        if (++_pendingPushes % ReconcileBatch == 0 && TryDrainInline())
+        {
+            return; // drained here, our change with the rest
+        }
+
+        if (requestBy == RequestReconcileInterval)
+        {
+            requestBy = ReconcileDeadline(GetTimestamp());
+        }
+
+        if (requestBy != long.MaxValue)
+        {
+            RequestDrainBy(requestBy);
+        }
+    }
+
+    /// <summary>The push itself. <paramref name="wasEmpty"/> tells whether the entry went onto an empty stack.</summary>
     private bool TryPush(TimerEntry entry, out bool wasEmpty)
     {
         TimerEntry? head = Volatile.Read(ref _pendingHead);
@@ -141,11 +161,6 @@ public sealed partial class TimerWheel
         }
 
         wasEmpty = head is null;
-        if (++_pendingPushes % ReconcileBatch == 0 && TryDrainInline())
-        {
-            wasEmpty = false; // drained here, our entry with the rest
-        }
-
         return true;
     }
 
@@ -220,7 +235,7 @@ public sealed partial class TimerWheel
     }
 
     /// <summary>
-    /// Pops every pending change and reconciles it with the wheel. Caller holds the lock (the driver, or a test or
+    /// Pops every pending change (timers and delays) and reconciles it with the wheel. Caller holds the lock (the driver, or a test or
     /// diagnostic standing in for it). An entry whose intent is being written right now is pushed back. Returns the
     /// time the changes were reconciled at: <paramref name="now"/> when there were none, else a clock reading taken
     /// after the pop (later than every change popped), which relative arms take their deadlines from.
@@ -232,9 +247,10 @@ public sealed partial class TimerWheel
         // Reset the request before popping: a push that lands after the pop then sees the reset and asks again.
         Interlocked.Exchange(ref _drainBy, long.MaxValue);
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, null);
+        int delays = _delays.TakePending();
         Volatile.Write(ref _pendingPushes, 0);
         Debug.Assert(entry != s_pendingClosed, "Only Dispose closes the stack, under the lock, and then nothing drains again.");
-        if (entry is null)
+        if (entry is null && delays < 0)
         {
             return now;
         }
@@ -258,6 +274,7 @@ public sealed partial class TimerWheel
             entry = next;
         }
 
+        ReconcileDelaysLocked(delays, now);
         return now;
     }
 
@@ -266,6 +283,7 @@ public sealed partial class TimerWheel
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, s_pendingClosed);
+        int delays = _delays.ClosePending();
 
         // Read after the pop, as in DrainPendingLocked: Reconcile may measure a relative arm from it.
         long now = _clock.GetTimestamp();
@@ -283,6 +301,8 @@ public sealed partial class TimerWheel
 
             entry = next;
         }
+
+        ReconcileDelaysLocked(delays, now);
     }
 
     /// <summary>The closed-stack sentinel; never linked, reconciled or fired.</summary>

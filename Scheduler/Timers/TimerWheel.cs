@@ -43,8 +43,6 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     private readonly long _maxExactTimeSpanTicks;
     private readonly FastDivisor _tickDivisor;
     private readonly bool _usesStopwatch;
-    private TimerEntry? _infiniteHead;
-    private int _infiniteCount;
     private volatile bool _disposed;
 
     /// <summary>Creates a wheel with a 1 ms tick and starts its driver thread.</summary>
@@ -79,6 +77,8 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         RelativeArmsEnabled = _usesStopwatch;
         _originTimestamp = clock.GetTimestamp();
         _reconcileIntervalUnits = Math.Max(1, ToTimestampUnits(s_reconcileInterval));
+        _delays = new DelaySlab(this);
+        _delayWheel = new DelayWheel(_delays);
 
         if (startDriver)
         {
@@ -103,7 +103,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     public override long GetTimestamp() => _usesStopwatch ? Stopwatch.GetTimestamp() : _clock.GetTimestamp();
 
     /// <summary>
-    /// The number of timers currently waiting (wheel entries plus infinite delays), after reconciling every change
+    /// The number of timers and delays currently waiting (infinite delays included), after reconciling every change
     /// pushed so far (so a cancel that returned is already counted out). For tests and diagnostics.
     /// </summary>
     internal int PendingCount
@@ -117,7 +117,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
                     DrainPendingLocked(_clock.GetTimestamp());
                 }
 
-                return _wheel.Count + _infiniteCount;
+                return _wheel.Count + _delayWheel.Count + _delayWheel.InfiniteCount;
             }
         }
     }
@@ -132,7 +132,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         {
             lock (_lock)
             {
-                return _wheel.Count + _infiniteCount;
+                return _wheel.Count + _delayWheel.Count + _delayWheel.InfiniteCount;
             }
         }
     }
@@ -164,24 +164,11 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         WakeDriverIfEarlierLocked(entry.DueTick);
     }
 
-    /// <summary>Parks <paramref name="entry"/> on the list of waits that have no deadline (found again by Dispose). Caller holds the lock.</summary>
-    internal void InsertInfiniteLocked(TimerEntry entry)
-    {
-        Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
-        TimerEntryList.AddFirst(ref _infiniteHead, entry, TimerEntry.InfiniteSlot);
-        _infiniteCount++;
-    }
-
     /// <summary>Unlinks <paramref name="entry"/> if it is linked. O(1). Caller holds the lock.</summary>
     internal void RemoveLocked(TimerEntry entry)
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
-        if (entry.Slot == TimerEntry.InfiniteSlot)
-        {
-            TimerEntryList.Remove(ref _infiniteHead, entry);
-            _infiniteCount--;
-        }
-        else if (entry.IsLinked)
+        if (entry.IsLinked)
         {
             _wheel.Remove(entry);
         }
