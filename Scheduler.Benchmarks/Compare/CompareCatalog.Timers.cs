@@ -31,8 +31,8 @@ internal static partial class CompareCatalog
 
     private static string PendingTimerMemoryDescription =>
         $"Managed bytes allocated on the calling thread per pending 30 s delay, {N(PendingTimerCount)} created back to back and never awaited (`TimerWorkloads.MeasurePendingBytes`): " +
-        "`Task.Delay` (its promise and timer) vs ours (`TimerWheel.DelayAsync`, one pooled entry each; its pool keeps at most 1,024 idle entries, which earlier rows may have filled, " +
-        "so the figure can be up to ~5 % below the size of a new entry). The wheels of ours are disposed after each round; the `Task.Delay` timers expire 30 s later.";
+        "`Task.Delay` (its promise and timer) vs ours (`TimerWheel.DelayAsync`: a 40-byte slot in a 64-slot chunk of the wheel's delay slab, so a fresh wheel per round " +
+        "grows its slab by a chunk every 64 delays). The wheels of ours are disposed after each round; the `Task.Delay` timers expire 30 s later.";
 
     private static Comparison TimerCreateCancel(CompareContext context)
     {

@@ -7,7 +7,7 @@ namespace Scheduler.Benchmarks.Timers;
 /// <summary>
 /// 100,000 concurrent delays (random, up to 10 ms), each awaited by its own async method (the same wrapper for
 /// both): the wheel's pooled DelayAsync against Task.Delay. Allocated bytes include each awaiting method's box, and
-/// for the wheel a fresh entry per delay beyond the pool's retention (100,000 are pending at once).
+/// for the wheel the chunks its delay slab grows by until it holds the 100,000 pending at once (then none).
 /// Lateness, early firings and process CPU for the same workload come from <see cref="TimerWorkloads.CompareDelays"/>
 /// (the compare command's timers row).
 /// </summary>
