@@ -9,7 +9,7 @@ namespace Scheduler.Timers;
 /// </summary>
 /// <remarks>
 /// <para>
-/// <see cref="DelayAsync"/> is the allocation-free path: a pooled timer entry whose continuation resumes on the
+/// <see cref="DelayAsync"/> is the allocation-free path: a 40-byte slot of the wheel's delay slab whose continuation resumes on the
 /// awaiting <see cref="WorkStealingTaskScheduler"/> worker (or the captured context, or the ThreadPool).
 /// As a <see cref="TimeProvider"/> the wheel serves <c>Task.Delay(delay, wheel)</c>,
 /// <c>new CancellationTokenSource(delay, wheel)</c>, <c>new PeriodicTimer(period, wheel)</c> and any code
