@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 
 namespace Scheduler.Timers;
 
@@ -69,6 +70,7 @@ public sealed partial class TimerWheel
     internal bool RelativeArmsEnabled { get; set; }
 
     /// <summary>Whether a timer armed for <paramref name="dueTime"/> (positive and finite) is armed relative.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool ArmsRelative(TimeSpan dueTime) => RelativeArmsEnabled && dueTime >= s_relativeArmThreshold;
 
     /// <summary>The timestamp by which a change pushed at <paramref name="nowTimestamp"/> must be reconciled.</summary>

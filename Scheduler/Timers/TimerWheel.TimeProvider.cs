@@ -1,3 +1,7 @@
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+
 namespace Scheduler.Timers;
 
 // TimeProvider.CreateTimer: what Task.Delay(t, wheel), new CancellationTokenSource(t, wheel),
@@ -29,11 +33,18 @@ public sealed partial class TimerWheel
         return timer;
     }
 
+    // Inlined into every arm (the timeout pattern's hot path); the throw stays out of line.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void ValidateTimerArgument(TimeSpan value, string paramName)
     {
         if (value < TimeSpan.Zero && value != Timeout.InfiniteTimeSpan)
         {
-            throw new ArgumentOutOfRangeException(paramName, value, "The time must be zero or positive, or Timeout.InfiniteTimeSpan.");
+            ThrowNegativeTime(value, paramName);
         }
     }
+
+    [DoesNotReturn]
+    [StackTraceHidden]
+    private static void ThrowNegativeTime(TimeSpan value, string paramName) =>
+        throw new ArgumentOutOfRangeException(paramName, value, "The time must be zero or positive, or Timeout.InfiniteTimeSpan.");
 }

@@ -71,12 +71,16 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     /// <summary>
     /// <see cref="Change(TimeSpan, TimeSpan)"/>, and for the first arm by <see cref="TimerWheel.CreateTimer"/>
-    /// (<paramref name="published"/> false: no other thread can see the timer yet) without taking the Locked bit.
+    /// (<paramref name="published"/> false: no other thread can see the timer yet, and CreateTimer has validated the
+    /// arguments before allocating) without taking the Locked bit or validating again.
     /// </summary>
     internal bool Change(TimeSpan dueTime, TimeSpan period, bool published)
     {
-        TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
-        TimerWheel.ValidateTimerArgument(period, nameof(period));
+        if (published)
+        {
+            TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
+            TimerWheel.ValidateTimerArgument(period, nameof(period));
+        }
 
         long periodUnits = period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero ? 0 : Math.Max(1, _wheel.ToTimestampUnits(period));
         bool fireNow = dueTime == TimeSpan.Zero;
