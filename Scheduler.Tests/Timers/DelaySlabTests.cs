@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Scheduler.Tests.Sources;
 using Scheduler.Timers;
 
 // These tests hold ValueTasks on purpose (pending delays, stale tokens).
@@ -160,7 +161,7 @@ public sealed class DelaySlabTests
     public async Task Under_a_SynchronizationContext_the_continuation_is_posted_to_it()
     {
         using var wheel = new TimerWheel();
-        var context = new CountingContext();
+        var context = new RecordingSynchronizationContext();
         var resumedInContext = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
 
         var thread = new Thread(() =>
@@ -178,23 +179,6 @@ public sealed class DelaySlabTests
         {
             await wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
             resumedInContext.SetResult(SynchronizationContext.Current == context);
-        }
-    }
-
-    private sealed class CountingContext : SynchronizationContext
-    {
-        private int _posts;
-
-        public int Posts => Volatile.Read(ref _posts);
-
-        public override void Post(SendOrPostCallback d, object? state)
-        {
-            Interlocked.Increment(ref _posts);
-            ThreadPool.UnsafeQueueUserWorkItem(_ =>
-            {
-                SetSynchronizationContext(this);
-                d(state);
-            }, null);
         }
     }
 }

@@ -103,7 +103,7 @@ public partial struct WakerCore<TResult>
         ValidateToken(state, token);
         if ((state & ContinuationFlag) != 0)
         {
-            throw new InvalidOperationException("A continuation is already registered: a ValueTask backed by a pooled source can be awaited only once.");
+            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
         }
     }
 }

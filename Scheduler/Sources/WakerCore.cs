@@ -237,7 +237,7 @@ public partial struct WakerCore<TResult>
         ValidateToken(state, token);
         if ((state & StatusMask) != StatusCompleted)
         {
-            ThrowNotCompleted();
+            PooledSourceErrors.ThrowNotCompleted();
         }
 
         _error?.Throw();
@@ -306,17 +306,9 @@ public partial struct WakerCore<TResult>
     {
         if ((short)state != token || (state & StatusMask) == StatusConsumed)
         {
-            ThrowStaleToken();
+            PooledSourceErrors.ThrowStaleToken();
         }
     }
-
-    [StackTraceHidden]
-    private static void ThrowStaleToken() =>
-        throw new InvalidOperationException("The awaited operation is no longer current: a ValueTask backed by a pooled source can be awaited (or its result read) only once.");
-
-    [StackTraceHidden]
-    private static void ThrowNotCompleted() =>
-        throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result directly.");
 
     [StackTraceHidden]
     private static void ThrowAlreadyCompleted() =>

@@ -180,7 +180,7 @@ internal sealed class DelayChunk : IValueTaskSource
         ValidateToken(word, token);
         if (!DelayWord.IsCompleted(word))
         {
-            ThrowNotCompleted();
+            PooledSourceErrors.ThrowNotCompleted();
         }
 
         // Wait out a cancellation callback that may still be running before the slot can be reused, and drop every
@@ -207,7 +207,7 @@ internal sealed class DelayChunk : IValueTaskSource
         {
             if (DelayWord.Generation(word) != (token & DelayWord.GenerationMask) || !DelayWord.IsCompleted(word))
             {
-                ThrowStaleToken(); // a racing second GetResult of the same token won
+                PooledSourceErrors.ThrowStaleToken(); // a racing second GetResult of the same token won
             }
 
             free = (word & (DelayWord.WheelOwned | DelayWord.BatchOwned)) == 0;
@@ -401,7 +401,7 @@ internal sealed class DelayChunk : IValueTaskSource
         if (DelayWord.Generation(word) != (token & DelayWord.GenerationMask) || (word & DelayWord.ConsumerDone) != 0
             || (word & (DelayWord.WheelOwned | DelayWord.BatchOwned | DelayWord.StatusMask)) == 0)
         {
-            ThrowStaleToken();
+            PooledSourceErrors.ThrowStaleToken();
         }
     }
 
@@ -410,15 +410,7 @@ internal sealed class DelayChunk : IValueTaskSource
         ValidateToken(word, token);
         if ((word & DelayWord.ContinuationRegistered) != 0)
         {
-            throw new InvalidOperationException("A continuation is already registered: a ValueTask backed by a pooled source can be awaited only once.");
+            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
         }
     }
-
-    [StackTraceHidden]
-    private static void ThrowStaleToken() =>
-        throw new InvalidOperationException("The awaited operation is no longer current: a ValueTask backed by a pooled source can be awaited (or its result read) only once.");
-
-    [StackTraceHidden]
-    private static void ThrowNotCompleted() =>
-        throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result directly.");
 }

@@ -100,12 +100,9 @@ internal sealed class DelayWheel : HierarchicalWheel
             _heads[list] = Nil;
             while (handle != Nil)
             {
-                ref DelaySlot slot = ref _slab.Slot(handle);
-                int next = slot.Next;
-                slot.Next = Nil;
-                slot.Prev = NotLinked;
+                int next = Detach(handle, out long dueTick);
                 TakenFromList();
-                if (slot.DueTick <= start)
+                if (dueTick <= start)
                 {
                     expired.AddDelay(handle);
                 }
@@ -130,10 +127,7 @@ internal sealed class DelayWheel : HierarchicalWheel
             _heads[list] = Nil;
             while (handle != Nil)
             {
-                ref DelaySlot slot = ref _slab.Slot(handle);
-                int next = slot.Next;
-                slot.Next = Nil;
-                slot.Prev = NotLinked;
+                int next = Detach(handle, out _);
                 removed.AddDelay(handle);
                 handle = next;
             }
@@ -141,6 +135,17 @@ internal sealed class DelayWheel : HierarchicalWheel
 
         _infiniteCount = 0;
         Cleared();
+    }
+
+    /// <summary>Marks a slot taken off its (whole) list as unlinked; returns the slot that followed it.</summary>
+    private int Detach(int handle, out long dueTick)
+    {
+        ref DelaySlot slot = ref _slab.Slot(handle);
+        int next = slot.Next;
+        slot.Next = Nil;
+        slot.Prev = NotLinked;
+        dueTick = slot.DueTick;
+        return next;
     }
 
     private void AddFirst(int list, int handle, ref DelaySlot slot)

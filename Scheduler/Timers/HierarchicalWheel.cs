@@ -62,6 +62,24 @@ internal abstract class HierarchicalWheel
     }
 
     /// <summary>
+    /// The tick to link an entry due at <paramref name="dueTick"/> by, with the clock at <paramref name="nowTick"/>.
+    /// After an idle spell an empty wheel's notion of "now" is stale; catching up first keeps the new entry on the
+    /// level its real distance calls for instead of cascading down through the idle gap — never past the entry's own
+    /// due tick, so a change reconciled after its deadline is expired by the very next advance. Rounding up never makes
+    /// an entry early: a due tick already processed (reconciled late, or a clock that stepped backwards) becomes the
+    /// next one, which is later still.
+    /// </summary>
+    public long PrepareInsert(long dueTick, long nowTick)
+    {
+        if (_count == 0)
+        {
+            FastForward(Math.Min(nowTick, dueTick - 1));
+        }
+
+        return Math.Max(dueTick, _elapsed + 1);
+    }
+
+    /// <summary>
     /// The tick at which the wheel next has work: the start of its earliest occupied slot (a cascade or an
     /// expiry). Entries are never due before it. False when the wheel is empty.
     /// </summary>

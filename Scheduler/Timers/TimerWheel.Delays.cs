@@ -69,14 +69,7 @@ public sealed partial class TimerWheel
 
     private void InsertDelayLocked(int handle, ref DelaySlot slot, long nowTimestamp)
     {
-        long dueTick = slot.DueTick;
-        if (_delayWheel.Count == 0)
-        {
-            // As for timers (InsertLocked): catch up after an idle spell, never past the slot's own due tick.
-            _delayWheel.FastForward(Math.Min(TickOf(nowTimestamp), dueTick - 1));
-        }
-
-        slot.DueTick = Math.Max(dueTick, _delayWheel.Elapsed + 1);
+        slot.DueTick = _delayWheel.PrepareInsert(slot.DueTick, TickOf(nowTimestamp));
         _delayWheel.Insert(handle);
         WakeDriverIfEarlierLocked(slot.DueTick);
     }

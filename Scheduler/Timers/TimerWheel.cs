@@ -147,19 +147,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         entry.DeadlineTimestamp = deadlineTimestamp;
-        long dueTick = DueTickOf(deadlineTimestamp);
-        if (_wheel.Count == 0)
-        {
-            // After an idle spell the wheel's notion of "now" is stale; catching up first keeps the new entry on
-            // the level its real distance calls for instead of cascading down through the idle gap. Never past the
-            // entry's own due tick: a change reconciled after its deadline is then expired by the very next Advance
-            // instead of waiting for one more tick.
-            _wheel.FastForward(Math.Min(TickOf(nowTimestamp), dueTick - 1));
-        }
-
-        // Rounding up never makes a timer early; a due tick already processed (a change reconciled after its
-        // deadline, or a clock that stepped backwards) becomes the next one, which is later still.
-        entry.DueTick = Math.Max(dueTick, _wheel.Elapsed + 1);
+        entry.DueTick = _wheel.PrepareInsert(DueTickOf(deadlineTimestamp), TickOf(nowTimestamp));
         _wheel.Insert(entry);
         WakeDriverIfEarlierLocked(entry.DueTick);
     }
