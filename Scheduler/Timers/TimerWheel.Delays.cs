@@ -23,7 +23,7 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        AfterPush(wasEmpty ? RequestReconcileInterval : long.MaxValue);
+        AfterPush(wasEmpty);
         return true;
     }
 
@@ -35,8 +35,7 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        long drainBy = ReconcileDeadline(nowTimestamp);
-        AfterPush(deadlineTimestamp < drainBy ? deadlineTimestamp : drainBy);
+        AfterArmPush(nowTimestamp, deadlineTimestamp);
         return true;
     }
 

@@ -47,9 +47,6 @@ public sealed partial class TimerWheel
     /// <summary>Replaces the stack head when the wheel is disposed: pushes then fail, so nothing is stranded.</summary>
     private static readonly TimerEntry s_pendingClosed = new ClosedMarker();
 
-    /// <summary>An <see cref="AfterPush"/> request for one reconcile interval from now (read from the clock only if needed).</summary>
-    private const long RequestReconcileInterval = long.MinValue;
-
     private readonly long _reconcileIntervalUnits;
 
     // The head of the pending-changes stack (entries chained through PendingNext), or s_pendingClosed.
@@ -91,7 +88,7 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        AfterPush(wasEmpty ? RequestReconcileInterval : long.MaxValue);
+        AfterPush(wasEmpty);
         return true;
     }
 
@@ -108,34 +105,33 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        long drainBy = ReconcileDeadline(nowTimestamp);
-        AfterPush(deadlineTimestamp < drainBy ? deadlineTimestamp : drainBy);
+        AfterArmPush(nowTimestamp, deadlineTimestamp);
         return true;
     }
 
     /// <summary>
-    /// What every successful push (of a timer or of a delay) does next: every <see cref="ReconcileBatch"/> pushes it
-    /// drains the stacks on the spot; otherwise it asks the driver to reconcile by <paramref name="requestBy"/>
-    /// (<see cref="long.MaxValue"/>: no request needed; <see cref="RequestReconcileInterval"/>: one reconcile
-    /// interval from now, for a push that found its stack empty).
+    /// After a push with no deadline of its own (a cancel, a disarm, a relative arm, an infinite wait): only a push
+    /// that found its stack empty asks for a drain within the reconcile interval (every later push is covered by it).
     /// </summary>
-    private void AfterPush(long requestBy)
+    private void AfterPush(bool wasEmpty)
     {
-        if (++_pendingPushes % ReconcileBatch == 0 && TryDrainInline())
+        if (!TryDrainBatchInline() && wasEmpty)
         {
-            return; // drained here, our change with the rest
-        }
-
-        if (requestBy == RequestReconcileInterval)
-        {
-            requestBy = ReconcileDeadline(GetTimestamp());
-        }
-
-        if (requestBy != long.MaxValue)
-        {
-            RequestDrainBy(requestBy);
+            RequestDrainBy(ReconcileDeadline(GetTimestamp()));
         }
     }
+
+    /// <summary>After the push of an arm due at <paramref name="deadlineTimestamp"/>, computed from <paramref name="nowTimestamp"/>: a drain by the deadline, and within the reconcile interval in any case.</summary>
+    private void AfterArmPush(long nowTimestamp, long deadlineTimestamp)
+    {
+        if (!TryDrainBatchInline())
+        {
+            RequestDrainBy(Math.Min(deadlineTimestamp, ReconcileDeadline(nowTimestamp)));
+        }
+    }
+
+    /// <summary>Every <see cref="ReconcileBatch"/> pushes (of timers or delays), drains the stacks on the spot if the lock is free; true when it did (the pushed change with the rest).</summary>
+    private bool TryDrainBatchInline() => ++_pendingPushes % ReconcileBatch == 0 && TryDrainInline();
 
     /// <summary>The push itself. <paramref name="wasEmpty"/> tells whether the entry went onto an empty stack.</summary>
     private bool TryPush(TimerEntry entry, out bool wasEmpty)
