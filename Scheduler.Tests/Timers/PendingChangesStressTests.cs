@@ -111,7 +111,7 @@ public sealed class PendingChangesStressTests
 
         // The final calls: even timers stop (a third of them disposed), odd ones are re-armed one-shot. Until the
         // driver reconciles a call (up to its 4 ms bound), the old 1-3 ms schedule stays linked and keeps expiring:
-        // only the generation check keeps those expiries from firing.
+        // only the intent check (the word the entry was linked for) keeps those expiries from firing.
         TimeSpan due = TimeSpan.FromMilliseconds(30);
         var deadlines = new long[TimerCount];
         var countsAtFinal = new int[TimerCount];
@@ -167,7 +167,7 @@ public sealed class PendingChangesStressTests
     }
 
     /// <summary>
-    /// Between a Change and its reconciliation the old schedule is still linked and keeps expiring; the generation
+    /// Between a Change and its reconciliation the old schedule is still linked and keeps expiring; the intent
     /// check drops every one of those expiries. Deterministic: a manual clock, and expiries collected without
     /// reconciling, as the driver does when it wakes for a timer before the reconcile deadline of a pushed change.
     /// </summary>

@@ -184,6 +184,39 @@ public sealed class RelativeArmTests
         }
     }
 
+    [Fact]
+    public async Task A_relative_arm_made_while_the_drain_reconciles_is_measured_from_a_reading_after_it()
+    {
+        // The drain reads the clock after its pop, then reconciles entry by entry. A Change of an entry still waiting
+        // there (so it does not push again) lands between that reading and the entry's reconcile: the delay must be
+        // measured from a reading taken after the reconcile read it, not from the drain's. The hook replaces the
+        // drain's post-pop reading (the pass's second) and arms the timer 5 ms after the value it hands back.
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        var fired = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(clock.GetTimestamp()), null, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
+
+        long changedAt = 0;
+        clock.ReadsBeforeHook = 1;
+        clock.OnNextRead = () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(5));
+            changedAt = clock.GetTimestamp();
+            timer.Change(TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan).Should().BeTrue();
+            return changedAt - Units(TimeSpan.FromMilliseconds(5));
+        };
+        wheel.RunDueTimers();
+        changedAt.Should().NotBe(0, "the hook ran inside the driver's pass");
+
+        clock.Advance(TimeSpan.FromMilliseconds(995));
+        await RunAndConfirmNotFiredAsync(wheel, fired.Task, "the timer would fire 5 ms early");
+
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        long firedAt = await fired.Task.WaitAsync(s_timeout);
+        (firedAt - changedAt).Should().BeGreaterThanOrEqualTo(Units(TimeSpan.FromSeconds(1)));
+    }
+
     private static long Units(TimeSpan span) => StopwatchUnits.From(span);
 
     /// <summary>Runs the wheel at the clock's time and checks, after giving a queued callback time to run, that <paramref name="fired"/> has not.</summary>
@@ -192,27 +225,5 @@ public sealed class RelativeArmTests
         wheel.RunDueTimers();
         await Task.Delay(50);
         fired.IsCompleted.Should().BeFalse(because);
-    }
-
-    /// <summary>A manual clock that can run a hook in place of its next reading (once) and return what the hook says.</summary>
-    private sealed class HookClock : TimerClock
-    {
-        private readonly ManualClock _inner = new();
-
-        public Func<long>? OnNextRead { get; set; }
-
-        public override long GetTimestamp()
-        {
-            Func<long>? hook = OnNextRead;
-            if (hook is not null)
-            {
-                OnNextRead = null;
-                return hook();
-            }
-
-            return _inner.GetTimestamp();
-        }
-
-        public void Advance(TimeSpan by) => _inner.Advance(by);
     }
 }

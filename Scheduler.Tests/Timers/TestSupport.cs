@@ -40,9 +40,6 @@ internal sealed class RecordingEntry : TimerEntry
 
     public TimerClock? Clock { get; init; }
 
-    // Scheduled directly under the lock (Schedule/Cancel), never through the pending-changes stack.
-    internal override bool Reconcile(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
-
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 7;
 
     internal override void Fire(long token)
@@ -185,4 +182,31 @@ internal static class Cpu
 public sealed class ResourceMeasurementGroup
 {
     public const string Name = "Timers resource measurements";
+}
+
+/// <summary>
+/// A manual clock that can run a hook in place of one reading (once, after <see cref="ReadsBeforeHook"/> more readings)
+/// and return what the hook says: a test's way into the middle of a wheel's pass.
+/// </summary>
+internal sealed class HookClock : TimerClock
+{
+    private readonly ManualClock _inner = new();
+
+    public Func<long>? OnNextRead { get; set; }
+
+    public int ReadsBeforeHook { get; set; }
+
+    public override long GetTimestamp()
+    {
+        Func<long>? hook = OnNextRead;
+        if (hook is not null && ReadsBeforeHook-- == 0)
+        {
+            OnNextRead = null;
+            return hook();
+        }
+
+        return _inner.GetTimestamp();
+    }
+
+    public void Advance(TimeSpan by) => _inner.Advance(by);
 }

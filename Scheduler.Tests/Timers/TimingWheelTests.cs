@@ -6,9 +6,6 @@ public sealed class TimingWheelTests
 {
     private sealed class Entry : TimerEntry
     {
-        // The bare TimingWheel has no pending-changes stack.
-        internal override bool Reconcile(TimerWheel wheel, long nowTimestamp) => throw new System.Diagnostics.UnreachableException();
-
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 0;
 
         internal override void Fire(long token)

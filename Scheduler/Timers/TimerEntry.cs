@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Scheduler.Timers;
 
 /// <summary>
@@ -45,17 +47,26 @@ internal abstract class TimerEntry
     internal bool IsLinked => Slot != NotLinked;
 
     /// <summary>
-    /// Called under the wheel lock for an entry popped off the pending-changes stack: reads the intent its
-    /// owner published and links, moves or unlinks the entry to match. Returns false (and changes nothing) when
-    /// the intent is being written at that very moment; the wheel then pushes the entry back and retries.
-    /// <paramref name="nowTimestamp"/> is always a clock reading taken after the entry was popped, so after the
-    /// change that pushed it: a relative arm may be measured from it without ever firing early.
+    /// Called under the wheel lock for an entry popped off the pending-changes stack (<paramref name="popped"/>), or
+    /// found by <see cref="Recheck"/> with a change the wheel has not applied: reads the intent its owner published
+    /// and links, moves or unlinks the entry to match. A relative arm is handed to the wheel
+    /// (<see cref="TimerWheel.DeferRelativeLocked"/>), which reads its clock after every such read and then calls
+    /// <see cref="LinkRelative"/>. <paramref name="nowTimestamp"/> is a recent clock reading, for the wheel's catch-up.
     /// </summary>
-    internal abstract bool Reconcile(TimerWheel wheel, long nowTimestamp);
+    internal virtual void Reconcile(TimerWheel wheel, long nowTimestamp, bool popped) => throw NotPushable();
+
+    /// <summary>Links a relative arm read by <see cref="Reconcile"/>, measured from <paramref name="nowTimestamp"/> (read after that).</summary>
+    internal virtual void LinkRelative(TimerWheel wheel, long intent, long nowTimestamp) => throw NotPushable();
+
+    /// <summary>
+    /// Called under the wheel lock, after a process-wide memory barrier, for an entry reconciled recently: a change
+    /// written while it was reconciled may have missed both the reconciler and the pending stack; this applies it.
+    /// </summary>
+    internal virtual void Recheck(TimerWheel wheel, long nowTimestamp) => throw NotPushable();
 
     /// <summary>
     /// Called under the wheel lock when the entry has been taken off the wheel because its deadline passed.
-    /// Returns the token that <see cref="Fire"/> receives (a version or generation, so a late fire of an
+    /// Returns the token that <see cref="Fire"/> receives (a version, generation or intent word, so a late fire of an
     /// entry that was reset or rescheduled in between is recognised as stale).
     /// </summary>
     internal abstract long OnExpired(TimerWheel wheel, long nowTimestamp);
@@ -68,4 +79,8 @@ internal abstract class TimerEntry
 
     /// <summary>Tells a pending entry, outside the lock, that its wheel was disposed.</summary>
     internal abstract void OnWheelDisposed(long token);
+
+    // The three methods above are the pending stack's; an entry that is never pushed (a sentinel, a test's entry
+    // scheduled directly under the lock) keeps these defaults.
+    private static UnreachableException NotPushable() => new("This entry is never pushed onto the pending-changes stack.");
 }

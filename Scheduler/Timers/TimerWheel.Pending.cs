@@ -4,10 +4,11 @@ using System.Runtime.CompilerServices;
 namespace Scheduler.Timers;
 
 // Arm and cancel without the wheel lock. A thread that arms, reschedules or cancels a timer writes its intent
-// on the entry and pushes the entry (at most once until it is popped) onto a lock-free MPSC stack; the thread
-// that holds the wheel lock (the driver) pops the whole stack and reconciles each entry with the wheel. The
-// hot path of the timeout pattern is then one small per-entry CAS and, once per drain, one CAS on the stack head
-// (and no clock read: see "relative arms" in WheelTimer); a user thread takes the wheel lock only to wake a
+// on the entry (one word, a plain store: TimerIntent) and pushes the entry (at most once until it is popped) onto a
+// lock-free MPSC stack; the thread that holds the wheel lock (the driver) pops the whole stack and reconciles each
+// entry with the wheel, and later rechecks it behind a process-wide barrier (RecheckLocked). The hot path of the
+// timeout pattern is then no atomic operation per change while the entry waits on the stack, and one CAS on the
+// stack head per drain (and no clock read: see "relative arms" in WheelTimer); a user thread takes the wheel lock only to wake a
 // sleeping driver that would otherwise wake too late (an arm due before its planned wake-up), and with TryEnter,
 // never waiting, to reconcile a full batch.
 //
@@ -31,6 +32,12 @@ public sealed partial class TimerWheel
     internal const int ReconcileBatch = 1024;
 
     /// <summary>
+    /// A drain rechecks (behind a ~4 µs process-wide barrier) once this many reconciled entries wait for it, even on a
+    /// pushing thread, so the list stays small (32 KB) whatever the burst; below it, the driver's next drain does it.
+    /// </summary>
+    private const int RecheckLimit = 4 * ReconcileBatch;
+
+    /// <summary>
     /// The longest a pushed change waits for reconciliation. 4 ms: under a slow stream of arms and cancels the
     /// driver wakes at most 250 times a second for it (a sleeping driver costs nothing), and a cancelled timer stays
     /// linked for at most that long. Arms due sooner than this ask for their own deadline.
@@ -39,8 +46,8 @@ public sealed partial class TimerWheel
 
     /// <summary>
     /// Timer arms at least this long are relative: their deadline is the reconciler's clock reading plus the delay
-    /// (WheelTimer.Change), which spares the arming thread a clock read (about 20 ns of a ~40 ns arm+cancel pair on
-    /// Linux) and costs at most one reconcile interval of lateness: 0.4 % of a 1 s timeout, less for longer ones.
+    /// (WheelTimer.Change), which spares the arming thread a clock read (about 22-25 ns on this Linux VM, more than a
+    /// whole arm+disarm pair) and costs at most one reconcile interval of lateness: 0.4 % of a 1 s timeout, less for longer ones.
     /// </summary>
     private static readonly TimeSpan s_relativeArmThreshold = TimeSpan.FromSeconds(1);
 
@@ -58,6 +65,12 @@ public sealed partial class TimerWheel
 
     // The earliest time a pushed change needs the driver awake to reconcile it; long.MaxValue when none.
     private long _drainBy = long.MaxValue;
+
+    // Owned by the lock holder: the relative arms read by the reconciles of the drain under way, and the entries
+    // reconciled since the last recheck (RecheckLocked) with a spare list to swap in while rechecking.
+    private readonly List<(TimerEntry Entry, long Intent)> _relativeArms = [];
+    private List<TimerEntry> _recheck = [];
+    private List<TimerEntry> _recheckSpare = [];
 
     /// <summary>
     /// Whether long arms are relative (see <see cref="s_relativeArmThreshold"/>). On for the Stopwatch clock; a test
@@ -182,7 +195,7 @@ public sealed partial class TimerWheel
             if (!_disposed)
             {
                 // Inserting an entry due before the driver's planned wake-up pulses it (InsertLocked).
-                DrainPendingLocked(_clock.GetTimestamp());
+                DrainPendingLocked(_clock.GetTimestamp(), recheck: false);
             }
         }
         finally
@@ -233,12 +246,13 @@ public sealed partial class TimerWheel
     }
 
     /// <summary>
-    /// Pops every pending change (timers and delays) and reconciles it with the wheel. Caller holds the lock (the driver, or a test or
-    /// diagnostic standing in for it). An entry whose intent is being written right now is pushed back. Returns the
-    /// time the changes were reconciled at: <paramref name="now"/> when there were none, else a clock reading taken
-    /// after the pop (later than every change popped), which relative arms take their deadlines from.
+    /// Pops every pending change (timers and delays) and reconciles it with the wheel. Caller holds the lock (the driver,
+    /// a pusher draining a full batch, or a test or diagnostic standing in for the driver). Returns the time the changes
+    /// were reconciled at: <paramref name="now"/> when there were none, else a clock reading taken after the pop.
+    /// <paramref name="recheck"/>: the caller may pay for a process-wide barrier (~4 µs) to recheck the entries
+    /// reconciled lately (see <see cref="RecheckLocked"/>); a pusher draining inline leaves that to the driver.
     /// </summary>
-    private long DrainPendingLocked(long now)
+    private long DrainPendingLocked(long now, bool recheck = true)
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
 
@@ -248,32 +262,106 @@ public sealed partial class TimerWheel
         int delays = _delays.TakePending();
         Volatile.Write(ref _pendingPushes, 0);
         Debug.Assert(entry != s_pendingClosed, "Only Dispose closes the stack, under the lock, and then nothing drains again.");
-        if (entry is null && delays < 0)
+        if (entry is not null || delays >= 0)
+        {
+            // A reading the caller took before the pop may precede a change we just popped (the exchange is a full fence).
+            now = ReconcilePoppedLocked(entry, _clock.GetTimestamp());
+            ReconcileDelaysLocked(delays, now);
+        }
+
+        if (_recheck.Count > 0)
+        {
+            if (recheck)
+            {
+                now = RecheckLocked(now);
+            }
+
+            if (_recheck.Count > 0)
+            {
+                RequestDrainBy(ReconcileDeadline(now));
+            }
+        }
+
+        return now;
+    }
+
+    /// <summary>
+    /// Reconciles a popped chain of entries, in chunks of <see cref="ReconcileBatch"/>: each chunk's relative arms are
+    /// linked after it (one clock read per chunk), and a recheck list grown past <see cref="RecheckLimit"/> is rechecked
+    /// on the spot (even by a pusher: one barrier per thousands of entries), so neither list grows with a burst.
+    /// Returns the latest clock reading.
+    /// </summary>
+    private long ReconcilePoppedLocked(TimerEntry? entry, long now)
+    {
+        while (entry is not null)
+        {
+            for (int i = 0; i < ReconcileBatch && entry is not null; i++)
+            {
+                // Read and clear the link before Reconcile: once it has cleared the entry's Enqueued bit, its owner
+                // may push it again and rewrite PendingNext.
+                TimerEntry? next = entry.PendingNext;
+                entry.PendingNext = null;
+                entry.Reconcile(this, now, popped: true);
+                entry = next;
+            }
+
+            now = LinkRelativeArmsLocked(now);
+            if (_recheck.Count >= RecheckLimit)
+            {
+                now = RecheckLocked(now);
+            }
+        }
+
+        return now;
+    }
+
+    /// <summary>An entry's reconcile read a relative arm: linked by <see cref="LinkRelativeArmsLocked"/>, measured from a later reading.</summary>
+    internal void DeferRelativeLocked(TimerEntry entry, long intent) => _relativeArms.Add((entry, intent));
+
+    /// <summary>An entry was reconciled: the next <see cref="RecheckLocked"/> looks at it again.</summary>
+    internal void AddToRecheckLocked(TimerEntry entry) => _recheck.Add(entry);
+
+    /// <summary>
+    /// Links the relative arms the reconciles of this drain read, measured from a clock reading taken after all those
+    /// reads (so after every change they read: never early). Returns the reading, or <paramref name="now"/> if none.
+    /// </summary>
+    private long LinkRelativeArmsLocked(long now)
+    {
+        if (_relativeArms.Count == 0)
         {
             return now;
         }
 
-        // A reading the caller took before the pop may precede a Change whose entry we just popped; a relative arm
-        // measured from it could fire early. This one follows every popped push (the exchange is a full fence).
         now = _clock.GetTimestamp();
-        while (entry is not null)
+        foreach ((TimerEntry entry, long intent) in _relativeArms)
         {
-            // Read and clear the link before Reconcile: once it has cleared the entry's enqueued mark, its owner may
-            // push it again and rewrite PendingNext.
-            TimerEntry? next = entry.PendingNext;
-            entry.PendingNext = null;
-            if (!entry.Reconcile(this, now))
-            {
-                // Its owner holds the entry's intent this instant; still marked enqueued, it stays ours to retry.
-                long retryBy = SaturatingAdd(now, _tickTimestampUnits);
-                TryPushPending(entry, now, retryBy);
-            }
-
-            entry = next;
+            entry.LinkRelative(this, intent, now);
         }
 
-        ReconcileDelaysLocked(delays, now);
+        _relativeArms.Clear();
         return now;
+    }
+
+    /// <summary>
+    /// The other half of the changes' fence-free Dekker. A change writes its intent and then reads the entry's Enqueued
+    /// bit with plain accesses, and a reconcile clears the bit and then reads the intent: on x86 the change's store may
+    /// still sit in its core's store buffer when the reconcile reads, while its load already saw the bit set. Both
+    /// would miss: the change would not push, and the reconcile would apply the older intent. So every entry a
+    /// reconcile looked at is kept here, and after a process-wide barrier (FlushProcessWriteBuffers: every thread of
+    /// the process has then made its stores visible) the lock holder looks again and reconciles whatever moved.
+    /// One barrier per drain that reconciled live entries, by the driver: none on the changing threads' path.
+    /// </summary>
+    private long RecheckLocked(long now)
+    {
+        (_recheck, _recheckSpare) = (_recheckSpare, _recheck);
+        Interlocked.MemoryBarrierProcessWide();
+        foreach (TimerEntry entry in _recheckSpare)
+        {
+            entry.Recheck(this, now);
+        }
+
+        _recheckSpare.Clear();
+        return LinkRelativeArmsLocked(now);
     }
 
     /// <summary>Closes the stack for good and reconciles what it held. Caller holds the lock and is disposing the wheel.</summary>
@@ -283,31 +371,15 @@ public sealed partial class TimerWheel
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, s_pendingClosed);
         int delays = _delays.ClosePending();
 
-        // Read after the pop, as in DrainPendingLocked: Reconcile may measure a relative arm from it.
-        long now = _clock.GetTimestamp();
-        var spinner = default(SpinWait);
-        while (entry is not null)
-        {
-            TimerEntry? next = entry.PendingNext;
-            entry.PendingNext = null;
-
-            // No retry later: wait out the owner's few-instruction critical section.
-            while (!entry.Reconcile(this, now))
-            {
-                spinner.SpinOnce();
-            }
-
-            entry = next;
-        }
-
+        // Read after the pop, as in DrainPendingLocked. Everything reconciled here is removed right after: no recheck.
+        long now = ReconcilePoppedLocked(entry, _clock.GetTimestamp());
+        _recheck.Clear();
         ReconcileDelaysLocked(delays, now);
     }
 
     /// <summary>The closed-stack sentinel; never linked, reconciled or fired.</summary>
     private sealed class ClosedMarker : TimerEntry
     {
-        internal override bool Reconcile(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
-
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
 
         internal override void Fire(long token) => throw new UnreachableException();

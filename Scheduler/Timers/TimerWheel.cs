@@ -139,6 +139,12 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
 
     internal bool IsDisposed => _disposed;
 
+    /// <summary>The clock reading tick 0 starts at; timer intents hold deadlines relative to it.</summary>
+    internal long OriginTimestamp => _originTimestamp;
+
+    /// <summary>Serialises the writers of periodic timer intents (WheelTimer.WritePeriodic).</summary>
+    internal Lock PeriodicWriterLock { get; } = new();
+
     /// <summary>
     /// Links <paramref name="entry"/> to fire once <paramref name="deadlineTimestamp"/> has passed. Caller holds
     /// the lock and has checked <see cref="IsDisposed"/> under it.

@@ -21,18 +21,10 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         timer._callback(timer._state);
     };
 
-    // Flags bits. Locked is a tiny spin lock that serialises the writers of the intent below (Change and Dispose
-    // on any thread) with the lock holder's Reconcile; Enqueued means "on the wheel's pending stack, or about to be".
-    private const int Locked = 1;
-    private const int Enqueued = 2;
-    private const int Disposed = 4;
-
-    // Set with an arm whose _dueTimestamp holds the delay (Stopwatch units) rather than the deadline: the
-    // reconciler measures it from its own clock reading (see Change).
-    private const int RelativeDue = 8;
-
-    // _dueTimestamp of a disarmed timer.
-    private const long NotArmed = long.MinValue;
+    // Flags (TimerEntry.Flags) holds only this bit: "on the wheel's pending stack, or about to be". Set by the one
+    // writer that wins a CAS from 0 (it then pushes the entry), cleared with a plain store by the lock holder that
+    // popped the entry (no one else writes it while it is set).
+    private const int Enqueued = 1;
 
     private readonly TimerWheel _wheel;
     private readonly TimerCallback _callback;
@@ -44,19 +36,18 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private int _runningCallbacks;
     private TaskCompletionSource? _callbacksDone;
 
+    // 1 once Dispose has been called: final, written with a plain store (see Dispose).
+    private int _disposed;
 
-    // The intent, written under the Locked bit: bumped by every Change and Dispose (also read without the bit by
-    // Fire, so an expiry of an older schedule is dropped once the call that replaced it has returned; 32 bits
-    // because a stale expiry could only match again after exactly 2^32 changes while it is in flight) ...
-    private int _generation;
+    // The intent (TimerIntent): one word that every Change writes whole, so a reader never sees half of one.
+    private long _intent;
 
-    // ... the deadline to arm for (a Stopwatch timestamp, or NotArmed; the delay when RelativeDue is set) and the
-    // period (0: one-shot).
-    private long _dueTimestamp = NotArmed;
+    // The period of a periodic intent (Stopwatch units), written by ChangePeriodic before the word that refers to it.
     private long _periodUnits;
 
-    // The generation the entry is linked for, owned by the wheel-lock holder: its expiries carry it as their token.
-    private int _linkedGeneration;
+    // The intent that the entry's place in the wheel reflects, owned by the wheel-lock holder: an expiry fires only
+    // if the intent is still this word, and the recheck reconciles again any entry whose intent moved away from it.
+    private long _appliedIntent;
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
     {
@@ -67,87 +58,104 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     /// <inheritdoc />
-    public bool Change(TimeSpan dueTime, TimeSpan period) => Change(dueTime, period, published: true);
+    public bool Change(TimeSpan dueTime, TimeSpan period)
+    {
+        TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
+        TimerWheel.ValidateTimerArgument(period, nameof(period));
+        return Change(dueTime, period, published: true);
+    }
 
     /// <summary>
-    /// <see cref="Change(TimeSpan, TimeSpan)"/>, and for the first arm by <see cref="TimerWheel.CreateTimer"/>
-    /// (<paramref name="published"/> false: no other thread can see the timer yet, and CreateTimer has validated the
-    /// arguments before allocating) without taking the Locked bit or validating again.
+    /// <see cref="Change(TimeSpan, TimeSpan)"/> with validated arguments. <paramref name="published"/> is false for the
+    /// first arm by <see cref="TimerWheel.CreateTimer"/>: no other thread can see the timer yet, so its fields are
+    /// written plainly and the push publishes them.
     /// </summary>
+    /// <remarks>
+    /// The hot path of the timeout pattern (a 30 s one-shot arm, then a disarm) is plain stores and loads: the intent
+    /// word, then the Enqueued bit. Only a change that finds the entry off the pending stack pushes it (two atomic
+    /// operations), which happens once per reconcile of the entry, not once per change.
+    /// </remarks>
     internal bool Change(TimeSpan dueTime, TimeSpan period, bool published)
     {
-        if (published)
-        {
-            TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
-            TimerWheel.ValidateTimerArgument(period, nameof(period));
-        }
-
-        long periodUnits = period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero ? 0 : Math.Max(1, _wheel.ToTimestampUnits(period));
+        bool periodic = period != Timeout.InfiniteTimeSpan && period != TimeSpan.Zero;
         bool fireNow = dueTime == TimeSpan.Zero;
-        bool armed = dueTime != Timeout.InfiniteTimeSpan;
-        bool relative = armed && _wheel.ArmsRelative(dueTime);
         long now = 0;
-        long due = NotArmed;
-        if (relative)
+        long deadline = 0;
+        long intent;
+        if (dueTime == Timeout.InfiniteTimeSpan || (fireNow && !periodic))
         {
-            // A long timeout: no clock read here (it would be most of the cost of an arm). The reconciler adds its
-            // own reading, taken after it popped this change, so the timer is never early and at most one reconcile
-            // interval late.
-            due = _wheel.ToTimestampUnits(dueTime);
+            intent = TimerIntent.Disarmed;
         }
-        else if (armed)
+        else if (!fireNow && _wheel.ArmsRelative(dueTime))
         {
-            // Read before publishing: the deadline is measured from the call, and the clock read stays outside
-            // the entry's critical section.
-            now = _wheel.GetTimestamp();
-            if (!fireNow)
-            {
-                due = _wheel.DeadlineAfter(now, dueTime);
-            }
-            else if (periodUnits != 0)
-            {
-                due = TimerWheel.SaturatingAdd(now, periodUnits);
-            }
-        }
-
-        int flags = published ? Acquire() : Volatile.Read(ref Flags);
-        if ((flags & Disposed) != 0)
-        {
-            Release(flags);
-            return false;
-        }
-
-        if (_wheel.IsDisposed)
-        {
-            Release(flags);
-            TimerWheel.ThrowDisposed();
-        }
-
-        Volatile.Write(ref _generation, _generation + 1);
-        _dueTimestamp = due;
-        _periodUnits = periodUnits;
-        int intent = (flags & ~RelativeDue) | Enqueued | (relative ? RelativeDue : 0);
-        if (published)
-        {
-            Release(intent);
+            // A long timeout: no clock read here (it would be most of the cost of an arm). The reconciler measures
+            // the delay from a clock reading it takes after reading this word, so the timer is never early and at
+            // most about one reconcile interval late.
+            intent = TimerIntent.RelativeOf(_wheel.ToTimestampUnits(dueTime));
         }
         else
         {
-            Flags = intent; // published by the push below (an interlocked operation)
+            now = _wheel.GetTimestamp();
+            deadline = fireNow ? 0 : _wheel.DeadlineAfter(now, dueTime);
+            intent = fireNow ? 0 : TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
         }
 
-        if ((flags & Enqueued) == 0)
+        if (periodic)
         {
-            bool pushed = due == NotArmed || relative ? _wheel.TryPushPending(this) : _wheel.TryPushPending(this, now, due);
-            if (!pushed)
+            long periodUnits = Math.Max(1, _wheel.ToTimestampUnits(period));
+            if (fireNow)
+            {
+                // Fires now (below) and then every period, measured from here.
+                deadline = TimerWheel.SaturatingAdd(now, periodUnits);
+                intent = TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
+            }
+
+            WritePeriodic(intent | TimerIntent.Periodic, periodUnits, published);
+        }
+        else if (published)
+        {
+            Volatile.Write(ref _intent, intent);
+        }
+        else
+        {
+            _intent = intent; // published by the push below (an interlocked operation)
+        }
+
+        if (!published)
+        {
+            if (intent != TimerIntent.Disarmed)
+            {
+                Flags = Enqueued;
+                PushOrThrow(intent, now, deadline);
+            }
+        }
+        else
+        {
+            // Dekker with the reconciler, which clears Enqueued and then reads the intent: we wrote the intent and now
+            // read Enqueued. Without a fence here both may miss (the store may wait in this core's store buffer);
+            // the reconciler closes that gap with a process-wide barrier before it rechecks (TimerWheel.Recheck).
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                return false;
+            }
+
+            if (_wheel.IsDisposed)
             {
                 TimerWheel.ThrowDisposed();
             }
-        }
-        else if (due != NotArmed && !relative)
-        {
-            // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
-            _wheel.RequestDrainBy(due);
+
+            if (Volatile.Read(ref Flags) == 0)
+            {
+                if (Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
+                {
+                    PushOrThrow(intent, now, deadline);
+                }
+            }
+            else if (TimerIntent.IsAbsolute(intent))
+            {
+                // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
+                _wheel.RequestDrainBy(deadline);
+            }
         }
 
         if (fireNow)
@@ -158,23 +166,56 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         return true;
     }
 
-    /// <inheritdoc />
-    public void Dispose()
+    private void PushOrThrow(long intent, long now, long deadline)
     {
-        int flags = Acquire();
-        if ((flags & Disposed) != 0)
+        bool pushed = TimerIntent.IsAbsolute(intent) ? _wheel.TryPushPending(this, now, deadline) : _wheel.TryPushPending(this);
+        if (!pushed)
         {
-            Release(flags);
+            TimerWheel.ThrowDisposed();
+        }
+    }
+
+    /// <summary>
+    /// Writes a periodic intent: the word refers to <see cref="_periodUnits"/>, so the two must be read together.
+    /// A seqlock: writers (serialised among themselves) first replace the word with <see cref="TimerIntent.Transition"/>,
+    /// then write the period, then the final word (under the wheel's PeriodicWriterLock); a reader reads the word, the period and the word again and uses
+    /// the pair only if the word did not move. One-shot writers need no part in it: their word does not refer to
+    /// the period, and whichever final word lands last is the intent.
+    /// </summary>
+    private void WritePeriodic(long intent, long periodUnits, bool published)
+    {
+        if (!published)
+        {
+            _periodUnits = periodUnits;
+            _intent = intent;
             return;
         }
 
-        Volatile.Write(ref _generation, _generation + 1);
-        _dueTimestamp = NotArmed;
-        Release(flags | Disposed | Enqueued);
-
-        // A disposed wheel unlinked everything already; otherwise the driver unlinks it within the reconcile bound.
-        if ((flags & Enqueued) == 0)
+        // One lock per wheel, not a field per timer: periodic changes are rare, and every timer's size counts.
+        lock (_wheel.PeriodicWriterLock)
         {
+            Interlocked.Exchange(ref _intent, TimerIntent.Transition);
+            Volatile.Write(ref _periodUnits, periodUnits);
+            Volatile.Write(ref _intent, intent);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            return;
+        }
+
+        // Final, so a plain store: no change re-arms a disposed timer (the reconciler, the expiry and the callback all
+        // check this flag), and racing disposers write the same value. Then the entry must reach the reconciler, which
+        // unlinks it within the reconcile interval: if it is on the pending stack already (the timeout pattern: created,
+        // then disposed before the next drain) nothing more is needed, not even an atomic operation.
+        Volatile.Write(ref _disposed, 1);
+        if (Volatile.Read(ref Flags) == 0 && Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
+        {
+            // A disposed wheel unlinked everything already.
             _wheel.TryPushPending(this);
         }
     }
@@ -213,7 +254,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         Interlocked.Increment(ref _runningCallbacks);
         try
         {
-            if ((Volatile.Read(ref Flags) & Disposed) != 0)
+            if (Volatile.Read(ref _disposed) != 0)
             {
                 return;
             }
@@ -236,66 +277,131 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
     }
 
-    internal override bool Reconcile(TimerWheel wheel, long nowTimestamp)
+    internal override void Reconcile(TimerWheel wheel, long nowTimestamp, bool popped)
     {
-        int flags = Volatile.Read(ref Flags);
-        if ((flags & Disposed) != 0)
+        if (Volatile.Read(ref _disposed) != 0)
         {
-            // Final: no call re-arms or pushes a disposed timer (Change and Dispose return once they see the bit, and
-            // their critical sections write back only what they read), so there is no intent to read under the
-            // Locked bit and nobody needs Enqueued cleared. Unlink it if it was armed. No atomic operation: in the
-            // timeout pattern (create, dispose) this is every reconcile, one per pair.
+            // Final: nothing re-arms or needs Enqueued cleared (a Dispose that finds it clear pushes the entry once
+            // more, and the next reconcile lands here again). In the timeout pattern (create, dispose) this is every
+            // reconcile, one per pair, and it takes no atomic operation.
             wheel.RemoveLocked(this);
-            return true;
+            return;
         }
 
-        if ((flags & Locked) != 0 || Interlocked.CompareExchange(ref Flags, flags | Locked, flags) != flags)
+        if (popped)
         {
-            return false;
+            // Only the popper writes Enqueued while it is set. Clear it before reading the intent: a change written after
+            // our read then finds it clear and pushes the entry again.
+            Volatile.Write(ref Flags, 0);
         }
 
-        int generation = _generation;
-        long due = _dueTimestamp;
+        // A change written while we read may still have found Enqueued set (its store waiting in its core's buffer):
+        // the recheck, behind a process-wide barrier, looks at this entry again.
+        wheel.AddToRecheckLocked(this);
+        long intent = Volatile.Read(ref _intent);
+        if (intent == _appliedIntent && IsLinked)
+        {
+            return;
+        }
 
-        // Clearing Enqueued inside the critical section: a writer that comes after us sees it clear and pushes
-        // again, one that came before has its intent in what we just read. No change can fall in between.
-        Volatile.Write(ref Flags, flags & ~Enqueued);
+        if (TimerIntent.IsRelative(intent))
+        {
+            // Linked once the wheel has read its clock after this read (LinkRelative).
+            wheel.RemoveLocked(this);
+            wheel.DeferRelativeLocked(this, intent);
+            return;
+        }
 
         wheel.RemoveLocked(this);
-        if ((flags & Disposed) == 0 && due != NotArmed)
+        _appliedIntent = intent;
+        if (TimerIntent.IsAbsolute(intent))
         {
-            // nowTimestamp follows the Change that wrote a relative delay (see TimerEntry.Reconcile).
-            _linkedGeneration = generation;
-            wheel.InsertLocked(this, (flags & RelativeDue) != 0 ? TimerWheel.SaturatingAdd(nowTimestamp, due) : due, nowTimestamp);
+            wheel.InsertLocked(this, TimerIntent.DeadlineOf(intent, wheel.OriginTimestamp), nowTimestamp);
+        }
+    }
+
+    internal override void LinkRelative(TimerWheel wheel, long intent, long nowTimestamp)
+    {
+        // nowTimestamp was read after Reconcile read the word, so after the Change that wrote it: measured from it the
+        // deadline cannot be early. The word becomes that absolute deadline, so a later identical relative arm is a
+        // different word (and an expiry of this one is told apart from it).
+        long delay = TimerIntent.ValueOf(intent);
+        long deadline = delay == TimerIntent.MaxValue ? long.MaxValue : TimerWheel.SaturatingAdd(nowTimestamp, delay);
+        long absolute = TimerIntent.AbsoluteOf(deadline, wheel.OriginTimestamp) | (intent & TimerIntent.Periodic);
+        if (Interlocked.CompareExchange(ref _intent, absolute, intent) != intent)
+        {
+            // Changed meanwhile: that change pushed the entry (it found Enqueued clear), or the recheck will see it.
+            return;
         }
 
-        return true;
+        _appliedIntent = absolute;
+        wheel.InsertLocked(this, deadline, nowTimestamp);
+    }
+
+    internal override void Recheck(TimerWheel wheel, long nowTimestamp)
+    {
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            wheel.RemoveLocked(this);
+        }
+        else if (Volatile.Read(ref Flags) == 0 && Volatile.Read(ref _intent) != _appliedIntent)
+        {
+            // A change the last reconcile missed and that did not push: apply it now. (Enqueued set means it is on
+            // the pending stack, which the caller drains next.)
+            Reconcile(wheel, nowTimestamp, popped: false);
+        }
     }
 
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp)
     {
-        // Re-arm only the schedule that is still current. The period is read under the Locked bit; if a writer
-        // holds it, or the generation moved, a Change or Dispose is under way and will push the entry: its
-        // reconciliation decides what comes next.
-        int flags = Volatile.Read(ref Flags);
-        if ((flags & Locked) == 0 && Interlocked.CompareExchange(ref Flags, flags | Locked, flags) == flags)
+        long intent = Volatile.Read(ref _intent);
+        if (intent != _appliedIntent || Volatile.Read(ref _disposed) != 0)
         {
-            long periodUnits = _generation == _linkedGeneration ? _periodUnits : 0;
-            Release(flags);
-            if (periodUnits != 0)
-            {
-                // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
-                // instead of producing a burst of catch-up callbacks.
-                wheel.InsertLocked(this, TimerWheel.SaturatingAdd(nowTimestamp, periodUnits), nowTimestamp);
-            }
+            // Replaced since it was linked: the change that replaced it pushed the entry or is caught by the recheck.
+            return TimerIntent.NoFire;
         }
 
-        return _linkedGeneration;
+        long next;
+        long nextDeadline = 0;
+        if ((intent & TimerIntent.Periodic) != 0)
+        {
+            // The seqlock read (WritePeriodic): the period belongs to the word only if the word did not move.
+            long periodUnits = Volatile.Read(ref _periodUnits);
+            if (Volatile.Read(ref _intent) != intent)
+            {
+                return TimerIntent.NoFire;
+            }
+
+            // Measured from the firing, as System.Threading.Timer does: a late tick delays the following ones
+            // instead of producing a burst of catch-up callbacks.
+            nextDeadline = TimerWheel.SaturatingAdd(nowTimestamp, periodUnits);
+            next = TimerIntent.AbsoluteOf(nextDeadline, wheel.OriginTimestamp) | TimerIntent.Periodic;
+        }
+        else
+        {
+            next = TimerIntent.FiredFrom(intent);
+        }
+
+        // The expiry takes the word from the intent it fired for to the next one; a Change that lands first wins.
+        if (Interlocked.CompareExchange(ref _intent, next, intent) != intent)
+        {
+            return TimerIntent.NoFire;
+        }
+
+        _appliedIntent = next;
+        if (nextDeadline != 0)
+        {
+            wheel.InsertLocked(this, nextDeadline, nowTimestamp);
+        }
+
+        return next;
     }
 
     internal override void Fire(long token)
     {
-        if (token == Volatile.Read(ref _generation))
+        // Dropped if a Change or Dispose replaced the schedule since the expiry (the BCL's timers may still run a
+        // callback that races with Change; this narrows it to calls that have not returned yet).
+        if (token != TimerIntent.NoFire && token == Volatile.Read(ref _intent) && Volatile.Read(ref _disposed) == 0)
         {
             ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
@@ -307,35 +413,4 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     {
         // A timer of a disposed wheel simply never fires again; Change reports the disposal.
     }
-
-    /// <summary>Takes the Locked bit (spinning: the holder runs a few stores) and returns the other flags.</summary>
-    private int Acquire()
-    {
-        int flags = Volatile.Read(ref Flags);
-        while (true)
-        {
-            if ((flags & Locked) == 0)
-            {
-                int seen = Interlocked.CompareExchange(ref Flags, flags | Locked, flags);
-                if (seen == flags)
-                {
-                    return flags;
-                }
-
-                flags = seen;
-                continue;
-            }
-
-            var spinner = default(SpinWait);
-            do
-            {
-                spinner.SpinOnce();
-                flags = Volatile.Read(ref Flags);
-            }
-            while ((flags & Locked) != 0);
-        }
-    }
-
-    /// <summary>Publishes <paramref name="flags"/> (without Locked) and, with the release store, the intent written under it.</summary>
-    private void Release(int flags) => Volatile.Write(ref Flags, flags);
 }
