@@ -23,11 +23,11 @@ internal static partial class CompareCatalog
         "`new CancellationTokenSource()` + `CancelAfter(30 s)` + `Dispose()` vs ours (`wheel.CreateTimer(callback, null, 30 s, infinite)` + `Dispose()`, 1 ms tick, one wheel for the row). " +
         "A 30 s arm of ours reads no clock: its deadline is measured from the driver's reading when it takes the arm in (never early, at most ~4 ms late); `CancelAfter` reads the coarse `Environment.TickCount64`. " +
         "Our changes are reconciled in batches: every 1,024th push reconciles the batch on the pushing thread (inside the measured time) when the wheel lock is free, " +
-        "and the driver thread reconciles whatever waits longer than 4 ms.";
+        "and the driver thread reconciles whatever waits longer than 4 ms. Our arm is a plain store of the timer's intent word and one CAS to push the new timer; `Dispose` of a timer still waiting to be reconciled is a plain store.";
 
     private static string TimerCreateCancelReusedDescription =>
         "The same pattern with one long-lived timer per side, nothing allocated per pair: `CancelAfter(30 s)` + `TryReset()` on one `CancellationTokenSource` " +
-        "vs `ITimer.Change(30 s, infinite)` + `Change(infinite, infinite)` on one wheel timer.";
+        "vs `ITimer.Change(30 s, infinite)` + `Change(infinite, infinite)` on one wheel timer: two plain stores and loads while the timer waits to be reconciled (no atomic operation; a push once per reconcile).";
 
     private static string PendingTimerMemoryDescription =>
         $"Managed bytes allocated on the calling thread per pending 30 s delay, {N(PendingTimerCount)} created back to back and never awaited (`TimerWorkloads.MeasurePendingBytes`): " +
