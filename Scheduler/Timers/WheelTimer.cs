@@ -78,6 +78,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     internal bool Change(TimeSpan dueTime, TimeSpan period, bool published)
     {
         bool periodic = period != Timeout.InfiniteTimeSpan && period != TimeSpan.Zero;
+        long periodUnits = periodic ? Math.Max(1, _wheel.ToTimestampUnits(period)) : 0;
         bool fireNow = dueTime == TimeSpan.Zero;
         long now = 0;
         long deadline = 0;
@@ -95,21 +96,14 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
         else
         {
+            // A periodic timer due now fires at once (below) and then every period, measured from here.
             now = _wheel.GetTimestamp();
-            deadline = fireNow ? 0 : _wheel.DeadlineAfter(now, dueTime);
-            intent = fireNow ? 0 : TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
+            deadline = fireNow ? TimerWheel.SaturatingAdd(now, periodUnits) : _wheel.DeadlineAfter(now, dueTime);
+            intent = TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
         }
 
-        if (periodic)
+        if (periodic && intent != TimerIntent.Disarmed)
         {
-            long periodUnits = Math.Max(1, _wheel.ToTimestampUnits(period));
-            if (fireNow)
-            {
-                // Fires now (below) and then every period, measured from here.
-                deadline = TimerWheel.SaturatingAdd(now, periodUnits);
-                intent = TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
-            }
-
             WritePeriodic(intent | TimerIntent.Periodic, periodUnits, published);
         }
         else if (published)
@@ -133,7 +127,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         {
             // Dekker with the reconciler, which clears Enqueued and then reads the intent: we wrote the intent and now
             // read Enqueued. Without a fence here both may miss (the store may wait in this core's store buffer);
-            // the reconciler closes that gap with a process-wide barrier before it rechecks (TimerWheel.Recheck).
+            // the reconciler closes that gap with a process-wide barrier before it rechecks (TimerWheel.RecheckLocked).
             if (Volatile.Read(ref _disposed) != 0)
             {
                 return false;
@@ -177,9 +171,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     /// <summary>
     /// Writes a periodic intent: the word refers to <see cref="_periodUnits"/>, so the two must be read together.
-    /// A seqlock: writers (serialised among themselves) first replace the word with <see cref="TimerIntent.Transition"/>,
-    /// then write the period, then the final word (under the wheel's PeriodicWriterLock); a reader reads the word, the period and the word again and uses
-    /// the pair only if the word did not move. One-shot writers need no part in it: their word does not refer to
+    /// A seqlock: writers, serialised by the wheel's PeriodicWriterLock, first replace the word with
+    /// <see cref="TimerIntent.Transition"/>, then write the period, then the final word; a reader reads the word, the
+    /// period and the word again and uses the pair only if the word did not move. One-shot writers need no part in it: their word does not refer to
     /// the period, and whichever final word lands last is the intent.
     /// </summary>
     private void WritePeriodic(long intent, long periodUnits, bool published)
@@ -334,6 +328,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             return;
         }
 
+        // Unlinked by the Reconcile that deferred it, but a duplicate on the recheck list may have deferred it twice and
+        // the first LinkRelative linked it; a user who then wrote the same relative word again makes this CAS succeed.
+        wheel.RemoveLocked(this);
         _appliedIntent = absolute;
         wheel.InsertLocked(this, deadline, nowTimestamp);
     }
@@ -363,7 +360,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
         long next;
         long nextDeadline = 0;
-        if ((intent & TimerIntent.Periodic) != 0)
+        bool periodic = (intent & TimerIntent.Periodic) != 0;
+        if (periodic)
         {
             // The seqlock read (WritePeriodic): the period belongs to the word only if the word did not move.
             long periodUnits = Volatile.Read(ref _periodUnits);
@@ -389,7 +387,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
 
         _appliedIntent = next;
-        if (nextDeadline != 0)
+        if (periodic)
         {
             wheel.InsertLocked(this, nextDeadline, nowTimestamp);
         }
