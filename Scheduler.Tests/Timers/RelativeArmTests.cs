@@ -53,22 +53,26 @@ public sealed class RelativeArmTests
     }
 
     [Theory]
-    [InlineData(0)]
-    [InlineData(1)]
-    public async Task A_relative_arm_made_during_the_drivers_pass_is_not_measured_from_an_earlier_reading(int readsBeforeHook)
+    [InlineData(0, false)]
+    [InlineData(1, false)]
+    [InlineData(0, true)]
+    public async Task A_relative_arm_made_during_the_drivers_pass_is_not_measured_from_an_earlier_reading(int readsBeforeHook, bool waitsInNursery)
     {
         // A relative arm reads no clock, so its deadline must come from a reading taken after the reconcile read it.
         // 0: the hook replaces the pass's first reading, taken before the pop, and the Change pushes the entry (the
         // pop must not reuse that reading). 1: it replaces the reading taken after the pop, while the entry is still
-        // waiting to be reconciled, so the Change does not push again (the entry's reconcile must not reuse that one:
-        // the drain once measured every entry from it). Either way the hook arms the timer 5 ms after the reading
-        // it hands back.
+        // waiting on the stack to be reconciled, so the Change does not push again (the entry's reconcile must not
+        // reuse that one: the drain once measured every entry from it). 0 with the new timer waiting in this thread's
+        // nursery: the pass's first reading, while the entry waits there (no pop reading follows). Each time the hook
+        // arms the timer 5 ms after the reading it hands back.
+        TimerWheel.UnbindThreadNursery(); // with nurseries on, this thread's must be bound to this test's wheel
         var clock = new HookClock();
-        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true, NurseriesEnabled = waitsInNursery };
         var fired = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
-        TimeSpan firstArm = readsBeforeHook == 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(2);
+        bool waitsToBeReconciled = readsBeforeHook == 1 || waitsInNursery;
+        TimeSpan firstArm = waitsToBeReconciled ? TimeSpan.FromSeconds(2) : Timeout.InfiniteTimeSpan;
         using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(clock.GetTimestamp()), null, firstArm, Timeout.InfiniteTimeSpan);
-        if (readsBeforeHook == 0)
+        if (!waitsToBeReconciled)
         {
             wheel.RunDueTimers();
         }

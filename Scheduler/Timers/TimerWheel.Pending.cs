@@ -219,6 +219,12 @@ public sealed partial class TimerWheel
         }
     }
 
+    /// <summary>The timestamp by which the driver has been asked to drain (<see cref="long.MaxValue"/>: no request). For tests.</summary>
+    internal long DrainRequestTimestamp => Volatile.Read(ref _drainBy);
+
+    /// <summary>Drops the standing drain request. For tests standing in for a thread that added work without asking.</summary>
+    internal void ForgetDrainRequest() => Volatile.Write(ref _drainBy, long.MaxValue);
+
     private void LowerDrainBy(long timestamp, long current)
     {
         while (true)
@@ -246,18 +252,25 @@ public sealed partial class TimerWheel
     }
 
     /// <summary>
-    /// Pops every pending change (timers and delays) and reconciles it with the wheel. Caller holds the lock (the driver,
-    /// a pusher draining a full batch, or a test or diagnostic standing in for the driver). Returns the time the changes
-    /// were reconciled at: <paramref name="now"/> when there were none, else a clock reading taken after the pop.
-    /// <paramref name="recheck"/>: the caller may pay for a process-wide barrier (~4 µs) to recheck the entries
-    /// reconciled lately (see <see cref="RecheckLocked"/>); a pusher draining inline leaves that to the driver.
+    /// Pops every pending change (timers and delays) and every new timer waiting in a nursery, and reconciles them with
+    /// the wheel. Caller holds the lock (the driver, a pusher draining a full batch, or a test or diagnostic standing in
+    /// for the driver). Returns the time the changes were reconciled at: <paramref name="now"/> when there were none,
+    /// else a clock reading taken after the pop. <paramref name="recheck"/>: the caller may pay for a process-wide
+    /// barrier (~4 µs) to recheck the entries reconciled lately (see <see cref="RecheckLocked"/>); a pusher draining
+    /// inline leaves that to the driver, and of the nurseries it takes only its own thread's.
     /// </summary>
     private long DrainPendingLocked(long now, bool recheck = true)
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
 
-        // Reset the request before popping: a push that lands after the pop then sees the reset and asks again.
-        Interlocked.Exchange(ref _drainBy, long.MaxValue);
+        // The driver resets the request before popping: a push that lands after the pop then sees the reset and asks
+        // again. A pusher draining inline leaves it: it takes only its own nursery, and a request made for another
+        // thread's must stand.
+        if (recheck)
+        {
+            Interlocked.Exchange(ref _drainBy, long.MaxValue);
+        }
+
         TimerEntry? entry = Interlocked.Exchange(ref _pendingHead, null);
         int delays = _delays.TakePending();
         Volatile.Write(ref _pendingPushes, 0);
@@ -269,17 +282,20 @@ public sealed partial class TimerWheel
             ReconcileDelaysLocked(delays, now);
         }
 
+        bool fromNurseries = recheck ? DrainNurseriesLocked(ref now) : DrainOwnNurseryLocked(now);
+        if (fromNurseries)
+        {
+            now = LinkRelativeArmsLocked(now);
+        }
+
+        if (recheck && (_recheck.Count > 0 || fromNurseries))
+        {
+            now = RecheckLocked(now, nurseries: fromNurseries);
+        }
+
         if (_recheck.Count > 0)
         {
-            if (recheck)
-            {
-                now = RecheckLocked(now);
-            }
-
-            if (_recheck.Count > 0)
-            {
-                RequestDrainBy(ReconcileDeadline(now));
-            }
+            RequestDrainBy(ReconcileDeadline(now));
         }
 
         return now;
@@ -351,10 +367,19 @@ public sealed partial class TimerWheel
     /// the process has then made its stores visible) the lock holder looks again and reconciles whatever moved.
     /// One barrier per drain that reconciled live entries, by the driver: none on the changing threads' path.
     /// </summary>
-    private long RecheckLocked(long now)
+    /// <remarks>
+    /// <paramref name="nurseries"/>: this drain took entries from nurseries, so the same barrier also closes their Dekker
+    /// (<see cref="RequestDrainForNurseriesLocked"/>).
+    /// </remarks>
+    private long RecheckLocked(long now, bool nurseries = false)
     {
         (_recheck, _recheckSpare) = (_recheckSpare, _recheck);
         Interlocked.MemoryBarrierProcessWide();
+        if (nurseries)
+        {
+            RequestDrainForNurseriesLocked(now);
+        }
+
         foreach (TimerEntry entry in _recheckSpare)
         {
             entry.Recheck(this, now);
@@ -372,7 +397,7 @@ public sealed partial class TimerWheel
         int delays = _delays.ClosePending();
 
         // Read after the pop, as in DrainPendingLocked. Everything reconciled here is removed right after: no recheck.
-        long now = ReconcilePoppedLocked(entry, _clock.GetTimestamp());
+        long now = CloseNurseriesLocked(ReconcilePoppedLocked(entry, _clock.GetTimestamp()));
         _recheck.Clear();
         ReconcileDelaysLocked(delays, now);
     }

@@ -112,15 +112,19 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
         else
         {
-            _intent = intent; // published by the push below (an interlocked operation)
+            _intent = intent; // published by the nursery's release store or the push below (an interlocked operation)
         }
 
         if (!published)
         {
             if (intent != TimerIntent.Disarmed)
             {
+                // Enqueued until its first reconcile, whether it waits in this thread's nursery or on the stack.
                 Flags = Enqueued;
-                PushOrThrow(intent, now, deadline);
+                if (!_wheel.TryAddToNursery(this, TimerIntent.IsAbsolute(intent), now, deadline))
+                {
+                    PushOrThrow(intent, now, deadline);
+                }
             }
         }
         else

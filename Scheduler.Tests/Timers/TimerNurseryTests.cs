@@ -1,0 +1,256 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>
+/// Nurseries (TimerNursery, TimerWheel.Nurseries.cs): a new timer waits for its first reconcile in a ring of its
+/// creating thread, filled with plain stores, instead of on the shared pending stack. These tests pin what that must
+/// not change: every timer is reconciled by its deadline whichever thread created it (and whether that thread still
+/// lives), a full ring is reconciled by its owner, an add nobody asked a drain for is caught by the driver's recheck,
+/// and a thread moves on from a disposed wheel.
+/// </summary>
+public sealed class TimerNurseryTests
+{
+    private static readonly TimeSpan s_tick = TimeSpan.FromMilliseconds(1);
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public void A_full_nursery_is_reconciled_by_its_owner_and_the_rest_by_the_drain()
+    {
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        const int Count = (3 * TimerNursery.Capacity) + 100;
+        var timers = new ITimer[Count];
+        for (int i = 0; i < Count; i++)
+        {
+            timers[i] = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMilliseconds(50), Timeout.InfiniteTimeSpan);
+        }
+
+        // No driver: only the owner's drains (one each time its ring was full) have linked anything so far.
+        wheel.LinkedCount.Should().Be(3 * TimerNursery.Capacity);
+        wheel.NurseryCount.Should().Be(1);
+        wheel.PendingCount.Should().Be(Count, "a drain takes the rest from the nursery");
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Timers_created_by_threads_that_exit_fire_and_the_threads_are_pruned()
+    {
+        using var wheel = new TimerWheel(s_tick);
+        const int Threads = 8;
+        int fired = 0;
+        var allFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        long createdAt = Stopwatch.GetTimestamp();
+        var threads = new Thread[Threads];
+        using var registered = new Barrier(Threads);
+        for (int t = 0; t < Threads; t++)
+        {
+            // One short absolute arm and one relative (a second or more) per thread; the thread exits at once, its
+            // timers still in its nursery: only the driver can take them in. (None exits before all have registered,
+            // or a later registration could already shed it.)
+            threads[t] = new Thread(() =>
+            {
+                wheel.CreateTimer(Fire, null, TimeSpan.FromMilliseconds(20), Timeout.InfiniteTimeSpan);
+                wheel.CreateTimer(Fire, null, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+                registered.SignalAndWait();
+            });
+            threads[t].Start();
+        }
+
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+
+        await allFired.Task.WaitAsync(s_timeout);
+        Stopwatch.GetElapsedTime(createdAt).Should().BeGreaterThanOrEqualTo(TimeSpan.FromSeconds(1));
+        wheel.NurseryCount.Should().Be(Threads, "nothing registered since the threads exited");
+
+        // The next thread to register sheds the exited ones (their rings are empty now).
+        var last = new Thread(() => wheel.CreateTimer(static _ => { }, null, Timeout.InfiniteTimeSpan, TimeSpan.Zero).Change(TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        var lastArmed = new Thread(() => wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan).Dispose());
+        last.Start();
+        last.Join();
+        wheel.NurseryCount.Should().Be(Threads, "a timer created disarmed never waits in a nursery");
+        lastArmed.Start();
+        lastArmed.Join();
+        wheel.NurseryCount.Should().Be(1);
+
+        void Fire(object? state)
+        {
+            if (Interlocked.Increment(ref fired) == 2 * Threads)
+            {
+                allFired.TrySetResult();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task An_add_that_asked_no_drain_during_the_drivers_pass_is_caught_by_its_recheck()
+    {
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        // The owner asks for a drain only when it finds its ring empty, reading the head after publishing the tail; a
+        // drain that emptied the ring meanwhile may not have reached it (x86 store buffers), so the owner asks nothing
+        // while the drain saw no new tail. The hook stands in for that owner: inside the pass, after the ring was
+        // taken, it creates a timer and drops the request the creation made.
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        var lateFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer first = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
+        ITimer? late = null;
+
+        // RunDueTimers' own reading, then the one that links the relative arm the pass took from the nursery.
+        clock.ReadsBeforeHook = 1;
+        clock.OnNextRead = () =>
+        {
+            late = wheel.CreateTimer(_ => lateFired.TrySetResult(), null, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
+            wheel.ForgetDrainRequest();
+            return clock.GetTimestamp();
+        };
+        wheel.RunDueTimers();
+        late.Should().NotBeNull("the hook ran inside the pass");
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.GetTimestamp() + StopwatchUnits.From(TimeSpan.FromMilliseconds(4)),
+            "after its barrier the pass saw the new entry and asked the driver back within the reconcile interval");
+
+        clock.Advance(TimeSpan.FromMilliseconds(4));
+        wheel.RunDueTimers();
+        clock.Advance(TimeSpan.FromSeconds(2));
+        wheel.RunDueTimers();
+        await lateFired.Task.WaitAsync(s_timeout);
+        late!.Dispose();
+    }
+
+    [Fact]
+    public async Task A_thread_whose_wheel_was_disposed_binds_its_next_wheel_and_a_second_live_wheel_takes_the_stack()
+    {
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        var first = new TimerWheel(s_tick);
+        first.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
+        first.NurseryCount.Should().Be(1);
+        first.Dispose();
+        FluentActions.Invoking(() => first.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan))
+            .Should().Throw<ObjectDisposedException>();
+
+        using var second = new TimerWheel(s_tick);
+        using var third = new TimerWheel(s_tick);
+        var secondFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thirdFired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer onSecond = second.CreateTimer(_ => secondFired.TrySetResult(), null, TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan);
+        using ITimer onThird = third.CreateTimer(_ => thirdFired.TrySetResult(), null, TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan);
+        second.NurseryCount.Should().Be(1, "the thread's nursery left the disposed wheel for the next one it used");
+        third.NurseryCount.Should().Be(0, "a thread has one nursery; other wheels take the shared stack");
+        await Task.WhenAll(secondFired.Task, thirdFired.Task).WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public void Changes_and_disposal_of_a_timer_still_in_its_nursery_are_applied_by_its_first_reconcile()
+    {
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        int fired = 0;
+        ITimer disposed = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        using ITimer moved = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        disposed.Dispose();
+        moved.Change(TimeSpan.FromMilliseconds(50), Timeout.InfiniteTimeSpan).Should().BeTrue();
+        wheel.LinkedCount.Should().Be(0, "both still wait in the nursery");
+
+        clock.Advance(TimeSpan.FromMilliseconds(10));
+        wheel.RunDueTimers();
+        wheel.LinkedCount.Should().Be(1, "the disposed timer was never linked; the moved one waits for 50 ms");
+        clock.Advance(TimeSpan.FromMilliseconds(41));
+        wheel.RunDueTimers();
+        SpinWait.SpinUntil(() => Volatile.Read(ref fired) == 1, s_timeout).Should().BeTrue();
+        Thread.Sleep(20);
+        Volatile.Read(ref fired).Should().Be(1);
+    }
+}
+
+/// <summary>
+/// Threads creating and disposing timers on one wheel while its driver drains their nurseries: every kept timer fires
+/// once and never early, no disposed one fires, whatever the interleaving of owners and driver.
+/// </summary>
+[Collection(StressGroup.Name)]
+public sealed class TimerNurseryStressTests
+{
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Timers_created_on_many_threads_fire_once_never_early_and_disposed_ones_never(int seed)
+    {
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1));
+        const int Threads = 4;
+        const int PerThread = 20_000;
+        var kept = new ConcurrentBag<(long Deadline, StrongBox<long> FiredAt)>();
+        int keptCount = 0;
+        int firedCount = 0;
+        int disposedFired = 0;
+        using var ready = new Barrier(Threads);
+        var threads = new Thread[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            var random = new Random((seed * 100) + t);
+            threads[t] = new Thread(() =>
+            {
+                ready.SignalAndWait();
+                for (int i = 0; i < PerThread; i++)
+                {
+                    if (random.Next(50) != 0)
+                    {
+                        // The timeout pattern: most timers are disposed right after they are created.
+                        wheel.CreateTimer(_ => Interlocked.Increment(ref disposedFired), null, TimeSpan.FromMilliseconds(1 + random.Next(5)), Timeout.InfiniteTimeSpan).Dispose();
+                        continue;
+                    }
+
+                    var firedAt = new StrongBox<long>(0);
+                    TimeSpan due = TimeSpan.FromMilliseconds(1 + random.Next(30));
+                    long deadline = Stopwatch.GetTimestamp() + StopwatchUnits.From(due);
+                    Interlocked.Increment(ref keptCount);
+                    kept.Add((deadline, firedAt));
+                    wheel.CreateTimer(
+                        _ =>
+                        {
+                            Interlocked.CompareExchange(ref firedAt.Value, Stopwatch.GetTimestamp(), 0).Should().Be(0, "a one-shot timer fires once");
+                            Interlocked.Increment(ref firedCount);
+                        },
+                        null,
+                        due,
+                        Timeout.InfiniteTimeSpan);
+                }
+            });
+            threads[t].Start();
+        }
+
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+
+        var waited = Stopwatch.StartNew();
+        while (Volatile.Read(ref firedCount) < Volatile.Read(ref keptCount) && waited.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(10);
+        }
+
+        Volatile.Read(ref firedCount).Should().Be(keptCount, "every kept timer fires, including those its thread left in its nursery");
+        foreach ((long deadline, StrongBox<long> firedAt) in kept)
+        {
+            firedAt.Value.Should().BeGreaterThanOrEqualTo(deadline, "a timer never fires before its deadline");
+        }
+
+        await Task.Delay(50);
+        Volatile.Read(ref disposedFired).Should().Be(0, "a timer disposed before its deadline never fires");
+        wheel.PendingCount.Should().Be(0);
+    }
+}

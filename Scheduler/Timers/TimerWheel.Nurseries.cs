@@ -1,0 +1,197 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
+namespace Scheduler.Timers;
+
+// Nurseries: where CreateTimer puts a new timer for its first reconcile, one single-producer ring per creating thread
+// (TimerNursery), instead of the shared pending-changes stack. A thread's nursery belongs to the first wheel it
+// creates a timer on, until that wheel is disposed; creations on any other wheel take the stack, as every Change and
+// Dispose does.
+public sealed partial class TimerWheel
+{
+    [ThreadStatic]
+    private static TimerNursery? t_nursery;
+
+    // Every live thread's nursery on this wheel (and those of dead threads until they are empty and pruned). Read and
+    // written under the lock.
+    private readonly List<TimerNursery> _nurseries = [];
+
+    /// <summary>Whether new timers go to nurseries (on by default). Off, every creation pushes onto the stack: for tests and A/B measurements.</summary>
+    internal bool NurseriesEnabled { get; set; } = true;
+
+    /// <summary>
+    /// Forgets the calling thread's nursery, so that its next creation binds one on the wheel it uses. For tests whose
+    /// thread may have been bound by an earlier test's wheel; that wheel's driver still drains the old nursery.
+    /// </summary>
+    internal static void UnbindThreadNursery() => t_nursery = null;
+
+    /// <summary>How many nurseries the wheel knows (threads that created timers on it and were not pruned yet). For tests.</summary>
+    internal int NurseryCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _nurseries.Count;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Adds a timer created on this thread, already marked enqueued, to the thread's nursery, and asks for the drain
+    /// its arm needs: by <paramref name="deadlineTimestamp"/> for an absolute arm (computed from
+    /// <paramref name="nowTimestamp"/>), within the reconcile interval for a relative one when the nursery was empty.
+    /// False when the thread's nursery belongs to another wheel or stays full: the caller pushes onto the stack.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryAddToNursery(TimerEntry entry, bool absolute, long nowTimestamp, long deadlineTimestamp)
+    {
+        if (!NurseriesEnabled)
+        {
+            return false;
+        }
+
+        TimerNursery? nursery = t_nursery;
+        bool wasEmpty;
+        if (nursery is null || nursery.Wheel != this || !nursery.TryAdd(entry, out wasEmpty))
+        {
+            if (!TryAddToNurserySlow(entry, out wasEmpty))
+            {
+                return false;
+            }
+        }
+
+        if (absolute)
+        {
+            RequestDrainBy(Math.Min(deadlineTimestamp, ReconcileDeadline(nowTimestamp)));
+        }
+        else if (wasEmpty)
+        {
+            RequestDrainBy(ReconcileDeadline(GetTimestamp()));
+        }
+
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TryAddToNurserySlow(TimerEntry entry, out bool wasEmpty)
+    {
+        wasEmpty = false;
+        TimerNursery? nursery = t_nursery;
+        if (nursery is null || nursery.IsClosed)
+        {
+            nursery = RegisterNursery();
+            if (nursery is null)
+            {
+                return false;
+            }
+
+            t_nursery = nursery;
+        }
+        else if (nursery.Wheel != this)
+        {
+            return false;
+        }
+        else
+        {
+            // Full: reconcile it here while its entries are still in this core's cache, if the lock is free (the
+            // driver sleeps in Monitor.Wait, which releases it). Otherwise the stack takes this one.
+            TryDrainInline();
+        }
+
+        return nursery.TryAdd(entry, out wasEmpty);
+    }
+
+    /// <summary>Creates and registers this thread's nursery on this wheel; null once the wheel is disposed.</summary>
+    private TimerNursery? RegisterNursery()
+    {
+        var nursery = new TimerNursery(this, Thread.CurrentThread);
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return null;
+            }
+
+            // A new thread is when the list can grow, so it is when the list sheds threads that have exited.
+            _nurseries.RemoveAll(static n => !n.Owner.IsAlive && !n.HasEntries);
+            _nurseries.Add(nursery);
+        }
+
+        return nursery;
+    }
+
+    /// <summary>
+    /// The driver's (or a test's) drain: takes the entries of every nursery. Returns whether it took any, in which case
+    /// the caller must recheck behind the barrier (<see cref="RecheckLocked"/>) with <c>nurseries: true</c>.
+    /// Caller holds the lock.
+    /// </summary>
+    private bool DrainNurseriesLocked(ref long now)
+    {
+        bool any = false;
+        foreach (TimerNursery nursery in _nurseries)
+        {
+            if (nursery.HasEntries)
+            {
+                nursery.DrainLocked(this, now);
+                any = true;
+                if (_recheck.Count >= RecheckLimit)
+                {
+                    now = RecheckLocked(now);
+                }
+            }
+        }
+
+        return any;
+    }
+
+    /// <summary>A user thread's inline drain: takes the entries of its own nursery only (no race with an owner to close). Caller holds the lock.</summary>
+    private bool DrainOwnNurseryLocked(long now)
+    {
+        TimerNursery? own = t_nursery;
+        if (own is null || own.Wheel != this || own.DrainLocked(this, now) == 0)
+        {
+            return false;
+        }
+
+        // As for a popped burst (ReconcilePoppedLocked): the recheck list must not grow with a stream of creations
+        // between two driver drains.
+        if (_recheck.Count >= RecheckLimit)
+        {
+            RecheckLocked(now);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// After the barrier of a drain that took entries from nurseries: an owner that added meanwhile may have seen its
+    /// ring as not empty (a head read before our store reached it) and asked nothing. The barrier made its add visible,
+    /// so any such entry shows here, and the driver comes back for it within the reconcile interval.
+    /// </summary>
+    private void RequestDrainForNurseriesLocked(long now)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
+        foreach (TimerNursery nursery in _nurseries)
+        {
+            if (nursery.HasEntries)
+            {
+                RequestDrainBy(ReconcileDeadline(now));
+                return;
+            }
+        }
+    }
+
+    /// <summary>Wheel disposal: takes every nursery's entries (they are removed with the rest) and closes them all. Caller holds the lock.</summary>
+    private long CloseNurseriesLocked(long now)
+    {
+        foreach (TimerNursery nursery in _nurseries)
+        {
+            nursery.Close();
+            nursery.DrainLocked(this, now);
+        }
+
+        _nurseries.Clear();
+        return LinkRelativeArmsLocked(now);
+    }
+}
