@@ -22,8 +22,8 @@ internal static partial class CompareCatalog
         $"(`TimerWorkloads.MeasureTimeoutPattern`, {N(TimeoutPatternPairs)} pairs per round, {N(TimeoutPatternPairsQuick)} with --quick, after a warm-up): " +
         "`new CancellationTokenSource()` + `CancelAfter(30 s)` + `Dispose()` vs ours (`wheel.CreateTimer(callback, null, 30 s, infinite)` + `Dispose()`, 1 ms tick, one wheel for the row). " +
         "A 30 s arm of ours reads no clock: its deadline is measured from the driver's reading when it takes the arm in (never early, at most ~4 ms late); `CancelAfter` reads the coarse `Environment.TickCount64`. " +
-        "Our changes are reconciled in batches: every 1,024th push reconciles the batch on the pushing thread (inside the measured time) when the wheel lock is free, " +
-        "and the driver thread reconciles whatever waits longer than 4 ms. Our arm is a plain store of the timer's intent word and one CAS to push the new timer; `Dispose` of a timer still waiting to be reconciled is a plain store.";
+        "A new timer of ours waits for its first reconcile in its thread's nursery (a 256-slot ring filled with plain stores, no atomic operation): the thread reconciles a full ring itself (inside the measured time) when the wheel lock is free, " +
+        "and the driver thread reconciles whatever waits longer than 4 ms. The arm is a plain store of the timer's intent word; `Dispose` of a timer still waiting to be reconciled is a plain store.";
 
     private static string TimerCreateCancelReusedDescription =>
         "The same pattern with one long-lived timer per side, nothing allocated per pair: `CancelAfter(30 s)` + `TryReset()` on one `CancellationTokenSource` " +
