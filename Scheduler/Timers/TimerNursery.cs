@@ -45,12 +45,12 @@ internal sealed class TimerNursery
     // Written by consumers only, under the wheel lock (Volatile.Write): the number of entries ever taken.
     private int _head;
 
-    // Set under the wheel lock when the wheel is disposed: the owner then stops using this nursery.
-    private volatile bool _closed;
+    // The wheel; null once it is disposed (Close, under the wheel lock), read by the owner without it.
+    private volatile TimerWheel? _wheel;
 
     internal TimerNursery(TimerWheel wheel, Thread owner)
     {
-        Wheel = wheel;
+        _wheel = wheel;
         Owner = owner;
     }
 
@@ -58,13 +58,13 @@ internal sealed class TimerNursery
     /// The wheel whose timers this nursery holds; null once that wheel is disposed, so that the thread's reference to
     /// its nursery no longer keeps the wheel alive (and the owner's next creation, on any wheel, binds a new one).
     /// </summary>
-    internal TimerWheel? Wheel { get; private set; }
+    internal TimerWheel? Wheel => _wheel;
 
     /// <summary>The only thread that adds to this nursery.</summary>
     internal Thread Owner { get; }
 
     /// <summary>True once the wheel has been disposed: the owner drops the nursery and binds a new one on its next creation.</summary>
-    internal bool IsClosed => _closed;
+    internal bool IsClosed => _wheel is null;
 
     /// <summary>Whether entries wait here (as far as this thread can see: a consumer's read may miss an add in flight, see the remarks).</summary>
     internal bool HasEntries => Volatile.Read(ref _tail) != Volatile.Read(ref _head);
@@ -115,11 +115,7 @@ internal sealed class TimerNursery
     }
 
     /// <summary>Marks the nursery closed and lets go of the wheel (it is being disposed). Caller holds the wheel lock.</summary>
-    internal void Close()
-    {
-        _closed = true;
-        Wheel = null;
-    }
+    internal void Close() => _wheel = null;
 
     private struct Slot
     {

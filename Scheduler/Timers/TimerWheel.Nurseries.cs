@@ -63,11 +63,11 @@ public sealed partial class TimerWheel
 
         if (absolute)
         {
-            RequestDrainBy(Math.Min(deadlineTimestamp, ReconcileDeadline(nowTimestamp)));
+            RequestReconcileOfArm(nowTimestamp, deadlineTimestamp);
         }
         else if (wasEmpty)
         {
-            RequestDrainBy(ReconcileDeadline(GetTimestamp()));
+            RequestReconcile();
         }
 
         return true;
@@ -146,7 +146,7 @@ public sealed partial class TimerWheel
     }
 
     /// <summary>A user thread's inline drain: takes the entries of its own nursery only (no race with an owner to close). Caller holds the lock.</summary>
-    private bool DrainOwnNurseryLocked(long now)
+    private bool DrainOwnNurseryLocked(ref long now)
     {
         TimerNursery? own = t_nursery;
         if (own is null || own.Wheel != this || own.DrainLocked(this, now) == 0)
@@ -158,7 +158,7 @@ public sealed partial class TimerWheel
         // between two driver drains.
         if (_recheck.Count >= RecheckLimit)
         {
-            RecheckLocked(now);
+            now = RecheckLocked(now);
         }
 
         return true;

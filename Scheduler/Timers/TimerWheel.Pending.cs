@@ -87,6 +87,13 @@ public sealed partial class TimerWheel
     private long ReconcileDeadline(long nowTimestamp) =>
         SaturatingAdd(nowTimestamp, _reconcileIntervalUnits);
 
+    /// <summary>Asks for a drain within the reconcile interval from now, for a change with no deadline of its own.</summary>
+    private void RequestReconcile() => RequestDrainBy(ReconcileDeadline(GetTimestamp()));
+
+    /// <summary>Asks for a drain by an arm's <paramref name="deadlineTimestamp"/>, computed from <paramref name="nowTimestamp"/>, and within the reconcile interval in any case.</summary>
+    private void RequestReconcileOfArm(long nowTimestamp, long deadlineTimestamp) =>
+        RequestDrainBy(Math.Min(deadlineTimestamp, ReconcileDeadline(nowTimestamp)));
+
     /// <summary>
     /// Pushes <paramref name="entry"/>, which the caller has just marked as enqueued, for a change with no deadline
     /// of its own to meet: a cancel, a disarm, or a relative arm (whose deadline is fixed when it is reconciled).
@@ -130,7 +137,7 @@ public sealed partial class TimerWheel
     {
         if (!TryDrainBatchInline() && wasEmpty)
         {
-            RequestDrainBy(ReconcileDeadline(GetTimestamp()));
+            RequestReconcile();
         }
     }
 
@@ -139,7 +146,7 @@ public sealed partial class TimerWheel
     {
         if (!TryDrainBatchInline())
         {
-            RequestDrainBy(Math.Min(deadlineTimestamp, ReconcileDeadline(nowTimestamp)));
+            RequestReconcileOfArm(nowTimestamp, deadlineTimestamp);
         }
     }
 
@@ -195,7 +202,7 @@ public sealed partial class TimerWheel
             if (!_disposed)
             {
                 // Inserting an entry due before the driver's planned wake-up pulses it (InsertLocked).
-                DrainPendingLocked(_clock.GetTimestamp(), recheck: false);
+                DrainPendingLocked(_clock.GetTimestamp(), asDriver: false);
             }
         }
         finally
@@ -255,18 +262,19 @@ public sealed partial class TimerWheel
     /// Pops every pending change (timers and delays) and every new timer waiting in a nursery, and reconciles them with
     /// the wheel. Caller holds the lock (the driver, a pusher draining a full batch, or a test or diagnostic standing in
     /// for the driver). Returns the time the changes were reconciled at: <paramref name="now"/> when there were none,
-    /// else a clock reading taken after the pop. <paramref name="recheck"/>: the caller may pay for a process-wide
-    /// barrier (~4 µs) to recheck the entries reconciled lately (see <see cref="RecheckLocked"/>); a pusher draining
-    /// inline leaves that to the driver, and of the nurseries it takes only its own thread's.
+    /// else a clock reading taken after the pop. <paramref name="asDriver"/>: the driver (or a test or diagnostic standing
+    /// in for it) resets the drain request, takes every nursery and pays for a process-wide barrier (~4 µs) to recheck
+    /// the entries reconciled lately (see <see cref="RecheckLocked"/>); a pusher draining inline leaves the request
+    /// and the recheck to the driver, and of the nurseries it takes only its own thread's.
     /// </summary>
-    private long DrainPendingLocked(long now, bool recheck = true)
+    private long DrainPendingLocked(long now, bool asDriver = true)
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
 
         // The driver resets the request before popping: a push that lands after the pop then sees the reset and asks
         // again. A pusher draining inline leaves it: it takes only its own nursery, and a request made for another
         // thread's must stand.
-        if (recheck)
+        if (asDriver)
         {
             Interlocked.Exchange(ref _drainBy, long.MaxValue);
         }
@@ -282,13 +290,13 @@ public sealed partial class TimerWheel
             ReconcileDelaysLocked(delays, now);
         }
 
-        bool fromNurseries = recheck ? DrainNurseriesLocked(ref now) : DrainOwnNurseryLocked(now);
+        bool fromNurseries = asDriver ? DrainNurseriesLocked(ref now) : DrainOwnNurseryLocked(ref now);
         if (fromNurseries)
         {
             now = LinkRelativeArmsLocked(now);
         }
 
-        if (recheck && (_recheck.Count > 0 || fromNurseries))
+        if (asDriver && (_recheck.Count > 0 || fromNurseries))
         {
             now = RecheckLocked(now, nurseries: fromNurseries);
         }
