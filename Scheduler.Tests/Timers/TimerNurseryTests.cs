@@ -208,8 +208,25 @@ public sealed class TimerNurseryStressTests
                 {
                     if (random.Next(50) != 0)
                     {
-                        // The timeout pattern: most timers are disposed right after they are created.
-                        wheel.CreateTimer(_ => Interlocked.Increment(ref disposedFired), null, TimeSpan.FromMilliseconds(1 + random.Next(5)), Timeout.InfiniteTimeSpan).Dispose();
+                        // The timeout pattern: most timers are disposed right after they are created. A thread preempted
+                        // between the two may dispose after the deadline, when firing is allowed; only a timer whose
+                        // Dispose returned before its deadline (measured before the creation, so no later than the
+                        // wheel's) must stay silent.
+                        TimeSpan shortDue = TimeSpan.FromMilliseconds(1 + random.Next(5));
+                        var disposal = new StrongBox<bool>(false);
+                        long earliestDeadline = Stopwatch.GetTimestamp() + StopwatchUnits.From(shortDue);
+                        wheel.CreateTimer(
+                            state =>
+                            {
+                                if (Volatile.Read(ref ((StrongBox<bool>)state!).Value))
+                                {
+                                    Interlocked.Increment(ref disposedFired);
+                                }
+                            },
+                            disposal,
+                            shortDue,
+                            Timeout.InfiniteTimeSpan).Dispose();
+                        Volatile.Write(ref disposal.Value, Stopwatch.GetTimestamp() < earliestDeadline);
                         continue;
                     }
 
