@@ -40,6 +40,8 @@ internal sealed class RecordingEntry : TimerEntry
 
     public TimerClock? Clock { get; init; }
 
+    internal override long DeadlineTimestamp { get; set; }
+
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 7;
 
     internal override void Fire(long token)

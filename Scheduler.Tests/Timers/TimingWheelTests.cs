@@ -6,6 +6,8 @@ public sealed class TimingWheelTests
 {
     private sealed class Entry : TimerEntry
     {
+        internal override long DeadlineTimestamp { get; set; }
+
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 0;
 
         internal override void Fire(long token)

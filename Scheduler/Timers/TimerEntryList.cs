@@ -13,7 +13,7 @@ internal static class TimerEntryList
         }
 
         head = entry;
-        entry.Slot = slot;
+        entry.Slot = (short)slot; // fewer than TimingWheel.ListCount (384) lists
     }
 
     public static void Remove(ref TimerEntry? head, TimerEntry entry)

@@ -413,6 +413,12 @@ public sealed partial class TimerWheel
     /// <summary>The closed-stack sentinel; never linked, reconciled or fired.</summary>
     private sealed class ClosedMarker : TimerEntry
     {
+        internal override long DeadlineTimestamp
+        {
+            get => throw new UnreachableException();
+            set => throw new UnreachableException();
+        }
+
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
 
         internal override void Fire(long token) => throw new UnreachableException();

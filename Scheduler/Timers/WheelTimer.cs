@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Scheduler.Timers;
 
 /// <summary>
@@ -24,29 +26,33 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // Flags (TimerEntry.Flags) holds only this bit: "on the wheel's pending stack, or about to be". Set by the one
     // writer that wins a CAS from 0 (it then pushes the entry), cleared with a plain store by the lock holder that
     // popped the entry (no one else writes it while it is set).
-    private const int Enqueued = 1;
+    private const byte Enqueued = 1;
 
+    // Every field counts: a timer allocated per timeout costs about 0.6 ns per 8 bytes (docs/timers.md), so this
+    // class holds 112 bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the
+    // deadline of a linked timer is read from _appliedIntent, and the two small fields below share a word with
+    // TimerEntry.Slot and TimerEntry.Flags.
     private readonly TimerWheel _wheel;
     private readonly TimerCallback _callback;
     private readonly object? _state;
     private readonly ExecutionContext? _context;
 
-    // Callbacks of this timer running now, and what DisposeAsync awaits until that count drops to zero (created only
-    // by a DisposeAsync that finds a callback running).
-    private int _runningCallbacks;
-    private TaskCompletionSource? _callbacksDone;
+    // The period of a periodic timer and the DisposeAsync waiter: created by the first periodic arm or by a DisposeAsync
+    // that finds a callback running, never by the timeout pattern.
+    private Extras? _extras;
 
     // 1 once Dispose has been called: final, written with a plain store (see Dispose).
-    private int _disposed;
+    private byte _disposed;
+
+    // Callbacks of this timer running now (DisposeAsync waits until the count drops to zero).
+    private int _runningCallbacks;
 
     // The intent (TimerIntent): one word that every Change writes whole, so a reader never sees half of one.
     private long _intent;
 
-    // The period of a periodic intent (Stopwatch units), written by ChangePeriodic before the word that refers to it.
-    private long _periodUnits;
-
     // The intent that the entry's place in the wheel reflects, owned by the wheel-lock holder: an expiry fires only
     // if the intent is still this word, and the recheck reconciles again any entry whose intent moved away from it.
+    // While the entry is linked this is an absolute word, whose deadline is the entry's DeadlineTimestamp.
     private long _appliedIntent;
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
@@ -164,6 +170,21 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         return true;
     }
 
+    /// <summary>
+    /// The first arm of a new one-shot timer for <paramref name="delayUnits"/>, relative (<see cref="TimerWheel.ArmsRelative"/>):
+    /// what <see cref="Change(TimeSpan, TimeSpan, bool)"/> does for it with published: false, and nothing else.
+    /// </summary>
+    internal void ArmNewRelative(long delayUnits)
+    {
+        long intent = TimerIntent.RelativeOf(delayUnits);
+        _intent = intent; // published by the nursery's release store or the push (an interlocked operation)
+        Flags = Enqueued;
+        if (!_wheel.TryAddToNursery(this, absolute: false, nowTimestamp: 0, deadlineTimestamp: 0))
+        {
+            PushOrThrow(intent, 0, 0);
+        }
+    }
+
     private void PushOrThrow(long intent, long now, long deadline)
     {
         bool pushed = TimerIntent.IsAbsolute(intent) ? _wheel.TryPushPending(this, now, deadline) : _wheel.TryPushPending(this);
@@ -174,7 +195,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     /// <summary>
-    /// Writes a periodic intent: the word refers to <see cref="_periodUnits"/>, so the two must be read together.
+    /// Writes a periodic intent: the word refers to <see cref="Extras.PeriodUnits"/>, so the two must be read together.
     /// A seqlock: writers, serialised by the wheel's PeriodicWriterLock, first replace the word with
     /// <see cref="TimerIntent.Transition"/>, then write the period, then the final word; a reader reads the word, the
     /// period and the word again and uses the pair only if the word did not move. One-shot writers need no part in it: their word does not refer to
@@ -184,16 +205,18 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     {
         if (!published)
         {
-            _periodUnits = periodUnits;
+            (_extras = new Extras()).PeriodUnits = periodUnits;
             _intent = intent;
             return;
         }
 
-        // One lock per wheel, not a field per timer: periodic changes are rare, and every timer's size counts.
+        // One lock per wheel, not a field per timer: periodic changes are rare, and every timer's size counts. The
+        // extras exist before the word that refers to them is written, so a reader that sees that word finds them.
+        Extras extras = GetOrCreateExtras();
         lock (_wheel.PeriodicWriterLock)
         {
             Interlocked.Exchange(ref _intent, TimerIntent.Transition);
-            Volatile.Write(ref _periodUnits, periodUnits);
+            Volatile.Write(ref extras.PeriodUnits, periodUnits);
             Volatile.Write(ref _intent, intent);
         }
     }
@@ -236,8 +259,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             return default;
         }
 
+        Extras extras = GetOrCreateExtras();
         var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        TaskCompletionSource waiter = Interlocked.CompareExchange(ref _callbacksDone, idle, null) ?? idle;
+        TaskCompletionSource waiter = Interlocked.CompareExchange(ref extras.CallbacksDone, idle, null) ?? idle;
         if (Volatile.Read(ref _runningCallbacks) == 0)
         {
             waiter.TrySetResult();
@@ -268,9 +292,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
         finally
         {
-            if (Interlocked.Decrement(ref _runningCallbacks) == 0)
+            if (Interlocked.Decrement(ref _runningCallbacks) == 0 && Volatile.Read(ref _extras) is { } extras)
             {
-                Volatile.Read(ref _callbacksDone)?.TrySetResult();
+                Volatile.Read(ref extras.CallbacksDone)?.TrySetResult();
             }
         }
     }
@@ -368,7 +392,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         if (periodic)
         {
             // The seqlock read (WritePeriodic): the period belongs to the word only if the word did not move.
-            long periodUnits = Volatile.Read(ref _periodUnits);
+            long periodUnits = Volatile.Read(ref Volatile.Read(ref _extras)!.PeriodUnits);
             if (Volatile.Read(ref _intent) != intent)
             {
                 return TimerIntent.NoFire;
@@ -409,10 +433,31 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
     }
 
+    /// <inheritdoc />
+    /// <remarks>Read from the applied intent, which is an absolute word whenever the entry is linked.</remarks>
+    internal override long DeadlineTimestamp
+    {
+        get => TimerIntent.DeadlineOf(_appliedIntent, _wheel.OriginTimestamp);
+        set => Debug.Assert(DeadlineTimestamp >= value, "The applied intent holds the deadline the wheel links (or a later one, past the intent's range).");
+    }
+
     internal override long OnRemovedByDispose() => 0;
 
     internal override void OnWheelDisposed(long token)
     {
         // A timer of a disposed wheel simply never fires again; Change reports the disposal.
+    }
+
+    private Extras GetOrCreateExtras() =>
+        Volatile.Read(ref _extras) ?? Interlocked.CompareExchange(ref _extras, new Extras(), null) ?? _extras!;
+
+    /// <summary>What only some timers need, kept out of every timer's allocation.</summary>
+    private sealed class Extras
+    {
+        // The period of a periodic intent (Stopwatch units), written before the word that refers to it (WritePeriodic).
+        internal long PeriodUnits;
+
+        // What DisposeAsync awaits until no callback runs any more.
+        internal TaskCompletionSource? CallbacksDone;
     }
 }
