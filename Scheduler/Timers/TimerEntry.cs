@@ -34,8 +34,8 @@ internal abstract class TimerEntry
 
     /// <summary>
     /// The list the entry is on: a wheel slot (level * 64 + slot, fewer than 400) or <see cref="NotLinked"/>. A short,
-    /// so that it, <see cref="Flags"/> and a subclass's own byte and int share one 8-byte word: every 8 bytes of a
-    /// timer cost about 0.6 ns of allocation per created timer (docs/timers.md).
+    /// so that it, <see cref="Flags"/> and a subclass's own byte and int share one 8-byte word: the timeout pattern
+    /// allocates a timer per request, so every word of it is allocated again and again (docs/timers.md).
     /// </summary>
     internal short Slot = NotLinked;
 

@@ -28,8 +28,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // popped the entry (no one else writes it while it is set).
     private const byte Enqueued = 1;
 
-    // Every field counts: a timer allocated per timeout costs about 0.6 ns per 8 bytes (docs/timers.md), so this
-    // class holds 112 bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the
+    // Every field counts: the timeout pattern allocates a timer per request (docs/timers.md), so this class holds 112
+    // bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the
     // deadline of a linked timer is read from _appliedIntent, and the two small fields below share a word with
     // TimerEntry.Slot and TimerEntry.Flags.
     private readonly TimerWheel _wheel;
