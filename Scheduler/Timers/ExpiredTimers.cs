@@ -13,76 +13,79 @@ namespace Scheduler.Timers;
 /// </remarks>
 internal sealed class ExpiredTimers
 {
-    private TimerEntry?[] _entries = new TimerEntry?[64];
-    private long[] _tokens = new long[64];
-    private int[] _delays = new int[64];
-    private int[] _generations = new int[64];
+    // Timer entries with their fire tokens, delay slot handles with their generations.
+    private Pairs<TimerEntry?, long> _entries = new(64);
+    private Pairs<int, int> _delays = new(64);
 
     /// <summary>The timer entries in the batch.</summary>
-    public int Count { get; private set; }
+    public int Count => _entries.Count;
 
     /// <summary>The delay slots in the batch.</summary>
-    public int DelayCount { get; private set; }
+    public int DelayCount => _delays.Count;
 
     /// <summary>True when the batch holds nothing.</summary>
     public bool IsEmpty => Count == 0 && DelayCount == 0;
 
-    public TimerEntry this[int index] => _entries[index]!;
+    public TimerEntry this[int index] => _entries.Items[index]!;
 
-    public void Add(TimerEntry entry)
-    {
-        if (Count == _entries.Length)
-        {
-            Array.Resize(ref _entries, Count * 2);
-            Array.Resize(ref _tokens, Count * 2);
-        }
+    /// <summary>Appends a timer entry (its token is set later, with <see cref="SetToken"/>).</summary>
+    public void Add(TimerEntry entry) => _entries.Add(entry);
 
-        _entries[Count++] = entry;
-    }
+    public long GetToken(int index) => _entries.Tokens[index];
 
-    public long GetToken(int index) => _tokens[index];
-
-    public void SetToken(int index, long token) => _tokens[index] = token;
+    public void SetToken(int index, long token) => _entries.Tokens[index] = token;
 
     /// <summary>Replaces the entry at <paramref name="index"/> with the last one (order within a batch does not matter).</summary>
-    public void RemoveAt(int index)
-    {
-        Count--;
-        _entries[index] = _entries[Count];
-        _tokens[index] = _tokens[Count];
-        _entries[Count] = null;
-    }
+    public void RemoveAt(int index) => _entries.RemoveAt(index);
 
     /// <summary>Appends a delay slot (its generation is set later, with <see cref="SetDelayGeneration"/>).</summary>
-    public void AddDelay(int handle)
-    {
-        if (DelayCount == _delays.Length)
-        {
-            Array.Resize(ref _delays, DelayCount * 2);
-            Array.Resize(ref _generations, DelayCount * 2);
-        }
+    public void AddDelay(int handle) => _delays.Add(handle);
 
-        _delays[DelayCount++] = handle;
-    }
+    public int GetDelay(int index) => _delays.Items[index];
 
-    public int GetDelay(int index) => _delays[index];
+    public int GetDelayGeneration(int index) => _delays.Tokens[index];
 
-    public int GetDelayGeneration(int index) => _generations[index];
-
-    public void SetDelayGeneration(int index, int generation) => _generations[index] = generation;
+    public void SetDelayGeneration(int index, int generation) => _delays.Tokens[index] = generation;
 
     /// <summary>Replaces the delay at <paramref name="index"/> with the last one.</summary>
-    public void RemoveDelayAt(int index)
-    {
-        DelayCount--;
-        _delays[index] = _delays[DelayCount];
-        _generations[index] = _generations[DelayCount];
-    }
+    public void RemoveDelayAt(int index) => _delays.RemoveAt(index);
 
     public void Clear()
     {
-        Array.Clear(_entries, 0, Count);
-        Count = 0;
-        DelayCount = 0;
+        _entries.Clear();
+        _delays.Clear();
+    }
+
+    /// <summary>Items with a token each, in two parallel arrays that grow together. A mutable struct: used through its field only.</summary>
+    private struct Pairs<TItem, TToken>(int capacity)
+    {
+        public TItem[] Items = new TItem[capacity];
+        public TToken[] Tokens = new TToken[capacity];
+        public int Count;
+
+        public void Add(TItem item)
+        {
+            if (Count == Items.Length)
+            {
+                Array.Resize(ref Items, Count * 2);
+                Array.Resize(ref Tokens, Count * 2);
+            }
+
+            Items[Count++] = item;
+        }
+
+        public void RemoveAt(int index)
+        {
+            Count--;
+            Items[index] = Items[Count];
+            Tokens[index] = Tokens[Count];
+            Items[Count] = default!; // lets go of an entry reference
+        }
+
+        public void Clear()
+        {
+            Array.Clear(Items, 0, Count);
+            Count = 0;
+        }
     }
 }

@@ -29,17 +29,7 @@ public sealed partial class TimerWheel
         ObjectDisposedException.ThrowIf(_disposed, this);
 
         var timer = new WheelTimer(this, callback, state);
-        if (ArmsRelative(dueTime) && (period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero))
-        {
-            // The timeout pattern's creation (a long one-shot timeout, most often disposed before it fires): the one
-            // case worth a straight path of its own, without Change's clock, period and fire-now branches.
-            timer.ArmNewRelative(ToTimestampUnits(dueTime));
-        }
-        else
-        {
-            timer.Change(dueTime, period, published: false);
-        }
-
+        timer.Change(dueTime, period, published: false);
         return timer;
     }
 
