@@ -170,6 +170,22 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         return true;
     }
 
+    /// <summary>
+    /// The first arm of a new one-shot timer for <paramref name="delayUnits"/>, relative (<see cref="TimerWheel.ArmsRelative"/>):
+    /// what <see cref="Change(TimeSpan, TimeSpan, bool)"/> does for it with published: false, and nothing else.
+    /// </summary>
+    /// <remarks>A separate method so that its code, the nursery's thread-static read included, is compiled from the creations' own profile (see <see cref="TimerWheel.CreateTimer"/>).</remarks>
+    internal void ArmNewRelative(long delayUnits)
+    {
+        long intent = TimerIntent.RelativeOf(delayUnits);
+        _intent = intent; // published by the nursery's release store or the push (an interlocked operation)
+        Flags = Enqueued;
+        if (!_wheel.TryAddToNursery(this, absolute: false, nowTimestamp: 0, deadlineTimestamp: 0))
+        {
+            PushOrThrow(intent, 0, 0);
+        }
+    }
+
     private void PushOrThrow(long intent, long now, long deadline)
     {
         bool pushed = TimerIntent.IsAbsolute(intent) ? _wheel.TryPushPending(this, now, deadline) : _wheel.TryPushPending(this);
