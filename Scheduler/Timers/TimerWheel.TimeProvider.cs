@@ -29,19 +29,11 @@ public sealed partial class TimerWheel
         ObjectDisposedException.ThrowIf(_disposed, this);
 
         var timer = new WheelTimer(this, callback, state);
-        if (ArmsRelative(dueTime) && (period == Timeout.InfiniteTimeSpan || period == TimeSpan.Zero))
+        if (dueTime != Timeout.InfiniteTimeSpan)
         {
-            // The timeout pattern's creation (a long one-shot timeout, most often disposed before it fires) has a
-            // method of its own, not Change's published: false branch, so that the JIT compiles it from its own
-            // profile. In a process that changes existing timers far more often than it creates them (CancelAfter on
-            // long-lived sources), tiered PGO marks Change's creation branch rarely run, and the JIT leaves the
-            // nursery's thread-static read there as a helper call instead of expanding it inline: a new timer per
-            // pair then cost 22-28 ns instead of 19 (docs/timers.md, "Where the row is measured matters").
-            timer.ArmNewRelative(ToTimestampUnits(dueTime));
-        }
-        else
-        {
-            timer.Change(dueTime, period, published: false);
+            // Created disarmed, a timer needs nothing more (its intent word starts Disarmed). Skipping ArmNew for it
+            // also keeps ArmNew's JIT profile to armed creations (see its remarks).
+            timer.ArmNew(dueTime, period);
         }
 
         return timer;

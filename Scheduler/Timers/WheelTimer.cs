@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 
 namespace Scheduler.Timers;
 
@@ -64,36 +65,110 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     /// <inheritdoc />
-    public bool Change(TimeSpan dueTime, TimeSpan period)
-    {
-        TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
-        TimerWheel.ValidateTimerArgument(period, nameof(period));
-        return Change(dueTime, period, published: true);
-    }
-
-    /// <summary>
-    /// <see cref="Change(TimeSpan, TimeSpan)"/> with validated arguments. <paramref name="published"/> is false for the
-    /// first arm by <see cref="TimerWheel.CreateTimer"/>: no other thread can see the timer yet, so its fields are
-    /// written plainly and the push publishes them.
-    /// </summary>
     /// <remarks>
     /// The hot path of the timeout pattern (a 30 s one-shot arm, then a disarm) is plain stores and loads: the intent
     /// word, then the Enqueued bit. Only a change that finds the entry off the pending stack pushes it (two atomic
     /// operations), which happens once per reconcile of the entry, not once per change.
     /// </remarks>
-    internal bool Change(TimeSpan dueTime, TimeSpan period, bool published)
+    public bool Change(TimeSpan dueTime, TimeSpan period)
+    {
+        TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
+        TimerWheel.ValidateTimerArgument(period, nameof(period));
+        long intent = ComputeIntent(dueTime, period, out long periodUnits, out long now, out long deadline);
+        if ((intent & TimerIntent.Periodic) != 0)
+        {
+            WritePeriodic(intent, periodUnits);
+        }
+        else
+        {
+            Volatile.Write(ref _intent, intent);
+        }
+
+        // Dekker with the reconciler, which clears Enqueued and then reads the intent: we wrote the intent and now
+        // read Enqueued. Without a fence here both may miss (the store may wait in this core's store buffer);
+        // the reconciler closes that gap with a process-wide barrier before it rechecks (TimerWheel.RecheckLocked).
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            return false;
+        }
+
+        if (_wheel.IsDisposed)
+        {
+            TimerWheel.ThrowDisposed();
+        }
+
+        if (Volatile.Read(ref Flags) == 0)
+        {
+            if (Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
+            {
+                PushOrThrow(intent, now, deadline);
+            }
+        }
+        else if (TimerIntent.IsAbsolute(intent))
+        {
+            // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
+            _wheel.RequestDrainBy(deadline);
+        }
+
+        FireNowIfDue(dueTime);
+        return true;
+    }
+
+    /// <summary>
+    /// The first arm, by <see cref="TimerWheel.CreateTimer"/> (arguments validated): no other thread can see the timer
+    /// yet, so its fields are written plainly, and the nursery's release store or the push publishes them.
+    /// </summary>
+    /// <remarks>
+    /// A method of its own rather than a branch of <see cref="Change(TimeSpan, TimeSpan)"/>, so that the JIT compiles
+    /// it from the creations' own profile. In a process that changes existing timers far more often than it creates
+    /// them (<c>CancelAfter</c> on long-lived sources), tiered PGO marked a shared method's creation branch rarely run,
+    /// and the JIT left the nursery's thread-static read there as a helper call instead of expanding it inline: a new
+    /// timer per pair cost 22–28 ns instead of 19 (docs/timers.md, "Where the row is measured matters"). For the same
+    /// reason <see cref="TimerWheel.CreateTimer"/> does not call it for a timer created disarmed (a
+    /// <c>CancellationTokenSource</c> made with a wheel and armed later by <c>CancelAfter</c>): a profile full of those
+    /// marked the nursery branch here rarely run in turn.
+    /// </remarks>
+    internal void ArmNew(TimeSpan dueTime, TimeSpan period)
+    {
+        long intent = ComputeIntent(dueTime, period, out long periodUnits, out long now, out long deadline);
+        if ((intent & TimerIntent.Periodic) != 0)
+        {
+            (_extras = new Extras()).PeriodUnits = periodUnits; // before the word that refers to it
+        }
+
+        _intent = intent;
+        if (intent != TimerIntent.Disarmed)
+        {
+            // Enqueued until its first reconcile, whether it waits in this thread's nursery or on the stack.
+            Flags = Enqueued;
+            if (!_wheel.TryAddToNursery(this, TimerIntent.IsAbsolute(intent), now, deadline))
+            {
+                PushOrThrow(intent, now, deadline);
+            }
+        }
+
+        FireNowIfDue(dueTime);
+    }
+
+    /// <summary>
+    /// The intent word for an arm (<see cref="TimerIntent"/>), with the <see cref="TimerIntent.Periodic"/> bit for a
+    /// periodic one; <paramref name="nowTimestamp"/> and <paramref name="deadlineTimestamp"/> are set for an absolute arm.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private long ComputeIntent(TimeSpan dueTime, TimeSpan period, out long periodUnits, out long nowTimestamp, out long deadlineTimestamp)
     {
         bool periodic = period != Timeout.InfiniteTimeSpan && period != TimeSpan.Zero;
-        long periodUnits = periodic ? Math.Max(1, _wheel.ToTimestampUnits(period)) : 0;
+        periodUnits = periodic ? Math.Max(1, _wheel.ToTimestampUnits(period)) : 0;
         bool fireNow = dueTime == TimeSpan.Zero;
-        long now = 0;
-        long deadline = 0;
-        long intent;
+        nowTimestamp = 0;
+        deadlineTimestamp = 0;
         if (dueTime == Timeout.InfiniteTimeSpan || (fireNow && !periodic))
         {
-            intent = TimerIntent.Disarmed;
+            return TimerIntent.Disarmed;
         }
-        else if (!fireNow && _wheel.ArmsRelative(dueTime))
+
+        long intent;
+        if (!fireNow && _wheel.ArmsRelative(dueTime))
         {
             // A long timeout: no clock read here (it would be most of the cost of an arm). The reconciler measures
             // the delay from a clock reading it takes after reading this word, so the timer is never early and at
@@ -102,87 +177,20 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
         else
         {
-            // A periodic timer due now fires at once (below) and then every period, measured from here.
-            now = _wheel.GetTimestamp();
-            deadline = fireNow ? TimerWheel.SaturatingAdd(now, periodUnits) : _wheel.DeadlineAfter(now, dueTime);
-            intent = TimerIntent.AbsoluteOf(deadline, _wheel.OriginTimestamp);
+            // A periodic timer due now fires at once (FireNowIfDue) and then every period, measured from here.
+            nowTimestamp = _wheel.GetTimestamp();
+            deadlineTimestamp = fireNow ? TimerWheel.SaturatingAdd(nowTimestamp, periodUnits) : _wheel.DeadlineAfter(nowTimestamp, dueTime);
+            intent = TimerIntent.AbsoluteOf(deadlineTimestamp, _wheel.OriginTimestamp);
         }
 
-        if (periodic && intent != TimerIntent.Disarmed)
-        {
-            WritePeriodic(intent | TimerIntent.Periodic, periodUnits, published);
-        }
-        else if (published)
-        {
-            Volatile.Write(ref _intent, intent);
-        }
-        else
-        {
-            _intent = intent; // published by the nursery's release store or the push below (an interlocked operation)
-        }
-
-        if (!published)
-        {
-            if (intent != TimerIntent.Disarmed)
-            {
-                // Enqueued until its first reconcile, whether it waits in this thread's nursery or on the stack.
-                Flags = Enqueued;
-                if (!_wheel.TryAddToNursery(this, TimerIntent.IsAbsolute(intent), now, deadline))
-                {
-                    PushOrThrow(intent, now, deadline);
-                }
-            }
-        }
-        else
-        {
-            // Dekker with the reconciler, which clears Enqueued and then reads the intent: we wrote the intent and now
-            // read Enqueued. Without a fence here both may miss (the store may wait in this core's store buffer);
-            // the reconciler closes that gap with a process-wide barrier before it rechecks (TimerWheel.RecheckLocked).
-            if (Volatile.Read(ref _disposed) != 0)
-            {
-                return false;
-            }
-
-            if (_wheel.IsDisposed)
-            {
-                TimerWheel.ThrowDisposed();
-            }
-
-            if (Volatile.Read(ref Flags) == 0)
-            {
-                if (Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
-                {
-                    PushOrThrow(intent, now, deadline);
-                }
-            }
-            else if (TimerIntent.IsAbsolute(intent))
-            {
-                // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
-                _wheel.RequestDrainBy(deadline);
-            }
-        }
-
-        if (fireNow)
-        {
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
-        }
-
-        return true;
+        return periodic ? intent | TimerIntent.Periodic : intent;
     }
 
-    /// <summary>
-    /// The first arm of a new one-shot timer for <paramref name="delayUnits"/>, relative (<see cref="TimerWheel.ArmsRelative"/>):
-    /// what <see cref="Change(TimeSpan, TimeSpan, bool)"/> does for it with published: false, and nothing else.
-    /// </summary>
-    /// <remarks>A separate method so that its code, the nursery's thread-static read included, is compiled from the creations' own profile (see <see cref="TimerWheel.CreateTimer"/>).</remarks>
-    internal void ArmNewRelative(long delayUnits)
+    private void FireNowIfDue(TimeSpan dueTime)
     {
-        long intent = TimerIntent.RelativeOf(delayUnits);
-        _intent = intent; // published by the nursery's release store or the push (an interlocked operation)
-        Flags = Enqueued;
-        if (!_wheel.TryAddToNursery(this, absolute: false, nowTimestamp: 0, deadlineTimestamp: 0))
+        if (dueTime == TimeSpan.Zero)
         {
-            PushOrThrow(intent, 0, 0);
+            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
     }
 
@@ -202,15 +210,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// period and the word again and uses the pair only if the word did not move. One-shot writers need no part in it: their word does not refer to
     /// the period, and whichever final word lands last is the intent.
     /// </summary>
-    private void WritePeriodic(long intent, long periodUnits, bool published)
+    private void WritePeriodic(long intent, long periodUnits)
     {
-        if (!published)
-        {
-            (_extras = new Extras()).PeriodUnits = periodUnits;
-            _intent = intent;
-            return;
-        }
-
         // One lock per wheel, not a field per timer: periodic changes are rare, and every timer's size counts. The
         // extras exist before the word that refers to them is written, so a reader that sees that word finds them.
         Extras extras = GetOrCreateExtras();
