@@ -13,6 +13,6 @@ internal sealed class WorkStealingPipeScheduler(WorkStealingTaskScheduler schedu
         ArgumentNullException.ThrowIfNull(action);
         // Pipes schedule reader/writer continuations here; throwing after Dispose would corrupt the pipe,
         // so late callbacks still run (on a worker while any is alive, else on the ThreadPool).
-        scheduler.Enqueue(new WorkItem(action, state));
+        scheduler.Enqueue(WorkItem.ForCallback(action, state));
     }
 }

@@ -26,7 +26,7 @@ internal sealed class WorkStealingSynchronizationContext(WorkStealingTaskSchedul
     public override void Post(SendOrPostCallback d, object? state)
     {
         ArgumentNullException.ThrowIfNull(d);
-        var item = new WorkItem(d, state);
+        var item = WorkItem.ForCallback(d, state);
         if (IsYield(d))
         {
             scheduler.EnqueuePosted(item);

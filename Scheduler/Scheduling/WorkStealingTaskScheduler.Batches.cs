@@ -45,7 +45,7 @@ public sealed partial class WorkStealingTaskScheduler
     internal void EnqueueBatch(WorkItemBatch batch)
     {
         Interlocked.Add(ref _globalBatchSurplus, batch.Count - 1);
-        EnqueueGlobal(new WorkItem(batch));
+        EnqueueGlobal(WorkItem.ForBatch(batch));
     }
 
     /// <summary>Called by the worker that dequeued <paramref name="batch"/> from the global queue.</summary>

@@ -149,17 +149,17 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         {
             // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException.
             ThrowIfDisposedForOutsideProducer();
-            EnqueueGlobal(new WorkItem(task));
+            EnqueueGlobal(WorkItem.ForTask(task));
         }
         else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
         {
             // Task.Yield and fairness-minded callers go to the back of a FIFO line, or yield loops starve others:
             // this worker's inbox, which it serves after its local work (and peers drain while it is busy).
-            worker.PostToInbox(new WorkItem(task));
+            worker.PostToInbox(WorkItem.ForTask(task));
         }
         else
         {
-            worker.PushLocal(new WorkItem(task));
+            worker.PushLocal(WorkItem.ForTask(task));
         }
     }
 
@@ -244,7 +244,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     }
 
     /// <summary>Queues a pooled work item (a waker) to the calling worker, or to the global queue from elsewhere. Never throws for disposal: work in flight is never dropped.</summary>
-    internal void Enqueue(IThreadPoolWorkItem workItem) => Enqueue(new WorkItem(workItem));
+    internal void Enqueue(IThreadPoolWorkItem workItem) => Enqueue(WorkItem.ForThreadPoolWorkItem(workItem));
 
     /// <summary>
     /// Queues <paramref name="workItem"/> to a specific worker: into its LIFO slot when called on that worker,
@@ -254,7 +254,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     {
         ArgumentNullException.ThrowIfNull(workItem);
         Worker target = _workers[workerIndex];
-        var item = new WorkItem(workItem);
+        var item = WorkItem.ForThreadPoolWorkItem(workItem);
         if (t_currentWorker == target)
         {
             target.PushLocal(item);
@@ -326,18 +326,30 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     internal bool RunWorkItem(in WorkItem item)
     {
+        // The tagged kinds first (a compare each, no cast helper), then the untagged ones.
+        if (item.AsTask is { } task)
+        {
+            return TryExecuteTask(task);
+        }
+
+        if (item.AsThreadPoolWorkItem is { } pooled)
+        {
+            pooled.Execute();
+            return true;
+        }
+
         switch (item.Target)
         {
-            case Task task:
-                return TryExecuteTask(task);
-            case IThreadPoolWorkItem workItem:
-                workItem.Execute();
-                return true;
             case Action<object?> action:
                 action(item.State);
                 return true;
             case SendOrPostCallback callback:
                 callback(item.State);
+                return true;
+            case Task untaggedTask:
+                return TryExecuteTask(untaggedTask);
+            case IThreadPoolWorkItem untaggedWorkItem:
+                untaggedWorkItem.Execute();
                 return true;
             default:
                 return false;
