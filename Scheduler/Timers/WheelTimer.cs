@@ -186,13 +186,19 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         return periodic ? intent | TimerIntent.Periodic : intent;
     }
 
+    // The test inline (every arm passes here), the queueing out of line: as a call of its own the test cost the
+    // timeout pattern a call and a return per creation (3.5 % of its profile).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void FireNowIfDue(TimeSpan dueTime)
     {
         if (dueTime == TimeSpan.Zero)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            FireNow();
         }
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FireNow() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
 
     private void PushOrThrow(long intent, long now, long deadline)
     {
