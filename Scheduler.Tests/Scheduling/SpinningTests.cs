@@ -7,17 +7,17 @@ namespace Scheduler.Tests.Scheduling;
 public sealed class SpinningTests
 {
     [Theory]
-    [InlineData(0, 5, 10)]
-    [InlineData(10, 5, 20)]
-    [InlineData(640, 5, 1000)]
-    [InlineData(1000, 999, 1000)]
-    [InlineData(1000, 1000, 10)]
-    [InlineData(80, 5_000, 10)]
-    public void Suppression_doubles_from_ten_milliseconds_to_a_second_and_resets_after_a_quiet_second(long previousMs, long sinceLastMs, long expectedMs)
+    [InlineData(0, true, 0)]
+    [InlineData(640, true, 0)]
+    [InlineData(0, false, 10)]
+    [InlineData(10, false, 20)]
+    [InlineData(640, false, 1000)]
+    [InlineData(1000, false, 1000)]
+    public void An_isolated_cut_pauses_nothing_and_close_cuts_double_the_pause_from_ten_milliseconds_to_a_second(long previousMs, bool isolated, long expectedMs)
     {
         static long Units(long ms) => ms * Stopwatch.Frequency / 1000;
 
-        WorkStealingTaskScheduler.NextSpinSuppression(Units(previousMs), Units(sinceLastMs)).Should().Be(Units(expectedMs));
+        WorkStealingTaskScheduler.NextSpinSuppression(Units(previousMs), isolated).Should().Be(Units(expectedMs));
     }
 
     [Fact]

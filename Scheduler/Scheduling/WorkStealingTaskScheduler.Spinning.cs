@@ -12,23 +12,30 @@ namespace Scheduler;
 // 3.7 ms per round trip, 13× slower than System.Net.Sockets on the ThreadPool; with no spinning at all, 150 µs.
 //
 // So the worker watches its own spin: 64 polls take ~13 µs, and when a stretch of 64 took over half a millisecond
-// the worker was not on a CPU for most of it. It then stops spinning and parks, and skips spinning for a while:
-// 10 ms after an isolated preemption, doubling up to a second while preemptions keep coming (a spell that is cut
-// short again less than a second after the previous one), back to 10 ms after a quiet second. A garbage collection
-// that suspends the worker mid-spin looks the same; the only cost is one spell parked early.
+// the worker was not on a CPU for most of it. It then stops spinning and parks. One such preemption says little: on a
+// shared machine another process's thread, an interrupt or a garbage collection takes a CPU now and then. Contention
+// is when they keep coming: a spell cut short again before the worker has spun 20 ms in all (or within a second)
+// since the previous one. Only then does the worker skip spinning for a while: 10 ms, doubling up to a second while
+// the cuts keep coming that close. (Skipping 10 ms after every cut, as before, made the busy-gap wake-latency probe
+// park for hundreds of samples in a row after a single preemption by another tenant of the machine: its p99 was a
+// parked wake-up, 25-40 µs, against the ThreadPool's 2-5.)
 public sealed partial class WorkStealingTaskScheduler
 {
     /// <summary>How many spin spells each worker cut short because it had been preempted. For tests and diagnostics.</summary>
     internal long[] SpinsCutShortPerWorker => [.. _workers.Select(w => Volatile.Read(ref w.SpinsCutShort))];
 
     /// <summary>
-    /// How long a worker skips spinning after a spell cut short by preemption: 10 ms after a quiet second (no such
-    /// spell in the last second), else twice the previous pause, up to a second. Stopwatch units.
+    /// How long a worker skips spinning after a spell cut short by preemption: nothing after an isolated cut, else 10 ms
+    /// after the first of a run of close cuts and twice the previous pause for each further one, up to a second.
+    /// Stopwatch units.
     /// </summary>
-    internal static long NextSpinSuppression(long previous, long sinceLastPreemption) =>
-        sinceLastPreemption >= Stopwatch.Frequency ? MinSpinSuppression : Math.Clamp(previous * 2, MinSpinSuppression, Stopwatch.Frequency);
+    internal static long NextSpinSuppression(long previous, bool isolated) =>
+        isolated ? 0 : Math.Clamp(previous * 2, MinSpinSuppression, Stopwatch.Frequency);
 
     private static long MinSpinSuppression => Stopwatch.Frequency / 100;
+
+    // A cut is isolated when the worker spun this long in all since the previous cut, or a second has passed since its pause.
+    private static long IsolatedCutSpin => Stopwatch.Frequency / 50;
 
     internal sealed partial class Worker
     {
@@ -40,11 +47,13 @@ public sealed partial class WorkStealingTaskScheduler
         // A stretch of CheckEvery + 1 polls takes ~13 µs; one that took this long was mostly off the CPU.
         private static readonly long s_preemptedStretch = Stopwatch.Frequency / 2000;
 
-        // Until when this worker parks without spinning, the current length of that pause, and when a spell was last
-        // cut short (Stopwatch timestamps and units; owner thread only).
+        // Until when this worker parks without spinning (the moment of the last cut when that one was isolated) and the
+        // current length of that pause (Stopwatch timestamp and units; owner thread only).
         private long _spinSuppressedUntil;
         private long _spinSuppression;
-        private long _lastPreemption = long.MinValue / 2;
+
+        // Time spent spinning (whole stretches that were not cut) since the last cut, in Stopwatch units.
+        private long _spinSinceCut = long.MaxValue / 2;
 
         /// <summary>Spin spells this worker cut short because it had been preempted.</summary>
         internal long SpinsCutShort;
@@ -92,6 +101,7 @@ public sealed partial class WorkStealingTaskScheduler
 
                     // The stretch includes the yield: a yield that let another thread run for long is caught next time.
                     // None at the end of the spell, which parks next.
+                    _spinSinceCut += now - stretchStart;
                     stretchStart = now;
                     if (i + 1 < _spinIterations)
                     {
@@ -105,8 +115,10 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void OnPreemptedWhileSpinning(long now)
         {
-            _spinSuppression = NextSpinSuppression(_spinSuppression, now - _lastPreemption);
-            _lastPreemption = now;
+            // A second counts from the end of the previous pause: one of a second must not make the next cut look isolated.
+            bool isolated = _spinSinceCut >= IsolatedCutSpin || now - _spinSuppressedUntil >= Stopwatch.Frequency;
+            _spinSuppression = NextSpinSuppression(_spinSuppression, isolated);
+            _spinSinceCut = 0;
             _spinSuppressedUntil = now + _spinSuppression;
             Volatile.Write(ref SpinsCutShort, SpinsCutShort + 1);
         }
