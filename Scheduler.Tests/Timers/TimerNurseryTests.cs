@@ -270,4 +270,72 @@ public sealed class TimerNurseryStressTests
         Volatile.Read(ref disposedFired).Should().Be(0, "a timer disposed before its deadline never fires");
         wheel.PendingCount.Should().Be(0);
     }
+
+    /// <summary>
+    /// Wheel disposal closes every nursery under the lock while their owners may be adding to them without it. A
+    /// creation racing the disposal either returns a timer or throws ObjectDisposedException; once Dispose returned,
+    /// nothing fires any more (beyond callbacks already handed to the ThreadPool); and every creating thread then binds
+    /// a nursery on its next wheel, whose timer fires.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Creations_racing_the_wheels_disposal_fail_cleanly_and_nothing_fires_after_it(int seed)
+    {
+        const int Threads = 4;
+        var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1));
+        using var next = new TimerWheel(TimeSpan.FromMilliseconds(1));
+        int fired = 0;
+        int created = 0;
+        var unexpected = new ConcurrentQueue<Exception>();
+        using var firedOnNext = new CountdownEvent(Threads);
+        using var ready = new Barrier(Threads + 1);
+        var threads = new Thread[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            var random = new Random((seed * 100) + t);
+            threads[t] = new Thread(() =>
+            {
+                ready.SignalAndWait();
+                while (true)
+                {
+                    try
+                    {
+                        wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(1 + random.Next(3)), Timeout.InfiniteTimeSpan);
+                        Interlocked.Increment(ref created);
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        break;
+                    }
+                    catch (Exception exception)
+                    {
+                        unexpected.Enqueue(exception);
+                        break;
+                    }
+                }
+
+                next.CreateTimer(_ => firedOnNext.Signal(), null, TimeSpan.FromMilliseconds(2), Timeout.InfiniteTimeSpan);
+            });
+            threads[t].Start();
+        }
+
+        ready.SignalAndWait();
+        Thread.Sleep(new Random(seed).Next(5, 30));
+        wheel.Dispose();
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+
+        unexpected.Should().BeEmpty();
+        Volatile.Read(ref created).Should().BePositive();
+        firedOnNext.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue("each thread's creation on the next wheel fires");
+
+        await Task.Delay(20); // callbacks queued to the ThreadPool before the disposal may still run
+        int afterDispose = Volatile.Read(ref fired);
+        await Task.Delay(100);
+        Volatile.Read(ref fired).Should().Be(afterDispose, "a disposed wheel fires nothing");
+    }
 }

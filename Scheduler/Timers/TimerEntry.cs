@@ -89,7 +89,7 @@ internal abstract class TimerEntry
     /// <summary>Tells a pending entry, outside the lock, that its wheel was disposed.</summary>
     internal abstract void OnWheelDisposed(long token);
 
-    // The three methods above are the pending stack's; an entry that is never pushed (a sentinel, a test's entry
-    // scheduled directly under the lock) keeps these defaults.
+    // Reconcile, LinkRelative and Recheck serve the pending stack; an entry that is never pushed (a sentinel, a test's
+    // entry scheduled directly under the lock) keeps their throwing defaults.
     private static UnreachableException NotPushable() => new("This entry is never pushed onto the pending-changes stack.");
 }
