@@ -2,8 +2,9 @@ using System.Diagnostics;
 
 namespace Scheduler;
 
-// An idle worker spins (polls its queues) for ~60 µs before it parks: work that arrives meanwhile is picked up within
-// a fraction of a microsecond instead of after a futex wake-up. That only pays while the worker has a CPU to itself.
+// An idle worker spins (polls its queues) for ~100-120 µs before it parks: work that arrives meanwhile is picked up
+// within a fraction of a microsecond instead of after a futex wake-up (the ThreadPool spins 200-300 µs; a spell of
+// ~60 µs, as before, parked for a tenth of the busy-gap probe's completions, 0-50 µs after the await: docs/scheduling.md). That only pays while the worker has a CPU to itself.
 // When other threads want the CPUs (another process, more runnable threads than cores), a spinning worker is a
 // runnable thread the kernel preempts and then serves in turn: work that arrives for it waits for the time slice of
 // whoever runs instead, milliseconds, while a parked worker would have been woken at once (the kernel favours a
@@ -74,7 +75,7 @@ public sealed partial class WorkStealingTaskScheduler
 
             // Poll every queue with a short pause in between (Thread.SpinWait(4): ~0.2 µs on the 2-core test machine),
             // so work that arrives while we spin is picked up within a fraction of a microsecond; with the default
-            // 256 polls the whole spell lasts ~60 µs. (Polls 2.7 µs apart, as before, made that the typical pick-up
+            // 512 polls the whole spell lasts ~100-120 µs. (Polls 2.7 µs apart, as before, made that the typical pick-up
             // delay: the ThreadPool's spinning workers answered in 0.5 µs.) Now and then the CPU is yielded: a thread
             // that shares this core (the one that will produce our next work, often) runs.
             for (int i = 0; i < _spinIterations; i++)
