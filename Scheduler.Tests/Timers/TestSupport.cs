@@ -42,6 +42,8 @@ internal sealed class RecordingEntry : TimerEntry
 
     internal override long DeadlineTimestamp { get; set; }
 
+    internal override long DueTick { get; set; }
+
     internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 7;
 
     internal override void Fire(long token)

@@ -79,6 +79,73 @@ public sealed class TimerWheelClockTests
         runs.Should().BeLessThan(3000 * 7, "each entry costs at most one wake per level plus its expiry");
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Wheel_timers_across_every_level_fire_once_never_early_and_at_most_one_tick_late(int seed)
+    {
+        // The same walk with the ITimers of CreateTimer, which keep no due tick of their own (they compute it from
+        // their deadline, and the wheel clamps it when it links them): every level, every cascade.
+        var random = new Random(seed);
+        var clock = new ManualClock();
+        TimeSpan tick = TimeSpan.FromMilliseconds(1);
+        using var wheel = new TimerWheel(tick, clock, startDriver: false);
+        long start = clock.Now;
+        const int Count = 400;
+        var firedAt = new long[Count];
+        var fireCounts = new int[Count];
+        var deadlines = new long[Count];
+        var timers = new ITimer[Count];
+        for (int i = 0; i < Count; i++)
+        {
+            // 1 ms to ~49 days (the longest due time an ITimer takes): levels 0 to 5 of 64-slot levels at 1 ms.
+            TimeSpan due = TimeSpan.FromMilliseconds(Math.Floor(Math.Pow(2, random.NextDouble() * 31.9)));
+            deadlines[i] = start + Units(due);
+            int index = i;
+            timers[i] = wheel.CreateTimer(
+                _ =>
+                {
+                    Volatile.Write(ref firedAt[index], clock.Now);
+                    Interlocked.Increment(ref fireCounts[index]);
+                },
+                null,
+                due,
+                Timeout.InfiniteTimeSpan);
+        }
+
+        int runs = 0;
+        wheel.RunDueTimers();
+        while (wheel.PendingCount > 0)
+        {
+            wheel.TryGetNextWakeTimestamp(out long next).Should().BeTrue();
+            if (next > clock.Now)
+            {
+                clock.AdvanceUnits(next - clock.Now);
+            }
+
+            wheel.RunDueTimers();
+            runs++;
+
+            // Callbacks run on the ThreadPool: let every one that is due by now record the clock before it moves on.
+            int due = deadlines.Count(d => d <= clock.Now);
+            SpinWait.SpinUntil(() => fireCounts.Sum() >= due, TimeSpan.FromSeconds(10)).Should().BeTrue("every due timer's callback runs");
+        }
+
+        long tickUnits = Units(tick);
+        for (int i = 0; i < Count; i++)
+        {
+            fireCounts[i].Should().Be(1);
+            firedAt[i].Should().BeGreaterThanOrEqualTo(deadlines[i], "never early");
+            (firedAt[i] - deadlines[i]).Should().BeLessThanOrEqualTo(tickUnits, "at most one tick late when the driver wakes on time");
+        }
+
+        runs.Should().BeLessThan(Count * 7, "each timer costs at most one wake per level plus its expiry");
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
     [Fact]
     public void Cancel_unlinks_and_the_entry_never_fires()
     {

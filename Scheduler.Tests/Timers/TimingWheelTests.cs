@@ -8,6 +8,8 @@ public sealed class TimingWheelTests
     {
         internal override long DeadlineTimestamp { get; set; }
 
+        internal override long DueTick { get; set; }
+
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => 0;
 
         internal override void Fire(long token)

@@ -29,8 +29,14 @@ internal abstract class TimerEntry
     /// </summary>
     internal TimerEntry? PendingNext;
 
-    /// <summary>The first wheel tick at whose start the deadline has passed (the deadline rounded up to a tick).</summary>
-    internal long DueTick;
+    /// <summary>
+    /// The first wheel tick at whose start the deadline has passed (the deadline rounded up to a tick), or any earlier
+    /// tick once that one has passed: the wheel links the entry at the later of this and its next tick
+    /// (<see cref="TimingWheel.Insert"/>), and an entry whose slot comes with this at or before the slot's start is due.
+    /// Abstract for the reason given at <see cref="DeadlineTimestamp"/>: a <see cref="WheelTimer"/> computes it from its
+    /// deadline rather than spend 8 bytes of every timer on it.
+    /// </summary>
+    internal abstract long DueTick { get; set; }
 
     /// <summary>
     /// The list the entry is on: a wheel slot (level * 64 + slot, fewer than 400) or <see cref="NotLinked"/>. A short,

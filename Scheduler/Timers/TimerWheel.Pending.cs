@@ -419,6 +419,12 @@ public sealed partial class TimerWheel
             set => throw new UnreachableException();
         }
 
+        internal override long DueTick
+        {
+            get => throw new UnreachableException();
+            set => throw new UnreachableException();
+        }
+
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
 
         internal override void Fire(long token) => throw new UnreachableException();

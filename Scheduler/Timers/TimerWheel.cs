@@ -153,9 +153,10 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
     {
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         entry.DeadlineTimestamp = deadlineTimestamp;
-        entry.DueTick = _wheel.PrepareInsert(DueTickOf(deadlineTimestamp), TickOf(nowTimestamp));
+        long dueTick = _wheel.PrepareInsert(DueTickOf(deadlineTimestamp), TickOf(nowTimestamp));
+        entry.DueTick = dueTick;
         _wheel.Insert(entry);
-        WakeDriverIfEarlierLocked(entry.DueTick);
+        WakeDriverIfEarlierLocked(dueTick);
     }
 
     /// <summary>Unlinks <paramref name="entry"/> if it is linked. O(1). Caller holds the lock.</summary>

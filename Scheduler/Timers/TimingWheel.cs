@@ -8,11 +8,14 @@ internal sealed class TimingWheel : HierarchicalWheel
 {
     private readonly TimerEntry?[] _slots = new TimerEntry?[ListCount];
 
-    /// <summary>Links <paramref name="entry"/> by its <see cref="TimerEntry.DueTick"/>, which must be after <see cref="HierarchicalWheel.Elapsed"/>.</summary>
+    /// <summary>
+    /// Links <paramref name="entry"/> by its <see cref="TimerEntry.DueTick"/>, or at the next tick when that has passed
+    /// (an entry that computes its due tick from its deadline does not remember the clamp).
+    /// </summary>
     public void Insert(TimerEntry entry)
     {
         System.Diagnostics.Debug.Assert(!entry.IsLinked, "An entry is in at most one list.");
-        int index = AddToList(entry.DueTick);
+        int index = AddToList(Math.Max(entry.DueTick, Elapsed + 1));
         TimerEntryList.AddFirst(ref _slots[index], entry, index);
     }
 
@@ -42,13 +45,15 @@ internal sealed class TimingWheel : HierarchicalWheel
                 entry.Prev = null;
                 entry.Slot = TimerEntry.NotLinked;
                 TakenFromList();
-                if (entry.DueTick <= start)
+                long dueTick = entry.DueTick;
+                if (dueTick <= start)
                 {
                     expired.Add(entry);
                 }
                 else
                 {
-                    Insert(entry);
+                    int list = AddToList(dueTick);
+                    TimerEntryList.AddFirst(ref _slots[list], entry, list);
                 }
 
                 entry = next;

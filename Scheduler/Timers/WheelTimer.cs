@@ -29,9 +29,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // popped the entry (no one else writes it while it is set).
     private const byte Enqueued = 1;
 
-    // Every field counts: the timeout pattern allocates a timer per request (docs/timers.md), so this class holds 112
-    // bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the
-    // deadline of a linked timer is read from _appliedIntent, and the two small fields below share a word with
+    // Every field counts: the timeout pattern allocates a timer per request (docs/timers.md), so this class holds 104
+    // bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the deadline and the
+    // due tick of a linked timer are computed from _appliedIntent, and the two small fields below share a word with
     // TimerEntry.Slot and TimerEntry.Flags.
     private readonly TimerWheel _wheel;
     private readonly TimerCallback _callback;
@@ -447,6 +447,17 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     {
         get => TimerIntent.DeadlineOf(_appliedIntent, _wheel.OriginTimestamp);
         set => Debug.Assert(DeadlineTimestamp >= value, "The applied intent holds the deadline the wheel links (or a later one, past the intent's range).");
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Computed from the deadline, rounded up to a tick; what the wheel sets is that or a later tick (the next one, for
+    /// a deadline already past), and the wheel clamps again whenever it links the entry.
+    /// </remarks>
+    internal override long DueTick
+    {
+        get => _wheel.DueTickOf(DeadlineTimestamp);
+        set => Debug.Assert(value >= DueTick, "The wheel links an entry at its due tick or later, never earlier.");
     }
 
     internal override long OnRemovedByDispose() => 0;
