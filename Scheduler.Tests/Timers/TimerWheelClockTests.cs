@@ -55,19 +55,7 @@ public sealed class TimerWheelClockTests
         }
 
         long tickUnits = Units(tick);
-        int runs = 0;
-        while (wheel.PendingCount > 0)
-        {
-            // Jump like the driver does: to the start of the next occupied slot (cascades included).
-            wheel.TryGetNextWakeTimestamp(out long next).Should().BeTrue();
-            if (next > clock.Now)
-            {
-                clock.AdvanceUnits(next - clock.Now);
-            }
-
-            wheel.RunDueTimers();
-            runs++;
-        }
+        int runs = RunUntilEmpty(wheel, clock);
 
         foreach ((RecordingEntry entry, long deadline) in entries)
         {
@@ -113,23 +101,13 @@ public sealed class TimerWheelClockTests
                 Timeout.InfiniteTimeSpan);
         }
 
-        int runs = 0;
         wheel.RunDueTimers();
-        while (wheel.PendingCount > 0)
+        int runs = RunUntilEmpty(wheel, clock, () =>
         {
-            wheel.TryGetNextWakeTimestamp(out long next).Should().BeTrue();
-            if (next > clock.Now)
-            {
-                clock.AdvanceUnits(next - clock.Now);
-            }
-
-            wheel.RunDueTimers();
-            runs++;
-
             // Callbacks run on the ThreadPool: let every one that is due by now record the clock before it moves on.
             int due = deadlines.Count(d => d <= clock.Now);
             SpinWait.SpinUntil(() => fireCounts.Sum() >= due, TimeSpan.FromSeconds(10)).Should().BeTrue("every due timer's callback runs");
-        }
+        });
 
         long tickUnits = Units(tick);
         for (int i = 0; i < Count; i++)
@@ -144,6 +122,29 @@ public sealed class TimerWheelClockTests
         {
             timer.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Moves the clock the way the driver does, to the start of the next occupied slot (cascades included), and runs
+    /// what is due, until nothing is pending; <paramref name="afterEachRun"/> is called after every run. Returns the runs.
+    /// </summary>
+    private static int RunUntilEmpty(TimerWheel wheel, ManualClock clock, Action? afterEachRun = null)
+    {
+        int runs = 0;
+        while (wheel.PendingCount > 0)
+        {
+            wheel.TryGetNextWakeTimestamp(out long next).Should().BeTrue();
+            if (next > clock.Now)
+            {
+                clock.AdvanceUnits(next - clock.Now);
+            }
+
+            wheel.RunDueTimers();
+            runs++;
+            afterEachRun?.Invoke();
+        }
+
+        return runs;
     }
 
     [Fact]
