@@ -48,15 +48,15 @@ public sealed class TimingWheelTests
         var wheel = new TimingWheel();
         wheel.TryGetNextExpiration(out _).Should().BeFalse();
 
-        wheel.Insert(At(5000));
+        wheel.Insert(At(5000), 5000);
         wheel.TryGetNextExpiration(out long tick).Should().BeTrue();
         tick.Should().Be(4096, "level 2 slots are 4096 ticks wide and 5000 lies in the slot starting at 4096");
 
-        wheel.Insert(At(70));
+        wheel.Insert(At(70), 70);
         wheel.TryGetNextExpiration(out tick).Should().BeTrue();
         tick.Should().Be(64, "a level 1 entry comes before every level 2 entry");
 
-        wheel.Insert(At(3));
+        wheel.Insert(At(3), 3);
         wheel.TryGetNextExpiration(out tick).Should().BeTrue();
         tick.Should().Be(3);
         wheel.Count.Should().Be(3);
@@ -67,7 +67,7 @@ public sealed class TimingWheelTests
     {
         var wheel = new TimingWheel();
         Entry entry = At((3L << 24) + (5L << 12) + 7);
-        wheel.Insert(entry);
+        wheel.Insert(entry, entry.DueTick);
         var expired = new ExpiredTimers();
 
         wheel.Advance(entry.DueTick - 1, expired);
@@ -90,9 +90,9 @@ public sealed class TimingWheelTests
         Entry a = At(10);
         Entry b = At(10);
         Entry c = At(10);
-        wheel.Insert(a);
-        wheel.Insert(b);
-        wheel.Insert(c);
+        wheel.Insert(a, a.DueTick);
+        wheel.Insert(b, b.DueTick);
+        wheel.Insert(c, c.DueTick);
 
         wheel.Remove(b);
         wheel.Remove(a);
@@ -110,8 +110,8 @@ public sealed class TimingWheelTests
         wheel.FastForward(12345);
         Entry far = At(12345 + (TimingWheel.MaxSpan * 3) + 17);
         Entry near = At(12345 + (1L << 31));
-        wheel.Insert(far);
-        wheel.Insert(near);
+        wheel.Insert(far, far.DueTick);
+        wheel.Insert(near, near.DueTick);
         var expired = new ExpiredTimers();
 
         wheel.TryGetNextExpiration(out long next).Should().BeTrue();
@@ -157,7 +157,7 @@ public sealed class TimingWheelTests
                 // Log-uniform distances: most short, some across every level, a few beyond the span.
                 long distance = 1 + (long)Math.Pow(2, random.NextDouble() * 40);
                 Entry entry = At(now + distance);
-                wheel.Insert(entry);
+                wheel.Insert(entry, entry.DueTick);
                 pending.Add(entry);
             }
             else if (op < 7 && pending.Count > 0)

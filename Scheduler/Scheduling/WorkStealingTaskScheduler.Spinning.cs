@@ -4,7 +4,8 @@ namespace Scheduler;
 
 // An idle worker spins (polls its queues) for ~100-120 µs before it parks: work that arrives meanwhile is picked up
 // within a fraction of a microsecond instead of after a futex wake-up (the ThreadPool spins 200-300 µs; a spell of
-// ~60 µs, as before, parked for a tenth of the busy-gap probe's completions, 0-50 µs after the await: docs/scheduling.md). That only pays while the worker has a CPU to itself.
+// ~60 µs, as before, parked for a tenth of the busy-gap probe's completions, 0-50 µs after the await: see
+// docs/scheduling.md). That only pays while the worker has a CPU to itself.
 // When other threads want the CPUs (another process, more runnable threads than cores), a spinning worker is a
 // runnable thread the kernel preempts and then serves in turn: work that arrives for it waits for the time slice of
 // whoever runs instead, milliseconds, while a parked worker would have been woken at once (the kernel favours a

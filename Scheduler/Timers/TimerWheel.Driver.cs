@@ -209,8 +209,7 @@ public sealed partial class TimerWheel
             {
                 // Unreachable while the clock is monotonic (a due tick starts at or after the deadline and the
                 // current tick started at or before now), and kept as the last line of the never-early promise.
-                entry.DueTick = Math.Max(DueTickOf(entry.DeadlineTimestamp), _wheel.Elapsed + 1);
-                _wheel.Insert(entry);
+                _wheel.Insert(entry, DueTickOf(entry.DeadlineTimestamp));
                 batch.RemoveAt(i);
                 continue;
             }

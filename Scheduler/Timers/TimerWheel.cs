@@ -154,8 +154,7 @@ public sealed partial class TimerWheel : TimeProvider, IDisposable
         Debug.Assert(Monitor.IsEntered(_lock), "Caller holds the wheel lock.");
         entry.DeadlineTimestamp = deadlineTimestamp;
         long dueTick = _wheel.PrepareInsert(DueTickOf(deadlineTimestamp), TickOf(nowTimestamp));
-        entry.DueTick = dueTick;
-        _wheel.Insert(entry);
+        _wheel.Insert(entry, dueTick);
         WakeDriverIfEarlierLocked(dueTick);
     }
 

@@ -9,13 +9,16 @@ internal sealed class TimingWheel : HierarchicalWheel
     private readonly TimerEntry?[] _slots = new TimerEntry?[ListCount];
 
     /// <summary>
-    /// Links <paramref name="entry"/> by its <see cref="TimerEntry.DueTick"/>, or at the next tick when that has passed
-    /// (an entry that computes its due tick from its deadline does not remember the clamp).
+    /// Links <paramref name="entry"/> at <paramref name="dueTick"/>, or at the next tick when that has passed, and
+    /// records the tick it used as the entry's <see cref="TimerEntry.DueTick"/> (an entry that computes its due tick
+    /// from its deadline ignores the record: it never needs the clamp, see <see cref="Advance"/>).
     /// </summary>
-    public void Insert(TimerEntry entry)
+    public void Insert(TimerEntry entry, long dueTick)
     {
         System.Diagnostics.Debug.Assert(!entry.IsLinked, "An entry is in at most one list.");
-        int index = AddToList(Math.Max(entry.DueTick, Elapsed + 1));
+        dueTick = Math.Max(dueTick, Elapsed + 1);
+        entry.DueTick = dueTick;
+        int index = AddToList(dueTick);
         TimerEntryList.AddFirst(ref _slots[index], entry, index);
     }
 
@@ -45,6 +48,8 @@ internal sealed class TimingWheel : HierarchicalWheel
                 entry.Prev = null;
                 entry.Slot = TimerEntry.NotLinked;
                 TakenFromList();
+                // A due tick at or before the slot's start, clamped or not, means due: the clamp only ever raised a
+                // passed tick to the slot being processed now.
                 long dueTick = entry.DueTick;
                 if (dueTick <= start)
                 {
@@ -52,8 +57,7 @@ internal sealed class TimingWheel : HierarchicalWheel
                 }
                 else
                 {
-                    int list = AddToList(dueTick);
-                    TimerEntryList.AddFirst(ref _slots[list], entry, list);
+                    Insert(entry, dueTick);
                 }
 
                 entry = next;
