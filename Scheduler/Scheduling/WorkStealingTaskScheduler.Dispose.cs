@@ -97,6 +97,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         _terminated = true;
         Interlocked.MemoryBarrier(); // producers: enqueue, fence, read _terminated; we: write, fence, drain
+        StopWatchdog();
         DrainToThreadPool();
         _allWorkersExited.TrySetResult();
     }

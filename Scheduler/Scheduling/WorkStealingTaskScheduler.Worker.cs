@@ -37,7 +37,7 @@ public sealed partial class WorkStealingTaskScheduler
         private Task? _carrier;
 
         // Owner-thread state.
-        private WorkItem _lifoSlot;
+        private LifoSlot _lifoSlot; // private to this thread, but for the watchdog's rescue: see LifoSlot
         private int _lifoRunsInARow;
         private int _ticksToFairness;
         private uint _random;
@@ -112,8 +112,7 @@ public sealed partial class WorkStealingTaskScheduler
 
             // The newest task goes to the LIFO slot (it runs next, cache-hot); the one it displaces goes
             // to the deque, where peers can steal it, so wake one if nobody is looking.
-            WorkItem displaced = _lifoSlot;
-            _lifoSlot = item;
+            WorkItem displaced = _lifoSlot.Exchange(item);
             if (!displaced.IsEmpty)
             {
                 PushToDeque(displaced);
@@ -163,23 +162,22 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Owner thread: remove <paramref name="task"/> from the LIFO slot or the deque's tail before inlining it.</summary>
         public bool TryRemoveLocal(Task task)
         {
-            if (ReferenceEquals(_lifoSlot.Target, task))
+            if (ReferenceEquals(_lifoSlot.PeekTarget, task) && _lifoSlot.TryTake(task)) // unless the watchdog just rescued it
             {
-                _lifoSlot = default;
                 return true;
             }
 
             return _deque.TryPopIfNewest(task);
         }
 
-        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.IsEmpty ? 0 : 1);
+        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1);
 
         /// <summary>True when a peer could take work from here (the LIFO slot is private to its worker).</summary>
         public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty;
 
         public void CopyQueuedTargetsTo(List<object> destination)
         {
-            if (_lifoSlot.Target is { } lifo)
+            if (_lifoSlot.PeekTarget is { } lifo)
             {
                 destination.Add(lifo);
             }
@@ -269,11 +267,13 @@ public sealed partial class WorkStealingTaskScheduler
         /// to its inbox without waking a peer, counting on it to take the item itself; the item now has to wait for the
         /// one about to run, which may be long. The fence pairs with the producer's interlocked enqueue before its read
         /// of the idle flag: either the producer saw this worker busy and woke a peer, or this check sees the item.
+        /// It also pairs with the watchdog's disarm: a busy worker re-arms a disarmed watchdog.
         /// </summary>
         private void BecomeBusy()
         {
             _isIdle = false;
             Interlocked.MemoryBarrier();
+            _owner.ArmWatchdog();
             if (!_inbox.IsEmpty)
             {
                 _owner.NotifyParked();
@@ -315,12 +315,11 @@ public sealed partial class WorkStealingTaskScheduler
                 return FoundWork();
             }
 
-            if (!_lifoSlot.IsEmpty)
+            if (!_lifoSlot.IsEmpty && _lifoSlot.TryTake(out WorkItem lifo))
             {
                 if (_lifoRunsInARow < _lifoLimit)
                 {
-                    item = _lifoSlot;
-                    _lifoSlot = default;
+                    item = lifo;
                     _lifoRunsInARow++;
                     return FoundWork();
                 }
@@ -329,8 +328,7 @@ public sealed partial class WorkStealingTaskScheduler
                 // work from outside, one turn, then the demoted task runs as the newest item of the deque. Taking
                 // the newest rather than the oldest keeps a spawn tree depth-first (bounded queues, cache-hot), and
                 // the demotion wakes nobody: the owner is about to run it.
-                WorkItem demoted = _lifoSlot;
-                _lifoSlot = default;
+                WorkItem demoted = lifo;
                 _lifoRunsInARow = 0;
                 if (!TryTakeInboxOrGlobal(out item) && !_deque.TryPop(out item))
                 {
@@ -340,7 +338,8 @@ public sealed partial class WorkStealingTaskScheduler
 
                 if (!_deque.TryPush(demoted))
                 {
-                    _lifoSlot = demoted; // deque full: keep it in the slot, it runs next anyway
+                    // Deque full: keep it in the slot, it runs next anyway (the slot is empty: only this thread fills it).
+                    _lifoSlot.Exchange(demoted);
                 }
 
                 return FoundWork();

@@ -77,6 +77,8 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
             worker.Start(_options.UseBackgroundThreads || isShared);
         }
 
+        StartWatchdog();
+
         SchedulerMetrics.Register(this);
     }
 

@@ -1,0 +1,164 @@
+using System.Runtime.CompilerServices;
+
+namespace Scheduler;
+
+// The LIFO slot is private to its worker: no peer steals from it, which is what makes it cheap (plain loads and stores,
+// and the next task runs cache-hot on the thread that spawned or woke it). The cost is liveness when the owner stops
+// taking work: a task that blocks its worker (sync-over-async, a semaphore, a long computation) after spawning or waking
+// another task strands that task in the slot, however idle the peers are. Found by a test: a task spawns a child that
+// releases a semaphore, then waits on the semaphore; with two workers the child never ran (the ThreadPool runs it, and
+// tokio has the same hole: tokio-rs/tokio#4941). Stealing from the slot on every search, as tokio tried and reverted,
+// costs the owner an atomic per hop and breaks message-passing locality.
+//
+// So the slot stays private while its owner makes progress, and a watchdog rescues it when the owner does not: every
+// WatchdogPeriod a timer looks at each busy worker, and one whose progress count (tasks executed plus inlined) and
+// slot content did not change since the previous look has its slot moved to the global queue, which wakes a parked peer.
+// The timer runs only while some worker is busy: a tick that finds every worker idle disarms it, and the first worker
+// to turn busy again re-arms it (no CPU while idle).
+//
+// The rescue must never race the owner for the slot (a task would run twice or be lost), and the owner's side stays
+// free of interlocked instructions: an asymmetric Dekker with a process-wide barrier on the rescuer's side, in LifoSlot.
+// See docs/scheduling.md, "Blocked workers and the LIFO slot".
+public sealed partial class WorkStealingTaskScheduler
+{
+    /// <summary>How often the watchdog looks at busy workers; a stranded LIFO task waits one to two periods.</summary>
+    internal static readonly TimeSpan WatchdogPeriod = TimeSpan.FromMilliseconds(10);
+
+    private Timer? _watchdog;
+    private int _watchdogArmed;
+    private long _lifoRescues;
+
+    /// <summary>How many LIFO-slot tasks the watchdog moved off a worker that had stopped making progress.</summary>
+    internal long LifoRescues => Volatile.Read(ref _lifoRescues);
+
+    /// <summary>True while the watchdog timer is armed (some worker was busy at its last tick, or turned busy since).</summary>
+    internal bool IsWatchdogArmed => Volatile.Read(ref _watchdogArmed) != 0;
+
+    private void StartWatchdog()
+    {
+        _watchdogArmed = 1;
+        // Not captured: the ExecutionContext of whoever created the scheduler has nothing to do with the watchdog.
+        using (ExecutionContext.SuppressFlow())
+        {
+            _watchdog = new Timer(static state => ((WorkStealingTaskScheduler)state!).OnWatchdogTick(), this, WatchdogPeriod, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void StopWatchdog() => _watchdog?.Dispose();
+
+    /// <summary>
+    /// Called by a worker that turns busy, after its full fence: re-arms the watchdog if a tick disarmed it. One volatile
+    /// read when it is armed. Pairs with the tick's disarm (an interlocked write, then a look at every worker): either the
+    /// tick sees this worker busy and re-arms, or this read sees the timer disarmed.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void ArmWatchdog()
+    {
+        if (Volatile.Read(ref _watchdogArmed) == 0)
+        {
+            TryRearmWatchdog();
+        }
+    }
+
+    private void TryRearmWatchdog()
+    {
+        // The timer is one-shot and not pending while disarmed, so the winner of this exchange is the only one to set it.
+        if (Interlocked.CompareExchange(ref _watchdogArmed, 1, 0) == 0 && !IsTerminated)
+        {
+            try
+            {
+                _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+            }
+            catch (ObjectDisposedException)
+            {
+                // The scheduler terminated meanwhile: nothing left to watch.
+            }
+        }
+    }
+
+    /// <summary>
+    /// Moves the LIFO-slot item of worker <paramref name="workerIndex"/> to the global queue (waking a parked peer unless
+    /// one is searching), unless the owner is using its slot at this moment. The watchdog calls it for a worker that has
+    /// stopped making progress; tests call it to race the owner.
+    /// </summary>
+    internal bool TryRescueLifoSlot(int workerIndex)
+    {
+        if (!_workers[workerIndex].TryTakeLifoSlotForRescue(out WorkItem item))
+        {
+            return false;
+        }
+
+        Interlocked.Increment(ref _lifoRescues);
+        EnqueueGlobal(item);
+        return true;
+    }
+
+    private void OnWatchdogTick()
+    {
+        if (IsTerminated)
+        {
+            return;
+        }
+
+        bool anyBusy = false;
+        foreach (Worker worker in _workers)
+        {
+            anyBusy |= worker.WatchdogLook(out bool stranded);
+            if (stranded)
+            {
+                TryRescueLifoSlot(worker.Index);
+            }
+        }
+
+        if (anyBusy)
+        {
+            _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+            return;
+        }
+
+        // Everybody idle: disarm, then look again. A worker that turned busy before the disarm was seen above or is seen
+        // now; one that turns busy after it finds the timer disarmed and re-arms it (ArmWatchdog).
+        Interlocked.Exchange(ref _watchdogArmed, 0);
+        foreach (Worker worker in _workers)
+        {
+            if (!worker.IsIdle)
+            {
+                TryRearmWatchdog();
+                return;
+            }
+        }
+    }
+
+    internal sealed partial class Worker
+    {
+        // Watchdog only: this worker's progress count and LIFO task at the previous tick.
+        private long _watchedProgress = -1;
+        private object? _watchedLifo;
+
+        /// <summary>
+        /// Watchdog thread: records this worker's progress and LIFO task. Returns whether the worker is busy;
+        /// <paramref name="stranded"/> is true when it is busy and neither its progress count nor its LIFO task moved
+        /// since the previous look.
+        /// </summary>
+        internal bool WatchdogLook(out bool stranded)
+        {
+            stranded = false;
+            if (_isIdle || IsParked)
+            {
+                _watchedProgress = -1;
+                _watchedLifo = null;
+                return false;
+            }
+
+            long progress = Volatile.Read(ref Counters.Executed) + Volatile.Read(ref Counters.Inlined);
+            object? lifo = _lifoSlot.PeekTarget;
+            stranded = lifo is not null && progress == _watchedProgress && ReferenceEquals(lifo, _watchedLifo);
+            _watchedProgress = progress;
+            _watchedLifo = stranded ? null : lifo;
+            return true;
+        }
+
+        /// <summary>Any thread but the owner: see <see cref="LifoSlot.TryRescue"/>.</summary>
+        internal bool TryTakeLifoSlotForRescue(out WorkItem item) => _lifoSlot.TryRescue(out item);
+    }
+}
