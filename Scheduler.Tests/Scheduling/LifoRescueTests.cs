@@ -111,7 +111,7 @@ public sealed class LifoRescueTests
             while (!stop.IsCancellationRequested)
             {
                 scheduler.TryRescueLifoSlot(random.Next(2));
-                Thread.SpinWait(random.Next(0, 50));
+                Thread.SpinWait(random.Next(20, 100)); // microseconds, like the barrier: see LifoSlotTests
             }
         }) { IsBackground = true, Name = "LIFO rescuer" };
         rescuer.Start();

@@ -107,7 +107,10 @@ public sealed class LifoSlotTests
                     Record(item);
                 }
 
-                Thread.SpinWait(random.Next(0, 8));
+                // A pause of the order of the barrier itself (microseconds): a rescuer that re-raised its flag at once
+                // would hold it nearly all the time, and the owner would wait out one rescue after another (the
+                // watchdog, the real rescuer, tries a worker once per tick).
+                Thread.SpinWait(random.Next(20, 100));
             }
         }) { IsBackground = true };
         rescuer.Start();

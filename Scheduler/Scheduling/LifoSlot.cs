@@ -17,6 +17,9 @@ namespace Scheduler;
 /// too and is visible to the rescuer, which backs off (or the owner had already left, and its writes to the slot are
 /// visible as well). If the check came after it, the owner sees <c>_rescuing</c> and waits until the rescue is over
 /// before touching the slot. The expensive barrier is on the rare side only.</para>
+/// <para>The owner waits out a rescue under way; rescues are rare (the watchdog tries a worker once per tick), so
+/// that wait is one barrier long. A rescuer retrying back to back would hold its flag nearly all the time and starve
+/// the owner (a stress test that did so hung): never call <see cref="TryRescue"/> in a tight loop.</para>
 /// <para>The struct lives in a field of its owner and is used by reference only; never copy it.</para>
 /// </remarks>
 internal struct LifoSlot

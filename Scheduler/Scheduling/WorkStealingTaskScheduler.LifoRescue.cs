@@ -63,16 +63,26 @@ public sealed partial class WorkStealingTaskScheduler
     private void TryRearmWatchdog()
     {
         // The timer is one-shot and not pending while disarmed, so the winner of this exchange is the only one to set it.
-        if (Interlocked.CompareExchange(ref _watchdogArmed, 1, 0) == 0 && !IsTerminated)
+        if (Interlocked.CompareExchange(ref _watchdogArmed, 1, 0) == 0)
         {
-            try
-            {
-                _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
-            }
-            catch (ObjectDisposedException)
-            {
-                // The scheduler terminated meanwhile: nothing left to watch.
-            }
+            ScheduleWatchdogTick();
+        }
+    }
+
+    private void ScheduleWatchdogTick()
+    {
+        if (IsTerminated)
+        {
+            return;
+        }
+
+        try
+        {
+            _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The last worker exited meanwhile and disposed the timer: nothing left to watch.
         }
     }
 
@@ -112,7 +122,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         if (anyBusy)
         {
-            _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+            ScheduleWatchdogTick();
             return;
         }
 
