@@ -20,7 +20,7 @@ public sealed class LifoSlotTests
 
         slot.Value.TryRescue(out WorkItem rescued).Should().BeTrue();
         rescued.Target.Should().BeSameAs(task);
-        slot.Value.IsEmpty.Should().BeTrue("the item left the slot with the rescuer");
+        slot.Value.PeekTarget.Should().BeNull("the item left the slot with the rescuer");
         slot.Value.TryTake(out _).Should().BeFalse();
         slot.Value.TryRescue(out _).Should().BeFalse("an empty slot has nothing to rescue");
     }

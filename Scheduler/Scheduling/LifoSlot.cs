@@ -28,13 +28,6 @@ internal struct LifoSlot
     private bool _ownerInside;
     private int _rescuing;
 
-    /// <summary>Owner thread: true when the slot holds nothing (a rescue may empty it at any moment).</summary>
-    public readonly bool IsEmpty
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => _item.IsEmpty;
-    }
-
     /// <summary>Any thread: the item's target, racily (one reference, never torn). For diagnostics and the watchdog.</summary>
     public readonly object? PeekTarget => _item.Target;
 
@@ -53,6 +46,12 @@ internal struct LifoSlot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool TryTake(out WorkItem item)
     {
+        if (_item.IsEmpty)
+        {
+            item = default; // nothing to guard: only the owner fills the slot
+            return false;
+        }
+
         item = Exchange(default);
         return !item.IsEmpty;
     }
@@ -60,6 +59,11 @@ internal struct LifoSlot
     /// <summary>Owner thread: empties the slot if it holds <paramref name="target"/>.</summary>
     public bool TryTake(object target)
     {
+        if (!ReferenceEquals(_item.Target, target))
+        {
+            return false; // only the owner puts items in: a rescue can empty the slot, never make it hold the target
+        }
+
         EnterAsOwner();
         bool holds = ReferenceEquals(_item.Target, target);
         if (holds)

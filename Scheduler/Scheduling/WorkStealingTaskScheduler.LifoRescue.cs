@@ -153,7 +153,7 @@ public sealed partial class WorkStealingTaskScheduler
         internal bool WatchdogLook(out bool stranded)
         {
             stranded = false;
-            if (_isIdle || IsParked)
+            if (_isIdle) // a parked worker is idle too (it stays so until it finds work)
             {
                 _watchedProgress = -1;
                 _watchedLifo = null;
@@ -164,7 +164,7 @@ public sealed partial class WorkStealingTaskScheduler
             object? lifo = _lifoSlot.PeekTarget;
             stranded = lifo is not null && progress == _watchedProgress && ReferenceEquals(lifo, _watchedLifo);
             _watchedProgress = progress;
-            _watchedLifo = stranded ? null : lifo;
+            _watchedLifo = lifo; // a rescue that found the owner inside its slot is retried at the next tick
             return true;
         }
 

@@ -162,7 +162,7 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Owner thread: remove <paramref name="task"/> from the LIFO slot or the deque's tail before inlining it.</summary>
         public bool TryRemoveLocal(Task task)
         {
-            if (ReferenceEquals(_lifoSlot.PeekTarget, task) && _lifoSlot.TryTake(task)) // unless the watchdog just rescued it
+            if (_lifoSlot.TryTake(task)) // false also when the watchdog just rescued it
             {
                 return true;
             }
@@ -315,7 +315,7 @@ public sealed partial class WorkStealingTaskScheduler
                 return FoundWork();
             }
 
-            if (!_lifoSlot.IsEmpty && _lifoSlot.TryTake(out WorkItem lifo))
+            if (_lifoSlot.TryTake(out WorkItem lifo))
             {
                 if (_lifoRunsInARow < _lifoLimit)
                 {
