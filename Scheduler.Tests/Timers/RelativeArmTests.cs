@@ -100,6 +100,43 @@ public sealed class RelativeArmTests
     }
 
     [Fact]
+    public async Task A_relative_arm_repeated_while_the_driver_links_the_first_is_measured_from_the_repeat()
+    {
+        // The reconcile read a 1 s relative arm; between the clock reading it measures that arm from and the
+        // compare-and-swap that makes the word absolute, the owner disarms the timer and 5 ms later arms it for 1 s
+        // again: the same word as the one that was read. The swap must not take the repeat for the arm it read (it
+        // would measure the repeat from a reading taken 5 ms before it: 5 ms early).
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true, NurseriesEnabled = false };
+        var fired = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(clock.GetTimestamp()), null, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+
+        long changedAt = 0;
+        clock.ReadsBeforeHook = 2; // the pass's first reading, the one after the pop, then the relative arms' reading
+        clock.OnNextRead = () =>
+        {
+            long reading = clock.GetTimestamp();
+            timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
+            clock.Advance(TimeSpan.FromMilliseconds(5));
+            changedAt = clock.GetTimestamp();
+            timer.Change(TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan).Should().BeTrue();
+            return reading;
+        };
+        wheel.RunDueTimers();
+        changedAt.Should().NotBe(0, "the hook ran inside the driver's pass");
+        wheel.RunDueTimers(); // the next drain, at once: the disarm pushed the entry
+
+        // One second after the reading, 5 ms short of one second after the repeated arm.
+        clock.Advance(TimeSpan.FromMilliseconds(995));
+        await RunAndConfirmNotFiredAsync(wheel, fired.Task, "the timer would fire 5 ms early");
+
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        long firedAt = await fired.Task.WaitAsync(s_timeout);
+        (firedAt - changedAt).Should().BeGreaterThanOrEqualTo(Units(TimeSpan.FromSeconds(1)));
+    }
+
+    [Fact]
     public async Task Long_timers_armed_from_many_threads_on_the_real_clock_are_never_early_and_the_driver_links_them_by_itself()
     {
         // The callbacks run on the ThreadPool, like System.Threading.Timer's. On two cores, with other test classes

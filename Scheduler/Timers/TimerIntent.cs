@@ -43,6 +43,13 @@ internal static class TimerIntent
     private const long KindMask = 3;
     private const int ValueShift = 4;
 
+    /// <summary>
+    /// Relative arm <paramref name="intent"/> as the reconciler claims it before it reads the clock that measures the
+    /// delay: the same word with the <see cref="Transition"/> bit, which no final word carries, so an identical arm
+    /// written after the claim is a different word (TimerWheel links the claimed word only if it is still there).
+    /// </summary>
+    internal static long ClaimedRelative(long intent) => intent | Transition;
+
     internal static long RelativeOf(long delayUnits) => (Clamp(delayUnits) << ValueShift) | Relative;
 
     /// <summary>An absolute arm for <paramref name="deadline"/>; long.MaxValue (or anything past the value's range) means never.</summary>

@@ -328,18 +328,32 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // A change written while we read may still have found Enqueued set (its store waiting in its core's buffer):
         // the recheck, behind a process-wide barrier, looks at this entry again.
         wheel.AddToRecheckLocked(this);
-        long intent = Volatile.Read(ref _intent);
-        if (intent == _appliedIntent && IsLinked)
+        long intent;
+        while (true)
         {
-            return;
-        }
+            intent = Volatile.Read(ref _intent);
+            if (intent == _appliedIntent && IsLinked)
+            {
+                return;
+            }
 
-        if (TimerIntent.IsRelative(intent))
-        {
-            // Linked once the wheel has read its clock after this read (LinkRelative).
-            wheel.RemoveLocked(this);
-            wheel.DeferRelativeLocked(this, intent);
-            return;
+            if (!TimerIntent.IsRelative(intent))
+            {
+                break;
+            }
+
+            // Linked once the wheel has read its clock after this read (LinkRelative). Claim the word first: the owner
+            // may disarm and then repeat the same relative arm after that reading, and a swap from the word we read
+            // would take the repeat for this arm and measure it from before it was made (early). The claimed word is
+            // one no change writes, so any change after this CAS makes LinkRelative's swap fail. A change between our
+            // read and the CAS makes it fail here: read the new word.
+            long claimed = TimerIntent.ClaimedRelative(intent);
+            if (claimed == intent || Interlocked.CompareExchange(ref _intent, claimed, intent) == intent)
+            {
+                wheel.RemoveLocked(this);
+                wheel.DeferRelativeLocked(this, claimed);
+                return;
+            }
         }
 
         wheel.RemoveLocked(this);
@@ -352,9 +366,10 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     internal override void LinkRelative(TimerWheel wheel, long intent, long nowTimestamp)
     {
-        // nowTimestamp was read after Reconcile read the word, so after the Change that wrote it: measured from it the
-        // deadline cannot be early. The word becomes that absolute deadline, so a later identical relative arm is a
-        // different word (and an expiry of this one is told apart from it).
+        // intent is the word Reconcile claimed (TimerIntent.ClaimedRelative), and nowTimestamp was read after that claim,
+        // so after the Change that wrote the arm: measured from it the deadline cannot be early, and a Change made since
+        // the claim has replaced the claimed word (the swap below then fails). The word becomes that absolute deadline,
+        // so a later identical relative arm is a different word (and an expiry of this one is told apart from it).
         long delay = TimerIntent.ValueOf(intent);
         long deadline = delay == TimerIntent.MaxValue ? long.MaxValue : TimerWheel.SaturatingAdd(nowTimestamp, delay);
         long absolute = TimerIntent.AbsoluteOf(deadline, wheel.OriginTimestamp) | (intent & TimerIntent.Periodic);
@@ -364,8 +379,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             return;
         }
 
-        // Unlinked by the Reconcile that deferred it, but a duplicate on the recheck list may have deferred it twice and
-        // the first LinkRelative linked it; a user who then wrote the same relative word again makes this CAS succeed.
+        // Unlinked by the Reconcile that deferred it; a recheck that reconciled it again before it was linked claims the
+        // claimed word once more and defers a duplicate, whose swap then fails (the first one made the word absolute).
         wheel.RemoveLocked(this);
         _appliedIntent = absolute;
         wheel.InsertLocked(this, deadline, nowTimestamp);
