@@ -297,6 +297,53 @@ public sealed class TimerWheelTimerTests
     }
 
     [Fact]
+    public async Task No_callback_starts_after_the_wheels_Dispose_returned_even_while_its_host_was_firing()
+    {
+        // A hosted wheel (IoReactor.Timers) has no driver thread for Dispose to join: the host may still be firing a
+        // batch collected before the disposal. Here it is held inside that batch (a delay's SynchronizationContext
+        // blocks in Post, before the batch's timers are fired) until Dispose has returned; the timer of the same batch
+        // must not run after that.
+        var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), wakeHost: () => { });
+        using var context = new BlockingSynchronizationContext();
+#pragma warning disable CA2012 // Only a continuation registered under the context is wanted: the delay is never consumed.
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+#pragma warning restore CA2012
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            delay.GetAwaiter().OnCompleted(() => { });
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(null);
+        }
+
+        int disposeReturned = 0;
+        int ranAfterDispose = 0;
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                Volatile.Write(ref ranAfterDispose, Volatile.Read(ref disposeReturned));
+                ran.TrySetResult();
+            },
+            null,
+            TimeSpan.FromMilliseconds(1),
+            Timeout.InfiniteTimeSpan);
+        Thread.Sleep(5); // both are due
+
+        Task host = Task.Factory.StartNew(() => wheel.RunHostedDriverStep(out _), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        context.Entered.Wait(s_timeout).Should().BeTrue("the host completes the delay and posts its continuation");
+        wheel.Dispose();
+        Volatile.Write(ref disposeReturned, 1);
+        context.Release.Set();
+        await host.WaitAsync(s_timeout);
+
+        await Task.WhenAny(ran.Task, Task.Delay(200));
+        Volatile.Read(ref ranAfterDispose).Should().Be(0, "a disposed wheel's timers never fire again");
+    }
+
+    [Fact]
     public async Task Twenty_thousand_random_timers_all_fire_once_and_none_early()
     {
         using var wheel = new TimerWheel();
@@ -405,5 +452,26 @@ public sealed class TimerWheelTimerTests
         long start = Stopwatch.GetTimestamp();
         await wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
         Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(5));
+    }
+}
+
+/// <summary>A context whose first <see cref="Post"/> blocks until <see cref="Release"/> is set, then runs the callback on the ThreadPool.</summary>
+internal sealed class BlockingSynchronizationContext : SynchronizationContext, IDisposable
+{
+    public ManualResetEventSlim Entered { get; } = new();
+
+    public ManualResetEventSlim Release { get; } = new();
+
+    public override void Post(SendOrPostCallback d, object? state)
+    {
+        Entered.Set();
+        Release.Wait();
+        ThreadPool.QueueUserWorkItem(_ => d(state));
+    }
+
+    public void Dispose()
+    {
+        Entered.Dispose();
+        Release.Dispose();
     }
 }

@@ -6,7 +6,8 @@ public sealed partial class TimerWheel
 {
     /// <summary>
     /// Stops the wheel: the driver thread exits, pending <see cref="DelayAsync"/> operations complete with
-    /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again, and
+    /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again (no callback
+    /// starts once this has returned, not even one queued before), and
     /// further calls throw <see cref="ObjectDisposedException"/> (<see cref="GetTimestamp"/> keeps working).
     /// Idempotent.
     /// </summary>

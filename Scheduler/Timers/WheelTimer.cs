@@ -284,7 +284,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         Interlocked.Increment(ref _runningCallbacks);
         try
         {
-            if (Volatile.Read(ref _disposed) != 0)
+            // The wheel's disposal too: a callback queued before it (by a hosted wheel's host still firing the batch it
+            // had collected, which Dispose does not wait for, or by a driver Dispose joined) must not start after it.
+            if (Volatile.Read(ref _disposed) != 0 || _wheel.IsDisposed)
             {
                 return;
             }
