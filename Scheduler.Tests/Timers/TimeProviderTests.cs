@@ -63,6 +63,33 @@ public sealed class TimeProviderTests
     }
 
     [Fact]
+    public async Task CancelAfter_rearmed_many_times_cancels_only_after_the_last_delay()
+    {
+        // The timeout pattern through CancellationTokenSource: re-armed and disarmed a hundred thousand times while the
+        // driver reconciles the changes, the long arms (relative: measured by the reconciler) never cancel, and the
+        // last arm, one of those same long words, is measured from its own call.
+        using var wheel = new TimerWheel();
+        using var cts = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
+        long canceledAt = 0;
+        using CancellationTokenRegistration registration = cts.Token.Register(() => Volatile.Write(ref canceledAt, Stopwatch.GetTimestamp()));
+        TimeSpan due = TimeSpan.FromSeconds(1);
+        for (int i = 0; i < 100_000; i++)
+        {
+            cts.CancelAfter(i % 3 == 0 ? TimeSpan.FromSeconds(30) : due);
+            cts.CancelAfter(Timeout.InfiniteTimeSpan);
+        }
+
+        long lastArm = Stopwatch.GetTimestamp();
+        cts.CancelAfter(due);
+        cts.IsCancellationRequested.Should().BeFalse("every earlier arm was disarmed");
+        var canceled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using CancellationTokenRegistration signal = cts.Token.Register(() => canceled.TrySetResult());
+        await canceled.Task.WaitAsync(s_timeout);
+        Stopwatch.GetElapsedTime(lastArm, Volatile.Read(ref canceledAt)).Should().BeGreaterThanOrEqualTo(due, "never early");
+        wheel.PendingCount.Should().Be(0, "the fired timer left the wheel");
+    }
+
+    [Fact]
     public async Task PeriodicTimer_with_the_wheel_ticks_and_stops_on_dispose()
     {
         using var wheel = new TimerWheel();
