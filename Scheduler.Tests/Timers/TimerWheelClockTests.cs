@@ -202,6 +202,68 @@ public sealed class TimerWheelClockTests
         entry.IsLinked.Should().BeTrue();
     }
 
+    [Theory]
+    [InlineData(10_000)] // 1 ms
+    [InlineData(1)] // 100 ns: the wheel's span is then under two hours
+    public async Task Timers_and_delays_of_days_to_years_through_the_public_API_fire_at_their_deadline_and_never_before(long tickInTimeSpanTicks)
+    {
+        // Relative arms on (as on the real clock): a long arm is measured from its reconciliation, here at the clock's
+        // reading when the first RunDueTimers drains it. Each due time is far beyond the wheel's span at the small
+        // tick, and TimeSpan.MaxValue (like anything past the intent's 2^59-unit range) means never.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromTicks(tickInTimeSpanTicks), clock, startDriver: false) { RelativeArmsEnabled = true, NurseriesEnabled = false };
+        TimeSpan[] dues = [TimeSpan.FromMilliseconds(uint.MaxValue - 1), TimeSpan.FromDays(400), TimeSpan.FromDays(3_650)];
+        var fired = new long[dues.Length];
+        var timers = new List<ITimer>();
+        for (int i = 0; i < dues.Length; i++)
+        {
+            int index = i;
+            timers.Add(wheel.CreateTimer(_ => Volatile.Write(ref fired[index], clock.Now), null, dues[i], Timeout.InfiniteTimeSpan));
+        }
+
+        int neverFired = 0;
+        timers.Add(wheel.CreateTimer(_ => Interlocked.Increment(ref neverFired), null, TimeSpan.MaxValue, Timeout.InfiniteTimeSpan));
+        long start = clock.Now;
+        Task delay = wheel.DelayAsync(TimeSpan.FromDays(400)).AsTask();
+        wheel.RunDueTimers();
+
+        long delayDeadline = start + Units(TimeSpan.FromDays(400));
+        for (int i = 0; i < dues.Length; i++)
+        {
+            // Up to one unit short of the deadline in big jumps: nothing may fire.
+            long deadline = start + Units(dues[i]);
+            long remaining = deadline - 1 - clock.Now;
+            for (int step = 0; step < 40; step++)
+            {
+                clock.AdvanceUnits(remaining / 40);
+                wheel.RunDueTimers();
+            }
+
+            clock.AdvanceUnits(deadline - 1 - clock.Now);
+            wheel.RunDueTimers();
+            await Task.Delay(20);
+            Volatile.Read(ref fired[i]).Should().Be(0, $"timer {i} ({dues[i]}) is not due one unit before its deadline");
+            delay.IsCompleted.Should().Be(clock.Now >= delayDeadline, "the 400-day delay completes at its deadline and not before");
+
+            // Its tick: it fires (the delay's deadline is the same 400 days as the second timer's).
+            clock.AdvanceUnits(Units(TimeSpan.FromTicks(tickInTimeSpanTicks)) + 1);
+            wheel.RunDueTimers();
+            SpinWait.SpinUntil(() => Volatile.Read(ref fired[i]) != 0, TimeSpan.FromSeconds(10)).Should().BeTrue($"timer {i} ({dues[i]}) fires at its deadline");
+            Volatile.Read(ref fired[i]).Should().BeGreaterThanOrEqualTo(deadline);
+        }
+
+        await delay.WaitAsync(TimeSpan.FromSeconds(10));
+        clock.Advance(TimeSpan.FromDays(10 * 365));
+        wheel.RunDueTimers();
+        await Task.Delay(20);
+        Volatile.Read(ref neverFired).Should().Be(0, "TimeSpan.MaxValue never fires");
+        wheel.PendingCount.Should().Be(1, "only the TimeSpan.MaxValue timer is left");
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
     [Fact]
     public void Conversions_round_deadlines_up_and_saturate()
     {
