@@ -97,16 +97,14 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             TimerWheel.ThrowDisposed();
         }
 
-        if (Volatile.Read(ref Flags) == 0)
+        if (Volatile.Read(ref Flags) == 0 && Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
         {
-            if (Interlocked.CompareExchange(ref Flags, Enqueued, 0) == 0)
-            {
-                PushOrThrow(intent, now, deadline);
-            }
+            PushOrThrow(intent, now, deadline);
         }
         else if (TimerIntent.IsAbsolute(intent))
         {
-            // Already waiting to be reconciled, under a request made at its push; this arm may need it sooner.
+            // Already waiting to be reconciled (or just pushed by a racing Change or Dispose that won the CAS above),
+            // under a request made for that push's own deadline; this arm may need the drain sooner.
             _wheel.RequestDrainBy(deadline);
         }
 
