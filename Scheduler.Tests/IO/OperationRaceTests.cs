@@ -1,0 +1,99 @@
+using System.Buffers;
+using System.Net.Sockets;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// Races between the reactor retrying a parked operation and the parties that may finish it instead (cancellation,
+/// disposal). A gate inside the caller's buffer (<see cref="GatedMemory.GetSpan"/> runs on the reactor thread during
+/// its retry) holds the reactor at the exact point of the race, so each interleaving is produced on purpose.
+/// </summary>
+public sealed class OperationRaceTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task A_cancellation_that_fires_while_the_reactor_retries_a_send_is_not_lost()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10;
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+
+        // Far more than the kernel buffers of both ends can take: the send parks, and parks again after each retry.
+        using var memory = new GatedMemory(32 << 20);
+        using var cts = new CancellationTokenSource();
+        Task<int> send = ours.SendAsync(memory.Memory, cts.Token).AsTask();
+        send.IsCompleted.Should().BeFalse("the peer does not read, so the send must wait for room");
+
+        // The peer reads until the reactor retries the send; the gate holds the reactor inside that retry.
+        memory.Arm();
+        var chunk = new byte[64 << 10];
+        Task entered = Task.Run(() => memory.Entered.Wait(Bound));
+        while (!memory.Entered.IsSet)
+        {
+            await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
+        }
+
+        // Cancelled while the reactor owns the operation (Running): the callback cannot finish it itself.
+        await cts.CancelAsync();
+        memory.Release();
+
+        // The retry takes what fits and parks again; the peer reads no more, so no edge will ever come. The cancellation
+        // must still end the send.
+        Func<Task> awaiting = () => send.WaitAsync(Bound);
+        (await awaiting.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+
+        // The socket stays usable: the next send goes out once the peer reads again.
+        Task<int> next = ours.SendAsync(new byte[] { 42 }).AsTask();
+        while (!next.IsCompleted)
+        {
+            await Task.WhenAny(next, peer.ReceiveAsync(chunk.AsMemory()).AsTask()).WaitAsync(Bound);
+        }
+
+        (await next).Should().Be(1);
+    }
+
+    /// <summary>
+    /// Memory whose <see cref="GetSpan"/>, once armed, signals <see cref="Entered"/> and blocks until
+    /// <see cref="Release"/>: the operation that reads its span is held at that point.
+    /// </summary>
+    private sealed class GatedMemory(int length) : MemoryManager<byte>
+    {
+        private readonly byte[] _array = new byte[length];
+        private readonly ManualResetEventSlim _release = new();
+        private int _armed;
+
+        public ManualResetEventSlim Entered { get; } = new();
+
+        public void Arm() => Volatile.Write(ref _armed, 1);
+
+        public void Release() => _release.Set();
+
+        public override Span<byte> GetSpan()
+        {
+            if (Interlocked.Exchange(ref _armed, 0) == 1)
+            {
+                Entered.Set();
+                _release.Wait(Bound);
+            }
+
+            return _array;
+        }
+
+        public override MemoryHandle Pin(int elementIndex = 0) => throw new NotSupportedException();
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            _release.Set();
+            _release.Dispose();
+            Entered.Dispose();
+        }
+    }
+}
