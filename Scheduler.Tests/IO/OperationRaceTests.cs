@@ -56,6 +56,98 @@ public sealed class OperationRaceTests
         (await next).Should().Be(1);
     }
 
+    [Fact]
+    public async Task Disposing_the_socket_while_the_reactor_retries_a_send_fails_it_with_ObjectDisposedException()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10;
+        ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+
+        using var memory = new GatedMemory(32 << 20);
+        Task<int> send = ours.SendAsync(memory.Memory).AsTask();
+        send.IsCompleted.Should().BeFalse("the peer does not read, so the send must wait for room");
+
+        memory.Arm();
+        var chunk = new byte[64 << 10];
+        Task entered = Task.Run(() => memory.Entered.Wait(Bound));
+        while (!memory.Entered.IsSet)
+        {
+            await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
+        }
+
+        // Disposed while the reactor owns the operation and holds the fd for its system call.
+        ours.Dispose();
+        memory.Release();
+
+        Func<Task> awaiting = () => send.WaitAsync(Bound);
+        await awaiting.Should().ThrowAsync<ObjectDisposedException>();
+        io.Reactor.RegisteredCount.Should().Be(1, "only the listener is left");
+
+        // The fd was closed once the retry let go of it: the peer reads the rest and then the end of the stream.
+        int n;
+        do
+        {
+            n = await peer.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(Bound);
+        }
+        while (n > 0);
+    }
+
+    [Fact]
+    public async Task An_awaiter_whose_context_refuses_the_continuation_does_not_stop_the_reactor()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        using (client)
+        using (server)
+        {
+            // Awaited by hand (OnCompleted, then the result once resumed), as an awaiter on that context would.
+#pragma warning disable CA2012
+            ValueTask<int> receive = server.ReceiveAsync(new byte[8]);
+#pragma warning restore CA2012
+            receive.IsCompleted.Should().BeFalse();
+            using var resumed = new ManualResetEventSlim();
+            SynchronizationContext? previous = SynchronizationContext.Current;
+            SynchronizationContext.SetSynchronizationContext(new RefusingContext());
+            try
+            {
+                receive.GetAwaiter().OnCompleted(resumed.Set);
+            }
+            finally
+            {
+                SynchronizationContext.SetSynchronizationContext(previous);
+            }
+
+            await client.SendAsync(new byte[] { 1 });
+            resumed.Wait(Bound).Should().BeTrue("the continuation must run somewhere when its context refuses it");
+            receive.IsCompleted.Should().BeTrue();
+            (await receive).Should().Be(1);
+
+            // The reactor still serves every socket.
+            (ReactorSocket otherClient, ReactorSocket otherServer) = await io.ConnectPairOnSchedulerAsync(listener);
+            using (otherClient)
+            using (otherServer)
+            {
+                await io.Run(async () =>
+                {
+                    await otherClient.SendAsync(new byte[] { 2 });
+                    var buffer = new byte[1];
+                    await IoTestContext.ReceiveExactlyAsync(otherServer, buffer);
+                    buffer[0].Should().Be(2);
+                });
+            }
+        }
+    }
+
+    /// <summary>A context that refuses every post (as a UI context does once its loop has ended).</summary>
+    private sealed class RefusingContext : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state) =>
+            throw new InvalidOperationException("The context's loop has ended.");
+    }
+
     /// <summary>
     /// Memory whose <see cref="GetSpan"/>, once armed, signals <see cref="Entered"/> and blocks until
     /// <see cref="Release"/>: the operation that reads its span is held at that point.
