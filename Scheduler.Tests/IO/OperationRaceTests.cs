@@ -56,6 +56,86 @@ public sealed class OperationRaceTests
         (await next).Should().Be(1);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Receives_cancelled_at_random_moments_during_a_stream_lose_no_byte(int seed)
+    {
+        // Cancellation races the reactor's retry all the time here: a receive either completes with its bytes or is
+        // cancelled having consumed nothing, so the bytes received in total are exactly the stream.
+        const int Length = 2 << 20;
+        byte[] data = IoTestContext.Pattern(Length, seed);
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        Task send = Task.Run(async () =>
+        {
+            var random = new Random(seed * 3);
+            for (int offset = 0; offset < Length;)
+            {
+                // Small chunks with pauses: the receiver often finds nothing and waits, which is when it can be cancelled.
+                int length = Math.Min(random.Next(1, 16 << 10), Length - offset);
+                await peer.SendAsync(data.AsMemory(offset, length));
+                offset += length;
+                if (random.Next(4) == 0)
+                {
+                    await Task.Delay(1);
+                }
+            }
+
+            peer.Shutdown(SocketShutdown.Send);
+        });
+
+        (byte[] received, int cancelled) = await io.Run(async () =>
+        {
+            var random = new Random(seed * 5);
+            var output = new MemoryStream(Length);
+            var buffer = new byte[32 << 10];
+            int cancellations = 0;
+            while (true)
+            {
+                using var cts = new CancellationTokenSource();
+                ValueTask<int> receive = ours.ReceiveAsync(buffer.AsMemory(0, random.Next(1, buffer.Length + 1)), cts.Token);
+                if (!receive.IsCompleted && random.Next(2) == 0)
+                {
+                    if (random.Next(2) == 0)
+                    {
+                        await Task.Yield();
+                    }
+
+                    // From another thread, to race the reactor as it completes the receive.
+                    await Task.Run(cts.Cancel);
+                }
+
+                int n;
+                try
+                {
+                    n = await receive;
+                }
+                catch (OperationCanceledException e)
+                {
+                    e.CancellationToken.Should().Be(cts.Token);
+                    cancellations++;
+                    continue;
+                }
+
+                if (n == 0)
+                {
+                    return (output.ToArray(), cancellations);
+                }
+
+                output.Write(buffer, 0, n);
+            }
+        }, TimeSpan.FromSeconds(60));
+
+        await send;
+        cancelled.Should().BeGreaterThan(0, "some receives were cancelled while pending");
+        received.Length.Should().Be(Length);
+        received.AsSpan().CommonPrefixLength(data).Should().Be(Length, "every byte arrives once, in order");
+    }
+
     [Fact]
     public async Task Disposing_the_socket_while_the_reactor_retries_a_send_fails_it_with_ObjectDisposedException()
     {
