@@ -247,6 +247,32 @@ public sealed class ReactorConnectionTests
     }
 
     [Fact]
+    public async Task After_the_peer_half_closes_Input_completes_and_Output_still_delivers()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await peer.SendAsync(new byte[] { 1, 2, 3 }.AsMemory());
+        peer.Shutdown(SocketShutdown.Send);
+
+        // Input ends, without error, after the peer's bytes.
+        (await io.Run(() => ReadToEndAsync(connection.Input))).Should().Equal(1, 2, 3);
+
+        // Only then do we answer: the send side is still open, and completing Output ends the peer's stream.
+        byte[] answer = IoTestContext.Pattern(300_000, 15);
+        await io.Run(async () =>
+        {
+            await connection.Output.WriteAsync(answer);
+            await connection.Output.CompleteAsync();
+        });
+        var received = new byte[answer.Length];
+        await IoTestContext.ReceiveExactlyAsync(peer, received).WaitAsync(IoTestContext.Timeout);
+        received.AsSpan().SequenceEqual(answer).Should().BeTrue();
+        (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
+    }
+
+    [Fact]
     public async Task Aborting_Output_with_an_exception_closes_the_connection()
     {
         await using var io = new IoTestContext();
