@@ -184,6 +184,95 @@ public sealed class ReactorConnectionTests
     }
 
     [Fact]
+    public async Task A_reset_while_the_writer_waits_on_backpressure_releases_it_with_the_error()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10;
+        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+
+        // The peer never reads: write until a flush waits (the send loop is parked on a full socket).
+        Task<FlushResult> blocked = await io.Run(async () =>
+        {
+            var chunk = new byte[64 << 10];
+            for (int i = 0; i < 4096; i++)
+            {
+                ValueTask<FlushResult> flush = connection.Output.WriteAsync(chunk);
+                if (!flush.IsCompleted)
+                {
+                    Task<FlushResult> pending = flush.AsTask();
+                    if (await Task.WhenAny(pending, Task.Delay(300)) != pending)
+                    {
+                        return pending;
+                    }
+                }
+                else
+                {
+                    await flush;
+                }
+            }
+
+            throw new InvalidOperationException("the writer was never paused");
+        });
+
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Close(); // RST
+
+        // The waiting writer is released: its flush fails with the reset (or reports the pipe completed).
+        try
+        {
+            FlushResult result = await blocked.WaitAsync(IoTestContext.Timeout);
+            result.IsCompleted.Should().BeTrue();
+        }
+        catch (SocketException e)
+        {
+            e.SocketErrorCode.Should().BeOneOf(SocketError.ConnectionReset, SocketError.Shutdown);
+        }
+
+        // Input ends with the reset, or at the end of stream once the failed send loop shut the socket down.
+        Func<Task> read = () => io.Run(async () =>
+        {
+            while (true)
+            {
+                ReadResult result = await connection.Input.ReadAsync();
+                connection.Input.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted)
+                {
+                    return;
+                }
+            }
+        });
+        await read.Should().NotThrowAsync<TimeoutException>();
+    }
+
+    [Fact]
+    public async Task After_the_peer_half_closes_Input_completes_and_Output_still_delivers()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await peer.SendAsync(new byte[] { 1, 2, 3 }.AsMemory());
+        peer.Shutdown(SocketShutdown.Send);
+
+        // Input ends, without error, after the peer's bytes.
+        (await io.Run(() => ReadToEndAsync(connection.Input))).Should().Equal(1, 2, 3);
+
+        // Only then do we answer: the send side is still open, and completing Output ends the peer's stream.
+        byte[] answer = IoTestContext.Pattern(300_000, 15);
+        await io.Run(async () =>
+        {
+            await connection.Output.WriteAsync(answer);
+            await connection.Output.CompleteAsync();
+        });
+        var received = new byte[answer.Length];
+        await IoTestContext.ReceiveExactlyAsync(peer, received).WaitAsync(IoTestContext.Timeout);
+        received.AsSpan().SequenceEqual(answer).Should().BeTrue();
+        (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
+    }
+
+    [Fact]
     public async Task Aborting_Output_with_an_exception_closes_the_connection()
     {
         await using var io = new IoTestContext();

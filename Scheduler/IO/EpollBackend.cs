@@ -66,15 +66,17 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     public int Wait(Span<ReadinessEvent> events, long timeoutNanoseconds)
     {
         int max = Math.Min(events.Length, MaxEvents);
-        int count;
-        do
-        {
-            count = WaitOnce(max, timeoutNanoseconds);
-        }
-        while (count < 0 && Errno.Last == EINTR); // a signal cut the wait short: at worst we wait a little longer
-
+        int count = WaitOnce(max, timeoutNanoseconds);
         if (count < 0)
         {
+            if (Errno.Last == EINTR)
+            {
+                // A signal handler ran on this thread (SIGCHLD, say, in a process that starts children). Waiting the
+                // whole timeout again would make the wheel's next timer late by the time already waited: return no
+                // events, and the caller recomputes the timeout from its clock before it waits again.
+                return 0;
+            }
+
             Errno.ThrowLast("epoll_wait");
         }
 

@@ -26,7 +26,8 @@ internal interface IReactorBackend : IDisposable
 
     /// <summary>
     /// Blocks until at least one event, a <see cref="Wake"/>, or <paramref name="timeoutNanoseconds"/> (-1: no limit;
-    /// never shorter than asked), fills <paramref name="events"/>, returns the count (0 on timeout).
+    /// never shorter than asked, unless a signal interrupts it), fills <paramref name="events"/>, returns the count (0 on
+    /// timeout or interruption: the caller recomputes its timeout and waits again).
     /// </summary>
     int Wait(Span<ReadinessEvent> events, long timeoutNanoseconds);
 

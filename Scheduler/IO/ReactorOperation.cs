@@ -12,7 +12,8 @@ namespace Scheduler.IO;
 /// <para>State machine (all transitions by CAS, so exactly one party finishes an operation):
 /// <c>Free → Busy</c> (caller owns it, a second caller gets <see cref="InvalidOperationException"/>),
 /// <c>Busy → Pending</c> (parked), <c>Pending → Running</c> (the reactor retries the syscall) or
-/// <c>Pending → Completed</c> (cancellation or disposal), <c>Running → Pending|Completed</c>,
+/// <c>Pending → Completed</c> (cancellation or disposal), <c>Running → Pending|Completed</c> (a cancellation or
+/// disposal that came while Running is honoured by the reactor as it parks the operation again),
 /// and <c>Completed → Free</c> once the awaiter has read the result.</para>
 /// <para>No lost edge: the caller records the direction's sequence number before the syscall and re-reads it
 /// after publishing <c>Pending</c> (both with full fences); the reactor bumps the sequence before reading the
@@ -44,6 +45,10 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     private WakerCore<TResult> _core;
     private CancellationTokenRegistration _registration;
 
+    // The token of the parked operation: a cancellation that fires while the reactor retries (Running) cannot finish
+    // the operation itself, so the reactor checks it when it parks the operation again.
+    private CancellationToken _cancellationToken;
+
     protected ReactorOperation(ReactorSocket socket, bool isWrite)
     {
         Socket = socket;
@@ -61,6 +66,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     public void Release()
     {
         ClearParameters();
+        _cancellationToken = default;
         Volatile.Write(ref _state, Free);
     }
 
@@ -102,6 +108,7 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             short version = _core.Version;
             if (cancellationToken.CanBeCanceled)
             {
+                _cancellationToken = cancellationToken;
                 _registration = cancellationToken.UnsafeRegister(s_cancel, this);
             }
 
@@ -218,6 +225,15 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             }
 
             Interlocked.Exchange(ref _state, Pending);
+            CancellationToken cancellationToken = _cancellationToken;
+            if (cancellationToken.IsCancellationRequested)
+            {
+                // The callback ran while we held the operation (its CAS failed) and will not run again. It may also
+                // have run after we parked it and finished it already: then this does nothing.
+                TryFinishFromPending(new OperationCanceledException(cancellationToken));
+                return;
+            }
+
             if (Socket.ReadSequence(_isWrite) == sequence && !Socket.IsDisposed)
             {
                 return;

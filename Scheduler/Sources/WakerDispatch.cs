@@ -71,7 +71,7 @@ internal static class WakerDispatch
 
                 break;
             case SynchronizationContext context:
-                context.Post(s_postCallback, workItem);
+                PostToContext(workItem, context);
                 break;
             case TaskScheduler scheduler:
                 QueueOnTaskScheduler(workItem, scheduler);
@@ -116,6 +116,21 @@ internal static class WakerDispatch
         var (continuation, state) = ((Action<object?>, object?))boxed!;
         continuation(state);
     };
+
+    private static void PostToContext(IThreadPoolWorkItem workItem, SynchronizationContext context)
+    {
+        try
+        {
+            context.Post(s_postCallback, workItem);
+        }
+        catch (Exception)
+        {
+            // The context refused (e.g. its loop has ended). Thrown here it would reach the completing thread (the I/O
+            // reactor or a timer driver, stopping every other operation they serve) and strand this awaiter: the
+            // continuation must still run, as with a refusing TaskScheduler below.
+            ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
+        }
+    }
 
     private static void QueueOnTaskScheduler(IThreadPoolWorkItem workItem, TaskScheduler scheduler)
     {
