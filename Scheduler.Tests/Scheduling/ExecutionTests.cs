@@ -222,6 +222,27 @@ public sealed class ExecutionTests
     }
 
     [Fact]
+    public async Task A_LongRunning_task_waited_on_by_a_worker_still_runs_on_its_dedicated_thread()
+    {
+        // Task.Wait() on a worker inlines a queued task; a LongRunning one is queued to its own thread, not to a worker
+        // queue, and must run there (the ThreadPool's scheduler never inlines it either).
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        for (int i = 0; i < 3000; i++)
+        {
+            (bool onWorker, string? name) = await scheduler.Factory.StartNew(() =>
+            {
+                Task<(bool, string?)> longRunning = scheduler.Factory.StartNew(
+                    () => (scheduler.IsWorkerThread, Thread.CurrentThread.Name), TaskCreationOptions.LongRunning);
+                longRunning.Wait();
+                return longRunning.Result;
+            }).WithTimeout();
+
+            onWorker.Should().BeFalse("round {0}: a LongRunning task never runs on a worker", i);
+            name.Should().Contain("LongRunning");
+        }
+    }
+
+    [Fact]
     public async Task A_faulting_task_faults_only_itself_and_its_worker_lives_on()
     {
         using var scheduler = SchedulerTestHelpers.Create(1);

@@ -180,6 +180,13 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
             return TryExecuteTask(task); // the worker loop itself starting up (see Worker.Run)
         }
 
+        if (taskWasPreviouslyQueued && (task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
+        {
+            // Queued to its dedicated thread, which runs it (the ThreadPool's scheduler refuses the same): inlined on a
+            // worker waiting for it, it would run on that worker, where it sees itself on one (IsWorkerThread).
+            return false;
+        }
+
         if (taskWasPreviouslyQueued)
         {
             // Take it out of our own queue when it is there (the usual fork-join case). When another queue
