@@ -31,6 +31,9 @@ public sealed class ContextModeDispatchTests
                 using var otherRan = new ManualResetEventSlim();
                 scheduler.EnqueueToWorker(1 - Volatile.Read(ref awaitingWorker), new SchedulerTestHelpers.RecordingWorkItem(otherRan.Set));
                 otherRan.Wait(SchedulerTestHelpers.Timeout);
+                // A busy owner's inbox may be taken by an idle peer (by design): complete once the owner is idle, when
+                // only the owner takes it — and either worker would take it from the global queue.
+                SpinWait.SpinUntil(() => scheduler.IsWorkerIdle(Volatile.Read(ref awaitingWorker)), SchedulerTestHelpers.Timeout);
                 waker.Core.TrySetResult(version, 1);
             });
             completer.Start();
