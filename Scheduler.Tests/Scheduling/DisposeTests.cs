@@ -116,4 +116,29 @@ public sealed class DisposeTests
         scheduler.PipeScheduler.Schedule(_ => scheduled.SetResult(), null);
         await scheduled.Task.WithTimeout();
     }
+
+    [Fact]
+    public async Task An_await_resuming_from_a_late_timer_after_Dispose_still_completes_its_method()
+    {
+        // An async method on the scheduler is suspended on a timer when the scheduler is disposed: nothing of it is
+        // queued, so the workers exit. The timer then resumes it from a ThreadPool thread through QueueTask, which
+        // refuses outside producers after Dispose; the runtime swallows that refusal and the method never resumed.
+        var scheduler = SchedulerTestHelpers.Create(2);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var suspended = new ManualResetEventSlim();
+        Task<bool> method = scheduler.Factory.StartNew(async () =>
+        {
+            Task wait = release.Task;
+            suspended.Set();
+            await wait;
+            return TaskScheduler.Current == scheduler;
+        }).Unwrap();
+
+        suspended.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        await scheduler.DisposeAsync().AsTask().WithTimeout();
+        release.SetResult(); // a late wake-up: completes from this (non-worker) thread's continuation on the ThreadPool
+
+        await method.WithTimeout(TimeSpan.FromSeconds(5));
+        ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+    }
 }

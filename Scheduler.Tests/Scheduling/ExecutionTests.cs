@@ -222,6 +222,57 @@ public sealed class ExecutionTests
     }
 
     [Fact]
+    public async Task A_LongRunning_task_waited_on_by_a_worker_still_runs_on_its_dedicated_thread()
+    {
+        // Task.Wait() on a worker inlines a queued task; a LongRunning one is queued to its own thread, not to a worker
+        // queue, and must run there (the ThreadPool's scheduler never inlines it either).
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        for (int i = 0; i < 3000; i++)
+        {
+            (bool onWorker, string? name) = await scheduler.Factory.StartNew(() =>
+            {
+                Task<(bool, string?)> longRunning = scheduler.Factory.StartNew(
+                    () => (scheduler.IsWorkerThread, Thread.CurrentThread.Name), TaskCreationOptions.LongRunning);
+                longRunning.Wait();
+                return longRunning.Result;
+            }).WithTimeout();
+
+            onWorker.Should().BeFalse("round {0}: a LongRunning task never runs on a worker", i);
+            name.Should().Contain("LongRunning");
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task WaitAll_on_a_worker_runs_tasks_held_by_the_global_queue_the_inbox_and_the_deque(int workers)
+    {
+        // Inlining also covers tasks another queue holds (the stale entry is skipped later): on one worker, nothing else
+        // would ever run the ones queued from outside or with PreferFairness while the worker waits.
+        using var scheduler = SchedulerTestHelpers.Create(workers);
+        int ran = 0;
+        await scheduler.Factory.StartNew(() =>
+        {
+            var tasks = new List<Task>();
+            for (int i = 0; i < 100; i++)
+            {
+                tasks.Add(Task.Factory.StartNew( // queued from a ThreadPool thread: the global queue
+                    () => Task.Factory.StartNew(() => Interlocked.Increment(ref ran), CancellationToken.None, TaskCreationOptions.None, scheduler),
+                    CancellationToken.None,
+                    TaskCreationOptions.None,
+                    TaskScheduler.Default).Result);
+                tasks.Add(scheduler.Factory.StartNew(() => Interlocked.Increment(ref ran)));
+                tasks.Add(scheduler.Factory.StartNew(() => Interlocked.Increment(ref ran), TaskCreationOptions.PreferFairness));
+            }
+
+            Task.WaitAll([.. tasks]);
+        }).WithTimeout();
+        ran.Should().Be(300);
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().QueuedTasks == 0);
+        scheduler.GetStatistics().QueuedTasks.Should().Be(0, "the stale entries of inlined tasks are dropped");
+    }
+
+    [Fact]
     public async Task A_faulting_task_faults_only_itself_and_its_worker_lives_on()
     {
         using var scheduler = SchedulerTestHelpers.Create(1);

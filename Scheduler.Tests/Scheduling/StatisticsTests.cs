@@ -44,6 +44,53 @@ public sealed class StatisticsTests
     }
 
     [Fact]
+    public async Task Counters_never_go_back_under_load_and_add_up_exactly_once_quiet()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        const int Parents = 2_000;
+        using var stop = new CancellationTokenSource();
+        var snapshots = new List<SchedulerStatistics>();
+        var sampler = new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested && snapshots.Count < 20_000)
+            {
+                snapshots.Add(scheduler.GetStatistics());
+                Thread.SpinWait(50);
+            }
+        });
+        sampler.Start();
+
+        // Each parent spawns a child and blocks on it: some children are inlined, some stolen, some run first.
+        Task<int>[] parents = Enumerable.Range(0, Parents).Select(i => scheduler.Factory.StartNew(() =>
+            scheduler.Factory.StartNew(() => i).Result)).ToArray();
+        (await Task.WhenAll(parents).WithTimeout()).Should().Equal(Enumerable.Range(0, Parents));
+
+        const int Tasks = 2 * Parents;
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics() is { } s && s.TasksExecuted + s.TasksInlined >= Tasks);
+        stop.Cancel();
+        sampler.Join();
+
+        SchedulerStatistics quiet = scheduler.GetStatistics();
+        (quiet.TasksExecuted + quiet.TasksInlined).Should().Be(Tasks, "every task is counted once, executed or inlined");
+        quiet.QueuedTasks.Should().Be(0);
+        quiet.WorkerWakeups.Should().BeLessThanOrEqualTo(quiet.WorkerParks);
+        snapshots.Add(quiet);
+        var backwards = new List<string>();
+        for (int i = 1; i < snapshots.Count; i++)
+        {
+            SchedulerStatistics before = snapshots[i - 1], after = snapshots[i];
+            if (after.TasksExecuted < before.TasksExecuted || after.TasksInlined < before.TasksInlined
+                || after.TasksStolen < before.TasksStolen || after.WorkerParks < before.WorkerParks
+                || after.WorkerWakeups < before.WorkerWakeups || after.QueuedTasks < 0)
+            {
+                backwards.Add($"{before} -> {after}");
+            }
+        }
+
+        backwards.Should().BeEmpty("counters only grow and the queue length is never negative");
+    }
+
+    [Fact]
     public async Task QueuedTasks_counts_waiting_work()
     {
         using var scheduler = SchedulerTestHelpers.Create(1);

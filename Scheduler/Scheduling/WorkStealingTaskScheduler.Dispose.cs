@@ -88,6 +88,20 @@ public sealed partial class WorkStealingTaskScheduler
     }
 
 
+    /// <summary>True when a worker other than <paramref name="self"/> is running work (shutdown waits for it).</summary>
+    internal bool AnyWorkerBusyBesides(Worker self)
+    {
+        foreach (Worker worker in _workers)
+        {
+            if (worker != self && worker.IsBusy)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     internal void OnWorkerExited()
     {
         if (Interlocked.Decrement(ref _liveWorkers) != 0)

@@ -61,6 +61,9 @@ public sealed partial class WorkStealingTaskScheduler
         // worker that awaited it. Written only by the owner, on idle transitions (not per task).
         private volatile bool _isIdle;
 
+        // True once this worker's loop has ended (set before it clears _isIdle on its way out).
+        private volatile bool _hasExited;
+
         public WorkerCounters Counters;
 
         public Worker(WorkStealingTaskScheduler owner, int index)
@@ -172,6 +175,9 @@ public sealed partial class WorkStealingTaskScheduler
 
         public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1);
 
+        /// <summary>True while this worker runs work (neither idle nor exited): it may still queue work and block on it.</summary>
+        internal bool IsBusy => !_isIdle && !_hasExited; // idle first: see the exit in RunLoop
+
         /// <summary>True when a peer could take work from here (the LIFO slot is private to its worker).</summary>
         public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty;
 
@@ -240,7 +246,7 @@ public sealed partial class WorkStealingTaskScheduler
                         continue;
                     }
 
-                    if (_owner.IsDisposeRequested && !_owner.HasAnyQueuedWork())
+                    if (CanExit())
                     {
                         break;
                     }
@@ -255,11 +261,38 @@ public sealed partial class WorkStealingTaskScheduler
                     EndSearching();
                 }
 
-                // An exited worker never takes its inbox again: let the survivors (or the final drain) have it.
+                // An exited worker never takes its inbox again: let the survivors (or the final drain) have it. Exited
+                // before not idle: a peer that reads the idle flag and then this one never takes it for a busy worker.
+                _hasExited = true;
                 _isIdle = false;
                 SetCurrentWorker(null);
                 _owner.OnWorkerExited();
+
+                // Peers that parked because this worker was busy may exit now (or take what arrived in its inbox).
+                _owner._idle.WakeAll();
             }
+        }
+
+        /// <summary>
+        /// Shutdown: this idle worker may exit once Dispose was requested, nothing is queued where it could take it, and no
+        /// peer is busy. A busy peer may still expose work (spawn into its deque, have its LIFO slot rescued, be sent
+        /// continuations from other threads) and then block until that work runs: exiting while it runs used to leave
+        /// that work to nobody, a hang that the same program without Dispose never has.
+        /// </summary>
+        /// <remarks>
+        /// Pairs with a peer's idle transition: this worker wrote its idle flag before (and, parking, ran a process-wide
+        /// barrier after registering), so of two workers turning idle together at least one sees the other idle; that
+        /// one exits and wakes every sleeper (see <see cref="RunLoop"/>), and the other re-checks.
+        /// </remarks>
+        private bool CanExit()
+        {
+            if (!_owner.IsDisposeRequested)
+            {
+                return false;
+            }
+
+            Interlocked.MemoryBarrier(); // our idle flag before the peers' (shutdown only)
+            return !_owner.HasAnyQueuedWork() && !_owner.AnyWorkerBusyBesides(this);
         }
 
         /// <summary>
@@ -581,7 +614,8 @@ public sealed partial class WorkStealingTaskScheduler
             // Registration above was a full fence (lock). Any producer that enqueued before it sees us
             // as parked and wakes someone; any that enqueues after is seen by this re-check.
             // (Its own LIFO slot is empty here: TryGetWork takes it before the worker ever idles.)
-            if (_owner.IsDisposeRequested || _owner.HasAnyQueuedWork())
+            // Shutdown parks too while a peer is busy (see CanExit); the peer that ends the shutdown wakes every sleeper.
+            if (_owner.HasAnyQueuedWork() || CanExit())
             {
                 if (!_owner._idle.TryUnparkSelf(this))
                 {

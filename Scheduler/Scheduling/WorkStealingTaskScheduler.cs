@@ -149,8 +149,14 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         Worker? worker = CurrentWorker;
         if (worker is null)
         {
-            // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException.
-            ThrowIfDisposedForOutsideProducer();
+            // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException. An await resuming is
+            // not new work: refused, it would be lost (see IsAwaitResumption); after the workers exited it runs on the
+            // ThreadPool, like every late arrival.
+            if (!IsAwaitResumption(task))
+            {
+                ThrowIfDisposedForOutsideProducer();
+            }
+
             EnqueueGlobal(WorkItem.ForTask(task));
         }
         else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
@@ -165,6 +171,19 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         }
     }
 
+    /// <summary>
+    /// Whether <paramref name="task"/> is the runtime's wrapper for an <c>await</c> resuming under this scheduler (the
+    /// awaited task completed on a thread that is not one of our workers: a timer, I/O, another scheduler).
+    /// </summary>
+    /// <remarks>
+    /// The runtime queues it through <see cref="QueueTask"/> and swallows a refusal (the task merely faults): the awaiting
+    /// method would never resume, and whoever waits for it would hang. Such a wrapper is a plain <see cref="Task"/>
+    /// without options whose state is the continuation <see cref="Action"/>; a user's <c>StartNew</c> has that shape only
+    /// when it passes an <see cref="Action"/> as the state of an <see cref="Action{T}"/>, and it then runs rather than throws.
+    /// </remarks>
+    private static bool IsAwaitResumption(Task task) =>
+        task.AsyncState is Action && task.CreationOptions == TaskCreationOptions.None && task.GetType() == typeof(Task);
+
     /// <inheritdoc />
     protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued)
     {
@@ -178,6 +197,13 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         if (worker.IsCarrier(task))
         {
             return TryExecuteTask(task); // the worker loop itself starting up (see Worker.Run)
+        }
+
+        if (taskWasPreviouslyQueued && (task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
+        {
+            // Queued to its dedicated thread, which runs it (the ThreadPool's scheduler refuses the same): inlined on a
+            // worker waiting for it, it would run on that worker, where it sees itself on one (IsWorkerThread).
+            return false;
         }
 
         if (taskWasPreviouslyQueued)

@@ -20,6 +20,14 @@ internal static class WakerDispatch
         if ((flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0)
         {
             SynchronizationContext? context = SynchronizationContext.Current;
+            if (context is WorkStealingSynchronizationContext workerContext)
+            {
+                // The scheduler's own context (UseSynchronizationContext): its Post would send a completion from another
+                // thread to the global queue, where any worker may take it. Go to the awaiting worker, as without it.
+                workerContext.Scheduler.TryGetCurrentWorkerIndex(out workerIndex);
+                return workerContext.Scheduler;
+            }
+
             if (context is not null && context.GetType() != typeof(SynchronizationContext))
             {
                 return context;
