@@ -70,6 +70,37 @@ public sealed class LifoRescueTests
     }
 
     [Fact]
+    public async Task Work_left_in_the_deque_of_a_blocked_worker_without_a_wake_up_reaches_a_parked_peer()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        using var ran = new ManualResetEventSlim();
+        int ranOn = -1;
+
+        (bool Parked, bool Ran, int Worker) outcome = await scheduler.Factory.StartNew(() =>
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int self);
+            int peer = 1 - self;
+
+            // With nothing to do the peer parks; from then on only a wake-up brings it back.
+            bool parked = SpinWait.SpinUntil(() => scheduler.IsWorkerParked(peer), BlockLimit);
+
+            // The LIFO cap's demotion puts a task into the deque without waking anyone (its owner is about to run it).
+            // Should the owner block instead, say on that very task, the watchdog must wake the peer to steal it.
+            Action<object?> release = _ =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out ranOn);
+                ran.Set();
+            };
+            scheduler.CurrentWorker!.DemoteToDeque(WorkItem.ForCallback(release, null));
+            return (parked, ran.Wait(BlockLimit), self);
+        }).WithTimeout();
+
+        outcome.Parked.Should().BeTrue("the peer had nothing to do");
+        outcome.Ran.Should().BeTrue("a busy worker that stops making progress with stealable work gets a parked peer woken");
+        ranOn.Should().Be(1 - outcome.Worker);
+    }
+
+    [Fact]
     public async Task The_watchdog_runs_only_while_a_worker_is_busy()
     {
         using var scheduler = SchedulerTestHelpers.Create(2);

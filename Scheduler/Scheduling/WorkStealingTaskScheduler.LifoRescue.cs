@@ -113,10 +113,18 @@ public sealed partial class WorkStealingTaskScheduler
         bool anyBusy = false;
         foreach (Worker worker in _workers)
         {
-            anyBusy |= worker.WatchdogLook(out bool stranded);
+            anyBusy |= worker.WatchdogLook(out bool stalled, out bool stranded);
             if (stranded)
             {
                 TryRescueLifoSlot(worker.Index);
+            }
+            else if (stalled && worker.HasStealableWork)
+            {
+                // Its deque or inbox holds work that a peer could take, and it is not taking it. Every enqueue wakes a
+                // parked peer unless one is searching, but one path does not (the LIFO cap's demotion, see
+                // Worker.DemoteToDeque), and a worker preempted between its pop and that push can see its peer park
+                // before the push lands. Wakes a parked peer only if nobody is searching (a searcher finds the work).
+                NotifyParked();
             }
         }
 
@@ -147,11 +155,12 @@ public sealed partial class WorkStealingTaskScheduler
 
         /// <summary>
         /// Watchdog thread: records this worker's progress and LIFO task. Returns whether the worker is busy;
-        /// <paramref name="stranded"/> is true when it is busy and neither its progress count nor its LIFO task moved
-        /// since the previous look.
+        /// <paramref name="stalled"/> is true when it is busy and its progress count did not move since the previous look,
+        /// <paramref name="stranded"/> when, in addition, its LIFO task did not either.
         /// </summary>
-        internal bool WatchdogLook(out bool stranded)
+        internal bool WatchdogLook(out bool stalled, out bool stranded)
         {
+            stalled = false;
             stranded = false;
             if (_isIdle) // a parked worker is idle too (it stays so until it finds work)
             {
@@ -162,7 +171,8 @@ public sealed partial class WorkStealingTaskScheduler
 
             long progress = Volatile.Read(ref Counters.Executed) + Volatile.Read(ref Counters.Inlined);
             object? lifo = _lifoSlot.PeekTarget;
-            stranded = lifo is not null && progress == _watchedProgress && ReferenceEquals(lifo, _watchedLifo);
+            stalled = progress == _watchedProgress;
+            stranded = stalled && lifo is not null && ReferenceEquals(lifo, _watchedLifo);
             _watchedProgress = progress;
             _watchedLifo = lifo; // a rescue that found the owner inside its slot is retried at the next tick
             return true;

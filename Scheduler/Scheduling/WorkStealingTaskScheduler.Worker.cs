@@ -33,6 +33,8 @@ public sealed partial class WorkStealingTaskScheduler
         // How many extra items a fairness turn moves from a stalled peer's inbox into this worker's deque.
         private const int RescueBatchSize = 15;
 
+        private const int BatchBufferSize = GlobalBatchSize > RescueBatchSize ? GlobalBatchSize : RescueBatchSize;
+
         private Thread? _thread;
         private Task? _carrier;
 
@@ -47,8 +49,9 @@ public sealed partial class WorkStealingTaskScheduler
         private readonly long[] _peerProgress;
         private int _rescueCursor;
 
-        // Where a rescued batch waits while it is pushed in reverse (so that this worker's LIFO pops run it oldest first).
-        private readonly WorkItem[] _rescueBatch = new WorkItem[RescueBatchSize];
+        // Where a batch taken from a FIFO queue (the global queue, a stalled peer's inbox) waits while it is pushed in
+        // reverse, so that this worker's LIFO pops run it oldest first.
+        private readonly WorkItem[] _batchBuffer = new WorkItem[BatchBufferSize];
 
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
         internal bool WokenAsSearcher;
@@ -359,8 +362,7 @@ public sealed partial class WorkStealingTaskScheduler
 
                 // Cap reached (a ping-pong pair keeps refilling the slot): give the next-newest local work, or
                 // work from outside, one turn, then the demoted task runs as the newest item of the deque. Taking
-                // the newest rather than the oldest keeps a spawn tree depth-first (bounded queues, cache-hot), and
-                // the demotion wakes nobody: the owner is about to run it.
+                // the newest rather than the oldest keeps a spawn tree depth-first (bounded queues, cache-hot).
                 WorkItem demoted = lifo;
                 _lifoRunsInARow = 0;
                 if (!TryTakeInboxOrGlobal(out item) && !_deque.TryPop(out item))
@@ -369,12 +371,7 @@ public sealed partial class WorkStealingTaskScheduler
                     return FoundWork();
                 }
 
-                if (!_deque.TryPush(demoted))
-                {
-                    // Deque full: keep it in the slot, it runs next anyway (the slot is empty: only this thread fills it).
-                    _lifoSlot.Exchange(demoted);
-                }
-
+                DemoteToDeque(demoted);
                 return FoundWork();
             }
 
@@ -385,6 +382,20 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             return false;
+        }
+
+        /// <summary>
+        /// Owner thread, at the LIFO cap: puts the demoted slot task into the deque, waking nobody, because the owner is
+        /// about to run it. Should the item the owner runs first block until the demoted task has run (sync-over-async)
+        /// just when every peer has parked, the watchdog wakes one (see <see cref="WatchdogLook"/>).
+        /// </summary>
+        internal void DemoteToDeque(in WorkItem demoted)
+        {
+            if (!_deque.TryPush(demoted))
+            {
+                // Deque full: keep it in the slot, it runs next anyway (the slot is empty: only this thread fills it).
+                _lifoSlot.Exchange(demoted);
+            }
         }
 
         private bool FairnessTurn(out WorkItem item)
@@ -457,13 +468,13 @@ public sealed partial class WorkStealingTaskScheduler
             int moved = 0;
             while (moved < RescueBatchSize && peer._inbox.TryDequeue(out WorkItem extra))
             {
-                _rescueBatch[moved++] = extra;
+                _batchBuffer[moved++] = extra;
             }
 
             for (int newest = moved - 1; newest >= 0; newest--)
             {
-                PushToDeque(_rescueBatch[newest]);
-                _rescueBatch[newest] = default;
+                PushToDeque(_batchBuffer[newest]);
+                _batchBuffer[newest] = default;
             }
 
             Counters.Stolen += 1 + moved;
@@ -505,18 +516,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
             else if (_deque.IsEmpty)
             {
-                while (moved < GlobalBatchSize && _owner.TryDequeueGlobal(out WorkItem extra))
-                {
-                    if (extra.Target is WorkItemBatch extraBatch)
-                    {
-                        _owner.OnBatchDequeued(extraBatch);
-                        moved += PushBatchToDeque(extraBatch);
-                        break;
-                    }
-
-                    _deque.TryPush(extra); // the deque was empty and only this thread pushes: there is room
-                    moved++;
-                }
+                moved = MoveGlobalBatchToDeque();
             }
 
             if (moved > 0)
@@ -525,6 +525,43 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             return true;
+        }
+
+        /// <summary>
+        /// Owner, with an empty deque: moves up to <see cref="GlobalBatchSize"/> more items of the global queue into it, so
+        /// that the global queue's FIFO order survives the deque's LIFO pops: collected first, pushed newest first (pushed
+        /// in arrival order, each batch ran backwards: PreferFairness work queued from outside ran 0, 15, 14, …, 1, 16, 31,
+        /// … on one worker). An overflow batch met on the way came later than the items before it, so it goes in first.
+        /// Returns the number of items moved.
+        /// </summary>
+        private int MoveGlobalBatchToDeque()
+        {
+            int taken = 0;
+            int moved = 0;
+            while (taken < GlobalBatchSize && _owner.TryDequeueGlobal(out WorkItem extra))
+            {
+                if (extra.Target is WorkItemBatch overflow)
+                {
+                    _owner.OnBatchDequeued(overflow);
+                    moved = PushBatchToDeque(overflow);
+                    break;
+                }
+
+                _batchBuffer[taken++] = extra;
+            }
+
+            for (int newest = taken - 1; newest >= 0; newest--)
+            {
+                // Room: an overflow batch is half a deque at most, and GlobalBatchSize is far below the other half.
+                if (!_deque.TryPush(_batchBuffer[newest]))
+                {
+                    PushToDeque(_batchBuffer[newest]); // spills the older half to the global queue (not expected)
+                }
+
+                _batchBuffer[newest] = default;
+            }
+
+            return moved + taken;
         }
 
         /// <summary>

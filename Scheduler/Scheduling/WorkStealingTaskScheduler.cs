@@ -127,6 +127,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     /// <summary>Whether worker <paramref name="workerIndex"/> has run out of work (spinning or parked). For tests.</summary>
     internal bool IsWorkerIdle(int workerIndex) => _workers[workerIndex].IsIdle;
 
+    /// <summary>Whether worker <paramref name="workerIndex"/> sleeps in the kernel until woken. For tests.</summary>
+    internal bool IsWorkerParked(int workerIndex) => _workers[workerIndex].IsParked;
+
     /// <summary>The scheduler whose worker runs on the calling thread, if any.</summary>
     internal static WorkStealingTaskScheduler? CurrentWorkerScheduler => t_currentWorker?.Owner;
 
