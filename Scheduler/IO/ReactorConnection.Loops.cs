@@ -7,6 +7,7 @@ namespace Scheduler.IO;
 public sealed partial class ReactorConnection
 {
     private const int MinimumReceiveSize = 2048;
+    private const int MaximumSendSize = 1 << 30;
 
     // GetMemory → receive → Advance → Flush. FlushAsync waits while the reader is over the pause threshold:
     // that is what stops reading from the socket and pushes backpressure to the peer.
@@ -62,13 +63,22 @@ public sealed partial class ReactorConnection
                 }
 
                 ReadOnlySequence<byte> buffer = result.Buffer;
+
+                // One send takes at most int.MaxValue bytes; only a pipe without backpressure (PauseWriterThreshold 0)
+                // can buffer more. The rest comes back at once from the next read.
+                bool whole = buffer.Length <= MaximumSendSize;
+                if (!whole)
+                {
+                    buffer = buffer.Slice(0, MaximumSendSize);
+                }
+
                 if (!buffer.IsEmpty)
                 {
                     await Socket.SendAsync(buffer);
                 }
 
                 reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted)
+                if (result.IsCompleted && whole)
                 {
                     ShutdownSend();
                     break;

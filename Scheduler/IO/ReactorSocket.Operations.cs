@@ -120,7 +120,7 @@ public sealed partial class ReactorSocket
 
             _buffers = buffers;
             _isSequence = true;
-            _total = checked((int)buffers.Length);
+            _total = (int)buffers.Length; // at most int.MaxValue: SendAsync checked it before claiming the operation
             _sent = 0;
         }
 

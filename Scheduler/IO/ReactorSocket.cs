@@ -142,8 +142,16 @@ public sealed partial class ReactorSocket : IDisposable
     }
 
     /// <summary>Sends every segment of <paramref name="buffers"/>, gathering up to 64 segments per <c>sendmsg</c>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="buffers"/> is longer than <see cref="int.MaxValue"/> bytes; nothing was sent.</exception>
     internal ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers, CancellationToken cancellationToken = default)
     {
+        // Checked before the send operation is claimed: a failure after the claim would leave it busy for good.
+        if (buffers.Length > int.MaxValue)
+        {
+            return ValueTask.FromException<int>(new ArgumentOutOfRangeException(
+                nameof(buffers), buffers.Length, "A send takes at most int.MaxValue bytes; send a longer sequence in slices."));
+        }
+
         if (!TryAcquireSend(out ValueTask<int> failure))
         {
             return failure;
