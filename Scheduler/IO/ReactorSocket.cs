@@ -68,6 +68,14 @@ public sealed partial class ReactorSocket : IDisposable
     internal bool IsListener => _accept is not null;
 
     /// <summary>
+    /// For tests only (null otherwise): called with the socket at named points of races that are a few instructions
+    /// wide, so that a test can hold one party there. <c>"accept-attempt"</c>: an accept attempt, before it takes the
+    /// accept queue's lock; <c>"dispose-queue-closed"</c>: <see cref="Dispose"/>, after it closed the queued
+    /// connections and before it closes the fd.
+    /// </summary>
+    internal static Action<ReactorSocket, string>? RaceHookForTests { get; set; }
+
+    /// <summary>
     /// Accepts the next connection of a listening socket. Each time the kernel reports the listener readable, its
     /// accept queue is drained in a batch, so later calls complete synchronously until the batch is used up.
     /// </summary>
@@ -203,6 +211,7 @@ public sealed partial class ReactorSocket : IDisposable
         {
             _accept.TryFinishFromPending(error);
             _accept.CloseQueued();
+            RaceHookForTests?.Invoke(this, "dispose-queue-closed");
         }
 
         _handle.Dispose();
