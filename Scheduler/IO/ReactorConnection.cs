@@ -28,11 +28,25 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
         Socket = socket;
         _input = new Pipe(inputOptions);
         _output = new Pipe(outputOptions);
-        TaskScheduler scheduler = socket.Reactor.Scheduler;
-        _receiveLoop = Task.Factory.StartNew(
-            static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
-        _sendLoop = Task.Factory.StartNew(
-            static s => ((ReactorConnection)s!).SendLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
+        var receive = new Task<Task>(static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
+        var send = new Task<Task>(static s => ((ReactorConnection)s!).SendLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
+        _receiveLoop = receive.Unwrap();
+        _sendLoop = send.Unwrap();
+
+        // One work item queued from here starts both loops from a worker, where queueing cannot fail. A disposed
+        // scheduler refuses that one item and nothing runs (Create throws, the socket untouched); two separate
+        // StartNew calls could leave the first loop running on a socket nobody owns when the second was refused.
+        Task.Factory.StartNew(
+            static s =>
+            {
+                (Task<Task> receive, Task<Task> send, TaskScheduler scheduler) = ((Task<Task>, Task<Task>, TaskScheduler))s!;
+                receive.Start(scheduler);
+                send.Start(scheduler);
+            },
+            (receive, send, (TaskScheduler)socket.Reactor.Scheduler),
+            CancellationToken.None,
+            TaskCreationOptions.DenyChildAttach,
+            socket.Reactor.Scheduler);
     }
 
     /// <summary>How long <see cref="DisposeAsync"/> lets already-written output drain before aborting the socket.</summary>
@@ -54,6 +68,10 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <exception cref="ArgumentNullException"><paramref name="socket"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="socket"/> is a listening socket.</exception>
     /// <exception cref="ObjectDisposedException"><paramref name="socket"/> is disposed.</exception>
+    /// <exception cref="TaskSchedulerException">
+    /// The reactor's scheduler is disposed (the inner exception is <see cref="ObjectDisposedException"/>): nothing was
+    /// started and the socket is left as it was, still the caller's to use or dispose.
+    /// </exception>
     public static ReactorConnection Create(ReactorSocket socket, PipeOptions? inputOptions = null, PipeOptions? outputOptions = null)
     {
         ArgumentNullException.ThrowIfNull(socket);
