@@ -15,6 +15,7 @@ public sealed partial class ReactorConnection
     {
         PipeWriter writer = _input.Writer;
         Exception? error = null;
+        bool streamEnded = false;
         try
         {
             while (true)
@@ -23,6 +24,7 @@ public sealed partial class ReactorConnection
                 int received = await Socket.ReceiveAsync(memory);
                 if (received == 0)
                 {
+                    streamEnded = true;
                     break;
                 }
 
@@ -37,13 +39,41 @@ public sealed partial class ReactorConnection
         catch (ObjectDisposedException) when (IsDisposing)
         {
             // Our own DisposeAsync closed the socket: a normal end for the reader.
+            streamEnded = true;
         }
         catch (Exception e)
         {
             error = e;
+            streamEnded = true;
         }
 
         await writer.CompleteAsync(error);
+
+        // Stopped by the application (it completed Input) or by DisposeAsync: the socket may still hold input. Once
+        // DisposeAsync has sent everything, drop that input so that closing does not reset the connection.
+        if (!streamEnded && await _linger.Task)
+        {
+            await DiscardInputAsync();
+        }
+    }
+
+    private async Task DiscardInputAsync()
+    {
+        var scratch = new byte[16 << 10];
+        try
+        {
+            while (await Socket.ReceiveAsync(scratch) > 0)
+            {
+            }
+        }
+        catch (ObjectDisposedException) when (IsDisposing)
+        {
+            // DisposeAsync stopped lingering and closed the socket.
+        }
+        catch (SocketException)
+        {
+            // The peer reset the connection: nothing is left to protect.
+        }
     }
 
     // Read → one gathered send for every buffered segment → AdvanceTo. Completing Output ends the loop after the
@@ -81,6 +111,7 @@ public sealed partial class ReactorConnection
                 if (result.IsCompleted && whole)
                 {
                     ShutdownSend();
+                    _outputShutDown = true; // read by DisposeAsync once this loop's task completed
                     break;
                 }
             }

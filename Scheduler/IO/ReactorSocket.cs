@@ -251,6 +251,24 @@ public sealed partial class ReactorSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Bytes this socket sent that the peer has not acknowledged yet (TCP; for a Unix domain socket: not read yet),
+    /// <c>SIOCOUTQ</c>; 0 when the socket is disposed or the kernel cannot tell.
+    /// </summary>
+    internal unsafe int UnacknowledgedSendBytes()
+    {
+        if (!TryAddRef(out FdReference fd))
+        {
+            return 0;
+        }
+
+        using (fd)
+        {
+            int queued = 0;
+            return Libc.Ioctl(fd.Fd, SIOCOUTQ, &queued) == 0 ? queued : 0;
+        }
+    }
+
     /// <summary>Receives that parked without a system call because the socket was known to be drained. For tests.</summary>
     internal int ReceiveAttemptsSkipped => _receive?.SkippedAttempts ?? 0;
 
