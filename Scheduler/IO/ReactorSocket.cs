@@ -195,6 +195,11 @@ public sealed partial class ReactorSocket : IDisposable
     /// Closes the socket. Operations pending at this moment fail with <see cref="ObjectDisposedException"/>; the fd is
     /// closed once no system call uses it any more. Idempotent.
     /// </summary>
+    /// <remarks>
+    /// Like <see cref="Socket.Close()"/>, this does not linger: closed with input still unread, the kernel resets the
+    /// connection and drops what the peer has not acknowledged yet. For an orderly end, <see cref="Shutdown"/> the
+    /// send side and receive until 0 first (<see cref="ReactorConnection.DisposeAsync"/> does this within a bound).
+    /// </remarks>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
