@@ -394,6 +394,59 @@ public sealed class ReactorConnectionTests
     }
 
     [Fact]
+    public async Task DisposeAsync_delivers_the_whole_reply_to_a_peer_whose_request_was_not_read_to_the_end()
+    {
+        // Closing a TCP socket with unread input makes Linux send a reset and drop whatever it has not sent yet: a
+        // reply already handed to Output would be cut short. The peer sends more than Input takes before it pauses.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10; // a slow window: the end of the reply is still in our kernel when we close
+        ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+        var inputOptions = new PipeOptions(
+            readerScheduler: io.Scheduler.PipeScheduler,
+            writerScheduler: io.Scheduler.PipeScheduler,
+            pauseWriterThreshold: 4096,
+            resumeWriterThreshold: 2048,
+            useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(server, inputOptions);
+        await peer.SendAsync(new byte[256 << 10]).WaitAsync(IoTestContext.Timeout);
+
+        byte[] reply = IoTestContext.Pattern(4 << 20, 21);
+        Task<(int Received, bool Intact, SocketError? Error)> reading = Task.Run(async () =>
+        {
+            var received = new byte[reply.Length + 1];
+            int total = 0;
+            try
+            {
+                int n;
+                while ((n = await peer.ReceiveAsync(received.AsMemory(total, Math.Min(64 << 10, received.Length - total)))) > 0)
+                {
+                    total += n;
+                    await Task.Delay(1);
+                }
+
+                return (total, received.AsSpan(0, total).SequenceEqual(reply.AsSpan(0, Math.Min(total, reply.Length))), (SocketError?)null);
+            }
+            catch (SocketException e)
+            {
+                return (total, false, e.SocketErrorCode);
+            }
+        });
+
+        await io.Run(async () =>
+        {
+            await connection.Output.WriteAsync(reply);
+            await connection.DisposeAsync();
+        });
+
+        (int receivedLength, bool intact, SocketError? error) = await reading.WaitAsync(IoTestContext.Timeout);
+        error.Should().BeNull("the connection must end with our FIN, not a reset");
+        receivedLength.Should().Be(reply.Length);
+        intact.Should().BeTrue();
+    }
+
+    [Fact]
     public async Task Interop_pipe_connection_with_plain_socket_client()
     {
         await using var io = new IoTestContext();

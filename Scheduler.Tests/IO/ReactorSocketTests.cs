@@ -550,4 +550,51 @@ public sealed class ReactorSocketTests
             buffer[0].Should().Be(2);
         });
     }
+
+    [Fact]
+    public async Task A_gathered_send_over_2_GB_is_refused_before_it_claims_the_send_side()
+    {
+        // Only a pipe without backpressure (pauseWriterThreshold 0) hands the send loop that much; 3 GB of segments
+        // over one 1 MB array stands in for it without the allocation.
+        var chunk = new byte[1 << 20];
+        var first = new ChunkSegment(chunk, 0);
+        ChunkSegment last = first;
+        for (int i = 1; i < 3 * 1024; i++)
+        {
+            last = last.Append(chunk);
+        }
+
+        var huge = new System.Buffers.ReadOnlySequence<byte>(first, 0, last, chunk.Length);
+        huge.Length.Should().BeGreaterThan(int.MaxValue);
+
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        await io.RunOnPair(listener, async (client, server) =>
+        {
+            Func<Task> tooLong = async () => await client.SendAsync(huge);
+            await tooLong.Should().ThrowAsync<ArgumentOutOfRangeException>();
+
+            // Nothing was sent and the send side is free: the next send goes out.
+            (await client.SendAsync(new byte[] { 7 })).Should().Be(1);
+            var buffer = new byte[1];
+            await IoTestContext.ReceiveExactlyAsync(server, buffer);
+            buffer[0].Should().Be(7);
+        });
+    }
+
+    private sealed class ChunkSegment : System.Buffers.ReadOnlySequenceSegment<byte>
+    {
+        public ChunkSegment(byte[] chunk, long runningIndex)
+        {
+            Memory = chunk;
+            RunningIndex = runningIndex;
+        }
+
+        public ChunkSegment Append(byte[] chunk)
+        {
+            var next = new ChunkSegment(chunk, RunningIndex + Memory.Length);
+            Next = next;
+            return next;
+        }
+    }
 }

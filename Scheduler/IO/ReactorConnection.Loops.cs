@@ -7,6 +7,7 @@ namespace Scheduler.IO;
 public sealed partial class ReactorConnection
 {
     private const int MinimumReceiveSize = 2048;
+    private const int MaximumSendSize = 1 << 30;
 
     // GetMemory → receive → Advance → Flush. FlushAsync waits while the reader is over the pause threshold:
     // that is what stops reading from the socket and pushes backpressure to the peer.
@@ -14,6 +15,7 @@ public sealed partial class ReactorConnection
     {
         PipeWriter writer = _input.Writer;
         Exception? error = null;
+        bool streamEnded = false;
         try
         {
             while (true)
@@ -22,6 +24,7 @@ public sealed partial class ReactorConnection
                 int received = await Socket.ReceiveAsync(memory);
                 if (received == 0)
                 {
+                    streamEnded = true;
                     break;
                 }
 
@@ -36,13 +39,41 @@ public sealed partial class ReactorConnection
         catch (ObjectDisposedException) when (IsDisposing)
         {
             // Our own DisposeAsync closed the socket: a normal end for the reader.
+            streamEnded = true;
         }
         catch (Exception e)
         {
             error = e;
+            streamEnded = true;
         }
 
         await writer.CompleteAsync(error);
+
+        // Stopped by the application (it completed Input) or by DisposeAsync: the socket may still hold input. Once
+        // DisposeAsync has sent everything, drop that input so that closing does not reset the connection.
+        if (!streamEnded && await _linger.Task)
+        {
+            await DiscardInputAsync();
+        }
+    }
+
+    private async Task DiscardInputAsync()
+    {
+        var scratch = new byte[16 << 10];
+        try
+        {
+            while (await Socket.ReceiveAsync(scratch) > 0)
+            {
+            }
+        }
+        catch (ObjectDisposedException) when (IsDisposing)
+        {
+            // DisposeAsync stopped lingering and closed the socket.
+        }
+        catch (SocketException)
+        {
+            // The peer reset the connection: nothing is left to protect.
+        }
     }
 
     // Read → one gathered send for every buffered segment → AdvanceTo. Completing Output ends the loop after the
@@ -62,15 +93,25 @@ public sealed partial class ReactorConnection
                 }
 
                 ReadOnlySequence<byte> buffer = result.Buffer;
+
+                // One send takes at most int.MaxValue bytes; only a pipe without backpressure (PauseWriterThreshold 0)
+                // can buffer more. The rest comes back at once from the next read.
+                bool whole = buffer.Length <= MaximumSendSize;
+                if (!whole)
+                {
+                    buffer = buffer.Slice(0, MaximumSendSize);
+                }
+
                 if (!buffer.IsEmpty)
                 {
                     await Socket.SendAsync(buffer);
                 }
 
                 reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted)
+                if (result.IsCompleted && whole)
                 {
                     ShutdownSend();
+                    _outputShutDown = true; // read by DisposeAsync once this loop's task completed
                     break;
                 }
             }

@@ -21,6 +21,11 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     private readonly Pipe _output;
     private readonly Task _receiveLoop;
     private readonly Task _sendLoop;
+
+    // Set by DisposeAsync: true when the output went out and the send side is shut down, so the receive loop reads
+    // and drops the rest of the input until the socket closes (see DisposeAsync); false to just end.
+    private readonly TaskCompletionSource<bool> _linger = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private bool _outputShutDown;
     private int _disposed;
 
     private ReactorConnection(ReactorSocket socket, PipeOptions inputOptions, PipeOptions outputOptions)
@@ -28,15 +33,35 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
         Socket = socket;
         _input = new Pipe(inputOptions);
         _output = new Pipe(outputOptions);
-        TaskScheduler scheduler = socket.Reactor.Scheduler;
-        _receiveLoop = Task.Factory.StartNew(
-            static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
-        _sendLoop = Task.Factory.StartNew(
-            static s => ((ReactorConnection)s!).SendLoopAsync(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler).Unwrap();
+        var receive = new Task<Task>(static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
+        var send = new Task<Task>(static s => ((ReactorConnection)s!).SendLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
+        _receiveLoop = receive.Unwrap();
+        _sendLoop = send.Unwrap();
+
+        // One work item queued from here starts both loops from a worker, where queueing cannot fail. A disposed
+        // scheduler refuses that one item and nothing runs (Create throws, the socket untouched); two separate
+        // StartNew calls could leave the first loop running on a socket nobody owns when the second was refused.
+        Task.Factory.StartNew(
+            static s =>
+            {
+                (Task<Task> receive, Task<Task> send, TaskScheduler scheduler) = ((Task<Task>, Task<Task>, TaskScheduler))s!;
+                receive.Start(scheduler);
+                send.Start(scheduler);
+            },
+            (receive, send, (TaskScheduler)socket.Reactor.Scheduler),
+            CancellationToken.None,
+            TaskCreationOptions.DenyChildAttach,
+            socket.Reactor.Scheduler);
     }
 
-    /// <summary>How long <see cref="DisposeAsync"/> lets already-written output drain before aborting the socket.</summary>
+    /// <summary>
+    /// How long <see cref="DisposeAsync"/> lets already-written output drain, and the peer acknowledge it, before it
+    /// closes the socket anyway.
+    /// </summary>
     internal static TimeSpan DisposeGracePeriod { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How often a lingering <see cref="DisposeAsync"/> asks the kernel whether the peer acknowledged everything.</summary>
+    private static TimeSpan LingerPollInterval => TimeSpan.FromMilliseconds(5);
 
     /// <summary>The underlying socket; the connection owns it and disposes it in <see cref="DisposeAsync"/>.</summary>
     public ReactorSocket Socket { get; }
@@ -54,6 +79,10 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <exception cref="ArgumentNullException"><paramref name="socket"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="socket"/> is a listening socket.</exception>
     /// <exception cref="ObjectDisposedException"><paramref name="socket"/> is disposed.</exception>
+    /// <exception cref="TaskSchedulerException">
+    /// The reactor's scheduler is disposed (the inner exception is <see cref="ObjectDisposedException"/>): nothing was
+    /// started and the socket is left as it was, still the caller's to use or dispose.
+    /// </exception>
     public static ReactorConnection Create(ReactorSocket socket, PipeOptions? inputOptions = null, PipeOptions? outputOptions = null)
     {
         ArgumentNullException.ThrowIfNull(socket);
@@ -68,15 +97,32 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     }
 
     /// <summary>
-    /// Completes <see cref="Output"/> (buffered bytes get up to a second to drain, so a peer that stopped reading
-    /// cannot hang this), closes the socket, and waits for both loops to finish. Idempotent.
+    /// Completes <see cref="Output"/>, lets buffered bytes drain and the peer acknowledge them (reading and dropping
+    /// any input meanwhile), closes the socket, and waits for both loops to finish. All of that takes at most about a
+    /// second, so a peer that stopped reading cannot hang this. Idempotent.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             await _output.Writer.CompleteAsync();
-            _ = await Task.WhenAny(_sendLoop, Task.Delay(DisposeGracePeriod));
+            Task grace = Task.Delay(DisposeGracePeriod);
+            bool lingering = await Task.WhenAny(_sendLoop, grace) == _sendLoop && _outputShutDown;
+            _linger.TrySetResult(lingering);
+            if (lingering)
+            {
+                // Everything is in the kernel, our FIN behind it. Closing now with unread input would make Linux
+                // reset the connection and drop what the peer has not acknowledged yet (a long reply to a peer that
+                // reads slowly, whose request we did not read to the end). So the receive loop drops the input
+                // (one held by backpressure is let go), until the peer's end of stream, until the peer acknowledged
+                // everything (nothing of ours can be lost then), or until the grace period ends.
+                _input.Writer.CancelPendingFlush();
+                while (!_receiveLoop.IsCompleted && !grace.IsCompleted && Socket.UnacknowledgedSendBytes() > 0)
+                {
+                    await Task.WhenAny(_receiveLoop, grace, Task.Delay(LingerPollInterval));
+                }
+            }
+
             Socket.Dispose();
             _output.Reader.CancelPendingRead();
             _input.Writer.CancelPendingFlush();

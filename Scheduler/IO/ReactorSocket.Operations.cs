@@ -120,7 +120,7 @@ public sealed partial class ReactorSocket
 
             _buffers = buffers;
             _isSequence = true;
-            _total = checked((int)buffers.Length);
+            _total = (int)buffers.Length; // at most int.MaxValue: SendAsync checked it before claiming the operation
             _sent = 0;
         }
 
@@ -248,6 +248,7 @@ public sealed partial class ReactorSocket
             result = null!;
             error = null;
             int fd;
+            RaceHookForTests?.Invoke(Socket, "accept-attempt");
             lock (_queueLock)
             {
                 if (_accepted.Count == 0 && !Drain(out error))
@@ -287,6 +288,17 @@ public sealed partial class ReactorSocket
         {
             result = null!;
             error = null;
+
+            // Under the queue lock with the fd referenced: a Dispose that already passed CloseQueued (it marks the
+            // socket disposed before it takes this lock) would never close what this batch accepts. Checked here, the
+            // flag tells which came first: either Dispose has not taken the lock yet and will close this batch, or it
+            // has and nothing is accepted.
+            if (Socket.IsDisposed)
+            {
+                error = Socket.CreateDisposedException();
+                return false;
+            }
+
             while (_accepted.Count < BatchSize)
             {
                 int accepted = Libc.Accept4(fd.Fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -68,6 +68,14 @@ public sealed partial class ReactorSocket : IDisposable
     internal bool IsListener => _accept is not null;
 
     /// <summary>
+    /// For tests only (null otherwise): called with the socket at named points of races that are a few instructions
+    /// wide, so that a test can hold one party there. <c>"accept-attempt"</c>: an accept attempt, before it takes the
+    /// accept queue's lock; <c>"dispose-queue-closed"</c>: <see cref="Dispose"/>, after it closed the queued
+    /// connections and before it closes the fd.
+    /// </summary>
+    internal static Action<ReactorSocket, string>? RaceHookForTests { get; set; }
+
+    /// <summary>
     /// Accepts the next connection of a listening socket. Each time the kernel reports the listener readable, its
     /// accept queue is drained in a batch, so later calls complete synchronously until the batch is used up.
     /// </summary>
@@ -142,8 +150,16 @@ public sealed partial class ReactorSocket : IDisposable
     }
 
     /// <summary>Sends every segment of <paramref name="buffers"/>, gathering up to 64 segments per <c>sendmsg</c>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="buffers"/> is longer than <see cref="int.MaxValue"/> bytes; nothing was sent.</exception>
     internal ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers, CancellationToken cancellationToken = default)
     {
+        // Checked before the send operation is claimed: a failure after the claim would leave it busy for good.
+        if (buffers.Length > int.MaxValue)
+        {
+            return ValueTask.FromException<int>(new ArgumentOutOfRangeException(
+                nameof(buffers), buffers.Length, "A send takes at most int.MaxValue bytes; send a longer sequence in slices."));
+        }
+
         if (!TryAcquireSend(out ValueTask<int> failure))
         {
             return failure;
@@ -179,6 +195,11 @@ public sealed partial class ReactorSocket : IDisposable
     /// Closes the socket. Operations pending at this moment fail with <see cref="ObjectDisposedException"/>; the fd is
     /// closed once no system call uses it any more. Idempotent.
     /// </summary>
+    /// <remarks>
+    /// Like <see cref="Socket.Close()"/>, this does not linger: closed with input still unread, the kernel resets the
+    /// connection and drops what the peer has not acknowledged yet. For an orderly end, <see cref="Shutdown"/> the
+    /// send side and receive until 0 first (<see cref="ReactorConnection.DisposeAsync"/> does this within a bound).
+    /// </remarks>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -195,6 +216,7 @@ public sealed partial class ReactorSocket : IDisposable
         {
             _accept.TryFinishFromPending(error);
             _accept.CloseQueued();
+            RaceHookForTests?.Invoke(this, "dispose-queue-closed");
         }
 
         _handle.Dispose();
@@ -231,6 +253,24 @@ public sealed partial class ReactorSocket : IDisposable
             Interlocked.Increment(ref _writeSequence);
             _send?.OnReady();
             _connect?.OnReady();
+        }
+    }
+
+    /// <summary>
+    /// Bytes this socket sent that the peer has not acknowledged yet (TCP; for a Unix domain socket: not read yet),
+    /// <c>SIOCOUTQ</c>; 0 when the socket is disposed or the kernel cannot tell.
+    /// </summary>
+    internal unsafe int UnacknowledgedSendBytes()
+    {
+        if (!TryAddRef(out FdReference fd))
+        {
+            return 0;
+        }
+
+        using (fd)
+        {
+            int queued = 0;
+            return Libc.Ioctl(fd.Fd, SIOCOUTQ, &queued) == 0 ? queued : 0;
         }
     }
 

@@ -78,6 +78,10 @@ internal static unsafe partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "getpeername", SetLastError = true)]
     internal static partial int GetPeerName(int fd, byte* address, uint* addressLength);
 
+    // ioctl(2) is variadic; bound with one pointer argument, which the Linux calling conventions pass like a fixed one.
+    [LibraryImport(LibraryName, EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int Ioctl(int fd, nuint request, int* argument);
+
     /// <summary><c>struct iovec</c>.</summary>
     [StructLayout(LayoutKind.Sequential)]
     internal struct IoVector

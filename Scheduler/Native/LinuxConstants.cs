@@ -57,6 +57,7 @@ internal static class LinuxConstants
     public const int SHUT_RD = 0;
     public const int SHUT_WR = 1;
     public const int SHUT_RDWR = 2;
+    public const uint SIOCOUTQ = 0x5411; // TIOCOUTQ (asm-generic): bytes sent and not yet acknowledged (TCP) or read (Unix)
 
     // epoll / eventfd
     public const int EPOLL_CLOEXEC = 0x80000;
