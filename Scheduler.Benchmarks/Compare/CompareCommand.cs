@@ -12,13 +12,22 @@ public static class CompareCommand
     private static readonly TimeSpan s_runTimeout = TimeSpan.FromMinutes(2);
 
     /// <summary>Runs <c>compare</c> with <paramref name="args"/> (without the word <c>compare</c>).</summary>
-    public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error)
+    public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error) =>
+        Run(args, output, error, CompareCatalog.Entries, RoundPlan.Default, FindRepositoryDocs);
+
+    /// <summary>
+    /// <see cref="Run(IReadOnlyList{string}, TextWriter, TextWriter)"/> with its parts replaceable (tests): the catalog,
+    /// the round counts, and where a full run publishes its docs (null: not found).
+    /// </summary>
+    internal static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs)
     {
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(error);
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(repositoryDocs);
 
-        IReadOnlyList<CompareEntry> catalog = CompareCatalog.Entries;
         CompareOptions options;
         try
         {
@@ -38,7 +47,7 @@ public static class CompareCommand
         {
             try
             {
-                exitCode = RunCore(options, catalog, output, error);
+                exitCode = RunCore(options, catalog, plan, repositoryDocs, output, error);
             }
             catch (Exception e)
             {
@@ -54,7 +63,7 @@ public static class CompareCommand
         return exitCode;
     }
 
-    private static int RunCore(CompareOptions options, IReadOnlyList<CompareEntry> catalog, TextWriter output, TextWriter error)
+    private static int RunCore(CompareOptions options, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs, TextWriter output, TextWriter error)
     {
         CompareEntry[] selected = options.Only is null
             ? catalog.ToArray()
@@ -68,12 +77,18 @@ public static class CompareCommand
         using (var scheduler = new WorkStealingTaskScheduler())
         {
             using var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
-            rows = new CompareRunner(context, error, RoundPlan.Default).Run(selected, failures);
+            rows = new CompareRunner(context, error, plan).Run(selected, failures);
         }
 
         output.Write(MarkdownTable.Render(rows));
         output.WriteLine();
         output.WriteLine(MarkdownTable.RatioLegend);
+        if (failures.Count > 0)
+        {
+            // Under the table too, not only at the end of the progress: a table without a row reads as complete.
+            output.WriteLine();
+            output.Write(MarkdownTable.RenderFailures(failures));
+        }
 
         if (options.JsonPath is not null)
         {
@@ -81,10 +96,10 @@ public static class CompareCommand
             error.WriteLine($"compare: wrote {options.JsonPath}");
         }
 
-        string? docs = DocsDirectory(options, error);
+        string? docs = DocsDirectory(options, failures.Count, repositoryDocs, error);
         if (docs is not null && rows.Count > 0)
         {
-            DocsWriter.Write(docs, machine, options, rows, catalog);
+            DocsWriter.Write(docs, machine, options, rows, catalog, failures);
             error.WriteLine($"compare: wrote {Path.Combine(docs, DocsWriter.MarkdownFile)} and {DocsWriter.ChartFile}");
         }
 
@@ -96,8 +111,11 @@ public static class CompareCommand
         return failures.Count == 0 ? 0 : 1;
     }
 
-    /// <summary>Where to write docs: <c>--docs DIR</c>; else the repository's docs/ after a full run; else nowhere.</summary>
-    private static string? DocsDirectory(CompareOptions options, TextWriter error)
+    /// <summary>
+    /// Where to write docs: <c>--docs DIR</c>; else the repository's docs/ after a full run in which every workload
+    /// succeeded; else nowhere.
+    /// </summary>
+    private static string? DocsDirectory(CompareOptions options, int failureCount, Func<string?> repositoryDocs, TextWriter error)
     {
         if (options.NoDocs)
         {
@@ -114,6 +132,25 @@ public static class CompareCommand
             return null; // a partial or quick run must not replace the published full table
         }
 
+        if (failureCount > 0)
+        {
+            // Nor may a full run that lost a workload: its table would silently lack that workload's rows.
+            error.WriteLine($"compare: {failureCount} workload(s) failed; docs not written, the published table stays as it was (--docs DIR writes them anyway).");
+            return null;
+        }
+
+        string? docs = repositoryDocs();
+        if (docs is null)
+        {
+            error.WriteLine("compare: repository root (Scheduler.sln) not found from the current directory; docs not written (use --docs DIR).");
+        }
+
+        return docs;
+    }
+
+    /// <summary>The docs/ folder of the repository that holds the current directory, or null.</summary>
+    private static string? FindRepositoryDocs()
+    {
         for (DirectoryInfo? dir = new(Environment.CurrentDirectory); dir is not null; dir = dir.Parent)
         {
             if (File.Exists(Path.Combine(dir.FullName, "Scheduler.sln")))
@@ -122,7 +159,6 @@ public static class CompareCommand
             }
         }
 
-        error.WriteLine("compare: repository root (Scheduler.sln) not found from the current directory; docs not written (use --docs DIR).");
         return null;
     }
 }

@@ -37,7 +37,10 @@ internal sealed record RoundPlan(int Warmups, int Rounds, int QuickWarmups, int 
 /// </summary>
 internal sealed class CompareRunner(CompareContext context, TextWriter progress, RoundPlan plan)
 {
-    /// <summary>Rows of every comparison that completed; failures are reported on the progress writer and listed in <paramref name="failures"/>.</summary>
+    /// <summary>
+    /// Rows of every comparison that completed; failures are reported on the progress writer and listed in
+    /// <paramref name="failures"/>, one <c>name: reason</c> each.
+    /// </summary>
     public IReadOnlyList<CompareRow> Run(IReadOnlyList<CompareEntry> entries, List<string> failures)
     {
         ArgumentNullException.ThrowIfNull(entries);

@@ -9,19 +9,21 @@ internal static class DocsWriter
     public const string MarkdownFile = "benchmarks.md";
     public const string ChartFile = "benchmarks.png";
 
-    public static void Write(string directory, MachineInfo machine, CompareOptions options, IReadOnlyList<CompareRow> rows, IReadOnlyList<CompareEntry> entries)
+    /// <param name="failures">Workloads that failed (<c>name: reason</c>): listed under the table, which has no row for them.</param>
+    public static void Write(string directory, MachineInfo machine, CompareOptions options, IReadOnlyList<CompareRow> rows, IReadOnlyList<CompareEntry> entries, IReadOnlyList<string> failures)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
         ArgumentNullException.ThrowIfNull(machine);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(rows);
         ArgumentNullException.ThrowIfNull(entries);
+        ArgumentNullException.ThrowIfNull(failures);
         Directory.CreateDirectory(directory);
         ChartWriter.Write(Path.Combine(directory, ChartFile), rows);
-        File.WriteAllText(Path.Combine(directory, MarkdownFile), Render(machine, options, rows, entries));
+        File.WriteAllText(Path.Combine(directory, MarkdownFile), Render(machine, options, rows, entries, failures));
     }
 
-    private static string Render(MachineInfo machine, CompareOptions options, IReadOnlyList<CompareRow> rows, IReadOnlyList<CompareEntry> entries)
+    private static string Render(MachineInfo machine, CompareOptions options, IReadOnlyList<CompareRow> rows, IReadOnlyList<CompareEntry> entries, IReadOnlyList<string> failures)
     {
         var md = new StringBuilder();
         md.Append("# Benchmarks\n\n");
@@ -44,6 +46,11 @@ internal static class DocsWriter
         md.Append("## Results\n\n");
         md.Append(MarkdownTable.Render(rows)).Append('\n');
         md.Append(MarkdownTable.RatioLegend).Append("\n\n");
+        if (failures.Count > 0)
+        {
+            md.Append(MarkdownTable.RenderFailures(failures)).Append('\n');
+        }
+
         md.Append(CultureInfo.InvariantCulture, $"![ours vs ThreadPool, × better per row]({ChartFile})\n\n");
 
         md.Append("## How to read it\n\n");

@@ -66,6 +66,25 @@ internal static class MarkdownTable
     public static List<string> PeerNames(IReadOnlyList<CompareRow> rows) =>
         rows.SelectMany(r => r.Peers).Select(p => p.Name).Distinct().ToList();
 
+    /// <summary>
+    /// The workloads that failed (each <c>name: reason</c>, as <see cref="CompareRunner.Run"/> lists them) as a Markdown
+    /// list for under the table, which has no row for them.
+    /// </summary>
+    public static string RenderFailures(IReadOnlyList<string> failures)
+    {
+        ArgumentNullException.ThrowIfNull(failures);
+        var text = new StringBuilder("**Failed, so not in the table:**\n\n");
+        foreach (string failure in failures)
+        {
+            int colon = failure.IndexOf(": ", StringComparison.Ordinal);
+            string name = colon < 0 ? failure : failure[..colon];
+            string reason = colon < 0 ? string.Empty : ": " + failure[(colon + 2)..].ReplaceLineEndings(" ");
+            text.Append("- `").Append(name).Append('`').Append(reason).Append('\n');
+        }
+
+        return text.ToString();
+    }
+
     /// <summary>About three significant digits, invariant culture, no thousands separators (easy to parse back).</summary>
     public static string FormatValue(double value)
     {
