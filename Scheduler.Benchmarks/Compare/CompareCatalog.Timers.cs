@@ -104,9 +104,9 @@ internal static partial class CompareCatalog
             new("lateness p99", "ms", Better.Lower),
         ];
         return new Comparison(What, metrics)
-            .Baseline("Task.Delay", _ => Figures(TimerWorkloads.RunDelays("Task.Delay", TimerCount, maxDelay, seed: 1, static d => new ValueTask(Task.Delay(d)))))
-            .Ours(_ => Figures(TimerWorkloads.RunDelays("TimerWheel.DelayAsync", TimerCount, maxDelay, seed: 1, d => wheel.DelayAsync(d))))
-            .Peer("ours, IoReactor.Timers", _ => Figures(TimerWorkloads.RunDelays("IoReactor.Timers.DelayAsync", TimerCount, maxDelay, seed: 1, d => reactorWheel.DelayAsync(d))))
+            .Baseline("Task.Delay", c => Figures(TimerWorkloads.RunDelays("Task.Delay", TimerCount, maxDelay, seed: 1, static d => new ValueTask(Task.Delay(d)), c.RunTimeout)))
+            .Ours(c => Figures(TimerWorkloads.RunDelays("TimerWheel.DelayAsync", TimerCount, maxDelay, seed: 1, d => wheel.DelayAsync(d), c.RunTimeout)))
+            .Peer("ours, IoReactor.Timers", c => Figures(TimerWorkloads.RunDelays("IoReactor.Timers.DelayAsync", TimerCount, maxDelay, seed: 1, d => reactorWheel.DelayAsync(d), c.RunTimeout)))
             .WithRounds(warmups: 1, rounds: 3, quickRounds: 1)
             .Owning(wheel)
             .Owning(reactor);

@@ -74,9 +74,14 @@ public static class TimerWorkloads
     }
 
     /// <summary>Runs the delay workload once with <paramref name="start"/> (which starts one delay).</summary>
-    public static TimerWorkloadResult RunDelays(string name, int count, TimeSpan maxDelay, int seed, Func<TimeSpan, ValueTask> start)
+    /// <param name="timeout">
+    /// Longest the run may take (default: <paramref name="maxDelay"/> plus two minutes); a delay that never completes
+    /// (a lost timer) then fails the run with a <see cref="TimeoutException"/> instead of hanging its caller.
+    /// </param>
+    public static TimerWorkloadResult RunDelays(string name, int count, TimeSpan maxDelay, int seed, Func<TimeSpan, ValueTask> start, TimeSpan? timeout = null)
     {
         ArgumentNullException.ThrowIfNull(start);
+        TimeSpan bound = timeout ?? maxDelay + TimeSpan.FromMinutes(2);
         var random = new Random(seed);
         var delays = new TimeSpan[count];
         for (int i = 0; i < count; i++)
@@ -94,7 +99,7 @@ public static class TimerWorkloads
         long wallStart = Stopwatch.GetTimestamp();
 
         // Started from a ThreadPool thread: no SynchronizationContext, as in library code.
-        Task.Run(() =>
+        Task run = Task.Run(() =>
         {
             for (int i = 0; i < count; i++)
             {
@@ -102,7 +107,24 @@ public static class TimerWorkloads
             }
 
             return Task.WhenAll(tasks);
-        }).GetAwaiter().GetResult();
+        });
+        bool finished;
+        try
+        {
+            finished = run.Wait(bound);
+        }
+        catch (AggregateException)
+        {
+            finished = true; // rethrown below as itself
+        }
+
+        if (!finished)
+        {
+            int pending = tasks.Count(t => t is null || !t.IsCompleted);
+            throw new TimeoutException($"{name}: {pending} of {count} delays (at most {maxDelay.TotalMilliseconds:F0} ms each) had not completed after {bound.TotalSeconds:F0} s.");
+        }
+
+        run.GetAwaiter().GetResult(); // rethrows a failed delay as itself
 
         long wallEnd = Stopwatch.GetTimestamp();
         long bytesAfter = GC.GetTotalAllocatedBytes(precise: true);

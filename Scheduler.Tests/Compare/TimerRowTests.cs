@@ -1,0 +1,35 @@
+using Scheduler.Benchmarks.Timers;
+
+namespace Scheduler.Tests.Compare;
+
+/// <summary>The timer workloads behind the <c>timers</c> row of <c>compare</c>.</summary>
+public sealed class TimerRowTests
+{
+    /// <summary>
+    /// A delay that never completes (a lost timer, the very bug the row could meet) must fail the run within its
+    /// timeout: it used to block the compare command for ever, with no table at all.
+    /// </summary>
+    [Fact]
+    public async Task A_delay_that_never_completes_fails_the_run_with_a_timeout_instead_of_hanging_it()
+    {
+        var never = new TaskCompletionSource();
+        int started = 0;
+        Task<TimerWorkloadResult> run = Task.Factory.StartNew(
+            () => TimerWorkloads.RunDelays("lost", 10, TimeSpan.FromMilliseconds(1), seed: 1, _ => Interlocked.Increment(ref started) == 5 ? new ValueTask(never.Task) : ValueTask.CompletedTask, TimeSpan.FromMilliseconds(200)),
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+
+        Func<Task> finish = () => run.WaitAsync(TimeSpan.FromSeconds(30));
+
+        (await finish.Should().ThrowAsync<TimeoutException>()).WithMessage("lost: 1 of 10 delays*");
+    }
+
+    [Fact]
+    public void A_failing_delay_fails_the_run_with_its_own_exception()
+    {
+        Action run = () => TimerWorkloads.RunDelays("faulty", 10, TimeSpan.FromMilliseconds(1), seed: 1, _ => ValueTask.FromException(new InvalidOperationException("timer broke")), TimeSpan.FromSeconds(30));
+
+        run.Should().Throw<InvalidOperationException>().WithMessage("timer broke");
+    }
+}
