@@ -5,7 +5,7 @@ namespace Scheduler.Benchmarks.Compare;
 /// <summary>
 /// <c>compare</c>: one side-by-side table of our scheduler against the ThreadPool (and peers) in a few minutes.
 /// The table goes to <c>output</c>, progress and errors to <c>error</c>; exit code 0 on success, 1 when a workload
-/// failed, 2 on bad arguments. Public so tests and tools can run it in-process with their own writers.
+/// failed or a report could not be written, 2 on bad arguments. Public so tests and tools can run it in-process with their own writers.
 /// </summary>
 public static class CompareCommand
 {
@@ -90,17 +90,19 @@ public static class CompareCommand
             output.Write(MarkdownTable.RenderFailures(failures));
         }
 
+        // A report that cannot be written is an error after the table (already printed), not an exception that
+        // escapes minutes of measuring and skips the other report.
+        bool written = true;
         if (options.JsonPath is not null)
         {
-            JsonReport.Write(options.JsonPath, machine, options.Quick, rows);
-            error.WriteLine($"compare: wrote {options.JsonPath}");
+            written &= TryWrite(options.JsonPath, () => JsonReport.Write(options.JsonPath, machine, options.Quick, rows), error);
         }
 
         string? docs = DocsDirectory(options, failures.Count, repositoryDocs, error);
         if (docs is not null && rows.Count > 0)
         {
-            DocsWriter.Write(docs, machine, options, rows, catalog, failures);
-            error.WriteLine($"compare: wrote {Path.Combine(docs, DocsWriter.MarkdownFile)} and {DocsWriter.ChartFile}");
+            string markdown = Path.Combine(docs, DocsWriter.MarkdownFile);
+            written &= TryWrite(markdown, () => DocsWriter.Write(docs, machine, options, rows, catalog, failures), error, $"{markdown} and {DocsWriter.ChartFile}");
         }
 
         foreach (string failed in failures)
@@ -108,7 +110,22 @@ public static class CompareCommand
             error.WriteLine($"compare: FAILED {failed}");
         }
 
-        return failures.Count == 0 ? 0 : 1;
+        return failures.Count == 0 && written ? 0 : 1;
+    }
+
+    private static bool TryWrite(string path, Action write, TextWriter error, string? written = null)
+    {
+        try
+        {
+            write();
+            error.WriteLine($"compare: wrote {written ?? path}");
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)
+        {
+            error.WriteLine($"compare: cannot write {path}: {e.Message}");
+            return false;
+        }
     }
 
     /// <summary>

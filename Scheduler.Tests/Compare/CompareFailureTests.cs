@@ -87,6 +87,28 @@ public sealed class CompareFailureTests : IDisposable
         rows.Should().ContainSingle().Which.Workload.Should().Be("good");
     }
 
+    /// <summary>
+    /// A report that cannot be written (here: a path below a regular file) is an error message and exit code 1 after
+    /// the table, not an exception that escapes the command after minutes of measuring and skips the docs as well.
+    /// </summary>
+    [Fact]
+    public void An_unwritable_json_path_is_reported_and_the_docs_are_still_written()
+    {
+        Directory.CreateDirectory(_directory);
+        string file = Path.Combine(_directory, "a-file");
+        File.WriteAllText(file, "not a directory");
+        string docs = Path.Combine(_directory, "out");
+        var output = new StringWriter();
+        var error = new StringWriter();
+
+        int exitCode = CompareCommand.Run(["--quick", "--only", "good", "--json", Path.Combine(file, "results.json"), "--docs", docs], output, error, Catalog(failInRound: null), s_plan, () => null);
+
+        exitCode.Should().Be(1);
+        output.ToString().Should().Contain("| good");
+        error.ToString().Should().Contain("compare: cannot write").And.Contain("results.json");
+        File.Exists(Path.Combine(docs, DocsWriter.MarkdownFile)).Should().BeTrue();
+    }
+
     /// <summary>A healthy workload, then one whose ours throws in measured round <paramref name="failInRound"/> (never if null).</summary>
     private static CompareEntry[] Catalog(int? failInRound)
     {
