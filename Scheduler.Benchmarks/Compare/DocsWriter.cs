@@ -82,7 +82,7 @@ internal static class DocsWriter
         md.Append("`--no-docs`. Only a full run rewrites `docs/` by default. Progress (workload, round, per-round figures) goes to stderr, the table to stdout.\n\n");
 
         md.Append("## BenchmarkDotNet suites\n\n");
-        md.Append("The detailed instrument, one suite per area, each with `[MemoryDiagnoser]` and `[ThreadingDiagnoser]`:\n\n");
+        md.Append("The detailed instrument, one suite per area, each with `[MemoryDiagnoser]` (the scheduling suites also `[ThreadingDiagnoser]`):\n\n");
         md.Append("```sh\n");
         md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- --filter '*Scheduling*'   # scheduler and PipeScheduler vs the ThreadPool\n");
         md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- --list flat                # every benchmark\n");

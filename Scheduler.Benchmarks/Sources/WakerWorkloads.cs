@@ -9,8 +9,9 @@ namespace Scheduler.Benchmarks.Sources;
 public readonly record struct WakeLatency(double P50Microseconds, double P99Microseconds, double MeanMicroseconds, int Samples);
 
 /// <summary>
-/// Waker workloads shared by the BenchmarkDotNet suites in this folder and by the <c>compare</c> command
-/// (rows <c>ping_pong</c> with pooled wakers, <c>wake_latency</c> and <c>pending_task_memory</c>).
+/// Waker workloads of the BenchmarkDotNet suites in this folder. The <c>compare</c> command's pooled-wakers rows do
+/// not run these: they use <see cref="WakerPingPongPairs"/> (many pairs, the ball carrying the next inbox) and the
+/// probes in Compare (<c>WakeLatencyProbe</c>: a 2 ms parked gap; <c>PendingProbes</c>), so figures from the two differ.
 /// Every method runs one measurement and returns its figure; warm-up, rounds and medians are the caller's job.
 /// </summary>
 /// <remarks>
