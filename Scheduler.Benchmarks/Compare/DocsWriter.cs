@@ -58,7 +58,7 @@ internal static class DocsWriter
         md.Append("`TaskCompletionSource` on the ThreadPool, `System.Net.Sockets`, `Task.Delay`. **ours** is the same code on one `WorkStealingTaskScheduler` instance reused for the whole run ");
         md.Append("(the `pooled wakers` rows swap `TaskCompletionSource` for `PooledValueTaskSource`; `echo` brings its own reactor and scheduler per run; `timers` awaits `TimerWheel.DelayAsync`). ");
         md.Append("Further columns are peers (other libraries), `–` where a peer does not apply.\n");
-        md.Append("- Each workload first warms up: at least two rounds, and (outside `--quick`) until every contender has run for 1.5 s in all, at most 60 rounds. ");
+        md.Append("- Each workload first warms up: at least two rounds (one for the probes whose run takes a second or so, and with `--quick`), and (outside `--quick`) until every contender has run for 1.5 s in all, at most 60 rounds. ");
         md.Append("Our library is IL compiled at run time (tier 0, then tier 1 after the runtime's tiering delay) while the BCL starts from precompiled code; two fixed rounds of a 10 ms workload measured ours on tier-0 code. ");
         md.Append("Then the contenders alternate, one run each per round, the order rotating every round, ");
         md.Append("with a full GC before every run. The table shows medians, so one round disturbed by other load does not move it.\n");
