@@ -65,6 +65,7 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
                 ran.Should().Be((winner, states[winner]), $"the loser must not overwrite the winner's registration (round {round})");
             });
 
+        output.WriteLine($"{rounds} rounds");
         rounds.Should().BeGreaterThan(100);
     }
 

@@ -287,7 +287,7 @@ public partial struct WakerCore<TResult>
 
     private bool TryComplete(int version, TResult result, ExceptionDispatchInfo? error)
     {
-        // Claim: (version, Pending) -> (version, Reserved). Only OnCompleted's flag may change meanwhile.
+        // Claim: (version, Pending) -> (version, Reserved). Only OnCompleted's flags may change meanwhile.
         int state = Volatile.Read(ref _state);
         while (true)
         {
