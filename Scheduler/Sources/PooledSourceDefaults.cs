@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Scheduler.Sources;
 
 /// <summary>Settings and helpers shared by the built-in pooled sources.</summary>
@@ -10,8 +8,4 @@ internal static class PooledSourceDefaults
     /// per core, small enough that a burst of a million rentals cannot pin memory afterwards.
     /// </summary>
     public static readonly int PoolCapacity = Math.Max(256, Environment.ProcessorCount * 64);
-
-    [StackTraceHidden]
-    public static void ThrowNotCompleted() =>
-        throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result directly.");
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -91,24 +92,12 @@ public sealed class PooledValueTaskSource<T> : IValueTaskSource<T>, IValueTaskSo
 
     private T GetResultAndReturn(short token)
     {
-        // Validates the token and refuses an early read without touching the rental.
-        if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
-        {
-            PooledSourceDefaults.ThrowNotCompleted();
-        }
-
-        try
-        {
-            return _core.GetResult(token); // the outcome is read (or thrown) before the reset below
-        }
-        finally
-        {
-            // Only one reader wins the reset, so a racing double read can never pool the source twice.
-            if (_core.TryReset(token))
-            {
-                s_pool.Return(this);
-            }
-        }
+        // Validates the token, refuses an early read without touching the rental, and reads and resets in one step:
+        // of two racing reads (the ValueTask awaited twice at once) exactly one gets the outcome and pools the source.
+        _core.Consume(token, out T result, out ExceptionDispatchInfo? error);
+        s_pool.Return(this);
+        error?.Throw();
+        return result;
     }
 
     /// <summary>The work item the core queues: a separate object, so the public type exposes no Execute.</summary>

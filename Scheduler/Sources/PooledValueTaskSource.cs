@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -63,22 +64,10 @@ public sealed class PooledValueTaskSource : IValueTaskSource
 
     void IValueTaskSource.GetResult(short token)
     {
-        if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
-        {
-            PooledSourceDefaults.ThrowNotCompleted();
-        }
-
-        try
-        {
-            _core.GetResult(token);
-        }
-        finally
-        {
-            if (_core.TryReset(token))
-            {
-                s_pool.Return(this);
-            }
-        }
+        // Read and reset in one step, as PooledValueTaskSource<T> does: only one of two racing reads succeeds.
+        _core.Consume(token, out _, out ExceptionDispatchInfo? error);
+        s_pool.Return(this);
+        error?.Throw();
     }
 
     ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _core.GetStatus(token);

@@ -21,30 +21,58 @@ public partial struct WakerCore<TResult>
     public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {
         ArgumentNullException.ThrowIfNull(continuation);
+
+        // Claim the registration before writing anything: the fields below are shared, and a second await racing this
+        // one must fail without overwriting the first one's continuation (which would then never run, or run with the
+        // other's state). Pending: claim with the Registering flag, publish the continuation below. Completed: the
+        // producer is done and left the dispatch to whoever registers, so claim the continuation flag outright.
         int current = Volatile.Read(ref _state);
-        ValidateRegistration(current, token);
+        while (true)
+        {
+            ValidateRegistration(current, token);
+            if ((current & StatusMask) == StatusReserved)
+            {
+                current = WaitWhileReserved();
+                continue;
+            }
+
+            int claimed = current | ((current & StatusMask) == StatusCompleted ? ContinuationFlag : RegisteringFlag);
+            int observed = Interlocked.CompareExchange(ref _state, claimed, current);
+            if (observed == current)
+            {
+                current = claimed;
+                break;
+            }
+
+            current = observed;
+        }
 
         _executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
         _schedulingContext = WakerDispatch.CaptureSchedulingContext(flags, out _ownerWorkerIndex);
         _continuationState = state;
         _continuation = continuation;
 
-        // Publish with a CAS (full fence: the writes above are visible to whoever sees the flag).
-        while (true)
+        if ((current & ContinuationFlag) == 0)
         {
-            if ((current & StatusMask) == StatusReserved)
+            // Publish: Registering -> registered, with a CAS (full fence: the writes above are visible to whoever sees
+            // the flag). A producer that completed meanwhile saw no flag at its claim and left the dispatch to us.
+            while (true)
             {
-                current = WaitWhileReserved(token);
-            }
+                if ((current & StatusMask) == StatusReserved)
+                {
+                    current = WaitWhileReserved();
+                }
 
-            int observed = Interlocked.CompareExchange(ref _state, current | ContinuationFlag, current);
-            if (observed == current)
-            {
-                break;
-            }
+                int observed = Interlocked.CompareExchange(ref _state, (current & ~RegisteringFlag) | ContinuationFlag, current);
+                if (observed == current)
+                {
+                    break;
+                }
 
-            ValidateRegistration(observed, token);
-            current = observed;
+                // Only a reset can have changed more than the status (a reader consumed a completion it was not given).
+                ValidateToken(observed, token);
+                current = observed;
+            }
         }
 
         if ((current & StatusMask) == StatusCompleted)
@@ -85,7 +113,7 @@ public partial struct WakerCore<TResult>
     }
 
     /// <summary>A producer is between its claim and its publish (a few instructions): wait for the outcome.</summary>
-    private int WaitWhileReserved(short token)
+    private int WaitWhileReserved()
     {
         var spinner = new SpinWait();
         int state;
@@ -94,14 +122,13 @@ public partial struct WakerCore<TResult>
             spinner.SpinOnce(sleep1Threshold: -1);
         }
 
-        ValidateRegistration(state, token);
         return state;
     }
 
     private static void ValidateRegistration(int state, short token)
     {
         ValidateToken(state, token);
-        if ((state & ContinuationFlag) != 0)
+        if ((state & (ContinuationFlag | RegisteringFlag)) != 0)
         {
             PooledSourceErrors.ThrowContinuationAlreadyRegistered();
         }

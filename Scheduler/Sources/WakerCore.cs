@@ -43,6 +43,7 @@ public partial struct WakerCore<TResult>
     //   bits 16-17  status: Pending, Reserved (a producer won and is writing the result), Completed,
     //               Consumed (the awaiter read the result and a reset is in progress)
     //   bit  18     a continuation is registered
+    //   bit  19     a continuation is being registered (OnCompleted claimed the registration and writes its fields)
     // Only the winning producer writes the state while it is Reserved, so its publish is a plain release write.
     // Version and status in one word is what makes the version-checked TrySet* immune to ABA: a stale
     // producer's CAS expects (its version, Pending) and can never match the next operation's state.
@@ -54,6 +55,7 @@ public partial struct WakerCore<TResult>
     private const int StatusCompleted = 2 << StatusShift;
     private const int StatusConsumed = 3 << StatusShift;
     private const int ContinuationFlag = 1 << 18;
+    private const int RegisteringFlag = 1 << 19;
 
     private readonly IThreadPoolWorkItem? _workItem;
     private int _state;
@@ -223,6 +225,7 @@ public partial struct WakerCore<TResult>
         }
 
         ExceptionDispatchInfo? error = _error;
+        EnsureStillCurrent(state);
         return error is null ? ValueTaskSourceStatus.Succeeded
             : error.SourceException is OperationCanceledException ? ValueTaskSourceStatus.Canceled
             : ValueTaskSourceStatus.Faulted;
@@ -240,15 +243,51 @@ public partial struct WakerCore<TResult>
             PooledSourceErrors.ThrowNotCompleted();
         }
 
-        _error?.Throw();
-        return _result;
+        // Read the outcome, then check that no racing reader (the same ValueTask awaited twice at once) reset the core
+        // meanwhile: that reset clears the outcome, and the next operation may already have written its own.
+        ExceptionDispatchInfo? error = _error;
+        TResult result = _result;
+        EnsureStillCurrent(state);
+        error?.Throw();
+        return result;
+    }
+
+    /// <summary>
+    /// Reads the outcome of operation <paramref name="token"/> and resets the core in one step, so that of two racing
+    /// readers exactly one gets the outcome and the other throws; the winner then returns the owner to its pool.
+    /// </summary>
+    /// <exception cref="InvalidOperationException"><paramref name="token"/> is stale, or the operation has not completed yet.</exception>
+    internal void Consume(short token, out TResult result, out ExceptionDispatchInfo? error)
+    {
+        int state = Volatile.Read(ref _state);
+        while (true)
+        {
+            ValidateToken(state, token);
+            if ((state & StatusMask) != StatusCompleted)
+            {
+                PooledSourceErrors.ThrowNotCompleted();
+            }
+
+            int observed = Interlocked.CompareExchange(ref _state, (state & ~StatusMask) | StatusConsumed, state);
+            if (observed == state)
+            {
+                break;
+            }
+
+            state = observed;
+        }
+
+        // Consumed: nobody else reads or writes the outcome until the reset below advances the version.
+        result = _result;
+        error = _error;
+        ClearAndAdvance(state);
     }
 
     private const int AnyVersion = -1;
 
     private bool TryComplete(int version, TResult result, ExceptionDispatchInfo? error)
     {
-        // Claim: (version, Pending) -> (version, Reserved). Only OnCompleted's flag may change meanwhile.
+        // Claim: (version, Pending) -> (version, Reserved). Only OnCompleted's flags may change meanwhile.
         int state = Volatile.Read(ref _state);
         while (true)
         {
@@ -290,7 +329,7 @@ public partial struct WakerCore<TResult>
         }
 
         _error = null;
-        if ((state & ContinuationFlag) != 0)
+        if ((state & (ContinuationFlag | RegisteringFlag)) != 0)
         {
             _continuation = null;
             _continuationState = null;
@@ -305,6 +344,21 @@ public partial struct WakerCore<TResult>
     private static void ValidateToken(int state, short token)
     {
         if ((short)state != token || (state & StatusMask) == StatusConsumed)
+        {
+            PooledSourceErrors.ThrowStaleToken();
+        }
+    }
+
+    /// <summary>
+    /// Throws for a stale token when the core's operation or status has changed since <paramref name="observed"/>
+    /// was read (a racing reader consumed and reset it). Call it after reading the outcome fields: a reset happens
+    /// before any of them is cleared or reused, so an unchanged state proves that what was read is the outcome.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void EnsureStillCurrent(int observed)
+    {
+        Volatile.ReadBarrier(); // the outcome reads above happen before the state read below
+        if (((Volatile.Read(ref _state) ^ observed) & (VersionMask | StatusMask)) != 0)
         {
             PooledSourceErrors.ThrowStaleToken();
         }

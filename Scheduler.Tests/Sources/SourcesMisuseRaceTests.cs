@@ -1,0 +1,302 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
+using Scheduler.Sources;
+
+namespace Scheduler.Tests.Sources;
+
+/// <summary>
+/// A ValueTask awaited twice at the same moment (two threads racing the same misuse) must fail loudly for one of
+/// them and leave the other's outcome intact: no lost or swapped continuation, no torn or reset result.
+/// </summary>
+public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static readonly TimeSpan Budget = TimeSpan.FromSeconds(2);
+
+    [Fact]
+    public void Racing_double_registration_keeps_the_winner_continuation_and_state()
+    {
+        var context = new InlineSynchronizationContext();
+        IValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
+        short token = 0;
+        var threw = new bool[2];
+        var states = new object[] { new(), new() };
+        (int Continuation, object? State)? ran = null;
+        int runs = 0;
+        Action<object?>[] continuations = [s => Record(0, s), s => Record(1, s)];
+
+        void Record(int which, object? state)
+        {
+            ran = (which, state);
+            runs++;
+        }
+
+        void Register(int side)
+        {
+            SynchronizationContext.SetSynchronizationContext(context);
+            try
+            {
+                source.OnCompleted(continuations[side], states[side], token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+            }
+            catch (InvalidOperationException)
+            {
+                threw[side] = true;
+            }
+        }
+
+        int rounds = RaceRounds(
+            prepare: _ =>
+            {
+                var fresh = PooledValueTaskSource<int>.Rent();
+                source = fresh;
+                token = fresh.Version;
+                threw[0] = threw[1] = false;
+                ran = null;
+                runs = 0;
+            },
+            left: _ => Register(0),
+            right: _ => Register(1),
+            check: round =>
+            {
+                threw.Count(t => t).Should().Be(1, $"exactly one of two racing registrations wins (round {round})");
+                int winner = threw[0] ? 1 : 0;
+                ((PooledValueTaskSource<int>)source).TrySetResult(round).Should().BeTrue();
+                runs.Should().Be(1, $"the winner's continuation runs once (round {round}), posted inline");
+                ran.Should().Be((winner, states[winner]), $"the loser must not overwrite the winner's registration (round {round})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    // The same object is kept for every round of a run, so a write landing late (after the winner's reset) would show.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Racing_double_read_never_returns_a_reset_or_torn_result(bool builtIn)
+    {
+        var pooled = PooledValueTaskSource<Payload>.Rent();
+        var custom = new CoreSource<Payload>();
+        IValueTaskSource<Payload> source = builtIn ? pooled : custom;
+        short token = 0;
+        string? text = null;
+        var outcomes = new int[2]; // 1 = the expected value, 2 = InvalidOperationException, anything else = a corrupt read
+        var seen = new string?[2];
+
+        void Read(int side, int round)
+        {
+            try
+            {
+                Payload value = source.GetResult(token);
+                seen[side] = value.Describe(round);
+                outcomes[side] = seen[side] is null && ReferenceEquals(value.Text, text) ? 1 : 3;
+            }
+            catch (InvalidOperationException)
+            {
+                outcomes[side] = 2;
+            }
+        }
+
+        int rounds = RaceRounds(
+            prepare: round =>
+            {
+                if (builtIn)
+                {
+                    // The winner returned the source to the pool (maybe to another thread's cache): rent afresh.
+                    pooled = PooledValueTaskSource<Payload>.Rent();
+                    source = pooled;
+                }
+
+                token = builtIn ? pooled.Version : custom.Version;
+                text = round.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                var payload = new Payload(text, round);
+                (builtIn ? pooled.TrySetResult(token, payload) : custom.TrySetResult(token, payload)).Should().BeTrue();
+                outcomes[0] = outcomes[1] = 0;
+            },
+            left: round => Read(0, round),
+            right: round => Read(1, round),
+            check: round =>
+            {
+                outcomes.Should().OnlyContain(o => o == 1 || o == 2, $"a racing second read throws or sees the value, never a reset one (round {round}: {seen[0]} / {seen[1]})");
+                outcomes.Should().Contain(1, $"one of the readers gets the value (round {round})");
+                if (builtIn)
+                {
+                    outcomes.Should().Contain(2, $"the second of two reads of one rental throws (round {round})");
+                }
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="left"/> (on the caller) and <paramref name="right"/> (on a second thread) at once, round
+    /// after round, released together from a spinning start line, one of them a little later by a skew that sweeps
+    /// a few hundred nanoseconds; <paramref name="check"/> runs on the caller after both finished a round.
+    /// </summary>
+    private static int RaceRounds(Action<int> prepare, Action<int> left, Action<int> right, Action<int> check)
+    {
+        int go = -1;
+        int finished = -1;
+        bool stop = false;
+        Exception? failure = null;
+
+        var thread = new Thread(() =>
+        {
+            for (int round = 0; ; round++)
+            {
+                var spinner = new SpinWait();
+                while (Volatile.Read(ref go) < round)
+                {
+                    if (Volatile.Read(ref stop))
+                    {
+                        return;
+                    }
+
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                }
+
+                try
+                {
+                    Skew(round, 1);
+                    right(round);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref failure, e, null);
+                }
+
+                Volatile.Write(ref finished, round);
+            }
+        })
+        { IsBackground = true };
+        thread.Start();
+
+        var clock = Stopwatch.StartNew();
+        int rounds = 0;
+        try
+        {
+            while (clock.Elapsed < Budget && rounds < 200_000)
+            {
+                prepare(rounds);
+                Volatile.Write(ref go, rounds);
+                Skew(rounds, 0);
+                left(rounds);
+                var spinner = new SpinWait();
+                while (Volatile.Read(ref finished) < rounds)
+                {
+                    if (clock.Elapsed > TimeSpan.FromSeconds(30))
+                    {
+                        throw new TimeoutException($"Round {rounds} never finished.");
+                    }
+
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                }
+
+                if (failure is not null)
+                {
+                    throw new InvalidOperationException($"The racing thread failed in round {rounds}.", failure);
+                }
+
+                check(rounds);
+                rounds++;
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            thread.Join();
+        }
+
+        return rounds;
+
+        // The releasing side is ahead by the other's wake-up: delay each side in turn by a varying few spins.
+        static void Skew(int round, int side)
+        {
+            if ((round & 1) == side)
+            {
+                Thread.SpinWait((round >> 1) % 48);
+            }
+        }
+    }
+
+    /// <summary>Runs posts inline: the continuation is observable as soon as the completing call returns.</summary>
+    private sealed class InlineSynchronizationContext : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state) => d(state);
+    }
+
+    /// <summary>A result large enough that copying it takes a while, and with a reference, so a reset clears it.</summary>
+    private readonly struct Payload
+    {
+        private readonly Words _words;
+
+        public Payload(string text, long value)
+        {
+            Text = text;
+            for (int i = 0; i < Words.Length; i++)
+            {
+                _words[i] = value;
+            }
+        }
+
+        public string? Text { get; }
+
+        /// <summary>Null when every word holds <paramref name="round"/>, else what was read.</summary>
+        public string? Describe(long round)
+        {
+            for (int i = 0; i < Words.Length; i++)
+            {
+                if (_words[i] != round)
+                {
+                    return $"word {i} = {_words[i]}, text = {Text ?? "null"}";
+                }
+            }
+
+            return Text is null ? "text = null" : null;
+        }
+
+        [InlineArray(Length)]
+        private struct Words
+        {
+            public const int Length = 64;
+            private long _first;
+        }
+    }
+
+    /// <summary>A custom awaitable in the docs' shape (GetResult, then TryReset in a finally), kept across rounds.</summary>
+    private sealed class CoreSource<T> : IValueTaskSource<T>, IThreadPoolWorkItem
+    {
+        private WakerCore<T> _core;
+
+        public CoreSource() => _core = new WakerCore<T>(this);
+
+        public short Version => _core.Version;
+
+        public bool TrySetResult(short version, T result) => _core.TrySetResult(version, result);
+
+        public T GetResult(short token)
+        {
+            if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
+            {
+                throw new InvalidOperationException("Not completed yet.");
+            }
+
+            try
+            {
+                return _core.GetResult(token);
+            }
+            finally
+            {
+                _core.TryReset(token);
+            }
+        }
+
+        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _core.OnCompleted(continuation, state, token, flags);
+
+        void IThreadPoolWorkItem.Execute() => _core.InvokeContinuation();
+    }
+}
