@@ -196,6 +196,59 @@ public sealed class DrainedReceiveTests
         });
 
     [Theory]
+    [MemberData(nameof(Delays))]
+    public Task Descriptors_passed_by_a_Unix_domain_peer_do_not_stall_the_stream(int delayMs) =>
+        ForEachConnectionAsync(unixDomain: true, async (io, peer, ours) =>
+        {
+            // A Unix domain read stops right after bytes that carried descriptors (SCM_RIGHTS), with the rest still
+            // queued and no later edge to announce it: that short read proves nothing.
+            SendWithDescriptor(peer, Encoding.ASCII.GetBytes("abc"));
+            peer.Send(Encoding.ASCII.GetBytes("def"));
+
+            string text = await io.Run(async () =>
+            {
+                await Task.Delay(delayMs);
+                var received = new StringBuilder();
+                var buffer = new byte[1024];
+                while (received.Length < 6)
+                {
+                    int n = await ours.ReceiveAsync(buffer).AsTask().WaitAsync(Bound);
+                    n.Should().BePositive();
+                    received.Append(Encoding.ASCII.GetString(buffer, 0, n));
+                }
+
+                return received.ToString();
+            });
+
+            text.Should().Be("abcdef");
+        });
+
+    /// <summary>sendmsg(2) of <paramref name="data"/> with one descriptor (the peer's own) attached as SCM_RIGHTS.</summary>
+    private static unsafe void SendWithDescriptor(Socket peer, byte[] data)
+    {
+        const int ScmRights = 1;
+        byte* control = stackalloc byte[24]; // CMSG_SPACE(sizeof(int)) on LP64
+        new Span<byte>(control, 24).Clear();
+        *(ulong*)control = 20; // CMSG_LEN(sizeof(int))
+        *(int*)(control + 8) = Scheduler.Native.LinuxConstants.SOL_SOCKET;
+        *(int*)(control + 12) = ScmRights;
+        int fd = (int)peer.SafeHandle.DangerousGetHandle();
+        *(int*)(control + 16) = fd;
+        fixed (byte* bytes = data)
+        {
+            Scheduler.Native.Libc.IoVector vector = default;
+            vector.Base = bytes;
+            vector.Length = (nuint)data.Length;
+            Scheduler.Native.Libc.MessageHeader message = default;
+            message.IoVectors = &vector;
+            message.IoVectorCount = 1;
+            message.Control = control;
+            message.ControlLength = 24;
+            Scheduler.Native.Libc.SendMsg(fd, &message, 0).Should().Be(data.Length);
+        }
+    }
+
+    [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public async Task Bulk_transfer_to_a_slow_reader_with_random_buffer_sizes_never_stalls(bool unixDomain)

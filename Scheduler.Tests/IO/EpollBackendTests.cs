@@ -55,6 +55,82 @@ public sealed partial class EpollBackendTests
         longest.Should().BeLessThan(timeout + TimeSpan.FromMilliseconds(500), "a wait cut short by a signal must not start its timeout over");
     }
 
+    [Fact]
+    [SupportedOSPlatform("linux")]
+    public async Task A_sandbox_that_refuses_epoll_pwait2_leaves_the_reactor_on_epoll_wait()
+    {
+        // Container runtimes and systemd units filter system calls with seccomp, and the older profiles answer one
+        // they do not know with EPERM rather than ENOSYS (glibc's clone3 fallback tripped over the same). The filter
+        // belongs to the thread that installs it and to the threads it starts: here only the reactor's.
+        using var scheduler = new WorkStealingTaskScheduler(2);
+        IoReactor? reactor = null;
+        Exception? failure = null;
+        var installer = new Thread(() =>
+        {
+            try
+            {
+                RefuseEpollPWait2OnThisThread();
+                reactor = new IoReactor(scheduler);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        installer.Start();
+        installer.Join();
+        failure.Should().BeNull();
+        using (reactor)
+        {
+            using ReactorSocket listener = ReactorSocket.Listen(reactor!, IoTestContext.Loopback);
+            await scheduler.Factory.StartNew(async () =>
+            {
+                // The first timed wait meets EPERM; the reactor must fall back, not stop.
+                var elapsed = Stopwatch.StartNew();
+                await reactor!.Timers.DelayAsync(TimeSpan.FromMilliseconds(20));
+                elapsed.Elapsed.Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(20));
+                await reactor.Timers.DelayAsync(TimeSpan.FromMilliseconds(5));
+
+                ValueTask<ReactorSocket> accept = listener.AcceptAsync();
+                using ReactorSocket client = await ReactorSocket.ConnectAsync(reactor, listener.LocalEndPoint!);
+                using ReactorSocket server = await accept;
+                await client.SendAsync(new byte[] { 42 });
+                var received = new byte[1];
+                await IoTestContext.ReceiveExactlyAsync(server, received);
+                received[0].Should().Be(42);
+            }).Unwrap().WaitAsync(IoTestContext.Timeout);
+        }
+    }
+
+    /// <summary>Installs a seccomp filter on the calling thread that fails epoll_pwait2 (441 on every architecture) with EPERM.</summary>
+    private static unsafe void RefuseEpollPWait2OnThisThread()
+    {
+        const int PrSetNoNewPrivs = 38;
+        const int PrSetSeccomp = 22;
+        const nuint SeccompModeFilter = 2;
+        const uint EpollPWait2 = 441;
+        const uint RetErrnoEperm = 0x0005_0000 | 1;
+        const uint RetAllow = 0x7fff_0000;
+
+        // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }: load the syscall number, compare, return.
+        ulong* program = stackalloc ulong[4];
+        program[0] = Instruction(0x20, 0, 0, 0);                 // BPF_LD | BPF_W | BPF_ABS, seccomp_data.nr
+        program[1] = Instruction(0x15, 0, 1, EpollPWait2);       // BPF_JMP | BPF_JEQ | BPF_K
+        program[2] = Instruction(0x06, 0, 0, RetErrnoEperm);     // BPF_RET | BPF_K
+        program[3] = Instruction(0x06, 0, 0, RetAllow);
+        nint* fprog = stackalloc nint[2];                         // struct sock_fprog { u16 len; sock_filter* filter; }
+        fprog[0] = 4;
+        fprog[1] = (nint)program;
+
+        Prctl(PrSetNoNewPrivs, 1, 0, 0, 0).Should().Be(0);
+        Prctl(PrSetSeccomp, SeccompModeFilter, (nuint)fprog, 0, 0).Should().Be(0, "errno {0}", Marshal.GetLastPInvokeError());
+
+        static ulong Instruction(ushort code, byte jt, byte jf, uint k) => code | ((ulong)jt << 16) | ((ulong)jf << 24) | ((ulong)k << 32);
+    }
+
+    [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
+    private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+
     [LibraryImport("libc", EntryPoint = "gettid")]
     private static partial int GetThreadId();
 }

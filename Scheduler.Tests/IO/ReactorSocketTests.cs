@@ -85,6 +85,52 @@ public sealed class ReactorSocketTests
     }
 
     [Fact]
+    public async Task Abstract_unix_domain_names_listen_connect_and_report_their_endpoints()
+    {
+        // Abstract names (a leading NUL) have no file to create or delete.
+        var name = new UnixDomainSocketEndPoint("\0reactor-" + Guid.NewGuid().ToString("N"));
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(name);
+        listener.LocalEndPoint!.ToString().Should().Be(name.ToString());
+        await io.Run(async () =>
+        {
+            ValueTask<ReactorSocket> accept = listener.AcceptAsync();
+            using ReactorSocket client = await ReactorSocket.ConnectAsync(io.Reactor, name);
+            using ReactorSocket server = await accept;
+            client.RemoteEndPoint!.ToString().Should().Be(name.ToString());
+            server.LocalEndPoint!.ToString().Should().Be(name.ToString());
+            await client.SendAsync(new byte[] { 7 });
+            var received = new byte[1];
+            await IoTestContext.ReceiveExactlyAsync(server, received);
+            received[0].Should().Be(7);
+        });
+    }
+
+    [Fact]
+    public async Task An_IPv6_listener_on_any_accepts_IPv4_clients_as_mapped_addresses()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(new IPEndPoint(IPAddress.IPv6Any, 0));
+        int port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        await io.Run(async () =>
+        {
+            foreach (IPAddress address in new[] { IPAddress.Loopback, IPAddress.Loopback.MapToIPv6() })
+            {
+                ValueTask<ReactorSocket> accept = listener.AcceptAsync();
+                using ReactorSocket client = await ReactorSocket.ConnectAsync(io.Reactor, new IPEndPoint(address, port));
+                using ReactorSocket server = await accept;
+                var remote = (IPEndPoint)server.RemoteEndPoint!;
+                remote.Address.IsIPv4MappedToIPv6.Should().BeTrue();
+                remote.Address.MapToIPv4().Should().Be(IPAddress.Loopback);
+                await client.SendAsync(new byte[] { 7 });
+                var received = new byte[1];
+                await IoTestContext.ReceiveExactlyAsync(server, received);
+                received[0].Should().Be(7);
+            }
+        });
+    }
+
+    [Fact]
     public async Task Receive_returns_zero_after_peer_shutdown()
     {
         await using var io = new IoTestContext();

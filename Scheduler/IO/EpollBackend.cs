@@ -22,8 +22,9 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     private static readonly int s_dataOffset = s_eventSize == 12 ? 4 : 8;
 
     // Whether epoll_pwait2 (nanosecond timeouts) is usable; cleared for good the first time it is missing. Without
-    // it, timeouts round up to whole milliseconds with epoll_wait.
-    private static bool s_hasPWait2 = Environment.Is64BitProcess;
+    // it, timeouts round up to whole milliseconds with epoll_wait. Per backend: a sandbox's seccomp filter belongs to
+    // the threads it was installed on, so one reactor's thread may be refused the call while another's is not.
+    private bool _hasPWait2 = Environment.Is64BitProcess;
 
     private readonly int _epollFd;
     private readonly int _wakeFd;
@@ -146,7 +147,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             return Libc.EpollWait(_epollFd, _events, max, -1);
         }
 
-        if (s_hasPWait2)
+        if (_hasPWait2)
         {
             var timeout = new TimeSpec
             {
@@ -156,8 +157,10 @@ internal sealed unsafe class EpollBackend : IReactorBackend
 
             try
             {
+                // ENOSYS: a kernel older than 5.11. EPERM, which epoll_pwait2 itself never returns: a seccomp filter
+                // that does not know the call (container runtimes' and systemd's older profiles answer so).
                 int count = Libc.EpollPWait2(_epollFd, _events, max, &timeout, null);
-                if (count >= 0 || Errno.Last != ENOSYS)
+                if (count >= 0 || Errno.Last is not (ENOSYS or EPERM))
                 {
                     return count;
                 }
@@ -167,7 +170,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
                 // glibc older than 2.35.
             }
 
-            s_hasPWait2 = false; // the kernel (older than 5.11) or libc lacks it: milliseconds from now on
+            _hasPWait2 = false; // the kernel, libc or sandbox refuses it: milliseconds from now on
         }
 
         // Rounded up: a wait never ends before the deadline the wheel asked for.

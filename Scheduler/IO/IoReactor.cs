@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.InteropServices;
+using Scheduler.Sources;
 using Scheduler.Timers;
 
 namespace Scheduler.IO;
@@ -152,6 +153,9 @@ public sealed partial class IoReactor : IDisposable
 
     private void Run()
     {
+        // Completions made here reach a SynchronizationContext or a foreign TaskScheduler through the ThreadPool:
+        // their Post/QueueTask is user code, which may run the continuation inline or block every other socket.
+        WakerDispatch.MarkCurrentThreadRunsNoUserCode();
         try
         {
             RunLoop();

@@ -8,8 +8,8 @@ namespace Scheduler.IO;
 public sealed partial class ReactorSocket
 {
     /// <summary>
-    /// recv(2) into one buffer (recvmsg(2) where the kernel reports the bytes still queued); an empty buffer peeks one
-    /// byte to wait for readability.
+    /// recvmsg(2) into one buffer (with TCP_INQ's report of the bytes still queued where the kernel gives it); an empty
+    /// buffer peeks one byte to wait for readability.
     /// </summary>
     private sealed class ReceiveOperation(ReactorSocket socket, bool reportsQueuedBytes) : ReactorOperation<int>(socket, isWrite: false)
     {
@@ -33,17 +33,19 @@ public sealed partial class ReactorSocket
                 while (true)
                 {
                     int queued = -1;
+                    bool cutShort = false;
                     nint n = waitOnly ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
-                        : reportsQueuedBytes ? ReceiveReportingQueued(fd.Fd, buffer, span.Length, out queued)
-                        : Libc.Recv(fd.Fd, buffer, (nuint)span.Length, 0);
+                        : ReceiveMessage(fd.Fd, buffer, span.Length, reportsQueuedBytes, out queued, out cutShort);
                     if (n >= 0)
                     {
                         result = waitOnly ? 0 : (int)n;
 
                         // Drained when the kernel says nothing stays queued (it reports an end of stream as one byte),
                         // or else when a stream socket did not fill the buffer: it fills it unless its queue ran dry
-                        // (or it stopped at the urgent mark, or before an end of stream: see DrainProofsHold).
-                        LastAttemptDrained = n > 0 && (queued >= 0 ? queued == 0 : n < span.Length);
+                        // (or it stopped at the urgent mark, or before an end of stream: see DrainProofsHold), or it
+                        // stopped after bytes that carried descriptors (a Unix domain peer's SCM_RIGHTS, which we
+                        // discard: the kernel says so with MSG_CTRUNC) with the rest still queued and no edge to come.
+                        LastAttemptDrained = n > 0 && !cutShort && (queued >= 0 ? queued == 0 : n < span.Length);
                         return true;
                     }
 
@@ -67,8 +69,13 @@ public sealed partial class ReactorSocket
 
         protected override void ClearParameters() => Buffer = default;
 
-        /// <summary>recvmsg(2) with TCP_INQ's control message: <paramref name="queued"/> is what stays queued, or -1 when not reported.</summary>
-        private static unsafe nint ReceiveReportingQueued(int fd, byte* buffer, int length, out int queued)
+        /// <summary>
+        /// recvmsg(2): with <paramref name="reportQueued"/>, room for TCP_INQ's control message, and
+        /// <paramref name="queued"/> is what stays queued (-1 when not reported). Otherwise no room for control data
+        /// at all, so descriptors a Unix domain peer passes are discarded, never installed in this process;
+        /// <paramref name="cutShort"/> tells that some were (the read then ends early).
+        /// </summary>
+        private static unsafe nint ReceiveMessage(int fd, byte* buffer, int length, bool reportQueued, out int queued, out bool cutShort)
         {
             Libc.IoVector vector = default;
             vector.Base = buffer;
@@ -77,11 +84,16 @@ public sealed partial class ReactorSocket
             Libc.MessageHeader message = default;
             message.IoVectors = &vector;
             message.IoVectorCount = 1;
-            message.Control = control;
-            message.ControlLength = ControlSpace;
+            if (reportQueued)
+            {
+                message.Control = control;
+                message.ControlLength = ControlSpace;
+            }
 
             nint n = Libc.RecvMsg(fd, &message, 0);
+            cutShort = n >= 0 && (message.Flags & MSG_CTRUNC) != 0;
             queued = n >= 0
+                && reportQueued
                 && message.ControlLength >= ControlDataOffset + sizeof(int)
                 && *(int*)(control + ControlLevelOffset) == IPPROTO_TCP
                 && *(int*)(control + ControlTypeOffset) == TCP_INQ

@@ -53,6 +53,7 @@ internal static class LinuxConstants
     public const int TCP_NODELAY = 1;
     public const int TCP_INQ = 36; // also the control message's type (TCP_CM_INQ)
     public const int MSG_PEEK = 0x2;
+    public const int MSG_CTRUNC = 0x8; // recvmsg: control data (e.g. passed descriptors) was discarded
     public const int MSG_NOSIGNAL = 0x4000;
     public const int SHUT_RD = 0;
     public const int SHUT_WR = 1;

@@ -9,6 +9,12 @@ internal static class WakerDispatch
     private static readonly SendOrPostCallback s_postCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
     private static readonly Action<object?> s_taskCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
 
+    // Set on a thread that must never run user code (the I/O reactor's). A SynchronizationContext's Post and a foreign
+    // TaskScheduler's QueueTask are user code: either may run the continuation inline or block, which on that thread
+    // would stall every socket it serves. From such a thread those two targets are reached through the ThreadPool.
+    [ThreadStatic]
+    private static bool t_runsNoUserCode;
+
     /// <summary>
     /// The scheduling target of an awaiter: a <see cref="WorkStealingTaskScheduler"/> (with the calling worker's
     /// index, or -1 when the caller is not one of its workers), a <see cref="SynchronizationContext"/>, another
@@ -59,9 +65,23 @@ internal static class WakerDispatch
         return null;
     }
 
+    /// <summary>
+    /// Marks the calling thread as one that runs no user code: from now on, continuations it completes for a
+    /// <see cref="SynchronizationContext"/> or a foreign <see cref="TaskScheduler"/> are handed to those through the
+    /// ThreadPool instead of calling their Post/QueueTask here.
+    /// </summary>
+    public static void MarkCurrentThreadRunsNoUserCode() => t_runsNoUserCode = true;
+
     /// <summary>Queues <paramref name="workItem"/> to its captured target. Never runs it inline.</summary>
     public static void Dispatch(IThreadPoolWorkItem workItem, object? schedulingContext, int workerIndex)
     {
+        if (t_runsNoUserCode && schedulingContext is SynchronizationContext or (TaskScheduler and not WorkStealingTaskScheduler))
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(
+                static target => Dispatch(target.WorkItem, target.Context, -1), (WorkItem: workItem, Context: schedulingContext), preferLocal: false);
+            return;
+        }
+
         switch (schedulingContext)
         {
             case null:
