@@ -202,7 +202,7 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         /// <summary>Wakes this worker's thread. Called by the idle coordinator only, under its lock.</summary>
-        internal void Signal() => _parkEvent.Set();
+        internal void Signal(ref bool interrupted) => Uninterruptible.Set(_parkEvent, ref interrupted);
 
         public bool IsCarrier(Task task) => ReferenceEquals(task, _carrier);
 
@@ -664,9 +664,14 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             Counters.Parks++;
-            _parkEvent.Wait();
+
+            // A Thread.Interrupt pending on this thread (a task interrupted its own worker, or an interrupt meant for a
+            // blocking call came after it returned) used to throw here and end the worker for good, silently.
+            bool interrupted = false;
+            Uninterruptible.Wait(_parkEvent, ref interrupted);
             Counters.Wakeups++;
             _isSearching = WokenAsSearcher;
+            Uninterruptible.Restore(interrupted); // pending for the next task that blocks, as on the ThreadPool
         }
 
         private uint NextRandom()
