@@ -12,7 +12,8 @@ namespace Scheduler;
 /// pending that met the idle lock contended threw out of <c>StartNew</c> after queuing, its wake-up never done.</para>
 /// <para>So these waits retry and report the interrupt, and the caller raises it again once its step of the protocol is
 /// complete and no lock is held (<see cref="Restore"/>): it stays pending for the code it was meant for, as on the
-/// ThreadPool, whose own waits are uninterruptible.</para>
+/// ThreadPool, whose own waits are uninterruptible. One exception: a worker that parks drops it (see
+/// <c>Worker.Park</c>), since the task it was meant for has finished.</para>
 /// </remarks>
 internal static class Uninterruptible
 {

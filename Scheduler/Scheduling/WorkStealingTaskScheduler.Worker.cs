@@ -666,12 +666,13 @@ public sealed partial class WorkStealingTaskScheduler
             Counters.Parks++;
 
             // A Thread.Interrupt pending on this thread (a task interrupted its own worker, or an interrupt meant for a
-            // blocking call came after it returned) used to throw here and end the worker for good, silently.
+            // blocking call came after it returned) used to throw here and end the worker for good, silently. It is
+            // dropped: the code it was meant for has finished, and kept pending it would hit an unrelated task later
+            // (or cost an exception at every park until one blocks).
             bool interrupted = false;
             Uninterruptible.Wait(_parkEvent, ref interrupted);
             Counters.Wakeups++;
             _isSearching = WokenAsSearcher;
-            Uninterruptible.Restore(interrupted); // pending for the next task that blocks, as on the ThreadPool
         }
 
         private uint NextRandom()
