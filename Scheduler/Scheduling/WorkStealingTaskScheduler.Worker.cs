@@ -38,6 +38,9 @@ public sealed partial class WorkStealingTaskScheduler
         private Thread? _thread;
         private Task? _carrier;
 
+        // The execution context the loop runs in (the carrier's), restored after any item that changed it.
+        private ExecutionContext? _loopContext;
+
         // Owner-thread state.
         private LifoSlot _lifoSlot; // private to this thread, but for the watchdog's rescue: see LifoSlot
         private int _lifoRunsInARow;
@@ -225,6 +228,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void RunLoop()
         {
+            _loopContext = ExecutionContext.Capture();
             try
             {
                 while (true)
@@ -332,6 +336,20 @@ public sealed partial class WorkStealingTaskScheduler
                 // as unhandled exactly as the ThreadPool would raise it, so it is never lost silently.
                 Counters.Executed++;
                 ReportUnhandled(exception);
+            }
+
+            // Items that are not tasks (pipe callbacks, wakers, posts; tasks that captured no context) run in the loop's
+            // own contexts, and what one leaves there (an AsyncLocal value such as Activity.Current, a synchronization
+            // context) was seen by every later item on this worker, and captured by what they queued. Put the loop's
+            // back, as the ThreadPool does after every work item. Two thread-local reads when nothing changed.
+            if (ExecutionContext.Capture() != _loopContext)
+            {
+                ExecutionContext.Restore(_loopContext!);
+            }
+
+            if (SynchronizationContext.Current != _owner.WorkerContext)
+            {
+                SynchronizationContext.SetSynchronizationContext(_owner.WorkerContext);
             }
         }
 
