@@ -144,7 +144,16 @@ internal struct LifoSlot
             var spinner = default(SpinWait);
             while (Volatile.Read(ref _rescuing) != 0)
             {
-                spinner.SpinOnce(); // a rescue is a barrier and two stores: microseconds
+                // A rescue is a barrier and two stores: microseconds. Thread.Yield rather than the spinner's sleeps,
+                // which would throw on a pending Thread.Interrupt half-way through the worker's loop.
+                if (spinner.NextSpinWillYield)
+                {
+                    Thread.Yield();
+                }
+                else
+                {
+                    spinner.SpinOnce();
+                }
             }
 
             Volatile.Write(ref _ownerInside, true);

@@ -11,6 +11,9 @@ public sealed partial class WorkStealingTaskScheduler
     /// </summary>
     internal void NotifyParked() => _idle.NotifyOne();
 
+    /// <summary>The idle coordinator's lock. For tests that hold it to make it contended.</summary>
+    internal Lock IdleLockForTests => _idle.LockForTests;
+
     /// <summary>
     /// The search/park bookkeeping shared by all workers, after tokio's <c>Idle</c>: one word packs the
     /// number of unparked workers (high 16 bits) and of searching workers (low 16 bits), so "should an
@@ -81,48 +84,55 @@ public sealed partial class WorkStealingTaskScheduler
             }
         }
 
+        // Every lock below is entered with Uninterruptible.Enter: a thread with a Thread.Interrupt pending (a producer, or a
+        // worker whose task interrupted it) must not throw out of a half-done step. The interrupt is raised again after.
         private void NotifyOneSlow()
         {
-            lock (_lock)
+            bool interrupted = false;
+            using (Uninterruptible.Enter(_lock, ref interrupted))
             {
-                if (!ShouldWake(Volatile.Read(ref _state)) || _sleepers.Count == 0)
+                if (ShouldWake(Volatile.Read(ref _state)) && _sleepers.Count != 0)
                 {
-                    return;
+                    Worker sleeper = _sleepers[^1];
+                    _sleepers.RemoveAt(_sleepers.Count - 1);
+                    // The woken worker counts as unparked and searching from now on, so concurrent enqueues do
+                    // not wake a second one for the same work (no thundering herd).
+                    Interlocked.Add(ref _state, UnparkedUnit + 1);
+                    Wake(sleeper, asSearcher: true, ref interrupted);
                 }
-
-                Worker sleeper = _sleepers[^1];
-                _sleepers.RemoveAt(_sleepers.Count - 1);
-                // The woken worker counts as unparked and searching from now on, so concurrent enqueues do
-                // not wake a second one for the same work (no thundering herd).
-                Interlocked.Add(ref _state, UnparkedUnit + 1);
-                Wake(sleeper, asSearcher: true);
             }
+
+            Uninterruptible.Restore(interrupted);
         }
 
         /// <summary>Wakes <paramref name="worker"/> if it is parked (targeted work was put in its inbox).</summary>
         public void UnparkSpecific(Worker worker)
         {
-            lock (_lock)
+            bool interrupted = false;
+            using (Uninterruptible.Enter(_lock, ref interrupted))
             {
-                if (!worker.IsParked)
+                if (worker.IsParked)
                 {
-                    return;
+                    _sleepers.Remove(worker);
+                    Interlocked.Add(ref _state, UnparkedUnit);
+                    Wake(worker, asSearcher: false, ref interrupted);
                 }
-
-                _sleepers.Remove(worker);
-                Interlocked.Add(ref _state, UnparkedUnit);
-                Wake(worker, asSearcher: false);
             }
+
+            Uninterruptible.Restore(interrupted);
         }
 
         public void TransitionToParked(Worker worker, bool wasSearching)
         {
-            lock (_lock)
+            bool interrupted = false;
+            using (Uninterruptible.Enter(_lock, ref interrupted))
             {
                 worker.IsParked = true;
                 _sleepers.Add(worker);
                 Interlocked.Add(ref _state, -(UnparkedUnit + (wasSearching ? 1 : 0)));
             }
+
+            Uninterruptible.Restore(interrupted);
 
             // The re-check of the queues that follows must see every item published before the registration. Items
             // from the global queue and inboxes are published by interlocked operations (full fences), but an owner
@@ -137,41 +147,50 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Called by a worker that registered as parked but then found work. False when a waker beat it.</summary>
         public bool TryUnparkSelf(Worker worker)
         {
-            lock (_lock)
+            bool interrupted = false;
+            bool unparked = false;
+            using (Uninterruptible.Enter(_lock, ref interrupted))
             {
-                if (!worker.IsParked)
+                if (worker.IsParked)
                 {
-                    return false;
+                    _sleepers.Remove(worker);
+                    worker.IsParked = false;
+                    Interlocked.Add(ref _state, UnparkedUnit);
+                    unparked = true;
                 }
-
-                _sleepers.Remove(worker);
-                worker.IsParked = false;
-                Interlocked.Add(ref _state, UnparkedUnit);
-                return true;
             }
+
+            Uninterruptible.Restore(interrupted);
+            return unparked;
         }
 
         public void WakeAll()
         {
-            lock (_lock)
+            bool interrupted = false;
+            using (Uninterruptible.Enter(_lock, ref interrupted))
             {
                 foreach (Worker sleeper in _sleepers)
                 {
                     Interlocked.Add(ref _state, UnparkedUnit);
-                    Wake(sleeper, asSearcher: false);
+                    Wake(sleeper, asSearcher: false, ref interrupted);
                 }
 
                 _sleepers.Clear();
             }
+
+            Uninterruptible.Restore(interrupted);
         }
+
+        /// <summary>The lock that guards the sleeper list. For tests that hold it to make it contended.</summary>
+        internal Lock LockForTests => _lock;
 
         private bool ShouldWake(int state) => (state & SearchingMask) == 0 && (state >> 16) < _workerCount;
 
-        private static void Wake(Worker worker, bool asSearcher)
+        private static void Wake(Worker worker, bool asSearcher, ref bool interrupted)
         {
             worker.WokenAsSearcher = asSearcher;
             worker.IsParked = false;
-            worker.Signal();
+            worker.Signal(ref interrupted);
         }
     }
 }

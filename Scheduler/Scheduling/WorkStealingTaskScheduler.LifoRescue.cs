@@ -76,14 +76,28 @@ public sealed partial class WorkStealingTaskScheduler
             return;
         }
 
-        try
+        // A busy worker re-arms from its loop (BecomeBusy): the timer's lock, contended, throws on a pending
+        // Thread.Interrupt, which would end the worker and leave the watchdog marked armed but never scheduled again.
+        bool interrupted = false;
+        while (true)
         {
-            _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+            try
+            {
+                _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
+                break;
+            }
+            catch (ObjectDisposedException)
+            {
+                // The last worker exited meanwhile and disposed the timer: nothing left to watch.
+                break;
+            }
+            catch (ThreadInterruptedException)
+            {
+                interrupted = true;
+            }
         }
-        catch (ObjectDisposedException)
-        {
-            // The last worker exited meanwhile and disposed the timer: nothing left to watch.
-        }
+
+        Uninterruptible.Restore(interrupted);
     }
 
     /// <summary>

@@ -38,6 +38,9 @@ public sealed partial class WorkStealingTaskScheduler
         private Thread? _thread;
         private Task? _carrier;
 
+        // The execution context the loop runs in (the carrier's), restored after any item that changed it.
+        private ExecutionContext? _loopContext;
+
         // Owner-thread state.
         private LifoSlot _lifoSlot; // private to this thread, but for the watchdog's rescue: see LifoSlot
         private int _lifoRunsInARow;
@@ -202,7 +205,7 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         /// <summary>Wakes this worker's thread. Called by the idle coordinator only, under its lock.</summary>
-        internal void Signal() => _parkEvent.Set();
+        internal void Signal(ref bool interrupted) => Uninterruptible.Set(_parkEvent, ref interrupted);
 
         public bool IsCarrier(Task task) => ReferenceEquals(task, _carrier);
 
@@ -225,6 +228,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void RunLoop()
         {
+            _loopContext = ExecutionContext.Capture();
             try
             {
                 while (true)
@@ -332,6 +336,20 @@ public sealed partial class WorkStealingTaskScheduler
                 // as unhandled exactly as the ThreadPool would raise it, so it is never lost silently.
                 Counters.Executed++;
                 ReportUnhandled(exception);
+            }
+
+            // Items that are not tasks (pipe callbacks, wakers, posts; tasks that captured no context) run in the loop's
+            // own contexts, and what one leaves there (an AsyncLocal value such as Activity.Current, a synchronization
+            // context) was seen by every later item on this worker, and captured by what they queued. Put the loop's
+            // back, as the ThreadPool does after every work item. Two thread-local reads when nothing changed.
+            if (ExecutionContext.Capture() != _loopContext)
+            {
+                ExecutionContext.Restore(_loopContext!);
+            }
+
+            if (SynchronizationContext.Current != _owner.WorkerContext)
+            {
+                SynchronizationContext.SetSynchronizationContext(_owner.WorkerContext);
             }
         }
 
@@ -664,7 +682,13 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             Counters.Parks++;
-            _parkEvent.Wait();
+
+            // A Thread.Interrupt pending on this thread (a task interrupted its own worker, or an interrupt meant for a
+            // blocking call came after it returned) used to throw here and end the worker for good, silently. It is
+            // dropped: the code it was meant for has finished, and kept pending it would hit an unrelated task later
+            // (or cost an exception at every park until one blocks).
+            bool interrupted = false;
+            Uninterruptible.Wait(_parkEvent, ref interrupted);
             Counters.Wakeups++;
             _isSearching = WokenAsSearcher;
         }
