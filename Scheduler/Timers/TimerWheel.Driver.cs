@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.CodeAnalysis;
 using System.Runtime.ExceptionServices;
+using Scheduler.Sources;
 
 namespace Scheduler.Timers;
 
@@ -101,6 +102,9 @@ public sealed partial class TimerWheel
 
     private void DriverLoop()
     {
+        // Completions reach a captured SynchronizationContext or foreign TaskScheduler through the ThreadPool from here:
+        // their Post or QueueTask is user code (it may run the continuation inline, or block every timer behind it).
+        WakerDispatch.MarkCurrentThreadRunsNoUserCode();
         ExpiredTimers batch = _driverBatch;
         Monitor.Enter(_lock);
         try
