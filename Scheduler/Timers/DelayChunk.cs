@@ -126,36 +126,28 @@ internal sealed class DelayChunk : IValueTaskSource
         int word = Volatile.Read(ref slot.Word);
         ValidateRegistration(word, token);
 
+        // Everything that goes into the word is worked out first; nothing of the slot is written before the claim.
         object? context = WakerDispatch.CaptureSchedulingContext(flags, out int workerIndex);
         int bits = DelayWord.ContinuationRegistered | DelayWord.WorkerBits(workerIndex);
         if (context is not null)
         {
             object shared = _sharedContext ?? Interlocked.CompareExchange(ref _sharedContext, context, null) ?? context;
-            if (ReferenceEquals(shared, context))
-            {
-                bits |= DelayWord.ContextShared;
-            }
-            else
-            {
-                GetOrCreateSide(index).Context = context;
-                bits |= DelayWord.ContextSide;
-            }
+            bits |= ReferenceEquals(shared, context) ? DelayWord.ContextShared : DelayWord.ContextSide;
         }
 
-        if ((flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 && ExecutionContext.Capture() is { } executionContext)
-        {
-            GetOrCreateSide(index).ExecutionContext = executionContext;
-        }
+        ExecutionContext? executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
 
-        slot.ContinuationState = state;
-        slot.Continuation = continuation;
-
-        // Publish with a CAS (a full fence: the writes above are visible to whoever sees the flag).
+        // Claim the registration before writing the continuation: the fields are shared, and a second await racing
+        // this one must fail without overwriting the first one's (which would then never run, the loser's running
+        // instead). Pending: claim with Registering and publish the continuation flag below. Completed: the producer
+        // is done and left the dispatch to whoever registers, so claim the continuation flag outright (one CAS).
         while (true)
         {
-            int seen = Interlocked.CompareExchange(ref slot.Word, word | bits, word);
+            int claimed = word | (DelayWord.IsCompleted(word) ? bits : DelayWord.Registering);
+            int seen = Interlocked.CompareExchange(ref slot.Word, claimed, word);
             if (seen == word)
             {
+                word = claimed;
                 break;
             }
 
@@ -163,10 +155,42 @@ internal sealed class DelayChunk : IValueTaskSource
             word = seen;
         }
 
+        if ((bits & DelayWord.ContextMask) == DelayWord.ContextSide)
+        {
+            GetOrCreateSide(index).Context = context;
+        }
+
+        if (executionContext is not null)
+        {
+            GetOrCreateSide(index).ExecutionContext = executionContext;
+        }
+
+        slot.ContinuationState = state;
+        slot.Continuation = continuation;
+
+        if ((word & DelayWord.ContinuationRegistered) == 0)
+        {
+            // Publish: Registering -> registered, with a CAS (a full fence: the writes above are visible to whoever
+            // sees the flag). Meanwhile producers may complete the use and move its ownership, but nobody resets it
+            // (the consumer refuses while Registering is set), so the generation cannot change.
+            while (true)
+            {
+                int seen = Interlocked.CompareExchange(ref slot.Word, (word & ~DelayWord.Registering) | bits, word);
+                if (seen == word)
+                {
+                    break;
+                }
+
+                Debug.Assert((seen & (DelayWord.GenerationMask | DelayWord.Registering)) == (word & (DelayWord.GenerationMask | DelayWord.Registering)));
+                word = seen;
+            }
+        }
+
         if (DelayWord.IsCompleted(word))
         {
-            // The producer finished before our flag landed, so it left the dispatch to us.
-            Dispatch(index, word | bits);
+            // The producer finished before our flag landed (it saw none, or only Registering), so it left the
+            // dispatch to us.
+            Dispatch(index, (word & ~DelayWord.Registering) | bits);
         }
     }
 
@@ -181,6 +205,14 @@ internal sealed class DelayChunk : IValueTaskSource
         if (!DelayWord.IsCompleted(word))
         {
             PooledSourceErrors.ThrowNotCompleted();
+        }
+
+        if ((word & DelayWord.Registering) != 0)
+        {
+            // A racing second await is registering its continuation (claimed while the use was pending; once it is
+            // completed nobody can set the flag any more, so checking once suffices). Resetting the slot under it
+            // would let its late writes land in a later use of the slot: this reader loses instead.
+            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
         }
 
         // Wait out a cancellation callback that may still be running before the slot can be reused, and drop every
@@ -386,7 +418,8 @@ internal sealed class DelayChunk : IValueTaskSource
     {
         DelaySideState?[] sides = _side ?? Interlocked.CompareExchange(ref _side, new DelaySideState?[SlotsPerChunk], null) ?? _side!;
 
-        // Only the slot's current use creates its side state (Start, then OnCompleted: never concurrently).
+        // Only the slot's current use creates its side state (Start, then the one OnCompleted that claimed the
+        // registration: never concurrently).
         return sides[index] ??= new DelaySideState(this, index);
     }
 
@@ -408,7 +441,7 @@ internal sealed class DelayChunk : IValueTaskSource
     private static void ValidateRegistration(int word, short token)
     {
         ValidateToken(word, token);
-        if ((word & DelayWord.ContinuationRegistered) != 0)
+        if ((word & (DelayWord.ContinuationRegistered | DelayWord.Registering)) != 0)
         {
             PooledSourceErrors.ThrowContinuationAlreadyRegistered();
         }

@@ -50,7 +50,8 @@ internal struct DelaySlots
 /// <remarks>
 /// <code>
 /// bits  0-9   generation (the low 10 bits of the ValueTask token; the slot index is the high 6)
-/// bits 10-11  status: Pending, Completed
+/// bit  10     status: Pending, Completed
+/// bit  11     Registering: OnCompleted of a pending use claimed the registration and is writing the continuation
 /// bits 12-13  outcome: Succeeded, Canceled, Disposed
 /// bit  14     a continuation is registered
 /// bit  15     Enqueued: on the pending-changes stack (or about to be)
@@ -70,7 +71,11 @@ internal static class DelayWord
     internal const int GenerationMask = (1 << GenerationBits) - 1;
 
     internal const int Completed = 1 << 10;
-    internal const int StatusMask = 3 << 10;
+    internal const int StatusMask = Completed;
+
+    // Set and cleared only by OnCompleted (and cleared by nothing else: the consumer refuses to reset a slot while it
+    // is set). Neither a status nor an owner: a producer completes a Registering slot as any other pending one.
+    internal const int Registering = 1 << 11;
 
     internal const int Canceled = 1 << 12;
     internal const int Disposed = 2 << 12;

@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>
+/// A pending <see cref="TimerWheel.DelayAsync"/> awaited twice at the same moment (two threads racing the same misuse)
+/// must fail loudly for one of them and leave the other's registration intact: its continuation, and only it, runs
+/// once when the delay completes, and its await still observes the outcome.
+/// </summary>
+/// <remarks>Alone: its two spinning threads fill this 2-core machine, which would skew the timing-sensitive tests beside it.</remarks>
+[Collection(StressGroup.Name)]
+public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static readonly TimeSpan Budget = TimeSpan.FromMilliseconds(600);
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Racing_double_registration_keeps_the_winner_continuation(int seed)
+    {
+        using var wheel = new TimerWheel();
+        var context = new InlineSynchronizationContext();
+        ValueTask delay = default;
+        var cts = new CancellationTokenSource();
+        var threw = new bool[2];
+        int ran = -1;
+        int runs = 0;
+        Action[] continuations = [() => Record(0), () => Record(1)];
+
+        void Record(int which)
+        {
+            Volatile.Write(ref ran, which);
+            Interlocked.Increment(ref runs);
+        }
+
+        void Register(int side)
+        {
+            SynchronizationContext.SetSynchronizationContext(context);
+            try
+            {
+                // The awaiter registers a shared continuation with the Action as its state: a loser overwriting the
+                // winner's state would make the loser's Action run.
+                delay.GetAwaiter().UnsafeOnCompleted(continuations[side]);
+            }
+            catch (InvalidOperationException)
+            {
+                threw[side] = true;
+            }
+            finally
+            {
+                SynchronizationContext.SetSynchronizationContext(null);
+            }
+        }
+
+        int rounds = RaceRounds(
+            seed,
+            prepare: _ =>
+            {
+                cts = new CancellationTokenSource();
+                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+                threw[0] = threw[1] = false;
+                ran = -1;
+                runs = 0;
+            },
+            left: _ => Register(0),
+            right: _ => Register(1),
+            check: round =>
+            {
+                threw.Count(t => t).Should().Be(1, $"exactly one of two racing registrations wins (round {round})");
+                int winner = threw[0] ? 1 : 0;
+                cts.Cancel(); // completes inline; the continuation is posted to the inline context
+                WaitForRun(ref runs, round);
+                int resumed = Volatile.Read(ref ran);
+                resumed.Should().Be(winner, $"the loser must not overwrite the winner's registration (round {round})");
+                int resumptions = Volatile.Read(ref runs);
+                resumptions.Should().Be(1, $"the winner's continuation runs once (round {round})");
+                var consume = () => delay.GetAwaiter().GetResult();
+                consume.Should().Throw<OperationCanceledException>($"the winner's await observes the cancellation (round {round})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Registration_racing_completion_runs_the_continuation_once(int seed)
+    {
+        // Not misuse: the producer (here a cancellation) completes while the only await registers. Whichever way the
+        // race goes (completed before the claim, between claim and publish, or after), the continuation runs once.
+        using var wheel = new TimerWheel();
+        var context = new InlineSynchronizationContext();
+        ValueTask delay = default;
+        var cts = new CancellationTokenSource();
+        int runs = 0;
+        Action continuation = () => Interlocked.Increment(ref runs);
+
+        int rounds = RaceRounds(
+            seed,
+            prepare: _ =>
+            {
+                cts = new CancellationTokenSource();
+                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+                runs = 0;
+            },
+            left: _ =>
+            {
+                SynchronizationContext.SetSynchronizationContext(context);
+                try
+                {
+                    delay.GetAwaiter().UnsafeOnCompleted(continuation);
+                }
+                finally
+                {
+                    SynchronizationContext.SetSynchronizationContext(null);
+                }
+            },
+            right: _ => cts.Cancel(),
+            check: round =>
+            {
+                WaitForRun(ref runs, round);
+                int resumptions = Volatile.Read(ref runs);
+                resumptions.Should().Be(1, $"the continuation runs once (round {round})");
+                var consume = () => delay.GetAwaiter().GetResult();
+                consume.Should().Throw<OperationCanceledException>($"the await observes the cancellation (round {round})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
+    private static void WaitForRun(ref int runs, int round)
+    {
+        var clock = Stopwatch.StartNew();
+        var spinner = new SpinWait();
+        while (Volatile.Read(ref runs) == 0)
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                throw new TimeoutException($"No continuation ran in round {round}.");
+            }
+
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="left"/> (on the caller) and <paramref name="right"/> (on a second thread) at once, round
+    /// after round, released together from a spinning start line, one of them a little later by a skew that sweeps
+    /// a few hundred nanoseconds (offset by <paramref name="seed"/>); <paramref name="check"/> runs on the caller
+    /// after both finished a round.
+    /// </summary>
+    private static int RaceRounds(int seed, Action<int> prepare, Action<int> left, Action<int> right, Action<int> check)
+    {
+        int go = -1;
+        int finished = -1;
+        bool stop = false;
+        Exception? failure = null;
+
+        var thread = new Thread(() =>
+        {
+            for (int round = 0; ; round++)
+            {
+                var spinner = new SpinWait();
+                while (Volatile.Read(ref go) < round)
+                {
+                    if (Volatile.Read(ref stop))
+                    {
+                        return;
+                    }
+
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                }
+
+                try
+                {
+                    Skew(seed, round, 1);
+                    right(round);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref failure, e, null);
+                }
+
+                Volatile.Write(ref finished, round);
+            }
+        })
+        { IsBackground = true };
+        thread.Start();
+
+        var clock = Stopwatch.StartNew();
+        int rounds = 0;
+        try
+        {
+            while (clock.Elapsed < Budget && rounds < 200_000)
+            {
+                prepare(rounds);
+                Volatile.Write(ref go, rounds);
+                Skew(seed, rounds, 0);
+                left(rounds);
+                var spinner = new SpinWait();
+                var wait = Stopwatch.StartNew();
+                while (Volatile.Read(ref finished) < rounds)
+                {
+                    if (wait.Elapsed > TimeSpan.FromSeconds(30))
+                    {
+                        throw new TimeoutException($"Round {rounds} never finished.");
+                    }
+
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                }
+
+                if (failure is not null)
+                {
+                    throw new InvalidOperationException($"The racing thread failed in round {rounds}.", failure);
+                }
+
+                check(rounds);
+                rounds++;
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            thread.Join();
+        }
+
+        return rounds;
+
+        // The releasing side is ahead by the other's wake-up: delay each side in turn by a varying few spins.
+        static void Skew(int seed, int round, int side)
+        {
+            if (((round + seed) & 1) == side)
+            {
+                Thread.SpinWait(((round >> 1) + (seed * 17)) % 48);
+            }
+        }
+    }
+
+    private sealed class InlineSynchronizationContext : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state) => d(state);
+    }
+}
