@@ -141,7 +141,9 @@ public sealed class DelayAsyncTests
         // started right away may find a few slots still held; without reuse each burst would add 5,000.
         await Task.Run(Burst).WaitAsync(s_timeout);
         await Task.Run(Burst).WaitAsync(s_timeout);
-        wheel.DelayCapacity.Should().BeLessThan(capacity + 1_000, "completed delays free their slots for the next ones");
+        // Bounded by one burst's worth, not by the first capacity: on a busy machine the first burst may complete early
+        // delays while it still creates the later ones and record a low capacity (it failed so beside stress tests).
+        wheel.DelayCapacity.Should().BeLessThan(2 * 5_000, "completed delays free their slots for the next ones (without reuse three bursts hold 15,000)");
     }
 
     [Fact]
