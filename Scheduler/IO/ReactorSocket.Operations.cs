@@ -311,6 +311,7 @@ public sealed partial class ReactorSocket
                 return false;
             }
 
+            int skipped = 0;
             while (_accepted.Count < BatchSize)
             {
                 int accepted = Libc.Accept4(fd.Fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -321,9 +322,13 @@ public sealed partial class ReactorSocket
                 }
 
                 int errno = Errno.Last;
-                if (errno is EINTR or ECONNABORTED)
+                if (IsSkippableAcceptError(errno) && ++skipped <= MaxSkippedPerAttempt)
                 {
-                    continue; // a connection reset while queued is skipped, as accept(2) recommends
+                    // A connection that failed while it waited in the backlog (reset, or a network error the kernel
+                    // passes on at accept): accept(2) says to treat these like EAGAIN and try again. Failing the
+                    // caller's AcceptAsync for them would stop a typical accept loop because of one broken client.
+                    // Bounded, so an error that is not about one connection cannot spin here.
+                    continue;
                 }
 
                 if (errno != EAGAIN && _accepted.Count == 0)
@@ -337,6 +342,17 @@ public sealed partial class ReactorSocket
             return _accepted.Count > 0;
         }
     }
+
+    /// <summary>How many failed connections one accept attempt skips before it reports the error (accept(2)'s retry advice).</summary>
+    private const int MaxSkippedPerAttempt = 1024;
+
+    /// <summary>
+    /// EINTR, and the errors Linux's accept passes on from a connection that failed in the backlog: ECONNABORTED and the
+    /// TCP/IP network errors accept(2) lists to be treated like EAGAIN (ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET,
+    /// EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH).
+    /// </summary>
+    internal static bool IsSkippableAcceptError(int errno) =>
+        errno is EINTR or ECONNABORTED or ENETDOWN or EPROTO or ENOPROTOOPT or EHOSTDOWN or ENONET or EHOSTUNREACH or EOPNOTSUPP or ENETUNREACH;
 
     /// <summary>Completes an in-progress connect: SO_ERROR reports failure, getpeername success.</summary>
     private sealed class ConnectOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: true)

@@ -7,6 +7,9 @@ internal static class LinuxConstants
     public const int EPERM = 1;
     public const int ENOENT = 2;
     public const int EINTR = 4;
+    public const int ENONET = 64;
+    public const int EPROTO = 71;
+    public const int ENOPROTOOPT = 92;
     public const int ENOSYS = 38;
     public const int EBADF = 9;
     public const int EAGAIN = 11;
