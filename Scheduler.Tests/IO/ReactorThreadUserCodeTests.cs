@@ -94,15 +94,6 @@ public sealed class ReactorThreadUserCodeTests
         }
     }
 
-    /// <summary>Runs every queued task at once on the queueing thread (legal, and common in tests and UI adapters).</summary>
-    private sealed class InlineTaskScheduler : TaskScheduler
-    {
-        protected override void QueueTask(Task task) => TryExecuteTask(task);
-
-        protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => TryExecuteTask(task);
-
-        protected override IEnumerable<Task>? GetScheduledTasks() => [];
-    }
 
     /// <summary>A context whose Post blocks until released (a bounded message loop that is full), then runs the callback.</summary>
     private sealed class BlockingContext : SynchronizationContext, IDisposable

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
@@ -44,7 +43,9 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             }
         }
 
-        int rounds = RaceRounds(
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: 0,
             prepare: _ =>
             {
                 var fresh = PooledValueTaskSource<int>.Rent();
@@ -97,7 +98,9 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             }
         }
 
-        int rounds = RaceRounds(
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: 0,
             prepare: round =>
             {
                 if (builtIn)
@@ -127,103 +130,6 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
 
         output.WriteLine($"{rounds} rounds");
         rounds.Should().BeGreaterThan(100);
-    }
-
-    /// <summary>
-    /// Runs <paramref name="left"/> (on the caller) and <paramref name="right"/> (on a second thread) at once, round
-    /// after round, released together from a spinning start line, one of them a little later by a skew that sweeps
-    /// a few hundred nanoseconds; <paramref name="check"/> runs on the caller after both finished a round.
-    /// </summary>
-    private static int RaceRounds(Action<int> prepare, Action<int> left, Action<int> right, Action<int> check)
-    {
-        int go = -1;
-        int finished = -1;
-        bool stop = false;
-        Exception? failure = null;
-
-        var thread = new Thread(() =>
-        {
-            for (int round = 0; ; round++)
-            {
-                var spinner = new SpinWait();
-                while (Volatile.Read(ref go) < round)
-                {
-                    if (Volatile.Read(ref stop))
-                    {
-                        return;
-                    }
-
-                    spinner.SpinOnce(sleep1Threshold: -1);
-                }
-
-                try
-                {
-                    Skew(round, 1);
-                    right(round);
-                }
-                catch (Exception e)
-                {
-                    Interlocked.CompareExchange(ref failure, e, null);
-                }
-
-                Volatile.Write(ref finished, round);
-            }
-        })
-        { IsBackground = true };
-        thread.Start();
-
-        var clock = Stopwatch.StartNew();
-        int rounds = 0;
-        try
-        {
-            while (clock.Elapsed < Budget && rounds < 200_000)
-            {
-                prepare(rounds);
-                Volatile.Write(ref go, rounds);
-                Skew(rounds, 0);
-                left(rounds);
-                var spinner = new SpinWait();
-                while (Volatile.Read(ref finished) < rounds)
-                {
-                    if (clock.Elapsed > TimeSpan.FromSeconds(30))
-                    {
-                        throw new TimeoutException($"Round {rounds} never finished.");
-                    }
-
-                    spinner.SpinOnce(sleep1Threshold: -1);
-                }
-
-                if (failure is not null)
-                {
-                    throw new InvalidOperationException($"The racing thread failed in round {rounds}.", failure);
-                }
-
-                check(rounds);
-                rounds++;
-            }
-        }
-        finally
-        {
-            Volatile.Write(ref stop, true);
-            thread.Join();
-        }
-
-        return rounds;
-
-        // The releasing side is ahead by the other's wake-up: delay each side in turn by a varying few spins.
-        static void Skew(int round, int side)
-        {
-            if ((round & 1) == side)
-            {
-                Thread.SpinWait((round >> 1) % 48);
-            }
-        }
-    }
-
-    /// <summary>Runs posts inline: the continuation is observable as soon as the completing call returns.</summary>
-    private sealed class InlineSynchronizationContext : SynchronizationContext
-    {
-        public override void Post(SendOrPostCallback d, object? state) => d(state);
     }
 
     /// <summary>A result large enough that copying it takes a while, and with a reference, so a reset clears it.</summary>

@@ -55,8 +55,9 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
             }
         }
 
-        int rounds = RaceRounds(
-            seed,
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
             prepare: _ =>
             {
                 cts = new CancellationTokenSource();
@@ -100,8 +101,9 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         int runs = 0;
         Action continuation = () => Interlocked.Increment(ref runs);
 
-        int rounds = RaceRounds(
-            seed,
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
             prepare: _ =>
             {
                 cts = new CancellationTokenSource();
@@ -148,103 +150,5 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
 
             spinner.SpinOnce(sleep1Threshold: -1);
         }
-    }
-
-    /// <summary>
-    /// Runs <paramref name="left"/> (on the caller) and <paramref name="right"/> (on a second thread) at once, round
-    /// after round, released together from a spinning start line, one of them a little later by a skew that sweeps
-    /// a few hundred nanoseconds (offset by <paramref name="seed"/>); <paramref name="check"/> runs on the caller
-    /// after both finished a round.
-    /// </summary>
-    private static int RaceRounds(int seed, Action<int> prepare, Action<int> left, Action<int> right, Action<int> check)
-    {
-        int go = -1;
-        int finished = -1;
-        bool stop = false;
-        Exception? failure = null;
-
-        var thread = new Thread(() =>
-        {
-            for (int round = 0; ; round++)
-            {
-                var spinner = new SpinWait();
-                while (Volatile.Read(ref go) < round)
-                {
-                    if (Volatile.Read(ref stop))
-                    {
-                        return;
-                    }
-
-                    spinner.SpinOnce(sleep1Threshold: -1);
-                }
-
-                try
-                {
-                    Skew(seed, round, 1);
-                    right(round);
-                }
-                catch (Exception e)
-                {
-                    Interlocked.CompareExchange(ref failure, e, null);
-                }
-
-                Volatile.Write(ref finished, round);
-            }
-        })
-        { IsBackground = true };
-        thread.Start();
-
-        var clock = Stopwatch.StartNew();
-        int rounds = 0;
-        try
-        {
-            while (clock.Elapsed < Budget && rounds < 200_000)
-            {
-                prepare(rounds);
-                Volatile.Write(ref go, rounds);
-                Skew(seed, rounds, 0);
-                left(rounds);
-                var spinner = new SpinWait();
-                var wait = Stopwatch.StartNew();
-                while (Volatile.Read(ref finished) < rounds)
-                {
-                    if (wait.Elapsed > TimeSpan.FromSeconds(30))
-                    {
-                        throw new TimeoutException($"Round {rounds} never finished.");
-                    }
-
-                    spinner.SpinOnce(sleep1Threshold: -1);
-                }
-
-                if (failure is not null)
-                {
-                    throw new InvalidOperationException($"The racing thread failed in round {rounds}.", failure);
-                }
-
-                check(rounds);
-                rounds++;
-            }
-        }
-        finally
-        {
-            Volatile.Write(ref stop, true);
-            thread.Join();
-        }
-
-        return rounds;
-
-        // The releasing side is ahead by the other's wake-up: delay each side in turn by a varying few spins.
-        static void Skew(int seed, int round, int side)
-        {
-            if (((round + seed) & 1) == side)
-            {
-                Thread.SpinWait(((round >> 1) + (seed * 17)) % 48);
-            }
-        }
-    }
-
-    private sealed class InlineSynchronizationContext : SynchronizationContext
-    {
-        public override void Post(SendOrPostCallback d, object? state) => d(state);
     }
 }

@@ -27,13 +27,4 @@ public sealed class DriverThreadUserCodeTests
         string? name = await resumedOn.WaitAsync(TimeSpan.FromSeconds(30));
         name.Should().NotBe("TimerWheel driver", "the scheduler's QueueTask is user code, here running the continuation inline");
     }
-
-    private sealed class InlineTaskScheduler : TaskScheduler
-    {
-        protected override void QueueTask(Task task) => TryExecuteTask(task);
-
-        protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => TryExecuteTask(task);
-
-        protected override IEnumerable<Task>? GetScheduledTasks() => [];
-    }
 }
