@@ -41,6 +41,7 @@ public sealed class ConstructionTests
     [Theory]
     [InlineData("FairnessInterval")]
     [InlineData("LocalQueueCapacity")]
+    [InlineData("LocalQueueCapacity, huge")]
     [InlineData("SpinIterations")]
     [InlineData("LifoSlotLimit")]
     public void Invalid_options_name_the_offending_option(string option)
@@ -50,12 +51,13 @@ public sealed class ConstructionTests
         {
             case "FairnessInterval": options.FairnessInterval = 0; break;
             case "LocalQueueCapacity": options.LocalQueueCapacity = 100; break;
+            case "LocalQueueCapacity, huge": options.LocalQueueCapacity = 1 << 30; break; // was an OutOfMemoryException
             case "SpinIterations": options.SpinIterations = -1; break;
             case "LifoSlotLimit": options.LifoSlotLimit = -1; break;
         }
 
         FluentActions.Invoking(() => new WorkStealingTaskScheduler(options))
-            .Should().Throw<ArgumentOutOfRangeException>().WithParameterName(option);
+            .Should().Throw<ArgumentOutOfRangeException>().WithParameterName(option.Split(',')[0]);
     }
 
     [Fact]

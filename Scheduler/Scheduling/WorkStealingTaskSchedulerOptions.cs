@@ -33,7 +33,10 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// </summary>
     public int LifoSlotLimit { get; set; } = 3;
 
-    /// <summary>Capacity of each worker's deque; a power of two of at least 16. Overflow spills half to the global queue. Defaults to 256.</summary>
+    /// <summary>
+    /// Capacity of each worker's deque; a power of two from 16 to 1,048,576 (16 MB of slots per worker). Overflow spills
+    /// half to the global queue. Defaults to 256.
+    /// </summary>
     public int LocalQueueCapacity { get; set; } = 256;
 
     /// <summary>
@@ -73,11 +76,15 @@ public sealed class WorkStealingTaskSchedulerOptions
         ArgumentOutOfRangeException.ThrowIfNegative(SpinIterations, nameof(SpinIterations));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FairnessInterval, nameof(FairnessInterval));
         ArgumentOutOfRangeException.ThrowIfNegative(LifoSlotLimit, nameof(LifoSlotLimit));
-        if (LocalQueueCapacity < 16 || (LocalQueueCapacity & (LocalQueueCapacity - 1)) != 0)
+        if (LocalQueueCapacity < 16 || LocalQueueCapacity > MaxLocalQueueCapacity || (LocalQueueCapacity & (LocalQueueCapacity - 1)) != 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(LocalQueueCapacity), LocalQueueCapacity, "The local queue capacity must be a power of two of at least 16.");
+            // Bounded above too: a huge capacity failed with OutOfMemoryException (a slot array per worker) instead of
+            // naming the option.
+            throw new ArgumentOutOfRangeException(nameof(LocalQueueCapacity), LocalQueueCapacity, "The local queue capacity must be a power of two from 16 to 1,048,576.");
         }
     }
+
+    private const int MaxLocalQueueCapacity = 1 << 20;
 
     internal WorkStealingTaskSchedulerOptions Clone() => (WorkStealingTaskSchedulerOptions)MemberwiseClone();
 }
