@@ -36,6 +36,8 @@ public sealed partial class WorkStealingTaskScheduler
         private const int BatchBufferSize = GlobalBatchSize > RescueBatchSize ? GlobalBatchSize : RescueBatchSize;
 
         private Thread? _thread;
+        private bool _background;
+        private string? _threadName;
         private Task? _carrier;
 
         // The execution context the loop runs in (the carrier's), restored after any item that changed it.
@@ -101,10 +103,12 @@ public sealed partial class WorkStealingTaskScheduler
 
         public void Start(bool background)
         {
+            _background = background;
+            _threadName = $"{_owner._options.ThreadNamePrefix} #{Index}";
             _thread = new Thread(static state => ((Worker)state!).Run(), maxStackSize: 0)
             {
                 IsBackground = background,
-                Name = $"{_owner._options.ThreadNamePrefix} #{Index}",
+                Name = _threadName,
             };
             _thread.UnsafeStart(this);
         }
@@ -658,8 +662,33 @@ public sealed partial class WorkStealingTaskScheduler
             }
         }
 
+        /// <summary>
+        /// Puts back thread state a task changed (the ThreadPool resets it after every work item): a task that made its
+        /// worker a foreground thread kept the process alive despite background workers, and a lowered priority or a
+        /// new name stayed for every later task. Done before parking, not per item: the getters are runtime calls.
+        /// </summary>
+        private void RestoreThreadState()
+        {
+            Thread thread = _thread!;
+            if (thread.IsBackground != _background)
+            {
+                thread.IsBackground = _background;
+            }
+
+            if (thread.Priority != ThreadPriority.Normal)
+            {
+                thread.Priority = ThreadPriority.Normal;
+            }
+
+            if (!ReferenceEquals(thread.Name, _threadName))
+            {
+                thread.Name = _threadName;
+            }
+        }
+
         private void Park()
         {
+            RestoreThreadState();
             // Only this thread resets its event, and only before registering as a sleeper: a Set that
             // races with us afterwards is never lost (MRES stays set until the next Reset).
             _parkEvent.Reset();
