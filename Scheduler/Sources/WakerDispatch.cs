@@ -75,13 +75,6 @@ internal static class WakerDispatch
     /// <summary>Queues <paramref name="workItem"/> to its captured target. Never runs it inline.</summary>
     public static void Dispatch(IThreadPoolWorkItem workItem, object? schedulingContext, int workerIndex)
     {
-        if (t_runsNoUserCode && schedulingContext is SynchronizationContext or (TaskScheduler and not WorkStealingTaskScheduler))
-        {
-            ThreadPool.UnsafeQueueUserWorkItem(
-                static target => Dispatch(target.WorkItem, target.Context, -1), (WorkItem: workItem, Context: schedulingContext), preferLocal: false);
-            return;
-        }
-
         switch (schedulingContext)
         {
             case null:
@@ -97,6 +90,12 @@ internal static class WakerDispatch
                     scheduler.Enqueue(workItem);
                 }
 
+                break;
+            case SynchronizationContext or TaskScheduler when t_runsNoUserCode:
+                // Their Post or QueueTask is user code (it may run the continuation inline, or block): from a thread
+                // that must never run any (the reactor, a timer driver) they are reached through the ThreadPool.
+                ThreadPool.UnsafeQueueUserWorkItem(
+                    static target => Dispatch(target.WorkItem, target.Context, -1), (WorkItem: workItem, Context: schedulingContext), preferLocal: false);
                 break;
             case SynchronizationContext context:
                 PostToContext(workItem, context);
