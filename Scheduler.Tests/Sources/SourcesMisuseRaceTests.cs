@@ -132,6 +132,136 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         rounds.Should().BeGreaterThan(100);
     }
 
+    // The continuation is queued (held by the context) when a direct read of the same ValueTask comes: that read must
+    // lose. Reading and resetting under the queued continuation would run it later on a reset (maybe re-rented) source:
+    // with no continuation any more (an exception on whatever thread runs it) or with the next rental's, early.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_direct_read_while_the_awaiting_continuation_is_queued_loses_and_the_continuation_gets_the_value(bool builtIn)
+    {
+        var context = new HeldPostsSynchronizationContext();
+        var pooled = PooledValueTaskSource<int>.Rent();
+        var custom = new CoreSource<int>();
+        IValueTaskSource<int> source = builtIn ? pooled : custom;
+        short token = builtIn ? pooled.Version : custom.Version;
+        int? received = null;
+
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            source.OnCompleted(_ => received = source.GetResult(token), null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        (builtIn ? pooled.TrySetResult(token, 42) : custom.TrySetResult(token, 42)).Should().BeTrue();
+        context.Held.Should().Be(1, "the continuation was posted, not run");
+
+        source.Invoking(s => s.GetResult(token)).Should().Throw<InvalidOperationException>("the operation is awaited and its continuation is queued");
+
+        context.RunAll();
+        received.Should().Be(42, "the awaiting continuation still gets the outcome");
+        (builtIn ? pooled.HoldsContinuationForTests : custom.HoldsContinuationForTests).Should().BeFalse("the continuation's read reset the source");
+        (builtIn ? pooled.Version : custom.Version).Should().Be(unchecked((short)(token + 1)), "exactly one reset");
+    }
+
+    // A completed source: an await registers (its continuation is dispatched at once) while another thread reads the
+    // result. The built-in source gives the outcome to exactly one of them, the other throws. A WakerCore source in the
+    // docs' shape (GetResult, then TryReset in a finally) reads before it resets, so both may see it, or both may
+    // throw: the direct read is refused while the continuation is due, and its finally's TryReset may then reset under
+    // the continuation's read once that has started. Either way: loud, no wrong value, and nothing of the await is left in the source after
+    // the reset (a registration writing its fields after a racing reset would leave them for the next use).
+    [Theory]
+    [InlineData(true, 0)]
+    [InlineData(false, 0)]
+    [InlineData(true, 1)]
+    [InlineData(false, 1)]
+    public void A_read_racing_a_registration_on_a_completed_source_leaves_the_next_use_clean(bool builtIn, int seed)
+    {
+        var context = new InlineSynchronizationContext();
+        var pooled = PooledValueTaskSource<int>.Rent();
+        var custom = new CoreSource<int>();
+        IValueTaskSource<int> source = custom;
+        short token = 0;
+        int registration = 0, continuation = 0, reader = 0; // 0 = nothing, 1 = got the value, 2 = InvalidOperationException
+        int continuationRuns = 0;
+
+        void Register(int round)
+        {
+            SynchronizationContext.SetSynchronizationContext(context);
+            try
+            {
+                source.OnCompleted(
+                    _ =>
+                    {
+                        continuationRuns++;
+                        continuation = Read(round);
+                    },
+                    null,
+                    token,
+                    ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+                registration = 1;
+            }
+            catch (InvalidOperationException)
+            {
+                registration = 2;
+            }
+            finally
+            {
+                SynchronizationContext.SetSynchronizationContext(null);
+            }
+        }
+
+        int Read(int round)
+        {
+            try
+            {
+                return source.GetResult(token) == round ? 1 : 3;
+            }
+            catch (InvalidOperationException)
+            {
+                return 2;
+            }
+        }
+
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
+            prepare: round =>
+            {
+                if (builtIn)
+                {
+                    pooled = PooledValueTaskSource<int>.Rent();
+                    source = pooled;
+                }
+
+                token = builtIn ? pooled.Version : custom.Version;
+                (builtIn ? pooled.TrySetResult(token, round) : custom.TrySetResult(token, round)).Should().BeTrue();
+                registration = continuation = reader = continuationRuns = 0;
+            },
+            left: Register,
+            right: round => reader = Read(round),
+            check: round =>
+            {
+                string what = $"round {round}: registration {registration}, continuation {continuation} (ran {continuationRuns}), reader {reader}";
+                new[] { continuation, reader }.Should().OnlyContain(o => o != 3, $"nobody reads a wrong value ({what})");
+                if (builtIn)
+                {
+                    (continuation == 1 ^ reader == 1).Should().BeTrue($"a consuming read gives the outcome to exactly one of them ({what})");
+                }
+                continuationRuns.Should().Be(registration == 1 ? 1 : 0, $"a continuation runs once if and only if its registration succeeded ({what})");
+                (builtIn ? pooled.HoldsContinuationForTests : custom.HoldsContinuationForTests).Should().BeFalse($"a reset source holds nothing of the await ({what})");
+                (builtIn ? pooled.Version : custom.Version).Should().Be(unchecked((short)(token + 1)), $"exactly one reset ({what})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
     /// <summary>A result large enough that copying it takes a while, and with a reference, so a reset clears it.</summary>
     private readonly struct Payload
     {
@@ -178,6 +308,8 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         public CoreSource() => _core = new WakerCore<T>(this);
 
         public short Version => _core.Version;
+
+        public bool HoldsContinuationForTests => _core.HoldsContinuationForTests;
 
         public bool TrySetResult(short version, T result) => _core.TrySetResult(version, result);
 

@@ -45,3 +45,57 @@ internal sealed class CountingTaskScheduler : TaskScheduler
 
     protected override IEnumerable<Task> GetScheduledTasks() => [];
 }
+
+/// <summary>A SynchronizationContext that holds every post until the test runs them (with itself installed).</summary>
+internal sealed class HeldPostsSynchronizationContext : SynchronizationContext
+{
+    private readonly Queue<(SendOrPostCallback Callback, object? State)> _posts = new();
+
+    public int Held
+    {
+        get
+        {
+            lock (_posts)
+            {
+                return _posts.Count;
+            }
+        }
+    }
+
+    public override void Post(SendOrPostCallback d, object? state)
+    {
+        lock (_posts)
+        {
+            _posts.Enqueue((d, state));
+        }
+    }
+
+    public override SynchronizationContext CreateCopy() => this;
+
+    /// <summary>Runs the held posts on the caller, in order, with this context installed.</summary>
+    public void RunAll()
+    {
+        SynchronizationContext? previous = Current;
+        SetSynchronizationContext(this);
+        try
+        {
+            while (true)
+            {
+                (SendOrPostCallback Callback, object? State) post;
+                lock (_posts)
+                {
+                    if (!_posts.TryDequeue(out post))
+                    {
+                        return;
+                    }
+                }
+
+                post.Callback(post.State);
+            }
+        }
+        finally
+        {
+            SetSynchronizationContext(previous);
+        }
+    }
+}

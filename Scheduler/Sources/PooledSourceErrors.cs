@@ -18,6 +18,11 @@ internal static class PooledSourceErrors
 
     [DoesNotReturn]
     [StackTraceHidden]
+    public static void ThrowConcurrentConsumer() =>
+        throw new InvalidOperationException("The operation is being awaited or its result read by another consumer at this moment: a ValueTask backed by a pooled source can be awaited (or its result read) only once.");
+
+    [DoesNotReturn]
+    [StackTraceHidden]
     public static void ThrowContinuationAlreadyRegistered() =>
         throw new InvalidOperationException("A continuation is already registered: a ValueTask backed by a pooled source can be awaited only once.");
 }

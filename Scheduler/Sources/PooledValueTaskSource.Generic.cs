@@ -43,6 +43,8 @@ public sealed class PooledValueTaskSource<T> : IValueTaskSource<T>, IValueTaskSo
 
     internal static ValueTaskSourcePool<PooledValueTaskSource<T>> Pool => s_pool;
 
+    internal bool HoldsContinuationForTests => _core.HoldsContinuationForTests;
+
     /// <summary>Takes a source from the pool (or creates one), ready for a new operation.</summary>
     /// <returns>A pending source; its <see cref="Task"/> completes when a <c>TrySet*</c> method succeeds.</returns>
     [SuppressMessage("Design", "CA1000:Do not declare static members on generic types", Justification = "PooledValueTaskSource<T>.Rent() is the API contract; the pool is per result type.")]

@@ -24,8 +24,9 @@ public partial struct WakerCore<TResult>
 
         // Claim the registration before writing anything: the fields below are shared, and a second await racing this
         // one must fail without overwriting the first one's continuation (which would then never run, or run with the
-        // other's state). Pending: claim with the Registering flag, publish the continuation below. Completed: the
-        // producer is done and left the dispatch to whoever registers, so claim the continuation flag outright.
+        // other's state). The claim is the Registering flag, also when the operation has completed: a reader racing
+        // this await refuses while it is set, so no reset can happen under the writes below (they would land in the
+        // next use of the core). The publish below turns it into the continuation flag.
         int current = Volatile.Read(ref _state);
         while (true)
         {
@@ -36,7 +37,7 @@ public partial struct WakerCore<TResult>
                 continue;
             }
 
-            int claimed = current | ((current & StatusMask) == StatusCompleted ? ContinuationFlag : RegisteringFlag);
+            int claimed = current | RegisteringFlag;
             int observed = Interlocked.CompareExchange(ref _state, claimed, current);
             if (observed == current)
             {
@@ -52,27 +53,27 @@ public partial struct WakerCore<TResult>
         _continuationState = state;
         _continuation = continuation;
 
-        if ((current & ContinuationFlag) == 0)
+        // Publish: Registering -> registered, with a CAS (full fence: the writes above are visible to whoever sees
+        // the flag). A producer that completed meanwhile saw no flag at its claim and left the dispatch to us.
+        while (true)
         {
-            // Publish: Registering -> registered, with a CAS (full fence: the writes above are visible to whoever sees
-            // the flag). A producer that completed meanwhile saw no flag at its claim and left the dispatch to us.
-            while (true)
+            if ((current & StatusMask) == StatusReserved)
             {
-                if ((current & StatusMask) == StatusReserved)
-                {
-                    current = WaitWhileReserved();
-                }
-
-                int observed = Interlocked.CompareExchange(ref _state, (current & ~RegisteringFlag) | ContinuationFlag, current);
-                if (observed == current)
-                {
-                    break;
-                }
-
-                // Only a reset can have changed more than the status (a reader consumed a completion it was not given).
-                ValidateToken(observed, token);
-                current = observed;
+                current = WaitWhileReserved();
             }
+
+            int published = (current & ~RegisteringFlag) | ContinuationFlag;
+            int observed = Interlocked.CompareExchange(ref _state, published, current);
+            if (observed == current)
+            {
+                current = published;
+                break;
+            }
+
+            // Readers refuse while Registering is set, so only the author's unconditional Reset can have changed more
+            // than the status.
+            ValidateToken(observed, token);
+            current = observed;
         }
 
         if ((current & StatusMask) == StatusCompleted)
@@ -92,15 +93,24 @@ public partial struct WakerCore<TResult>
     /// touches the core after invoking it.
     /// </remarks>
     /// <exception cref="InvalidOperationException">No continuation is registered.</exception>
+    /// <exception cref="InvalidOperationException">No continuation is due (registered and its operation completed).</exception>
     public void InvokeContinuation()
     {
+        int state = Volatile.Read(ref _state);
         Action<object?>? continuation = _continuation;
-        if (continuation is null)
+        if ((state & (StatusMask | ContinuationFlag | TakenFlag)) != (StatusCompleted | ContinuationFlag) || continuation is null)
         {
-            throw new InvalidOperationException("No continuation is registered: InvokeContinuation must only be called from the owner's IThreadPoolWorkItem.Execute when the core queued it.");
+            throw new InvalidOperationException("No continuation is due: InvokeContinuation must only be called from the owner's IThreadPoolWorkItem.Execute when the core queued it.");
         }
 
-        WakerDispatch.Invoke(continuation, _continuationState, _executionContext);
+        object? continuationState = _continuationState;
+        ExecutionContext? executionContext = _executionContext;
+
+        // Take it: from here on the continuation's own read may consume the outcome (a racing direct read may too,
+        // and then the continuation's read throws; either way nothing below touches the core). Nobody else writes
+        // the state while it is completed, registered and not taken, so a release write suffices.
+        Volatile.Write(ref _state, state | TakenFlag);
+        WakerDispatch.Invoke(continuation, continuationState, executionContext);
     }
 
     private void DispatchContinuation()
@@ -108,8 +118,17 @@ public partial struct WakerCore<TResult>
         Debug.Assert(_continuation is not null, "Dispatch happens only after a continuation was published.");
 
         // Read everything first: once queued, the continuation may run, reset the core and re-pool the owner.
-        IThreadPoolWorkItem workItem = _workItem ?? new DetachedContinuation(_continuation, _continuationState, _executionContext);
-        WakerDispatch.Dispatch(workItem, _schedulingContext, _ownerWorkerIndex);
+        object? schedulingContext = _schedulingContext;
+        int ownerWorkerIndex = _ownerWorkerIndex;
+        IThreadPoolWorkItem? workItem = _workItem;
+        if (workItem is null)
+        {
+            // A detached work item carries its own copy of the continuation, so it is taken here, before it is queued.
+            workItem = new DetachedContinuation(_continuation, _continuationState, _executionContext);
+            Volatile.Write(ref _state, _state | TakenFlag);
+        }
+
+        WakerDispatch.Dispatch(workItem, schedulingContext, ownerWorkerIndex);
     }
 
     /// <summary>A producer is between its claim and its publish (a few instructions): wait for the outcome.</summary>

@@ -44,7 +44,13 @@ public partial struct WakerCore<TResult>
     //               Consumed (the awaiter read the result and a reset is in progress)
     //   bit  18     a continuation is registered
     //   bit  19     a continuation is being registered (OnCompleted claimed the registration and writes its fields)
+    //   bit  20     the dispatched continuation has been taken by the thread that runs it (InvokeContinuation, or
+    //               the detached work item's snapshot): from here on the outcome may be consumed
     // Only the winning producer writes the state while it is Reserved, so its publish is a plain release write.
+    // Readers (Consume, TryReset, GetResult) refuse while a continuation is being registered, or is registered and
+    // due but not yet taken: the outcome belongs to that continuation, and a reset under it would let its late
+    // writes, or its queued work item, land in the next use of the core. Nobody but the one dispatcher writes the
+    // state while it is (Completed, registered, not taken), so taking it is a plain release write too.
     // Version and status in one word is what makes the version-checked TrySet* immune to ABA: a stale
     // producer's CAS expects (its version, Pending) and can never match the next operation's state.
     private const int VersionMask = 0xFFFF;
@@ -56,6 +62,7 @@ public partial struct WakerCore<TResult>
     private const int StatusConsumed = 3 << StatusShift;
     private const int ContinuationFlag = 1 << 18;
     private const int RegisteringFlag = 1 << 19;
+    private const int TakenFlag = 1 << 20;
 
     private readonly IThreadPoolWorkItem? _workItem;
     private int _state;
@@ -125,7 +132,7 @@ public partial struct WakerCore<TResult>
     public bool TryReset(short token)
     {
         int state = Volatile.Read(ref _state);
-        while ((short)state == token && (state & StatusMask) == StatusCompleted)
+        while ((short)state == token && (state & StatusMask) == StatusCompleted && !AwaitsItsContinuation(state))
         {
             int observed = Interlocked.CompareExchange(ref _state, (state & ~StatusMask) | StatusConsumed, state);
             if (observed == state)
@@ -243,6 +250,11 @@ public partial struct WakerCore<TResult>
             PooledSourceErrors.ThrowNotCompleted();
         }
 
+        if (AwaitsItsContinuation(state))
+        {
+            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
+        }
+
         // Read the outcome, then check that no racing reader (the same ValueTask awaited twice at once) reset the core
         // meanwhile: that reset clears the outcome, and the next operation may already have written its own.
         ExceptionDispatchInfo? error = _error;
@@ -266,6 +278,11 @@ public partial struct WakerCore<TResult>
             if ((state & StatusMask) != StatusCompleted)
             {
                 PooledSourceErrors.ThrowNotCompleted();
+            }
+
+            if (AwaitsItsContinuation(state))
+            {
+                PooledSourceErrors.ThrowContinuationAlreadyRegistered();
             }
 
             int observed = Interlocked.CompareExchange(ref _state, (state & ~StatusMask) | StatusConsumed, state);
@@ -340,6 +357,15 @@ public partial struct WakerCore<TResult>
         Volatile.Write(ref _state, (state + 1) & VersionMask);
     }
 
+    /// <summary>
+    /// True while the completed outcome belongs to a continuation that has not started: one being registered, or
+    /// registered and dispatched but not yet taken by the thread that runs it. A direct read then is a second
+    /// consumer of the operation (the ValueTask read while it is awaited) and loses.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool AwaitsItsContinuation(int state) =>
+        (state & RegisteringFlag) != 0 || (state & (ContinuationFlag | TakenFlag)) == ContinuationFlag;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ValidateToken(int state, short token)
     {
@@ -363,6 +389,10 @@ public partial struct WakerCore<TResult>
             PooledSourceErrors.ThrowStaleToken();
         }
     }
+
+    /// <summary>For tests: whether the core still holds a continuation's fields (a reset core holds none).</summary>
+    internal readonly bool HoldsContinuationForTests =>
+        _continuation is not null || _continuationState is not null || _executionContext is not null || _schedulingContext is not null;
 
     [StackTraceHidden]
     private static void ThrowAlreadyCompleted() =>
