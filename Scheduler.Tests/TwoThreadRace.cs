@@ -83,7 +83,9 @@ internal static class TwoThreadRace
         finally
         {
             Volatile.Write(ref stop, true);
-            thread.Join();
+
+            // Bounded: a racing thread stuck for good (the bug a test looks for) must fail the test, not hang the run.
+            thread.Join(TimeSpan.FromSeconds(5));
         }
 
         return rounds;

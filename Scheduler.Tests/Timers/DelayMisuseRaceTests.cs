@@ -136,6 +136,223 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         rounds.Should().BeGreaterThan(100);
     }
 
+    // A completed delay: an await registers (its continuation is dispatched at once) while another thread reads the
+    // result directly. Whoever loses throws, and nothing of the await lands in the slot after the reader reset it
+    // (a late write there would pin the continuation's objects and could tear the slot's next use).
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void A_read_racing_a_registration_on_a_completed_delay_leaves_the_slot_clean(int seed)
+    {
+        using var wheel = new TimerWheel();
+        var context = new InlineSynchronizationContext();
+        ValueTask delay = default;
+        int registration = 0, continuation = 0, reader = 0; // 0 = nothing, 1 = the outcome (canceled), 2 = InvalidOperationException
+        int runs = 0;
+
+        int Read()
+        {
+            try
+            {
+                delay.GetAwaiter().GetResult();
+                return 3;
+            }
+            catch (OperationCanceledException)
+            {
+                return 1;
+            }
+            catch (InvalidOperationException)
+            {
+                return 2;
+            }
+        }
+
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
+            prepare: _ =>
+            {
+                var cts = new CancellationTokenSource();
+                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+                cts.Cancel();
+                registration = continuation = reader = runs = 0;
+            },
+            left: _ =>
+            {
+                SynchronizationContext.SetSynchronizationContext(context);
+                try
+                {
+                    delay.GetAwaiter().UnsafeOnCompleted(() =>
+                    {
+                        runs++;
+                        continuation = Read();
+                    });
+                    registration = 1;
+                }
+                catch (InvalidOperationException)
+                {
+                    registration = 2;
+                }
+                finally
+                {
+                    SynchronizationContext.SetSynchronizationContext(null);
+                }
+            },
+            right: _ => reader = Read(),
+            check: round =>
+            {
+                string what = $"round {round}: registration {registration}, continuation {continuation} (ran {runs}), reader {reader}";
+                (continuation == 1 ^ reader == 1).Should().BeTrue($"exactly one of them observes the outcome ({what})");
+                runs.Should().Be(registration == 1 ? 1 : 0, $"a continuation runs once if and only if its registration succeeded ({what})");
+                DelaySlotHoldsContinuation(delay).Should().BeFalse($"the reset slot holds nothing of the await ({what})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    // Two direct reads of one completed delay at once (the ValueTask consumed twice): one observes the outcome, the
+    // other throws. They used to clean the slot up side by side before either reset it, and one of them could read
+    // the cancellation registration half cleared by the other and wait forever for a callback that had long finished.
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public void Racing_double_read_of_a_completed_delay_gives_the_outcome_once(int seed)
+    {
+        using var wheel = new TimerWheel();
+        ValueTask delay = default;
+        var outcomes = new int[2]; // 1 = the outcome (canceled), 2 = InvalidOperationException
+
+        void Read(int side)
+        {
+            try
+            {
+                delay.GetAwaiter().GetResult();
+                outcomes[side] = 3;
+            }
+            catch (OperationCanceledException)
+            {
+                outcomes[side] = 1;
+            }
+            catch (InvalidOperationException)
+            {
+                outcomes[side] = 2;
+            }
+        }
+
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
+            prepare: _ =>
+            {
+                var cts = new CancellationTokenSource();
+                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+                cts.Cancel();
+                outcomes[0] = outcomes[1] = 0;
+            },
+            left: _ => Read(0),
+            right: _ => Read(1),
+            check: round =>
+            {
+                outcomes.Order().Should().Equal([1, 2], $"one read observes the cancellation, the other throws (round {round})");
+                DelaySlotHoldsContinuation(delay).Should().BeFalse($"the reset slot holds nothing (round {round})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    // A registered continuation while the delay is canceled on one thread and read directly on another: the
+    // cancellation dispatches the continuation (inline here) and must never hand it out half read because the direct
+    // reader reset the slot in between.
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public void A_read_racing_the_dispatch_of_a_registered_continuation_never_loses_it(int seed)
+    {
+        using var wheel = new TimerWheel();
+        var context = new InlineSynchronizationContext();
+        ValueTask delay = default;
+        var cts = new CancellationTokenSource();
+        int continuation = 0, reader = 0, runs = 0;
+        Exception? cancelFailure = null;
+
+        int Read()
+        {
+            try
+            {
+                delay.GetAwaiter().GetResult();
+                return 3;
+            }
+            catch (OperationCanceledException)
+            {
+                return 1;
+            }
+            catch (InvalidOperationException)
+            {
+                return 2;
+            }
+        }
+
+        int rounds = TwoThreadRace.Run(
+            budget: Budget,
+            seed: seed,
+            prepare: _ =>
+            {
+                cts = new CancellationTokenSource();
+                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+                continuation = reader = runs = 0;
+                cancelFailure = null;
+                SynchronizationContext.SetSynchronizationContext(context);
+                try
+                {
+                    delay.GetAwaiter().UnsafeOnCompleted(() =>
+                    {
+                        Interlocked.Increment(ref runs);
+                        continuation = Read();
+                    });
+                }
+                finally
+                {
+                    SynchronizationContext.SetSynchronizationContext(null);
+                }
+            },
+            left: _ =>
+            {
+                try
+                {
+                    cts.Cancel();
+                }
+                catch (Exception e)
+                {
+                    cancelFailure = e;
+                }
+            },
+            right: _ => reader = Read(),
+            check: round =>
+            {
+                WaitForRun(ref runs, round);
+                string what = $"round {round}: continuation {continuation} (ran {runs}), reader {reader}, cancel {cancelFailure?.GetType().Name ?? "ok"}";
+                cancelFailure.Should().BeNull($"the cancellation's dispatch must not fail ({what})");
+                Volatile.Read(ref runs).Should().Be(1, $"the continuation runs once ({what})");
+                (continuation == 1 ^ reader == 1).Should().BeTrue($"exactly one of them observes the outcome ({what})");
+                DelaySlotHoldsContinuation(delay).Should().BeFalse($"the reset slot holds nothing of the await ({what})");
+            });
+
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
+    }
+
+    private static bool DelaySlotHoldsContinuation(ValueTask delay) =>
+        ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_obj")]
+    private static extern ref object? ValueTaskSource(ref ValueTask task);
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_token")]
+    private static extern ref short ValueTaskToken(ref ValueTask task);
+
     /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
     private static void WaitForRun(ref int runs, int round)
     {

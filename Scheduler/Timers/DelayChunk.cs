@@ -140,7 +140,9 @@ internal sealed class DelayChunk : IValueTaskSource
         // Claim the registration before writing the continuation: the fields are shared, and a second await racing
         // this one must fail without overwriting the first one's (which would then never run, the loser's running
         // instead). Pending: claim with Registering and publish the continuation flag below. Completed: the producer
-        // is done and left the dispatch to whoever registers, so claim the continuation flag outright (one CAS).
+        // is done and left the dispatch to whoever registers, so claim the continuation flag outright (one CAS) and
+        // write nothing to the slot: a direct read racing this await may reset the slot at any moment, and our writes
+        // would then land in its next use.
         while (true)
         {
             int claimed = word | (DelayWord.IsCompleted(word) ? bits : DelayWord.Registering);
@@ -153,6 +155,12 @@ internal sealed class DelayChunk : IValueTaskSource
 
             ValidateRegistration(seen, token);
             word = seen;
+        }
+
+        if (DelayWord.IsCompleted(word))
+        {
+            WakerDispatch.Dispatch(DelayContinuation.Rent(continuation, state, executionContext), context, workerIndex);
+            return;
         }
 
         if ((bits & DelayWord.ContextMask) == DelayWord.ContextSide)
@@ -168,29 +176,26 @@ internal sealed class DelayChunk : IValueTaskSource
         slot.ContinuationState = state;
         slot.Continuation = continuation;
 
-        if ((word & DelayWord.ContinuationRegistered) == 0)
+        // Publish: Registering -> registered, with a CAS (a full fence: the writes above are visible to whoever sees
+        // the flag). Meanwhile producers may complete the use and move its ownership, but nobody resets it (the
+        // consumer refuses while Registering is set), so the generation cannot change.
+        while (true)
         {
-            // Publish: Registering -> registered, with a CAS (a full fence: the writes above are visible to whoever
-            // sees the flag). Meanwhile producers may complete the use and move its ownership, but nobody resets it
-            // (the consumer refuses while Registering is set), so the generation cannot change.
-            while (true)
+            int seen = Interlocked.CompareExchange(ref slot.Word, (word & ~DelayWord.Registering) | bits, word);
+            if (seen == word)
             {
-                int seen = Interlocked.CompareExchange(ref slot.Word, (word & ~DelayWord.Registering) | bits, word);
-                if (seen == word)
-                {
-                    break;
-                }
-
-                Debug.Assert((seen & (DelayWord.GenerationMask | DelayWord.Registering)) == (word & (DelayWord.GenerationMask | DelayWord.Registering)));
-                word = seen;
+                break;
             }
+
+            Debug.Assert((seen & (DelayWord.GenerationMask | DelayWord.Registering)) == (word & (DelayWord.GenerationMask | DelayWord.Registering)));
+            word = seen;
         }
 
         if (DelayWord.IsCompleted(word))
         {
-            // The producer finished before our flag landed (it saw none, or only Registering), so it left the
-            // dispatch to us.
-            Dispatch(index, (word & ~DelayWord.Registering) | bits);
+            // The producer finished before our flag landed (it saw only Registering), so it left the dispatch to us.
+            // From our own copies: once the flag is published a racing direct read may reset the slot.
+            WakerDispatch.Dispatch(DelayContinuation.Rent(continuation, state, executionContext), context, workerIndex);
         }
     }
 
@@ -200,19 +205,33 @@ internal sealed class DelayChunk : IValueTaskSource
         ref DelaySlot slot = ref Slot(index);
         int word = Volatile.Read(ref slot.Word);
 
-        // A stale token (a second await) or an early call throws here, before anything is touched.
-        ValidateToken(word, token);
-        if (!DelayWord.IsCompleted(word))
+        // Claim the use before touching anything: (completed, nobody holding Registering) -> Registering held by us.
+        // A stale token (a second await) or an early call throws here. So does a reader racing another consumer: a
+        // second await registering its continuation (claimed while the use was pending), the producer reading the
+        // registered one to dispatch it, or a second direct read in the cleanup below. Cleaning up or resetting the
+        // slot under any of them would let late writes land in a later use of the slot, hand out a cleared
+        // continuation, or tear the cancellation registration that the other is disposing.
+        while (true)
         {
-            PooledSourceErrors.ThrowNotCompleted();
-        }
+            ValidateToken(word, token);
+            if (!DelayWord.IsCompleted(word))
+            {
+                PooledSourceErrors.ThrowNotCompleted();
+            }
 
-        if ((word & DelayWord.Registering) != 0)
-        {
-            // A racing second await is registering its continuation (claimed while the use was pending; once it is
-            // completed nobody can set the flag any more, so checking once suffices). Resetting the slot under it
-            // would let its late writes land in a later use of the slot: this reader loses instead.
-            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
+            if ((word & DelayWord.Registering) != 0)
+            {
+                PooledSourceErrors.ThrowConcurrentConsumer();
+            }
+
+            int seen = Interlocked.CompareExchange(ref slot.Word, word | DelayWord.Registering, word);
+            if (seen == word)
+            {
+                word |= DelayWord.Registering;
+                break;
+            }
+
+            word = seen;
         }
 
         // Wait out a cancellation callback that may still be running before the slot can be reused, and drop every
@@ -237,10 +256,8 @@ internal sealed class DelayChunk : IValueTaskSource
         bool free;
         while (true)
         {
-            if (DelayWord.Generation(word) != (token & DelayWord.GenerationMask) || !DelayWord.IsCompleted(word))
-            {
-                PooledSourceErrors.ThrowStaleToken(); // a racing second GetResult of the same token won
-            }
+            // Held: only the driver side's ownership bits can change meanwhile.
+            Debug.Assert(DelayWord.Generation(word) == (token & DelayWord.GenerationMask) && DelayWord.IsCompleted(word));
 
             free = (word & (DelayWord.WheelOwned | DelayWord.BatchOwned)) == 0;
             int next = free
@@ -288,7 +305,10 @@ internal sealed class DelayChunk : IValueTaskSource
                 return false;
             }
 
-            int completed = word | DelayWord.Completed | outcome;
+            // With a continuation registered, Registering is held until Dispatch has read it (a direct read racing the
+            // await refuses meanwhile).
+            int completed = word | DelayWord.Completed | outcome
+                | ((word & DelayWord.ContinuationRegistered) != 0 ? DelayWord.Registering : 0);
             int seen = Interlocked.CompareExchange(ref slot.Word, completed, word);
             if (seen == word)
             {
@@ -411,7 +431,19 @@ internal sealed class DelayChunk : IValueTaskSource
             _ => null,
         };
         DelayContinuation workItem = DelayContinuation.Rent(slot.Continuation!, slot.ContinuationState, side?.ExecutionContext);
+
+        // Read: let a reader in (the continuation's own, or a racing direct one, which then wins the outcome).
+        Interlocked.And(ref slot.Word, ~DelayWord.Registering);
         WakerDispatch.Dispatch(workItem, context, DelayWord.WorkerIndex(word));
+    }
+
+    /// <summary>For tests: whether the slot of <paramref name="token"/> still holds a continuation (a reset slot holds none).</summary>
+    internal bool SlotHoldsContinuationForTests(short token)
+    {
+        int index = IndexOf(token);
+        DelaySideState? side = _side?[index];
+        return Slot(index).Continuation is not null || Slot(index).ContinuationState is not null
+            || side?.ExecutionContext is not null || side?.Context is not null;
     }
 
     private DelaySideState GetOrCreateSide(int index)

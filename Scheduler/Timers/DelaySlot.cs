@@ -51,7 +51,9 @@ internal struct DelaySlots
 /// <code>
 /// bits  0-9   generation (the low 10 bits of the ValueTask token; the slot index is the high 6)
 /// bit  10     status: Pending, Completed
-/// bit  11     Registering: OnCompleted of a pending use claimed the registration and is writing the continuation
+/// bit  11     Registering: held by whoever works on the continuation fields: OnCompleted of a pending use writing
+///             them, the producer that completed a use with a registered continuation reading it to dispatch it, or
+///             the consumer (GetResult) clearing the use before its reset
 /// bits 12-13  outcome: Succeeded, Canceled, Disposed
 /// bit  14     a continuation is registered
 /// bit  15     Enqueued: on the pending-changes stack (or about to be)
@@ -73,8 +75,9 @@ internal static class DelayWord
     internal const int Completed = 1 << 10;
     internal const int StatusMask = Completed;
 
-    // Set and cleared only by OnCompleted (and cleared by nothing else: the consumer refuses to reset a slot while it
-    // is set). Neither a status nor an owner: a producer completes a Registering slot as any other pending one.
+    // Set by OnCompleted (pending use), by the completing producer (registered continuation) or by the consumer, and
+    // cleared by the same one (the consumer's reset clears it); each of them refuses while another holds it. Neither a
+    // status nor an owner: a producer completes a slot OnCompleted holds as any other pending one.
     internal const int Registering = 1 << 11;
 
     internal const int Canceled = 1 << 12;
