@@ -490,6 +490,30 @@ public sealed class ExecutionTests
         (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue();
     }
 
+    private sealed class DeliberateLoopFault() : DeliberateTestException("worker loop failure");
+
+    // A failure of the worker loop itself (not of an item: those are caught and reported above) used to end inside the
+    // carrier task, which captured it: the worker was gone and nobody ever heard of it.
+    [Fact]
+    public async Task A_failure_of_the_worker_loop_itself_is_raised_as_unhandled_not_swallowed()
+    {
+        UnhandledExceptions.EnsureInstalled();
+        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var fault = new DeliberateLoopFault();
+        int thrown = 0;
+        scheduler.ParkHookForTests = () =>
+        {
+            if (Interlocked.Exchange(ref thrown, 1) == 0)
+            {
+                throw fault;
+            }
+        };
+        await scheduler.Factory.StartNew(() => { }).WithTimeout(); // wakes a worker, which parks again after it: the hook throws once
+
+        SpinWait.SpinUntil(() => UnhandledExceptions.Contains(fault), TimeSpan.FromSeconds(10)).Should().BeTrue("a worker that dies must say why, not vanish");
+        (await scheduler.Factory.StartNew(() => scheduler.IsWorkerThread).WithTimeout()).Should().BeTrue("the surviving worker still runs work");
+    }
+
     [Fact]
     public async Task A_worker_blocked_on_work_targeted_at_itself_is_rescued_by_a_peer()
     {

@@ -12,6 +12,9 @@ public sealed partial class WorkStealingTaskScheduler
     /// <summary>True once every worker has exited; from then on, work that still arrives runs on the ThreadPool.</summary>
     internal bool IsTerminated => _terminated;
 
+    /// <summary>For tests: runs on a worker each time it is about to park (a failure injected there fails the worker loop).</summary>
+    internal Action? ParkHookForTests { get; set; }
+
     /// <summary>
     /// Stops intake from outside producers (then <c>StartNew</c> throws <see cref="TaskSchedulerException"/>
     /// wrapping <see cref="ObjectDisposedException"/>), runs everything already queued, and joins the workers.

@@ -228,6 +228,15 @@ public sealed partial class WorkStealingTaskScheduler
             // attach to the carrier as a child.
             _carrier = new Task(static state => ((Worker)state!).RunLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
             _carrier.RunSynchronously(_owner);
+
+            // The loop itself failed (not an item: Execute catches those), and the carrier captured it. The loop's
+            // finally handed this worker's queues to its peers (or, for the last one, everything to the ThreadPool);
+            // what is left is to say why this worker is gone, the way an item's unhandled exception is said, instead of
+            // leaving it in a task nobody reads.
+            if (_carrier.Exception is { } fault)
+            {
+                ReportUnhandled(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
+            }
         }
 
         private void RunLoop()
@@ -688,6 +697,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void Park()
         {
+            _owner.ParkHookForTests?.Invoke();
             RestoreThreadState();
             // Only this thread resets its event, and only before registering as a sleeper: a Set that
             // races with us afterwards is never lost (MRES stays set until the next Reset).
