@@ -151,31 +151,12 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         int registration = 0, continuation = 0, reader = 0; // 0 = nothing, 1 = the outcome (canceled), 2 = InvalidOperationException
         int runs = 0;
 
-        int Read()
-        {
-            try
-            {
-                delay.GetAwaiter().GetResult();
-                return 3;
-            }
-            catch (OperationCanceledException)
-            {
-                return 1;
-            }
-            catch (InvalidOperationException)
-            {
-                return 2;
-            }
-        }
-
         int rounds = TwoThreadRace.Run(
             budget: Budget,
             seed: seed,
             prepare: _ =>
             {
-                var cts = new CancellationTokenSource();
-                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
-                cts.Cancel();
+                delay = CanceledDelay(wheel);
                 registration = continuation = reader = runs = 0;
             },
             left: _ =>
@@ -186,7 +167,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                     delay.GetAwaiter().UnsafeOnCompleted(() =>
                     {
                         runs++;
-                        continuation = Read();
+                        continuation = ReadCanceled(delay);
                     });
                     registration = 1;
                 }
@@ -199,7 +180,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                     SynchronizationContext.SetSynchronizationContext(null);
                 }
             },
-            right: _ => reader = Read(),
+            right: _ => reader = ReadCanceled(delay),
             check: round =>
             {
                 string what = $"round {round}: registration {registration}, continuation {continuation} (ran {runs}), reader {reader}";
@@ -224,35 +205,16 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         ValueTask delay = default;
         var outcomes = new int[2]; // 1 = the outcome (canceled), 2 = InvalidOperationException
 
-        void Read(int side)
-        {
-            try
-            {
-                delay.GetAwaiter().GetResult();
-                outcomes[side] = 3;
-            }
-            catch (OperationCanceledException)
-            {
-                outcomes[side] = 1;
-            }
-            catch (InvalidOperationException)
-            {
-                outcomes[side] = 2;
-            }
-        }
-
         int rounds = TwoThreadRace.Run(
             budget: Budget,
             seed: seed,
             prepare: _ =>
             {
-                var cts = new CancellationTokenSource();
-                delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
-                cts.Cancel();
+                delay = CanceledDelay(wheel);
                 outcomes[0] = outcomes[1] = 0;
             },
-            left: _ => Read(0),
-            right: _ => Read(1),
+            left: _ => outcomes[0] = ReadCanceled(delay),
+            right: _ => outcomes[1] = ReadCanceled(delay),
             check: round =>
             {
                 outcomes.Order().Should().Equal([1, 2], $"one read observes the cancellation, the other throws (round {round})");
@@ -278,23 +240,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         int continuation = 0, reader = 0, runs = 0;
         Exception? cancelFailure = null;
 
-        int Read()
-        {
-            try
-            {
-                delay.GetAwaiter().GetResult();
-                return 3;
-            }
-            catch (OperationCanceledException)
-            {
-                return 1;
-            }
-            catch (InvalidOperationException)
-            {
-                return 2;
-            }
-        }
-
         int rounds = TwoThreadRace.Run(
             budget: Budget,
             seed: seed,
@@ -310,7 +255,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                     delay.GetAwaiter().UnsafeOnCompleted(() =>
                     {
                         Interlocked.Increment(ref runs);
-                        continuation = Read();
+                        continuation = ReadCanceled(delay);
                     });
                 }
                 finally
@@ -329,7 +274,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                     cancelFailure = e;
                 }
             },
-            right: _ => reader = Read(),
+            right: _ => reader = ReadCanceled(delay),
             check: round =>
             {
                 WaitForRun(ref runs, round);
@@ -342,6 +287,33 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
 
         output.WriteLine($"{rounds} rounds");
         rounds.Should().BeGreaterThan(100);
+    }
+
+    /// <summary>A delay of the wheel, completed by its cancellation, no continuation registered.</summary>
+    private static ValueTask CanceledDelay(TimerWheel wheel)
+    {
+        using var cts = new CancellationTokenSource();
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+        cts.Cancel();
+        return delay;
+    }
+
+    /// <summary>Reads a canceled delay's outcome: 1 = the cancellation, 2 = InvalidOperationException (a loser), 3 = anything else.</summary>
+    private static int ReadCanceled(ValueTask delay)
+    {
+        try
+        {
+            delay.GetAwaiter().GetResult();
+            return 3;
+        }
+        catch (OperationCanceledException)
+        {
+            return 1;
+        }
+        catch (InvalidOperationException)
+        {
+            return 2;
+        }
     }
 
     private static bool DelaySlotHoldsContinuation(ValueTask delay) =>
