@@ -138,28 +138,24 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     {
         ArgumentNullException.ThrowIfNull(task);
 
+        Worker? worker = CurrentWorker;
         if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
         {
-            if (CurrentWorker is null)
+            if (worker is null)
             {
-                ThrowIfDisposedForOutsideProducer();
+                ThrowIfRefusedAfterDispose(task);
             }
 
             StartLongRunning(task);
             return;
         }
 
-        Worker? worker = CurrentWorker;
         if (worker is null)
         {
-            // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException. An await resuming is
-            // not new work: refused, it would be lost (see IsAwaitResumption); after the workers exited it runs on the
-            // ThreadPool, like every late arrival.
-            if (!IsAwaitResumption(task))
-            {
-                ThrowIfDisposedForOutsideProducer();
-            }
-
+            // Outside producers stop at Dispose (the TPL wraps the refusal in a TaskSchedulerException); work of this
+            // scheduler running elsewhere and await resumptions do not (see ThrowIfRefusedAfterDispose). After the
+            // workers exited, what is accepted runs on the ThreadPool, like every late arrival.
+            ThrowIfRefusedAfterDispose(task);
             EnqueueGlobal(WorkItem.ForTask(task));
         }
         else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
@@ -171,6 +167,22 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         else
         {
             worker.PushLocal(WorkItem.ForTask(task));
+        }
+    }
+
+    /// <summary>
+    /// After <see cref="Dispose"/>, refuses <paramref name="task"/> when it comes from outside this scheduler's work. Not
+    /// refused: work queued by a task of this scheduler (<see cref="TaskScheduler.Current"/> is this scheduler) that runs
+    /// on a thread that is no worker — a LongRunning task on its dedicated thread, a task run on the ThreadPool after the
+    /// workers exited — and await resumptions (see <see cref="IsAwaitResumption"/>). Such a task's <c>await
+    /// Task.Yield()</c> queues its continuation here with <c>StartNew</c>: refused, the async method builder rethrows the
+    /// refusal on the ThreadPool (the process ends) and the method never resumes.
+    /// </summary>
+    private void ThrowIfRefusedAfterDispose(Task task)
+    {
+        if (IsDisposeRequested && !IsAwaitResumption(task) && TaskScheduler.Current != this)
+        {
+            ThrowDisposedForOutsideProducer();
         }
     }
 
