@@ -71,15 +71,51 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         PipeScheduler = new WorkStealingPipeScheduler(this);
         WorkerContext = _options.UseSynchronizationContext ? new WorkStealingSynchronizationContext(this) : null;
 
-        AssignPreferredCpus();
-        foreach (Worker worker in _workers)
+        int started = 0;
+        try
         {
-            worker.Start(_options.UseBackgroundThreads || isShared);
+            AssignPreferredCpus();
+            for (; started < _workers.Length; started++)
+            {
+                _options.BeforeWorkerStartForTests?.Invoke(this, started);
+                _workers[started].Start(_options.UseBackgroundThreads || isShared);
+            }
+
+            StartWatchdog();
+            SchedulerMetrics.Register(this);
+        }
+        catch
+        {
+            AbandonConstruction(started);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The constructor failed after <paramref name="started"/> workers started (the OS refused a thread: an
+    /// <see cref="OutOfMemoryException"/>). Nobody can dispose a scheduler they never got: shut it down here, or the
+    /// started workers stay parked for good (a foreground one keeps the process alive). The workers that never started
+    /// count as exited, or the started ones would wait for them as busy peers and the last exit would never come.
+    /// </summary>
+    private void AbandonConstruction(int started)
+    {
+        for (int i = started; i < _workers.Length; i++)
+        {
+            _workers[i].MarkNeverStarted();
         }
 
-        StartWatchdog();
+        Volatile.Write(ref _disposeRequested, 1);
+        SchedulerMetrics.Unregister(this);
+        for (int i = started; i < _workers.Length; i++)
+        {
+            OnWorkerExited();
+        }
 
-        SchedulerMetrics.Register(this);
+        _idle.WakeAll();
+        for (int i = 0; i < started; i++)
+        {
+            _workers[i].Thread?.Join();
+        }
     }
 
     /// <summary>A process-wide scheduler with <see cref="Environment.ProcessorCount"/> background workers, created on first use and never disposed.</summary>
@@ -126,6 +162,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     /// <summary>Whether worker <paramref name="workerIndex"/> has run out of work (spinning or parked). For tests.</summary>
     internal bool IsWorkerIdle(int workerIndex) => _workers[workerIndex].IsIdle;
+
+    /// <summary>The workers' threads (null for a worker whose thread never started). For tests.</summary>
+    internal Thread?[] WorkerThreads => [.. _workers.Select(w => w.Thread)];
 
     /// <summary>Whether worker <paramref name="workerIndex"/> sleeps in the kernel until woken. For tests.</summary>
     internal bool IsWorkerParked(int workerIndex) => _workers[workerIndex].IsParked;
