@@ -29,11 +29,12 @@ internal abstract class DeliberateTestException : Exception
 internal static class UnhandledExceptions
 {
     private static readonly ConcurrentQueue<Exception> s_seen = new();
+    private static readonly ConcurrentDictionary<Tolerated, Func<Exception, bool>> s_tolerated = new();
     private static readonly Lazy<bool> s_installed = new(() =>
     {
         ExceptionHandling.SetUnhandledExceptionHandler(static exception =>
         {
-            if (exception is DeliberateTestException)
+            if (exception is DeliberateTestException || IsTolerated(exception))
             {
                 s_seen.Enqueue(exception);
                 return true;
@@ -47,5 +48,43 @@ internal static class UnhandledExceptions
     public static void EnsureInstalled() => _ = s_installed.Value;
 
     public static bool Contains(Exception exception) => s_seen.Contains(exception);
-}
 
+    /// <summary>
+    /// Until disposed, exceptions matching <paramref name="match"/> are counted by the returned scope instead of
+    /// crashing the run: for tests of a bug whose symptom is an unhandled exception (the test then asserts none was seen).
+    /// </summary>
+    public static Tolerated Tolerate(Func<Exception, bool> match)
+    {
+        EnsureInstalled();
+        var scope = new Tolerated(match);
+        s_tolerated[scope] = match;
+        return scope;
+    }
+
+    private static bool IsTolerated(Exception exception)
+    {
+        bool tolerated = false;
+        foreach (Tolerated scope in s_tolerated.Keys)
+        {
+            if (scope.Match(exception))
+            {
+                Interlocked.Increment(ref scope.SeenCount);
+                tolerated = true;
+            }
+        }
+
+        return tolerated;
+    }
+
+    /// <summary>A scope of <see cref="Tolerate"/>: counts the matching exceptions that went unhandled while it was open.</summary>
+    internal sealed class Tolerated(Func<Exception, bool> match) : IDisposable
+    {
+        internal int SeenCount;
+
+        public Func<Exception, bool> Match { get; } = match;
+
+        public bool Seen => Volatile.Read(ref SeenCount) > 0;
+
+        public void Dispose() => s_tolerated.TryRemove(this, out _);
+    }
+}

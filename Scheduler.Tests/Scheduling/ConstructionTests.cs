@@ -94,4 +94,48 @@ public sealed class ConstructionTests
         using var scheduler = new WorkStealingTaskScheduler(1);
         scheduler.IsWorkerThread.Should().BeFalse();
     }
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void A_construction_that_fails_after_some_workers_started_leaves_no_thread_behind(int failingWorker)
+    {
+        // Starting a thread can fail (OutOfMemoryException when the OS refuses one: a pids limit, exhausted memory). The
+        // workers already started used to stay parked forever with no way to dispose them (the caller never got the
+        // scheduler): leaked threads, a foreground one keeping the process alive.
+        WorkStealingTaskScheduler? halfBuilt = null;
+        var options = new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 3,
+            ThreadNamePrefix = "HalfBuilt",
+            BeforeWorkerStartForTests = (scheduler, index) =>
+            {
+                halfBuilt = scheduler;
+                if (index == failingWorker)
+                {
+                    throw new InjectedStartFailure();
+                }
+            },
+        };
+
+        ((Action)(() => _ = new WorkStealingTaskScheduler(options))).Should().Throw<InjectedStartFailure>();
+
+        halfBuilt.Should().NotBeNull();
+        Thread?[] threads = halfBuilt!.WorkerThreads;
+        for (int i = 0; i < failingWorker; i++)
+        {
+            threads[i].Should().NotBeNull();
+            threads[i]!.Join(TimeSpan.FromSeconds(2)).Should().BeTrue("worker {0} started before the failure and must exit", i);
+        }
+
+        halfBuilt.IsTerminated.Should().BeTrue("every worker is gone");
+    }
+
+    private sealed class InjectedStartFailure : Exception
+    {
+        public InjectedStartFailure()
+            : base("Thread failed to start (injected in place of the runtime's OutOfMemoryException).")
+        {
+        }
+    }
 }

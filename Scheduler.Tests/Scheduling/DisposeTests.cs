@@ -141,4 +141,97 @@ public sealed class DisposeTests
         await method.WithTimeout(TimeSpan.FromSeconds(5));
         ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
     }
+    [Fact]
+    public async Task Await_Task_Yield_on_a_LongRunning_thread_after_Dispose_resumes_instead_of_crashing()
+    {
+        // A LongRunning task of the scheduler sees it as TaskScheduler.Current, so Task.Yield queues its continuation
+        // there with StartNew(PreferFairness) from a thread that is no worker. After Dispose that was refused like an
+        // outside producer's StartNew; the async method builder cannot hand the refusal to the method and rethrows it
+        // on the ThreadPool: an unhandled exception (the process ends) and a method that never resumes.
+        using UnhandledExceptions.Tolerated tolerated = UnhandledExceptions.Tolerate(IsDisposedRefusal);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var disposed = new ManualResetEventSlim();
+        Task<int> method = Task.Factory.StartNew(
+            async () =>
+            {
+                disposed.Wait(SchedulerTestHelpers.Timeout);
+                await Task.Yield();
+                await Task.Delay(1);
+                await Task.Yield();
+                return 42;
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            scheduler).Unwrap();
+
+        await scheduler.DisposeAsync().AsTask().WithTimeout();
+        disposed.Set();
+
+        Task finished = await Task.WhenAny(method, SpinUntilAsync(() => tolerated.Seen));
+        tolerated.Seen.Should().BeFalse("an await must resume, not throw on the ThreadPool");
+        finished.Should().BeSameAs(method);
+        (await method).Should().Be(42);
+    }
+
+    [Fact]
+    public async Task Await_Task_Yield_in_a_method_resumed_after_the_workers_exited_still_completes()
+    {
+        // The timer resumes the method on the ThreadPool (the workers are gone), still with the scheduler as
+        // TaskScheduler.Current: its Task.Yield must be accepted like the resumption itself was.
+        using UnhandledExceptions.Tolerated tolerated = UnhandledExceptions.Tolerate(IsDisposedRefusal);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var suspended = new ManualResetEventSlim();
+        Task<bool> method = scheduler.Factory.StartNew(async () =>
+        {
+            Task wait = release.Task;
+            suspended.Set();
+            await wait;
+            await Task.Yield();
+            return TaskScheduler.Current == scheduler;
+        }).Unwrap();
+
+        suspended.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        await scheduler.DisposeAsync().AsTask().WithTimeout();
+        release.SetResult();
+
+        Task finished = await Task.WhenAny(method, SpinUntilAsync(() => tolerated.Seen));
+        tolerated.Seen.Should().BeFalse("an await must resume, not throw on the ThreadPool");
+        finished.Should().BeSameAs(method);
+        (await method).Should().BeTrue();
+    }
+
+    [Fact]
+    public void StartNew_from_outside_after_Dispose_is_still_refused_while_the_schedulers_own_LongRunning_task_may_spawn()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var disposed = new ManualResetEventSlim();
+        Task<int> longRunning = Task.Factory.StartNew(
+            () =>
+            {
+                disposed.Wait(SchedulerTestHelpers.Timeout);
+                return Task.Factory.StartNew(() => 7).Result; // TaskScheduler.Current: this scheduler
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            scheduler);
+
+        scheduler.Dispose();
+        ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+        disposed.Set();
+        longRunning.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        longRunning.Result.Should().Be(7);
+    }
+
+    private static bool IsDisposedRefusal(Exception exception) =>
+        exception is TaskSchedulerException { InnerException: ObjectDisposedException };
+
+    private static async Task SpinUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (!condition() && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(5);
+        }
+    }
 }

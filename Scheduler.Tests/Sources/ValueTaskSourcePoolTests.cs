@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Scheduler.Sources;
 
 namespace Scheduler.Tests.Sources;
@@ -127,5 +128,108 @@ public sealed class ValueTaskSourcePoolTests
     private sealed class Owned
     {
         public int InUse;
+    }
+
+    [Fact]
+    public void Threads_racing_to_grow_a_new_pools_thread_cache_never_share_an_object()
+    {
+        // Every round a fresh pool, whose thread-cache array each thread's first Return grows (replaced, not copied):
+        // a copy could bring back an object its thread had meanwhile taken from the old array.
+        const int Threads = 4;
+        int violations = 0;
+        ValueTaskSourcePool<Owned>? pool = null;
+        using var barrier = new Barrier(Threads, _ => pool = new ValueTaskSourcePool<Owned>(static () => new Owned(), capacity: 8));
+        var threads = new Thread[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            threads[t] = new Thread(() =>
+            {
+                for (int round = 0; round < 300; round++)
+                {
+                    barrier.SignalAndWait();
+                    ValueTaskSourcePool<Owned> current = pool!;
+                    for (int i = 0; i < 50; i++)
+                    {
+                        Owned a = current.Rent();
+                        Owned b = current.Rent();
+                        if (Interlocked.Exchange(ref a.InUse, 1) != 0 || Interlocked.Exchange(ref b.InUse, 1) != 0)
+                        {
+                            Interlocked.Increment(ref violations);
+                        }
+
+                        Volatile.Write(ref a.InUse, 0);
+                        current.Return(a);
+                        Volatile.Write(ref b.InUse, 0);
+                        current.Return(b);
+                    }
+
+                    barrier.SignalAndWait();
+                }
+            });
+            threads[t].Start();
+        }
+
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+
+        violations.Should().Be(0);
+    }
+
+    [Fact]
+    public void A_dropped_pool_is_not_kept_alive_by_the_object_a_living_thread_cached_for_it()
+    {
+        // Pooled objects usually know their pool (to return themselves). The object this thread cached for a pool the
+        // program dropped used to stay in the thread's cache for as long as the thread lived, and with it the pool and
+        // everything in its shared storage.
+        WeakReference pool = FillAndDropPoolOfSelfReturningObjects(out WeakReference cachedObject);
+        for (int i = 0; i < 3 && (pool.IsAlive || cachedObject.IsAlive); i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        pool.IsAlive.Should().BeFalse("nothing but this thread's cache refers to the dropped pool");
+        cachedObject.IsAlive.Should().BeFalse("nor to the object it cached for it");
+    }
+
+    [Fact]
+    public void Pools_created_after_hundreds_of_dropped_ones_still_get_thread_caches()
+    {
+        for (int i = 0; i < 300; i++)
+        {
+            var dropped = new ValueTaskSourcePool<object>(static () => new object(), capacity: 4);
+            dropped.Return(dropped.Rent());
+        }
+
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 4);
+        object first = pool.Rent();
+        pool.Return(first).Should().BeTrue();
+        pool.Count.Should().Be(0, "the object returned stays in this thread's cache, not the shared storage");
+        pool.Rent().Should().BeSameAs(first);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference FillAndDropPoolOfSelfReturningObjects(out WeakReference cachedObject)
+    {
+        ValueTaskSourcePool<SelfReturning>? pool = null;
+        pool = new ValueTaskSourcePool<SelfReturning>(() => new SelfReturning(pool!), capacity: 64);
+        var rented = Enumerable.Range(0, 32).Select(_ => pool.Rent()).ToList();
+        foreach (SelfReturning item in rented)
+        {
+            item.Dispose();
+        }
+
+        pool.Count.Should().Be(31, "the first object returned went to this thread's cache");
+        cachedObject = new WeakReference(rented[0]);
+        return new WeakReference(pool);
+    }
+
+    private sealed class SelfReturning(ValueTaskSourcePool<SelfReturning> pool) : IDisposable
+    {
+        public byte[] Payload { get; } = new byte[4096];
+
+        public void Dispose() => pool.Return(this);
     }
 }

@@ -64,13 +64,8 @@ public sealed partial class WorkStealingTaskScheduler
         }
     }
 
-    private void ThrowIfDisposedForOutsideProducer()
-    {
-        if (IsDisposeRequested)
-        {
-            throw new ObjectDisposedException(nameof(WorkStealingTaskScheduler), "The scheduler has been disposed and accepts no new work from outside its workers.");
-        }
-    }
+    private static void ThrowDisposedForOutsideProducer() =>
+        throw new ObjectDisposedException(nameof(WorkStealingTaskScheduler), "The scheduler has been disposed and accepts no new work from outside its own tasks.");
 
     internal bool HasAnyQueuedWork()
     {

@@ -113,6 +113,13 @@ public sealed partial class WorkStealingTaskScheduler
             _thread.UnsafeStart(this);
         }
 
+        /// <summary>The constructor failed before this worker's thread started: it counts as exited (never busy, nothing to join).</summary>
+        internal void MarkNeverStarted()
+        {
+            _thread = null;
+            _hasExited = true;
+        }
+
         /// <summary>Owner thread: queue work spawned or woken by the running task.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void PushLocal(in WorkItem item)

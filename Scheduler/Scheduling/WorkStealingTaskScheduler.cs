@@ -71,15 +71,51 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         PipeScheduler = new WorkStealingPipeScheduler(this);
         WorkerContext = _options.UseSynchronizationContext ? new WorkStealingSynchronizationContext(this) : null;
 
-        AssignPreferredCpus();
-        foreach (Worker worker in _workers)
+        int started = 0;
+        try
         {
-            worker.Start(_options.UseBackgroundThreads || isShared);
+            AssignPreferredCpus();
+            for (; started < _workers.Length; started++)
+            {
+                _options.BeforeWorkerStartForTests?.Invoke(this, started);
+                _workers[started].Start(_options.UseBackgroundThreads || isShared);
+            }
+
+            StartWatchdog();
+            SchedulerMetrics.Register(this);
+        }
+        catch
+        {
+            AbandonConstruction(started);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The constructor failed after <paramref name="started"/> workers started (the OS refused a thread: an
+    /// <see cref="OutOfMemoryException"/>). Nobody can dispose a scheduler they never got: shut it down here, or the
+    /// started workers stay parked for good (a foreground one keeps the process alive). The workers that never started
+    /// count as exited, or the started ones would wait for them as busy peers and the last exit would never come.
+    /// </summary>
+    private void AbandonConstruction(int started)
+    {
+        for (int i = started; i < _workers.Length; i++)
+        {
+            _workers[i].MarkNeverStarted();
         }
 
-        StartWatchdog();
+        Volatile.Write(ref _disposeRequested, 1);
+        SchedulerMetrics.Unregister(this);
+        for (int i = started; i < _workers.Length; i++)
+        {
+            OnWorkerExited();
+        }
 
-        SchedulerMetrics.Register(this);
+        _idle.WakeAll();
+        for (int i = 0; i < started; i++)
+        {
+            _workers[i].Thread?.Join();
+        }
     }
 
     /// <summary>A process-wide scheduler with <see cref="Environment.ProcessorCount"/> background workers, created on first use and never disposed.</summary>
@@ -127,6 +163,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     /// <summary>Whether worker <paramref name="workerIndex"/> has run out of work (spinning or parked). For tests.</summary>
     internal bool IsWorkerIdle(int workerIndex) => _workers[workerIndex].IsIdle;
 
+    /// <summary>The workers' threads (null for a worker whose thread never started). For tests.</summary>
+    internal Thread?[] WorkerThreads => [.. _workers.Select(w => w.Thread)];
+
     /// <summary>Whether worker <paramref name="workerIndex"/> sleeps in the kernel until woken. For tests.</summary>
     internal bool IsWorkerParked(int workerIndex) => _workers[workerIndex].IsParked;
 
@@ -138,28 +177,24 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     {
         ArgumentNullException.ThrowIfNull(task);
 
+        Worker? worker = CurrentWorker;
         if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
         {
-            if (CurrentWorker is null)
+            if (worker is null)
             {
-                ThrowIfDisposedForOutsideProducer();
+                ThrowIfRefusedAfterDispose(task);
             }
 
             StartLongRunning(task);
             return;
         }
 
-        Worker? worker = CurrentWorker;
         if (worker is null)
         {
-            // Outside producers stop at Dispose; the TPL wraps this in a TaskSchedulerException. An await resuming is
-            // not new work: refused, it would be lost (see IsAwaitResumption); after the workers exited it runs on the
-            // ThreadPool, like every late arrival.
-            if (!IsAwaitResumption(task))
-            {
-                ThrowIfDisposedForOutsideProducer();
-            }
-
+            // Outside producers stop at Dispose (the TPL wraps the refusal in a TaskSchedulerException); work of this
+            // scheduler running elsewhere and await resumptions do not (see ThrowIfRefusedAfterDispose). After the
+            // workers exited, what is accepted runs on the ThreadPool, like every late arrival.
+            ThrowIfRefusedAfterDispose(task);
             EnqueueGlobal(WorkItem.ForTask(task));
         }
         else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
@@ -171,6 +206,22 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         else
         {
             worker.PushLocal(WorkItem.ForTask(task));
+        }
+    }
+
+    /// <summary>
+    /// After <see cref="Dispose"/>, refuses <paramref name="task"/> when it comes from outside this scheduler's work. Not
+    /// refused: work queued by a task of this scheduler (<see cref="TaskScheduler.Current"/> is this scheduler) that runs
+    /// on a thread that is no worker — a LongRunning task on its dedicated thread, a task run on the ThreadPool after the
+    /// workers exited — and await resumptions (see <see cref="IsAwaitResumption"/>). Such a task's <c>await
+    /// Task.Yield()</c> queues its continuation here with <c>StartNew</c>: refused, the async method builder rethrows the
+    /// refusal on the ThreadPool (the process ends) and the method never resumes.
+    /// </summary>
+    private void ThrowIfRefusedAfterDispose(Task task)
+    {
+        if (IsDisposeRequested && !IsAwaitResumption(task) && TaskScheduler.Current != this)
+        {
+            ThrowDisposedForOutsideProducer();
         }
     }
 

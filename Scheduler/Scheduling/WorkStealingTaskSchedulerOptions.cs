@@ -65,6 +65,9 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// </summary>
     internal bool SpreadOverCpus { get; set; } = true;
 
+    /// <summary>For tests: runs in the constructor before worker <c>i</c>'s thread starts (a failure injected there fails the construction halfway).</summary>
+    internal Action<WorkStealingTaskScheduler, int>? BeforeWorkerStartForTests { get; set; }
+
     internal void Validate()
     {
         if (WorkerCount < 1 || WorkerCount > MaxWorkerCount)

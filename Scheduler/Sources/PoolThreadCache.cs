@@ -1,69 +1,108 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace Scheduler.Sources;
 
 /// <summary>
-/// The per-thread one-object caches of every <see cref="ValueTaskSourcePool{T}"/>: one array per thread, one slot
-/// per pool. Non-generic on purpose: a thread-static of a generic type instantiated over a reference type goes
-/// through a slow runtime lookup, a plain one is a few instructions.
+/// The thread side of every <see cref="ValueTaskSourcePool{T}"/>'s one-object-per-thread cache: each thread that
+/// returns an object to a pool gets a small id, and every pool keeps its cached objects in an array of its own at
+/// <c>id × Stride</c>. The pool holds its cached objects, not the thread: a pool the program drops goes to the GC with
+/// them. (One array per thread with a slot per pool, the earlier layout, kept a dropped pool's cached object for as long
+/// as the thread lived — and with it the pool and its shared storage, since pooled objects usually refer to their pool;
+/// its pool indices were never given back either, so only the first 256 pools of a process ever had thread caches.)
 /// </summary>
+/// <remarks>
+/// A slot is read and written only by the thread that owns the id, with plain loads and stores. An id goes back to the
+/// free list when its thread has ended (a finalizable object held in a thread-static); the next thread to take it may
+/// find objects the old thread left in some pools' slots, which are free objects like any pooled one.
+/// </remarks>
 internal static class PoolThreadCache
 {
-    /// <summary>Pools beyond this many get no thread cache (their shared storage still works).</summary>
-    public const int MaxPools = 256;
+    /// <summary>References between two threads' slots in a pool's array: 128 bytes, so threads never share a cache line (adjacent-line prefetching included).</summary>
+    public const int Stride = 16;
 
+    /// <summary>Threads beyond this many at once get no thread cache (the pools' shared storage still works).</summary>
+    public const int MaxThreads = 1024;
+
+    // The bitwise complement of this thread's offset (id × Stride), so that the default 0 reads as -1: out of every
+    // pool's bounds, which sends the thread to the slow path that assigns it an id.
     [ThreadStatic]
-    private static object?[]? t_slots;
+    private static int t_notOffset;
 
-    private static int s_nextIndex = -1;
+    // Gives this thread's id back once the thread has ended (its thread-statics are then unreachable).
+    [ThreadStatic]
+    private static IdRelease? t_release;
 
-    /// <summary>A slot index for a new pool, or -1 when all are taken.</summary>
-    public static int AllocateIndex()
+    // Set when every id was taken as this thread asked for one (it does not ask again).
+    [ThreadStatic]
+    private static bool t_noIdLeft;
+
+    // Ids in use (id 0 is never handed out: offset 0 is a pool array's leading padding).
+    private static readonly bool[] s_inUse = new bool[MaxThreads + 1];
+    private static readonly Lock s_lock = new();
+    private static int s_highestId;
+
+    /// <summary>This thread's slot offset in every pool's array, or -1 when it has none yet (or none was left).</summary>
+    public static int Offset
     {
-        int index = Interlocked.Increment(ref s_nextIndex);
-        return index < MaxPools ? index : -1;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => ~t_notOffset;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static object? TryTake(int index)
+    /// <summary>The array length a pool needs for every id handed out so far, given that it must cover <paramref name="offset"/>.</summary>
+    public static int ArrayLengthFor(int offset)
     {
-        object?[]? slots = t_slots;
-        if (slots is null || (uint)index >= (uint)slots.Length)
-        {
-            return null;
-        }
-
-        object? item = slots[index];
-        slots[index] = null;
-        return item;
+        int ids = Math.Max(offset / Stride, Volatile.Read(ref s_highestId)) + 1;
+        return (int)Math.Min(BitOperations.RoundUpToPowerOf2((uint)ids), MaxThreads + 1u) * Stride;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static bool TryPut(int index, object item)
+    /// <summary>Slow path: this thread's offset, assigning it an id on first use; -1 when every id is taken.</summary>
+    public static int AssignOffset()
     {
-        object?[]? slots = t_slots;
-        if (slots is null || (uint)index >= (uint)slots.Length)
+        int offset = Offset;
+        if (offset >= 0 || t_noIdLeft)
         {
-            return index >= 0 && TryPutSlow(index, item);
+            return offset; // assigned, or none was left when this thread asked (it does not ask again)
         }
 
-        if (slots[index] is not null)
+        int id = 0;
+        lock (s_lock)
         {
-            return false;
+            for (int candidate = 1; candidate <= MaxThreads; candidate++)
+            {
+                if (!s_inUse[candidate])
+                {
+                    s_inUse[candidate] = true;
+                    id = candidate;
+                    if (candidate > s_highestId)
+                    {
+                        Volatile.Write(ref s_highestId, candidate);
+                    }
+
+                    break;
+                }
+            }
         }
 
-        slots[index] = item;
-        return true;
+        if (id == 0)
+        {
+            t_noIdLeft = true;
+            return -1;
+        }
+
+        t_release = new IdRelease(id);
+        t_notOffset = ~(id * Stride);
+        return id * Stride;
     }
 
-    private static bool TryPutSlow(int index, object item)
+    private sealed class IdRelease(int id)
     {
-        // First use on this thread (or a pool created after it): size for the pools that exist now.
-        object?[]? old = t_slots;
-        var slots = new object?[Math.Min(MaxPools, Math.Max(index + 1, Volatile.Read(ref s_nextIndex) + 1))];
-        old?.CopyTo(slots, 0);
-        slots[index] = item;
-        t_slots = slots;
-        return true;
+        ~IdRelease()
+        {
+            lock (s_lock)
+            {
+                s_inUse[id] = false;
+            }
+        }
     }
 }

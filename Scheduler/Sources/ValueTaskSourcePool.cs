@@ -20,7 +20,7 @@ namespace Scheduler.Sources;
 /// </para>
 /// <para>
 /// <see cref="Capacity"/> bounds the shared storage; on top of it each thread that returned an object keeps at
-/// most one per pool, released when the thread ends (the first 256 pools of a process get such thread caches).
+/// most one per pool. The pool holds these per-thread objects itself: a pool the program drops is collected with them.
 /// </para>
 /// <para>
 /// The pool does not reset objects: return them ready for their next use. Return an object at most once per
@@ -38,7 +38,7 @@ public sealed class ValueTaskSourcePool<T>
     private const int MaxStripes = 64;
 
     private readonly Func<T> _factory;
-    private readonly int _threadCacheIndex; // this pool's slot in every thread's one-object cache, -1 for none
+    private object?[] _threadCache = []; // one object per thread, at the thread's PoolThreadCache.Offset; grown, never copied
     private readonly T?[] _slots;
     private readonly int _stripeCount;
     private readonly int _slotsPerStripe;
@@ -58,7 +58,6 @@ public sealed class ValueTaskSourcePool<T>
 
         _factory = factory;
         Capacity = capacity;
-        _threadCacheIndex = capacity == 0 ? -1 : PoolThreadCache.AllocateIndex();
         _stripeCount = Math.Min(Environment.ProcessorCount, MaxStripes);
 
         // Give the per-processor slots up to half the capacity, the shared overflow the rest.
@@ -95,8 +94,11 @@ public sealed class ValueTaskSourcePool<T>
     {
         // The thread's own object first: rent, await and return on one thread is the common case, and this
         // path has no atomic operation at all.
-        if (PoolThreadCache.TryTake(_threadCacheIndex) is { } cached)
+        object?[] cache = _threadCache;
+        int offset = PoolThreadCache.Offset;
+        if ((uint)offset < (uint)cache.Length && cache[offset] is { } cached)
         {
+            cache[offset] = null;
             return Unsafe.As<T>(cached);
         }
 
@@ -132,7 +134,17 @@ public sealed class ValueTaskSourcePool<T>
     {
         ArgumentNullException.ThrowIfNull(item);
 
-        if (PoolThreadCache.TryPut(_threadCacheIndex, item))
+        object?[] cache = _threadCache;
+        int offset = PoolThreadCache.Offset;
+        if ((uint)offset < (uint)cache.Length)
+        {
+            if (cache[offset] is null)
+            {
+                cache[offset] = item;
+                return true;
+            }
+        }
+        else if (Capacity > 0 && TryPutInNewThreadCache(item))
         {
             return true;
         }
@@ -160,6 +172,42 @@ public sealed class ValueTaskSourcePool<T>
         }
 
         return false;
+    }
+
+    /// <summary>
+    /// Slow path of <see cref="Return"/>: this thread has no id yet, or an id beyond this pool's array. The array is
+    /// replaced by a larger, empty one: copying it could resurrect an object that its thread took from the old array
+    /// meanwhile (two owners). What other threads cached in the old array is dropped for the GC, a rare miss.
+    /// </summary>
+    private bool TryPutInNewThreadCache(T item)
+    {
+        int offset = PoolThreadCache.AssignOffset();
+        if (offset < 0)
+        {
+            return false;
+        }
+
+        while (true)
+        {
+            object?[] cache = Volatile.Read(ref _threadCache);
+            if (offset < cache.Length)
+            {
+                if (cache[offset] is not null)
+                {
+                    return false;
+                }
+
+                cache[offset] = item;
+                return true;
+            }
+
+            var grown = new object?[PoolThreadCache.ArrayLengthFor(offset)];
+            grown[offset] = item;
+            if (Interlocked.CompareExchange(ref _threadCache, grown, cache) == cache)
+            {
+                return true;
+            }
+        }
     }
 
     private bool TryTakeFromStripe(int stripe, [NotNullWhen(true)] out T? item)
