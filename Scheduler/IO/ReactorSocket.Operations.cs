@@ -36,6 +36,14 @@ public sealed partial class ReactorSocket
                     bool cutShort = false;
                     nint n = waitOnly ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
                         : ReceiveMessage(fd.Fd, buffer, span.Length, reportsQueuedBytes, out queued, out cutShort);
+                    if (n == 0 && Socket.ResetReportedBySend)
+                    {
+                        // The peer reset the connection and a send took the socket's error: the kernel now reports an
+                        // end of stream here, but the peer's stream was cut short, not ended.
+                        error = Errno.ToException(ECONNRESET, "recv");
+                        return true;
+                    }
+
                     if (n >= 0)
                     {
                         result = waitOnly ? 0 : (int)n;
@@ -163,6 +171,13 @@ public sealed partial class ReactorSocket
                 if (errno == EAGAIN)
                 {
                     return false;
+                }
+
+                if (errno == ECONNRESET)
+                {
+                    // Linux hands a reset's error to the first call that asks and then reports an end of stream to
+                    // receives: tell the receive side, or a stream the peer cut short would look complete.
+                    Socket.RecordResetReportedBySend();
                 }
 
                 error = Errno.ToException(errno, _isSequence ? "sendmsg" : "send");

@@ -30,6 +30,7 @@ public sealed partial class ReactorSocket : IDisposable
     private int _readSequence;
     private int _writeSequence;
     private int _drainProofsVoid;
+    private int _resetReportedBySend;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -230,6 +231,15 @@ public sealed partial class ReactorSocket : IDisposable
     /// and stops at the urgent mark with data still queued, and none of those comes with a later edge.
     /// </summary>
     internal bool DrainProofsHold => Volatile.Read(ref _drainProofsVoid) == 0;
+
+    /// <summary>
+    /// True once a send failed with ECONNRESET. The kernel reports a reset's error to one call only (whichever asks
+    /// first) and an end of stream to every receive after it; a receive that reads 0 then reports the reset instead,
+    /// so a stream the peer cut short never looks like an orderly end (see <see cref="ReceiveAsync"/>).
+    /// </summary>
+    internal bool ResetReportedBySend => Volatile.Read(ref _resetReportedBySend) != 0;
+
+    internal void RecordResetReportedBySend() => Volatile.Write(ref _resetReportedBySend, 1);
 
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
     internal void OnReadiness(bool readable, bool writable, bool exceptional)
