@@ -30,7 +30,7 @@ public sealed partial class ReactorSocket : IDisposable
     private int _readSequence;
     private int _writeSequence;
     private int _drainProofsVoid;
-    private int _resetReportedBySend;
+    private int _connectionErrorTakenBySend;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -233,13 +233,13 @@ public sealed partial class ReactorSocket : IDisposable
     internal bool DrainProofsHold => Volatile.Read(ref _drainProofsVoid) == 0;
 
     /// <summary>
-    /// True once a send failed with ECONNRESET. The kernel reports a reset's error to one call only (whichever asks
-    /// first) and an end of stream to every receive after it; a receive that reads 0 then reports the reset instead,
-    /// so a stream the peer cut short never looks like an orderly end (see <see cref="ReceiveAsync"/>).
+    /// The errno of a failed connection (a reset, a timeout, ...) that a send took, or 0. The kernel reports that error
+    /// to one call only (whichever asks first) and an end of stream to every receive after it; a receive that reads 0
+    /// then throws this error instead, so a stream cut short never looks like an orderly end.
     /// </summary>
-    internal bool ResetReportedBySend => Volatile.Read(ref _resetReportedBySend) != 0;
+    internal int ConnectionErrorTakenBySend => Volatile.Read(ref _connectionErrorTakenBySend);
 
-    internal void RecordResetReportedBySend() => Volatile.Write(ref _resetReportedBySend, 1);
+    internal void RecordConnectionErrorTakenBySend(int errno) => Interlocked.CompareExchange(ref _connectionErrorTakenBySend, errno, 0);
 
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
     internal void OnReadiness(bool readable, bool writable, bool exceptional)
