@@ -393,8 +393,10 @@ public sealed class ReactorConnectionTests
         (await peer.ReceiveAsync(new byte[1])).Should().Be(0);
     }
 
-    [Fact]
-    public async Task DisposeAsync_delivers_the_whole_reply_to_a_peer_whose_request_was_not_read_to_the_end()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task DisposeAsync_delivers_the_whole_reply_to_a_peer_whose_request_was_not_read_to_the_end(bool inputFailed)
     {
         // Closing a TCP socket with unread input makes Linux send a reset and drop whatever it has not sent yet: a
         // reply already handed to Output would be cut short. The peer sends more than Input takes before it pauses.
@@ -436,6 +438,15 @@ public sealed class ReactorConnectionTests
 
         await io.Run(async () =>
         {
+            if (inputFailed)
+            {
+                // A server that rejects the request: it stops reading with an error, answers, and closes. The receive
+                // loop (waiting on backpressure) learns of it from the exception its flush throws.
+                ReadResult some = await connection.Input.ReadAsync();
+                connection.Input.AdvanceTo(some.Buffer.Start);
+                await connection.Input.CompleteAsync(new InvalidDataException("malformed request"));
+            }
+
             await connection.Output.WriteAsync(reply);
             await connection.DisposeAsync();
         });

@@ -29,7 +29,19 @@ public sealed partial class ReactorConnection
                 }
 
                 writer.Advance(received);
-                FlushResult flush = await writer.FlushAsync();
+                FlushResult flush;
+                try
+                {
+                    flush = await writer.FlushAsync();
+                }
+                catch (Exception)
+                {
+                    // The application completed Input with an exception (the flush rethrows it): it stopped reading,
+                    // as with a plain completion. The connection itself is fine, and the input still in the socket
+                    // is dropped by a lingering DisposeAsync like any other.
+                    break;
+                }
+
                 if (flush.IsCompleted || flush.IsCanceled)
                 {
                     break;

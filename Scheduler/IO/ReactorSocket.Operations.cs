@@ -36,6 +36,14 @@ public sealed partial class ReactorSocket
                     bool cutShort = false;
                     nint n = waitOnly ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
                         : ReceiveMessage(fd.Fd, buffer, span.Length, reportsQueuedBytes, out queued, out cutShort);
+                    if (n == 0 && Socket.ConnectionErrorTakenBySend is int taken and not 0)
+                    {
+                        // The connection failed (a reset, a timeout) and a send took the socket's error: the kernel
+                        // now reports an end of stream here, but the peer's stream was cut short, not ended.
+                        error = Errno.ToException(taken, "recv");
+                        return true;
+                    }
+
                     if (n >= 0)
                     {
                         result = waitOnly ? 0 : (int)n;
@@ -163,6 +171,13 @@ public sealed partial class ReactorSocket
                 if (errno == EAGAIN)
                 {
                     return false;
+                }
+
+                if (IsConnectionError(errno))
+                {
+                    // Linux hands the error of a failed connection to the first call that asks and then reports an
+                    // end of stream to receives: tell the receive side, or a stream cut short would look complete.
+                    Socket.RecordConnectionErrorTakenBySend(errno);
                 }
 
                 error = Errno.ToException(errno, _isSequence ? "sendmsg" : "send");
@@ -342,6 +357,15 @@ public sealed partial class ReactorSocket
             return _accepted.Count > 0;
         }
     }
+
+    /// <summary>
+    /// The errors TCP records on a connection that failed (<c>sk_err</c>: a reset, a retransmission or user timeout,
+    /// or the ICMP error behind one), which the kernel reports once, to whichever call asks first. Not EPIPE: a send
+    /// meets that after our own shutdown, or after a reset that followed the peer's end of stream (which was complete),
+    /// or once a receive has already taken the error.
+    /// </summary>
+    private static bool IsConnectionError(int errno) =>
+        errno is ECONNRESET or ETIMEDOUT or EHOSTUNREACH or ENETUNREACH or ENETDOWN or EHOSTDOWN or ECONNABORTED;
 
     /// <summary>How many failed connections one accept attempt skips before it reports the error (accept(2)'s retry advice).</summary>
     private const int MaxSkippedPerAttempt = 1024;

@@ -30,6 +30,7 @@ public sealed partial class ReactorSocket : IDisposable
     private int _readSequence;
     private int _writeSequence;
     private int _drainProofsVoid;
+    private int _connectionErrorTakenBySend;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -230,6 +231,15 @@ public sealed partial class ReactorSocket : IDisposable
     /// and stops at the urgent mark with data still queued, and none of those comes with a later edge.
     /// </summary>
     internal bool DrainProofsHold => Volatile.Read(ref _drainProofsVoid) == 0;
+
+    /// <summary>
+    /// The errno of a failed connection (a reset, a timeout, ...) that a send took, or 0. The kernel reports that error
+    /// to one call only (whichever asks first) and an end of stream to every receive after it; a receive that reads 0
+    /// then throws this error instead, so a stream cut short never looks like an orderly end.
+    /// </summary>
+    internal int ConnectionErrorTakenBySend => Volatile.Read(ref _connectionErrorTakenBySend);
+
+    internal void RecordConnectionErrorTakenBySend(int errno) => Interlocked.CompareExchange(ref _connectionErrorTakenBySend, errno, 0);
 
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
     internal void OnReadiness(bool readable, bool writable, bool exceptional)
