@@ -1,3 +1,4 @@
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
@@ -27,6 +28,47 @@ internal sealed class IoTestContext : IAsyncDisposable
     public Task Run(Func<Task> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
 
     public Task<T> Run<T>(Func<Task<T>> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
+
+    /// <summary>
+    /// Writes 64 KiB chunks to <paramref name="connection"/>'s Output (on the scheduler) until a flush stays pending for
+    /// 300 ms (the peer stopped reading and the send loop is parked on a full socket); returns that pending flush.
+    /// </summary>
+    public Task<Task<FlushResult>> WriteUntilPaused(ReactorConnection connection) => Run(async () =>
+    {
+        var chunk = new byte[64 << 10];
+        for (int i = 0; i < 4096; i++)
+        {
+            ValueTask<FlushResult> flush = connection.Output.WriteAsync(chunk);
+            if (!flush.IsCompleted)
+            {
+                Task<FlushResult> pending = flush.AsTask();
+                if (await Task.WhenAny(pending, Task.Delay(300)) != pending)
+                {
+                    return pending;
+                }
+            }
+            else
+            {
+                await flush;
+            }
+        }
+
+        throw new InvalidOperationException("the writer was never paused");
+    });
+
+    /// <summary>Reads <paramref name="connection"/>'s Input (on the scheduler) to its end; throws what the end reports.</summary>
+    public Task ReadInputToEnd(ReactorConnection connection) => Run(async () =>
+    {
+        while (true)
+        {
+            ReadResult result = await connection.Input.ReadAsync();
+            connection.Input.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                return;
+            }
+        }
+    });
 
     /// <summary>A connected (client, server) pair of reactor sockets.</summary>
     public async Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairAsync(ReactorSocket listener)

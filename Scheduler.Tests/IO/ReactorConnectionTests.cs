@@ -193,28 +193,7 @@ public sealed class ReactorConnectionTests
         await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
 
         // The peer never reads: write until a flush waits (the send loop is parked on a full socket).
-        Task<FlushResult> blocked = await io.Run(async () =>
-        {
-            var chunk = new byte[64 << 10];
-            for (int i = 0; i < 4096; i++)
-            {
-                ValueTask<FlushResult> flush = connection.Output.WriteAsync(chunk);
-                if (!flush.IsCompleted)
-                {
-                    Task<FlushResult> pending = flush.AsTask();
-                    if (await Task.WhenAny(pending, Task.Delay(300)) != pending)
-                    {
-                        return pending;
-                    }
-                }
-                else
-                {
-                    await flush;
-                }
-            }
-
-            throw new InvalidOperationException("the writer was never paused");
-        });
+        Task<FlushResult> blocked = await io.WriteUntilPaused(connection);
 
         peer.LingerState = new LingerOption(true, 0);
         peer.Close(); // RST
@@ -231,18 +210,7 @@ public sealed class ReactorConnectionTests
         }
 
         // Input ends with the reset, or at the end of stream once the failed send loop shut the socket down.
-        Func<Task> read = () => io.Run(async () =>
-        {
-            while (true)
-            {
-                ReadResult result = await connection.Input.ReadAsync();
-                connection.Input.AdvanceTo(result.Buffer.End);
-                if (result.IsCompleted)
-                {
-                    return;
-                }
-            }
-        });
+        Func<Task> read = () => io.ReadInputToEnd(connection);
         await read.Should().NotThrowAsync<TimeoutException>();
     }
 

@@ -21,28 +21,7 @@ public sealed class ResetOrderingTests
         await Task.Delay(200);
 
         // The peer never reads: write until a flush waits (the send loop is parked on a full socket).
-        Task<FlushResult> blocked = await io.Run(async () =>
-        {
-            var chunk = new byte[64 << 10];
-            for (int i = 0; i < 4096; i++)
-            {
-                ValueTask<FlushResult> flush = connection.Output.WriteAsync(chunk);
-                if (!flush.IsCompleted)
-                {
-                    Task<FlushResult> pending = flush.AsTask();
-                    if (await Task.WhenAny(pending, Task.Delay(300)) != pending)
-                    {
-                        return pending;
-                    }
-                }
-                else
-                {
-                    await flush;
-                }
-            }
-
-            throw new InvalidOperationException("the writer was never paused");
-        });
+        Task<FlushResult> blocked = await io.WriteUntilPaused(connection);
 
         peer.LingerState = new LingerOption(true, 0);
         peer.Close(); // RST: only the parked send sees the edge, and its sendmsg takes the socket's error
@@ -51,18 +30,7 @@ public sealed class ResetOrderingTests
         (await flushed.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
 
         // The peer's stream was cut by the reset: Input must not report an orderly end after the bytes it holds.
-        Func<Task> read = () => io.Run(async () =>
-        {
-            while (true)
-            {
-                ReadResult result = await connection.Input.ReadAsync();
-                connection.Input.AdvanceTo(result.Buffer.End);
-                if (result.IsCompleted)
-                {
-                    return;
-                }
-            }
-        });
+        Func<Task> read = () => io.ReadInputToEnd(connection);
         (await read.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
     }
 
@@ -93,18 +61,7 @@ public sealed class ResetOrderingTests
         Func<Task> flushed = () => writing.WaitAsync(IoTestContext.Timeout);
         (await flushed.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.TimedOut);
 
-        Func<Task> read = () => io.Run(async () =>
-        {
-            while (true)
-            {
-                ReadResult result = await connection.Input.ReadAsync();
-                connection.Input.AdvanceTo(result.Buffer.End);
-                if (result.IsCompleted)
-                {
-                    return;
-                }
-            }
-        });
+        Func<Task> read = () => io.ReadInputToEnd(connection);
         (await read.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.TimedOut);
     }
 
