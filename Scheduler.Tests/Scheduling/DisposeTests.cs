@@ -141,6 +141,7 @@ public sealed class DisposeTests
         await method.WithTimeout(TimeSpan.FromSeconds(5));
         ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
     }
+
     [Fact]
     public async Task Await_Task_Yield_on_a_LongRunning_thread_after_Dispose_resumes_instead_of_crashing()
     {

@@ -22,7 +22,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
     public void Racing_double_registration_keeps_the_winner_continuation(int seed)
     {
         using var wheel = new TimerWheel();
-        var context = new InlineSynchronizationContext();
         ValueTask delay = default;
         var cts = new CancellationTokenSource();
         var threw = new bool[2];
@@ -38,20 +37,15 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
 
         void Register(int side)
         {
-            SynchronizationContext.SetSynchronizationContext(context);
             try
             {
                 // The awaiter registers a shared continuation with the Action as its state: a loser overwriting the
                 // winner's state would make the loser's Action run.
-                delay.GetAwaiter().UnsafeOnCompleted(continuations[side]);
+                AwaitUnderInlineContext(delay, continuations[side]);
             }
             catch (InvalidOperationException)
             {
                 threw[side] = true;
-            }
-            finally
-            {
-                SynchronizationContext.SetSynchronizationContext(null);
             }
         }
 
@@ -95,7 +89,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         // Not misuse: the producer (here a cancellation) completes while the only await registers. Whichever way the
         // race goes (completed before the claim, between claim and publish, or after), the continuation runs once.
         using var wheel = new TimerWheel();
-        var context = new InlineSynchronizationContext();
         ValueTask delay = default;
         var cts = new CancellationTokenSource();
         int runs = 0;
@@ -110,18 +103,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
                 runs = 0;
             },
-            left: _ =>
-            {
-                SynchronizationContext.SetSynchronizationContext(context);
-                try
-                {
-                    delay.GetAwaiter().UnsafeOnCompleted(continuation);
-                }
-                finally
-                {
-                    SynchronizationContext.SetSynchronizationContext(null);
-                }
-            },
+            left: _ => AwaitUnderInlineContext(delay, continuation),
             right: _ => cts.Cancel(),
             check: round =>
             {
@@ -146,7 +128,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
     public void A_read_racing_a_registration_on_a_completed_delay_leaves_the_slot_clean(int seed)
     {
         using var wheel = new TimerWheel();
-        var context = new InlineSynchronizationContext();
         ValueTask delay = default;
         int registration = 0, continuation = 0, reader = 0; // 0 = nothing, 1 = the outcome (canceled), 2 = InvalidOperationException
         int runs = 0;
@@ -161,10 +142,9 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
             },
             left: _ =>
             {
-                SynchronizationContext.SetSynchronizationContext(context);
                 try
                 {
-                    delay.GetAwaiter().UnsafeOnCompleted(() =>
+                    AwaitUnderInlineContext(delay, () =>
                     {
                         runs++;
                         continuation = ReadCanceled(delay);
@@ -174,10 +154,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 catch (InvalidOperationException)
                 {
                     registration = 2;
-                }
-                finally
-                {
-                    SynchronizationContext.SetSynchronizationContext(null);
                 }
             },
             right: _ => reader = ReadCanceled(delay),
@@ -234,7 +210,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
     public void A_read_racing_the_dispatch_of_a_registered_continuation_never_loses_it(int seed)
     {
         using var wheel = new TimerWheel();
-        var context = new InlineSynchronizationContext();
         ValueTask delay = default;
         var cts = new CancellationTokenSource();
         int continuation = 0, reader = 0, runs = 0;
@@ -249,19 +224,11 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
                 continuation = reader = runs = 0;
                 cancelFailure = null;
-                SynchronizationContext.SetSynchronizationContext(context);
-                try
+                AwaitUnderInlineContext(delay, () =>
                 {
-                    delay.GetAwaiter().UnsafeOnCompleted(() =>
-                    {
-                        Interlocked.Increment(ref runs);
-                        continuation = ReadCanceled(delay);
-                    });
-                }
-                finally
-                {
-                    SynchronizationContext.SetSynchronizationContext(null);
-                }
+                    Interlocked.Increment(ref runs);
+                    continuation = ReadCanceled(delay);
+                });
             },
             left: _ =>
             {
@@ -287,6 +254,22 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
 
         output.WriteLine($"{rounds} rounds");
         rounds.Should().BeGreaterThan(100);
+    }
+
+    private static readonly InlineSynchronizationContext s_inlineContext = new();
+
+    /// <summary>Registers <paramref name="continuation"/> as an await of <paramref name="delay"/> would, under a context that posts inline.</summary>
+    private static void AwaitUnderInlineContext(ValueTask delay, Action continuation)
+    {
+        SynchronizationContext.SetSynchronizationContext(s_inlineContext);
+        try
+        {
+            delay.GetAwaiter().UnsafeOnCompleted(continuation);
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(null);
+        }
     }
 
     /// <summary>A delay of the wheel, completed by its cancellation, no continuation registered.</summary>

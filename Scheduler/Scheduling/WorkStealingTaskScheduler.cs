@@ -253,15 +253,15 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
             return TryExecuteTask(task); // the worker loop itself starting up (see Worker.Run)
         }
 
-        if (taskWasPreviouslyQueued && (task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
-        {
-            // Queued to its dedicated thread, which runs it (the ThreadPool's scheduler refuses the same): inlined on a
-            // worker waiting for it, it would run on that worker, where it sees itself on one (IsWorkerThread).
-            return false;
-        }
-
         if (taskWasPreviouslyQueued)
         {
+            if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
+            {
+                // Queued to its dedicated thread, which runs it (the ThreadPool's scheduler refuses the same): inlined on
+                // a worker waiting for it, it would run on that worker, where it sees itself on one (IsWorkerThread).
+                return false;
+            }
+
             // Take it out of our own queue when it is there (the usual fork-join case). When another queue
             // holds it, running it here is still safe: a task executes at most once, and the stale entry is
             // skipped when dequeued. That is what keeps blocking fork-join from deadlocking one worker.
