@@ -11,15 +11,19 @@ public static class CompareCommand
 {
     private static readonly TimeSpan s_runTimeout = TimeSpan.FromMinutes(2);
 
+    // A whole workload (warm-up and rounds) in its child process: the longest take about a minute.
+    private static readonly TimeSpan s_childTimeout = TimeSpan.FromMinutes(10);
+
     /// <summary>Runs <c>compare</c> with <paramref name="args"/> (without the word <c>compare</c>).</summary>
     public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error) =>
-        Run(args, output, error, CompareCatalog.Entries, RoundPlan.Default, FindRepositoryDocs);
+        Run(args, output, error, CompareCatalog.Entries, RoundPlan.Default, FindRepositoryDocs, IsolatedRunner.RunThisAssembly);
 
     /// <summary>
     /// <see cref="Run(IReadOnlyList{string}, TextWriter, TextWriter)"/> with its parts replaceable (tests): the catalog,
-    /// the round counts, and where a full run publishes its docs (null: not found).
+    /// the round counts, where a full run publishes its docs (null: not found), and how a workload runs in a child
+    /// process of its own (null: every workload runs in this process, as with <c>--in-process</c>).
     /// </summary>
-    internal static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs)
+    internal static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs, ChildCompare? child = null)
     {
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(output);
@@ -47,7 +51,7 @@ public static class CompareCommand
         {
             try
             {
-                exitCode = RunCore(options, catalog, plan, repositoryDocs, output, error);
+                exitCode = RunCore(options, catalog, plan, repositoryDocs, child, output, error);
             }
             catch (Exception e)
             {
@@ -63,19 +67,28 @@ public static class CompareCommand
         return exitCode;
     }
 
-    private static int RunCore(CompareOptions options, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs, TextWriter output, TextWriter error)
+    private static int RunCore(CompareOptions options, IReadOnlyList<CompareEntry> catalog, RoundPlan plan, Func<string?> repositoryDocs, ChildCompare? child, TextWriter output, TextWriter error)
     {
         CompareEntry[] selected = options.Only is null
             ? catalog.ToArray()
             : catalog.Where(e => options.Only.Contains(e.Name, StringComparer.Ordinal)).ToArray();
 
+        // One process per workload unless asked otherwise; a single workload runs here (it has no neighbour to inherit
+        // from, and the child of an isolated run is such a run).
+        bool isolated = child is not null && !options.InProcess && selected.Length > 1;
         MachineInfo machine = MachineInfo.Collect();
-        error.WriteLine($"compare: {selected.Length} workload(s), {(options.Quick ? "quick" : "full")} mode, {machine.LogicalCores} cores, {machine.Runtime}");
+        error.WriteLine($"compare: {selected.Length} workload(s), {(options.Quick ? "quick" : "full")} mode, {machine.LogicalCores} cores, {machine.Runtime}, " +
+            (isolated ? "each workload in a process of its own" : $"in this process ({Environment.ProcessId})"));
 
         var failures = new List<string>();
         IReadOnlyList<CompareRow> rows;
-        using (var scheduler = new WorkStealingTaskScheduler())
+        if (isolated)
         {
+            rows = new IsolatedRunner(child!, error, s_childTimeout).Run(selected, options.Quick, failures);
+        }
+        else
+        {
+            using var scheduler = new WorkStealingTaskScheduler();
             using var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
             rows = new CompareRunner(context, error, plan).Run(selected, failures);
         }
@@ -102,7 +115,7 @@ public static class CompareCommand
         if (docs is not null && rows.Count > 0)
         {
             string markdown = Path.Combine(docs, DocsWriter.MarkdownFile);
-            written &= TryWrite(markdown, () => DocsWriter.Write(docs, machine, options, rows, catalog, failures), error, $"{markdown} and {DocsWriter.ChartFile}");
+            written &= TryWrite(markdown, () => DocsWriter.Write(docs, machine, options, isolated, rows, catalog, failures), error, $"{markdown} and {DocsWriter.ChartFile}");
         }
 
         foreach (string failed in failures)

@@ -4,12 +4,14 @@ namespace Scheduler.Benchmarks.Compare;
 internal sealed record CompareOptions
 {
     public const string Usage =
-        "usage: compare [--quick] [--only NAME[,NAME...]] [--json PATH] [--docs DIR | --no-docs]\n" +
+        "usage: compare [--quick] [--only NAME[,NAME...]] [--json PATH] [--docs DIR | --no-docs] [--in-process]\n" +
         "  --quick      fewer rounds (a first look in well under a minute)\n" +
         "  --only       run only these workloads (comma-separated)\n" +
         "  --json       also write every sample as JSON to PATH\n" +
         "  --docs       write benchmarks.md and benchmarks.png into DIR (default: the repository's docs/ after a full run)\n" +
-        "  --no-docs    never write docs";
+        "  --no-docs    never write docs\n" +
+        "  --in-process run every workload in this process (by default each runs in a child process of its own\n" +
+        "               when more than one is selected, so no row inherits another's heap, JIT or thread state)";
 
     public bool Quick { get; init; }
 
@@ -21,6 +23,9 @@ internal sealed record CompareOptions
     public string? DocsDirectory { get; init; }
 
     public bool NoDocs { get; init; }
+
+    /// <summary><c>--in-process</c>: run every selected workload in this process instead of one child process each.</summary>
+    public bool InProcess { get; init; }
 
     /// <summary>A full run: every workload, full rounds. Only a full run refreshes the repository's docs by default.</summary>
     public bool IsFullRun => !Quick && Only is null;
@@ -38,6 +43,7 @@ internal sealed record CompareOptions
             {
                 "--quick" => options with { Quick = true },
                 "--no-docs" => options with { NoDocs = true },
+                "--in-process" => options with { InProcess = true },
                 "--only" => options with { Only = ParseNames(Value(args, ref i), knownWorkloads) },
                 "--json" => options with { JsonPath = Value(args, ref i) },
                 "--docs" => options with { DocsDirectory = Value(args, ref i) },

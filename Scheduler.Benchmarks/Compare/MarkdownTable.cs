@@ -19,7 +19,7 @@ internal static class MarkdownTable
     public const string RatioLegend =
         "The last column is how many times better ours is than the ThreadPool/BCL figure on that row's metric: " +
         "ThreadPool ÷ ours for time, latency, CPU and bytes (lower is better), ours ÷ ThreadPool for throughput. " +
-        "Above 1× we lead, below 1× we trail. Every figure is the median of interleaved rounds in one process.";
+        "Above 1× we lead, below 1× we trail. Every figure is the median of interleaved rounds in one process (one per workload unless run with --in-process).";
 
     public static string Render(IReadOnlyList<CompareRow> rows)
     {
