@@ -105,27 +105,39 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
-            await _output.Writer.CompleteAsync();
-            Task grace = Task.Delay(DisposeGracePeriod);
-            bool lingering = await Task.WhenAny(_sendLoop, grace) == _sendLoop && _outputShutDown;
-            _linger.TrySetResult(lingering);
-            if (lingering)
+            // The grace period is this source's timer, and the linger polls wait on its token: cancelling it once we are
+            // done releases every timer at once. Delays of their own would each keep a timer until it fired: on a server
+            // that churns connections, one live timer per closed connection for up to a second.
+            var grace = new CancellationTokenSource(DisposeGracePeriod);
+            try
             {
-                // Everything is in the kernel, our FIN behind it. Closing now with unread input would make Linux
-                // reset the connection and drop what the peer has not acknowledged yet (a long reply to a peer that
-                // reads slowly, whose request we did not read to the end). So the receive loop drops the input
-                // (one held by backpressure is let go), until the peer's end of stream, until the peer acknowledged
-                // everything (nothing of ours can be lost then), or until the grace period ends.
-                _input.Writer.CancelPendingFlush();
-                while (!_receiveLoop.IsCompleted && !grace.IsCompleted && Socket.UnacknowledgedSendBytes() > 0)
+                await _output.Writer.CompleteAsync();
+                await _sendLoop.WaitAsync(grace.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                bool lingering = _sendLoop.IsCompleted && _outputShutDown;
+                _linger.TrySetResult(lingering);
+                if (lingering)
                 {
-                    await Task.WhenAny(_receiveLoop, grace, Task.Delay(LingerPollInterval));
+                    // Everything is in the kernel, our FIN behind it. Closing now with unread input would make Linux
+                    // reset the connection and drop what the peer has not acknowledged yet (a long reply to a peer that
+                    // reads slowly, whose request we did not read to the end). So the receive loop drops the input
+                    // (one held by backpressure is let go), until the peer's end of stream, until the peer acknowledged
+                    // everything (nothing of ours can be lost then), or until the grace period ends.
+                    _input.Writer.CancelPendingFlush();
+                    while (!_receiveLoop.IsCompleted && !grace.IsCancellationRequested && Socket.UnacknowledgedSendBytes() > 0)
+                    {
+                        await Task.WhenAny(_receiveLoop, Task.Delay(LingerPollInterval, grace.Token));
+                    }
                 }
             }
-
-            Socket.Dispose();
-            _output.Reader.CancelPendingRead();
-            _input.Writer.CancelPendingFlush();
+            finally
+            {
+                grace.Cancel();
+                grace.Dispose();
+                _linger.TrySetResult(false); // a receive loop waiting for the verdict must not wait forever
+                Socket.Dispose();
+                _output.Reader.CancelPendingRead();
+                _input.Writer.CancelPendingFlush();
+            }
         }
 
         await _receiveLoop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
