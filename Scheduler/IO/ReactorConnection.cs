@@ -12,7 +12,8 @@ namespace Scheduler.IO;
 /// <c>Output.FlushAsync</c> waits while the peer does not drain what was written.</para>
 /// <para>Completing <see cref="Output"/> sends what is buffered and then shuts down the send side (the peer reads
 /// end of stream). The peer's shutdown completes <see cref="Input"/>; a reset completes it with the
-/// <see cref="System.Net.Sockets.SocketException"/>. Without explicit options both pipes use the reactor's
+/// <see cref="System.Net.Sockets.SocketException"/>. Completing <see cref="Output"/> with an exception, or a send that
+/// fails, aborts the connection: <see cref="Input"/> then ends with that exception, never as an orderly end. Without explicit options both pipes use the reactor's
 /// scheduler (<see cref="WorkStealingTaskScheduler.PipeScheduler"/>) and its default thresholds (64 KiB/32 KiB).</para>
 /// </remarks>
 public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
@@ -26,6 +27,11 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     // and drops the rest of the input until the socket closes (see DisposeAsync); false to just end.
     private readonly TaskCompletionSource<bool> _linger = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private bool _outputShutDown;
+
+    // What ended the send side before Output's orderly end: the exception the application completed Output with, or
+    // the send's error. Written before the send loop shuts the socket down, so the receive loop, which then reads 0,
+    // ends Input with it: that 0 is our own shutdown cutting the peer's stream, not the peer's end of it.
+    private Exception? _sendFailure;
     private int _disposed;
 
     private ReactorConnection(ReactorSocket socket, PipeOptions inputOptions, PipeOptions outputOptions)
@@ -66,7 +72,10 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <summary>The underlying socket; the connection owns it and disposes it in <see cref="DisposeAsync"/>.</summary>
     public ReactorSocket Socket { get; }
 
-    /// <summary>Bytes received from the peer. Completes at the peer's orderly shutdown, or with the error that ended the connection.</summary>
+    /// <summary>
+    /// Bytes received from the peer. Completes at the peer's orderly shutdown, or with the error that ended the
+    /// connection (a receive's, a send's, or the exception <see cref="Output"/> was completed with).
+    /// </summary>
     public PipeReader Input => _input.Reader;
 
     /// <summary>Bytes to send to the peer. Complete it to send what is buffered and then shut down the send side.</summary>
