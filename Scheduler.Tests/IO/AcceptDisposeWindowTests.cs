@@ -8,6 +8,7 @@ namespace Scheduler.Tests.IO;
 /// the kernel's accept queue: <see cref="ReactorSocket.RaceHookForTests"/> holds the attempt before the queue lock and
 /// lets it go only once <see cref="ReactorSocket.Dispose"/> has closed the queued connections, before it closes the fd.
 /// </summary>
+[Collection(nameof(RaceHookGroup))]
 public sealed class AcceptDisposeWindowTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);

@@ -255,6 +255,51 @@ public sealed class ReactorConnectionTests
     }
 
     [Fact]
+    public async Task Aborting_Output_with_an_exception_ends_Input_with_that_exception_not_an_end_of_stream()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        await using var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            var reason = new InvalidOperationException("application aborted");
+            await connection.Output.CompleteAsync(reason);
+
+            // The peer never ended its stream: the abort cut it, and a reader of Input must not take that for an end.
+            Func<Task> read = () => io.ReadInputToEnd(connection);
+            (await read.Should().ThrowAsync<InvalidOperationException>()).Which.Should().BeSameAs(reason);
+        }
+    }
+
+    [Fact]
+    public async Task A_send_that_fails_ends_Input_with_the_send_error_not_an_end_of_stream()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        await using var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            // A send error that is not a failed connection (EPIPE here; ENOBUFS or ENOMEM take the same path): the send
+            // loop fails, shuts the socket down, and the receive loop then reads 0 although the peer sent no end.
+            connection.Socket.Shutdown(SocketShutdown.Send);
+            Func<Task> write = () => io.Run(async () =>
+            {
+                for (int i = 0; i < 1000; i++)
+                {
+                    await connection.Output.WriteAsync(new byte[] { 1 });
+                    await Task.Delay(1);
+                }
+            });
+            (await write.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.Shutdown);
+
+            Func<Task> read = () => io.ReadInputToEnd(connection);
+            (await read.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.Shutdown);
+        }
+    }
+
+    [Fact]
     public async Task A_peer_that_never_reads_cannot_grow_memory_beyond_the_thresholds()
     {
         await using var io = new IoTestContext();

@@ -93,6 +93,40 @@ public sealed class ResourceChurnTests
         after.epolls.Should().BeLessThanOrEqualTo(before.epolls, "every reactor's epoll and eventfd are closed");
     }
 
+    [Fact]
+    public async Task Connections_whose_close_finished_at_once_leave_no_timer_running()
+    {
+        // DisposeAsync bounds its wait for the output with a grace period (a second) and polls the kernel while it
+        // lingers. A server that churns connections must not be left with a live timer per connection for that second
+        // after each close that finished in microseconds. Serial collection: Timer.ActiveCount is the process's.
+        const int Count = 200;
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(backlog: 1024);
+        var connections = new ReactorConnection[Count];
+        var peers = new ReactorSocket[Count];
+        await io.Run(async () =>
+        {
+            for (int i = 0; i < Count; i++)
+            {
+                (peers[i], ReactorSocket server) = await io.ConnectPairAsync(listener);
+                connections[i] = ReactorConnection.Create(server);
+            }
+        });
+
+        long before = Timer.ActiveCount;
+        try
+        {
+            // Nothing to send: each close is over once the kernel has our FIN acknowledged (loopback: at once).
+            await io.Run(() => Task.WhenAll(connections.Select(c => c.DisposeAsync().AsTask())));
+            long growth = Timer.ActiveCount - before;
+            growth.Should().BeLessThan(Count / 4, "a disposal that is over must not leave its grace timer running");
+        }
+        finally
+        {
+            Array.ForEach(peers, p => p.Dispose());
+        }
+    }
+
     private static async Task OneConnectionAsync(IoTestContext io, (ReactorSocket Client, ReactorSocket Server)? pair, int closedPort, int round)
     {
         switch (round % 5)

@@ -24,6 +24,7 @@ public sealed partial class ReactorConnection
                 int received = await Socket.ReceiveAsync(memory);
                 if (received == 0)
                 {
+                    error = Volatile.Read(ref _sendFailure);
                     streamEnded = true;
                     break;
                 }
@@ -134,7 +135,9 @@ public sealed partial class ReactorConnection
         catch (Exception e)
         {
             error = e;
-            // The user aborted Output, or the peer went away: stop both directions of this connection only.
+            // The user aborted Output, or the peer went away: stop both directions of this connection only. Recorded
+            // first: the receive that reads 0 because of this shutdown ends Input with it.
+            Volatile.Write(ref _sendFailure, e);
             TryShutdownBoth();
         }
 

@@ -12,7 +12,8 @@ namespace Scheduler.IO;
 /// <c>Output.FlushAsync</c> waits while the peer does not drain what was written.</para>
 /// <para>Completing <see cref="Output"/> sends what is buffered and then shuts down the send side (the peer reads
 /// end of stream). The peer's shutdown completes <see cref="Input"/>; a reset completes it with the
-/// <see cref="System.Net.Sockets.SocketException"/>. Without explicit options both pipes use the reactor's
+/// <see cref="System.Net.Sockets.SocketException"/>. Completing <see cref="Output"/> with an exception, or a send that
+/// fails, aborts the connection: <see cref="Input"/> then ends with that exception, never as an orderly end. Without explicit options both pipes use the reactor's
 /// scheduler (<see cref="WorkStealingTaskScheduler.PipeScheduler"/>) and its default thresholds (64 KiB/32 KiB).</para>
 /// </remarks>
 public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
@@ -26,6 +27,11 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     // and drops the rest of the input until the socket closes (see DisposeAsync); false to just end.
     private readonly TaskCompletionSource<bool> _linger = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private bool _outputShutDown;
+
+    // What ended the send side before Output's orderly end: the exception the application completed Output with, or
+    // the send's error. Written before the send loop shuts the socket down, so the receive loop, which then reads 0,
+    // ends Input with it: that 0 is our own shutdown cutting the peer's stream, not the peer's end of it.
+    private Exception? _sendFailure;
     private int _disposed;
 
     private ReactorConnection(ReactorSocket socket, PipeOptions inputOptions, PipeOptions outputOptions)
@@ -66,7 +72,10 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <summary>The underlying socket; the connection owns it and disposes it in <see cref="DisposeAsync"/>.</summary>
     public ReactorSocket Socket { get; }
 
-    /// <summary>Bytes received from the peer. Completes at the peer's orderly shutdown, or with the error that ended the connection.</summary>
+    /// <summary>
+    /// Bytes received from the peer. Completes at the peer's orderly shutdown, or with the error that ended the
+    /// connection (a receive's, a send's, or the exception <see cref="Output"/> was completed with).
+    /// </summary>
     public PipeReader Input => _input.Reader;
 
     /// <summary>Bytes to send to the peer. Complete it to send what is buffered and then shut down the send side.</summary>
@@ -105,27 +114,39 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
-            await _output.Writer.CompleteAsync();
-            Task grace = Task.Delay(DisposeGracePeriod);
-            bool lingering = await Task.WhenAny(_sendLoop, grace) == _sendLoop && _outputShutDown;
-            _linger.TrySetResult(lingering);
-            if (lingering)
+            // The grace period is this source's timer, and the linger polls wait on its token: cancelling it once we are
+            // done releases every timer at once. Delays of their own would each keep a timer until it fired: on a server
+            // that churns connections, one live timer per closed connection for up to a second.
+            var grace = new CancellationTokenSource(DisposeGracePeriod);
+            try
             {
-                // Everything is in the kernel, our FIN behind it. Closing now with unread input would make Linux
-                // reset the connection and drop what the peer has not acknowledged yet (a long reply to a peer that
-                // reads slowly, whose request we did not read to the end). So the receive loop drops the input
-                // (one held by backpressure is let go), until the peer's end of stream, until the peer acknowledged
-                // everything (nothing of ours can be lost then), or until the grace period ends.
-                _input.Writer.CancelPendingFlush();
-                while (!_receiveLoop.IsCompleted && !grace.IsCompleted && Socket.UnacknowledgedSendBytes() > 0)
+                await _output.Writer.CompleteAsync();
+                await _sendLoop.WaitAsync(grace.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                bool lingering = _sendLoop.IsCompleted && _outputShutDown;
+                _linger.TrySetResult(lingering);
+                if (lingering)
                 {
-                    await Task.WhenAny(_receiveLoop, grace, Task.Delay(LingerPollInterval));
+                    // Everything is in the kernel, our FIN behind it. Closing now with unread input would make Linux
+                    // reset the connection and drop what the peer has not acknowledged yet (a long reply to a peer that
+                    // reads slowly, whose request we did not read to the end). So the receive loop drops the input
+                    // (one held by backpressure is let go), until the peer's end of stream, until the peer acknowledged
+                    // everything (nothing of ours can be lost then), or until the grace period ends.
+                    _input.Writer.CancelPendingFlush();
+                    while (!_receiveLoop.IsCompleted && !grace.IsCancellationRequested && Socket.UnacknowledgedSendBytes() > 0)
+                    {
+                        await Task.WhenAny(_receiveLoop, Task.Delay(LingerPollInterval, grace.Token));
+                    }
                 }
             }
-
-            Socket.Dispose();
-            _output.Reader.CancelPendingRead();
-            _input.Writer.CancelPendingFlush();
+            finally
+            {
+                grace.Cancel();
+                grace.Dispose();
+                _linger.TrySetResult(false); // a receive loop waiting for the verdict must not wait forever
+                Socket.Dispose();
+                _output.Reader.CancelPendingRead();
+                _input.Writer.CancelPendingFlush();
+            }
         }
 
         await _receiveLoop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);

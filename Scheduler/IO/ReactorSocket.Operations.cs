@@ -36,7 +36,7 @@ public sealed partial class ReactorSocket
                     bool cutShort = false;
                     nint n = waitOnly ? Libc.Recv(fd.Fd, &peek, 1, MSG_PEEK)
                         : ReceiveMessage(fd.Fd, buffer, span.Length, reportsQueuedBytes, out queued, out cutShort);
-                    if (n == 0 && Socket.ConnectionErrorTakenBySend is int taken and not 0)
+                    if (n == 0 && Socket.ConnectionErrorAfterEndOfStream() is int taken and not 0)
                     {
                         // The connection failed (a reset, a timeout) and a send took the socket's error: the kernel
                         // now reports an end of stream here, but the peer's stream was cut short, not ended.
@@ -177,6 +177,7 @@ public sealed partial class ReactorSocket
                 {
                     // Linux hands the error of a failed connection to the first call that asks and then reports an
                     // end of stream to receives: tell the receive side, or a stream cut short would look complete.
+                    RaceHookForTests?.Invoke(Socket, "send-connection-error");
                     Socket.RecordConnectionErrorTakenBySend(errno);
                 }
 

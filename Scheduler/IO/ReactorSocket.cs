@@ -72,7 +72,8 @@ public sealed partial class ReactorSocket : IDisposable
     /// For tests only (null otherwise): called with the socket at named points of races that are a few instructions
     /// wide, so that a test can hold one party there. <c>"accept-attempt"</c>: an accept attempt, before it takes the
     /// accept queue's lock; <c>"dispose-queue-closed"</c>: <see cref="Dispose"/>, after it closed the queued
-    /// connections and before it closes the fd.
+    /// connections and before it closes the fd; <c>"send-connection-error"</c>: a send that took a failed connection's
+    /// error from the kernel, before it records it (see <see cref="ConnectionErrorTakenBySend"/>).
     /// </summary>
     internal static Action<ReactorSocket, string>? RaceHookForTests { get; set; }
 
@@ -240,6 +241,35 @@ public sealed partial class ReactorSocket : IDisposable
     internal int ConnectionErrorTakenBySend => Volatile.Read(ref _connectionErrorTakenBySend);
 
     internal void RecordConnectionErrorTakenBySend(int errno) => Interlocked.CompareExchange(ref _connectionErrorTakenBySend, errno, 0);
+
+    /// <summary>
+    /// For a receive that read 0: <see cref="ConnectionErrorTakenBySend"/>, once no send attempt is under way. A send
+    /// that took the error from the kernel records it a few instructions later; a receive that read 0 in between would
+    /// report an orderly end. So while a send attempt is under way (rare at an end of stream, and a non-blocking
+    /// system call long) this waits for it: it records the error, or finishes without one, before it lets go.
+    /// </summary>
+    internal int ConnectionErrorAfterEndOfStream()
+    {
+        var spinner = default(SpinWait);
+        while (true)
+        {
+            int taken = ConnectionErrorTakenBySend;
+            if (taken != 0)
+            {
+                return taken;
+            }
+
+            if (_send is null || !_send.IsAttempting)
+            {
+                // The attempt records before it lets go of the operation (a release write that this read acquires).
+                return ConnectionErrorTakenBySend;
+            }
+
+            // On the reactor thread too: the send is then a caller's attempt on its own thread (only this thread
+            // retries for the reactor), so it finishes without us. No Sleep(1): the wait is a system call long.
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+    }
 
     /// <summary>The reactor thread calls this for every edge; it bumps the direction's sequence before retrying.</summary>
     internal void OnReadiness(bool readable, bool writable, bool exceptional)
