@@ -99,3 +99,41 @@ internal sealed class HeldPostsSynchronizationContext : SynchronizationContext
         }
     }
 }
+
+/// <summary>
+/// A SynchronizationContext whose first Post holds the posting thread until <see cref="Release"/> (at most 30 s): a
+/// test's way to stop a completing call in the middle. Every post then runs on the ThreadPool; all are counted.
+/// </summary>
+internal sealed class GatedSynchronizationContext : SynchronizationContext, IDisposable
+{
+    private readonly ManualResetEventSlim _held = new();
+    private readonly ManualResetEventSlim _release = new();
+    private int _posts;
+
+    public int Posts => Volatile.Read(ref _posts);
+
+    public override void Post(SendOrPostCallback d, object? state)
+    {
+        if (Interlocked.Increment(ref _posts) == 1)
+        {
+            _held.Set();
+            _release.Wait(TimeSpan.FromSeconds(30));
+        }
+
+        ThreadPool.QueueUserWorkItem(_ => d(state));
+    }
+
+    public override SynchronizationContext CreateCopy() => this;
+
+    /// <summary>Waits (bounded) until the first post is being held.</summary>
+    public bool WaitUntilHeld(TimeSpan timeout) => _held.Wait(timeout);
+
+    public void Release() => _release.Set();
+
+    public void Dispose()
+    {
+        _release.Set();
+        _held.Dispose();
+        _release.Dispose();
+    }
+}

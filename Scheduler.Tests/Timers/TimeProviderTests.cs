@@ -105,4 +105,48 @@ public sealed class TimeProviderTests
         timer.Dispose();
         (await timer.WaitForNextTickAsync()).Should().BeFalse();
     }
+
+    public static TheoryData<long> NegativeTimerArguments => new() { -1, -9_999, -10_000, -10_001, -19_999, -20_000, -50_000 };
+
+    [Theory]
+    [MemberData(nameof(NegativeTimerArguments))]
+    public async Task Negative_timer_arguments_are_accepted_or_refused_as_by_TimeProvider_System(long ticks)
+    {
+        // The system provider goes by whole milliseconds truncated toward zero: above -1 ms is zero (fire now), down to
+        // -2 ms exclusive is Timeout.Infinite (never), -2 ms or less throws. Code written against TimeProvider (a due time
+        // computed as deadline - now, a hair past) must behave the same on the wheel.
+        TimeSpan value = TimeSpan.FromTicks(ticks);
+        long milliseconds = (long)value.TotalMilliseconds;
+        using var wheel = new TimerWheel();
+        foreach (TimeProvider provider in new TimeProvider[] { TimeProvider.System, wheel })
+        {
+            var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Func<ITimer> createDue = () => provider.CreateTimer(_ => fired.TrySetResult(), null, value, Timeout.InfiniteTimeSpan);
+            Func<ITimer> createPeriod = () => provider.CreateTimer(_ => { }, null, Timeout.InfiniteTimeSpan, value);
+            if (milliseconds < -1)
+            {
+                createDue.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("dueTime");
+                createPeriod.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("period");
+                using ITimer disarmed = provider.CreateTimer(_ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                disarmed.Invoking(t => t.Change(value, Timeout.InfiniteTimeSpan)).Should().Throw<ArgumentOutOfRangeException>().WithParameterName("dueTime");
+                continue;
+            }
+
+            createPeriod().Dispose();
+            using ITimer timer = createDue();
+            if (milliseconds == 0)
+            {
+                await fired.Task.WaitAsync(s_timeout);
+                fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                timer.Change(value, Timeout.InfiniteTimeSpan).Should().BeTrue();
+                await fired.Task.WaitAsync(s_timeout);
+            }
+            else
+            {
+                timer.Change(value, Timeout.InfiniteTimeSpan).Should().BeTrue();
+                await Task.Delay(30);
+                fired.Task.IsCompleted.Should().BeFalse($"{provider.GetType().Name}: -1 ms after truncation is Timeout.Infinite");
+            }
+        }
+    }
 }

@@ -267,7 +267,7 @@ public sealed class TimerWheelTimerTests
         wheel.TickDuration.Should().Be(TimeSpan.FromMilliseconds(1));
         Action nullCallback = () => wheel.CreateTimer(null!, null, TimeSpan.Zero, Timeout.InfiniteTimeSpan);
         Action badDue = () => wheel.CreateTimer(_ => { }, null, TimeSpan.FromMilliseconds(-2), Timeout.InfiniteTimeSpan);
-        Action badPeriod = () => wheel.CreateTimer(_ => { }, null, TimeSpan.Zero, TimeSpan.FromTicks(-1));
+        Action badPeriod = () => wheel.CreateTimer(_ => { }, null, TimeSpan.Zero, TimeSpan.FromTicks(-20_000)); // -2 ms: the first value TimeProvider.System refuses
         nullCallback.Should().Throw<ArgumentNullException>().WithParameterName("callback");
         badDue.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("dueTime");
         badPeriod.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("period");

@@ -72,6 +72,9 @@ internal static class WakerDispatch
     /// </summary>
     public static void MarkCurrentThreadRunsNoUserCode() => t_runsNoUserCode = true;
 
+    /// <summary>Whether the calling thread was marked by <see cref="MarkCurrentThreadRunsNoUserCode"/> (a timer driver, the I/O reactor).</summary>
+    public static bool CurrentThreadRunsNoUserCode => t_runsNoUserCode;
+
     /// <summary>Queues <paramref name="workItem"/> to its captured target. Never runs it inline.</summary>
     public static void Dispatch(IThreadPoolWorkItem workItem, object? schedulingContext, int workerIndex)
     {

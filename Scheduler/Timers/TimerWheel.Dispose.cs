@@ -1,15 +1,23 @@
 using System.Diagnostics.CodeAnalysis;
+using Scheduler.Sources;
 
 namespace Scheduler.Timers;
 
 public sealed partial class TimerWheel
 {
+    // The first Dispose's thread until that call has done everything it owes (then null), and whether it has: later
+    // calls wait for it under the lock (Monitor.Wait; the first one pulses all). Guarded by the lock.
+    private Thread? _disposingThread;
+    private bool _disposeCompleted;
+
     /// <summary>
     /// Stops the wheel: the driver thread exits, pending <see cref="DelayAsync"/> operations complete with
     /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again (no callback
     /// starts once this has returned, not even one queued before), and
     /// further calls throw <see cref="ObjectDisposedException"/> (<see cref="GetTimestamp"/> keeps working).
-    /// Idempotent.
+    /// Idempotent: a call made while another is under way returns once that one has finished, except from a thread
+    /// the first call is itself waiting for (the driver thread, or the first call's own thread, where a continuation
+    /// it runs inline may dispose again), which returns at once.
     /// </summary>
     [SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Every pending entry must be told; a failure is re-raised as unhandled on the ThreadPool.")]
     public void Dispose()
@@ -19,10 +27,12 @@ public sealed partial class TimerWheel
         {
             if (_disposed)
             {
+                WaitForDisposalLocked();
                 return;
             }
 
             _disposed = true;
+            _disposingThread = Thread.CurrentThread;
 
             // Close the pending-changes stack first: a change pushed before this point is reconciled into the
             // wheel here and removed with everything else below; one attempted after it fails to push and its
@@ -39,23 +49,56 @@ public sealed partial class TimerWheel
             Monitor.PulseAll(_lock);
         }
 
-        if (_driver is not null && _driver != Thread.CurrentThread)
+        try
         {
-            _driver.Join();
+            if (_driver is not null && _driver != Thread.CurrentThread)
+            {
+                _driver.Join();
+            }
+
+            // Delays first: completing one only queues its continuation (or posts it to a captured context: user code).
+            CompleteDelays(removed, DelayWord.Disposed);
+            for (int i = 0; i < removed.Count; i++)
+            {
+                try
+                {
+                    removed[i].OnWheelDisposed(removed.GetToken(i));
+                }
+                catch (Exception exception)
+                {
+                    ReportUnhandled(exception);
+                }
+            }
+        }
+        finally
+        {
+            lock (_lock)
+            {
+                _disposeCompleted = true;
+                _disposingThread = null;
+                Monitor.PulseAll(_lock);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A later Dispose: waits until the first one has completed the pending delays, so that whichever call returns,
+    /// the wheel is fully disposed. Not on a thread the first call may be waiting for: its own (a continuation it posts
+    /// to a captured context may run inline and dispose again) or one that runs no user code (the driver, which it
+    /// joins; a host such as the I/O reactor). Caller holds the lock.
+    /// </summary>
+    private void WaitForDisposalLocked()
+    {
+        if (_disposingThread == Thread.CurrentThread || WakerDispatch.CurrentThreadRunsNoUserCode)
+        {
+            return;
         }
 
-        // Delays first: completing one only queues its continuation, so nothing here can throw.
-        CompleteDelays(removed, DelayWord.Disposed);
-        for (int i = 0; i < removed.Count; i++)
+        // Monitor.Wait on the wheel lock: the driver's pulses (single) may wake us instead of it, which the loop
+        // absorbs; the driver no longer waits once the wheel is disposed.
+        while (!_disposeCompleted)
         {
-            try
-            {
-                removed[i].OnWheelDisposed(removed.GetToken(i));
-            }
-            catch (Exception exception)
-            {
-                ReportUnhandled(exception);
-            }
+            Monitor.Wait(_lock);
         }
     }
 }

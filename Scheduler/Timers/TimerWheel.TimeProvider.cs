@@ -19,13 +19,21 @@ public sealed partial class TimerWheel
     /// <param name="period">Interval between firings; <see cref="TimeSpan.Zero"/> or <see cref="Timeout.InfiniteTimeSpan"/> for a one-shot timer.</param>
     /// <returns>The timer; <see cref="ITimer.Change"/> reschedules it, <see cref="IDisposable.Dispose"/> cancels it.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="callback"/> is null.</exception>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="dueTime"/> or <paramref name="period"/> is negative and not <see cref="Timeout.InfiniteTimeSpan"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="dueTime"/> or <paramref name="period"/> is -2 ms or less. As with <see cref="TimeProvider.System"/>, whole
+    /// milliseconds truncated toward zero count: a value above -1 ms means zero, one down to -2 ms (exclusive) infinite.
+    /// </exception>
     /// <exception cref="ObjectDisposedException">The wheel has been disposed.</exception>
+    /// <remarks>
+    /// Unlike <see cref="TimeProvider.System"/>, which refuses more than <see cref="uint.MaxValue"/> - 1 ms, any longer due time
+    /// or period is accepted (<see cref="TimeSpan.MaxValue"/>, like anything past the range of a deadline, about 18 years with
+    /// nanosecond Stopwatch units, never fires).
+    /// </remarks>
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         ArgumentNullException.ThrowIfNull(callback);
-        ValidateTimerArgument(dueTime, nameof(dueTime));
-        ValidateTimerArgument(period, nameof(period));
+        dueTime = ValidateTimerArgument(dueTime, nameof(dueTime));
+        period = ValidateTimerArgument(period, nameof(period));
         ObjectDisposedException.ThrowIf(_disposed, this);
 
         var timer = new WheelTimer(this, callback, state);
@@ -39,18 +47,23 @@ public sealed partial class TimerWheel
         return timer;
     }
 
-    // Inlined into every arm (the timeout pattern's hot path); the throw stays out of line.
+    /// <summary>
+    /// Validates a due time or period as <see cref="TimeProvider.System"/> does and returns it normalized: the system
+    /// timers go by whole milliseconds truncated toward zero, so a value above -1 ms counts as <see cref="TimeSpan.Zero"/>,
+    /// one down to -2 ms (exclusive) as <see cref="Timeout.InfiniteTimeSpan"/>, and -2 ms or less is refused.
+    /// </summary>
+    /// <remarks>Inlined into every arm (the timeout pattern's hot path): the same comparisons as a plain check; the rest stays out of line.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void ValidateTimerArgument(TimeSpan value, string paramName)
-    {
-        if (value < TimeSpan.Zero && value != Timeout.InfiniteTimeSpan)
-        {
-            ThrowNegativeTime(value, paramName);
-        }
-    }
+    internal static TimeSpan ValidateTimerArgument(TimeSpan value, string paramName) =>
+        value >= TimeSpan.Zero || value == Timeout.InfiniteTimeSpan ? value : NormalizeNegativeTime(value, paramName);
 
-    [DoesNotReturn]
     [StackTraceHidden]
-    private static void ThrowNegativeTime(TimeSpan value, string paramName) =>
-        throw new ArgumentOutOfRangeException(paramName, value, "The time must be zero or positive, or Timeout.InfiniteTimeSpan.");
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static TimeSpan NormalizeNegativeTime(TimeSpan value, string paramName) =>
+        (value.Ticks / TimeSpan.TicksPerMillisecond) switch
+        {
+            0 => TimeSpan.Zero,
+            -1 => Timeout.InfiniteTimeSpan,
+            _ => throw new ArgumentOutOfRangeException(paramName, value, "The time must be more than -2 ms (whole milliseconds, truncated toward zero, of -1 or more), as for TimeProvider.System."),
+        };
 }

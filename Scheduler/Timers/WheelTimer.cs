@@ -72,8 +72,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// </remarks>
     public bool Change(TimeSpan dueTime, TimeSpan period)
     {
-        TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
-        TimerWheel.ValidateTimerArgument(period, nameof(period));
+        dueTime = TimerWheel.ValidateTimerArgument(dueTime, nameof(dueTime));
+        period = TimerWheel.ValidateTimerArgument(period, nameof(period));
         long intent = ComputeIntent(dueTime, period, out long periodUnits, out long now, out long deadline);
         if ((intent & TimerIntent.Periodic) != 0)
         {
