@@ -35,7 +35,64 @@ public sealed class ConstructionTests
     [Fact]
     public void Null_options_throw()
     {
-        FluentActions.Invoking(() => new WorkStealingTaskScheduler(null!)).Should().Throw<ArgumentNullException>();
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(null!)).Should().Throw<ArgumentNullException>().WithParameterName("options");
+    }
+
+    [Fact]
+    public void A_null_thread_name_prefix_throws_ArgumentNullException_naming_it()
+    {
+        // The property is declared non-null, but nothing stops a caller from assigning null: the constructor (where
+        // options are validated) must say which option, not fail later in a thread name.
+        var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = null! };
+        FluentActions.Invoking(() => new WorkStealingTaskScheduler(options))
+            .Should().Throw<ArgumentNullException>().WithParameterName("ThreadNamePrefix");
+    }
+
+    // docs/scheduling.md's knob table: the ends of each range are accepted (0 spins parks at once, a LIFO limit of 0
+    // disables the slot, a ring of 16 or 1,048,576 slots), one step beyond is refused with the option's name.
+    [Theory]
+    [InlineData("SpinIterations", 0, true)]
+    [InlineData("LifoSlotLimit", 0, true)]
+    [InlineData("FairnessInterval", 1, true)]
+    [InlineData("FairnessInterval", -1, false)]
+    [InlineData("LocalQueueCapacity", 16, true)]
+    [InlineData("LocalQueueCapacity", 1 << 20, true)]
+    [InlineData("LocalQueueCapacity", 8, false)]
+    [InlineData("LocalQueueCapacity", 1 << 21, false)]
+    [InlineData("LocalQueueCapacity", 0, false)]
+    public void Options_at_the_edges_of_their_ranges(string option, int value, bool accepted)
+    {
+        var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Edge" };
+        typeof(WorkStealingTaskSchedulerOptions).GetProperty(option)!.SetValue(options, value);
+        Func<WorkStealingTaskScheduler> create = () => new WorkStealingTaskScheduler(options);
+        if (accepted)
+        {
+            using WorkStealingTaskScheduler scheduler = create();
+            scheduler.Factory.StartNew(() => 1).Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        }
+        else
+        {
+            create.Should().Throw<ArgumentOutOfRangeException>().WithParameterName(option)
+                .Which.Message.Should().Contain(option);
+        }
+    }
+
+    [Fact]
+    public async Task Workers_are_foreground_threads_when_background_threads_are_off()
+    {
+        var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, UseBackgroundThreads = false, ThreadNamePrefix = "Foreground" };
+        var scheduler = new WorkStealingTaskScheduler(options);
+        try
+        {
+            (await scheduler.Factory.StartNew(() => Thread.CurrentThread.IsBackground).WithTimeout()).Should().BeFalse();
+        }
+        finally
+        {
+            // A foreground worker left behind would keep the test host alive.
+            scheduler.Dispose();
+        }
+
+        scheduler.WorkerThreads.Should().OnlyContain(t => t != null && !t.IsAlive);
     }
 
     [Theory]
@@ -85,6 +142,7 @@ public sealed class ConstructionTests
         background.Should().BeTrue();
 
         FluentActions.Invoking(shared.Dispose).Should().Throw<InvalidOperationException>();
+        FluentActions.Invoking(() => shared.DisposeAsync()).Should().Throw<InvalidOperationException>();
         (await shared.Factory.StartNew(() => 1).WithTimeout()).Should().Be(1);
     }
 

@@ -458,6 +458,29 @@ public sealed class ExecutionTests
     }
 
     [Fact]
+    public async Task GetScheduledTasks_lists_tasks_in_a_workers_lifo_slot_deque_and_inbox()
+    {
+        // Tasks a worker spawns wait in its LIFO slot (the newest), its deque (the ones the slot displaced) and, for
+        // PreferFairness (Task.Yield), its inbox: a debugger's view of the scheduler must show all of them. Taken on the
+        // one worker itself, which holds them all while it runs.
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
+        {
+            Task[] spawned =
+            [
+                Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler), // deque
+                Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.PreferFairness, scheduler), // inbox
+                Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler), // LIFO slot
+            ];
+            return (spawned, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+        }).WithTimeout();
+
+        seen.Listed.Should().Contain(seen.Spawned);
+        await Task.WhenAll(seen.Spawned).WithTimeout();
+    }
+
+    [Fact]
     public async Task Work_items_and_pipe_callbacks_see_the_scheduler_as_current_so_awaits_come_back()
     {
         using var scheduler = SchedulerTestHelpers.Create(2);

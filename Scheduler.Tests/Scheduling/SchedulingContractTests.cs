@@ -6,12 +6,49 @@ namespace Scheduler.Tests.Scheduling;
 public sealed class SchedulingContractTests
 {
     [Fact]
-    public void Options_default_to_one_worker_per_core()
+    public async Task Options_default_to_the_documented_values()
     {
+        // API.md: one worker per core. docs/scheduling.md's knob table: the rest.
         var options = new WorkStealingTaskSchedulerOptions();
         options.WorkerCount.Should().Be(Environment.ProcessorCount);
+        options.ThreadNamePrefix.Should().Be("WorkStealing");
+        options.SpinIterations.Should().Be(512);
+        options.FairnessInterval.Should().Be(61);
+        options.LifoSlotLimit.Should().Be(3);
+        options.LocalQueueCapacity.Should().Be(256);
+        options.UseBackgroundThreads.Should().BeTrue();
+        options.UseSynchronizationContext.Should().BeFalse();
+
         using var scheduler = new WorkStealingTaskScheduler(options);
         scheduler.WorkerCount.Should().Be(Environment.ProcessorCount);
+        string? name = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name).WithTimeout();
+        name.Should().MatchRegex(@"^WorkStealing #\d+$", "workers are named {prefix} #i");
+    }
+
+    [Fact]
+    public async Task A_LIFO_slot_limit_of_zero_leaves_spawned_work_stealable_at_once()
+    {
+        // docs/scheduling.md: "0 disables the LIFO slot". The slot is private to its worker; with it off, a task spawned
+        // by a running task goes to the deque, where an idle peer steals it while the spawner blocks. (With the slot on,
+        // only the watchdog's rescue through the global queue would get it to the peer: no steal is counted then.)
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LifoSlotLimit = 0, ThreadNamePrefix = "NoLifo" });
+        (Thread Spawner, Thread Child) threads = await scheduler.Factory.StartNew(() =>
+        {
+            using var ran = new ManualResetEventSlim();
+            Thread? child = null;
+            Task.Factory.StartNew(() =>
+            {
+                child = Thread.CurrentThread;
+                ran.Set();
+            }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+
+            // Blocks this worker without inlining (only Task.Wait inlines): a peer must take the child.
+            ran.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+            return (Thread.CurrentThread, child!);
+        }).WithTimeout();
+
+        threads.Child.Should().NotBeSameAs(threads.Spawner);
+        scheduler.GetStatistics().TasksStolen.Should().BePositive("the peer stole the child from the spawner's deque");
     }
 
     [Fact]

@@ -106,12 +106,13 @@ public sealed class StatisticsTests
     [Fact]
     public async Task Counters_are_published_through_the_Scheduler_meter()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "MeterProbe" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "MeterProbe" });
         await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => scheduler.Factory.StartNew(() => { }))).WithTimeout();
 
         // A task's awaiters can resume before its worker counts it (the count follows the run).
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted >= 10);
 
+        // Measurements of this scheduler (docs/scheduling.md: tagged with scheduler.name and scheduler.id), by instrument.
         var seen = new Dictionary<string, long>();
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
@@ -123,12 +124,23 @@ public sealed class StatisticsTests
         };
         listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
         {
+            string? name = null;
+            int? id = null;
             foreach (var tag in tags)
             {
-                if (tag.Key == "scheduler.name" && (string?)tag.Value == "MeterProbe")
+                if (tag.Key == "scheduler.name")
                 {
-                    seen[instrument.Name] = value;
+                    name = (string?)tag.Value;
                 }
+                else if (tag.Key == "scheduler.id")
+                {
+                    id = (int?)tag.Value;
+                }
+            }
+
+            if (name == "MeterProbe" && id == scheduler.Id)
+            {
+                seen[instrument.Name] = value;
             }
         });
         listener.Start();
@@ -137,5 +149,11 @@ public sealed class StatisticsTests
         seen.Keys.Should().Contain(["scheduler.tasks.executed", "scheduler.tasks.stolen", "scheduler.tasks.inlined",
             "scheduler.worker.parks", "scheduler.worker.wakeups", "scheduler.tasks.queued"]);
         seen["scheduler.tasks.executed"].Should().BeGreaterThanOrEqualTo(10);
+
+        // A disposed scheduler leaves the meter (the meter's registry would otherwise keep every scheduler ever created).
+        scheduler.Dispose();
+        seen.Clear();
+        listener.RecordObservableInstruments();
+        seen.Should().BeEmpty();
     }
 }

@@ -172,7 +172,9 @@ public sealed class PooledValueTaskSourceTests
 
         var plain = PooledValueTaskSource.Rent();
         Action c = () => plain.TrySetException(null!);
+        Action d = () => plain.TrySetException(plain.Version, null!);
         c.Should().Throw<ArgumentNullException>();
+        d.Should().Throw<ArgumentNullException>();
     }
 
     [Fact]

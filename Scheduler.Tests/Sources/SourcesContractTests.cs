@@ -9,27 +9,38 @@ public sealed class SourcesContractTests
     [Fact]
     public void Result_less_source_returns_to_its_pool_and_a_stale_TrySet_never_touches_the_next_rental()
     {
-        // Empty this thread's one-object cache first, so the source read below is the one the cache hands back.
-        PooledValueTaskSource drained = PooledValueTaskSource.Rent();
-        PooledValueTaskSource source = PooledValueTaskSource.Rent();
-        short first = source.Version;
-        source.TrySetResult(first).Should().BeTrue();
-        source.Task.GetAwaiter().GetResult();
+        // The result-less pool is shared with other tests: a thread of theirs that joins it may replace its thread-cache
+        // array, dropping what this thread cached (a documented rare miss), so the round trip is retried then.
+        for (int attempt = 1; ; attempt++)
+        {
+            // Empty this thread's one-object cache first, so the source read below is the one the cache hands back.
+            PooledValueTaskSource drained = PooledValueTaskSource.Rent();
+            PooledValueTaskSource source = PooledValueTaskSource.Rent();
+            short first = source.Version;
+            source.TrySetResult(first).Should().BeTrue();
+            source.Task.GetAwaiter().GetResult();
+            PooledValueTaskSource again = PooledValueTaskSource.Rent();
+            if (!ReferenceEquals(again, source))
+            {
+                attempt.Should().BeLessThan(5, "a thread-cache miss is rare");
+                continue; // `again` and `drained` are pending rentals nobody awaits: left to the GC
+            }
 
-        PooledValueTaskSource.Rent().Should().BeSameAs(source, "reading the result returned the source to its pool");
-        short second = source.Version;
-        second.Should().NotBe(first);
-        source.TrySetResult(first).Should().BeFalse();
-        source.TrySetException(first, new InvalidOperationException("stale")).Should().BeFalse();
-        source.TrySetCanceled(first).Should().BeFalse();
-        source.Task.IsCompleted.Should().BeFalse("a stale completion never touches the next rental");
+            short second = source.Version;
+            second.Should().NotBe(first, "reading the result returned the source to its pool with a new version");
+            source.TrySetResult(first).Should().BeFalse();
+            source.TrySetException(first, new InvalidOperationException("stale")).Should().BeFalse();
+            source.TrySetCanceled(first).Should().BeFalse();
+            source.Task.IsCompleted.Should().BeFalse("a stale completion never touches the next rental");
 
-        source.TrySetResult(second).Should().BeTrue();
-        source.Task.IsCompletedSuccessfully.Should().BeTrue();
-        source.Task.GetAwaiter().GetResult();
+            source.TrySetResult(second).Should().BeTrue();
+            source.Task.IsCompletedSuccessfully.Should().BeTrue();
+            source.Task.GetAwaiter().GetResult();
 
-        drained.TrySetResult().Should().BeTrue();
-        drained.Task.GetAwaiter().GetResult();
+            drained.TrySetResult().Should().BeTrue();
+            drained.Task.GetAwaiter().GetResult();
+            return;
+        }
     }
 
     [Fact]
@@ -107,4 +118,83 @@ public sealed class SourcesContractTests
         thread.Should().NotBeSameAs(completer, "it never runs inline on the completing thread");
         thread.Should().NotBeSameAs(registeringThread);
     }
+
+    [Fact]
+    public void Built_in_sources_pool_up_to_256_or_64_per_core_each()
+    {
+        // docs/wakers.md: one pool per result type, capacity max(256, 64 x cores): the bound on what stays pinned after
+        // a burst, and on how long one object lives (its 16-bit version wraps after 65,536 reuses).
+        int expected = Math.Max(256, 64 * Environment.ProcessorCount);
+        PooledValueTaskSource<int>.Pool.Capacity.Should().Be(expected);
+        PooledValueTaskSource<WrapProbe>.Pool.Capacity.Should().Be(expected);
+        PooledValueTaskSource.Pool.Capacity.Should().Be(expected);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_source_reused_65536_times_matches_its_first_version_again_and_no_token_before(bool resultLess)
+    {
+        // docs/wakers.md: each rental advances the 16-bit version by one, so every earlier token is stale until 65,536
+        // reuses of the same object later, when the first matches again (why a token must not outlive its operation).
+        // The walk covers the negative half of the short range, where a sign-extended comparison would go wrong.
+        Func<object> rent = resultLess ? PooledValueTaskSource.Rent : PooledValueTaskSource<WrapProbe>.Rent;
+        Func<object, short> version = resultLess ? s => ((PooledValueTaskSource)s).Version : s => ((PooledValueTaskSource<WrapProbe>)s).Version;
+        Func<object, short, bool> complete = resultLess
+            ? (s, v) => ((PooledValueTaskSource)s).TrySetResult(v)
+            : (s, v) => ((PooledValueTaskSource<WrapProbe>)s).TrySetResult(v, new WrapProbe(v));
+        Action<object> read = resultLess
+            ? s => ((PooledValueTaskSource)s).Task.GetAwaiter().GetResult()
+            : s => _ = ((PooledValueTaskSource<WrapProbe>)s).Task.Result;
+
+        // Rent, complete, read: the read returns the source to this thread's one-object cache, so Rent hands it back.
+        // Unless another thread joins the pool meanwhile (another test's) and replaces the cache array, dropping what
+        // this thread cached (a documented rare miss): the walk then starts over with the object Rent gave instead.
+        object source = rent();
+        for (int attempt = 1; !WalkEveryVersion(ref source); attempt++)
+        {
+            attempt.Should().BeLessThan(5, "a thread-cache miss is rare");
+        }
+
+        bool WalkEveryVersion(ref object source)
+        {
+            short first = version(source);
+            int refused = 0, notAdvancedByOne = 0, staleAccepted = 0;
+            for (int i = 0; i < 65_536; i++)
+            {
+                short current = version(source);
+                if (!complete(source, current))
+                {
+                    refused++;
+                }
+
+                read(source);
+                object again = rent();
+                if (!ReferenceEquals(again, source))
+                {
+                    source = again;
+                    return false;
+                }
+
+                if (version(source) != (short)(current + 1))
+                {
+                    notAdvancedByOne++;
+                }
+
+                if (complete(source, current) || complete(source, first) != (i == 65_535))
+                {
+                    staleAccepted++;
+                }
+            }
+
+            refused.Should().Be(0, "the current token always completes its rental");
+            notAdvancedByOne.Should().Be(0);
+            staleAccepted.Should().Be(0, "a stale token fails until the version has wrapped");
+            version(source).Should().Be(first);
+            read(source); // the first token's late completion landed in this (the 65,537th) rental: read it to pool the source
+            return true;
+        }
+    }
+
+    private readonly record struct WrapProbe(int Value);
 }
