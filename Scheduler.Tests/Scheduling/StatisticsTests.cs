@@ -114,11 +114,17 @@ public sealed class StatisticsTests
 
         // Measurements of this scheduler (docs/scheduling.md: tagged with scheduler.name and scheduler.id), by instrument.
         var seen = new Dictionary<string, long>();
+        var shapes = new Dictionary<string, string>();
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
             if (instrument.Meter.Name == "Scheduler")
             {
+                lock (shapes)
+                {
+                    shapes[instrument.Name] = $"{instrument.GetType().Name} {instrument.Unit}";
+                }
+
                 l.EnableMeasurementEvents(instrument);
             }
         };
@@ -149,6 +155,17 @@ public sealed class StatisticsTests
         seen.Keys.Should().Contain(["scheduler.tasks.executed", "scheduler.tasks.stolen", "scheduler.tasks.inlined",
             "scheduler.worker.parks", "scheduler.worker.wakeups", "scheduler.tasks.queued"]);
         seen["scheduler.tasks.executed"].Should().BeGreaterThanOrEqualTo(10);
+
+        // Kinds and units as docs/scheduling.md lists them (dashboards key on them).
+        shapes.Should().BeEquivalentTo(new Dictionary<string, string>
+        {
+            ["scheduler.tasks.executed"] = "ObservableCounter`1 {task}",
+            ["scheduler.tasks.stolen"] = "ObservableCounter`1 {task}",
+            ["scheduler.tasks.inlined"] = "ObservableCounter`1 {task}",
+            ["scheduler.worker.parks"] = "ObservableCounter`1 {park}",
+            ["scheduler.worker.wakeups"] = "ObservableCounter`1 {wakeup}",
+            ["scheduler.tasks.queued"] = "ObservableUpDownCounter`1 {task}",
+        });
 
         // A disposed scheduler leaves the meter (the meter's registry would otherwise keep every scheduler ever created).
         scheduler.Dispose();
