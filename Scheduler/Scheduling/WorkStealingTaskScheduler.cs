@@ -30,7 +30,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     private readonly WorkStealingTaskSchedulerOptions _options;
     private readonly bool _isShared;
 
-    /// <summary>Creates a scheduler with <see cref="Environment.ProcessorCount"/> workers.</summary>
+    /// <summary>Creates a scheduler with <see cref="Environment.ProcessorCount"/> workers (at most <see cref="WorkStealingTaskSchedulerOptions.MaxWorkerCount"/>).</summary>
     public WorkStealingTaskScheduler()
         : this(new WorkStealingTaskSchedulerOptions())
     {

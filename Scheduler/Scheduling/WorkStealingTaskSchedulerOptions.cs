@@ -6,8 +6,12 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// <summary>The largest worker count accepted (the idle protocol packs counts into 16 bits).</summary>
     public const int MaxWorkerCount = 4096;
 
-    /// <summary>Number of worker threads. Defaults to <see cref="Environment.ProcessorCount"/>; must be 1 to <see cref="MaxWorkerCount"/>.</summary>
-    public int WorkerCount { get; set; } = Environment.ProcessorCount;
+    /// <summary>
+    /// Number of worker threads. Defaults to <see cref="Environment.ProcessorCount"/> (at most <see cref="MaxWorkerCount"/>,
+    /// so that the default constructor and <see cref="WorkStealingTaskScheduler.Shared"/> work on any machine); must be 1
+    /// to <see cref="MaxWorkerCount"/>.
+    /// </summary>
+    public int WorkerCount { get; set; } = Math.Min(Environment.ProcessorCount, MaxWorkerCount);
 
     /// <summary>Prefix of worker thread names (<c>{prefix} #0</c>, ...) and of dedicated <c>LongRunning</c> threads.</summary>
     public string ThreadNamePrefix { get; set; } = "WorkStealing";
