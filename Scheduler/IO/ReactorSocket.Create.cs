@@ -63,7 +63,9 @@ public sealed partial class ReactorSocket
     /// <summary>
     /// Connects to <paramref name="endPoint"/>: starts a non-blocking connect, waits for the socket to become
     /// writable, then reads the socket error, so a refused connect throws <see cref="SocketException"/> with
-    /// <see cref="SocketError.ConnectionRefused"/>.
+    /// <see cref="SocketError.ConnectionRefused"/>. A Unix domain connect to a listener whose backlog is full waits
+    /// for room, as a blocking connect does (until it connects, <paramref name="cancellationToken"/> is cancelled or
+    /// the reactor is disposed), instead of failing with <see cref="SocketError.WouldBlock"/>.
     /// </summary>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">The endpoint type is not supported.</exception>
@@ -82,12 +84,17 @@ public sealed partial class ReactorSocket
         }
 
         ReactorSocket socket;
-        bool connected;
+        ConnectStart start;
         SafeFileDescriptor handle = CreateHandle(address.Family);
         try
         {
             bool reportsQueuedBytes = ConfigureStream(handle.Fd, address.Family);
-            connected = StartConnect(handle.Fd, address, endPoint);
+            start = StartConnect(handle.Fd, address, endPoint);
+            if (start == ConnectStart.BacklogFull)
+            {
+                return ConnectWhenBacklogHasRoomAsync(reactor, handle, address, endPoint, cancellationToken); // owns the handle now
+            }
+
             socket = new ReactorSocket(reactor, handle, address.Family, isListener: false, reportsQueuedBytes);
             // Registered after connect(): EPOLL_CTL_ADD reports current readiness, so no edge is missed, and an
             // unconnected socket's spurious EPOLLHUP is never seen.
@@ -99,7 +106,7 @@ public sealed partial class ReactorSocket
             throw;
         }
 
-        return connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(cancellationToken);
+        return start == ConnectStart.Connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(cancellationToken);
     }
 
     internal static ReactorSocket CreateAccepted(IoReactor reactor, int fd, AddressFamily family)
@@ -138,7 +145,23 @@ public sealed partial class ReactorSocket
         return Environment.Is64BitProcess && Libc.SetSockOpt(fd, IPPROTO_TCP, TCP_INQ, &on, sizeof(int)) == 0;
     }
 
-    private static unsafe bool StartConnect(int fd, SocketAddress address, EndPoint endPoint)
+    /// <summary>How a non-blocking <c>connect(2)</c> started.</summary>
+    private enum ConnectStart
+    {
+        /// <summary>Connected at once (Unix domain sockets, usually).</summary>
+        Connected,
+
+        /// <summary>EINPROGRESS (TCP): writability, then SO_ERROR, tell the outcome.</summary>
+        InProgress,
+
+        /// <summary>
+        /// EAGAIN from a Unix domain socket: the listener's backlog is full. Nothing was started and no edge will say
+        /// when there is room (the unconnected socket polls as hung up): the connect must be tried again.
+        /// </summary>
+        BacklogFull,
+    }
+
+    private static unsafe ConnectStart StartConnect(int fd, SocketAddress address, EndPoint endPoint)
     {
         int rc;
         int errno;
@@ -154,15 +177,53 @@ public sealed partial class ReactorSocket
 
         if (rc == 0)
         {
-            return true;
+            return ConnectStart.Connected;
         }
 
         if (errno == EINPROGRESS)
         {
-            return false;
+            return ConnectStart.InProgress;
+        }
+
+        if (errno == EAGAIN && address.Family == AddressFamily.Unix)
+        {
+            return ConnectStart.BacklogFull;
         }
 
         throw Errno.ToException(errno, $"connect to {endPoint}");
+    }
+
+    /// <summary>
+    /// A Unix domain connect whose listener's backlog was full: what a blocking <c>connect(2)</c> would wait for, tried
+    /// again with a growing pause (1 ms to 64 ms) until it connects, fails otherwise, the token is cancelled or the
+    /// reactor is disposed. Throwing WouldBlock at an asynchronous caller instead would fail a burst of clients
+    /// against a server that is merely slow to accept. The socket is registered only once connected: unconnected, it
+    /// polls as hung up, which would void its receives' drain proofs for good (see <see cref="DrainProofsHold"/>).
+    /// </summary>
+    private static async ValueTask<ReactorSocket> ConnectWhenBacklogHasRoomAsync(
+        IoReactor reactor, SafeFileDescriptor handle, SocketAddress address, EndPoint endPoint, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var pause = TimeSpan.FromMilliseconds(1);
+            do
+            {
+                await Task.Delay(pause, cancellationToken).ConfigureAwait(false);
+                reactor.ThrowIfDisposed();
+                pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerMillisecond * 64));
+            }
+            while (StartConnect(handle.Fd, address, endPoint) == ConnectStart.BacklogFull);
+
+            // A Unix domain connect that starts completes at once (it never reports EINPROGRESS).
+            var socket = new ReactorSocket(reactor, handle, address.Family, isListener: false);
+            reactor.Register(socket, handle.Fd);
+            return socket;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
     }
 
     private async ValueTask<ReactorSocket> CompleteConnectAsync(CancellationToken cancellationToken)

@@ -1,0 +1,89 @@
+using System.Net.Sockets;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// Connecting to a Unix domain listener whose backlog is full: Linux fails a non-blocking connect with EAGAIN (not
+/// EINPROGRESS, and no readiness edge tells when to try again), where a blocking connect waits for room.
+/// </summary>
+public sealed class UnixConnectBacklogTests
+{
+    [Fact]
+    public async Task A_connect_to_a_full_backlog_waits_for_room_instead_of_failing_with_WouldBlock()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"backlog-{Guid.NewGuid():N}.sock");
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var clients = new List<ReactorSocket>();
+        try
+        {
+            await using var io = new IoTestContext();
+            using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
+
+            // Fill the backlog (Linux queues backlog + 1 connections) until a connect stays pending.
+            Task<ReactorSocket>? waiting = null;
+            for (int i = 0; i < 8 && waiting is null; i++)
+            {
+                Task<ReactorSocket> connect = io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint));
+                if (await Task.WhenAny(connect, Task.Delay(200)) == connect)
+                {
+                    clients.Add(await connect); // throws what the connect threw: WouldBlock before the fix
+                }
+                else
+                {
+                    waiting = connect;
+                }
+            }
+
+            waiting.Should().NotBeNull("a connect to a full backlog waits");
+            io.Reactor.RegisteredCount.Should().Be(1 + clients.Count, "the waiting socket is registered only once connected");
+
+            // Accepting one makes room: the waiting connect completes, connected to the listener.
+            using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
+            using ReactorSocket client = await waiting!.WaitAsync(IoTestContext.Timeout);
+            client.RemoteEndPoint!.ToString().Should().Be(path);
+            await io.Run(async () => await client.SendAsync(new byte[] { 42 }));
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task A_connect_waiting_for_room_ends_with_cancellation_or_the_reactor()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"backlog-{Guid.NewGuid():N}.sock");
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var clients = new List<ReactorSocket>();
+        try
+        {
+            var io = new IoTestContext();
+            using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
+            for (int i = 0; i < 2; i++)
+            {
+                clients.Add(await io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint)));
+            }
+
+            // Cancelled while it waits: OperationCanceledException with the caller's token, nothing left registered.
+            using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
+            Func<Task> cancelled = () => io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint, cts.Token));
+            (await cancelled.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+            io.Reactor.RegisteredCount.Should().Be(3);
+
+            // The reactor disposed while it waits: ObjectDisposedException, as for any pending operation.
+            Task<ReactorSocket> waiting = io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint));
+            await Task.Delay(50);
+            waiting.IsCompleted.Should().BeFalse();
+            await io.DisposeAsync();
+            Func<Task> disposed = () => waiting.WaitAsync(IoTestContext.Timeout);
+            await disposed.Should().ThrowAsync<ObjectDisposedException>();
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+            File.Delete(path);
+        }
+    }
+}
