@@ -10,7 +10,10 @@ internal static class Errno
     /// <summary>errno of the last failed P/Invoke on this thread.</summary>
     public static int Last => Marshal.GetLastPInvokeError();
 
-    /// <summary>The <see cref="SocketError"/> .NET's own socket layer reports for <paramref name="errno"/>.</summary>
+    /// <summary>
+    /// The <see cref="SocketError"/> .NET's own socket layer reports for <paramref name="errno"/> (its table, plus EPERM as
+    /// AccessDenied, and EBADF as OperationAborted: with every call holding the fd, only a closed socket explains it).
+    /// </summary>
     public static SocketError ToSocketError(int errno) => errno switch
     {
         0 => SocketError.Success,
@@ -23,8 +26,18 @@ internal static class Errno
         EINVAL => SocketError.InvalidArgument,
         EMFILE or ENFILE => SocketError.TooManyOpenSockets,
         ENOBUFS or ENOMEM => SocketError.NoBufferSpaceAvailable,
-        EPIPE or ESHUTDOWN => SocketError.Shutdown,
+        EPIPE => SocketError.Shutdown,
+        ESHUTDOWN => SocketError.Disconnecting,
         ENOTSOCK => SocketError.NotSocket,
+        EPROTOTYPE => SocketError.ProtocolType,
+        ENOPROTOOPT => SocketError.ProtocolOption,
+        ESOCKTNOSUPPORT => SocketError.SocketNotSupported,
+        EPFNOSUPPORT => SocketError.ProtocolFamilyNotSupported,
+        EDESTADDRREQ => SocketError.DestinationAddressRequired,
+        EFAULT => SocketError.Fault,
+        ENODATA => SocketError.NoData,
+        ENXIO => SocketError.HostNotFound,
+        ECANCELED => SocketError.OperationAborted,
         EMSGSIZE => SocketError.MessageSize,
         EPROTONOSUPPORT => SocketError.ProtocolNotSupported,
         EOPNOTSUPP => SocketError.OperationNotSupported,

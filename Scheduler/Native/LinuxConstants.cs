@@ -7,6 +7,14 @@ internal static class LinuxConstants
     public const int EPERM = 1;
     public const int ENOENT = 2;
     public const int EINTR = 4;
+    public const int ENXIO = 6;
+    public const int EFAULT = 14;
+    public const int ENODATA = 61;
+    public const int EDESTADDRREQ = 89;
+    public const int EPROTOTYPE = 91;
+    public const int ESOCKTNOSUPPORT = 94;
+    public const int EPFNOSUPPORT = 96;
+    public const int ECANCELED = 125;
     public const int ENONET = 64;
     public const int EPROTO = 71;
     public const int ENOPROTOOPT = 92;
