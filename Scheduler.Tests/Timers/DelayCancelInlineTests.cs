@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using Scheduler.Timers;
 
 namespace Scheduler.Tests.Timers;
@@ -8,6 +10,7 @@ namespace Scheduler.Tests.Timers;
 /// delay while the cancellation callback is still working on the slot, and disposing the registration cannot wait for
 /// a callback running on its own thread.
 /// </summary>
+[Collection(StressGroup.Name)]
 public sealed class DelayCancelInlineTests
 {
     [Fact]
@@ -38,6 +41,60 @@ public sealed class DelayCancelInlineTests
         wheel.RunDueTimers();
         second.IsCompletedSuccessfully.Should().BeTrue("the new delay is due; the first use's cancellation must not have touched it");
         Outcome(second).Should().BeNull();
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Cancellations_racing_the_drivers_expiry_with_inline_continuations_that_reuse_the_slots_lose_no_delay(int seed)
+    {
+        using var wheel = new TimerWheel();
+        var random = new Random(seed);
+        var reused = new ConcurrentQueue<Task>();
+        var budget = Stopwatch.StartNew();
+        int rounds = 0;
+        while (budget.Elapsed < TimeSpan.FromMilliseconds(800))
+        {
+            const int Count = 64;
+            var sources = new CancellationTokenSource[Count];
+            for (int i = 0; i < Count; i++)
+            {
+                sources[i] = new CancellationTokenSource();
+                ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(1), sources[i].Token);
+                int spin = random.Next(0, 400);
+                OnCompletedInline(delay, () =>
+                {
+                    // Run inline by a cancellation (on this test thread), through the ThreadPool after an expiry. Either
+                    // way: consume, linger while the driver may let go of the slot, and take a slot for a new delay.
+                    _ = Outcome(delay);
+                    Thread.SpinWait(spin);
+                    reused.Enqueue(wheel.DelayAsync(TimeSpan.FromMilliseconds(1)).AsTask());
+                });
+            }
+
+            // Cancel around the deadline, so that some cancellations land while the driver holds the slots in a batch.
+            Thread.SpinWait(random.Next(0, 20_000));
+            foreach (CancellationTokenSource source in sources.OrderBy(_ => random.Next()))
+            {
+                source.Cancel();
+                source.Dispose();
+            }
+
+            rounds++;
+        }
+
+        var wait = Stopwatch.StartNew();
+        while (reused.Count < rounds * 64 && wait.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(1);
+        }
+
+        reused.Count.Should().Be(rounds * 64, "every first delay completed and its continuation ran once");
+        Task all = Task.WhenAll(reused);
+        (await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(10)))).Should().BeSameAs(all, "no reused slot was marked by an earlier use's cancellation");
+        await all;
         wheel.PendingCount.Should().Be(0);
     }
 
