@@ -55,7 +55,7 @@ public sealed class DelayCancelInlineTests
         var reused = new ConcurrentQueue<Task>();
         var budget = Stopwatch.StartNew();
         int rounds = 0;
-        while (budget.Elapsed < TimeSpan.FromMilliseconds(800))
+        while (budget.Elapsed < TimeSpan.FromMilliseconds(500))
         {
             const int Count = 64;
             var sources = new CancellationTokenSource[Count];
