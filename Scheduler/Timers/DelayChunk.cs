@@ -21,7 +21,9 @@ namespace Scheduler.Timers;
 /// The slot goes back to the free list only when everyone has let go: the consumer (after <see cref="GetResult"/>), the
 /// wheel (once the slot is neither linked nor enqueued) and a driver batch (once it has fired). Whichever is last frees
 /// it, in the same compare-and-swap that releases its own part, so no producer can ever reach a later use of the slot.
-/// The cancellation registration is disposed (waiting out a running callback) before the consumer lets go.
+/// The cancellation registration is disposed (waiting out a callback running on another thread) before the consumer
+/// lets go; a callback that completes a use leaves the slot alone once it has queued the continuation, which may run
+/// and consume the use inline on the callback's own thread.
 /// </para>
 /// </remarks>
 internal sealed class DelayChunk : IValueTaskSource
@@ -293,6 +295,28 @@ internal sealed class DelayChunk : IValueTaskSource
     /// </summary>
     internal bool TryComplete(int index, int generation, int outcome)
     {
+        if (!TryClaimCompletion(index, generation, outcome, out int completed, out _))
+        {
+            return false;
+        }
+
+        if ((completed & DelayWord.ContinuationRegistered) != 0)
+        {
+            Dispatch(index, completed);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// The winning compare-and-swap of a completion: marks use <paramref name="generation"/> completed with
+    /// <paramref name="bits"/> (its outcome, and for a cancellation the request to unlink) if it is still that use and
+    /// pending. <paramref name="completed"/> is the word it wrote, <paramref name="previous"/> the one it replaced. The
+    /// caller dispatches a registered continuation (<see cref="Dispatch"/>) once it is done with the slot: the
+    /// continuation may consume the use at once, on this very thread.
+    /// </summary>
+    private bool TryClaimCompletion(int index, int generation, int bits, out int completed, out int previous)
+    {
         ref DelaySlot slot = ref Slot(index);
         int word = Volatile.Read(ref slot.Word);
         while (true)
@@ -302,21 +326,18 @@ internal sealed class DelayChunk : IValueTaskSource
                 || (word & (DelayWord.StatusMask | DelayWord.ConsumerDone)) != 0
                 || (word & (DelayWord.WheelOwned | DelayWord.BatchOwned)) == 0)
             {
+                completed = previous = 0;
                 return false;
             }
 
             // With a continuation registered, Registering is held until Dispatch has read it (a direct read racing the
             // await refuses meanwhile).
-            int completed = word | DelayWord.Completed | outcome
+            completed = word | DelayWord.Completed | bits
                 | ((word & DelayWord.ContinuationRegistered) != 0 ? DelayWord.Registering : 0);
             int seen = Interlocked.CompareExchange(ref slot.Word, completed, word);
             if (seen == word)
             {
-                if ((word & DelayWord.ContinuationRegistered) != 0)
-                {
-                    Dispatch(index, completed);
-                }
-
+                previous = word;
                 return true;
             }
 
@@ -360,16 +381,17 @@ internal sealed class DelayChunk : IValueTaskSource
     {
         // The registration is disposed before the slot is reused, so the generation read here is this use's.
         ref DelaySlot slot = ref Slot(index);
-        if (!TryComplete(index, DelayWord.Generation(Volatile.Read(ref slot.Word)), DelayWord.Canceled))
+
+        // Complete and hand the slot (back) to the wheel to unlink in one step. WheelOwned is set again because expiry
+        // may have moved it to a batch already; setting it in the winning CAS keeps the slot owned from that moment, so
+        // a batch letting go meanwhile can never free it under us.
+        const int cancel = DelayWord.Canceled | DelayWord.CancelRequested | DelayWord.Enqueued | DelayWord.WheelOwned;
+        if (!TryClaimCompletion(index, DelayWord.Generation(Volatile.Read(ref slot.Word)), cancel, out int completed, out int previous))
         {
             // Expiry or disposal won; the driver has unlinked the slot or is about to.
             return;
         }
 
-        // Hand the slot (back) to the wheel to unlink. WheelOwned is set again because expiry may have moved it to a
-        // batch already; while we are in this callback the consumer cannot have let go (it disposes the registration
-        // first, which waits for us).
-        int previous = Interlocked.Or(ref slot.Word, DelayWord.CancelRequested | DelayWord.Enqueued | DelayWord.WheelOwned);
         TimerWheel wheel = _slab.Wheel;
         if ((previous & DelayWord.Enqueued) == 0 && !wheel.TryPushDelay(_firstHandle + index))
         {
@@ -379,6 +401,14 @@ internal sealed class DelayChunk : IValueTaskSource
             {
                 Interlocked.And(ref slot.Word, ~(DelayWord.Enqueued | DelayWord.WheelOwned));
             }
+        }
+
+        // Last, once nothing here touches the slot: the continuation may run inline (a SynchronizationContext's Post or
+        // a TaskScheduler's QueueTask on this thread) and consume the use, and disposing the registration does not wait
+        // for a callback running on its own thread, so from here on the slot may be reset, freed and reused.
+        if ((completed & DelayWord.ContinuationRegistered) != 0)
+        {
+            Dispatch(index, completed);
         }
     }
 
