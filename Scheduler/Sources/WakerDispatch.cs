@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -6,7 +7,11 @@ namespace Scheduler.Sources;
 /// <summary>Where a waker's continuation runs: capture at <c>OnCompleted</c>, queue at completion, invoke on arrival.</summary>
 internal static class WakerDispatch
 {
-    private static readonly SendOrPostCallback s_postCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
+    private static readonly SendOrPostCallback s_postCallback = static state =>
+    {
+        t_postedItemStarted = true; // see PostToContext
+        ((IThreadPoolWorkItem)state!).Execute();
+    };
     private static readonly Action<object?> s_taskCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
 
     // Set on a thread that must never run user code (the I/O reactor's). A SynchronizationContext's Post and a foreign
@@ -14,6 +19,11 @@ internal static class WakerDispatch
     // would stall every socket it serves. From such a thread those two targets are reached through the ThreadPool.
     [ThreadStatic]
     private static bool t_runsNoUserCode;
+
+    // Set by a posted work item as it starts: tells PostToContext whether an exception out of Post came from a context
+    // that refused (the item never ran: queue it elsewhere) or from the item run inline by Post (it ran: never again).
+    [ThreadStatic]
+    private static bool t_postedItemStarted;
 
     /// <summary>
     /// The scheduling target of an awaiter: a <see cref="WorkStealingTaskScheduler"/> (with the calling worker's
@@ -149,16 +159,31 @@ internal static class WakerDispatch
 
     private static void PostToContext(IThreadPoolWorkItem workItem, SynchronizationContext context)
     {
+        // Saved and restored: a continuation that Post runs inline may post again (a nested call on this thread).
+        bool outer = t_postedItemStarted;
+        t_postedItemStarted = false;
         try
         {
             context.Post(s_postCallback, workItem);
         }
-        catch (Exception)
+        catch (Exception) when (!t_postedItemStarted)
         {
             // The context refused (e.g. its loop has ended). Thrown here it would reach the completing thread (the I/O
             // reactor or a timer driver, stopping every other operation they serve) and strand this awaiter: the
             // continuation must still run, as with a refusing TaskScheduler below.
             ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
+        }
+        catch (Exception exception)
+        {
+            // Post ran the continuation inline and it threw. It ran: queueing the work item again would run it twice
+            // (a pooled item is back in its pool by then, possibly carrying another awaiter's continuation). The
+            // exception goes where one escaping a continuation on the ThreadPool goes, not to the completing thread.
+            ExceptionDispatchInfo info = ExceptionDispatchInfo.Capture(exception);
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Throw(), info, preferLocal: false);
+        }
+        finally
+        {
+            t_postedItemStarted = outer;
         }
     }
 
