@@ -85,7 +85,7 @@ internal static class DocsWriter
 
         md.Append("\n## Running it\n\n");
         md.Append("```sh\n");
-        md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- compare                    # full run (< 5 min on 2 cores), refreshes this page\n");
+        md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- compare                    # full run (~5 min on 2 cores), refreshes this page\n");
         md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- compare --quick            # fewer rounds, does not touch docs/\n");
         md.Append("dotnet run -c Release --project Scheduler.Benchmarks -- compare --only skynet,fork_join --json results.json\n");
         md.Append("```\n\n");
