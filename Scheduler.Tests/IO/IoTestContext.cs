@@ -95,6 +95,17 @@ internal sealed class IoTestContext : IAsyncDisposable
     public Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairOnSchedulerAsync(ReactorSocket listener) =>
         Run(() => ConnectPairAsync(listener));
 
+    /// <summary>
+    /// A connection over a fresh listener (closed once the pair is connected): our side as a <see cref="ReactorConnection"/>,
+    /// accepted on the scheduler, and the client socket. The caller disposes both.
+    /// </summary>
+    public async Task<(ReactorConnection Connection, ReactorSocket Client)> ConnectionPairAsync()
+    {
+        using ReactorSocket listener = Listen();
+        (ReactorSocket client, ReactorSocket server) = await ConnectPairOnSchedulerAsync(listener);
+        return (ReactorConnection.Create(server), client);
+    }
+
     /// <summary>A plain System.Net.Sockets TCP/IPv4 socket, for interop with ours.</summary>
     public static Socket NewPlainSocket() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
 

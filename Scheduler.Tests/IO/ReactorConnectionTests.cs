@@ -103,9 +103,8 @@ public sealed class ReactorConnectionTests
     public async Task Pipe_callbacks_run_on_the_scheduler_by_default()
     {
         await using var io = new IoTestContext();
-        using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var connection = ReactorConnection.Create(server);
+        (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
+        await using (connection)
         using (client)
         {
             // Awaited from a ThreadPool thread: the pipe still resumes us through the scheduler's PipeScheduler. The
@@ -244,9 +243,8 @@ public sealed class ReactorConnectionTests
     public async Task Aborting_Output_with_an_exception_closes_the_connection()
     {
         await using var io = new IoTestContext();
-        using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var connection = ReactorConnection.Create(server);
+        (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
+        await using (connection)
         using (client)
         {
             await connection.Output.CompleteAsync(new InvalidOperationException("application aborted"));
@@ -258,9 +256,8 @@ public sealed class ReactorConnectionTests
     public async Task Aborting_Output_with_an_exception_ends_Input_with_that_exception_not_an_end_of_stream()
     {
         await using var io = new IoTestContext();
-        using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var connection = ReactorConnection.Create(server);
+        (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
+        await using (connection)
         using (client)
         {
             var reason = new InvalidOperationException("application aborted");
@@ -276,9 +273,8 @@ public sealed class ReactorConnectionTests
     public async Task A_send_that_fails_ends_Input_with_the_send_error_not_an_end_of_stream()
     {
         await using var io = new IoTestContext();
-        using ReactorSocket listener = io.Listen();
-        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var connection = ReactorConnection.Create(server);
+        (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
+        await using (connection)
         using (client)
         {
             // A send error that is not a failed connection (EPIPE here; ENOBUFS or ENOMEM take the same path): the send
