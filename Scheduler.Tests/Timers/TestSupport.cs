@@ -133,41 +133,14 @@ internal static class RandomDelays
 internal static class Cpu
 {
     /// <summary>
-    /// CPU time (user + system) consumed while <paramref name="window"/> passes by the threads whose OS name starts
-    /// with <paramref name="namePrefix"/>, read from /proc (Linux; 10 ms resolution).
+    /// CPU time consumed while <paramref name="window"/> passes by the threads whose OS name starts with
+    /// <paramref name="namePrefix"/>, per thread in nanoseconds from /proc (Linux; see <see cref="ThreadCpu"/>).
     /// </summary>
     public static TimeSpan MeasureThreads(string namePrefix, TimeSpan window)
     {
-        Dictionary<string, long> before = ReadThreadTicks(namePrefix);
+        ThreadCpu.Snapshot before = ThreadCpu.Take();
         Thread.Sleep(window);
-        Dictionary<string, long> after = ReadThreadTicks(namePrefix);
-        long ticks = after.Sum(pair => pair.Value - before.GetValueOrDefault(pair.Key));
-        return TimeSpan.FromMilliseconds(ticks * 10);
-    }
-
-    private static Dictionary<string, long> ReadThreadTicks(string namePrefix)
-    {
-        var result = new Dictionary<string, long>();
-        foreach (string task in Directory.GetDirectories("/proc/self/task"))
-        {
-            try
-            {
-                if (!File.ReadAllText(Path.Combine(task, "comm")).StartsWith(namePrefix, StringComparison.Ordinal))
-                {
-                    continue;
-                }
-
-                string stat = File.ReadAllText(Path.Combine(task, "stat"));
-                string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                result[task] = long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
-            }
-            catch (IOException)
-            {
-                // The thread exited while we looked.
-            }
-        }
-
-        return result;
+        return TimeSpan.FromMilliseconds(ThreadCpu.Sum(ThreadCpu.Since(before), name => name.StartsWith(namePrefix, StringComparison.Ordinal)));
     }
 
     /// <summary>Process CPU time (all threads) consumed while <paramref name="window"/> passes.</summary>
