@@ -117,15 +117,15 @@ public sealed class IoStressTests
             // Let tiered JIT and the test host settle, then measure the CPU time of the threads this library
             // runs: the reactor thread and the scheduler's workers (the test host's own threads are not ours).
             await Task.Delay(1000);
-            Dictionary<string, long> before = ThreadCpuTicks();
+            ThreadCpu.Snapshot before = ThreadCpu.Take();
             var wall = Stopwatch.StartNew();
             await Task.Delay(3000);
-            Dictionary<string, long> after = ThreadCpuTicks();
-            long ticks = after.Sum(kv => kv.Value - before.GetValueOrDefault(kv.Key));
-            double cpuFraction = ticks * 10.0 / wall.Elapsed.TotalMilliseconds; // USER_HZ = 100: a tick is 10 ms
-            after.Keys.Should().Contain(k => k.EndsWith("IoReactor", StringComparison.Ordinal));
-            after.Keys.Should().Contain(k => k.Contains("idle-cpu", StringComparison.Ordinal));
-            cpuFraction.Should().BeLessThan(0.03, "idle connections must cost no CPU (measured {0:P2} of one core)", cpuFraction);
+            IReadOnlyList<ThreadCpu.Usage> used = ThreadCpu.Since(before);
+            static bool Ours(string name) => name == "IoReactor" || name.StartsWith("idle-cpu", StringComparison.Ordinal);
+            double cpuFraction = ThreadCpu.Sum(used, Ours) / wall.Elapsed.TotalMilliseconds;
+            used.Should().Contain(u => u.Name == "IoReactor");
+            used.Should().Contain(u => u.Name.StartsWith("idle-cpu", StringComparison.Ordinal));
+            cpuFraction.Should().BeLessThan(0.03, "idle connections must cost no CPU (measured {0:P2} of one core: {1})", cpuFraction, ThreadCpu.Describe(used.Where(u => Ours(u.Name))));
             pendingClientReads.Should().OnlyContain(t => !t.IsCompleted);
         }
         finally
@@ -149,37 +149,6 @@ public sealed class IoStressTests
             }
         }));
         io.Reactor.RegisteredCount.Should().Be(1);
-    }
-
-    /// <summary>utime+stime (clock ticks) of this process's reactor and idle-cpu worker threads, by tid:name.</summary>
-    private static Dictionary<string, long> ThreadCpuTicks()
-    {
-        var result = new Dictionary<string, long>();
-        foreach (string task in Directory.EnumerateDirectories("/proc/self/task"))
-        {
-            try
-            {
-                string stat = File.ReadAllText(Path.Combine(task, "stat"));
-                int open = stat.IndexOf('(', StringComparison.Ordinal);
-                int close = stat.LastIndexOf(')');
-                string name = stat[(open + 1)..close];
-                if (name != "IoReactor" && !name.StartsWith("idle-cpu", StringComparison.Ordinal))
-                {
-                    continue;
-                }
-
-                string[] fields = stat[(close + 2)..].Split(' ');
-                // After "(comm) ", field 0 is state; utime and stime are fields 14 and 15 of stat(5), i.e. 11 and 12 here.
-                long cpu = long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
-                result[Path.GetFileName(task) + ":" + name] = cpu;
-            }
-            catch (IOException)
-            {
-                // The thread exited while we looked.
-            }
-        }
-
-        return result;
     }
 
     /// <summary>
