@@ -242,7 +242,7 @@ public sealed partial class WorkStealingTaskScheduler
             // leaving it in a task nobody reads.
             if (_carrier.Exception is { } fault)
             {
-                ReportUnhandled(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
+                Unhandled.Raise(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
             }
         }
 
@@ -355,7 +355,7 @@ public sealed partial class WorkStealingTaskScheduler
                 // method, a pipe callback, a work item) that threw. The worker lives on; the exception is raised
                 // as unhandled exactly as the ThreadPool would raise it, so it is never lost silently.
                 Counters.Executed++;
-                ReportUnhandled(exception);
+                Unhandled.Raise(exception);
             }
 
             // Items that are not tasks (pipe callbacks, wakers, posts; tasks that captured no context) run in the loop's
@@ -371,12 +371,6 @@ public sealed partial class WorkStealingTaskScheduler
             {
                 SynchronizationContext.SetSynchronizationContext(_owner.WorkerContext);
             }
-        }
-
-        private static void ReportUnhandled(Exception exception)
-        {
-            var captured = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(exception);
-            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Throw(), captured, preferLocal: false);
         }
 
         private bool TryGetWork(out WorkItem item)

@@ -112,7 +112,7 @@ public sealed partial class TimerWheel
             catch (Exception exception)
             {
                 // Queuing the continuation ran user code (a SynchronizationContext's Post) and it threw.
-                ReportUnhandled(exception);
+                Unhandled.Raise(exception);
             }
             finally
             {

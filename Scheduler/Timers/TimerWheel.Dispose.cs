@@ -66,7 +66,7 @@ public sealed partial class TimerWheel
                 }
                 catch (Exception exception)
                 {
-                    ReportUnhandled(exception);
+                    Unhandled.Raise(exception);
                 }
             }
         }

@@ -249,22 +249,10 @@ public sealed partial class TimerWheel
             }
             catch (Exception exception)
             {
-                ReportUnhandled(exception);
+                Unhandled.Raise(exception);
             }
         }
 
         batch.Clear();
-    }
-
-    /// <summary>
-    /// Raises <paramref name="exception"/> as an unhandled exception on a ThreadPool thread: what an exception
-    /// escaping a <see cref="System.Threading.Timer"/> callback does (by default it terminates the process; a
-    /// handler set with <c>ExceptionHandling.SetUnhandledExceptionHandler</c> sees it first). The wheel itself
-    /// keeps running.
-    /// </summary>
-    internal static void ReportUnhandled(Exception exception)
-    {
-        ExceptionDispatchInfo info = ExceptionDispatchInfo.Capture(exception);
-        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Throw(), info, preferLocal: false);
     }
 }
