@@ -54,7 +54,34 @@ public sealed class ContextPostTests
         Volatile.Read(ref runs).Should().Be(1, "the continuation ran once, inline in Post; queueing it again would run it twice");
     }
 
-    private static void RegisterUnder(SynchronizationContext context, IValueTaskSource<int> source, Action continuation)
+    [Fact]
+    public async Task A_continuation_a_foreign_scheduler_ran_inline_before_QueueTask_threw_is_not_run_again()
+    {
+        // What StartNew throws when QueueTask fails after running the task: the TPL tries to fault a task that already
+        // finished, and .NET 10 ends up throwing InvalidCastException from RunContinuations instead of the documented
+        // TaskSchedulerException. Either way it must surface, once.
+        using UnhandledExceptions.Tolerated unhandled = UnhandledExceptions.Tolerate(e => e is TaskSchedulerException { InnerException: SchedulerFailure } or InvalidCastException);
+        int runs = 0;
+        var scheduler = new RunsThenThrowsTaskScheduler();
+        PooledValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
+        await Task.Factory.StartNew(
+            // Inline on the test's thread, whose SynchronizationContext would take precedence: registered without it,
+            // the await captures the scheduler.
+            () => RegisterUnder(null, source, () => Interlocked.Increment(ref runs)),
+            CancellationToken.None,
+            TaskCreationOptions.None,
+            scheduler);
+
+        scheduler.ThrowAfterRunning = true;
+        source.TrySetResult(1).Should().BeTrue();
+
+        await SchedulerTestHelpers.WaitUntilAsync(() => unhandled.Seen);
+        unhandled.Seen.Should().BeTrue("the scheduler's failure is not lost");
+        await Task.Delay(200); // a second run, if queued, has had time to happen
+        Volatile.Read(ref runs).Should().Be(1, "the scheduler ran the continuation before it threw; queueing it again would run it twice");
+    }
+
+    private static void RegisterUnder(SynchronizationContext? context, IValueTaskSource<int> source, Action continuation)
     {
         SynchronizationContext? previous = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(context);
@@ -71,6 +98,27 @@ public sealed class ContextPostTests
 
     // Not a DeliberateTestException: those are absorbed before a Tolerate scope counts them.
     private sealed class ContinuationFailure() : Exception("a continuation that throws");
+
+    private sealed class SchedulerFailure() : Exception("this scheduler fails after running the task");
+
+    /// <summary>Runs every task inline in <c>QueueTask</c>, then (once told) throws.</summary>
+    private sealed class RunsThenThrowsTaskScheduler : TaskScheduler
+    {
+        public bool ThrowAfterRunning { get; set; }
+
+        protected override void QueueTask(Task task)
+        {
+            TryExecuteTask(task);
+            if (ThrowAfterRunning)
+            {
+                throw new SchedulerFailure();
+            }
+        }
+
+        protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => TryExecuteTask(task);
+
+        protected override IEnumerable<Task>? GetScheduledTasks() => [];
+    }
 
     /// <summary>A context whose <c>Post</c> throws, after running the callback inline (<c>runFirst</c>) or without running it.</summary>
     private sealed class ThrowingSynchronizationContext(bool runFirst) : SynchronizationContext

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -7,12 +6,8 @@ namespace Scheduler.Sources;
 /// <summary>Where a waker's continuation runs: capture at <c>OnCompleted</c>, queue at completion, invoke on arrival.</summary>
 internal static class WakerDispatch
 {
-    private static readonly SendOrPostCallback s_postCallback = static state =>
-    {
-        t_postedItemStarted = true; // see PostToContext
-        ((IThreadPoolWorkItem)state!).Execute();
-    };
-    private static readonly Action<object?> s_taskCallback = static state => ((IThreadPoolWorkItem)state!).Execute();
+    private static readonly SendOrPostCallback s_postCallback = ExecuteHandedOff;
+    private static readonly Action<object?> s_taskCallback = ExecuteHandedOff;
 
     // Set on a thread that must never run user code (the I/O reactor's). A SynchronizationContext's Post and a foreign
     // TaskScheduler's QueueTask are user code: either may run the continuation inline or block, which on that thread
@@ -20,10 +15,11 @@ internal static class WakerDispatch
     [ThreadStatic]
     private static bool t_runsNoUserCode;
 
-    // Set by a posted work item as it starts: tells PostToContext whether an exception out of Post came from a context
-    // that refused (the item never ran: queue it elsewhere) or from the item run inline by Post (it ran: never again).
+    // Set by a handed-off work item as it starts: tells HandOff whether an exception out of Post or StartNew came from a
+    // target that refused (the item never ran: queue it elsewhere) or after the target ran the item inline (it ran:
+    // never again).
     [ThreadStatic]
-    private static bool t_postedItemStarted;
+    private static bool t_handedOffItemStarted;
 
     /// <summary>
     /// The scheduling target of an awaiter: a <see cref="WorkStealingTaskScheduler"/> (with the calling worker's
@@ -110,11 +106,8 @@ internal static class WakerDispatch
                 ThreadPool.UnsafeQueueUserWorkItem(
                     static target => Dispatch(target.WorkItem, target.Context, -1), (WorkItem: workItem, Context: schedulingContext), preferLocal: false);
                 break;
-            case SynchronizationContext context:
-                PostToContext(workItem, context);
-                break;
-            case TaskScheduler scheduler:
-                QueueOnTaskScheduler(workItem, scheduler);
+            case SynchronizationContext or TaskScheduler:
+                HandOff(workItem, schedulingContext);
                 break;
             default:
                 throw new UnreachableException($"Unknown scheduling context {schedulingContext.GetType()}.");
@@ -157,46 +150,50 @@ internal static class WakerDispatch
         continuation(state);
     };
 
-    private static void PostToContext(IThreadPoolWorkItem workItem, SynchronizationContext context)
+    private static void ExecuteHandedOff(object? workItem)
     {
-        // Saved and restored: a continuation that Post runs inline may post again (a nested call on this thread).
-        bool outer = t_postedItemStarted;
-        t_postedItemStarted = false;
+        t_handedOffItemStarted = true; // see HandOff
+        ((IThreadPoolWorkItem)workItem!).Execute();
+    }
+
+    /// <summary>
+    /// Gives <paramref name="workItem"/> to a <see cref="SynchronizationContext"/> (<c>Post</c>) or a foreign
+    /// <see cref="TaskScheduler"/> (a task on it). Either is user code, and either may run the item inline.
+    /// </summary>
+    private static void HandOff(IThreadPoolWorkItem workItem, object target)
+    {
+        // Saved and restored: an item that the target runs inline may hand off again (a nested call on this thread).
+        bool outer = t_handedOffItemStarted;
+        t_handedOffItemStarted = false;
         try
         {
-            context.Post(s_postCallback, workItem);
+            if (target is SynchronizationContext context)
+            {
+                context.Post(s_postCallback, workItem);
+            }
+            else
+            {
+                _ = Task.Factory.StartNew(s_taskCallback, workItem, CancellationToken.None, TaskCreationOptions.DenyChildAttach, (TaskScheduler)target);
+            }
         }
-        catch (Exception) when (!t_postedItemStarted)
+        catch (Exception) when (!t_handedOffItemStarted)
         {
-            // The context refused (e.g. its loop has ended). Thrown here it would reach the completing thread (the I/O
-            // reactor or a timer driver, stopping every other operation they serve) and strand this awaiter: the
-            // continuation must still run, as with a refusing TaskScheduler below.
+            // The target refused (a context whose loop has ended, a disposed scheduler). Thrown here the exception would
+            // reach the completing thread (the I/O reactor or a timer driver, stopping every other operation they
+            // serve) and strand this awaiter: the continuation must still run.
             ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
         }
         catch (Exception exception)
         {
-            // Post ran the continuation inline and it threw. It ran: queueing the work item again would run it twice
-            // (a pooled item is back in its pool by then, possibly carrying another awaiter's continuation). The
-            // exception goes where one escaping a continuation on the ThreadPool goes, not to the completing thread.
-            ExceptionDispatchInfo info = ExceptionDispatchInfo.Capture(exception);
-            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Throw(), info, preferLocal: false);
+            // The target ran the item inline and then threw (Post letting the continuation's exception out, or a
+            // QueueTask failing after it ran the task). It ran: queueing it again would run it twice (a pooled item is
+            // back in its pool by then, possibly carrying another awaiter's continuation). The exception goes where one
+            // escaping a ThreadPool work item goes, not to the completing thread.
+            Unhandled.Raise(exception);
         }
         finally
         {
-            t_postedItemStarted = outer;
-        }
-    }
-
-    private static void QueueOnTaskScheduler(IThreadPoolWorkItem workItem, TaskScheduler scheduler)
-    {
-        try
-        {
-            _ = Task.Factory.StartNew(s_taskCallback, workItem, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler);
-        }
-        catch (TaskSchedulerException)
-        {
-            // The scheduler refused (e.g. disposed): the continuation must still run, or its awaiter hangs forever.
-            ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
+            t_handedOffItemStarted = outer;
         }
     }
 }
