@@ -8,29 +8,28 @@ internal static class LinuxConstants
     public const int ENOENT = 2;
     public const int EINTR = 4;
     public const int ENXIO = 6;
-    public const int EFAULT = 14;
-    public const int ENODATA = 61;
-    public const int EDESTADDRREQ = 89;
-    public const int EPROTOTYPE = 91;
-    public const int ESOCKTNOSUPPORT = 94;
-    public const int EPFNOSUPPORT = 96;
-    public const int ECANCELED = 125;
-    public const int ENONET = 64;
-    public const int EPROTO = 71;
-    public const int ENOPROTOOPT = 92;
-    public const int ENOSYS = 38;
     public const int EBADF = 9;
     public const int EAGAIN = 11;
     public const int ENOMEM = 12;
     public const int EACCES = 13;
+    public const int EFAULT = 14;
     public const int EINVAL = 22;
     public const int ENFILE = 23;
     public const int EMFILE = 24;
     public const int EPIPE = 32;
+    public const int ENOSYS = 38;
+    public const int ENODATA = 61;
+    public const int ENONET = 64;
+    public const int EPROTO = 71;
     public const int ENOTSOCK = 88;
+    public const int EDESTADDRREQ = 89;
     public const int EMSGSIZE = 90;
+    public const int EPROTOTYPE = 91;
+    public const int ENOPROTOOPT = 92;
     public const int EPROTONOSUPPORT = 93;
+    public const int ESOCKTNOSUPPORT = 94;
     public const int EOPNOTSUPP = 95;
+    public const int EPFNOSUPPORT = 96;
     public const int EAFNOSUPPORT = 97;
     public const int EADDRINUSE = 98;
     public const int EADDRNOTAVAIL = 99;
@@ -49,6 +48,7 @@ internal static class LinuxConstants
     public const int EHOSTUNREACH = 113;
     public const int EALREADY = 114;
     public const int EINPROGRESS = 115;
+    public const int ECANCELED = 125;
 
     // socket
     public const int AF_UNIX = 1;
