@@ -208,8 +208,9 @@ public sealed partial class ReactorSocket
             var pause = TimeSpan.FromMilliseconds(1);
             do
             {
-                await Task.Delay(pause, cancellationToken).ConfigureAwait(false);
-                reactor.ThrowIfDisposed();
+                // The reactor's own wheel: pooled delays, and its disposal ends the wait with ObjectDisposedException
+                // (Timers throws it too once the reactor is disposed).
+                await reactor.Timers.DelayAsync(pause, cancellationToken).ConfigureAwait(false);
                 pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerMillisecond * 64));
             }
             while (StartConnect(handle.Fd, address, endPoint) == ConnectStart.BacklogFull);
