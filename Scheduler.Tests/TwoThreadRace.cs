@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Xunit.Abstractions;
 
 namespace Scheduler.Tests;
 
@@ -94,6 +95,17 @@ internal static class TwoThreadRace
         }
 
         return rounds;
+    }
+
+    /// <summary>
+    /// <see cref="Run"/>, then writes the number of rounds to <paramref name="output"/> and asserts it is more than 100:
+    /// a race that ran only a handful of rounds proves nothing.
+    /// </summary>
+    public static void RunAndCheckRounds(ITestOutputHelper output, TimeSpan budget, int seed, Action<int> prepare, Action<int> left, Action<int> right, Action<int> check)
+    {
+        int rounds = Run(budget, seed, prepare, left, right, check);
+        output.WriteLine($"{rounds} rounds");
+        rounds.Should().BeGreaterThan(100);
     }
 
     // The releasing side is ahead by the other's wake-up: delay each side in turn by a varying few spins.
