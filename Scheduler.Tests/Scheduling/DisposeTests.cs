@@ -125,16 +125,7 @@ public sealed class DisposeTests
         // refuses outside producers after Dispose; the runtime swallows that refusal and the method never resumed.
         var scheduler = SchedulerTestHelpers.Create(2);
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var suspended = new ManualResetEventSlim();
-        Task<bool> method = scheduler.Factory.StartNew(async () =>
-        {
-            Task wait = release.Task;
-            suspended.Set();
-            await wait;
-            return TaskScheduler.Current == scheduler;
-        }).Unwrap();
-
-        suspended.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        Task<bool> method = SuspendUntil(scheduler, release.Task, yieldAfterResuming: false);
         await scheduler.DisposeAsync().AsTask().WithTimeout();
         release.SetResult(); // a late wake-up: completes from this (non-worker) thread's continuation on the ThreadPool
 
@@ -182,17 +173,7 @@ public sealed class DisposeTests
         using UnhandledExceptions.Tolerated tolerated = UnhandledExceptions.Tolerate(IsDisposedRefusal);
         var scheduler = SchedulerTestHelpers.Create(2);
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var suspended = new ManualResetEventSlim();
-        Task<bool> method = scheduler.Factory.StartNew(async () =>
-        {
-            Task wait = release.Task;
-            suspended.Set();
-            await wait;
-            await Task.Yield();
-            return TaskScheduler.Current == scheduler;
-        }).Unwrap();
-
-        suspended.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        Task<bool> method = SuspendUntil(scheduler, release.Task, yieldAfterResuming: true);
         await scheduler.DisposeAsync().AsTask().WithTimeout();
         release.SetResult();
 
@@ -234,5 +215,28 @@ public sealed class DisposeTests
         {
             await Task.Delay(5);
         }
+    }
+
+    /// <summary>
+    /// Starts an async method on <paramref name="scheduler"/> and returns once it is suspended on <paramref name="release"/>;
+    /// resumed, it optionally yields once more and reports whether it is still under the scheduler.
+    /// </summary>
+    private static Task<bool> SuspendUntil(WorkStealingTaskScheduler scheduler, Task release, bool yieldAfterResuming)
+    {
+        using var suspended = new ManualResetEventSlim();
+        Task<bool> method = scheduler.Factory.StartNew(async () =>
+        {
+            suspended.Set();
+            await release;
+            if (yieldAfterResuming)
+            {
+                await Task.Yield();
+            }
+
+            return TaskScheduler.Current == scheduler;
+        }).Unwrap();
+
+        suspended.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        return method;
     }
 }
