@@ -71,10 +71,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 WaitForRun(ref runs, round);
                 int resumed = Volatile.Read(ref ran);
                 resumed.Should().Be(winner, $"the loser must not overwrite the winner's registration (round {round})");
-                int resumptions = Volatile.Read(ref runs);
-                resumptions.Should().Be(1, $"the winner's continuation runs once (round {round})");
-                var consume = () => delay.GetAwaiter().GetResult();
-                consume.Should().Throw<OperationCanceledException>($"the winner's await observes the cancellation (round {round})");
+                ExpectOneRunThatObservesTheCancellation(ref runs, delay, round);
             });
     }
 
@@ -107,10 +104,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
             check: round =>
             {
                 WaitForRun(ref runs, round);
-                int resumptions = Volatile.Read(ref runs);
-                resumptions.Should().Be(1, $"the continuation runs once (round {round})");
-                var consume = () => delay.GetAwaiter().GetResult();
-                consume.Should().Throw<OperationCanceledException>($"the await observes the cancellation (round {round})");
+                ExpectOneRunThatObservesTheCancellation(ref runs, delay, round);
             });
     }
 
@@ -299,6 +293,14 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
     private static extern ref short ValueTaskToken(ref ValueTask task);
 
     /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
+    /// <summary>The (winning) await's continuation ran exactly once, and reading the delay observes its cancellation.</summary>
+    private static void ExpectOneRunThatObservesTheCancellation(ref int runs, ValueTask delay, int round)
+    {
+        Volatile.Read(ref runs).Should().Be(1, $"the continuation runs once (round {round})");
+        var consume = () => delay.GetAwaiter().GetResult();
+        consume.Should().Throw<OperationCanceledException>($"the await observes the cancellation (round {round})");
+    }
+
     private static void WaitForRun(ref int runs, int round)
     {
         var clock = Stopwatch.StartNew();
