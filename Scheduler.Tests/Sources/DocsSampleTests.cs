@@ -16,7 +16,23 @@ public sealed class DocsSampleTests
         (await operation.Task).Should().Be(42);
 
         operation.Complete(version, 1).Should().BeFalse("the version is stale after the result was read");
-        ReceiveOperation.Rent().Should().BeSameAs(operation, "the operation returned itself to its pool");
+        RentedUntilFound(operation).Should().BeTrue("the operation returned itself to its pool");
+    }
+
+    // The next Rent is not always the object just returned: a thread that gets its pool id here can inherit, in its
+    // thread-cache slot, an object that an ended thread with the same id left (the other test's worker returns one).
+    // So look for it among the few free objects this class's pool can hold.
+    private static bool RentedUntilFound(ReceiveOperation operation)
+    {
+        for (int i = 0; i < 16; i++)
+        {
+            if (ReferenceEquals(ReceiveOperation.Rent(), operation))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     [Fact]
