@@ -12,11 +12,19 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
 {
     private static readonly TimeSpan Budget = TimeSpan.FromSeconds(2);
 
+    // The result type of these tests' PooledValueTaskSource, used by no other class: its pool is static per type, and a
+    // source the race returned to a shared pool can be rented (and awaited) by a test running in parallel before the
+    // check looks at it. A source is returned to its thread's cache only while that slot is free; from the second round
+    // on the reader's slot holds the previous round's source, so the next one goes to the shared slots.
+    private enum RoundValue
+    {
+    }
+
     [Fact]
     public void Racing_double_registration_keeps_the_winner_continuation_and_state()
     {
         var context = new InlineSynchronizationContext();
-        IValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
+        IValueTaskSource<RoundValue> source = PooledValueTaskSource<RoundValue>.Rent();
         short token = 0;
         var threw = new bool[2];
         var states = new object[] { new(), new() };
@@ -49,7 +57,7 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             seed: 0,
             prepare: _ =>
             {
-                var fresh = PooledValueTaskSource<int>.Rent();
+                var fresh = PooledValueTaskSource<RoundValue>.Rent();
                 source = fresh;
                 token = fresh.Version;
                 threw[0] = threw[1] = false;
@@ -62,7 +70,7 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             {
                 threw.Count(t => t).Should().Be(1, $"exactly one of two racing registrations wins (round {round})");
                 int winner = threw[0] ? 1 : 0;
-                ((PooledValueTaskSource<int>)source).TrySetResult(round).Should().BeTrue();
+                ((PooledValueTaskSource<RoundValue>)source).TrySetResult((RoundValue)round).Should().BeTrue();
                 runs.Should().Be(1, $"the winner's continuation runs once (round {round}), posted inline");
                 ran.Should().Be((winner, states[winner]), $"the loser must not overwrite the winner's registration (round {round})");
             });
@@ -137,11 +145,11 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
     public void A_direct_read_while_the_awaiting_continuation_is_queued_loses_and_the_continuation_gets_the_value(bool builtIn)
     {
         var context = new HeldPostsSynchronizationContext();
-        var pooled = PooledValueTaskSource<int>.Rent();
-        var custom = new CoreSource<int>();
-        IValueTaskSource<int> source = builtIn ? pooled : custom;
+        var pooled = PooledValueTaskSource<RoundValue>.Rent();
+        var custom = new CoreSource<RoundValue>();
+        IValueTaskSource<RoundValue> source = builtIn ? pooled : custom;
         short token = builtIn ? pooled.Version : custom.Version;
-        int? received = null;
+        RoundValue? received = null;
 
         SynchronizationContext? previous = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(context);
@@ -154,13 +162,13 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             SynchronizationContext.SetSynchronizationContext(previous);
         }
 
-        (builtIn ? pooled.TrySetResult(token, 42) : custom.TrySetResult(token, 42)).Should().BeTrue();
+        (builtIn ? pooled.TrySetResult(token, (RoundValue)42) : custom.TrySetResult(token, (RoundValue)42)).Should().BeTrue();
         context.Held.Should().Be(1, "the continuation was posted, not run");
 
         source.Invoking(s => s.GetResult(token)).Should().Throw<InvalidOperationException>("the operation is awaited and its continuation is queued");
 
         context.RunAll();
-        received.Should().Be(42, "the awaiting continuation still gets the outcome");
+        received.Should().Be((RoundValue)42, "the awaiting continuation still gets the outcome");
         (builtIn ? pooled.HoldsContinuationForTests : custom.HoldsContinuationForTests).Should().BeFalse("the continuation's read reset the source");
         (builtIn ? pooled.Version : custom.Version).Should().Be(unchecked((short)(token + 1)), "exactly one reset");
     }
@@ -179,9 +187,9 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
     public void A_read_racing_a_registration_on_a_completed_source_leaves_the_next_use_clean(bool builtIn, int seed)
     {
         var context = new InlineSynchronizationContext();
-        var pooled = PooledValueTaskSource<int>.Rent();
-        var custom = new CoreSource<int>();
-        IValueTaskSource<int> source = custom;
+        var pooled = PooledValueTaskSource<RoundValue>.Rent();
+        var custom = new CoreSource<RoundValue>();
+        IValueTaskSource<RoundValue> source = custom;
         short token = 0;
         int registration = 0, continuation = 0, reader = 0; // 0 = nothing, 1 = got the value, 2 = InvalidOperationException
         int continuationRuns = 0;
@@ -216,7 +224,7 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         {
             try
             {
-                return source.GetResult(token) == round ? 1 : 3;
+                return source.GetResult(token) == (RoundValue)round ? 1 : 3;
             }
             catch (InvalidOperationException)
             {
@@ -232,12 +240,12 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
             {
                 if (builtIn)
                 {
-                    pooled = PooledValueTaskSource<int>.Rent();
+                    pooled = PooledValueTaskSource<RoundValue>.Rent();
                     source = pooled;
                 }
 
                 token = builtIn ? pooled.Version : custom.Version;
-                (builtIn ? pooled.TrySetResult(token, round) : custom.TrySetResult(token, round)).Should().BeTrue();
+                (builtIn ? pooled.TrySetResult(token, (RoundValue)round) : custom.TrySetResult(token, (RoundValue)round)).Should().BeTrue();
                 registration = continuation = reader = continuationRuns = 0;
             },
             left: Register,
