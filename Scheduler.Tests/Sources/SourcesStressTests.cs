@@ -16,7 +16,12 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
     {
         const int Batch = 2_048;
         const int TargetRentals = 1_000_000;
+        const int MinimumRentals = 200_000;
         TimeSpan budget = TimeSpan.FromSeconds(15);
+
+        // On a heavily loaded machine (seen: 145,000 rentals in the budget) the run goes on past the budget until the
+        // minimum is reached, within a hard limit, rather than fail for want of CPU.
+        TimeSpan hardLimit = TimeSpan.FromSeconds(60);
 
         using var scheduler = new WorkStealingTaskScheduler(2);
         var sources = new PooledValueTaskSource<long>[Batch];
@@ -117,7 +122,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         long rentals = 0;
         int round = 0;
         var awaiters = new Task[Batch];
-        while (rentals < TargetRentals && stopwatch.Elapsed < budget)
+        while (rentals < TargetRentals && (stopwatch.Elapsed < budget || (rentals < MinimumRentals && stopwatch.Elapsed < hardLimit)))
         {
             for (int i = 0; i < Batch; i++)
             {
@@ -183,7 +188,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         output.WriteLine($"{rentals:N0} rentals in {stopwatch.Elapsed.TotalSeconds:F1} s ({round} rounds)");
         doubleWins.Should().Be(0);
         staleSuccesses.Should().Be(0);
-        rentals.Should().BeGreaterThanOrEqualTo(200_000, "the race needs a meaningful number of rentals even on a slow machine");
+        rentals.Should().BeGreaterThanOrEqualTo(MinimumRentals, "the race needs a meaningful number of rentals even on a slow machine");
     }
 
     private sealed class RentalFault(int slot) : Exception($"fault for slot {slot}");
