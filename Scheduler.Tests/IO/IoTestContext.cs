@@ -80,7 +80,7 @@ internal sealed class IoTestContext : IAsyncDisposable
     }
 
     /// <summary>Runs <paramref name="body"/> on the scheduler with a fresh connected (client, server) pair, disposed afterwards.</summary>
-    public Task RunOnPair(ReactorSocket listener, Func<ReactorSocket, ReactorSocket, Task> body) =>
+    public Task RunOnPair(ReactorSocket listener, Func<ReactorSocket, ReactorSocket, Task> body, TimeSpan? timeout = null) =>
         Run(async () =>
         {
             (ReactorSocket client, ReactorSocket server) = await ConnectPairAsync(listener);
@@ -89,7 +89,7 @@ internal sealed class IoTestContext : IAsyncDisposable
             {
                 await body(client, server);
             }
-        });
+        }, timeout);
 
     /// <summary><see cref="ConnectPairAsync"/> run on the scheduler, for tests that are not already on it.</summary>
     public Task<(ReactorSocket Client, ReactorSocket Server)> ConnectPairOnSchedulerAsync(ReactorSocket listener) =>

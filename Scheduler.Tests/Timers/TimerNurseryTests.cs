@@ -322,6 +322,10 @@ public sealed class TimerNurseryStressTests
         }
 
         ready.SignalAndWait();
+
+        // The race needs creations before the disposal; on a loaded machine the creating threads may get no CPU within
+        // the pause alone (seen: nothing created), so the pause starts once one creation went through.
+        SpinWait.SpinUntil(() => Volatile.Read(ref created) > 0, TimeSpan.FromSeconds(10)).Should().BeTrue("the creating threads started");
         Thread.Sleep(new Random(seed).Next(5, 30));
         wheel.Dispose();
         foreach (Thread thread in threads)
