@@ -1,15 +1,18 @@
+using System.Collections.Concurrent;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
 using Scheduler.Tests.Scheduling;
+using Xunit.Abstractions;
 
 namespace Scheduler.Tests.Sources;
 
 /// <summary>
 /// A continuation captured with a <see cref="SynchronizationContext"/> goes to its <c>Post</c>. When <c>Post</c>
 /// throws, the waker must tell a context that refused (the continuation never ran: it still must, elsewhere) from one
-/// that ran it inline and let its exception out (it ran: never run it again).
+/// that ran it inline and let its exception out (it ran: never run it again), and from one that accepted it for
+/// another thread and threw anyway (it runs there, sooner or later: exactly one of the two may run it).
 /// </summary>
-public sealed class ContextPostTests
+public sealed class ContextPostTests(ITestOutputHelper output)
 {
     [Fact]
     public async Task A_context_that_refuses_the_post_still_gets_the_continuation_run_once_on_the_ThreadPool()
@@ -81,6 +84,199 @@ public sealed class ContextPostTests
         Volatile.Read(ref runs).Should().Be(1, "the scheduler ran the continuation before it threw; queueing it again would run it twice");
     }
 
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public async Task A_context_that_accepts_the_post_for_another_thread_and_then_throws_runs_the_continuation_once_and_reports_the_failure(
+        bool detachedCore, bool runsBeforePostThrows)
+    {
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is PostFailure);
+        using UnhandledExceptions.Tolerated secondInvoke = UnhandledExceptions.Tolerate(IsNoContinuationDue);
+        using var context = new AcceptsThenThrowsSynchronizationContext(runsBeforePostThrows);
+        int runs = 0;
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var waker = new ProbeWaker(detachedCore);
+        RegisterUnder(context, waker, () =>
+        {
+            Interlocked.Increment(ref runs);
+            ran.TrySetResult();
+        });
+
+        // The completing thread sees nothing thrown, whichever runner gets the continuation.
+        waker.Core.TrySetResult(1).Should().BeTrue();
+
+        // Ran either inside Post, on the context's thread, or (Post having thrown) by the fallback; in that case the
+        // context's thread gets its callback only now, late.
+        await ran.Task.WithTimeout();
+        context.Release();
+        context.WaitForCallback(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        await SchedulerTestHelpers.WaitUntilAsync(() => reported.Seen);
+
+        // The failure is reported by whichever runner lost the claim, after it lost: nothing can run any more.
+        Volatile.Read(ref runs).Should().Be(1, "the context's thread and the fallback must not both run the continuation");
+        context.CallbackFailure.Should().BeNull("the context's callback must not find the continuation taken and throw");
+        secondInvoke.Seen.Should().BeFalse("nobody may invoke a continuation that already ran");
+        reported.SeenCount.Should().Be(1, "Post accepted the continuation and still threw: that failure is the context's bug, reported once");
+    }
+
+    [Fact]
+    public async Task A_late_callback_of_a_context_that_threw_never_runs_the_next_operations_continuation()
+    {
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is PostFailure);
+        using var first = new AcceptsThenThrowsSynchronizationContext(runsBeforePostThrows: false);
+        var waker = new ProbeWaker(detachedCore: false);
+        var firstRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        short firstVersion = waker.Core.Version;
+        RegisterUnder(first, waker, () => firstRan.TrySetResult());
+        waker.Core.TrySetResult(1).Should().BeTrue();
+
+        // Post threw, so the fallback ran the continuation; the context still holds its callback for that dispatch.
+        await firstRan.Task.WithTimeout();
+        waker.Core.GetResult(firstVersion).Should().Be(1);
+        waker.Core.TryReset(firstVersion).Should().BeTrue();
+
+        // The same core's next operation, dispatched to a context that holds its post.
+        var second = new HeldPostsSynchronizationContext();
+        int secondRuns = 0;
+        SynchronizationContext? secondRanUnder = null;
+        RegisterUnder(second, waker, () =>
+        {
+            Interlocked.Increment(ref secondRuns);
+            secondRanUnder = SynchronizationContext.Current;
+        });
+        waker.Core.TrySetResult(2).Should().BeTrue();
+        second.Held.Should().Be(1);
+
+        first.Release();
+        first.WaitForCallback(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        first.CallbackFailure.Should().BeNull();
+        Volatile.Read(ref secondRuns).Should().Be(0, "the first dispatch's late callback must not run the second operation's continuation");
+
+        second.RunAll();
+        Volatile.Read(ref secondRuns).Should().Be(1);
+        secondRanUnder.Should().BeSameAs(second, "the second continuation runs where it was posted");
+        await SchedulerTestHelpers.WaitUntilAsync(() => reported.Seen);
+        reported.SeenCount.Should().Be(1);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_continuation_a_foreign_scheduler_ran_on_another_thread_before_QueueTask_threw_is_not_run_again(bool detachedCore)
+    {
+        // What .NET 10's StartNew throws then (the task already ran when the TPL tries to fault it): see the inline test.
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is TaskSchedulerException { InnerException: SchedulerFailure } or InvalidCastException);
+        using UnhandledExceptions.Tolerated secondInvoke = UnhandledExceptions.Tolerate(IsNoContinuationDue);
+        var scheduler = new RunsElsewhereThenThrowsTaskScheduler();
+        int runs = 0;
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var waker = new ProbeWaker(detachedCore);
+        await Task.Factory.StartNew(
+            () => RegisterUnder(null, waker, () =>
+            {
+                Interlocked.Increment(ref runs);
+                ran.TrySetResult();
+            }),
+            CancellationToken.None,
+            TaskCreationOptions.None,
+            scheduler);
+
+        scheduler.ThrowAfterRunning = true;
+        waker.Core.TrySetResult(1).Should().BeTrue();
+
+        await ran.Task.WithTimeout();
+        await SchedulerTestHelpers.WaitUntilAsync(() => reported.Seen);
+        Volatile.Read(ref runs).Should().Be(1, "the scheduler's thread ran the continuation before QueueTask threw; the fallback must not run it again");
+        secondInvoke.Seen.Should().BeFalse("nobody may invoke a continuation that already ran");
+        reported.SeenCount.Should().Be(1, "the scheduler's failure is not lost");
+    }
+
+    [Fact]
+    public async Task A_task_a_foreign_scheduler_stored_before_QueueTask_threw_never_runs_so_the_fallback_runs_the_continuation_once()
+    {
+        // .NET 10's TPL faults a task whose QueueTask threw, and TryExecuteTask refuses a completed task: for a Task,
+        // "accepted, then threw" is a refusal, whatever the scheduler does with the task afterwards.
+        int runs = 0;
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var scheduler = new StoresThenThrowsTaskScheduler();
+        var waker = new ProbeWaker(detachedCore: true);
+        await Task.Factory.StartNew(
+            () => RegisterUnder(null, waker, () =>
+            {
+                Interlocked.Increment(ref runs);
+                ran.TrySetResult();
+            }),
+            CancellationToken.None,
+            TaskCreationOptions.None,
+            scheduler);
+
+        scheduler.StoreAndThrow = true;
+        waker.Core.TrySetResult(1).Should().BeTrue();
+        await ran.Task.WithTimeout();
+
+        scheduler.Stored.Should().NotBeNull();
+        scheduler.Stored!.IsFaulted.Should().BeTrue();
+        bool ranLater = await Task.Run(() => scheduler.RunStored());
+        ranLater.Should().BeFalse("the TPL never runs a task whose QueueTask threw");
+        Volatile.Read(ref runs).Should().Be(1);
+    }
+
+    [Fact]
+    public async Task A_context_racing_its_own_callback_against_a_throwing_Post_runs_every_continuation_exactly_once()
+    {
+        const int Rounds = 5_000;
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is PostFailure);
+        using UnhandledExceptions.Tolerated secondInvoke = UnhandledExceptions.Tolerate(IsNoContinuationDue);
+        using var context = new RacingThrowingSynchronizationContext();
+        int[] runs = new int[Rounds];
+        int continuationFailures = 0;
+        int ranByContext = 0;
+        using var ranOnce = new SemaphoreSlim(0);
+        for (int round = 0; round < Rounds; round++)
+        {
+            // Pooled sources: a core is reused across rounds while earlier rounds' losing callbacks may still be in flight.
+            PooledValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
+            short version = source.Version;
+            int thisRound = round;
+            RegisterUnder(context, source, () =>
+            {
+                try
+                {
+                    ((IValueTaskSource<int>)source).GetResult(version);
+                }
+                catch (InvalidOperationException)
+                {
+                    // A second run of this continuation (the source was already read and pooled), or a run of it as
+                    // a later round's (the wrong result): counted, never let out on the ThreadPool.
+                    Interlocked.Increment(ref continuationFailures);
+                }
+
+                if (RacingThrowingSynchronizationContext.InCallback)
+                {
+                    Interlocked.Increment(ref ranByContext);
+                }
+
+                if (Interlocked.Increment(ref runs[thisRound]) == 1)
+                {
+                    ranOnce.Release();
+                }
+            });
+            source.TrySetResult(round).Should().BeTrue();
+            (await ranOnce.WaitAsync(SchedulerTestHelpers.Timeout)).Should().BeTrue($"round {round}'s continuation must run");
+        }
+
+        await SchedulerTestHelpers.WaitUntilAsync(() => context.CallbacksRun == Rounds && reported.SeenCount >= Rounds);
+        output.WriteLine($"the context's callback ran {ranByContext} of {Rounds} continuations, the fallback the rest");
+        runs.Should().OnlyContain(count => count == 1, "every round's continuation runs exactly once");
+        Volatile.Read(ref continuationFailures).Should().Be(0);
+        secondInvoke.Seen.Should().BeFalse();
+        context.CallbacksRun.Should().Be(Rounds);
+        context.CallbackFailures.Should().Be(0);
+        reported.SeenCount.Should().Be(Rounds, "every Post accepted its callback and threw: each failure is reported once");
+    }
+
     private static void RegisterUnder(SynchronizationContext? context, IValueTaskSource<int> source, Action continuation)
     {
         SynchronizationContext? previous = SynchronizationContext.Current;
@@ -95,6 +291,39 @@ public sealed class ContextPostTests
             SynchronizationContext.SetSynchronizationContext(previous);
         }
     }
+
+    private static void RegisterUnder(SynchronizationContext? context, ProbeWaker waker, Action continuation)
+    {
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            waker.Core.OnCompleted(static state => ((Action)state!)(), continuation, waker.Core.Version, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+    }
+
+    /// <summary>What <see cref="WakerCore{TResult}.InvokeContinuation"/> throws when a continuation is run a second time.</summary>
+    private static bool IsNoContinuationDue(Exception exception) =>
+        exception is InvalidOperationException && exception.Message.StartsWith("No continuation is due", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A waker whose core queues the waker itself (the allocation-free form, whose <c>InvokeContinuation</c> refuses a
+    /// continuation already taken) or, default-initialised, a detached copy of the continuation (which would run again).
+    /// </summary>
+    private sealed class ProbeWaker : IThreadPoolWorkItem
+    {
+        public WakerCore<int> Core;
+
+        public ProbeWaker(bool detachedCore) => Core = detachedCore ? default : new WakerCore<int>(this);
+
+        void IThreadPoolWorkItem.Execute() => Core.InvokeContinuation();
+    }
+
+    private sealed class PostFailure() : Exception("this context accepted the post and threw anyway");
 
     // Not a DeliberateTestException: those are absorbed before a Tolerate scope counts them.
     private sealed class ContinuationFailure() : Exception("a continuation that throws");
@@ -118,6 +347,205 @@ public sealed class ContextPostTests
         protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => TryExecuteTask(task);
 
         protected override IEnumerable<Task>? GetScheduledTasks() => [];
+    }
+
+    /// <summary>In normal mode runs each task on a thread of its own; told to, runs it there and waits for it, then throws.</summary>
+    private sealed class RunsElsewhereThenThrowsTaskScheduler : TaskScheduler
+    {
+        public bool ThrowAfterRunning { get; set; }
+
+        protected override void QueueTask(Task task)
+        {
+            var runner = new Thread(() => TryExecuteTask(task)) { IsBackground = true };
+            runner.Start();
+            if (ThrowAfterRunning)
+            {
+                runner.Join(SchedulerTestHelpers.Timeout);
+                throw new SchedulerFailure();
+            }
+        }
+
+        protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => false;
+
+        protected override IEnumerable<Task>? GetScheduledTasks() => [];
+    }
+
+    /// <summary>In normal mode runs each task on the ThreadPool; told to, stores the task for later and throws.</summary>
+    private sealed class StoresThenThrowsTaskScheduler : TaskScheduler
+    {
+        public bool StoreAndThrow { get; set; }
+
+        public Task? Stored { get; private set; }
+
+        public bool RunStored() => TryExecuteTask(Stored!);
+
+        protected override void QueueTask(Task task)
+        {
+            if (StoreAndThrow)
+            {
+                Stored = task;
+                throw new SchedulerFailure();
+            }
+
+            ThreadPool.UnsafeQueueUserWorkItem(_ => TryExecuteTask(task), null);
+        }
+
+        protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => false;
+
+        protected override IEnumerable<Task>? GetScheduledTasks() => [];
+    }
+
+    /// <summary>
+    /// A context for one post, whose <c>Post</c> accepts the callback (hands it to a thread of its own) and then throws
+    /// anyway. The callback runs there before <c>Post</c> throws (<c>Post</c> waits for it), or only after
+    /// <see cref="Release"/>, so after <c>Post</c> has thrown. Anything the callback throws is kept, not let out.
+    /// </summary>
+    private sealed class AcceptsThenThrowsSynchronizationContext(bool runsBeforePostThrows) : SynchronizationContext, IDisposable
+    {
+        private readonly ManualResetEventSlim _release = new(initialState: runsBeforePostThrows);
+        private readonly ManualResetEventSlim _callbackDone = new();
+        private Exception? _callbackFailure;
+        private bool _posted;
+
+        public Exception? CallbackFailure => Volatile.Read(ref _callbackFailure);
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            _posted = true;
+            var thread = new Thread(() =>
+            {
+                if (_release.Wait(SchedulerTestHelpers.Timeout))
+                {
+                    try
+                    {
+                        d(state);
+                    }
+                    catch (Exception exception)
+                    {
+                        Volatile.Write(ref _callbackFailure, exception);
+                    }
+                }
+
+                _callbackDone.Set();
+            })
+            { IsBackground = true };
+            thread.Start();
+            if (runsBeforePostThrows)
+            {
+                _callbackDone.Wait(SchedulerTestHelpers.Timeout);
+            }
+
+            throw new PostFailure();
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        public void Release() => _release.Set();
+
+        public bool WaitForCallback(TimeSpan timeout) => _callbackDone.Wait(timeout);
+
+        public void Dispose()
+        {
+            _release.Set();
+            if (_posted)
+            {
+                _callbackDone.Wait(SchedulerTestHelpers.Timeout);
+            }
+
+            _release.Dispose();
+            _callbackDone.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A context whose <c>Post</c> hands the callback to its own thread and throws at once: the callback and the
+    /// waker's fallback race. That thread polls without sleeping and waits a varying while before each callback, so
+    /// that either side wins in a good share of the rounds.
+    /// </summary>
+    private sealed class RacingThrowingSynchronizationContext : SynchronizationContext, IDisposable
+    {
+        [ThreadStatic]
+        private static bool t_inCallback;
+
+        private readonly ConcurrentQueue<(SendOrPostCallback Callback, object? State)> _posts = new();
+        private readonly Thread _runner;
+        private volatile bool _disposed;
+        private int _posted;
+        private int _taken;
+        private int _callbacksRun;
+        private int _callbackFailures;
+
+        public RacingThrowingSynchronizationContext()
+        {
+            _runner = new Thread(RunPosts) { IsBackground = true, Name = "Racing context" };
+            _runner.Start();
+        }
+
+        /// <summary>Whether the calling thread is running a callback of such a context (else the fallback runs it).</summary>
+        public static bool InCallback => t_inCallback;
+
+        public int CallbacksRun => Volatile.Read(ref _callbacksRun);
+
+        public int CallbackFailures => Volatile.Read(ref _callbackFailures);
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            int post = Interlocked.Increment(ref _posted);
+            _posts.Enqueue((d, state));
+
+            // Every other post waits until the runner has picked the callback up (bounded: the runner may be starved
+            // on a loaded machine), so that the two sides really run at the same time in those rounds.
+            if (post % 2 == 0)
+            {
+                var waiting = new SpinWait();
+                long deadline = Environment.TickCount64 + 1_000;
+                while (Volatile.Read(ref _taken) < post && Environment.TickCount64 < deadline)
+                {
+                    waiting.SpinOnce(sleep1Threshold: -1);
+                }
+            }
+
+            throw new PostFailure();
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        public void Dispose()
+        {
+            _disposed = true;
+            _runner.Join(SchedulerTestHelpers.Timeout);
+        }
+
+        private void RunPosts()
+        {
+            t_inCallback = true;
+            var idle = new SpinWait();
+            int taken = 0;
+            while (!_disposed)
+            {
+                if (!_posts.TryDequeue(out (SendOrPostCallback Callback, object? State) post))
+                {
+                    idle.SpinOnce(sleep1Threshold: -1);
+                    continue;
+                }
+
+                idle.Reset();
+                Volatile.Write(ref _taken, ++taken);
+                Thread.SpinWait(1 << (taken % 8));
+                try
+                {
+                    post.Callback(post.State);
+                }
+                catch (Exception)
+                {
+                    Interlocked.Increment(ref _callbackFailures);
+                }
+                finally
+                {
+                    Interlocked.Increment(ref _callbacksRun);
+                }
+            }
+        }
     }
 
     /// <summary>A context whose <c>Post</c> throws, after running the callback inline (<c>runFirst</c>) or without running it.</summary>

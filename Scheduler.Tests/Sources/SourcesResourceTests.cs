@@ -1,3 +1,4 @@
+using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
 using Xunit.Abstractions;
 
@@ -139,6 +140,23 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Hand_off_to_a_synchronization_context_allocates_nothing_beyond_its_Post()
+    {
+        // A context whose Post allocates nothing itself: what is left is the waker's side of the hand-off (the claim
+        // that keeps a throwing Post from running the continuation twice is pooled).
+        var context = new OnePostSynchronizationContext();
+        RunContextHandOffCycles(context, 10_000);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        long sum = RunContextHandOffCycles(context, 100_000);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        sum.Should().Be(100_000L * 99_999 / 2);
+        output.WriteLine($"{allocated} B / 100,000 context hand-offs");
+        allocated.Should().BeLessThan(1024, "a hand-off to a context must not allocate on the waker's side");
+    }
+
+    [Fact]
     public async Task Pending_awaiters_cost_under_one_kilobyte_each()
     {
         const int Count = 20_000;
@@ -253,7 +271,68 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
         return sum;
     }
 
+    private static long s_handOffSum;
+
+    // Registers, completes (the context holds the post), then runs the post: all on this thread, so the thread's
+    // allocation counter sees every allocation of the cycle.
+    private static long RunContextHandOffCycles(OnePostSynchronizationContext context, int count)
+    {
+        s_handOffSum = 0;
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        for (int i = 0; i < count; i++)
+        {
+            IValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
+            short version = ((PooledValueTaskSource<int>)source).Version;
+            SynchronizationContext.SetSynchronizationContext(context);
+            try
+            {
+                source.OnCompleted(
+                    static state =>
+                    {
+                        var completed = (PooledValueTaskSource<int>)state!;
+                        s_handOffSum += ((IValueTaskSource<int>)completed).GetResult(completed.Version);
+                    },
+                    source,
+                    version,
+                    ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+            }
+            finally
+            {
+                SynchronizationContext.SetSynchronizationContext(previous);
+            }
+
+            ((PooledValueTaskSource<int>)source).TrySetResult(i);
+            context.RunPost();
+        }
+
+        return s_handOffSum;
+    }
+
     private static async Task<int> AwaitOne(PooledValueTaskSource<int> source) => await source.Task;
+
+    /// <summary>Holds one post at a time, without allocating, until <see cref="RunPost"/> runs it on the caller.</summary>
+    private sealed class OnePostSynchronizationContext : SynchronizationContext
+    {
+        private SendOrPostCallback? _callback;
+        private object? _state;
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            _callback = d;
+            _state = state;
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        public void RunPost()
+        {
+            SendOrPostCallback callback = _callback ?? throw new InvalidOperationException("Nothing was posted.");
+            object? state = _state;
+            _callback = null;
+            _state = null;
+            callback(state);
+        }
+    }
 
     /// <summary>
     /// A consumer loop (started by <paramref name="start"/>) rents, publishes and awaits; a dedicated thread completes.

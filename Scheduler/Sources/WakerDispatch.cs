@@ -6,20 +6,14 @@ namespace Scheduler.Sources;
 /// <summary>Where a waker's continuation runs: capture at <c>OnCompleted</c>, queue at completion, invoke on arrival.</summary>
 internal static class WakerDispatch
 {
-    private static readonly SendOrPostCallback s_postCallback = ExecuteHandedOff;
-    private static readonly Action<object?> s_taskCallback = ExecuteHandedOff;
+    private static readonly SendOrPostCallback s_postCallback = static handOff => ((ContextHandOff)handOff!).RunFromTarget();
+    private static readonly Action<object?> s_taskCallback = static handOff => ((ContextHandOff)handOff!).RunFromTarget();
 
     // Set on a thread that must never run user code (the I/O reactor's). A SynchronizationContext's Post and a foreign
     // TaskScheduler's QueueTask are user code: either may run the continuation inline or block, which on that thread
     // would stall every socket it serves. From such a thread those two targets are reached through the ThreadPool.
     [ThreadStatic]
     private static bool t_runsNoUserCode;
-
-    // Set by a handed-off work item as it starts: tells HandOff whether an exception out of Post or StartNew came from a
-    // target that refused (the item never ran: queue it elsewhere) or after the target ran the item inline (it ran:
-    // never again).
-    [ThreadStatic]
-    private static bool t_handedOffItemStarted;
 
     /// <summary>
     /// The scheduling target of an awaiter: a <see cref="WorkStealingTaskScheduler"/> (with the calling worker's
@@ -150,50 +144,32 @@ internal static class WakerDispatch
         continuation(state);
     };
 
-    private static void ExecuteHandedOff(object? workItem)
-    {
-        t_handedOffItemStarted = true; // see HandOff
-        ((IThreadPoolWorkItem)workItem!).Execute();
-    }
-
     /// <summary>
     /// Gives <paramref name="workItem"/> to a <see cref="SynchronizationContext"/> (<c>Post</c>) or a foreign
-    /// <see cref="TaskScheduler"/> (a task on it). Either is user code, and either may run the item inline.
+    /// <see cref="TaskScheduler"/> (a task on it). Either is user code: it may run the item inline, or accept it for
+    /// another thread, and still throw. <see cref="ContextHandOff"/> makes sure the item runs exactly once.
     /// </summary>
     private static void HandOff(IThreadPoolWorkItem workItem, object target)
     {
-        // Saved and restored: an item that the target runs inline may hand off again (a nested call on this thread).
-        bool outer = t_handedOffItemStarted;
-        t_handedOffItemStarted = false;
+        // One per hand-off (pooled), not per waker: a callback that comes late must find its own dispatch's claim.
+        ContextHandOff handOff = ContextHandOff.Rent(workItem);
         try
         {
             if (target is SynchronizationContext context)
             {
-                context.Post(s_postCallback, workItem);
+                context.Post(s_postCallback, handOff);
             }
             else
             {
-                _ = Task.Factory.StartNew(s_taskCallback, workItem, CancellationToken.None, TaskCreationOptions.DenyChildAttach, (TaskScheduler)target);
+                _ = Task.Factory.StartNew(s_taskCallback, handOff, CancellationToken.None, TaskCreationOptions.DenyChildAttach, (TaskScheduler)target);
             }
-        }
-        catch (Exception) when (!t_handedOffItemStarted)
-        {
-            // The target refused (a context whose loop has ended, a disposed scheduler). Thrown here the exception would
-            // reach the completing thread (the I/O reactor or a timer driver, stopping every other operation they
-            // serve) and strand this awaiter: the continuation must still run.
-            ThreadPool.UnsafeQueueUserWorkItem(workItem, preferLocal: false);
         }
         catch (Exception exception)
         {
-            // The target ran the item inline and then threw (Post letting the continuation's exception out, or a
-            // QueueTask failing after it ran the task). It ran: queueing it again would run it twice (a pooled item is
-            // back in its pool by then, possibly carrying another awaiter's continuation). The exception goes where one
-            // escaping a ThreadPool work item goes, not to the completing thread.
-            Unhandled.Raise(exception);
+            handOff.TargetThrew(exception);
+            return;
         }
-        finally
-        {
-            t_handedOffItemStarted = outer;
-        }
+
+        handOff.TargetAccepted();
     }
 }
