@@ -44,7 +44,7 @@ public sealed partial class ReactorSocket
                 }
             }
 
-            if (Libc.Listen(fd, backlog) != 0)
+            if (FaultInjection.Fails("listen") || Libc.Listen(fd, backlog) != 0)
             {
                 Errno.ThrowLast("listen");
             }
@@ -259,7 +259,7 @@ public sealed partial class ReactorSocket
 
     private static unsafe void SetOption(int fd, int level, int name, int value, string what)
     {
-        if (Libc.SetSockOpt(fd, level, name, &value, sizeof(int)) != 0)
+        if (FaultInjection.Fails("setsockopt") || Libc.SetSockOpt(fd, level, name, &value, sizeof(int)) != 0)
         {
             Errno.ThrowLast(what);
         }
