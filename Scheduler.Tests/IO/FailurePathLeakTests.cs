@@ -15,7 +15,8 @@ public sealed class FaultInjectionGroup;
 
 /// <summary>
 /// A reactor or socket whose creation fails part way (a system call the kernel refuses, injected here through
-/// <see cref="FaultInjection.HookForTests"/>) closes every descriptor it had opened, before it throws.
+/// <see cref="FaultInjection.HookForTests"/>) closes every descriptor it had opened, and removes a Unix domain socket
+/// file it had created, before it throws.
 /// </summary>
 [Collection(nameof(FaultInjectionGroup))]
 public sealed class FailurePathLeakTests
@@ -43,6 +44,51 @@ public sealed class FailurePathLeakTests
         step.Exception.Should().Match<Exception>(e => e is SocketException || e is OutOfMemoryException);
         step.OpenedBeforeFailure.Should().HaveCount(2, "the epoll instance and the eventfd were open");
         step.StillOpen().Should().BeEmpty("a reactor that throws from its constructor cannot be disposed by anyone");
+    }
+
+    [Theory]
+    [InlineData("listen")]
+    [InlineData("epoll_ctl")]
+    public async Task A_unix_domain_listener_that_fails_after_bind_removes_its_socket_file_and_closes_its_fd(string call)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"reactor-fail-{Guid.NewGuid():N}.sock");
+        try
+        {
+            await using var io = new IoTestContext();
+            FailedStep step = Fail(call, EADDRINUSE, () => io.Listen(new UnixDomainSocketEndPoint(path)).Dispose());
+
+            step.Exception.Should().BeOfType<SocketException>();
+            step.OpenedBeforeFailure.Should().ContainSingle("the listener's socket was open");
+            step.StillOpen().Should().BeEmpty();
+            File.Exists(path).Should().BeFalse("the bind created the file, and the listener it was made for never came to be");
+
+            // The path is free again: a retry binds it.
+            using ReactorSocket retry = io.Listen(new UnixDomainSocketEndPoint(path));
+            File.Exists(path).Should().BeTrue();
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task A_unix_domain_listener_whose_bind_fails_leaves_the_file_already_there_alone()
+    {
+        // Someone else's file (here a plain one): bind fails with EADDRINUSE and must not take it away.
+        string path = Path.Combine(Path.GetTempPath(), $"reactor-taken-{Guid.NewGuid():N}.sock");
+        await File.WriteAllTextAsync(path, "not ours");
+        try
+        {
+            await using var io = new IoTestContext();
+            FluentActions.Invoking(() => io.Listen(new UnixDomainSocketEndPoint(path)))
+                .Should().Throw<SocketException>().Which.SocketErrorCode.Should().Be(SocketError.AddressAlreadyInUse);
+            (await File.ReadAllTextAsync(path)).Should().Be("not ours");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     [Theory]
