@@ -69,6 +69,16 @@ internal sealed unsafe class EpollBackend : IReactorBackend
 
     public void Register(int fd, ulong token) => Ctl(EPOLL_CTL_ADD, fd, SocketEvents, token);
 
+    public void Rearm(int fd, ulong token)
+    {
+        // EPOLL_CTL_MOD polls the fd and queues an event when it is ready, also edge-triggered. On a registered fd it
+        // fails only with ENOENT, once the socket has been unregistered (its disposal finishes its operations).
+        byte* ev = stackalloc byte[16];
+        Unsafe.WriteUnaligned(ev, SocketEvents);
+        Unsafe.WriteUnaligned(ev + s_dataOffset, token);
+        _ = Libc.EpollCtl(_epollFd, EPOLL_CTL_MOD, fd, ev);
+    }
+
     public void Unregister(int fd)
     {
         byte* ev = stackalloc byte[16];
