@@ -180,4 +180,39 @@ public sealed class SendErrorWindowTests
             await sending.Awaiting(t => t.WaitAsync(Bound)).Should().ThrowAsync<SocketException>();
         }
     }
+
+    [Fact]
+    public async Task An_orderly_end_of_stream_that_arrives_during_a_long_send_still_reaches_the_receive()
+    {
+        // A half-close (the peer sends its request, shuts down its side and reads the long answer): the receive that
+        // meets the end of stream while the answer's send attempts run parks until one ends, and must then read 0.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        for (int round = 0; round < 20; round++)
+        {
+            using Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+            Task<int> receiving = server.ReceiveAsync(new byte[16]).AsTask();
+            Task<long> peerReading = Task.Run(async () =>
+            {
+                var sink = new byte[256 << 10];
+                long total = 0;
+                int n;
+                while ((n = await peer.ReceiveAsync(sink)) > 0)
+                {
+                    total += n;
+                }
+
+                return total;
+            });
+            byte[] answer = new byte[8 << 20];
+            Task<int> sending = Task.Run(async () => await server.SendAsync(answer));
+            peer.Shutdown(SocketShutdown.Send);
+
+            (await receiving.WaitAsync(Bound)).Should().Be(0, $"round {round}: the peer ended its stream in order");
+            (await sending.WaitAsync(Bound)).Should().Be(answer.Length);
+            server.Shutdown(SocketShutdown.Send);
+            (await peerReading.WaitAsync(Bound)).Should().Be(answer.Length);
+        }
+    }
 }
