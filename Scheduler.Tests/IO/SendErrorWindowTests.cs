@@ -67,4 +67,152 @@ public sealed class SendErrorWindowTests
             sendGo.Set();
         }
     }
+
+    [Fact]
+    public async Task A_receive_the_reactor_retries_in_that_instant_leaves_the_reactor_thread_free_for_other_sockets()
+    {
+        // The same instant, met by the reactor's retry of a parked receive instead of a caller's attempt. The receive
+        // must not wait for the send there (it used to spin until the send recorded): a caller's send can be preempted,
+        // or keep the kernel busy with a long buffer, and meanwhile no other socket of the reactor would be served.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+        using Socket probePeer = IoTestContext.NewPlainSocket();
+        using ReactorSocket probe = await io.AcceptConnectedAsync(listener, probePeer);
+
+        // An accept the reactor retries holds the reactor thread while the reset arrives and the send takes it, so
+        // that the reactor meets the end of stream only later, in its retry of the parked receive.
+        using ReactorSocket holder = io.Listen();
+        using Socket holderClient = IoTestContext.NewPlainSocket();
+        using var reactorHeld = new ManualResetEventSlim();
+        using var reactorGo = new ManualResetEventSlim();
+        using var sendHeld = new ManualResetEventSlim();
+        using var sendGo = new ManualResetEventSlim();
+        ReactorSocket.RaceHookForTests = (socket, point) =>
+        {
+            if (ReferenceEquals(socket, holder) && point == "accept-attempt" && Thread.CurrentThread.Name == "IoReactor" && !reactorHeld.IsSet)
+            {
+                reactorHeld.Set();
+                reactorGo.Wait(Bound);
+            }
+            else if (ReferenceEquals(socket, server) && point == "send-connection-error")
+            {
+                sendHeld.Set();
+                sendGo.Wait(Bound);
+            }
+        };
+
+        try
+        {
+            Task<int> receiving = server.ReceiveAsync(new byte[16]).AsTask();
+            receiving.IsCompleted.Should().BeFalse("nothing was sent: the receive parks for the reactor to retry");
+            Task<ReactorSocket> accepting = holder.AcceptAsync().AsTask();
+            await holderClient.ConnectAsync(holder.LocalEndPoint!);
+            reactorHeld.Wait(Bound).Should().BeTrue("the reactor retries the parked accept");
+
+            peer.LingerState = new LingerOption(true, 0);
+            peer.Close(); // RST: the reactor cannot look yet, so the send below takes the error first
+            Task sending = Task.Run(async () =>
+            {
+                for (int i = 0; i < 200; i++)
+                {
+                    await server.SendAsync(new byte[] { 1 });
+                    await Task.Delay(5);
+                }
+            });
+            sendHeld.Wait(Bound).Should().BeTrue("a send takes the reset");
+
+            // The reactor goes on: next it retries the receive, which reads 0 before the send recorded the reset.
+            reactorGo.Set();
+            Task<int> probing = probe.ReceiveAsync(new byte[1]).AsTask();
+            probePeer.Send(new byte[] { 7 });
+            (await Task.WhenAny(probing, Task.Delay(TimeSpan.FromSeconds(3)))).Should().BeSameAs(
+                probing, "the reactor thread serves another socket while the send that took the reset is held");
+            (await probing).Should().Be(1);
+            receiving.IsCompleted.Should().BeFalse("the receive waits for the send to record what it took");
+
+            sendGo.Set();
+            (await sending.Awaiting(t => t.WaitAsync(Bound)).Should().ThrowAsync<SocketException>())
+                .Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+            (await receiving.Awaiting(t => t.WaitAsync(Bound)).Should().ThrowAsync<SocketException>("the stream was cut by a reset"))
+                .Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+            (await accepting.WaitAsync(Bound)).Dispose();
+        }
+        finally
+        {
+            ReactorSocket.RaceHookForTests = null;
+            reactorGo.Set();
+            sendGo.Set();
+        }
+    }
+
+    [Fact]
+    public async Task A_reset_racing_a_sender_and_a_parked_receive_always_ends_the_receive_with_the_reset()
+    {
+        // No hook: whoever meets the reset first (a caller's send, the reactor's retry of the receive or of a parked
+        // send), the receive throws it and never reads an orderly end, and nothing hangs. Many rounds, each with a
+        // sender that keeps a send attempt under way as often as it can.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        var buffer = new byte[16];
+        for (int round = 0; round < 150; round++)
+        {
+            using Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+            Task<int> receiving = server.ReceiveAsync(buffer).AsTask();
+            using var sendStarted = new ManualResetEventSlim();
+            Task sending = Task.Run(async () =>
+            {
+                var chunk = new byte[1 + (round % 4 * 4096)];
+                while (true)
+                {
+                    sendStarted.Set();
+                    await server.SendAsync(chunk);
+                }
+            });
+            sendStarted.Wait(Bound).Should().BeTrue();
+            peer.LingerState = new LingerOption(true, 0);
+            peer.Close();
+
+            (await receiving.Awaiting(t => t.WaitAsync(Bound)).Should().ThrowAsync<SocketException>($"round {round}: the stream was cut by a reset"))
+                .Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+            await sending.Awaiting(t => t.WaitAsync(Bound)).Should().ThrowAsync<SocketException>();
+        }
+    }
+
+    [Fact]
+    public async Task An_orderly_end_of_stream_that_arrives_during_a_long_send_still_reaches_the_receive()
+    {
+        // A half-close (the peer sends its request, shuts down its side and reads the long answer): the receive that
+        // meets the end of stream while the answer's send attempts run parks until one ends, and must then read 0.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        for (int round = 0; round < 20; round++)
+        {
+            using Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+            Task<int> receiving = server.ReceiveAsync(new byte[16]).AsTask();
+            Task<long> peerReading = Task.Run(async () =>
+            {
+                var sink = new byte[256 << 10];
+                long total = 0;
+                int n;
+                while ((n = await peer.ReceiveAsync(sink)) > 0)
+                {
+                    total += n;
+                }
+
+                return total;
+            });
+            byte[] answer = new byte[8 << 20];
+            Task<int> sending = Task.Run(async () => await server.SendAsync(answer));
+            peer.Shutdown(SocketShutdown.Send);
+
+            (await receiving.WaitAsync(Bound)).Should().Be(0, $"round {round}: the peer ended its stream in order");
+            (await sending.WaitAsync(Bound)).Should().Be(answer.Length);
+            server.Shutdown(SocketShutdown.Send);
+            (await peerReading.WaitAsync(Bound)).Should().Be(answer.Length);
+        }
+    }
 }

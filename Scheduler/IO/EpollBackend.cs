@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Scheduler.Native;
@@ -35,6 +36,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     private readonly byte* _events;
     private int _disposed;
 
+    /// <exception cref="SocketException">epoll_create1, eventfd or registering the eventfd failed; nothing stays open.</exception>
     public EpollBackend()
     {
         _epollFd = Libc.EpollCreate1(EPOLL_CLOEXEC);
@@ -43,20 +45,39 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             Errno.ThrowLast("epoll_create1");
         }
 
-        _wakeFd = Libc.EventFd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (_wakeFd < 0)
+        // From here on every failure closes what is open: a constructor that throws leaves nobody to call Dispose,
+        // and the epoll fd is a plain int that no finalizer would ever close.
+        _wakeFd = -1;
+        try
         {
-            int errno = Errno.Last;
-            Libc.Close(_epollFd);
-            throw Errno.ToException(errno, "eventfd");
-        }
+            _wakeFd = FaultInjection.Fails("eventfd") ? -1 : Libc.EventFd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+            if (_wakeFd < 0)
+            {
+                Errno.ThrowLast("eventfd");
+            }
 
-        _wakeHandle = new SafeFileDescriptor(_wakeFd);
-        _events = (byte*)NativeMemory.AllocZeroed((nuint)(MaxEvents * s_eventSize));
-        Ctl(EPOLL_CTL_ADD, _wakeFd, EPOLLIN | EPOLLET, WakeToken);
+            _wakeHandle = new SafeFileDescriptor(_wakeFd);
+            _events = (byte*)NativeMemory.AllocZeroed((nuint)(MaxEvents * s_eventSize));
+            Ctl(EPOLL_CTL_ADD, _wakeFd, EPOLLIN | EPOLLET, WakeToken);
+        }
+        catch
+        {
+            CloseAfterFailedConstruction();
+            throw;
+        }
     }
 
     public void Register(int fd, ulong token) => Ctl(EPOLL_CTL_ADD, fd, SocketEvents, token);
+
+    public void Rearm(int fd, ulong token)
+    {
+        // EPOLL_CTL_MOD polls the fd and queues an event when it is ready, also edge-triggered. On a registered fd it
+        // fails only with ENOENT, once the socket has been unregistered (its disposal finishes its operations).
+        byte* ev = stackalloc byte[16];
+        Unsafe.WriteUnaligned(ev, SocketEvents);
+        Unsafe.WriteUnaligned(ev + s_dataOffset, token);
+        _ = Libc.EpollCtl(_epollFd, EPOLL_CTL_MOD, fd, ev);
+    }
 
     public void Unregister(int fd)
     {
@@ -140,6 +161,22 @@ internal sealed unsafe class EpollBackend : IReactorBackend
         NativeMemory.Free(_events);
     }
 
+    /// <summary>Closes what the constructor opened before it failed (fields it did not reach are still zero or null).</summary>
+    private void CloseAfterFailedConstruction()
+    {
+        if (_wakeHandle is not null)
+        {
+            _wakeHandle.Dispose();
+        }
+        else if (_wakeFd >= 0)
+        {
+            Libc.Close(_wakeFd); // opened, but the handle that would own it was not created
+        }
+
+        Libc.Close(_epollFd);
+        NativeMemory.Free(_events); // null (not allocated yet) is allowed
+    }
+
     private int WaitOnce(int max, long timeoutNanoseconds)
     {
         if (timeoutNanoseconds < 0)
@@ -189,7 +226,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
         byte* ev = stackalloc byte[16];
         Unsafe.WriteUnaligned(ev, flags);
         Unsafe.WriteUnaligned(ev + s_dataOffset, token);
-        if (Libc.EpollCtl(_epollFd, op, fd, ev) != 0)
+        if (FaultInjection.Fails("epoll_ctl") || Libc.EpollCtl(_epollFd, op, fd, ev) != 0)
         {
             Errno.ThrowLast("epoll_ctl");
         }

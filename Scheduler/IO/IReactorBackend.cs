@@ -21,6 +21,13 @@ internal interface IReactorBackend : IDisposable
     /// <summary>Registers <paramref name="fd"/> once for edge-triggered read, write and hang-up readiness, tagged with <paramref name="token"/>.</summary>
     void Register(int fd, ulong token);
 
+    /// <summary>
+    /// Reports <paramref name="fd"/>'s current readiness once more, as a new edge tagged with <paramref name="token"/>,
+    /// when it is ready at all (epoll: <c>EPOLL_CTL_MOD</c>; a kqueue backend would trigger a user event carrying the
+    /// token). Any thread; best effort: an fd no longer registered is ignored.
+    /// </summary>
+    void Rearm(int fd, ulong token);
+
     /// <summary>Removes <paramref name="fd"/> (best effort: closing the fd removes it as well).</summary>
     void Unregister(int fd);
 

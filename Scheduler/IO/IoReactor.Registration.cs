@@ -52,6 +52,20 @@ public sealed partial class IoReactor
         }
     }
 
+    /// <summary>
+    /// Has the backend report <paramref name="socket"/>'s current readiness again, as a new edge (for a receive that
+    /// parked with no edge to come; see <see cref="ReactorSocket.EndSendAttempt"/>). Any thread; the caller holds a
+    /// reference on <paramref name="fd"/>. Nothing to do once the socket or the reactor is disposed: their disposal
+    /// fails the parked operations.
+    /// </summary>
+    internal void ReportReadinessAgain(ReactorSocket socket, int fd)
+    {
+        if (!IsDisposed && !socket.IsDisposed)
+        {
+            _backend.Rearm(fd, socket.RegistrationToken);
+        }
+    }
+
     /// <summary>Frees the socket's slot and bumps its generation so in-flight events for it are dropped.</summary>
     internal void Unregister(ReactorSocket socket)
     {

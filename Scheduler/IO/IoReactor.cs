@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.InteropServices;
+using Scheduler.Native;
 using Scheduler.Sources;
 using Scheduler.Timers;
 
@@ -42,12 +43,30 @@ public sealed partial class IoReactor : IDisposable
 
         Scheduler = scheduler;
         _backend = CreateBackend();
-        _thread = new Thread(static s => ((IoReactor)s!).Run())
+        try
         {
-            IsBackground = true,
-            Name = "IoReactor",
-        };
-        _thread.UnsafeStart(this);
+            _thread = new Thread(static s => ((IoReactor)s!).Run())
+            {
+                IsBackground = true,
+                Name = "IoReactor",
+            };
+            if (FaultInjection.Fails("pthread_create"))
+            {
+#pragma warning disable CA2201 // What Thread.Start throws when the OS refuses a thread (pthread_create's EAGAIN).
+                throw new OutOfMemoryException("Thread creation failed (injected by a test).");
+#pragma warning restore CA2201
+            }
+
+            _thread.UnsafeStart(this);
+        }
+        catch
+        {
+            // The OS refuses threads under a pids limit (a container's cgroup, RLIMIT_NPROC): a caller that retries
+            // must not leak an epoll instance and an eventfd each time. Nobody can dispose a reactor whose
+            // constructor threw.
+            _backend.Dispose();
+            throw;
+        }
     }
 
     /// <summary>True where a backend exists (Linux, through epoll).</summary>

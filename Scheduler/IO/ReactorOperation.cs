@@ -62,12 +62,6 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
     /// <summary>Claims the operation for one caller; false when another call of this direction is in flight.</summary>
     public bool TryAcquire() => Interlocked.CompareExchange(ref _state, Busy, Free) == Free;
 
-    /// <summary>
-    /// Whether a caller or the reactor holds the operation for an attempt right now (from the claim until it parks or
-    /// completes): a system call of it may have returned with a result not yet recorded.
-    /// </summary>
-    public bool IsAttempting => Volatile.Read(ref _state) is Busy or Running;
-
     /// <summary>Gives back an operation acquired with <see cref="TryAcquire"/> without running it.</summary>
     public void Release()
     {

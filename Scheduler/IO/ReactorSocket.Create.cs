@@ -7,6 +7,9 @@ namespace Scheduler.IO;
 
 public sealed partial class ReactorSocket
 {
+    /// <summary>Where <c>sun_path</c> starts in a <c>sockaddr_un</c> (after <c>sa_family_t</c>).</summary>
+    private const int SocketPathOffset = 2;
+
     /// <summary>
     /// Creates a listening socket bound to <paramref name="endPoint"/> (with address reuse for IP endpoints, so a
     /// restarted server can rebind at once). Port 0 picks a free port; read it from <see cref="LocalEndPoint"/>.
@@ -28,6 +31,7 @@ public sealed partial class ReactorSocket
 
         SocketAddress address = SocketAddressMarshal.Serialize(endPoint);
         SafeFileDescriptor handle = CreateHandle(address.Family);
+        bool createdSocketFile = false;
         try
         {
             int fd = handle.Fd;
@@ -44,7 +48,11 @@ public sealed partial class ReactorSocket
                 }
             }
 
-            if (Libc.Listen(fd, backlog) != 0)
+            // A Unix domain bind to a path creates the socket file (it fails with EADDRINUSE when the path exists, so a
+            // file there now is ours): left behind by a failure below, it would make every retry's bind fail.
+            createdSocketFile = SocketFileLength(address) > 0;
+
+            if (FaultInjection.Fails("listen") || Libc.Listen(fd, backlog) != 0)
             {
                 Errno.ThrowLast("listen");
             }
@@ -55,8 +63,44 @@ public sealed partial class ReactorSocket
         }
         catch
         {
+            // The file goes first, while our socket still holds the name: once the fd is closed, another process
+            // may remove the stale file and bind a new one at that path, which we must not take away.
+            if (createdSocketFile)
+            {
+                RemoveSocketFile(address);
+            }
+
             handle.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// The length of the file path in a Unix domain <c>sockaddr_un</c> (up to its NUL, if any), or 0 when the address
+    /// names no file: an IP address, an abstract name (a leading NUL) or an unnamed one.
+    /// </summary>
+    private static int SocketFileLength(SocketAddress address)
+    {
+        if (address.Family != AddressFamily.Unix || address.Size <= SocketPathOffset || address.Buffer.Span[SocketPathOffset] == 0)
+        {
+            return 0;
+        }
+
+        ReadOnlySpan<byte> path = address.Buffer.Span[SocketPathOffset..address.Size];
+        int end = path.IndexOf((byte)0);
+        return end < 0 ? path.Length : end;
+    }
+
+    /// <summary>Best effort: unlinks the socket file a failed <see cref="Listen"/> created (the error it throws matters more).</summary>
+    private static unsafe void RemoveSocketFile(SocketAddress address)
+    {
+        int length = SocketFileLength(address);
+        Span<byte> path = stackalloc byte[length + 1]; // NUL-terminated; a sockaddr_un path is at most 108 bytes
+        address.Buffer.Span.Slice(SocketPathOffset, length).CopyTo(path);
+        path[length] = 0;
+        fixed (byte* native = path)
+        {
+            _ = Libc.Unlink(native);
         }
     }
 
@@ -259,7 +303,7 @@ public sealed partial class ReactorSocket
 
     private static unsafe void SetOption(int fd, int level, int name, int value, string what)
     {
-        if (Libc.SetSockOpt(fd, level, name, &value, sizeof(int)) != 0)
+        if (FaultInjection.Fails("setsockopt") || Libc.SetSockOpt(fd, level, name, &value, sizeof(int)) != 0)
         {
             Errno.ThrowLast(what);
         }

@@ -38,6 +38,13 @@ public sealed partial class ReactorSocket
                         : ReceiveMessage(fd.Fd, buffer, span.Length, reportsQueuedBytes, out queued, out cutShort);
                     if (n == 0 && Socket.ConnectionErrorAfterEndOfStream() is int taken and not 0)
                     {
+                        if (taken == EndOfStreamAwaitsSendAttempt)
+                        {
+                            // A send attempt under way may have taken the error without recording it yet: park (this
+                            // attempt proved nothing drained) until it ends and reports the socket readable again.
+                            return false;
+                        }
+
                         // The connection failed (a reset, a timeout) and a send took the socket's error: the kernel
                         // now reports an end of stream here, but the peer's stream was cut short, not ended.
                         error = Errno.ToException(taken, "recv");
@@ -146,6 +153,26 @@ public sealed partial class ReactorSocket
 
         protected override bool TryExecute(FdReference fd, out int result, out Exception? error)
         {
+            Socket.BeginSendAttempt();
+            try
+            {
+                return SendRemaining(fd, out result, out error);
+            }
+            finally
+            {
+                Socket.EndSendAttempt(fd);
+            }
+        }
+
+        protected override void ClearParameters()
+        {
+            _buffer = default;
+            _buffers = default;
+            _isSequence = false;
+        }
+
+        private bool SendRemaining(FdReference fd, out int result, out Exception? error)
+        {
             result = 0;
             error = null;
             while (_sent < _total)
@@ -187,13 +214,6 @@ public sealed partial class ReactorSocket
 
             result = _total;
             return true;
-        }
-
-        protected override void ClearParameters()
-        {
-            _buffer = default;
-            _buffers = default;
-            _isSequence = false;
         }
 
         private unsafe nint SendSingle(int fd)

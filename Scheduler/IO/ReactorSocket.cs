@@ -31,6 +31,13 @@ public sealed partial class ReactorSocket : IDisposable
     private int _writeSequence;
     private int _drainProofsVoid;
     private int _connectionErrorTakenBySend;
+
+    // Whether a send attempt is under way (see BeginSendAttempt), and whether a receive that read 0 meanwhile waits for
+    // it to end (see ConnectionErrorAfterEndOfStream).
+    private const int NoSendAttempt = 0;
+    private const int SendAttemptUnderWay = 1;
+    private const int SendAttemptWithWaitingReceive = 2;
+    private int _sendAttempt;
     private int _disposed;
     private EndPoint? _localEndPoint;
     private EndPoint? _remoteEndPoint;
@@ -243,31 +250,56 @@ public sealed partial class ReactorSocket : IDisposable
     internal void RecordConnectionErrorTakenBySend(int errno) => Interlocked.CompareExchange(ref _connectionErrorTakenBySend, errno, 0);
 
     /// <summary>
-    /// For a receive that read 0: <see cref="ConnectionErrorTakenBySend"/>, once no send attempt is under way. A send
-    /// that took the error from the kernel records it a few instructions later; a receive that read 0 in between would
-    /// report an orderly end. So while a send attempt is under way (rare at an end of stream, and a non-blocking
-    /// system call long) this waits for it: it records the error, or finishes without one, before it lets go.
+    /// What <see cref="ConnectionErrorAfterEndOfStream"/> returns while a send attempt is under way: the receive parks
+    /// (as on EAGAIN), and that attempt, as it ends, has the reactor report the socket readable again.
+    /// </summary>
+    internal const int EndOfStreamAwaitsSendAttempt = -1;
+
+    /// <summary>
+    /// For a receive that read 0: <see cref="ConnectionErrorTakenBySend"/> (0 for an orderly end), or
+    /// <see cref="EndOfStreamAwaitsSendAttempt"/> while a send attempt is under way. A send that took the error from the
+    /// kernel records it a few instructions later; a receive that read 0 in between would report an orderly end. Such
+    /// a receive does not wait for the send (on the reactor thread that would stall every other socket for as long
+    /// as a caller's send runs: preempted, or handing the kernel a long buffer): it parks, and the attempt, once it
+    /// has recorded what it took, asks for one more edge (see <see cref="EndSendAttempt"/>), whose retry reads 0
+    /// again and then finds the record. One CAS decides: either the attempt has ended (and recorded), or it will
+    /// see the request when it ends.
     /// </summary>
     internal int ConnectionErrorAfterEndOfStream()
     {
-        var spinner = default(SpinWait);
-        while (true)
+        int taken = ConnectionErrorTakenBySend;
+        if (taken != 0)
         {
-            int taken = ConnectionErrorTakenBySend;
-            if (taken != 0)
-            {
-                return taken;
-            }
+            return taken;
+        }
 
-            if (_send is null || !_send.IsAttempting)
-            {
-                // The attempt records before it lets go of the operation (a release write that this read acquires).
-                return ConnectionErrorTakenBySend;
-            }
+        if (Interlocked.CompareExchange(ref _sendAttempt, SendAttemptWithWaitingReceive, SendAttemptUnderWay) == NoSendAttempt)
+        {
+            // Every attempt records before it ends (the exchange in EndSendAttempt, a full fence, which this CAS orders).
+            return ConnectionErrorTakenBySend;
+        }
 
-            // On the reactor thread too: the send is then a caller's attempt on its own thread (only this thread
-            // retries for the reactor), so it finishes without us. No Sleep(1): the wait is a system call long.
-            spinner.SpinOnce(sleep1Threshold: -1);
+        return EndOfStreamAwaitsSendAttempt;
+    }
+
+    /// <summary>
+    /// A send attempt starts: from here until <see cref="EndSendAttempt"/> its system calls may take a failed
+    /// connection's error before it is recorded. A full fence, so the mark is seen before the kernel can hand the error
+    /// over: a receive that reads 0 after that also sees the attempt.
+    /// </summary>
+    internal void BeginSendAttempt() => Interlocked.Exchange(ref _sendAttempt, SendAttemptUnderWay);
+
+    /// <summary>
+    /// The send attempt that <see cref="BeginSendAttempt"/> marked has recorded what it took and ends. When a receive
+    /// read 0 meanwhile and parked, the socket is reported readable once more (an end of stream stays readable for
+    /// good), so that the reactor retries that receive, on its own thread, where no continuation runs inline.
+    /// <paramref name="fd"/> is the attempt's reference, which keeps the fd number ours for the call.
+    /// </summary>
+    internal void EndSendAttempt(FdReference fd)
+    {
+        if (Interlocked.Exchange(ref _sendAttempt, NoSendAttempt) == SendAttemptWithWaitingReceive)
+        {
+            Reactor.ReportReadinessAgain(this, fd.Fd);
         }
     }
 

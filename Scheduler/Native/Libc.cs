@@ -42,6 +42,10 @@ internal static unsafe partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "bind", SetLastError = true)]
     internal static partial int Bind(int fd, byte* address, uint addressLength);
 
+    /// <summary>Removes a file; <paramref name="path"/> is NUL-terminated.</summary>
+    [LibraryImport(LibraryName, EntryPoint = "unlink", SetLastError = true)]
+    internal static partial int Unlink(byte* path);
+
     [LibraryImport(LibraryName, EntryPoint = "listen", SetLastError = true)]
     internal static partial int Listen(int fd, int backlog);
 

@@ -75,6 +75,7 @@ internal static class LinuxConstants
     public const int EPOLL_CLOEXEC = 0x80000;
     public const int EPOLL_CTL_ADD = 1;
     public const int EPOLL_CTL_DEL = 2;
+    public const int EPOLL_CTL_MOD = 3;
     public const uint EPOLLIN = 0x001;
     public const uint EPOLLPRI = 0x002;
     public const uint EPOLLOUT = 0x004;

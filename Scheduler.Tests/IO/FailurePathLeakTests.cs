@@ -1,0 +1,224 @@
+using System.Net;
+using System.Net.Sockets;
+using Scheduler.IO;
+using Scheduler.Native;
+using static Scheduler.Native.LinuxConstants;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// Tests that set the process-wide <see cref="FaultInjection.HookForTests"/>, and read which descriptors the failing
+/// step had opened from the process's fd table, run alone.
+/// </summary>
+[CollectionDefinition(nameof(FaultInjectionGroup), DisableParallelization = true)]
+public sealed class FaultInjectionGroup;
+
+/// <summary>
+/// A reactor or socket whose creation fails part way (a system call the kernel refuses, injected here through
+/// <see cref="FaultInjection.HookForTests"/>) closes every descriptor it had opened, and removes a Unix domain socket
+/// file it had created, before it throws.
+/// </summary>
+[Collection(nameof(FaultInjectionGroup))]
+public sealed class FailurePathLeakTests
+{
+    [Theory]
+    [InlineData("eventfd", 1)]
+    [InlineData("epoll_ctl", 2)]
+    public void An_epoll_backend_that_fails_to_set_up_closes_what_it_opened(string call, int openedAtFailure)
+    {
+        FailedStep step = Fail(call, ENOMEM, () => new EpollBackend().Dispose());
+
+        step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(call);
+        step.OpenedBeforeFailure.Should().HaveCount(openedAtFailure, "the epoll instance (and the eventfd) were open");
+        step.StillOpen().Should().BeEmpty("every descriptor the constructor opened is closed when it throws");
+    }
+
+    [Theory]
+    [InlineData("epoll_ctl")]
+    [InlineData("pthread_create")]
+    public void A_reactor_that_fails_to_start_closes_its_epoll_instance_and_eventfd(string call)
+    {
+        using var scheduler = new WorkStealingTaskScheduler(1);
+        FailedStep step = Fail(call, EAGAIN, () => new IoReactor(scheduler).Dispose());
+
+        step.Exception.Should().Match<Exception>(e => e is SocketException || e is OutOfMemoryException);
+        step.OpenedBeforeFailure.Should().HaveCount(2, "the epoll instance and the eventfd were open");
+        step.StillOpen().Should().BeEmpty("a reactor that throws from its constructor cannot be disposed by anyone");
+    }
+
+    [Theory]
+    [InlineData("listen")]
+    [InlineData("epoll_ctl")]
+    public async Task A_unix_domain_listener_that_fails_after_bind_removes_its_socket_file_and_closes_its_fd(string call)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"reactor-fail-{Guid.NewGuid():N}.sock");
+        try
+        {
+            await using var io = new IoTestContext();
+            FailedStep step = Fail(call, EADDRINUSE, () => io.Listen(new UnixDomainSocketEndPoint(path)).Dispose());
+
+            step.Exception.Should().BeOfType<SocketException>();
+            step.OpenedBeforeFailure.Should().ContainSingle("the listener's socket was open");
+            step.StillOpen().Should().BeEmpty();
+            File.Exists(path).Should().BeFalse("the bind created the file, and the listener it was made for never came to be");
+
+            // The path is free again: a retry binds it.
+            using ReactorSocket retry = io.Listen(new UnixDomainSocketEndPoint(path));
+            File.Exists(path).Should().BeTrue();
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task A_unix_domain_listener_whose_bind_fails_leaves_the_file_already_there_alone()
+    {
+        // Someone else's file (here a plain one): bind fails with EADDRINUSE and must not take it away.
+        string path = Path.Combine(Path.GetTempPath(), $"reactor-taken-{Guid.NewGuid():N}.sock");
+        await File.WriteAllTextAsync(path, "not ours");
+        try
+        {
+            await using var io = new IoTestContext();
+            FluentActions.Invoking(() => io.Listen(new UnixDomainSocketEndPoint(path)))
+                .Should().Throw<SocketException>().Which.SocketErrorCode.Should().Be(SocketError.AddressAlreadyInUse);
+            (await File.ReadAllTextAsync(path)).Should().Be("not ours");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData("setsockopt")]
+    [InlineData("listen")]
+    [InlineData("epoll_ctl")]
+    public async Task A_tcp_listener_that_fails_to_set_up_closes_its_fd(string call)
+    {
+        await using var io = new IoTestContext();
+        FailedStep step = Fail(call, ENOMEM, () => io.Listen().Dispose());
+
+        step.Exception.Should().BeOfType<SocketException>();
+        step.OpenedBeforeFailure.Should().ContainSingle();
+        step.StillOpen().Should().BeEmpty();
+    }
+
+    [Theory]
+    [InlineData("setsockopt")]
+    [InlineData("epoll_ctl")]
+    public async Task A_connect_that_fails_to_set_up_closes_its_fd(string call)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        EndPoint endPoint = listener.LocalEndPoint!;
+
+        // A TCP connect to loopback may be connected at once or in progress; either way the failure is synchronous or
+        // the returned task's, and the fd must be closed.
+        FailedStep step = Fail(call, ENOMEM, () => ReactorSocket.ConnectAsync(io.Reactor, endPoint).AsTask().GetAwaiter().GetResult().Dispose());
+
+        step.Exception.Should().BeOfType<SocketException>();
+        step.OpenedBeforeFailure.Should().NotBeEmpty();
+        step.StillOpen().Should().BeEmpty();
+    }
+
+    [Theory]
+    [InlineData("setsockopt")]
+    [InlineData("epoll_ctl")]
+    public async Task An_accept_that_fails_to_set_up_the_accepted_socket_closes_it(string call)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket client = IoTestContext.NewPlainSocket();
+        client.Connect(listener.LocalEndPoint!); // queued in the kernel: the accept below takes it on this thread
+
+        FailedStep step = Fail(call, ENOMEM, () => listener.AcceptAsync().AsTask().GetAwaiter().GetResult().Dispose());
+
+        step.Exception.Should().BeOfType<SocketException>();
+        step.OpenedBeforeFailure.Should().ContainSingle("the accepted connection");
+        step.StillOpen().Should().BeEmpty();
+
+        // The listener stays usable.
+        using Socket second = IoTestContext.NewPlainSocket();
+        await second.ConnectAsync(listener.LocalEndPoint!);
+        using ReactorSocket accepted = await io.Run(async () => await listener.AcceptAsync());
+    }
+
+    /// <summary>What <see cref="Fail"/> saw: the exception, and the descriptors opened when the failing call was asked.</summary>
+    private sealed record FailedStep(Exception? Exception, IReadOnlyDictionary<int, string> OpenedBeforeFailure)
+    {
+        /// <summary>The descriptors of <see cref="OpenedBeforeFailure"/> that are still open (same fd, same target).</summary>
+        public IReadOnlyDictionary<int, string> StillOpen()
+        {
+            Dictionary<int, string> now = OpenDescriptors();
+            return OpenedBeforeFailure.Where(d => now.TryGetValue(d.Key, out string? target) && target == d.Value).ToDictionary();
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="action"/> with <paramref name="call"/> failing with <paramref name="errno"/> on this thread
+    /// (once: a later call of that name succeeds), and returns what it threw and which sockets, epoll instances and
+    /// eventfds had been opened since it started when the call was asked.
+    /// </summary>
+    private static FailedStep Fail(string call, int errno, Action action)
+    {
+        int thread = Environment.CurrentManagedThreadId;
+        Dictionary<int, string> before = OpenDescriptors();
+        Dictionary<int, string>? atFailure = null;
+        FaultInjection.HookForTests = name =>
+        {
+            if (name != call || atFailure is not null || Environment.CurrentManagedThreadId != thread)
+            {
+                return 0;
+            }
+
+            atFailure = OpenDescriptors();
+            return errno;
+        };
+
+        Exception? thrown = null;
+        try
+        {
+            action();
+        }
+        catch (Exception e)
+        {
+            thrown = e;
+        }
+        finally
+        {
+            FaultInjection.HookForTests = null;
+        }
+
+        atFailure.Should().NotBeNull($"the code under test asks for {call}");
+        thrown.Should().NotBeNull($"{call} failed");
+        return new FailedStep(thrown, atFailure!.Where(d => !before.TryGetValue(d.Key, out string? target) || target != d.Value).ToDictionary());
+    }
+
+    /// <summary>This process's sockets (each named by its inode), epoll instances and eventfds, by fd number.</summary>
+    private static Dictionary<int, string> OpenDescriptors()
+    {
+        var descriptors = new Dictionary<int, string>();
+        foreach (string entry in Directory.GetFiles("/proc/self/fd"))
+        {
+            string? target;
+            try
+            {
+                target = new FileInfo(entry).LinkTarget;
+            }
+            catch (IOException)
+            {
+                continue; // closed meanwhile (the listing's own fd)
+            }
+
+            if (target is not null
+                && (target.StartsWith("socket:", StringComparison.Ordinal) || target is "anon_inode:[eventpoll]" or "anon_inode:[eventfd]"))
+            {
+                descriptors[int.Parse(Path.GetFileName(entry), System.Globalization.CultureInfo.InvariantCulture)] = target;
+            }
+        }
+
+        return descriptors;
+    }
+}

@@ -1,0 +1,41 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Scheduler.Native;
+
+/// <summary>
+/// For tests only: makes a named system call fail as if the kernel had refused it, so that the cleanup on failure paths
+/// (what an fd opened a step earlier becomes) can be tested. The kernel refuses most of these calls only when it runs
+/// out of memory or descriptors, which a test cannot arrange without starving the whole process.
+/// </summary>
+internal static class FaultInjection
+{
+    /// <summary>
+    /// For tests only (null otherwise): asked before each call named below; a non-zero answer is an errno that the call
+    /// then fails with, without being made. Process-wide: a test that sets it filters by thread (the calls run
+    /// synchronously on the thread that creates the reactor or socket) and runs in a collection of its own.
+    /// Names: <c>"eventfd"</c>, <c>"epoll_ctl"</c> (every registration, the eventfd's too), <c>"listen"</c>,
+    /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), and <c>"pthread_create"</c> (the reactor's
+    /// thread; fails as .NET reports a refused thread, with <see cref="OutOfMemoryException"/>).
+    /// </summary>
+    internal static Func<string, int>? HookForTests { get; set; }
+
+    /// <summary>
+    /// True when the test hook fails <paramref name="call"/>; the injected errno is then the last P/Invoke error, as
+    /// after a real failure. In production one static read and a null check.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static bool Fails(string call) => HookForTests is { } hook && Inject(hook, call);
+
+    private static bool Inject(Func<string, int> hook, string call)
+    {
+        int errno = hook(call);
+        if (errno == 0)
+        {
+            return false;
+        }
+
+        Marshal.SetLastPInvokeError(errno);
+        return true;
+    }
+}
