@@ -215,4 +215,61 @@ public sealed class SendErrorWindowTests
             (await peerReading.WaitAsync(Bound)).Should().Be(answer.Length);
         }
     }
+
+    [Fact]
+    public async Task Receives_that_meet_an_end_of_stream_among_back_to_back_sends_each_read_0_and_none_hangs()
+    {
+        // A sender in a tight loop of small sends that complete at once keeps a caller's send attempt under way most
+        // of the time: a receive that reads 0 then parks, is retried after the attempt ends, may meet the next attempt
+        // and park again. Both kinds of receive: the reactor's retry of one parked before the end of stream, and
+        // callers' own attempts after it (whose re-arm can come before they have parked).
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        var buffer = new byte[16];
+        for (int round = 0; round < 16; round++)
+        {
+            using Socket peer = IoTestContext.NewPlainSocket();
+            using ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
+            using var stop = new CancellationTokenSource();
+            Task<int> parked = server.ReceiveAsync(buffer).AsTask();
+            Task<long> peerReading = Task.Run(async () =>
+            {
+                var sink = new byte[64 << 10];
+                long total = 0;
+                int n;
+                while ((n = await peer.ReceiveAsync(sink)) > 0)
+                {
+                    total += n;
+                }
+
+                return total;
+            });
+            using var sendStarted = new ManualResetEventSlim();
+            Task<long> sending = Task.Run(async () =>
+            {
+                var chunk = new byte[1 + (round % 4 * 256)];
+                long sent = 0;
+                while (!stop.IsCancellationRequested)
+                {
+                    sendStarted.Set();
+                    sent += await server.SendAsync(chunk);
+                }
+
+                return sent;
+            });
+            sendStarted.Wait(Bound).Should().BeTrue();
+            peer.Shutdown(SocketShutdown.Send);
+
+            (await parked.WaitAsync(Bound)).Should().Be(0, $"round {round}: the reactor's retry reads the orderly end");
+            for (int i = 0; i < 30; i++)
+            {
+                (await server.ReceiveAsync(buffer).AsTask().WaitAsync(Bound)).Should().Be(0, $"round {round}, receive {i}: a caller's attempt reads the orderly end");
+            }
+
+            stop.Cancel();
+            long sentTotal = await sending.WaitAsync(Bound);
+            server.Shutdown(SocketShutdown.Send);
+            (await peerReading.WaitAsync(Bound)).Should().Be(sentTotal);
+        }
+    }
 }
