@@ -95,8 +95,16 @@ public sealed class StatisticsTests
     {
         using var scheduler = SchedulerTestHelpers.Create(1);
         using var gate = new ManualResetEventSlim();
-        Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
-        await Task.Delay(20);
+        using var running = new ManualResetEventSlim();
+
+        // The blocker must have left the queue before the count is read: a fixed pause was not enough for a worker
+        // that a loaded machine had not yet scheduled (the blocker then still counted as an eleventh queued task).
+        Task blocker = scheduler.Factory.StartNew(() =>
+        {
+            running.Set();
+            gate.Wait(SchedulerTestHelpers.Timeout);
+        });
+        running.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
         Task[] queued = Enumerable.Range(0, 10).Select(_ => scheduler.Factory.StartNew(() => { })).ToArray();
         scheduler.GetStatistics().QueuedTasks.Should().Be(10);
         gate.Set();
