@@ -443,8 +443,11 @@ public sealed class TimerWheelTimerTests
             timers[i] = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(1 + (i % 5)), TimeSpan.FromMilliseconds(1 + (i % 3)));
         }
 
+        // Four threads of their own, not ThreadPool work items: half a second of four busy items would hold every
+        // ThreadPool thread (as many as cores at first), starving the callbacks here and, worse, the ThreadPool work
+        // of every test running beside this one, whose timing bounds then fail for no fault of their own.
         long end = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
-        var workers = Enumerable.Range(0, 4).Select(seed => Task.Run(() =>
+        var workers = Enumerable.Range(0, 4).Select(seed => Task.Factory.StartNew(() =>
         {
             var random = new Random(seed);
             while (Stopwatch.GetTimestamp() < end)
@@ -466,11 +469,11 @@ public sealed class TimerWheelTimerTests
                         break;
                 }
             }
-        })).ToArray();
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
 
         await Task.WhenAll(workers).WaitAsync(s_timeout);
 
-        // The busy workers above may have starved the ThreadPool, where the callbacks run.
+        // The busy threads above may have kept the ThreadPool, where the callbacks run, from the CPU.
         SpinWait.SpinUntil(() => Volatile.Read(ref fired) > 0, s_timeout).Should().BeTrue();
 
         foreach (ITimer timer in timers)
