@@ -9,7 +9,10 @@ public sealed class StatisticsTests
     {
         using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
         await scheduler.Factory.StartNew(() => { }).WithTimeout();
-        await Task.Delay(50); // let both workers park
+
+        // Both workers parked, so that the work below must wake them. A fixed 50 ms pause stood for that; on a loaded
+        // machine a worker may not have parked yet, take the next task by itself, and nothing is woken.
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
 
         // Worker A spawns children and stays busy until they are done: only a thief can run them.
         await scheduler.Factory.StartNew(() =>
