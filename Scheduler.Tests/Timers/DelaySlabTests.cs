@@ -160,7 +160,11 @@ public sealed class DelaySlabTests
     [Fact]
     public async Task Under_a_SynchronizationContext_the_continuation_is_posted_to_it()
     {
-        using var wheel = new TimerWheel();
+        // A clock the test moves, not the real one: the delay must still be pending when it is awaited, or the await
+        // goes on synchronously on the thread (whose Current is the context) and nothing is posted. With a real 1 ms
+        // delay, a thread preempted for a millisecond between DelayAsync and the await did exactly that.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
         var context = new RecordingSynchronizationContext();
         var resumedInContext = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -172,6 +176,9 @@ public sealed class DelaySlabTests
         thread.Start();
         thread.Join();
 
+        resumedInContext.Task.IsCompleted.Should().BeFalse("the delay is pending until the clock moves");
+        clock.Advance(TimeSpan.FromMilliseconds(2));
+        wheel.RunDueTimers();
         (await resumedInContext.Task.WaitAsync(s_timeout)).Should().BeTrue();
         context.Posts.Should().Be(1);
 
