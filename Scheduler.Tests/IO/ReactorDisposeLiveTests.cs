@@ -17,30 +17,34 @@ public sealed class ReactorDisposeLiveTests
         (ReactorSocket c4, ReactorSocket s4) = await io.ConnectPairOnSchedulerAsync(listener);
         var reading = ReactorConnection.Create(s1);
         var writing = ReactorConnection.Create(s2);
-        Task<ReadResult> read = io.Run(async () => await reading.Input.ReadAsync());
-        Task<FlushResult> flush = io.Run(async () =>
+
+        // Every operation is pending before the reactor is disposed. A fixed 300 ms pause stood for that and was not
+        // enough beside busy processes: an operation still being issued (or the writer still filling the socket) when
+        // Dispose ran then completed normally, or was refused, instead of being failed by the disposal.
+        var issued = new List<Task>();
+        Task<FlushResult> flush = await io.WriteUntilPaused(writing);
+        Task<ReadResult> read = Issue(() => reading.Input.ReadAsync());
+        Task<int> receive = Issue(() => s3.ReceiveAsync(new byte[16]));
+        Task<int> send = Issue(() => c4.SendAsync(new byte[64 << 20]));
+        Task<ReactorSocket> accept = Issue(() => listener.AcceptAsync());
+        Task<bool> delay = Issue(async () =>
         {
-            while (true)
-            {
-                Task<FlushResult> f = writing.Output.WriteAsync(new byte[64 << 10]).AsTask();
-                if (await Task.WhenAny(f, Task.Delay(300)) != f)
-                {
-                    return await f;
-                }
-            }
+            await io.Reactor.Timers.DelayAsync(TimeSpan.FromMinutes(5));
+            return true;
         });
-        Task<int> receive = io.Run(async () => await s3.ReceiveAsync(new byte[16]));
-        Task<int> send = io.Run(async () => await c4.SendAsync(new byte[64 << 20]));
-        Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
-        Task delay = io.Run(async () => await io.Reactor.Timers.DelayAsync(TimeSpan.FromMinutes(5)));
-        await Task.Delay(300);
+        await Task.WhenAll(issued).WaitAsync(IoTestContext.Timeout);
+        (string Name, Task Task)[] operations = [("read", read), ("flush", flush), ("receive", receive), ("send", send), ("accept", accept), ("delay", delay)];
+        foreach ((string name, Task task) in operations)
+        {
+            task.IsCompleted.Should().BeFalse("the {0} is pending before the disposal", name);
+        }
+
         io.Reactor.Dispose();
 
-        Task[] all = [read, flush, receive, send, accept, delay];
-        foreach (Task t in all)
+        foreach ((string name, Task task) in operations)
         {
-            Func<Task> wait = () => t.WaitAsync(TimeSpan.FromSeconds(5));
-            await wait.Should().ThrowAsync<ObjectDisposedException>();
+            Func<Task> wait = () => task.WaitAsync(TimeSpan.FromSeconds(5));
+            await wait.Should().ThrowAsync<ObjectDisposedException>("the disposal ends the pending {0}", name);
         }
 
         var started = System.Diagnostics.Stopwatch.StartNew();
@@ -51,5 +55,18 @@ public sealed class ReactorDisposeLiveTests
         c2.Dispose();
         s3.Dispose();
         s4.Dispose();
+
+        // Starts an operation on the scheduler and counts it as issued once its call returned (its task pending).
+        Task<T> Issue<T>(Func<ValueTask<T>> start)
+        {
+            var called = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            issued.Add(called.Task);
+            return io.Run(async () =>
+            {
+                ValueTask<T> operation = start();
+                called.SetResult();
+                return await operation;
+            });
+        }
     }
 }

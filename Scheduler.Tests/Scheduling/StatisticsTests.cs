@@ -9,7 +9,10 @@ public sealed class StatisticsTests
     {
         using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
         await scheduler.Factory.StartNew(() => { }).WithTimeout();
-        await Task.Delay(50); // let both workers park
+
+        // Both workers parked, so that the work below must wake them. A fixed 50 ms pause stood for that; on a loaded
+        // machine a worker may not have parked yet, take the next task by itself, and nothing is woken.
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
 
         // Worker A spawns children and stays busy until they are done: only a thief can run them.
         await scheduler.Factory.StartNew(() =>
@@ -95,8 +98,16 @@ public sealed class StatisticsTests
     {
         using var scheduler = SchedulerTestHelpers.Create(1);
         using var gate = new ManualResetEventSlim();
-        Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
-        await Task.Delay(20);
+        using var running = new ManualResetEventSlim();
+
+        // The blocker must have left the queue before the count is read: a fixed pause was not enough for a worker
+        // that a loaded machine had not yet scheduled (the blocker then still counted as an eleventh queued task).
+        Task blocker = scheduler.Factory.StartNew(() =>
+        {
+            running.Set();
+            gate.Wait(SchedulerTestHelpers.Timeout);
+        });
+        running.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
         Task[] queued = Enumerable.Range(0, 10).Select(_ => scheduler.Factory.StartNew(() => { })).ToArray();
         scheduler.GetStatistics().QueuedTasks.Should().Be(10);
         gate.Set();

@@ -160,40 +160,32 @@ public sealed class DelaySlabTests
     [Fact]
     public async Task Under_a_SynchronizationContext_the_continuation_is_posted_to_it()
     {
-        using var wheel = new TimerWheel();
+        // A clock the test moves, not the real one: the delay must still be pending when it is awaited, or the await
+        // goes on synchronously on the thread (whose Current is the context) and nothing is posted. With a real 1 ms
+        // delay, a thread preempted for a millisecond between DelayAsync and the await did exactly that.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        var context = new RecordingSynchronizationContext();
+        var resumedInContext = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        // A thread descheduled between creating the delay and awaiting it may find it already done, and then resumes
-        // synchronously with nothing posted: such a round proves nothing, so it is run again.
-        for (int attempt = 1; ; attempt++)
+        var thread = new Thread(() =>
         {
-            var context = new RecordingSynchronizationContext();
-            var resumedInContext = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
-            bool suspended = false;
-            var thread = new Thread(() =>
-            {
-                SynchronizationContext.SetSynchronizationContext(context);
-                _ = Run();
-            });
-            thread.Start();
-            thread.Join();
+            SynchronizationContext.SetSynchronizationContext(context);
+            _ = Run();
+        });
+        thread.Start();
+        thread.Join();
 
-            (await resumedInContext.Task.WaitAsync(s_timeout)).Should().BeTrue();
-            if (!Volatile.Read(ref suspended))
-            {
-                attempt.Should().BeLessThan(5, "a 50 ms delay is rarely over before its await");
-                continue;
-            }
+        resumedInContext.Task.IsCompleted.Should().BeFalse("the delay is pending until the clock moves");
+        clock.Advance(TimeSpan.FromMilliseconds(2));
+        wheel.RunDueTimers();
+        (await resumedInContext.Task.WaitAsync(s_timeout)).Should().BeTrue();
+        context.Posts.Should().Be(1);
 
-            context.Posts.Should().Be(1);
-            return;
-
-            async Task Run()
-            {
-                Thread starting = Thread.CurrentThread;
-                await wheel.DelayAsync(TimeSpan.FromMilliseconds(50));
-                suspended = Thread.CurrentThread != starting; // a synchronous resumption stays on the starting thread
-                resumedInContext.SetResult(SynchronizationContext.Current == context);
-            }
+        async Task Run()
+        {
+            await wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+            resumedInContext.SetResult(SynchronizationContext.Current == context);
         }
     }
 }

@@ -33,12 +33,15 @@ public sealed class TimerResourceTests
         long wakeups = wheel.DriverWakeups - wakeupsBefore;
 
         // The process as a whole, too: the quietest of three windows, so that a burst left over from earlier
-        // tests (tiering, GC, ThreadPool threads retiring) is not charged to the wheel.
-        TimeSpan processCpu = Enumerable.Range(0, 3).Select(_ => Cpu.MeasureProcess(window)).Min();
+        // tests (tiering, GC, ThreadPool threads retiring) is not charged to the wheel. The runtime's shared threads are
+        // left out (they also serve the test host); the wheel puts nothing on them while no delay completes.
+        (TimeSpan Used, string Breakdown) process = Enumerable.Range(0, 3)
+            .Select(_ => Cpu.MeasureProcessOutsideRuntimeServices(window))
+            .MinBy(m => m.Used);
 
         wakeups.Should().BeLessThan(20, "the driver sleeps until the next occupied slot; nothing is due within minutes");
         (driverCpu / window).Should().BeLessThan(0.03, $"the driver thread used {driverCpu.TotalMilliseconds:F0} ms of CPU in {window.TotalMilliseconds} ms");
-        (processCpu / window).Should().BeLessThan(0.03, $"the whole process used {processCpu.TotalMilliseconds:F1} ms of CPU in {window.TotalMilliseconds} ms");
+        (process.Used / window).Should().BeLessThan(0.03, $"the process outside the runtime's shared threads used {process.Used.TotalMilliseconds:F1} ms of CPU in {window.TotalMilliseconds} ms ({process.Breakdown})");
         GC.KeepAlive(delays);
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Scheduler.Timers;
 
 namespace Scheduler.Tests.Timers;
@@ -170,15 +171,33 @@ public sealed class TimerWheelTimerTests
     public async Task Disposed_timer_does_not_fire_and_Change_returns_false()
     {
         using var wheel = new TimerWheel();
-        int count = 0;
-        ITimer timer = wheel.CreateTimer(_ => Interlocked.Increment(ref count), null, TimeSpan.FromMilliseconds(20), TimeSpan.FromMilliseconds(20));
-        timer.Dispose();
+        TimeSpan due = TimeSpan.FromMilliseconds(20);
+        ITimer timer;
+        StrongBox<int> count;
+        for (int attempt = 1; ; attempt++)
+        {
+            // A thread preempted for the whole due time between the creation and the disposal (a loaded machine) lets
+            // the timer fire before it is disposed, which is allowed: only a Dispose that began before the deadline
+            // (measured before the creation, so no later than the wheel's) proves that disposal stops the timer. Such
+            // an attempt proves nothing and is repeated, with a count of its own.
+            long created = Stopwatch.GetTimestamp();
+            count = new StrongBox<int>(0);
+            timer = wheel.CreateTimer(state => Interlocked.Increment(ref ((StrongBox<int>)state!).Value), count, due, due);
+            timer.Dispose();
+            if (Stopwatch.GetElapsedTime(created) < due)
+            {
+                break;
+            }
+
+            attempt.Should().BeLessThan(5, "the disposal began after the deadline in every attempt");
+        }
+
         timer.Dispose();
         await timer.DisposeAsync();
         wheel.PendingCount.Should().Be(0);
         timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan).Should().BeFalse();
         await Task.Delay(100);
-        Volatile.Read(ref count).Should().Be(0);
+        Volatile.Read(ref count.Value).Should().Be(0);
     }
 
     [Fact]
@@ -250,7 +269,10 @@ public sealed class TimerWheelTimerTests
         using ITimer good = wheel.CreateTimer(_ => later.TrySetResult(), null, TimeSpan.FromMilliseconds(60), Timeout.InfiniteTimeSpan);
 
         await later.Task.WaitAsync(s_timeout);
-        Volatile.Read(ref throws).Should().BeGreaterThan(1, "the periodic timer keeps firing after its callback threw");
+
+        // Waited for, not read at once: a driver that oversleeps past 60 ms (a loaded machine) finds both timers due
+        // in one pass and fires the bad one only once before the good one.
+        SpinWait.SpinUntil(() => Volatile.Read(ref throws) > 1, s_timeout).Should().BeTrue("the periodic timer keeps firing after its callback threw");
         SpinWait.SpinUntil(() => UnhandledExceptions.Contains(thrown), s_timeout).Should().BeTrue(
             "the exception goes unhandled on the ThreadPool, as from a System.Threading.Timer callback, instead of being swallowed");
     }
@@ -280,14 +302,31 @@ public sealed class TimerWheelTimerTests
     [Fact]
     public async Task After_Dispose_timers_stop_and_calls_throw_ObjectDisposedException()
     {
-        var wheel = new TimerWheel();
-        int count = 0;
-        ITimer timer = wheel.CreateTimer(_ => Interlocked.Increment(ref count), null, TimeSpan.FromMilliseconds(40), TimeSpan.FromMilliseconds(40));
-        wheel.Dispose();
+        TimeSpan due = TimeSpan.FromMilliseconds(40);
+        TimerWheel wheel;
+        ITimer timer;
+        StrongBox<int> count;
+        for (int attempt = 1; ; attempt++)
+        {
+            // As above: a wheel disposed only after the timer's deadline (the thread preempted in between) may have
+            // fired it first; the attempt proves nothing and is repeated with a fresh wheel and count.
+            long created = Stopwatch.GetTimestamp();
+            count = new StrongBox<int>(0);
+            wheel = new TimerWheel();
+            timer = wheel.CreateTimer(state => Interlocked.Increment(ref ((StrongBox<int>)state!).Value), count, due, due);
+            wheel.Dispose();
+            if (Stopwatch.GetElapsedTime(created) < due)
+            {
+                break;
+            }
+
+            attempt.Should().BeLessThan(5, "the disposal began after the deadline in every attempt");
+        }
+
         wheel.Dispose();
 
         await Task.Delay(120);
-        Volatile.Read(ref count).Should().Be(0);
+        Volatile.Read(ref count.Value).Should().Be(0);
         Action create = () => wheel.CreateTimer(_ => { }, null, TimeSpan.Zero, Timeout.InfiniteTimeSpan);
         Action change = () => timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
         create.Should().Throw<ObjectDisposedException>();
@@ -404,8 +443,11 @@ public sealed class TimerWheelTimerTests
             timers[i] = wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(1 + (i % 5)), TimeSpan.FromMilliseconds(1 + (i % 3)));
         }
 
+        // Four threads of their own, not ThreadPool work items: half a second of four busy items would hold every
+        // ThreadPool thread (as many as cores at first), starving the callbacks here and, worse, the ThreadPool work
+        // of every test running beside this one, whose timing bounds then fail for no fault of their own.
         long end = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
-        var workers = Enumerable.Range(0, 4).Select(seed => Task.Run(() =>
+        var workers = Enumerable.Range(0, 4).Select(seed => Task.Factory.StartNew(() =>
         {
             var random = new Random(seed);
             while (Stopwatch.GetTimestamp() < end)
@@ -427,11 +469,11 @@ public sealed class TimerWheelTimerTests
                         break;
                 }
             }
-        })).ToArray();
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
 
         await Task.WhenAll(workers).WaitAsync(s_timeout);
 
-        // The busy workers above may have starved the ThreadPool, where the callbacks run.
+        // The busy threads above may have kept the ThreadPool, where the callbacks run, from the CPU.
         SpinWait.SpinUntil(() => Volatile.Read(ref fired) > 0, s_timeout).Should().BeTrue();
 
         foreach (ITimer timer in timers)
