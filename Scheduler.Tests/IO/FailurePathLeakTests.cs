@@ -151,7 +151,7 @@ public sealed class FailurePathLeakTests
         /// <summary>The descriptors of <see cref="OpenedBeforeFailure"/> that are still open (same fd, same target).</summary>
         public IReadOnlyDictionary<int, string> StillOpen()
         {
-            Dictionary<int, string> now = OpenDescriptors();
+            Dictionary<int, string> now = ReactorDescriptors.Open();
             return OpenedBeforeFailure.Where(d => now.TryGetValue(d.Key, out string? target) && target == d.Value).ToDictionary();
         }
     }
@@ -164,7 +164,7 @@ public sealed class FailurePathLeakTests
     private static FailedStep Fail(string call, int errno, Action action)
     {
         int thread = Environment.CurrentManagedThreadId;
-        Dictionary<int, string> before = OpenDescriptors();
+        Dictionary<int, string> before = ReactorDescriptors.Open();
         Dictionary<int, string>? atFailure = null;
         FaultInjection.HookForTests = name =>
         {
@@ -173,7 +173,7 @@ public sealed class FailurePathLeakTests
                 return 0;
             }
 
-            atFailure = OpenDescriptors();
+            atFailure = ReactorDescriptors.Open();
             return errno;
         };
 
@@ -194,31 +194,5 @@ public sealed class FailurePathLeakTests
         atFailure.Should().NotBeNull($"the code under test asks for {call}");
         thrown.Should().NotBeNull($"{call} failed");
         return new FailedStep(thrown, atFailure!.Where(d => !before.TryGetValue(d.Key, out string? target) || target != d.Value).ToDictionary());
-    }
-
-    /// <summary>This process's sockets (each named by its inode), epoll instances and eventfds, by fd number.</summary>
-    private static Dictionary<int, string> OpenDescriptors()
-    {
-        var descriptors = new Dictionary<int, string>();
-        foreach (string entry in Directory.GetFiles("/proc/self/fd"))
-        {
-            string? target;
-            try
-            {
-                target = new FileInfo(entry).LinkTarget;
-            }
-            catch (IOException)
-            {
-                continue; // closed meanwhile (the listing's own fd)
-            }
-
-            if (target is not null
-                && (target.StartsWith("socket:", StringComparison.Ordinal) || target is "anon_inode:[eventpoll]" or "anon_inode:[eventfd]"))
-            {
-                descriptors[int.Parse(Path.GetFileName(entry), System.Globalization.CultureInfo.InvariantCulture)] = target;
-            }
-        }
-
-        return descriptors;
     }
 }

@@ -19,7 +19,7 @@ public sealed class ResourceChurnTests
         using ReactorSocket listener = io.Listen(backlog: 1024);
         int closedPort = ClosedPort();
         await WarmUpPlainSocketsAsync(io, listener);
-        (int sockets, int epolls) before = CountFds();
+        (int sockets, int epolls) before = ReactorDescriptors.Count();
 
         await io.Run(async () =>
         {
@@ -55,7 +55,7 @@ public sealed class ResourceChurnTests
         clients.ForEach(c => c.Dispose());
 
         io.Reactor.RegisteredCount.Should().Be(1, "only the listener is still registered");
-        (int sockets, int epolls) after = CountFds();
+        (int sockets, int epolls) after = ReactorDescriptors.Count();
         after.sockets.Should().BeLessThanOrEqualTo(before.sockets, "no socket fd may stay open");
         after.epolls.Should().BeLessThanOrEqualTo(before.epolls);
     }
@@ -70,7 +70,7 @@ public sealed class ResourceChurnTests
             await WarmUpPlainSocketsAsync(io, listener);
         }
 
-        (int sockets, int epolls) before = CountFds();
+        (int sockets, int epolls) before = ReactorDescriptors.Count();
         for (int i = 0; i < 50; i++)
         {
             var reactor = new IoReactor(scheduler);
@@ -88,7 +88,7 @@ public sealed class ResourceChurnTests
             _ = client;
         }
 
-        (int sockets, int epolls) after = CountFds();
+        (int sockets, int epolls) after = ReactorDescriptors.Count();
         after.sockets.Should().BeLessThanOrEqualTo(before.sockets);
         after.epolls.Should().BeLessThanOrEqualTo(before.epolls, "every reactor's epoll and eventfd are closed");
     }
@@ -226,35 +226,5 @@ public sealed class ResourceChurnTests
         using var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         return ((IPEndPoint)probe.LocalEndPoint!).Port;
-    }
-
-    /// <summary>The process's open sockets, and its epoll and eventfd instances (assembly loads would skew a plain count).</summary>
-    private static (int Sockets, int Epolls) CountFds()
-    {
-        int sockets = 0;
-        int epolls = 0;
-        foreach (string entry in Directory.GetFiles("/proc/self/fd"))
-        {
-            string? target;
-            try
-            {
-                target = new FileInfo(entry).LinkTarget;
-            }
-            catch (IOException)
-            {
-                continue; // closed meanwhile (the listing's own fd)
-            }
-
-            if (target?.StartsWith("socket:", StringComparison.Ordinal) == true)
-            {
-                sockets++;
-            }
-            else if (target is "anon_inode:[eventpoll]" or "anon_inode:[eventfd]")
-            {
-                epolls++;
-            }
-        }
-
-        return (sockets, epolls);
     }
 }

@@ -173,15 +173,11 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         int runs = 0;
         var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var waker = new ProbeWaker(detachedCore);
-        await Task.Factory.StartNew(
-            () => RegisterUnder(null, waker, () =>
-            {
-                Interlocked.Increment(ref runs);
-                ran.TrySetResult();
-            }),
-            CancellationToken.None,
-            TaskCreationOptions.None,
-            scheduler);
+        await RegisterOnScheduler(scheduler, waker, () =>
+        {
+            Interlocked.Increment(ref runs);
+            ran.TrySetResult();
+        });
 
         scheduler.ThrowAfterRunning = true;
         waker.Core.TrySetResult(1).Should().BeTrue();
@@ -202,15 +198,11 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var scheduler = new StoresThenThrowsTaskScheduler();
         var waker = new ProbeWaker(detachedCore: true);
-        await Task.Factory.StartNew(
-            () => RegisterUnder(null, waker, () =>
-            {
-                Interlocked.Increment(ref runs);
-                ran.TrySetResult();
-            }),
-            CancellationToken.None,
-            TaskCreationOptions.None,
-            scheduler);
+        await RegisterOnScheduler(scheduler, waker, () =>
+        {
+            Interlocked.Increment(ref runs);
+            ran.TrySetResult();
+        });
 
         scheduler.StoreAndThrow = true;
         waker.Core.TrySetResult(1).Should().BeTrue();
@@ -291,6 +283,10 @@ public sealed class ContextPostTests(ITestOutputHelper output)
             SynchronizationContext.SetSynchronizationContext(previous);
         }
     }
+
+    /// <summary>Registers <paramref name="continuation"/> on <paramref name="waker"/> from a task of <paramref name="scheduler"/> (its captured target).</summary>
+    private static Task RegisterOnScheduler(TaskScheduler scheduler, ProbeWaker waker, Action continuation) =>
+        Task.Factory.StartNew(() => RegisterUnder(null, waker, continuation), CancellationToken.None, TaskCreationOptions.None, scheduler);
 
     private static void RegisterUnder(SynchronizationContext? context, ProbeWaker waker, Action continuation)
     {
