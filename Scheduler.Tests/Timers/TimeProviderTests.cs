@@ -71,7 +71,16 @@ public sealed class TimeProviderTests
         using var wheel = new TimerWheel();
         using var cts = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
         long canceledAt = 0;
-        using CancellationTokenRegistration registration = cts.Token.Register(() => Volatile.Write(ref canceledAt, Stopwatch.GetTimestamp()));
+
+        // One callback that records the time and then signals: a CancellationTokenSource runs its callbacks in reverse
+        // order of registration, so a separate signal registered later ran first and the test read the time before it
+        // was recorded (seen: 0).
+        var canceled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using CancellationTokenRegistration registration = cts.Token.Register(() =>
+        {
+            Volatile.Write(ref canceledAt, Stopwatch.GetTimestamp());
+            canceled.TrySetResult();
+        });
         TimeSpan due = TimeSpan.FromSeconds(1);
         for (int i = 0; i < 100_000; i++)
         {
@@ -82,8 +91,6 @@ public sealed class TimeProviderTests
         long lastArm = Stopwatch.GetTimestamp();
         cts.CancelAfter(due);
         cts.IsCancellationRequested.Should().BeFalse("every earlier arm was disarmed");
-        var canceled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using CancellationTokenRegistration signal = cts.Token.Register(() => canceled.TrySetResult());
         await canceled.Task.WaitAsync(s_timeout);
         Stopwatch.GetElapsedTime(lastArm, Volatile.Read(ref canceledAt)).Should().BeGreaterThanOrEqualTo(due, "never early");
         wheel.PendingCount.Should().Be(0, "the fired timer left the wheel");
