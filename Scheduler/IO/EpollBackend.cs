@@ -69,15 +69,9 @@ internal sealed unsafe class EpollBackend : IReactorBackend
 
     public void Register(int fd, ulong token) => Ctl(EPOLL_CTL_ADD, fd, SocketEvents, token);
 
-    public void Rearm(int fd, ulong token)
-    {
-        // EPOLL_CTL_MOD polls the fd and queues an event when it is ready, also edge-triggered. On a registered fd it
-        // fails only with ENOENT, once the socket has been unregistered (its disposal finishes its operations).
-        byte* ev = stackalloc byte[16];
-        Unsafe.WriteUnaligned(ev, SocketEvents);
-        Unsafe.WriteUnaligned(ev + s_dataOffset, token);
-        _ = Libc.EpollCtl(_epollFd, EPOLL_CTL_MOD, fd, ev);
-    }
+    // EPOLL_CTL_MOD polls the fd and queues an event when it is ready, also edge-triggered. On a registered fd it fails
+    // only with ENOENT, once the socket has been unregistered (its disposal finishes its operations): ignored.
+    public void Rearm(int fd, ulong token) => _ = CtlOnce(EPOLL_CTL_MOD, fd, SocketEvents, token);
 
     public void Unregister(int fd)
     {
@@ -223,12 +217,18 @@ internal sealed unsafe class EpollBackend : IReactorBackend
 
     private void Ctl(int op, int fd, uint flags, ulong token)
     {
-        byte* ev = stackalloc byte[16];
-        Unsafe.WriteUnaligned(ev, flags);
-        Unsafe.WriteUnaligned(ev + s_dataOffset, token);
-        if (FaultInjection.Fails("epoll_ctl") || Libc.EpollCtl(_epollFd, op, fd, ev) != 0)
+        if (FaultInjection.Fails("epoll_ctl") || CtlOnce(op, fd, flags, token) != 0)
         {
             Errno.ThrowLast("epoll_ctl");
         }
+    }
+
+    /// <summary>One <c>epoll_ctl</c> with an event of <paramref name="flags"/> tagged <paramref name="token"/>: 0, or -1 with errno set.</summary>
+    private int CtlOnce(int op, int fd, uint flags, ulong token)
+    {
+        byte* ev = stackalloc byte[16];
+        Unsafe.WriteUnaligned(ev, flags);
+        Unsafe.WriteUnaligned(ev + s_dataOffset, token);
+        return Libc.EpollCtl(_epollFd, op, fd, ev);
     }
 }

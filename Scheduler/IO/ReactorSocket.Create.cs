@@ -31,7 +31,7 @@ public sealed partial class ReactorSocket
 
         SocketAddress address = SocketAddressMarshal.Serialize(endPoint);
         SafeFileDescriptor handle = CreateHandle(address.Family);
-        bool createdSocketFile = false;
+        int createdSocketFileLength = 0;
         try
         {
             int fd = handle.Fd;
@@ -50,7 +50,7 @@ public sealed partial class ReactorSocket
 
             // A Unix domain bind to a path creates the socket file (it fails with EADDRINUSE when the path exists, so a
             // file there now is ours): left behind by a failure below, it would make every retry's bind fail.
-            createdSocketFile = SocketFileLength(address) > 0;
+            createdSocketFileLength = SocketFileLength(address);
 
             if (FaultInjection.Fails("listen") || Libc.Listen(fd, backlog) != 0)
             {
@@ -65,9 +65,9 @@ public sealed partial class ReactorSocket
         {
             // The file goes first, while our socket still holds the name: once the fd is closed, another process
             // may remove the stale file and bind a new one at that path, which we must not take away.
-            if (createdSocketFile)
+            if (createdSocketFileLength > 0)
             {
-                RemoveSocketFile(address);
+                RemoveSocketFile(address, createdSocketFileLength);
             }
 
             handle.Dispose();
@@ -91,10 +91,12 @@ public sealed partial class ReactorSocket
         return end < 0 ? path.Length : end;
     }
 
-    /// <summary>Best effort: unlinks the socket file a failed <see cref="Listen"/> created (the error it throws matters more).</summary>
-    private static unsafe void RemoveSocketFile(SocketAddress address)
+    /// <summary>
+    /// Best effort: unlinks the socket file a failed <see cref="Listen"/> created, whose path is the first
+    /// <paramref name="length"/> bytes of <c>sun_path</c> (the error Listen throws matters more).
+    /// </summary>
+    private static unsafe void RemoveSocketFile(SocketAddress address, int length)
     {
-        int length = SocketFileLength(address);
         Span<byte> path = stackalloc byte[length + 1]; // NUL-terminated; a sockaddr_un path is at most 108 bytes
         address.Buffer.Span.Slice(SocketPathOffset, length).CopyTo(path);
         path[length] = 0;

@@ -111,7 +111,9 @@ public sealed partial class TimerWheel
             }
             catch (Exception exception)
             {
-                // Queuing the continuation ran user code (a SynchronizationContext's Post) and it threw.
+                // Not expected: a context's Post or a scheduler's QueueTask that throws is dealt with where the
+                // continuation is handed off (WakerDispatch.HandOff). Kept so that an unexpected failure (out of
+                // memory renting the work item) costs this delay, not the driver or the rest of the batch.
                 Unhandled.Raise(exception);
             }
             finally
