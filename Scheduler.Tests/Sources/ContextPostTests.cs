@@ -17,34 +17,32 @@ public sealed class ContextPostTests(ITestOutputHelper output)
     [Fact]
     public async Task A_context_that_refuses_the_post_still_gets_the_continuation_run_once_on_the_ThreadPool()
     {
-        int runs = 0;
+        var continuation = new CountedContinuation();
         bool onThreadPool = false;
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         PooledValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
         RegisterUnder(new ThrowingSynchronizationContext(runFirst: false), source, () =>
         {
             onThreadPool = Thread.CurrentThread.IsThreadPoolThread;
-            Interlocked.Increment(ref runs);
-            ran.TrySetResult();
+            continuation.Run();
         });
 
         source.TrySetResult(1).Should().BeTrue();
 
-        await ran.Task.WithTimeout();
+        await continuation.Ran.WithTimeout();
         onThreadPool.Should().BeTrue();
         await Task.Delay(100);
-        Volatile.Read(ref runs).Should().Be(1);
+        continuation.Runs.Should().Be(1);
     }
 
     [Fact]
     public async Task A_continuation_the_context_ran_inline_and_that_threw_is_not_run_again_and_goes_unhandled()
     {
         using UnhandledExceptions.Tolerated unhandled = UnhandledExceptions.Tolerate(e => e is ContinuationFailure);
-        int runs = 0;
+        var continuation = new CountedContinuation();
         PooledValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
         RegisterUnder(new ThrowingSynchronizationContext(runFirst: true), source, () =>
         {
-            Interlocked.Increment(ref runs);
+            continuation.Run();
             throw new ContinuationFailure();
         });
 
@@ -54,7 +52,7 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         await SchedulerTestHelpers.WaitUntilAsync(() => unhandled.Seen);
         unhandled.Seen.Should().BeTrue("the continuation's exception goes where one escaping a ThreadPool work item goes");
         await Task.Delay(200); // a second run, if queued, has had time to happen
-        Volatile.Read(ref runs).Should().Be(1, "the continuation ran once, inline in Post; queueing it again would run it twice");
+        continuation.Runs.Should().Be(1, "the continuation ran once, inline in Post; queueing it again would run it twice");
     }
 
     [Fact]
@@ -64,13 +62,13 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         // finished, and .NET 10 ends up throwing InvalidCastException from RunContinuations instead of the documented
         // TaskSchedulerException. Either way it must surface, once.
         using UnhandledExceptions.Tolerated unhandled = UnhandledExceptions.Tolerate(e => e is TaskSchedulerException { InnerException: SchedulerFailure } or InvalidCastException);
-        int runs = 0;
+        var continuation = new CountedContinuation();
         var scheduler = new RunsThenThrowsTaskScheduler();
         PooledValueTaskSource<int> source = PooledValueTaskSource<int>.Rent();
         await Task.Factory.StartNew(
             // Inline on the test's thread, whose SynchronizationContext would take precedence: registered without it,
             // the await captures the scheduler.
-            () => RegisterUnder(null, source, () => Interlocked.Increment(ref runs)),
+            () => RegisterUnder(null, source, continuation.Run),
             CancellationToken.None,
             TaskCreationOptions.None,
             scheduler);
@@ -81,7 +79,7 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         await SchedulerTestHelpers.WaitUntilAsync(() => unhandled.Seen);
         unhandled.Seen.Should().BeTrue("the scheduler's failure is not lost");
         await Task.Delay(200); // a second run, if queued, has had time to happen
-        Volatile.Read(ref runs).Should().Be(1, "the scheduler ran the continuation before it threw; queueing it again would run it twice");
+        continuation.Runs.Should().Be(1, "the scheduler ran the continuation before it threw; queueing it again would run it twice");
     }
 
     [Theory]
@@ -95,27 +93,22 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is PostFailure);
         using UnhandledExceptions.Tolerated secondInvoke = UnhandledExceptions.Tolerate(IsNoContinuationDue);
         using var context = new AcceptsThenThrowsSynchronizationContext(runsBeforePostThrows);
-        int runs = 0;
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var continuation = new CountedContinuation();
         var waker = new ProbeWaker(detachedCore);
-        RegisterUnder(context, waker, () =>
-        {
-            Interlocked.Increment(ref runs);
-            ran.TrySetResult();
-        });
+        RegisterUnder(context, waker, continuation.Run);
 
         // The completing thread sees nothing thrown, whichever runner gets the continuation.
         waker.Core.TrySetResult(1).Should().BeTrue();
 
         // Ran either inside Post, on the context's thread, or (Post having thrown) by the fallback; in that case the
         // context's thread gets its callback only now, late.
-        await ran.Task.WithTimeout();
+        await continuation.Ran.WithTimeout();
         context.Release();
         context.WaitForCallback(SchedulerTestHelpers.Timeout).Should().BeTrue();
         await SchedulerTestHelpers.WaitUntilAsync(() => reported.Seen);
 
         // The failure is reported by whichever runner lost the claim, after it lost: nothing can run any more.
-        Volatile.Read(ref runs).Should().Be(1, "the context's thread and the fallback must not both run the continuation");
+        continuation.Runs.Should().Be(1, "the context's thread and the fallback must not both run the continuation");
         context.CallbackFailure.Should().BeNull("the context's callback must not find the continuation taken and throw");
         secondInvoke.Seen.Should().BeFalse("nobody may invoke a continuation that already ran");
         reported.SeenCount.Should().Be(1, "Post accepted the continuation and still threw: that failure is the context's bug, reported once");
@@ -170,21 +163,16 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(e => e is TaskSchedulerException { InnerException: SchedulerFailure } or InvalidCastException);
         using UnhandledExceptions.Tolerated secondInvoke = UnhandledExceptions.Tolerate(IsNoContinuationDue);
         var scheduler = new RunsElsewhereThenThrowsTaskScheduler();
-        int runs = 0;
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var continuation = new CountedContinuation();
         var waker = new ProbeWaker(detachedCore);
-        await RegisterOnScheduler(scheduler, waker, () =>
-        {
-            Interlocked.Increment(ref runs);
-            ran.TrySetResult();
-        });
+        await RegisterOnScheduler(scheduler, waker, continuation.Run);
 
         scheduler.ThrowAfterRunning = true;
         waker.Core.TrySetResult(1).Should().BeTrue();
 
-        await ran.Task.WithTimeout();
+        await continuation.Ran.WithTimeout();
         await SchedulerTestHelpers.WaitUntilAsync(() => reported.Seen);
-        Volatile.Read(ref runs).Should().Be(1, "the scheduler's thread ran the continuation before QueueTask threw; the fallback must not run it again");
+        continuation.Runs.Should().Be(1, "the scheduler's thread ran the continuation before QueueTask threw; the fallback must not run it again");
         secondInvoke.Seen.Should().BeFalse("nobody may invoke a continuation that already ran");
         reported.SeenCount.Should().Be(1, "the scheduler's failure is not lost");
     }
@@ -194,25 +182,20 @@ public sealed class ContextPostTests(ITestOutputHelper output)
     {
         // .NET 10's TPL faults a task whose QueueTask threw, and TryExecuteTask refuses a completed task: for a Task,
         // "accepted, then threw" is a refusal, whatever the scheduler does with the task afterwards.
-        int runs = 0;
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var continuation = new CountedContinuation();
         var scheduler = new StoresThenThrowsTaskScheduler();
         var waker = new ProbeWaker(detachedCore: true);
-        await RegisterOnScheduler(scheduler, waker, () =>
-        {
-            Interlocked.Increment(ref runs);
-            ran.TrySetResult();
-        });
+        await RegisterOnScheduler(scheduler, waker, continuation.Run);
 
         scheduler.StoreAndThrow = true;
         waker.Core.TrySetResult(1).Should().BeTrue();
-        await ran.Task.WithTimeout();
+        await continuation.Ran.WithTimeout();
 
         scheduler.Stored.Should().NotBeNull();
         scheduler.Stored!.IsFaulted.Should().BeTrue();
         bool ranLater = await Task.Run(() => scheduler.RunStored());
         ranLater.Should().BeFalse("the TPL never runs a task whose QueueTask threw");
-        Volatile.Read(ref runs).Should().Be(1);
+        continuation.Runs.Should().Be(1);
     }
 
     [Fact]
@@ -299,6 +282,23 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         finally
         {
             SynchronizationContext.SetSynchronizationContext(previous);
+        }
+    }
+
+    /// <summary>A continuation that counts its runs and signals the first.</summary>
+    private sealed class CountedContinuation
+    {
+        private readonly TaskCompletionSource _ran = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _runs;
+
+        public int Runs => Volatile.Read(ref _runs);
+
+        public Task Ran => _ran.Task;
+
+        public void Run()
+        {
+            Interlocked.Increment(ref _runs);
+            _ran.TrySetResult();
         }
     }
 
