@@ -11,10 +11,11 @@ namespace Scheduler;
 // costs the owner an atomic per hop and breaks message-passing locality.
 //
 // So the slot stays private while its owner makes progress, and a watchdog rescues it when the owner does not: every
-// WatchdogPeriod a timer looks at each busy worker, and one whose progress count (tasks executed plus inlined) and
-// slot content did not change since the previous look has its slot moved to the global queue, which wakes a parked peer.
-// The timer runs only while some worker is busy: a tick that finds every worker idle disarms it, and the first worker
-// to turn busy again re-arms it (no CPU while idle).
+// WatchdogPeriod the watchdog thread (SchedulerWatchdog, one for the process, not a ThreadPool timer: the blocking code
+// this guards against starves the ThreadPool too) looks at each busy worker, and one whose progress count (tasks
+// executed plus inlined) and slot content did not change since the previous look has its slot moved to the global
+// queue, which wakes a parked peer. A scheduler is watched only while some worker is busy: a tick that finds every
+// worker idle disarms it, and the first worker to turn busy again re-arms it (no CPU while idle).
 //
 // The rescue must never race the owner for the slot (a task would run twice or be lost), and the owner's side stays
 // free of interlocked instructions: an asymmetric Dekker with a process-wide barrier on the rescuer's side, in LifoSlot.
@@ -24,7 +25,6 @@ public sealed partial class WorkStealingTaskScheduler
     /// <summary>How often the watchdog looks at busy workers; a stranded LIFO task waits one to two periods.</summary>
     internal static readonly TimeSpan WatchdogPeriod = TimeSpan.FromMilliseconds(10);
 
-    private Timer? _watchdog;
     private int _watchdogArmed;
     private long _lifoRescues;
 
@@ -36,15 +36,12 @@ public sealed partial class WorkStealingTaskScheduler
 
     private void StartWatchdog()
     {
+        SchedulerWatchdog.EnsureStarted();
         _watchdogArmed = 1;
-        // Not captured: the ExecutionContext of whoever created the scheduler has nothing to do with the watchdog.
-        using (ExecutionContext.SuppressFlow())
-        {
-            _watchdog = new Timer(static state => ((WorkStealingTaskScheduler)state!).OnWatchdogTick(), this, WatchdogPeriod, Timeout.InfiniteTimeSpan);
-        }
+        SchedulerWatchdog.Watch(this);
     }
 
-    private void StopWatchdog() => _watchdog?.Dispose();
+    private void StopWatchdog() => SchedulerWatchdog.Unwatch(this);
 
     /// <summary>
     /// Called by a worker that turns busy, after its full fence: re-arms the watchdog if a tick disarmed it. One volatile
@@ -62,42 +59,12 @@ public sealed partial class WorkStealingTaskScheduler
 
     private void TryRearmWatchdog()
     {
-        // The timer is one-shot and not pending while disarmed, so the winner of this exchange is the only one to set it.
-        if (Interlocked.CompareExchange(ref _watchdogArmed, 1, 0) == 0)
+        // Disarmed, the scheduler may still be on the watchdog's list until the tick that disarmed it has taken it off
+        // (it does so only while the flag still reads disarmed), so the winner of this exchange makes sure it is listed.
+        if (Interlocked.CompareExchange(ref _watchdogArmed, 1, 0) == 0 && !IsTerminated)
         {
-            ScheduleWatchdogTick();
+            SchedulerWatchdog.Watch(this);
         }
-    }
-
-    private void ScheduleWatchdogTick()
-    {
-        if (IsTerminated)
-        {
-            return;
-        }
-
-        // A busy worker re-arms from its loop (BecomeBusy): the timer's lock, contended, throws on a pending
-        // Thread.Interrupt, which would end the worker and leave the watchdog marked armed but never scheduled again.
-        bool interrupted = false;
-        while (true)
-        {
-            try
-            {
-                _watchdog?.Change(WatchdogPeriod, Timeout.InfiniteTimeSpan);
-                break;
-            }
-            catch (ObjectDisposedException)
-            {
-                // The last worker exited meanwhile and disposed the timer: nothing left to watch.
-                break;
-            }
-            catch (ThreadInterruptedException)
-            {
-                interrupted = true;
-            }
-        }
-
-        Uninterruptible.Restore(interrupted);
     }
 
     /// <summary>
@@ -117,11 +84,15 @@ public sealed partial class WorkStealingTaskScheduler
         return true;
     }
 
-    private void OnWatchdogTick()
+    /// <summary>
+    /// One look of the watchdog thread at this scheduler. Returns whether the scheduler stays armed (some worker was
+    /// busy); false when it disarmed itself or has terminated.
+    /// </summary>
+    internal bool OnWatchdogTick()
     {
         if (IsTerminated)
         {
-            return;
+            return false;
         }
 
         bool anyBusy = false;
@@ -144,21 +115,23 @@ public sealed partial class WorkStealingTaskScheduler
 
         if (anyBusy)
         {
-            ScheduleWatchdogTick();
-            return;
+            return true;
         }
 
         // Everybody idle: disarm, then look again. A worker that turned busy before the disarm was seen above or is seen
-        // now; one that turns busy after it finds the timer disarmed and re-arms it (ArmWatchdog).
+        // now (and we take the flag back: if a worker won it first, it keeps the scheduler listed); one that turns busy
+        // after it finds the flag disarmed and re-arms it (ArmWatchdog).
         Interlocked.Exchange(ref _watchdogArmed, 0);
         foreach (Worker worker in _workers)
         {
             if (!worker.IsIdle)
             {
-                TryRearmWatchdog();
-                return;
+                Interlocked.CompareExchange(ref _watchdogArmed, 1, 0);
+                return true;
             }
         }
+
+        return false;
     }
 
     internal sealed partial class Worker
