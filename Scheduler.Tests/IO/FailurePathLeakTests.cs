@@ -145,6 +145,73 @@ public sealed class FailurePathLeakTests
         using ReactorSocket accepted = await io.Run(async () => await listener.AcceptAsync());
     }
 
+    [Theory]
+    [InlineData("listen")]
+    [InlineData("connect")]
+    [InlineData("accept")]
+    [InlineData("epoll")]
+    public async Task A_handle_whose_allocation_fails_leaves_no_descriptor_open(string step)
+    {
+        // Out of memory for the SafeHandle that is to own a new fd: the fd must not outlive the failure. socket(2) comes
+        // after the handle's allocation, and an fd that exists before it (accept4's, the eventfd) is closed.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        EndPoint endPoint = listener.LocalEndPoint!;
+        using Socket client = IoTestContext.NewPlainSocket();
+        if (step == "accept")
+        {
+            client.Connect(endPoint); // queued in the kernel: the accept below takes it on this thread
+        }
+
+        Action action = step switch
+        {
+            "listen" => () => io.Listen().Dispose(),
+            "connect" => () => ReactorSocket.ConnectAsync(io.Reactor, endPoint).AsTask().GetAwaiter().GetResult().Dispose(),
+            "accept" => () => listener.AcceptAsync().AsTask().GetAwaiter().GetResult().Dispose(),
+            _ => () => new EpollBackend().Dispose(),
+        };
+
+        FailedStep failed = Fail("SafeFileDescriptor", ENOMEM, action);
+
+        failed.Exception.Should().BeOfType<OutOfMemoryException>();
+        failed.StillOpen().Should().BeEmpty("a descriptor whose owner could not be allocated is closed (or never opened)");
+    }
+
+    [Fact]
+    public async Task A_registration_table_that_fails_to_grow_leaves_the_reactor_usable()
+    {
+        // The table starts with 64 slots: the 65th registration grows it. Out of memory there fails that one socket;
+        // the next one must still register (it met an IndexOutOfRangeException, and so did every later one).
+        await using var io = new IoTestContext();
+        var listeners = new List<ReactorSocket>();
+        try
+        {
+            while (io.Reactor.RegisteredCount < 64)
+            {
+                listeners.Add(io.Listen());
+            }
+
+            FailedStep step = Fail("registration-table", ENOMEM, () => io.Listen().Dispose());
+            step.Exception.Should().BeOfType<OutOfMemoryException>();
+            step.StillOpen().Should().BeEmpty();
+
+            for (int i = 0; i < 3; i++)
+            {
+                listeners.Add(io.Listen());
+            }
+
+            io.Reactor.RegisteredCount.Should().Be(67);
+            using ReactorSocket last = listeners[^1];
+            (ReactorSocket client, ReactorSocket server) = await io.Run(() => io.ConnectPairAsync(last));
+            client.Dispose();
+            server.Dispose();
+        }
+        finally
+        {
+            listeners.ForEach(l => l.Dispose());
+        }
+    }
+
     /// <summary>What <see cref="Fail"/> saw: the exception, and the descriptors opened when the failing call was asked.</summary>
     private sealed record FailedStep(Exception? Exception, IReadOnlyDictionary<int, string> OpenedBeforeFailure)
     {

@@ -3,7 +3,7 @@ namespace Scheduler.IO;
 public sealed partial class IoReactor
 {
     private readonly Lock _registrationLock = new();
-    private readonly Stack<int> _freeSlots = new();
+    private readonly Stack<int> _freeSlots = new(64); // as long as the table (see GrowTable)
     private ReactorSocket?[] _slots = new ReactorSocket?[64];
     private uint[] _generations = new uint[64];
     private int _nextSlot;
@@ -24,14 +24,13 @@ public sealed partial class IoReactor
             int index;
             if (!_freeSlots.TryPop(out index))
             {
-                index = _nextSlot++;
+                index = _nextSlot;
                 if (index == _slots.Length)
                 {
-                    Array.Resize(ref _generations, index * 2);
-                    var grown = new ReactorSocket?[index * 2];
-                    Array.Copy(_slots, grown, index);
-                    Volatile.Write(ref _slots, grown);
+                    GrowTable();
                 }
+
+                _nextSlot = index + 1; // only once the slot exists: a growth that failed is simply tried again
             }
 
             uint generation = _generations[index];
@@ -79,6 +78,30 @@ public sealed partial class IoReactor
 
             ReleaseSlot(index);
         }
+    }
+
+    /// <summary>
+    /// Doubles the table. Everything is allocated before anything changes: out of memory here fails one registration
+    /// and leaves the table as it was. The free-slot stack grows with it, so that releasing a slot (in a socket's
+    /// Dispose, which must not fail) never allocates.
+    /// </summary>
+    private void GrowTable()
+    {
+        if (Native.FaultInjection.Fails("registration-table"))
+        {
+#pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
+            throw new OutOfMemoryException("Growing the registration table failed (injected by a test).");
+#pragma warning restore CA2201
+        }
+
+        int length = _slots.Length * 2;
+        var generations = new uint[length];
+        var slots = new ReactorSocket?[length];
+        _freeSlots.EnsureCapacity(length);
+        Array.Copy(_generations, generations, _generations.Length);
+        Array.Copy(_slots, slots, _slots.Length);
+        _generations = generations;
+        Volatile.Write(ref _slots, slots);
     }
 
     private void ReleaseSlot(int index)

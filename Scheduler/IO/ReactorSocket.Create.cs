@@ -155,9 +155,20 @@ public sealed partial class ReactorSocket
         return start == ConnectStart.Connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(cancellationToken);
     }
 
+    /// <summary>Wraps a descriptor from accept4 in a registered socket; <paramref name="fd"/> is closed if anything fails.</summary>
     internal static ReactorSocket CreateAccepted(IoReactor reactor, int fd, AddressFamily family)
     {
-        var handle = new SafeFileDescriptor(fd);
+        SafeFileDescriptor handle;
+        try
+        {
+            handle = new SafeFileDescriptor(fd);
+        }
+        catch
+        {
+            Libc.Close(fd); // out of memory for its owner: nothing else would ever close it
+            throw;
+        }
+
         try
         {
             bool reportsQueuedBytes = ConfigureStream(fd, family);
@@ -294,13 +305,19 @@ public sealed partial class ReactorSocket
 
     private static SafeFileDescriptor CreateHandle(AddressFamily family)
     {
+        // The owner first (as the BCL's SafeHandle-returning calls do): allocated after socket(2), an out-of-memory
+        // failure between the two would leave the fd open with no owner.
+        var handle = new SafeFileDescriptor();
         int fd = Libc.Socket(SocketAddressMarshal.ToNativeFamily(family), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
         {
-            Errno.ThrowLast("socket");
+            int errno = Errno.Last;
+            handle.Dispose(); // owns nothing: no close
+            throw Errno.ToException(errno, "socket");
         }
 
-        return new SafeFileDescriptor(fd);
+        handle.SetFd(fd);
+        return handle;
     }
 
     private static unsafe void SetOption(int fd, int level, int name, int value, string what)

@@ -277,7 +277,9 @@ public sealed partial class ReactorSocket
     private sealed class AcceptOperation(ReactorSocket socket) : ReactorOperation<ReactorSocket>(socket, isWrite: false)
     {
         private const int BatchSize = 32;
-        private readonly Queue<int> _accepted = new();
+        // Sized for a whole batch up front: a queue that grew inside Drain could fail (out of memory) with an fd that
+        // accept4 just returned and nothing owns yet.
+        private readonly Queue<int> _accepted = new(BatchSize);
         private readonly Lock _queueLock = new();
 
         public void CloseQueued()

@@ -15,8 +15,10 @@ internal static class FaultInjection
     /// then fails with, without being made. Process-wide: a test that sets it filters by thread (the calls run
     /// synchronously on the thread that creates the reactor or socket) and runs in a collection of its own.
     /// Names: <c>"eventfd"</c>, <c>"epoll_ctl"</c> (every registration, the eventfd's too), <c>"listen"</c>,
-    /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), and <c>"pthread_create"</c> (the reactor's
-    /// thread; fails as .NET reports a refused thread, with <see cref="OutOfMemoryException"/>).
+    /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), and three that fail with
+    /// <see cref="OutOfMemoryException"/>: <c>"pthread_create"</c> (the reactor's thread, as .NET reports a refused
+    /// thread), <c>"SafeFileDescriptor"</c> (the allocation of the handle that owns an fd) and <c>"registration-table"</c>
+    /// (the growth of the reactor's table of sockets).
     /// </summary>
     internal static Func<string, int>? HookForTests { get; set; }
 

@@ -9,8 +9,19 @@ namespace Scheduler.Native;
 /// </summary>
 internal sealed class SafeFileDescriptor : SafeHandle
 {
-    public SafeFileDescriptor(int fd)
+    /// <summary>
+    /// A handle that owns nothing yet: allocate it before the system call that opens the fd, then
+    /// <see cref="SetFd"/>. Allocated after it, an allocation failure (out of memory) would leave the fd with no owner.
+    /// </summary>
+    public SafeFileDescriptor()
         : base(invalidHandleValue: -1, ownsHandle: true)
+    {
+        ThrowIfAllocationFails();
+    }
+
+    /// <summary>Takes ownership of an fd that is already open; the caller closes <paramref name="fd"/> if this throws.</summary>
+    public SafeFileDescriptor(int fd)
+        : this()
     {
         SetHandle(fd);
     }
@@ -20,5 +31,19 @@ internal sealed class SafeFileDescriptor : SafeHandle
     /// <summary>The raw fd; only valid while a reference is held.</summary>
     public int Fd => (int)handle;
 
+    /// <summary>Gives this handle (created empty) the fd it is to own; cannot fail.</summary>
+    public void SetFd(int fd) => SetHandle(fd);
+
     protected override bool ReleaseHandle() => Libc.Close((int)handle) == 0;
+
+    /// <summary>A test's injected failure of this handle's allocation (see <see cref="FaultInjection"/>), before it owns anything.</summary>
+    private static void ThrowIfAllocationFails()
+    {
+        if (FaultInjection.Fails("SafeFileDescriptor"))
+        {
+#pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
+            throw new OutOfMemoryException("Allocating a SafeFileDescriptor failed (injected by a test).");
+#pragma warning restore CA2201
+        }
+    }
 }
