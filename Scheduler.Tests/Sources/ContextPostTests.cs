@@ -154,6 +154,33 @@ public sealed class ContextPostTests(ITestOutputHelper output)
         reported.SeenCount.Should().Be(1);
     }
 
+    [Fact]
+    public void A_context_that_runs_a_posted_callback_twice_gets_an_exception_and_the_next_dispatch_still_runs_its_continuation()
+    {
+        // A buggy context calls the callback again after the first call ran the continuation and the hand-off went back
+        // to its pool. On this thread the next dispatch rents that same hand-off (the pool's thread cache): the second
+        // call must leave it untouched, or that dispatch's own callback finds it claimed and its continuation never runs.
+        var twice = new RunsPostsTwiceSynchronizationContext();
+        var waker = new ProbeWaker(detachedCore: false);
+        short firstVersion = waker.Core.Version;
+        int firstRuns = 0;
+        RegisterUnder(twice, waker, () => firstRuns++);
+        waker.Core.TrySetResult(1).Should().BeTrue();
+        twice.RunHeldTwice();
+        firstRuns.Should().Be(1);
+        waker.Core.GetResult(firstVersion).Should().Be(1);
+        waker.Core.TryReset(firstVersion).Should().BeTrue();
+
+        var held = new HeldPostsSynchronizationContext();
+        int secondRuns = 0;
+        RegisterUnder(held, waker, () => secondRuns++);
+        waker.Core.TrySetResult(2).Should().BeTrue();
+        held.RunAll();
+
+        secondRuns.Should().Be(1, "the next dispatch's continuation runs once, from its own callback");
+        twice.SecondCallFailure.Should().BeOfType<InvalidOperationException>("a callback run twice is the context's bug, and it is told so");
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -325,6 +352,34 @@ public sealed class ContextPostTests(ITestOutputHelper output)
     private sealed class ContinuationFailure() : Exception("a continuation that throws");
 
     private sealed class SchedulerFailure() : Exception("this scheduler fails after running the task");
+
+    /// <summary>Holds its posts; <see cref="RunHeldTwice"/> calls each callback twice in a row (a buggy context), recording what the second call threw.</summary>
+    private sealed class RunsPostsTwiceSynchronizationContext : SynchronizationContext
+    {
+        private readonly Queue<(SendOrPostCallback Callback, object? State)> _posts = new();
+
+        public Exception? SecondCallFailure { get; private set; }
+
+        public override void Post(SendOrPostCallback d, object? state) => _posts.Enqueue((d, state));
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        public void RunHeldTwice()
+        {
+            while (_posts.TryDequeue(out (SendOrPostCallback Callback, object? State) post))
+            {
+                post.Callback(post.State);
+                try
+                {
+                    post.Callback(post.State);
+                }
+                catch (Exception e)
+                {
+                    SecondCallFailure = e;
+                }
+            }
+        }
+    }
 
     /// <summary>Runs every task inline in <c>QueueTask</c>, then (once told) throws.</summary>
     private sealed class RunsThenThrowsTaskScheduler : TaskScheduler

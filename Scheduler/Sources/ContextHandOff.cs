@@ -16,13 +16,15 @@ namespace Scheduler.Sources;
 /// <para>
 /// Pooled: a hand-off is reused only after both the hand-off call (or the fallback it queued) and the target's
 /// callback have released it, so a late callback always finds its own hand-off, never a later dispatch of the same
-/// pooled waker. A target that never calls back (it refused, or dropped the item) leaves its hand-off to the GC.
+/// pooled waker. A target that never calls back (it refused, or dropped the item) leaves its hand-off to the GC. A
+/// target that calls back twice gets an exception from the second call while the hand-off is not yet reused.
 /// </para>
 /// </remarks>
 internal sealed class ContextHandOff : IThreadPoolWorkItem
 {
     private const int Unclaimed = 0;
     private const int Claimed = 1;
+    private const int TargetCalled = 2; // the target's callback has come (a second call is the target's bug)
 
     private static readonly ValueTaskSourcePool<ContextHandOff> s_pool = new(static () => new ContextHandOff(), PooledSourceDefaults.PoolCapacity);
 
@@ -45,13 +47,24 @@ internal sealed class ContextHandOff : IThreadPoolWorkItem
     }
 
     /// <summary>The target's callback (<c>Post</c>'s, or the task's delegate): runs the item unless the fallback took it.</summary>
+    /// <exception cref="InvalidOperationException">The target called this hand-off's callback a second time.</exception>
     public void RunFromTarget()
     {
-        IThreadPoolWorkItem workItem = _workItem!;
-        if (TryClaim())
+        // A buggy target that calls back twice: caught while the hand-off is still held (the bit) or idle in its pool (no
+        // item), before it touches the claim or the holds; touching them would corrupt the hand-off's next use (its
+        // callback finding it claimed would never run that continuation). A second call after the hand-off was reused
+        // cannot be told from the new use's own callback without a per-post allocation, and is not caught.
+        IThreadPoolWorkItem? workItem = _workItem;
+        int previous = workItem is null ? TargetCalled : Interlocked.Or(ref _claim, Claimed | TargetCalled);
+        if ((previous & TargetCalled) != 0)
+        {
+            ThrowCalledTwice();
+        }
+
+        if ((previous & Claimed) == 0)
         {
             Release();
-            workItem.Execute();
+            workItem!.Execute();
             return;
         }
 
@@ -97,7 +110,10 @@ internal sealed class ContextHandOff : IThreadPoolWorkItem
         workItem.Execute();
     }
 
-    private bool TryClaim() => Interlocked.Exchange(ref _claim, Claimed) == Unclaimed;
+    private bool TryClaim() => (Interlocked.Or(ref _claim, Claimed) & Claimed) == Unclaimed;
+
+    private static void ThrowCalledTwice() =>
+        throw new InvalidOperationException("The SynchronizationContext or TaskScheduler ran a posted continuation callback twice.");
 
     private void Release()
     {

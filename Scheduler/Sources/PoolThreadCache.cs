@@ -21,7 +21,7 @@ internal static class PoolThreadCache
     /// <summary>References between two threads' slots in a pool's array: 128 bytes, so threads never share a cache line (adjacent-line prefetching included).</summary>
     public const int Stride = 16;
 
-    /// <summary>Threads beyond this many at once get no thread cache (the pools' shared storage still works).</summary>
+    /// <summary>Threads beyond this many at once get no thread cache until an id is given back (the pools' shared storage still works).</summary>
     public const int MaxThreads = 1024;
 
     // The bitwise complement of this thread's offset (id × Stride), so that the default 0 reads as -1: out of every
@@ -33,14 +33,17 @@ internal static class PoolThreadCache
     [ThreadStatic]
     private static IdRelease? t_release;
 
-    // Set when every id was taken as this thread asked for one (it does not ask again).
+    // When every id was taken as this thread asked for one: how many ids had been released by then, plus one (0: it
+    // never found none left). It asks again only once another id has been released since, so an id-less thread's
+    // returns cost a thread-static and a static read, not a scan under the lock, and it still gets a cache later.
     [ThreadStatic]
-    private static bool t_noIdLeft;
+    private static int t_releasesWhenNoneLeft;
 
     // Ids in use (id 0 is never handed out: offset 0 is a pool array's leading padding).
     private static readonly bool[] s_inUse = new bool[MaxThreads + 1];
     private static readonly Lock s_lock = new();
     private static int s_highestId;
+    private static int s_releases; // ids given back so far (written under the lock)
 
     /// <summary>This thread's slot offset in every pool's array, or -1 when it has none yet (or none was left).</summary>
     public static int Offset
@@ -48,6 +51,9 @@ internal static class PoolThreadCache
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         get => ~t_notOffset;
     }
+
+    /// <summary>For tests: how many ids have been given back (by ended threads) so far.</summary>
+    internal static int ReleasedIdsForTests => Volatile.Read(ref s_releases);
 
     /// <summary>The array length a pool needs for every id handed out so far, given that it must cover <paramref name="offset"/>.</summary>
     public static int ArrayLengthFor(int offset)
@@ -60,14 +66,16 @@ internal static class PoolThreadCache
     public static int AssignOffset()
     {
         int offset = Offset;
-        if (offset >= 0 || t_noIdLeft)
+        if (offset >= 0 || t_releasesWhenNoneLeft == Volatile.Read(ref s_releases) + 1)
         {
-            return offset; // assigned, or none was left when this thread asked (it does not ask again)
+            return offset; // assigned, or none was left when this thread last asked and none has been released since
         }
 
         int id = 0;
+        int releases;
         lock (s_lock)
         {
+            releases = s_releases;
             for (int candidate = 1; candidate <= MaxThreads; candidate++)
             {
                 if (!s_inUse[candidate])
@@ -86,7 +94,7 @@ internal static class PoolThreadCache
 
         if (id == 0)
         {
-            t_noIdLeft = true;
+            t_releasesWhenNoneLeft = releases + 1;
             return -1;
         }
 
@@ -102,6 +110,7 @@ internal static class PoolThreadCache
             lock (s_lock)
             {
                 s_inUse[id] = false;
+                Volatile.Write(ref s_releases, s_releases + 1);
             }
         }
     }
