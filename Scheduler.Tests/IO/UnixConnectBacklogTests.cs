@@ -86,4 +86,45 @@ public sealed class UnixConnectBacklogTests
             File.Delete(path);
         }
     }
+
+    [Fact]
+    public async Task A_connect_whose_pause_ended_just_before_the_reactor_was_disposed_reports_the_disposal()
+    {
+        // A CI run: the waiting connect's delay completed, the disposal closed the listener (registered with the same
+        // reactor) before the continuation ran, and connect(2) then failed with ConnectionRefused. Here one worker is
+        // held while the pause ends and the reactor is disposed, so the continuation runs only after both.
+        string path = Path.Combine(Path.GetTempPath(), $"backlog-{Guid.NewGuid():N}.sock");
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var clients = new List<ReactorSocket>();
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        var reactor = new IoReactor(scheduler);
+        try
+        {
+            using ReactorSocket listener = ReactorSocket.Listen(reactor, endPoint, backlog: 1);
+            for (int i = 0; i < 2; i++)
+            {
+                clients.Add(await scheduler.Factory.StartNew(async () => await ReactorSocket.ConnectAsync(reactor, endPoint)).Unwrap());
+            }
+
+            Task<ReactorSocket> waiting = scheduler.Factory.StartNew(async () => await ReactorSocket.ConnectAsync(reactor, endPoint)).Unwrap();
+            await Task.Delay(50);
+            waiting.IsCompleted.Should().BeFalse("the backlog is full");
+
+            using var gate = new ManualResetEventSlim();
+            Task holder = scheduler.Factory.StartNew(gate.Wait);
+            await Task.Delay(200); // the pause (64 ms at most) ends: its continuation waits for the held worker
+            reactor.Dispose();
+            gate.Set();
+            await holder.WaitAsync(IoTestContext.Timeout);
+
+            Func<Task> disposed = () => waiting.WaitAsync(IoTestContext.Timeout);
+            await disposed.Should().ThrowAsync<ObjectDisposedException>();
+        }
+        finally
+        {
+            reactor.Dispose();
+            clients.ForEach(c => c.Dispose());
+            File.Delete(path);
+        }
+    }
 }

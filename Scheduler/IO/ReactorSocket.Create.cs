@@ -270,7 +270,7 @@ public sealed partial class ReactorSocket
                 await reactor.Timers.DelayAsync(pause, cancellationToken).ConfigureAwait(false);
                 pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerMillisecond * 64));
             }
-            while (StartConnect(handle.Fd, address, endPoint) == ConnectStart.BacklogFull);
+            while (StartConnectUnlessDisposed(reactor, handle.Fd, address, endPoint) == ConnectStart.BacklogFull);
 
             // A Unix domain connect that starts completes at once (it never reports EINPROGRESS).
             var socket = new ReactorSocket(reactor, handle, address.Family, isListener: false);
@@ -281,6 +281,27 @@ public sealed partial class ReactorSocket
         {
             handle.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// One more try of a waiting Unix domain connect, unless the reactor was disposed meanwhile. A delay that completed
+    /// just before the disposal still runs its continuation, and the disposal closes every socket registered with the
+    /// reactor, the listener too when it is one of them: the connect would then fail with ConnectionRefused, where
+    /// every other operation pending at the disposal reports <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    private static ConnectStart StartConnectUnlessDisposed(IoReactor reactor, int fd, SocketAddress address, EndPoint endPoint)
+    {
+        reactor.ThrowIfDisposed();
+        try
+        {
+            return StartConnect(fd, address, endPoint);
+        }
+        catch (SocketException) when (reactor.IsDisposed)
+        {
+            // Disposed while connect(2) ran: its listener may be among the sockets the disposal just closed.
+            reactor.ThrowIfDisposed();
+            throw; // unreachable: the reactor is disposed
         }
     }
 
