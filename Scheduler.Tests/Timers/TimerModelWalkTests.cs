@@ -5,9 +5,10 @@ namespace Scheduler.Tests.Timers;
 /// <summary>
 /// Random walks through the public <see cref="ITimer"/> API on a manual clock, checked against a model of when each
 /// timer must fire: arms (short, long, relative, periodic, past the span), disarms, disposals, and clock moves to the
-/// next wake-up, by random amounts (late passes, years at once) or by a unit. After every pass each timer has fired
-/// exactly as often as the model says: never early, and never later than the first pass that starts at or after its
-/// due tick. Several tick lengths, relative arms on and off.
+/// next wake-up, by random amounts (late passes, years at once) or by a unit; passes with and without reconciling the
+/// pushed changes first. After every pass each timer has fired exactly as often as the model says: never early, never
+/// on a schedule a pending change replaced, and never later than the first pass that starts at or after its due tick.
+/// Several tick lengths, relative arms on and off.
 /// </summary>
 public sealed class TimerModelWalkTests
 {
@@ -70,6 +71,7 @@ public sealed class TimerModelWalkTests
                 TimeSpan period = random.Next(3) == 0 ? RandomSpan() : Timeout.InfiniteTimeSpan;
                 timers[i].Change(due, period).Should().Be(!model.Disposed);
                 model.Arm(wheel, clock.Now, due, period, relativeArms);
+                model.Pending = true;
             }
             else if (op == 4)
             {
@@ -79,10 +81,16 @@ public sealed class TimerModelWalkTests
             else
             {
                 int move = random.Next(4);
+
+                // A third of the passes fire what the wheel holds without reconciling first, as the driver does when it
+                // wakes for an expiry before any pushed change asked for a drain: only while no pushed change needs one
+                // (an absolute arm asks for its deadline, a relative one for the reconcile interval).
+                bool reconcile = random.Next(3) != 0;
                 if (move == 0)
                 {
                     // The look ahead reconciles the pending changes: relative arms are measured from now.
                     MeasureRelativeArms(models, clock.Now);
+                    ForgetPending(models);
                     if (wheel.TryGetNextWakeTimestamp(out long next) && next > clock.Now)
                     {
                         clock.AdvanceUnits(next - clock.Now);
@@ -98,13 +106,23 @@ public sealed class TimerModelWalkTests
                 }
 
                 long now = clock.Now;
-                MeasureRelativeArms(models, now);
-                foreach (Model m in models)
+                reconcile |= models.Any(m => m.Pending && m.NeedsDrainBy(now));
+                if (reconcile)
                 {
-                    m.ExpireIfDue(wheel, now);
+                    MeasureRelativeArms(models, now);
+                    ForgetPending(models);
                 }
 
-                wheel.RunDueTimers();
+                foreach (Model m in models)
+                {
+                    if (!m.Pending)
+                    {
+                        // A change still pending replaced the linked schedule: its expiry is dropped.
+                        m.ExpireIfDue(wheel, now);
+                    }
+                }
+
+                wheel.RunDueTimers(reconcile);
                 SpinWait.SpinUntil(() => Enumerable.Range(0, TimerCount).All(k => Volatile.Read(ref fired[k]) >= models[k].Fired), TimeSpan.FromSeconds(10));
                 for (int k = 0; k < TimerCount; k++)
                 {
@@ -116,6 +134,14 @@ public sealed class TimerModelWalkTests
         foreach (ITimer timer in timers)
         {
             timer.Dispose();
+        }
+    }
+
+    private static void ForgetPending(Model[] models)
+    {
+        foreach (Model m in models)
+        {
+            m.Pending = false;
         }
     }
 
@@ -138,6 +164,9 @@ public sealed class TimerModelWalkTests
         private long _period;
 
         public bool Disposed { get; set; }
+
+        /// <summary>Changed since the last reconciling pass.</summary>
+        public bool Pending { get; set; }
 
         public int Fired { get; private set; }
 
@@ -165,6 +194,9 @@ public sealed class TimerModelWalkTests
                 _deadline = wheel.DeadlineAfter(now, due);
             }
         }
+
+        /// <summary>Whether the driver would have drained by <paramref name="now"/> for this pending change.</summary>
+        public bool NeedsDrainBy(long now) => !Disposed && (_relativeDelay >= 0 || (_deadline >= 0 && _deadline <= now));
 
         public void MeasureRelative(long now)
         {
