@@ -69,6 +69,49 @@ public sealed class DisposeWhileBusyTests
         await disposing.WithTimeout();
     }
 
+    /// <summary>
+    /// A worker that takes a task while idle holds it, for an instant, where no queue shows it while its idle flag still
+    /// says it has nothing. A peer that decided to exit in that instant (Dispose requested, every queue empty, nobody
+    /// busy) left the task's work to nobody: the task spawned a child and blocked on it, and the child, rescued from
+    /// the LIFO slot, waited in the global queue for a worker that had gone. The seam holds the worker in that instant.
+    /// </summary>
+    [Fact]
+    public async Task A_task_taken_by_an_idle_worker_as_Dispose_begins_still_has_a_peer_for_the_work_it_blocks_on()
+    {
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        using var holding = new ManualResetEventSlim();
+        using var released = new SemaphoreSlim(0);
+
+        // Parked, both: the task below is then taken by a worker turning busy from idle, which is where the hook runs.
+        SpinWait.SpinUntil(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1), SchedulerTestHelpers.Timeout)
+            .Should().BeTrue("both workers have nothing to do");
+        int armed = 1;
+        scheduler.TurnBusyHookForTests = () =>
+        {
+            if (Interlocked.Exchange(ref armed, 0) == 0)
+            {
+                return;
+            }
+
+            scheduler.TryGetCurrentWorkerIndex(out int self);
+            holding.Set();
+            // Hold the task until the peer has exited, or for long enough that it would have: no event marks a non-exit.
+            scheduler.WorkerThreads[1 - self]!.Join(ExitWindow * 10);
+        };
+
+        Task<bool> parent = scheduler.Factory.StartNew(() =>
+        {
+            scheduler.Factory.StartNew(() => released.Release()); // to the LIFO slot, which the watchdog rescues
+            return released.Wait(BlockLimit); // sync-over-async on a worker
+        });
+
+        holding.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("an idle worker takes the task");
+        Task disposing = scheduler.DisposeAsync().AsTask();
+
+        (await parent.WithTimeout()).Should().BeTrue("a task queued before Dispose runs with the peers it had, and so does what it spawns");
+        await disposing.WithTimeout();
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(2)]

@@ -264,6 +264,35 @@ public sealed class TimerWheelClockTests
         }
     }
 
+    /// <summary>
+    /// A driver that wakes late reconciles changes whose deadlines have passed. The first entry linked into an empty
+    /// wheel moves the wheel's processed tick up to the clock (so that it is not cascaded through the idle gap); an
+    /// overdue entry linked after it in the same pass must still expire in that pass, not one whole tick later.
+    /// The pending stacks are LIFO: the long arm, pushed last, is linked first.
+    /// </summary>
+    [Fact]
+    public async Task An_overdue_timer_linked_after_a_later_one_in_a_late_pass_fires_in_that_pass()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(100), clock, startDriver: false) { NurseriesEnabled = false };
+        int shortFired = 0;
+        int longFired = 0;
+        using ITimer overdue = wheel.CreateTimer(_ => Interlocked.Increment(ref shortFired), null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        using ITimer later = wheel.CreateTimer(_ => Interlocked.Increment(ref longFired), null, TimeSpan.FromMilliseconds(500), Timeout.InfiniteTimeSpan);
+        Task overdueDelay = wheel.DelayAsync(TimeSpan.FromMilliseconds(5)).AsTask();
+        Task laterDelay = wheel.DelayAsync(TimeSpan.FromMilliseconds(500)).AsTask();
+
+        // Due at the start of tick 1 (100 ms); the pass comes in tick 2.
+        clock.Advance(TimeSpan.FromMilliseconds(250));
+        wheel.RunDueTimers();
+
+        SpinWait.SpinUntil(() => Volatile.Read(ref shortFired) == 1, TimeSpan.FromSeconds(10))
+            .Should().BeTrue("the 5 ms timer was overdue when the pass linked it, so that pass fires it (not the next tick's)");
+        await overdueDelay.WaitAsync(TimeSpan.FromSeconds(10));
+        Volatile.Read(ref longFired).Should().Be(0);
+        laterDelay.IsCompleted.Should().BeFalse();
+    }
+
     [Fact]
     public void Conversions_round_deadlines_up_and_saturate()
     {

@@ -16,6 +16,12 @@ public sealed partial class WorkStealingTaskScheduler
     internal Action? ParkHookForTests { get; set; }
 
     /// <summary>
+    /// For tests: runs on a worker that found an item while idle, just before it turns busy: the moment it holds work that
+    /// no queue shows any more while its idle flag still says it has none.
+    /// </summary>
+    internal Action? TurnBusyHookForTests { get; set; }
+
+    /// <summary>
     /// Stops intake from outside producers (then <c>StartNew</c> throws <see cref="TaskSchedulerException"/>
     /// wrapping <see cref="ObjectDisposedException"/>), runs everything already queued, and joins the workers.
     /// Idempotent. Called on one of this scheduler's workers it does not wait (a thread cannot join itself);
@@ -86,18 +92,21 @@ public sealed partial class WorkStealingTaskScheduler
     }
 
 
-    /// <summary>True when a worker other than <paramref name="self"/> is running work (shutdown waits for it).</summary>
-    internal bool AnyWorkerBusyBesides(Worker self)
+    /// <summary>
+    /// True when every worker other than <paramref name="self"/> is parked or has exited: none of them runs or holds work
+    /// (shutdown waits until then, see Worker.CanExit).
+    /// </summary>
+    internal bool AllWorkersParkedOrExitedBesides(Worker self)
     {
         foreach (Worker worker in _workers)
         {
-            if (worker != self && worker.IsBusy)
+            if (worker != self && !worker.IsParked && !worker.HasExited)
             {
-                return true;
+                return false;
             }
         }
 
-        return false;
+        return true;
     }
 
     internal void OnWorkerExited()

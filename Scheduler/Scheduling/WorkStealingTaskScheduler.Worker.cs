@@ -192,8 +192,8 @@ public sealed partial class WorkStealingTaskScheduler
 
         public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1);
 
-        /// <summary>True while this worker runs work (neither idle nor exited): it may still queue work and block on it.</summary>
-        internal bool IsBusy => !_isIdle && !_hasExited; // idle first: see the exit in RunLoop
+        /// <summary>True once this worker's loop has ended (or its thread never started).</summary>
+        internal bool HasExited => _hasExited;
 
         /// <summary>True when a peer could take work from here (the LIFO slot is private to its worker).</summary>
         public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty;
@@ -301,15 +301,19 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         /// <summary>
-        /// Shutdown: this idle worker may exit once Dispose was requested, nothing is queued where it could take it, and no
-        /// peer is busy. A busy peer may still expose work (spawn into its deque, have its LIFO slot rescued, be sent
-        /// continuations from other threads) and then block until that work runs: exiting while it runs used to leave
-        /// that work to nobody, a hang that the same program without Dispose never has.
+        /// Shutdown: this idle worker may exit once Dispose was requested, nothing is queued where it could take it, and
+        /// every peer is parked or gone. A busy peer may still expose work (spawn into its deque, have its LIFO slot
+        /// rescued, be sent continuations from other threads) and then block until that work runs: exiting while it runs
+        /// used to leave that work to nobody, a hang that the same program without Dispose never has. Idle is not enough
+        /// either: a peer that has just taken an item while idle holds it where no queue shows it, its idle flag not yet
+        /// cleared (<see cref="BecomeBusy"/>); exiting then left that item's blocking fork-join to nobody. A parked peer
+        /// holds nothing: it registers as parked before it sleeps and is taken off the list before it takes work again.
         /// </summary>
         /// <remarks>
-        /// Pairs with a peer's idle transition: this worker wrote its idle flag before (and, parking, ran a process-wide
-        /// barrier after registering), so of two workers turning idle together at least one sees the other idle; that
-        /// one exits and wakes every sleeper (see <see cref="RunLoop"/>), and the other re-checks.
+        /// The queues are read first, the peers' parked flags after: a peer that took an item this look missed had
+        /// unregistered before taking it, so its flag reads unparked. Of two workers parking together the one that
+        /// registers second (the idle lock orders them) sees the other parked in its re-check; it exits and wakes every
+        /// sleeper (see <see cref="RunLoop"/>), and the others re-check in turn.
         /// </remarks>
         private bool CanExit()
         {
@@ -318,8 +322,8 @@ public sealed partial class WorkStealingTaskScheduler
                 return false;
             }
 
-            Interlocked.MemoryBarrier(); // our idle flag before the peers' (shutdown only)
-            return !_owner.HasAnyQueuedWork() && !_owner.AnyWorkerBusyBesides(this);
+            Interlocked.MemoryBarrier(); // our own state before the peers' (shutdown only)
+            return !_owner.HasAnyQueuedWork() && _owner.AllWorkersParkedOrExitedBesides(this);
         }
 
         /// <summary>
@@ -331,6 +335,7 @@ public sealed partial class WorkStealingTaskScheduler
         /// </summary>
         private void BecomeBusy()
         {
+            _owner.TurnBusyHookForTests?.Invoke();
             _isIdle = false;
             Interlocked.MemoryBarrier();
             _owner.ArmWatchdog();

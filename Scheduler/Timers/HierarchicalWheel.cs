@@ -65,15 +65,18 @@ internal abstract class HierarchicalWheel
     /// The tick to link an entry due at <paramref name="dueTick"/> by, with the clock at <paramref name="nowTick"/>.
     /// After an idle spell an empty wheel's notion of "now" is stale; catching up first keeps the new entry on the
     /// level its real distance calls for instead of cascading down through the idle gap — never past the entry's own
-    /// due tick, so a change reconciled after its deadline is expired by the very next advance. Rounding up never makes
-    /// an entry early: a due tick already processed (reconciled late, or a clock that stepped backwards) becomes the
-    /// next one, which is later still.
+    /// due tick, and never onto <paramref name="nowTick"/> itself (one tick short of it): a drain links several
+    /// entries before the advance to <paramref name="nowTick"/>, and one that is overdue, linked after a later one
+    /// caught the wheel up, must still land on a tick that advance processes instead of the next one. So a change
+    /// reconciled after its deadline is expired by the very next advance. Rounding up never makes an entry early: a
+    /// due tick already processed (reconciled late, or a clock that stepped backwards) becomes the next one, which is
+    /// later still.
     /// </summary>
     public long PrepareInsert(long dueTick, long nowTick)
     {
         if (_count == 0)
         {
-            FastForward(Math.Min(nowTick, dueTick - 1));
+            FastForward(Math.Min(nowTick, dueTick) - 1);
         }
 
         return Math.Max(dueTick, _elapsed + 1);
