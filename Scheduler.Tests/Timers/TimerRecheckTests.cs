@@ -95,6 +95,79 @@ public sealed class TimerRecheckTests
         wheel.LinkedCount.Should().Be(0, "a disposed timer does not stay linked for its 2 s");
     }
 
+    [Fact]
+    public async Task An_arm_back_to_the_applied_deadline_that_replaced_a_claimed_relative_arm_is_applied_by_the_recheck()
+    {
+        // The timer is linked for its deadline A (the applied word). A 1 s relative arm is popped: the reconcile clears
+        // the bit, claims the word and unlinks the entry. Then, between the claim and the link, a racing change arms the
+        // timer for A again (the same word as the applied one) without pushing, so the link's swap fails. The recheck
+        // must see an armed, unlinked timer: comparing the word with the applied one alone took A for linked.
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true, NurseriesEnabled = false };
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(), null, TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan);
+        wheel.RunDueTimers();
+        wheel.LinkedCount.Should().Be(1);
+
+        timer.Change(TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan).Should().BeTrue();
+        clock.ReadsBeforeHook = 2; // the pass's first reading, the one after the pop, then the relative arms' reading
+        clock.OnNextRead = () =>
+        {
+            // The clock has not moved since the first arm: 10 ms from now is deadline A again.
+            ChangeAsIfRacing(timer, () => timer.Change(TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan).Should().BeTrue());
+            return clock.GetTimestamp();
+        };
+        wheel.RunDueTimers();
+        clock.OnNextRead.Should().BeNull("the hook ran inside the pass");
+        wheel.LinkedCount.Should().Be(1, "the recheck links the timer for the arm that replaced the claimed one");
+
+        clock.Advance(TimeSpan.FromMilliseconds(10));
+        wheel.RunDueTimers();
+        await fired.Task.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task An_arm_back_to_the_applied_deadline_after_an_expiry_that_a_missed_change_dropped_is_applied_by_the_recheck()
+    {
+        // The owner's drain of its full nursery (a user thread's drain: the recheck is left to the driver) links the
+        // timer for A. A racing change to B, whose store that reconcile missed, makes the expiry of A (the driver woke
+        // for it before any drain) drop it: the entry is unlinked, the applied word still A. A second racing change,
+        // computed before the expiry and landing after it, arms A again. The driver's recheck must link it.
+        TimerWheel.UnbindThreadNursery(); // this thread's nursery must be bound to this test's wheel
+        var clock = new HookClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(), null, TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan);
+        long armedAt = clock.GetTimestamp();
+        var others = new ITimer[TimerNursery.Capacity];
+        for (int i = 0; i < others.Length; i++)
+        {
+            others[i] = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromHours(1), Timeout.InfiniteTimeSpan);
+        }
+
+        wheel.LinkedCount.Should().Be(TimerNursery.Capacity, "the owner drained its full ring, the timer with it");
+        others[^1].Dispose(); // the creation that found the ring full waits in it: out of the counts below
+        ChangeAsIfRacing(timer, () => timer.Change(TimeSpan.FromMilliseconds(20), Timeout.InfiniteTimeSpan).Should().BeTrue());
+
+        clock.Advance(TimeSpan.FromMilliseconds(10));
+        wheel.RunDueTimers(reconcilePending: false);
+        wheel.LinkedCount.Should().Be(TimerNursery.Capacity - 1, "the expiry of A took the timer off the wheel and dropped it");
+
+        clock.OnNextRead = () => armedAt; // the change read the clock before the expiry
+        ChangeAsIfRacing(timer, () => timer.Change(TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan).Should().BeTrue());
+        clock.OnNextRead.Should().BeNull("the change read the hooked clock");
+
+        wheel.RunDueTimers();
+        wheel.LinkedCount.Should().Be(TimerNursery.Capacity, "the recheck links the timer for A again");
+        clock.Advance(s_tick);
+        wheel.RunDueTimers();
+        await fired.Task.WaitAsync(s_timeout);
+        foreach (ITimer other in others)
+        {
+            other.Dispose();
+        }
+    }
+
     /// <summary>Readings a pass takes before the one that links relative arms: no pop reading when the new timers waited in a nursery.</summary>
     private static int ReadsBeforeLink(bool nurseries) => nurseries ? 1 : 2;
 

@@ -53,7 +53,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
 
     // The intent that the entry's place in the wheel reflects, owned by the wheel-lock holder: an expiry fires only
     // if the intent is still this word, and the recheck reconciles again any entry whose intent moved away from it.
-    // While the entry is linked this is an absolute word, whose deadline is the entry's DeadlineTimestamp.
+    // While the entry is linked this is an absolute word, whose deadline is the entry's DeadlineTimestamp. An unlinked
+    // entry may still hold an absolute one (a relative arm's claim and a dropped expiry unlink without clearing it), so
+    // "applied" means equal and linked for an absolute word (Reconcile, Recheck).
     private long _appliedIntent;
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
@@ -392,11 +394,17 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         {
             wheel.RemoveLocked(this);
         }
-        else if (Volatile.Read(ref Flags) == 0 && Volatile.Read(ref _intent) != _appliedIntent)
+        else if (Volatile.Read(ref Flags) == 0)
         {
             // A change the last reconcile missed and that did not push: apply it now. (Enqueued set means it is on
-            // the pending stack, which the caller drains next.)
-            Reconcile(wheel, nowTimestamp, popped: false);
+            // the pending stack, which the caller drains next.) An absolute word equal to the applied one is applied
+            // only if the entry is linked, as Reconcile tests: a claimed relative arm and an expiry dropped for a moved
+            // word both unlink the entry and leave the old applied word, and a missed change may write that word again.
+            long intent = Volatile.Read(ref _intent);
+            if (intent != _appliedIntent || (!IsLinked && TimerIntent.IsAbsolute(intent)))
+            {
+                Reconcile(wheel, nowTimestamp, popped: false);
+            }
         }
     }
 
