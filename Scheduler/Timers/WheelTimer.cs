@@ -55,8 +55,15 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // if the intent is still this word, and the recheck reconciles again any entry whose intent moved away from it.
     // While the entry is linked this is an absolute word, whose deadline is the entry's DeadlineTimestamp. An unlinked
     // entry may still hold an absolute one (a relative arm's claim and a dropped expiry unlink without clearing it), so
-    // "applied" means equal and linked for an absolute word (Reconcile, Recheck).
+    // "applied" means equal and linked for an absolute word (IsAppliedLocked).
     private long _appliedIntent;
+
+    /// <summary>
+    /// True when the wheel already reflects <paramref name="intent"/> (wheel lock held). An absolute word counts only
+    /// while the entry is linked: a claimed relative arm and an expiry dropped for a moved word both unlink the entry
+    /// and leave the old applied word, and a missed change may write that very word again.
+    /// </summary>
+    private bool IsAppliedLocked(long intent) => intent == _appliedIntent && (IsLinked || !TimerIntent.IsAbsolute(intent));
 
     internal WheelTimer(TimerWheel wheel, TimerCallback callback, object? state)
     {
@@ -334,7 +341,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         while (true)
         {
             intent = Volatile.Read(ref _intent);
-            if (intent == _appliedIntent && IsLinked)
+            if (IsAppliedLocked(intent))
             {
                 return;
             }
@@ -397,11 +404,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         else if (Volatile.Read(ref Flags) == 0)
         {
             // A change the last reconcile missed and that did not push: apply it now. (Enqueued set means it is on
-            // the pending stack, which the caller drains next.) An absolute word equal to the applied one is applied
-            // only if the entry is linked, as Reconcile tests: a claimed relative arm and an expiry dropped for a moved
-            // word both unlink the entry and leave the old applied word, and a missed change may write that word again.
-            long intent = Volatile.Read(ref _intent);
-            if (intent != _appliedIntent || (!IsLinked && TimerIntent.IsAbsolute(intent)))
+            // the pending stack, which the caller drains next.)
+            if (!IsAppliedLocked(Volatile.Read(ref _intent)))
             {
                 Reconcile(wheel, nowTimestamp, popped: false);
             }
