@@ -18,7 +18,13 @@ internal static class FaultInjection
     /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), and three that fail with
     /// <see cref="OutOfMemoryException"/>: <c>"pthread_create"</c> (the reactor's thread, as .NET reports a refused
     /// thread), <c>"SafeFileDescriptor"</c> (the allocation of the handle that owns an fd) and <c>"registration-table"</c>
-    /// (the growth of the reactor's table of sockets).
+    /// (the growth of the reactor's table of sockets). The scheduler's queues, all failing with
+    /// <see cref="OutOfMemoryException"/> where an allocation could (see <c>docs/scheduling.md</c>, "When an allocation
+    /// fails"): <c>"global-enqueue"</c> (every enqueue to the global queue, batches included; asked on the enqueuing
+    /// thread), <c>"batch-enqueue"</c> (an overflow batch or a batch's remainder going to the global queue),
+    /// <c>"batch-rent"</c> (a new overflow batch), <c>"inbox-enqueue"</c> (a worker's inbox) and
+    /// <c>"threadpool-drain"</c> (handing an item to the ThreadPool after the workers exited). The queues' points are
+    /// asked on cold paths and on the outside producer's enqueue, never on a worker's local push.
     /// </summary>
     internal static Func<string, int>? HookForTests { get; set; }
 
@@ -28,6 +34,14 @@ internal static class FaultInjection
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static bool Fails(string call) => HookForTests is { } hook && Inject(hook, call);
+
+    /// <summary>Throws what the runtime throws when an allocation fails, for a point the hook failed.</summary>
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal static void ThrowOutOfMemory(string call) =>
+#pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
+        throw new OutOfMemoryException($"Injected by a test: {call}.");
+#pragma warning restore CA2201
 
     private static bool Inject(Func<string, int> hook, string call)
     {

@@ -26,6 +26,11 @@ public sealed partial class WorkStealingTaskScheduler
             }
         }
 
+        if (Native.FaultInjection.Fails("batch-rent"))
+        {
+            Native.FaultInjection.ThrowOutOfMemory("batch-rent");
+        }
+
         return new WorkItemBatch(_options.LocalQueueCapacity / 2);
     }
 
@@ -45,6 +50,11 @@ public sealed partial class WorkStealingTaskScheduler
     internal void EnqueueBatch(WorkItemBatch batch)
     {
         Interlocked.Add(ref _globalBatchSurplus, batch.Count - 1);
+        if (Native.FaultInjection.Fails("batch-enqueue"))
+        {
+            Native.FaultInjection.ThrowOutOfMemory("batch-enqueue");
+        }
+
         EnqueueGlobal(WorkItem.ForBatch(batch));
     }
 

@@ -151,6 +151,13 @@ public sealed partial class WorkStealingTaskScheduler
         }
     }
 
-    private void RunOnThreadPool(WorkItem item) =>
+    private void RunOnThreadPool(WorkItem item)
+    {
+        if (Native.FaultInjection.Fails("threadpool-drain"))
+        {
+            Native.FaultInjection.ThrowOutOfMemory("threadpool-drain");
+        }
+
         ThreadPool.UnsafeQueueUserWorkItem(static state => state.Scheduler.RunWorkItem(state.Item), (Scheduler: this, Item: item), preferLocal: false);
+    }
 }

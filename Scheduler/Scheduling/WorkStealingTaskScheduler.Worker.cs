@@ -153,6 +153,11 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Any thread: queue work for this worker specifically, and unpark it if it sleeps.</summary>
         public void PostToInbox(in WorkItem item)
         {
+            if (Native.FaultInjection.Fails("inbox-enqueue"))
+            {
+                Native.FaultInjection.ThrowOutOfMemory("inbox-enqueue"); // where the queue may allocate a segment
+            }
+
             _inbox.Enqueue(item); // interlocked: orders the enqueue before the IsParked read below
             if (_owner.IsTerminated)
             {

@@ -366,6 +366,11 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     internal void EnqueueGlobal(in WorkItem item)
     {
+        if (Native.FaultInjection.Fails("global-enqueue"))
+        {
+            Native.FaultInjection.ThrowOutOfMemory("global-enqueue"); // where the queue may allocate a segment
+        }
+
         _globalQueue.Enqueue(item); // interlocked: the full fence the wake protocol needs before reading idle state
         if (IsTerminated)
         {
