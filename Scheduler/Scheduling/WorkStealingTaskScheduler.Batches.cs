@@ -46,16 +46,30 @@ public sealed partial class WorkStealingTaskScheduler
         }
     }
 
-    /// <summary>Puts a batch (at least one item) in the global queue and wakes a worker if nobody is looking.</summary>
+    /// <summary>
+    /// Puts a batch (at least one item) in the global queue and wakes a worker if nobody is looking. When the queue
+    /// cannot take it (out of memory: a new segment), the batch is not queued, the surplus is taken back, and the caller,
+    /// which still holds the batch, decides where its items go.
+    /// </summary>
     internal void EnqueueBatch(WorkItemBatch batch)
     {
+        // Counted before it is visible: the worker that dequeues it subtracts, and must not make the sum negative.
         Interlocked.Add(ref _globalBatchSurplus, batch.Count - 1);
-        if (Native.FaultInjection.Fails("batch-enqueue"))
+        try
         {
-            Native.FaultInjection.ThrowOutOfMemory("batch-enqueue");
-        }
+            if (Native.FaultInjection.Fails("batch-enqueue"))
+            {
+                Native.FaultInjection.ThrowOutOfMemory("batch-enqueue");
+            }
 
-        EnqueueGlobal(WorkItem.ForBatch(batch));
+            EnqueueGlobal(WorkItem.ForBatch(batch));
+        }
+        catch (OutOfMemoryException)
+        {
+            // Only the enqueue itself allocates (EnqueueGlobal's wake-up and late drain come after it and do not throw).
+            Interlocked.Add(ref _globalBatchSurplus, -(batch.Count - 1));
+            throw;
+        }
     }
 
     /// <summary>Called by the worker that dequeued <paramref name="batch"/> from the global queue.</summary>

@@ -119,8 +119,14 @@ public sealed partial class WorkStealingTaskScheduler
         _terminated = true;
         Interlocked.MemoryBarrier(); // producers: enqueue, fence, read _terminated; we: write, fence, drain
         StopWatchdog();
-        DrainToThreadPool();
-        _allWorkersExited.TrySetResult();
+        try
+        {
+            DrainToThreadPool();
+        }
+        finally
+        {
+            _allWorkersExited.TrySetResult(); // the workers have exited, whatever the drain met: DisposeAsync must end
+        }
     }
 
     /// <summary>Runs whatever is still queued on the ThreadPool (only after every worker has exited).</summary>

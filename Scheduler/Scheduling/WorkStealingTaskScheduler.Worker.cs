@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 
 namespace Scheduler;
@@ -58,6 +59,14 @@ public sealed partial class WorkStealingTaskScheduler
         // reverse, so that this worker's LIFO pops run it oldest first.
         private readonly WorkItem[] _batchBuffer = new WorkItem[BatchBufferSize];
 
+        // How many extra items a visit to the global queue moves into an empty deque: GlobalBatchSize, but never more than
+        // half the ring, so that an overflow batch met on the way (half a ring at most) fits too and the loop never spills.
+        private readonly int _globalBatchLimit;
+
+        // An overflow batch whose remainder the global queue refused (out of memory). The loop must not throw, and the
+        // items were accepted: this worker keeps them and takes them before the global queue (see TryTakeGlobal).
+        private WorkItemBatch? _heldBatch;
+
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
         internal bool WokenAsSearcher;
 
@@ -83,6 +92,7 @@ public sealed partial class WorkStealingTaskScheduler
             _lifoLimit = options.LifoSlotLimit;
             _fairnessInterval = options.FairnessInterval;
             _spinIterations = options.SpinIterations;
+            _globalBatchLimit = Math.Min(GlobalBatchSize, options.LocalQueueCapacity / 2);
             _random = (uint)(index * 0x9E3779B9u) | 1;
             _peerProgress = new long[options.WorkerCount];
             _peerProgress.AsSpan().Fill(-1); // never a real count: the first look at a peer is never a stall
@@ -135,7 +145,36 @@ public sealed partial class WorkStealingTaskScheduler
             WorkItem displaced = _lifoSlot.Exchange(item);
             if (!displaced.IsEmpty)
             {
-                PushToDeque(displaced);
+                if (!_deque.TryPush(displaced))
+                {
+                    PushDisplacedToFullDeque(displaced);
+                }
+
+                _owner.NotifyParked();
+            }
+        }
+
+        /// <summary>
+        /// Owner thread, when the item a push displaced from the LIFO slot finds the deque full: the spill may run out of
+        /// memory, and the displaced item was accepted by an earlier call. So it goes back into the slot while the spill
+        /// runs: a failure then fails the new item only (with the exception to its caller, which the TPL turns into a
+        /// faulted task), and the slot and the ring hold everything that was queued before.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void PushDisplacedToFullDeque(WorkItem displaced)
+        {
+            WorkItem item = _lifoSlot.Exchange(displaced);
+            if (item.IsEmpty)
+            {
+                return; // the watchdog rescued the new item to the global queue meanwhile: nothing left to make room for
+            }
+
+            SpillHalfToGlobal(); // throws on out of memory: the new item was never visible to anybody else
+            displaced = _lifoSlot.Exchange(item);
+            if (!displaced.IsEmpty)
+            {
+                bool pushed = _deque.TryPush(displaced); // empty when the watchdog rescued it meanwhile
+                Debug.Assert(pushed, "the spill made room and only this thread pushes");
             }
         }
 
@@ -195,7 +234,7 @@ public sealed partial class WorkStealingTaskScheduler
             return _deque.TryPopIfNewest(task);
         }
 
-        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1);
+        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1) + (_heldBatch?.Count ?? 0);
 
         /// <summary>True once this worker's loop has ended (or its thread never started).</summary>
         internal bool HasExited => _hasExited;
@@ -211,6 +250,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             _deque.CopyTargetsTo(destination);
+            _heldBatch?.CopyTargetsTo(destination);
             foreach (WorkItem item in _inbox)
             {
                 if (item.Target is not null)
@@ -507,16 +547,24 @@ public sealed partial class WorkStealingTaskScheduler
             // The rest of a batch goes to this worker's deque, where idle peers can steal it in turn. Pushed newest
             // first: the owner pops the deque from the newest end, and these continuations waited in a FIFO inbox, so
             // the oldest of them should run first (pushed in arrival order, the batch ran newest-first).
+            // Only what fits: a spill here, in the loop, could run out of memory with the batch in hand.
+            int limit = Math.Min(RescueBatchSize, _deque.Capacity - _deque.Count);
             int moved = 0;
-            while (moved < RescueBatchSize && peer._inbox.TryDequeue(out WorkItem extra))
+            while (moved < limit && peer._inbox.TryDequeue(out WorkItem extra))
             {
                 _batchBuffer[moved++] = extra;
             }
 
             for (int newest = moved - 1; newest >= 0; newest--)
             {
-                PushToDeque(_batchBuffer[newest]);
+                bool pushed = _deque.TryPush(_batchBuffer[newest]);
+                Debug.Assert(pushed, "counted above, and only this thread pushes");
                 _batchBuffer[newest] = default;
+            }
+
+            if (moved > 0)
+            {
+                _owner.NotifyParked();
             }
 
             Counters.Stolen += 1 + moved;
@@ -543,13 +591,19 @@ public sealed partial class WorkStealingTaskScheduler
         /// </summary>
         private bool TryTakeGlobal(out WorkItem item)
         {
-            if (!_owner.TryDequeueGlobal(out item))
+            int moved = 0;
+            if (_heldBatch is { } held)
+            {
+                // What the global queue refused last time, first (and once the deque has room, back in the deque).
+                _heldBatch = null;
+                item = held.TakeFirst();
+                moved = PushBatchToDeque(held);
+            }
+            else if (!_owner.TryDequeueGlobal(out item))
             {
                 return false;
             }
-
-            int moved = 0;
-            if (item.Target is WorkItemBatch batch)
+            else if (item.Target is WorkItemBatch batch)
             {
                 // An overflow batch: run its oldest item, keep the rest here (stealable by idle peers).
                 _owner.OnBatchDequeued(batch);
@@ -580,7 +634,7 @@ public sealed partial class WorkStealingTaskScheduler
         {
             int taken = 0;
             int moved = 0;
-            while (taken < GlobalBatchSize && _owner.TryDequeueGlobal(out WorkItem extra))
+            while (taken < _globalBatchLimit && _owner.TryDequeueGlobal(out WorkItem extra))
             {
                 if (extra.Target is WorkItemBatch overflow)
                 {
@@ -594,12 +648,10 @@ public sealed partial class WorkStealingTaskScheduler
 
             for (int newest = taken - 1; newest >= 0; newest--)
             {
-                // Room: an overflow batch is half a deque at most, and GlobalBatchSize is far below the other half.
-                if (!_deque.TryPush(_batchBuffer[newest]))
-                {
-                    PushToDeque(_batchBuffer[newest]); // spills the older half to the global queue (not expected)
-                }
-
+                // Room: the deque was empty, an overflow batch is half a ring at most, and _globalBatchLimit is at most
+                // the other half. A spill here, in the loop, could run out of memory with these items in hand.
+                bool pushed = _deque.TryPush(_batchBuffer[newest]);
+                Debug.Assert(pushed, "an empty ring holds a batch and _globalBatchLimit more");
                 _batchBuffer[newest] = default;
             }
 
@@ -608,7 +660,8 @@ public sealed partial class WorkStealingTaskScheduler
 
         /// <summary>
         /// Moves what fits of a dequeued overflow batch into this worker's deque; a remainder goes back to the global
-        /// queue (the deque already held work). Returns the number of items moved.
+        /// queue (the deque already held work), or, when that runs out of memory, stays with this worker (the loop must
+        /// not throw). Returns the number of items moved.
         /// </summary>
         private int PushBatchToDeque(WorkItemBatch batch)
         {
@@ -621,7 +674,15 @@ public sealed partial class WorkStealingTaskScheduler
 
             if (batch.Count > 0)
             {
-                _owner.EnqueueBatch(batch);
+                try
+                {
+                    _owner.EnqueueBatch(batch);
+                }
+                catch (OutOfMemoryException)
+                {
+                    Debug.Assert(_heldBatch is null, "TryTakeGlobal takes a held batch before it dequeues another");
+                    _heldBatch = batch; // not stealable until it goes back; a worker never idles while it holds one
+                }
             }
             else
             {
@@ -754,11 +815,15 @@ public sealed partial class WorkStealingTaskScheduler
             return x;
         }
 
+        /// <summary>
+        /// Overflow: moves the older half of the ring to the global queue in one claim (tokio does the same), as one batch
+        /// entry, so the owner keeps pushing locally and a peer picks the whole batch up at once. Out of memory (a new
+        /// batch, or a segment of the global queue) throws with the ring as it was, in content if not in order.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
         private void SpillHalfToGlobal()
         {
-            // Overflow: move the older half of the ring to the global queue in one claim (tokio does the same), as
-            // one batch entry, so the owner keeps pushing locally and a peer picks the whole batch up at once.
-            WorkItemBatch batch = _owner.RentBatch();
+            WorkItemBatch batch = _owner.RentBatch(); // may allocate: before anything leaves the ring
             batch.End = _deque.TakeOldestBatch(batch.Items);
             if (batch.Count == 0)
             {
@@ -766,7 +831,23 @@ public sealed partial class WorkStealingTaskScheduler
                 return;
             }
 
-            _owner.EnqueueBatch(batch);
+            try
+            {
+                _owner.EnqueueBatch(batch);
+            }
+            catch (OutOfMemoryException)
+            {
+                // The taken half was queued by callers that were told it was: put it back. There is room (only this
+                // thread pushes, and it took these slots); the items become the newest, which only changes their order.
+                while (batch.Count > 0)
+                {
+                    bool pushed = _deque.TryPush(batch.TakeFirst());
+                    Debug.Assert(pushed, "the owner took these slots itself a moment ago");
+                }
+
+                _owner.ReturnBatch(batch);
+                throw;
+            }
         }
     }
 }
