@@ -142,6 +142,135 @@ public sealed class PushFailureTests
         AssertStillWorksAndDisposes(scheduler);
     }
 
+    [Fact]
+    public void A_lifo_rescue_whose_global_enqueue_fails_is_retried_and_the_watchdog_survives()
+    {
+        // The parent's only child waits in its worker's LIFO slot while the parent blocks on it: only the watchdog's rescue
+        // (slot to global queue) lets the idle peer run it. The rescue's first enqueue fails; the item was taken out of the
+        // slot already, so the watchdog must keep it and offer it again (it used to be lost, and the exception ended the
+        // watchdog thread, which took the process down).
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "PushFailure" });
+        int armed = 1;
+        int refused = 0;
+        using Injection injection = Inject(name =>
+        {
+            if (name != "global-enqueue" || Thread.CurrentThread.Name != "WorkStealing watchdog" || Interlocked.Exchange(ref armed, 0) != 1)
+            {
+                return false;
+            }
+
+            Interlocked.Increment(ref refused);
+            return true;
+        });
+        using var childRan = new ManualResetEventSlim();
+
+        Task<bool> parent = scheduler.Factory.StartNew(() =>
+        {
+            scheduler.Factory.StartNew(childRan.Set); // to the LIFO slot: no peer can take it without a rescue
+            return childRan.Wait(Timeout);
+        });
+
+        parent.Wait(Timeout).Should().BeTrue();
+        parent.Result.Should().BeTrue("the rescued child runs on the peer although the first rescue's enqueue failed");
+        Volatile.Read(ref refused).Should().Be(1, "the rescue's enqueue was refused once");
+        scheduler.LifoRescues.Should().BeGreaterThanOrEqualTo(1);
+        AssertStillWorksAndDisposes(scheduler);
+    }
+
+    [Fact]
+    public async Task An_await_resumption_the_thread_pool_refuses_after_the_workers_exited_still_runs()
+    {
+        // After Dispose the workers are gone and an await resumption (still accepted: it continues work in flight) is handed
+        // to the ThreadPool. The hand-off allocates; when it fails, the item is already out of the global queue, so the
+        // draining thread must run it rather than drop it (the awaiting method used to hang forever).
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var signal = new TaskCompletionSource(); // no RunContinuationsAsynchronously: the resumption is queued by SetResult
+        int resumed = 0;
+        Task awaiting = await scheduler.Factory.StartNew(async () =>
+        {
+            await signal.Task;
+            Interlocked.Increment(ref resumed);
+        }).WaitAsync(Timeout);
+        scheduler.Dispose();
+        scheduler.WorkerThreads.Should().AllSatisfy(t => t!.IsAlive.Should().BeFalse("Dispose joined the workers"));
+
+        int testThread = Environment.CurrentManagedThreadId;
+        int armed = 1;
+        using (Inject(name => name == "threadpool-drain" && Environment.CurrentManagedThreadId == testThread && Interlocked.Exchange(ref armed, 0) == 1))
+        {
+            signal.SetResult();
+        }
+
+        Volatile.Read(ref armed).Should().Be(0, "the hand-off to the ThreadPool was attempted (and failed)");
+        await awaiting.WaitAsync(Timeout);
+        Volatile.Read(ref resumed).Should().Be(1);
+    }
+
+    [Fact]
+    public async Task An_await_resumption_whose_push_fails_on_a_worker_still_resumes_the_method()
+    {
+        // The TPL swallows a scheduler's exception for an await resumption (the wrapper task just faults), so a failed push
+        // would leave the awaiting method suspended for good. Here the resumption is queued from a worker whose deque is
+        // full: the spill it needs fails.
+        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // queued, never inlined
+        int resumed = 0;
+        Task awaiting = await scheduler.Factory.StartNew(async () =>
+        {
+            await signal.Task;
+            Interlocked.Increment(ref resumed);
+        }).WaitAsync(Timeout);
+
+        var run = new Spawner(scheduler, children: 17); // 16 in the deque, one in the LIFO slot: the next push spills
+        int armed = 0;
+        run.AfterSpawning = () =>
+        {
+            Volatile.Write(ref armed, 1);
+            signal.SetResult();
+        };
+        using Injection injection = Inject(name => name == "batch-enqueue" && scheduler.IsWorkerThread && Interlocked.Exchange(ref armed, 0) == 1);
+
+        scheduler.Factory.StartNew(run.SpawnAll).Wait(Timeout).Should().BeTrue();
+
+        Volatile.Read(ref armed).Should().Be(0, "the resumption's spill was attempted (and failed)");
+        await awaiting.WaitAsync(Timeout);
+        Volatile.Read(ref resumed).Should().Be(1);
+        run.Failed.Should().BeEmpty();
+        run.AssertEachAcceptedChildRunsOnce();
+        AssertStillWorksAndDisposes(scheduler);
+    }
+
+    [Fact]
+    public async Task An_await_resumption_whose_global_enqueue_fails_off_the_workers_still_resumes_the_method()
+    {
+        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var signal = new TaskCompletionSource();
+        int resumed = 0;
+        Task awaiting = await scheduler.Factory.StartNew(async () =>
+        {
+            await signal.Task;
+            Interlocked.Increment(ref resumed);
+        }).WaitAsync(Timeout);
+
+        int completer = 0;
+        int armed = 1;
+        using (Inject(name => name == "global-enqueue" && Environment.CurrentManagedThreadId == Volatile.Read(ref completer) && Interlocked.Exchange(ref armed, 0) == 1))
+        {
+            var thread = new Thread(() =>
+            {
+                Volatile.Write(ref completer, Environment.CurrentManagedThreadId);
+                signal.SetResult(); // a thread that is neither a worker nor the ThreadPool's: the resumption is queued
+            });
+            thread.Start();
+            thread.Join(Timeout).Should().BeTrue();
+        }
+
+        Volatile.Read(ref armed).Should().Be(0, "the resumption's enqueue was attempted (and failed)");
+        await awaiting.WaitAsync(Timeout);
+        Volatile.Read(ref resumed).Should().Be(1);
+        AssertStillWorksAndDisposes(scheduler);
+    }
+
     private static WorkStealingTaskScheduler Create(int lifoLimit, int fairness) => new(new WorkStealingTaskSchedulerOptions
     {
         WorkerCount = 1,

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Scheduler;
 
 public sealed partial class WorkStealingTaskScheduler
@@ -159,11 +161,37 @@ public sealed partial class WorkStealingTaskScheduler
 
     private void RunOnThreadPool(WorkItem item)
     {
-        if (Native.FaultInjection.Fails("threadpool-drain"))
+        try
         {
-            Native.FaultInjection.ThrowOutOfMemory("threadpool-drain");
-        }
+            if (Native.FaultInjection.Fails("threadpool-drain"))
+            {
+                Native.FaultInjection.ThrowOutOfMemory("threadpool-drain");
+            }
 
-        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Scheduler.RunWorkItem(state.Item), (Scheduler: this, Item: item), preferLocal: false);
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Scheduler.RunWorkItem(state.Item), (Scheduler: this, Item: item), preferLocal: false);
+        }
+        catch (OutOfMemoryException)
+        {
+            RunRefusedByThreadPool(item);
+        }
+    }
+
+    /// <summary>
+    /// The ThreadPool could not take <paramref name="item"/> (out of memory: its work item, or a segment of its queue).
+    /// The item is out of every queue of ours and was accepted, and with no worker left nobody else will ever see it, so
+    /// the draining thread runs it now: late and on an unexpected thread, under memory exhaustion only, but never lost.
+    /// A callback's exception is raised as unhandled, as on a worker (the thread that drains may be a producer's).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RunRefusedByThreadPool(in WorkItem item)
+    {
+        try
+        {
+            RunWorkItem(item);
+        }
+        catch (Exception exception)
+        {
+            Unhandled.Raise(exception);
+        }
     }
 }

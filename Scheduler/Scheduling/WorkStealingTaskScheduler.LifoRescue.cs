@@ -80,8 +80,32 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         Interlocked.Increment(ref _lifoRescues);
-        EnqueueGlobal(item);
+        EnqueueRescued(item);
         return true;
+    }
+
+    /// <summary>
+    /// Rescuer: the item is out of the slot, where nobody else can find it, and was accepted long ago. An enqueue that runs
+    /// out of memory (a new segment of the global queue) is retried after a pause instead of dropping it, and the exception
+    /// must not end the watchdog thread (it has no caller to report to). Only the rescuer waits: other schedulers' ticks
+    /// are late meanwhile, which is the least of a process that cannot allocate a queue segment.
+    /// </summary>
+    private void EnqueueRescued(in WorkItem item)
+    {
+        while (true)
+        {
+            try
+            {
+                AddToGlobalQueue(item);
+                break;
+            }
+            catch (OutOfMemoryException)
+            {
+                Thread.Sleep(WatchdogPeriod);
+            }
+        }
+
+        OnGlobalEnqueued();
     }
 
     /// <summary>

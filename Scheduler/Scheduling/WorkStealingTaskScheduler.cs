@@ -177,35 +177,61 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     {
         ArgumentNullException.ThrowIfNull(task);
 
-        Worker? worker = CurrentWorker;
-        if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
+        try
         {
-            if (worker is null)
+            Worker? worker = CurrentWorker;
+            if ((task.CreationOptions & TaskCreationOptions.LongRunning) != 0)
             {
-                ThrowIfRefusedAfterDispose(task);
+                if (worker is null)
+                {
+                    ThrowIfRefusedAfterDispose(task);
+                }
+
+                StartLongRunning(task);
+                return;
             }
 
-            StartLongRunning(task);
-            return;
+            if (worker is null)
+            {
+                // Outside producers stop at Dispose (the TPL wraps the refusal in a TaskSchedulerException); work of this
+                // scheduler running elsewhere and await resumptions do not (see ThrowIfRefusedAfterDispose). After the
+                // workers exited, what is accepted runs on the ThreadPool, like every late arrival.
+                ThrowIfRefusedAfterDispose(task);
+                EnqueueGlobal(WorkItem.ForTask(task));
+            }
+            else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
+            {
+                // Task.Yield and fairness-minded callers go to the back of a FIFO line, or yield loops starve others:
+                // this worker's inbox, which it serves after its local work (and peers drain while it is busy).
+                worker.PostToInbox(WorkItem.ForTask(task));
+            }
+            else
+            {
+                worker.PushLocal(WorkItem.ForTask(task));
+            }
         }
+        catch (OutOfMemoryException) when (IsAwaitResumption(task))
+        {
+            RunAwaitResumptionNotQueued(task);
+        }
+    }
 
-        if (worker is null)
+    /// <summary>
+    /// A push of an await resumption ran out of memory (a queue segment, an overflow batch), with the task queued nowhere.
+    /// Any other task's caller sees the exception; this one's would not: the TPL swallows it (the wrapper task just faults)
+    /// and the awaiting method would stay suspended for good. So it runs now: inline on a worker (as a wait inlines), or,
+    /// from any other thread, on the ThreadPool (or on this thread, if the ThreadPool cannot take it either).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RunAwaitResumptionNotQueued(Task task)
+    {
+        if (CurrentWorker is not null)
         {
-            // Outside producers stop at Dispose (the TPL wraps the refusal in a TaskSchedulerException); work of this
-            // scheduler running elsewhere and await resumptions do not (see ThrowIfRefusedAfterDispose). After the
-            // workers exited, what is accepted runs on the ThreadPool, like every late arrival.
-            ThrowIfRefusedAfterDispose(task);
-            EnqueueGlobal(WorkItem.ForTask(task));
-        }
-        else if ((task.CreationOptions & TaskCreationOptions.PreferFairness) != 0)
-        {
-            // Task.Yield and fairness-minded callers go to the back of a FIFO line, or yield loops starve others:
-            // this worker's inbox, which it serves after its local work (and peers drain while it is busy).
-            worker.PostToInbox(WorkItem.ForTask(task));
+            TryExecuteTask(task);
         }
         else
         {
-            worker.PushLocal(WorkItem.ForTask(task));
+            RunOnThreadPool(WorkItem.ForTask(task));
         }
     }
 
@@ -366,12 +392,26 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     internal void EnqueueGlobal(in WorkItem item)
     {
+        AddToGlobalQueue(item);
+        OnGlobalEnqueued();
+    }
+
+    /// <summary>The global enqueue alone: out of memory (a new segment) throws with nothing queued.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void AddToGlobalQueue(in WorkItem item)
+    {
         if (Native.FaultInjection.Fails("global-enqueue"))
         {
             Native.FaultInjection.ThrowOutOfMemory("global-enqueue"); // where the queue may allocate a segment
         }
 
         _globalQueue.Enqueue(item); // interlocked: the full fence the wake protocol needs before reading idle state
+    }
+
+    /// <summary>What follows a global enqueue: the late drain after termination, or a wake-up.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void OnGlobalEnqueued()
+    {
         if (IsTerminated)
         {
             DrainToThreadPool();
