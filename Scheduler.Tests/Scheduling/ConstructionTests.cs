@@ -123,7 +123,12 @@ public sealed class ConstructionTests
         var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Prefixed" };
         using var scheduler = new WorkStealingTaskScheduler(options);
         options.WorkerCount = 5;
+        options.ThreadNamePrefix = "Changed";
         scheduler.WorkerCount.Should().Be(1);
+
+        // The prefix is read again for every LongRunning thread: from the scheduler's copy, not the caller's object.
+        string? longRunningName = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name, TaskCreationOptions.LongRunning).WithTimeout();
+        longRunningName.Should().StartWith("Prefixed");
 
         string? name = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name).WithTimeout();
         name.Should().StartWith("Prefixed");

@@ -94,6 +94,26 @@ public sealed class StatisticsTests
     }
 
     [Fact]
+    public async Task A_single_worker_steals_nothing_so_TasksStolen_counts_only_work_taken_from_a_peer()
+    {
+        // The other tests only see TasksStolen positive; with one worker there is no peer to steal from, whatever the
+        // queues the work went through (global queue, deque, LIFO slot, inbox, inlined waits).
+        using var scheduler = SchedulerTestHelpers.Create(1);
+        await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => scheduler.Factory.StartNew(() =>
+        {
+            Task child = Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            Task fair = Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.PreferFairness, scheduler);
+            Task.WaitAll(child, fair);
+        }))).WithTimeout();
+
+        const int Tasks = 150;
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics() is { } s && s.TasksExecuted + s.TasksInlined >= Tasks);
+        SchedulerStatistics stats = scheduler.GetStatistics();
+        (stats.TasksExecuted + stats.TasksInlined).Should().Be(Tasks);
+        stats.TasksStolen.Should().Be(0);
+    }
+
+    [Fact]
     public async Task QueuedTasks_counts_waiting_work()
     {
         using var scheduler = SchedulerTestHelpers.Create(1);

@@ -66,6 +66,58 @@ public sealed class SourcesContractTests
         (await awaitVersioned.Should().ThrowAsync<InvalidDataException>()).Which.Should().BeSameAs(error);
     }
 
+    [Fact]
+    public async Task Result_less_versioned_TrySetCanceled_carries_the_token()
+    {
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        var source = PooledValueTaskSource.Rent();
+        source.TrySetCanceled(source.Version, cts.Token).Should().BeTrue();
+        Func<Task> awaiting = async () => await source.Task;
+        (await awaiting.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+    }
+
+    [Fact]
+    public async Task Awaited_on_a_worker_and_completed_by_a_foreign_thread_the_continuation_goes_to_that_worker_not_to_any()
+    {
+        // Without UseSynchronizationContext the await captures the scheduler as TaskScheduler.Current, and the promise
+        // is the awaiting worker's queue, not the scheduler's global one. Each round completes from a foreign thread
+        // while both workers look for work (the other one has just run an item): a continuation sent to the global queue
+        // would be taken by whichever finds it first, so over the rounds it would resume on the other worker.
+        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "OwnerDispatch" });
+        for (int i = 0; i < 40; i++)
+        {
+            var source = PooledValueTaskSource<int>.Rent();
+            short version = source.Version;
+            int awaitingWorker = -1;
+            var completer = new Thread(() =>
+            {
+                SpinWait.SpinUntil(() => source.HoldsContinuationForTests, SchedulerTestHelpers.Timeout);
+                using var otherRan = new ManualResetEventSlim();
+                scheduler.EnqueueToWorker(1 - Volatile.Read(ref awaitingWorker), new SchedulerTestHelpers.RecordingWorkItem(otherRan.Set));
+                otherRan.Wait(SchedulerTestHelpers.Timeout);
+
+                // A busy owner's inbox may be drained by an idle peer (by design): complete once the owner is idle.
+                SpinWait.SpinUntil(() => scheduler.IsWorkerIdle(Volatile.Read(ref awaitingWorker)), SchedulerTestHelpers.Timeout);
+                source.TrySetResult(version, i);
+            });
+
+            var (before, after, value) = await scheduler.Factory.StartNew(async () =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out awaitingWorker);
+                completer.Start();
+                int result = await source.Task;
+                scheduler.TryGetCurrentWorkerIndex(out int resumedWorker);
+                return (Volatile.Read(ref awaitingWorker), resumedWorker, result);
+            }).Unwrap().WithTimeout();
+
+            completer.Join();
+            value.Should().Be(i);
+            before.Should().BeGreaterThanOrEqualTo(0);
+            after.Should().Be(before, "round {0}: the continuation goes to the awaiting worker's inbox, not to any worker", i);
+        }
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
