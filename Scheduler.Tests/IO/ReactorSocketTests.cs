@@ -343,9 +343,9 @@ public sealed class ReactorSocketTests
             ValueTask<int> pending = server.ReceiveAsync(new byte[8]);
             ValueTask<ReactorSocket> pendingAccept = listener.AcceptAsync();
             io.Reactor.Dispose();
-            Func<Task> awaitPending = async () => await pending;
+            Func<Task> awaitPending = () => pending.AsTask().WaitAsync(IoTestContext.Timeout);
             await awaitPending.Should().ThrowAsync<ObjectDisposedException>();
-            Func<Task> awaitAccept = async () => await pendingAccept;
+            Func<Task> awaitAccept = () => pendingAccept.AsTask().WaitAsync(IoTestContext.Timeout);
             await awaitAccept.Should().ThrowAsync<ObjectDisposedException>();
             FluentActions.Invoking(() => ReactorSocket.Listen(io.Reactor, IoTestContext.Loopback)).Should().Throw<ObjectDisposedException>();
             Func<Task> connect = async () => await ReactorSocket.ConnectAsync(io.Reactor, listener.LocalEndPoint ?? IoTestContext.Loopback);

@@ -284,6 +284,12 @@ public sealed class TimerWheelTimerTests
         Action negativeTick = () => _ = new TimerWheel(TimeSpan.FromMilliseconds(-1));
         zeroTick.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("tickDuration");
         negativeTick.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("tickDuration");
+        Action overAnHour = () => _ = new TimerWheel(TimeSpan.FromHours(1) + TimeSpan.FromTicks(1));
+        overAnHour.Should().Throw<ArgumentOutOfRangeException>().WithParameterName("tickDuration");
+        using (var hourly = new TimerWheel(TimeSpan.FromHours(1)))
+        {
+            hourly.TickDuration.Should().Be(TimeSpan.FromHours(1), "one hour is the longest tick, and allowed");
+        }
 
         using var wheel = new TimerWheel();
         wheel.TickDuration.Should().Be(TimeSpan.FromMilliseconds(1));
@@ -331,6 +337,7 @@ public sealed class TimerWheelTimerTests
         Action change = () => timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
         create.Should().Throw<ObjectDisposedException>();
         change.Should().Throw<ObjectDisposedException>();
+        change.Should().Throw<ObjectDisposedException>("a change refused once (which leaves the timer marked for the closed stack) is refused again");
         timer.Dispose();
         wheel.GetTimestamp().Should().BeGreaterThan(0, "reading the clock still works");
     }
