@@ -35,6 +35,8 @@ public sealed class ReadmeExampleTests
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5), wheel);
 
         using var reactor = new IoReactor(scheduler);
+        TimeProvider ioTimers = reactor.Timers;
+        ioTimers.Should().BeSameAs(reactor.Timers);
         using ReactorSocket listener = ReactorSocket.Listen(reactor, new IPEndPoint(IPAddress.Loopback, 0));
         Task server = scheduler.Factory.StartNew(async () =>
         {
