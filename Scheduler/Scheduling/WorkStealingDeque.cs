@@ -15,7 +15,7 @@ namespace Scheduler;
 /// with a release store. <see cref="TryPop"/> needs one full fence between writing the tail and reading the
 /// head (a store→load ordering that no release/acquire pair provides); without it the owner and a thief can
 /// both take the last element. <see cref="Interlocked.Exchange(ref long, long)"/> supplies that fence exactly
-/// as the runtime's <c>LocalPop</c> does. Thieves claim a range of the head with one CAS.</para>
+/// as the runtime's <c>LocalPop</c> does. Thieves take from the head one CAS per item (a range claimed with one CAS would race the owner's pop: see <see cref="TryStealHalf"/>).</para>
 /// <para>Indices are 64-bit and only grow, so there is no ABA on the head.</para>
 /// </remarks>
 internal sealed class WorkStealingDeque
