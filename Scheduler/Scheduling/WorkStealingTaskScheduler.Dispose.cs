@@ -24,6 +24,19 @@ public sealed partial class WorkStealingTaskScheduler
     internal Action? TurnBusyHookForTests { get; set; }
 
     /// <summary>
+    /// For tests: runs on an idle worker during shutdown as it checks whether it may exit, before it reads the queues: the
+    /// moment a foreign producer's item (an I/O or timer completion) can land where that worker alone would take it.
+    /// Read only once Dispose was requested.
+    /// </summary>
+    internal Action? ExitCheckHookForTests { get; set; }
+
+    /// <summary>
+    /// For tests: runs on a worker whose loop has ended, before it is marked exited: its last look found nothing, and an
+    /// item that arrives from now on is left to its peers or, for the last worker, to the final drain.
+    /// </summary>
+    internal Action? ExitHookForTests { get; set; }
+
+    /// <summary>
     /// Stops intake from outside producers (then <c>StartNew</c> throws <see cref="TaskSchedulerException"/>
     /// wrapping <see cref="ObjectDisposedException"/>), runs everything already queued, and joins the workers.
     /// Idempotent. Called on one of this scheduler's workers it does not wait (a thread cannot join itself);

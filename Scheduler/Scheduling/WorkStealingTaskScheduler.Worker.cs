@@ -333,6 +333,8 @@ public sealed partial class WorkStealingTaskScheduler
                     EndSearching();
                 }
 
+                _owner.ExitHookForTests?.Invoke();
+
                 // An exited worker never takes its inbox again: let the survivors (or the final drain) have it. Exited
                 // before not idle: a peer that reads the idle flag and then this one never takes it for a busy worker.
                 _hasExited = true;
@@ -367,6 +369,7 @@ public sealed partial class WorkStealingTaskScheduler
                 return false;
             }
 
+            _owner.ExitCheckHookForTests?.Invoke();
             Interlocked.MemoryBarrier(); // our own state before the peers' (shutdown only)
             return !_owner.HasAnyQueuedWork() && _owner.AllWorkersParkedOrExitedBesides(this);
         }
