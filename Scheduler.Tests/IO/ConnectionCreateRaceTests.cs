@@ -61,7 +61,7 @@ public sealed class ConnectionCreateRaceTests
             }
 
             // Create went through: the connection carries bytes both ways.
-            await using (connection!)
+            await using (IoTestContext.DisposeWithin(connection!))
             {
                 await peer.SendAsync(new byte[] { 6 });
                 ReadResult read = await connection!.Input.ReadAsync().AsTask().WaitAsync(Bound);

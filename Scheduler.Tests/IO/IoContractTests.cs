@@ -59,7 +59,8 @@ public sealed class IoContractTests
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var options = new PipeOptions(pauseWriterThreshold: Pause, resumeWriterThreshold: Resume, readerScheduler: io.Scheduler.PipeScheduler,
             writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
-        await using var connection = ReactorConnection.Create(server, options);
+        var connection = ReactorConnection.Create(server, options);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)
         {
             byte[] message = IoTestContext.Pattern(Length, 21);
@@ -226,7 +227,8 @@ public sealed class IoContractTests
             (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
             var output = new PipeOptions(pauseWriterThreshold: Pause, resumeWriterThreshold: Pause / 2, readerScheduler: io.Scheduler.PipeScheduler,
                 writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
-            await using var connection = ReactorConnection.Create(server, outputOptions: output);
+            var connection = ReactorConnection.Create(server, outputOptions: output);
+            await using var disposeConnection = IoTestContext.DisposeWithin(connection);
             using (client)
             {
                 byte[] message = IoTestContext.Pattern(Length, 33);

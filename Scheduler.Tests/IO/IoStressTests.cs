@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -132,7 +133,7 @@ public sealed class IoStressTests
         {
             foreach (ReactorConnection server in servers)
             {
-                await server.DisposeAsync();
+                await server.DisposeAsync().AsTask().WithTimeout("DisposeAsync of an idle server connection", IoTestContext.Timeout);
             }
 
             clients.ForEach(c => c.Dispose());
@@ -147,7 +148,7 @@ public sealed class IoStressTests
             catch (ObjectDisposedException)
             {
             }
-        }));
+        })).WithTimeout("The clients' pending receives (their sockets were disposed)", IoTestContext.Timeout);
         io.Reactor.RegisteredCount.Should().Be(1);
     }
 

@@ -1,7 +1,9 @@
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -145,9 +147,28 @@ internal sealed class IoTestContext : IAsyncDisposable
         return bytes;
     }
 
+    /// <summary>
+    /// Disposes <paramref name="disposable"/> (a <see cref="ReactorConnection"/>) at the end of a using block through a
+    /// bounded wait: a disposal that never ends fails the test, naming <paramref name="what"/>, instead of hanging the run.
+    /// </summary>
+    public static BoundedDisposal DisposeWithin(IAsyncDisposable disposable, [CallerArgumentExpression(nameof(disposable))] string what = "") =>
+        new(disposable, what);
+
+    /// <summary>
+    /// Bounded, like every wait here: a reactor thread or a worker that never finishes (a task of the test still blocked
+    /// or spinning on it after a failed assertion) fails the test instead of hanging the run.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
-        Reactor.Dispose();
-        await Scheduler.DisposeAsync();
+        await Task.Factory.StartNew(Reactor.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)
+            .WithTimeout("IoReactor.Dispose (joining the reactor thread)", Timeout);
+        await Scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync (a task still running or blocked on a worker)", Timeout);
+    }
+
+    /// <summary>See <see cref="DisposeWithin"/>.</summary>
+    public readonly struct BoundedDisposal(IAsyncDisposable disposable, string what) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync() =>
+            await disposable.DisposeAsync().AsTask().WithTimeout($"DisposeAsync of {what}", Timeout);
     }
 }

@@ -32,10 +32,13 @@ public sealed class OperationRaceTests
         memory.Arm();
         var chunk = new byte[64 << 10];
         Task entered = Task.Run(() => memory.Entered.Wait(Bound));
-        while (!memory.Entered.IsSet)
+        while (!memory.Entered.IsSet && !entered.IsCompleted)
         {
             await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
         }
+
+        // (Once the wait above gave up, the loop would spin on the completed task, issuing receives forever.)
+        memory.Entered.IsSet.Should().BeTrue("the peer's reads make room, so the reactor must retry the parked send");
 
         // Cancelled while the reactor owns the operation (Running): the callback cannot finish it itself.
         await cts.CancelAsync();
@@ -152,10 +155,13 @@ public sealed class OperationRaceTests
         memory.Arm();
         var chunk = new byte[64 << 10];
         Task entered = Task.Run(() => memory.Entered.Wait(Bound));
-        while (!memory.Entered.IsSet)
+        while (!memory.Entered.IsSet && !entered.IsCompleted)
         {
             await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
         }
+
+        // (Once the wait above gave up, the loop would spin on the completed task, issuing receives forever.)
+        memory.Entered.IsSet.Should().BeTrue("the peer's reads make room, so the reactor must retry the parked send");
 
         // Disposed while the reactor owns the operation and holds the fd for its system call.
         ours.Dispose();

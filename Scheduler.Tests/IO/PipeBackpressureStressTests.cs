@@ -28,8 +28,10 @@ public sealed class PipeBackpressureStressTests
             writerScheduler: io.Scheduler.PipeScheduler,
             useSynchronizationContext: false);
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var serverConnection = ReactorConnection.Create(server, options, options);
-        await using var clientConnection = ReactorConnection.Create(client, options, options);
+        var serverConnection = ReactorConnection.Create(server, options, options);
+        await using var disposeServerConnection = IoTestContext.DisposeWithin(serverConnection);
+        var clientConnection = ReactorConnection.Create(client, options, options);
+        await using var disposeClientConnection = IoTestContext.DisposeWithin(clientConnection);
 
         Task echo = io.Run(() => SlowEchoAsync(serverConnection, new Random(seed * 7)));
         Task write = io.Run(async () =>

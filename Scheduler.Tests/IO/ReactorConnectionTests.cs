@@ -55,8 +55,10 @@ public sealed class ReactorConnectionTests
         await io.Run(async () =>
         {
             (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            await using var serverConnection = ReactorConnection.Create(server);
-            await using var clientConnection = ReactorConnection.Create(client);
+            var serverConnection = ReactorConnection.Create(server);
+            await using var disposeServerConnection = IoTestContext.DisposeWithin(serverConnection);
+            var clientConnection = ReactorConnection.Create(client);
+            await using var disposeClientConnection = IoTestContext.DisposeWithin(clientConnection);
             serverConnection.Socket.Should().BeSameAs(server);
             Task echo = EchoAsync(serverConnection);
 
@@ -79,8 +81,10 @@ public sealed class ReactorConnectionTests
         await io.Run(async () =>
         {
             (ReactorSocket client, ReactorSocket server) = await io.ConnectPairAsync(listener);
-            await using var serverConnection = ReactorConnection.Create(server);
-            await using var clientConnection = ReactorConnection.Create(client);
+            var serverConnection = ReactorConnection.Create(server);
+            await using var disposeServerConnection = IoTestContext.DisposeWithin(serverConnection);
+            var clientConnection = ReactorConnection.Create(client);
+            await using var disposeClientConnection = IoTestContext.DisposeWithin(clientConnection);
             Task echo = EchoAsync(serverConnection);
             byte[] message = IoTestContext.Pattern(10 << 20, 12);
             Task<byte[]> reading = ReadToEndAsync(clientConnection.Input, message.Length);
@@ -104,7 +108,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
-        await using (connection)
+        await using (IoTestContext.DisposeWithin(connection))
         using (client)
         {
             // Awaited from a ThreadPool thread: the pipe still resumes us through the scheduler's PipeScheduler. The
@@ -134,10 +138,13 @@ public sealed class ReactorConnectionTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket victimPeer = IoTestContext.NewPlainSocket();
-        await using var victim = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, victimPeer));
+        var victim = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, victimPeer));
+        await using var disposeVictim = IoTestContext.DisposeWithin(victim);
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        await using var healthy = ReactorConnection.Create(server);
-        await using var healthyClient = ReactorConnection.Create(client);
+        var healthy = ReactorConnection.Create(server);
+        await using var disposeHealthy = IoTestContext.DisposeWithin(healthy);
+        var healthyClient = ReactorConnection.Create(client);
+        await using var disposeHealthyClient = IoTestContext.DisposeWithin(healthyClient);
         Task echo = io.Run(() => EchoAsync(healthy));
 
         victimPeer.LingerState = new LingerOption(true, 0);
@@ -193,7 +200,8 @@ public sealed class ReactorConnectionTests
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         peer.ReceiveBufferSize = 64 << 10;
-        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
 
         // The peer never reads: write until a flush waits (the send loop is parked on a full socket).
         Task<FlushResult> blocked = await io.WriteUntilPaused(connection);
@@ -223,7 +231,8 @@ public sealed class ReactorConnectionTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
-        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         await peer.SendAsync(new byte[] { 1, 2, 3 }.AsMemory());
         peer.Shutdown(SocketShutdown.Send);
 
@@ -248,7 +257,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
-        await using (connection)
+        await using (IoTestContext.DisposeWithin(connection))
         using (client)
         {
             await connection.Output.CompleteAsync(new InvalidOperationException("application aborted"));
@@ -261,7 +270,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
-        await using (connection)
+        await using (IoTestContext.DisposeWithin(connection))
         using (client)
         {
             var reason = new InvalidOperationException("application aborted");
@@ -278,7 +287,7 @@ public sealed class ReactorConnectionTests
     {
         await using var io = new IoTestContext();
         (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
-        await using (connection)
+        await using (IoTestContext.DisposeWithin(connection))
         using (client)
         {
             // A send error that is not a failed connection (EPIPE here; ENOBUFS or ENOMEM take the same path): the send
@@ -306,7 +315,8 @@ public sealed class ReactorConnectionTests
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
-        await using var connection = ReactorConnection.Create(server, options, options);
+        var connection = ReactorConnection.Create(server, options, options);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)
         {
             // The client never reads. Keep writing until a flush stays pending (backpressure reached us).
@@ -349,18 +359,19 @@ public sealed class ReactorConnectionTests
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
         var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
-        await using var connection = ReactorConnection.Create(server, options, options);
+        var connection = ReactorConnection.Create(server, options, options);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)
         {
             // Nobody reads Input: the client's send stalls after pipe threshold + kernel buffers.
             ValueTask<int> send = client.SendAsync(new byte[256 << 20]);
             await Task.Delay(500);
             send.IsCompleted.Should().BeFalse();
-            ReadResult buffered = await connection.Input.ReadAsync();
+            ReadResult buffered = await connection.Input.ReadAsync().AsTask().WaitAsync(IoTestContext.Timeout);
             buffered.Buffer.Length.Should().BeLessThan(1 << 20, "the receive loop pauses at the pipe's threshold");
             connection.Input.AdvanceTo(buffered.Buffer.Start);
             client.Dispose();
-            Func<Task> failed = async () => await send;
+            Func<Task> failed = () => send.AsTask().WaitAsync(IoTestContext.Timeout);
             await failed.Should().ThrowAsync<ObjectDisposedException>();
         }
     }
@@ -401,9 +412,9 @@ public sealed class ReactorConnectionTests
             await connection.DisposeAsync();
         });
         var received = new byte[message.Length];
-        await IoTestContext.ReceiveExactlyAsync(peer, received);
+        await IoTestContext.ReceiveExactlyAsync(peer, received).WaitAsync(IoTestContext.Timeout);
         received.Should().Equal(message);
-        (await peer.ReceiveAsync(new byte[1])).Should().Be(0);
+        (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
     }
 
     [Theory]
@@ -478,16 +489,17 @@ public sealed class ReactorConnectionTests
         using var plain = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
         Task<ReactorSocket> accept = io.Run(async () => await listener.AcceptAsync());
         await plain.ConnectAsync(listener.LocalEndPoint!);
-        await using var connection = ReactorConnection.Create(await accept);
+        var connection = ReactorConnection.Create(await accept);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         Task echo = io.Run(() => EchoAsync(connection));
         byte[] message = IoTestContext.Pattern(1 << 20, 14);
         Task send = plain.SendAsync(message);
         var received = new byte[message.Length];
-        await IoTestContext.ReceiveExactlyAsync(plain, received);
-        await send;
+        await IoTestContext.ReceiveExactlyAsync(plain, received).WaitAsync(IoTestContext.Timeout);
+        await send.WaitAsync(IoTestContext.Timeout);
         received.AsSpan().SequenceEqual(message).Should().BeTrue();
         plain.Shutdown(SocketShutdown.Send);
         await echo.WaitAsync(IoTestContext.Timeout);
-        (await plain.ReceiveAsync(new byte[1])).Should().Be(0);
+        (await plain.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
     }
 }

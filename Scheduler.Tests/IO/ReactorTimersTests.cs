@@ -56,21 +56,30 @@ public sealed class ReactorTimersTests
         });
         blocked.Wait(IoTestContext.Timeout).Should().BeTrue();
 
-        List<(bool SameWorker, string? Thread)> results = await io.Run(async () =>
+        List<(bool SameWorker, string? Thread)> results;
+        try
         {
-            var outcomes = new List<(bool, string?)>();
-            for (int i = 0; i < 20; i++)
+            results = await io.Run(async () =>
             {
-                io.Scheduler.TryGetCurrentWorkerIndex(out int before);
-                await wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
-                bool onScheduler = io.Scheduler.TryGetCurrentWorkerIndex(out int after);
-                outcomes.Add((onScheduler && before == after, Thread.CurrentThread.Name));
-            }
+                var outcomes = new List<(bool, string?)>();
+                for (int i = 0; i < 20; i++)
+                {
+                    io.Scheduler.TryGetCurrentWorkerIndex(out int before);
+                    await wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+                    bool onScheduler = io.Scheduler.TryGetCurrentWorkerIndex(out int after);
+                    outcomes.Add((onScheduler && before == after, Thread.CurrentThread.Name));
+                }
 
-            return outcomes;
-        });
-        release.Set();
-        await blocker;
+                return outcomes;
+            });
+        }
+        finally
+        {
+            // Also when the delays fail: a worker still blocked here would hang the scheduler's disposal.
+            release.Set();
+        }
+
+        await blocker.WaitAsync(IoTestContext.Timeout);
 
         results.Should().OnlyContain(r => r.SameWorker);
         results.Should().NotContain(r => r.Thread == "IoReactor");
@@ -96,7 +105,7 @@ public sealed class ReactorTimersTests
 
         far.IsCompleted.Should().BeFalse();
         io.Reactor.Dispose();
-        await FluentActions.Awaiting(async () => await far).Should().ThrowAsync<ObjectDisposedException>();
+        await FluentActions.Awaiting(() => far.AsTask().WaitAsync(IoTestContext.Timeout)).Should().ThrowAsync<ObjectDisposedException>();
     }
 
     [Fact]
@@ -289,7 +298,7 @@ public sealed class ReactorTimersTests
         TimerWheel wheel = io.Reactor.Timers;
         ValueTask pending = wheel.DelayAsync(TimeSpan.FromMinutes(1));
         wheel.Dispose();
-        await FluentActions.Awaiting(async () => await pending).Should().ThrowAsync<ObjectDisposedException>();
+        await FluentActions.Awaiting(() => pending.AsTask().WaitAsync(IoTestContext.Timeout)).Should().ThrowAsync<ObjectDisposedException>();
         io.Reactor.Timers.Should().BeSameAs(wheel);
 
         await io.RunOnPair(listener, async (client, server) =>

@@ -14,7 +14,8 @@ public sealed class ResetOrderingTests
         using Socket peer = IoTestContext.NewPlainSocket();
         peer.ReceiveBufferSize = 64 << 10;
         var options = new PipeOptions(pauseWriterThreshold: 8 << 10, resumeWriterThreshold: 4 << 10, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
-        await using var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), options, options);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), options, options);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
 
         // The peer sends more than Input takes before it pauses: the receive loop waits on backpressure, not in recv.
         await peer.SendAsync(new byte[64 << 10].AsMemory());
@@ -44,7 +45,8 @@ public sealed class ResetOrderingTests
         var options = new PipeOptions(pauseWriterThreshold: 8 << 10, resumeWriterThreshold: 4 << 10, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
         ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
         SetUserTimeout(server, milliseconds: 300);
-        await using var connection = ReactorConnection.Create(server, options, options);
+        var connection = ReactorConnection.Create(server, options, options);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
 
         // As above, the receive loop waits on backpressure; the peer never reads, so its window closes and the kernel
         // probes it until TCP_USER_TIMEOUT aborts the connection with ETIMEDOUT, which the parked send takes.

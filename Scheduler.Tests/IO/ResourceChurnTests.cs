@@ -83,8 +83,8 @@ public sealed class ResourceChurnTests
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(1), reactor.Timers);
 
             reactor.Dispose(); // disposes every socket still registered: leaves nothing behind
-            await pending.Awaiting(t => t).Should().ThrowAsync<ObjectDisposedException>();
-            await delay.Awaiting(t => t).Should().ThrowAsync<ObjectDisposedException>();
+            await pending.Awaiting(t => t.WaitAsync(IoTestContext.Timeout)).Should().ThrowAsync<ObjectDisposedException>();
+            await delay.Awaiting(t => t.WaitAsync(IoTestContext.Timeout)).Should().ThrowAsync<ObjectDisposedException>();
             _ = client;
         }
 

@@ -24,6 +24,23 @@ internal static class SchedulerTestHelpers
         await task.WaitAsync(timeout ?? Timeout);
 
     /// <summary>
+    /// <see cref="WithTimeout(Task, TimeSpan?)"/> for teardown and other waits whose hang would say nothing by itself:
+    /// running out fails with a message naming <paramref name="what"/> (a Dispose that hangs otherwise hangs the run).
+    /// </summary>
+    public static async Task WithTimeout(this Task task, string what, TimeSpan? timeout = null)
+    {
+        TimeSpan bound = timeout ?? Timeout;
+        try
+        {
+            await task.WaitAsync(bound);
+        }
+        catch (TimeoutException e) when (!task.IsCompleted)
+        {
+            throw new TimeoutException($"{what} did not finish within {bound.TotalSeconds:0} s.", e);
+        }
+    }
+
+    /// <summary>
     /// Polls <paramref name="condition"/> until it holds or the generous timeout passes, for state that trails the
     /// awaited work (counters, the last task's side effect); the test's own assertions then report a miss.
     /// </summary>
