@@ -121,7 +121,8 @@ public sealed class ConstructionTests
     public async Task Options_are_copied_and_threads_named_with_the_prefix()
     {
         var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Prefixed" };
-        using var scheduler = new WorkStealingTaskScheduler(options);
+        var scheduler = new WorkStealingTaskScheduler(options);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         options.WorkerCount = 5;
         options.ThreadNamePrefix = "Changed";
         scheduler.WorkerCount.Should().Be(1);

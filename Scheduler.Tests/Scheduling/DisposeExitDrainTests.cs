@@ -102,7 +102,7 @@ public sealed class DisposeExitDrainTests
 
         await scheduler.DisposeAsync().AsTask().WithTimeout("DisposeAsync");
         armed.Should().Be(0, "the last worker drained through the seam");
-        terminatedSeenByProducer.Should().BeTrue("the last worker sets terminated before it drains, so a producer that queues during the drain sees it");
         await ran.Task.WithTimeout("The item queued to the global queue behind the final drain (stranded: no worker is left and the producer did not drain it)");
+        terminatedSeenByProducer.Should().BeTrue("the last worker sets terminated before it drains, so a producer that queues during the drain sees it");
     }
 }

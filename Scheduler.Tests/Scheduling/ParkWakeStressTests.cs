@@ -12,7 +12,8 @@ public sealed class ParkWakeStressTests
     [MemberData(nameof(Seeds))]
     public async Task Outside_producers_racing_parking_workers_never_strand_a_task(int seed)
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var random = new Random(seed);
         int completed = 0;
         const int Rounds = 1500;
@@ -82,7 +83,8 @@ public sealed class ParkWakeStressTests
     [Fact]
     public async Task Many_producers_and_bursts_complete_everything()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int completed = 0;
         const int Producers = 4, PerProducer = 20_000;
         Task[] producers = Enumerable.Range(0, Producers).Select(p => Task.Run(async () =>

@@ -7,7 +7,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public async Task Schedule_runs_the_callback_with_its_state_on_a_worker()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var ran = new TaskCompletionSource<(object? State, bool OnWorker)>(TaskCreationOptions.RunContinuationsAsynchronously);
         object state = new();
         scheduler.PipeScheduler.Schedule(s => ran.SetResult((s, scheduler.IsWorkerThread)), state);
@@ -54,7 +55,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public async Task A_pipe_with_the_scheduler_resumes_readers_and_writers_on_workers()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var pipe = new Pipe(new PipeOptions(readerScheduler: scheduler.PipeScheduler, writerScheduler: scheduler.PipeScheduler,
             pauseWriterThreshold: 1024, resumeWriterThreshold: 512, useSynchronizationContext: false));
         int offWorker = 0;

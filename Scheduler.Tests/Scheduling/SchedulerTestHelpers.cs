@@ -41,6 +41,20 @@ internal static class SchedulerTestHelpers
     }
 
     /// <summary>
+    /// Disposes <paramref name="scheduler"/> at the end of an <c>await using</c> block through a bounded wait: workers that
+    /// never exit (a lost wake-up on the way out) fail the test with a message instead of hanging the run in a
+    /// <c>using</c> block's unbounded join.
+    /// </summary>
+    public static BoundedSchedulerDisposal DisposeWithin(WorkStealingTaskScheduler scheduler) => new(scheduler);
+
+    /// <summary>See <see cref="DisposeWithin"/>.</summary>
+    internal readonly struct BoundedSchedulerDisposal(WorkStealingTaskScheduler scheduler) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync() =>
+            await scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync (a worker that never exits)");
+    }
+
+    /// <summary>
     /// Polls <paramref name="condition"/> until it holds or the generous timeout passes, for state that trails the
     /// awaited work (counters, the last task's side effect); the test's own assertions then report a miss.
     /// </summary>
