@@ -203,7 +203,7 @@ public sealed class StatisticsTests
         });
 
         // A disposed scheduler leaves the meter (the meter's registry would otherwise keep every scheduler ever created).
-        scheduler.Dispose();
+        await scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync");
         seen.Clear();
         listener.RecordObservableInstruments();
         seen.Should().BeEmpty();
