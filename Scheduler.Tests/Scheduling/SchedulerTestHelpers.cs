@@ -47,6 +47,19 @@ internal static class SchedulerTestHelpers
     /// </summary>
     public static BoundedSchedulerDisposal DisposeWithin(WorkStealingTaskScheduler scheduler) => new(scheduler);
 
+    /// <summary>
+    /// <see cref="WorkStealingTaskScheduler.Dispose"/> (the joining kind, for tests of it) on another thread, bounded: workers
+    /// that never exit fail the test with a message instead of hanging the run in the join.
+    /// </summary>
+    public static void DisposeBounded(WorkStealingTaskScheduler scheduler)
+    {
+        Task disposer = Task.Factory.StartNew(scheduler.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        if (!disposer.Wait(Timeout))
+        {
+            throw new TimeoutException($"The scheduler's Dispose (joining the workers) did not finish within {Timeout.TotalSeconds:0} s.");
+        }
+    }
+
     /// <summary>See <see cref="DisposeWithin"/>.</summary>
     internal readonly struct BoundedSchedulerDisposal(WorkStealingTaskScheduler scheduler) : IAsyncDisposable
     {
