@@ -303,7 +303,8 @@ public sealed class ExecutionTests
     [Fact]
     public void Parallel_For_runs_every_iteration_on_workers()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var hits = new int[10_000];
         int offWorker = 0;
         Parallel.For(0, hits.Length, new ParallelOptions { TaskScheduler = scheduler }, i =>

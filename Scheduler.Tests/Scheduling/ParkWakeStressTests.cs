@@ -56,7 +56,8 @@ public sealed class ParkWakeStressTests
         // Sync-over-async that inlining cannot help: the owner blocks on an event that only the task it pushed to
         // its own deque sets. The push must reach a parked or searching peer, however the pause lines it up with
         // the peer's park and search transitions.
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var random = new Random(seed);
         const int Rounds = 600;
         for (int round = 0; round < Rounds; round++)
@@ -123,7 +124,8 @@ public sealed class ParkWakeStressTests
         // posts back to back (from a thread outside the scheduler) to an idle worker: it takes the first, a long
         // item, and the second must not wait behind it — the owner looks at its inbox when it turns busy and wakes a
         // peer, which takes the rest of a busy owner's inbox. Without that look the second item waits out the first.
-        using var scheduler = SchedulerTestHelpers.Create(2, spin);
+        var scheduler = SchedulerTestHelpers.Create(2, spin);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         const int Rounds = 20;
         TimeSpan longItem = TimeSpan.FromMilliseconds(200);
         var waits = new List<double>();

@@ -21,7 +21,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public void Schedule_allocates_nothing_per_call_in_steady_state()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         PipeScheduler pipeScheduler = scheduler.PipeScheduler;
         int done = 0;
         Action<object?> callback = _ => Interlocked.Increment(ref done);

@@ -60,6 +60,15 @@ internal static class SchedulerTestHelpers
         }
     }
 
+    /// <summary><see cref="DisposeBounded"/> at the end of a <c>using</c> block, for tests that are not async.</summary>
+    public static BoundedSchedulerJoin DisposeBoundedOnExit(WorkStealingTaskScheduler scheduler) => new(scheduler);
+
+    /// <summary>See <see cref="DisposeBoundedOnExit"/>.</summary>
+    internal readonly struct BoundedSchedulerJoin(WorkStealingTaskScheduler scheduler) : IDisposable
+    {
+        public void Dispose() => DisposeBounded(scheduler);
+    }
+
     /// <summary>See <see cref="DisposeWithin"/>.</summary>
     internal readonly struct BoundedSchedulerDisposal(WorkStealingTaskScheduler scheduler) : IAsyncDisposable
     {
