@@ -5,7 +5,8 @@ public sealed class ConstructionTests
     [Fact]
     public void Default_constructor_uses_one_worker_per_core()
     {
-        using var scheduler = new WorkStealingTaskScheduler();
+        var scheduler = new WorkStealingTaskScheduler();
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         scheduler.WorkerCount.Should().Be(Environment.ProcessorCount);
         scheduler.MaximumConcurrencyLevel.Should().Be(scheduler.WorkerCount);
     }
@@ -15,7 +16,8 @@ public sealed class ConstructionTests
     [InlineData(3)]
     public void Worker_count_constructor_sets_the_concurrency_level(int workers)
     {
-        using var scheduler = new WorkStealingTaskScheduler(workers);
+        var scheduler = new WorkStealingTaskScheduler(workers);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         scheduler.WorkerCount.Should().Be(workers);
         scheduler.MaximumConcurrencyLevel.Should().Be(workers);
     }
@@ -121,7 +123,8 @@ public sealed class ConstructionTests
     public async Task Options_are_copied_and_threads_named_with_the_prefix()
     {
         var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Prefixed" };
-        using var scheduler = new WorkStealingTaskScheduler(options);
+        var scheduler = new WorkStealingTaskScheduler(options);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         options.WorkerCount = 5;
         options.ThreadNamePrefix = "Changed";
         scheduler.WorkerCount.Should().Be(1);
@@ -154,7 +157,8 @@ public sealed class ConstructionTests
     [Fact]
     public void IsWorkerThread_is_false_on_foreign_threads()
     {
-        using var scheduler = new WorkStealingTaskScheduler(1);
+        var scheduler = new WorkStealingTaskScheduler(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         scheduler.IsWorkerThread.Should().BeFalse();
     }
     [Theory]

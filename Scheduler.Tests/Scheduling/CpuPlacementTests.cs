@@ -25,10 +25,14 @@ public sealed class CpuPlacementTests
     [Fact]
     public async Task Workers_prefer_different_cpus_and_only_where_placement_is_on()
     {
-        using var first = SchedulerTestHelpers.Create(Cpus);
-        using var second = SchedulerTestHelpers.Create(Cpus);
-        using var fewer = SchedulerTestHelpers.Create(Cpus - 1);
-        using var off = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = Cpus, SpreadOverCpus = false });
+        var first = SchedulerTestHelpers.Create(Cpus);
+        await using var disposeFirst = SchedulerTestHelpers.DisposeWithin(first);
+        var second = SchedulerTestHelpers.Create(Cpus);
+        await using var disposeSecond = SchedulerTestHelpers.DisposeWithin(second);
+        var fewer = SchedulerTestHelpers.Create(Cpus - 1);
+        await using var disposeFewer = SchedulerTestHelpers.DisposeWithin(fewer);
+        var off = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = Cpus, SpreadOverCpus = false });
+        await using var disposeOff = SchedulerTestHelpers.DisposeWithin(off);
         foreach (WorkStealingTaskScheduler scheduler in new[] { first, second, fewer, off })
         {
             await RunOnEveryWorker(scheduler);

@@ -72,4 +72,37 @@ public sealed class DisposeExitDrainTests
         ran.Should().Be(1, "the item reached a live scheduler: a worker runs it, once, before the last one exits");
         ranOn.Should().Be(1 - exiting, "the parked peer, woken by the exiting worker, takes the exited worker's inbox");
     }
+
+    /// <summary>
+    /// The last worker sets <c>terminated</c> and fences before its drain: a producer that queues after the drain looked at
+    /// its queue then reads it set and drains the item itself. Set after the drain (or read before it by the producer),
+    /// the item stays in a queue that no worker and no drain will look at again.
+    /// </summary>
+    [Fact]
+    public async Task An_item_queued_after_the_final_drain_looked_at_its_queue_is_drained_by_its_producer()
+    {
+        var scheduler = SchedulerTestHelpers.Create(1, spin: 0);
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        bool terminatedSeenByProducer = false;
+        int armed = 1;
+        scheduler.FinalDrainHookForTests = () =>
+        {
+            if (Interlocked.Exchange(ref armed, 0) == 1)
+            {
+                // The drain has emptied the global queue and will not look at it again: a foreign producer queues there.
+                var producer = new Thread(() =>
+                {
+                    scheduler.Enqueue(new SchedulerTestHelpers.RecordingWorkItem(() => ran.TrySetResult()));
+                    terminatedSeenByProducer = scheduler.IsTerminated;
+                });
+                producer.Start();
+                producer.Join();
+            }
+        };
+
+        await scheduler.DisposeAsync().AsTask().WithTimeout("DisposeAsync");
+        armed.Should().Be(0, "the last worker drained through the seam");
+        await ran.Task.WithTimeout("The item queued to the global queue behind the final drain (stranded: no worker is left and the producer did not drain it)");
+        terminatedSeenByProducer.Should().BeTrue("the last worker sets terminated before it drains, so a producer that queues during the drain sees it");
+    }
 }

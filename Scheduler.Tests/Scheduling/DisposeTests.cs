@@ -6,7 +6,7 @@ public sealed class DisposeTests
     public void StartNew_after_Dispose_throws_TaskSchedulerException_wrapping_ObjectDisposedException()
     {
         var scheduler = SchedulerTestHelpers.Create(2);
-        scheduler.Dispose();
+        SchedulerTestHelpers.DisposeBounded(scheduler);
 
         ((Action)(() => scheduler.Factory.StartNew(() => { })))
             .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
@@ -61,8 +61,8 @@ public sealed class DisposeTests
     public void Dispose_is_idempotent()
     {
         var scheduler = SchedulerTestHelpers.Create(2);
-        scheduler.Dispose();
-        scheduler.Dispose();
+        SchedulerTestHelpers.DisposeBounded(scheduler);
+        SchedulerTestHelpers.DisposeBounded(scheduler);
         scheduler.DisposeAsync().AsTask().IsCompletedSuccessfully.Should().BeTrue();
     }
 
@@ -107,7 +107,7 @@ public sealed class DisposeTests
     public async Task Targeted_work_arriving_after_shutdown_runs_on_the_thread_pool_instead_of_being_lost()
     {
         var scheduler = SchedulerTestHelpers.Create(2);
-        scheduler.Dispose();
+        SchedulerTestHelpers.DisposeBounded(scheduler);
         var ran = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         scheduler.EnqueueToWorker(1, new SchedulerTestHelpers.RecordingWorkItem(() => ran.SetResult(Thread.CurrentThread.IsThreadPoolThread)));
         (await ran.Task.WithTimeout()).Should().BeTrue();
@@ -198,7 +198,7 @@ public sealed class DisposeTests
             TaskCreationOptions.LongRunning,
             scheduler);
 
-        scheduler.Dispose();
+        SchedulerTestHelpers.DisposeBounded(scheduler);
         ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
         disposed.Set();
         longRunning.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();

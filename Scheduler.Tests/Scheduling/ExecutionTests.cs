@@ -8,7 +8,8 @@ public sealed class ExecutionTests
     public async Task A_million_tasks_each_run_exactly_once_and_only_on_workers()
     {
         const int Count = 1_000_000;
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var runs = new int[Count];
         int offWorker = 0;
 
@@ -53,7 +54,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Await_resumes_on_the_scheduler()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var foreign = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Task<bool[]> observations = scheduler.Factory.StartNew(async () =>
         {
@@ -81,7 +83,8 @@ public sealed class ExecutionTests
     [InlineData(2)]
     public async Task A_Task_Yield_loop_does_not_starve_other_tasks(int workers)
     {
-        using var scheduler = SchedulerTestHelpers.Create(workers);
+        var scheduler = SchedulerTestHelpers.Create(workers);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var stop = new CancellationTokenSource();
         long yields = 0;
         Task[] loops = Enumerable.Range(0, workers).Select(_ => scheduler.Factory.StartNew(async () =>
@@ -108,7 +111,8 @@ public sealed class ExecutionTests
     {
         // One worker runs an endless chain of locally spawned tasks (LIFO slot); an outside producer's task
         // must still run because the global queue is checked every FairnessInterval ticks.
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var stop = 0;
         void Chain()
         {
@@ -125,7 +129,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Ping_pong_through_the_lifo_slot_cannot_starve_older_local_work()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var stop = 0;
         var olderRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -160,7 +165,8 @@ public sealed class ExecutionTests
     [InlineData(2)]
     public async Task Blocking_fork_join_does_not_deadlock(int workers)
     {
-        using var scheduler = SchedulerTestHelpers.Create(workers);
+        var scheduler = SchedulerTestHelpers.Create(workers);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int result = await scheduler.Factory.StartNew(() => Fib(25)).WithTimeout(TimeSpan.FromSeconds(60));
         result.Should().Be(75025);
         scheduler.GetStatistics().TasksInlined.Should().BePositive();
@@ -181,7 +187,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Fork_join_with_await_computes_correctly()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int result = await scheduler.Factory.StartNew(() => Fib(20)).Unwrap().WithTimeout();
         result.Should().Be(6765);
 
@@ -201,7 +208,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task LongRunning_gets_a_dedicated_thread_and_never_blocks_a_worker()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var release = new ManualResetEventSlim();
         var info = new TaskCompletionSource<(bool OnWorker, string? Name)>();
 
@@ -226,7 +234,8 @@ public sealed class ExecutionTests
     {
         // Task.Wait() on a worker inlines a queued task; a LongRunning one is queued to its own thread, not to a worker
         // queue, and must run there (the ThreadPool's scheduler never inlines it either).
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         for (int i = 0; i < 3000; i++)
         {
             (bool onWorker, string? name) = await scheduler.Factory.StartNew(() =>
@@ -249,7 +258,8 @@ public sealed class ExecutionTests
     {
         // Inlining also covers tasks another queue holds (the stale entry is skipped later): on one worker, nothing else
         // would ever run the ones queued from outside or with PreferFairness while the worker waits.
-        using var scheduler = SchedulerTestHelpers.Create(workers);
+        var scheduler = SchedulerTestHelpers.Create(workers);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int ran = 0;
         await scheduler.Factory.StartNew(() =>
         {
@@ -275,7 +285,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task A_faulting_task_faults_only_itself_and_its_worker_lives_on()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var boom = new InvalidOperationException("boom");
         Task faulted = scheduler.Factory.StartNew(() => throw boom);
         Task<int> next = scheduler.Factory.StartNew(() => 42);
@@ -292,7 +303,8 @@ public sealed class ExecutionTests
     [Fact]
     public void Parallel_For_runs_every_iteration_on_workers()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var hits = new int[10_000];
         int offWorker = 0;
         Parallel.For(0, hits.Length, new ParallelOptions { TaskScheduler = scheduler }, i =>
@@ -327,7 +339,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Dataflow_ActionBlock_runs_on_the_scheduler()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int processed = 0, offWorker = 0;
         var block = new ActionBlock<int>(async _ =>
         {
@@ -354,8 +367,10 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Two_schedulers_never_mix_work()
     {
-        using var a = SchedulerTestHelpers.Create(2);
-        using var b = SchedulerTestHelpers.Create(2);
+        var a = SchedulerTestHelpers.Create(2);
+        await using var disposeA = SchedulerTestHelpers.DisposeWithin(a);
+        var b = SchedulerTestHelpers.Create(2);
+        await using var disposeB = SchedulerTestHelpers.DisposeWithin(b);
         int mixed = 0;
 
         async Task Work(WorkStealingTaskScheduler mine, WorkStealingTaskScheduler other)
@@ -392,7 +407,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Targeted_work_runs_on_the_chosen_worker_from_any_thread()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         Thread[] workerThreads = await Task.WhenAll(Enumerable.Range(0, 2).Select(index =>
         {
             var tcs = new TaskCompletionSource<Thread>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -426,7 +442,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task TryExecuteTaskInline_refuses_foreign_threads()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
         Task<bool> queued = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread);
@@ -443,7 +460,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task GetScheduledTasks_lists_queued_tasks_without_blocking()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
         await Task.Delay(20);
@@ -463,7 +481,8 @@ public sealed class ExecutionTests
         // Tasks a worker spawns wait in its LIFO slot (the newest), its deque (the ones the slot displaced) and, for
         // PreferFairness (Task.Yield), its inbox: a debugger's view of the scheduler must show all of them. Taken on the
         // one worker itself, which holds them all while it runs.
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
         (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
         {
@@ -483,7 +502,8 @@ public sealed class ExecutionTests
     [Fact]
     public async Task Work_items_and_pipe_callbacks_see_the_scheduler_as_current_so_awaits_come_back()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var fromWorkItem = new TaskCompletionSource<(bool Current, bool ResumedOnWorker)>(TaskCreationOptions.RunContinuationsAsynchronously);
         scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(async () =>
         {
@@ -504,7 +524,8 @@ public sealed class ExecutionTests
     public async Task A_throwing_callback_is_raised_as_unhandled_and_its_worker_lives_on()
     {
         UnhandledExceptions.EnsureInstalled();
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var thrown = new DeliberateCallbackException();
         scheduler.PipeScheduler.Schedule(static state => throw (Exception)state!, thrown);
         scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() => throw new DeliberateCallbackException()));
@@ -521,7 +542,8 @@ public sealed class ExecutionTests
     public async Task A_failure_of_the_worker_loop_itself_is_raised_as_unhandled_not_swallowed()
     {
         UnhandledExceptions.EnsureInstalled();
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var fault = new DeliberateLoopFault();
         int thrown = 0;
         scheduler.ParkHookForTests = () =>
@@ -541,7 +563,8 @@ public sealed class ExecutionTests
     public async Task A_worker_blocked_on_work_targeted_at_itself_is_rescued_by_a_peer()
     {
         // Sync-over-async on a worker: the owner blocks until an item queued to its own inbox has run.
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await Task.Delay(50); // both workers park
         bool ran = await scheduler.Factory.StartNew(() =>
         {

@@ -8,7 +8,8 @@ public sealed class IdleCpuTests
     [Fact]
     public async Task Ten_thousand_awaiting_tasks_burn_under_three_percent_of_a_core_while_idle()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "IdleProbe" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "IdleProbe" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var never = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Task[] waiting = Enumerable.Range(0, 10_000)
             .Select(_ => scheduler.Factory.StartNew(async () => await never.Task).Unwrap())

@@ -18,7 +18,8 @@ public sealed class LifoRescueTests
     [InlineData(4)]
     public async Task A_task_spawned_into_the_lifo_slot_runs_while_its_worker_blocks(int workers)
     {
-        using var scheduler = SchedulerTestHelpers.Create(workers);
+        var scheduler = SchedulerTestHelpers.Create(workers);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var released = new SemaphoreSlim(0);
         int childWorker = -1;
 
@@ -47,7 +48,8 @@ public sealed class LifoRescueTests
     [Fact]
     public async Task A_continuation_woken_into_the_lifo_slot_runs_while_its_worker_blocks()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var resumed = new ManualResetEventSlim();
         var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -72,7 +74,8 @@ public sealed class LifoRescueTests
     [Fact]
     public async Task Work_left_in_the_deque_of_a_blocked_worker_without_a_wake_up_reaches_a_parked_peer()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var ran = new ManualResetEventSlim();
         int ranOn = -1;
 
@@ -103,7 +106,8 @@ public sealed class LifoRescueTests
     [Fact]
     public async Task The_watchdog_runs_only_while_a_worker_is_busy()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await scheduler.Factory.StartNew(() => { }).WithTimeout();
 
         await SchedulerTestHelpers.WaitUntilAsync(() => !scheduler.IsWatchdogArmed);
@@ -134,7 +138,8 @@ public sealed class LifoRescueTests
     public async Task Rescues_racing_the_owner_never_run_a_task_twice_or_lose_one(int seed)
     {
         const int Steps = 5_000;
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var stop = new CancellationTokenSource();
         var rescuer = new Thread(() =>
         {

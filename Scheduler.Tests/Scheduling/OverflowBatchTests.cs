@@ -9,7 +9,8 @@ public sealed class OverflowBatchTests
     [Fact]
     public async Task Overflowed_work_is_counted_item_by_item_and_runs_exactly_once()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, LocalQueueCapacity = 16, ThreadNamePrefix = "Test" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, LocalQueueCapacity = 16, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Children = 1_000;
         var runs = new int[Children];
         using var spawned = new ManualResetEventSlim();
@@ -53,7 +54,8 @@ public sealed class OverflowBatchTests
     {
         // Small rings and several spawning parents: workers dequeue batches while their own deque holds work
         // (fairness turns look at the global queue first), so remainders go back to the global queue.
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LocalQueueCapacity = 16, FairnessInterval = 3, ThreadNamePrefix = "Test" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LocalQueueCapacity = 16, FairnessInterval = 3, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Parents = 8, ChildrenPerParent = 5_000;
         var runs = new int[Parents * ChildrenPerParent];
         var random = new Random(seed);

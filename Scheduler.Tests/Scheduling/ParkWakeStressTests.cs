@@ -12,7 +12,8 @@ public sealed class ParkWakeStressTests
     [MemberData(nameof(Seeds))]
     public async Task Outside_producers_racing_parking_workers_never_strand_a_task(int seed)
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var random = new Random(seed);
         int completed = 0;
         const int Rounds = 1500;
@@ -55,7 +56,8 @@ public sealed class ParkWakeStressTests
         // Sync-over-async that inlining cannot help: the owner blocks on an event that only the task it pushed to
         // its own deque sets. The push must reach a parked or searching peer, however the pause lines it up with
         // the peer's park and search transitions.
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var random = new Random(seed);
         const int Rounds = 600;
         for (int round = 0; round < Rounds; round++)
@@ -82,7 +84,8 @@ public sealed class ParkWakeStressTests
     [Fact]
     public async Task Many_producers_and_bursts_complete_everything()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int completed = 0;
         const int Producers = 4, PerProducer = 20_000;
         Task[] producers = Enumerable.Range(0, Producers).Select(p => Task.Run(async () =>
@@ -121,7 +124,8 @@ public sealed class ParkWakeStressTests
         // posts back to back (from a thread outside the scheduler) to an idle worker: it takes the first, a long
         // item, and the second must not wait behind it — the owner looks at its inbox when it turns busy and wakes a
         // peer, which takes the rest of a busy owner's inbox. Without that look the second item waits out the first.
-        using var scheduler = SchedulerTestHelpers.Create(2, spin);
+        var scheduler = SchedulerTestHelpers.Create(2, spin);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         const int Rounds = 20;
         TimeSpan longItem = TimeSpan.FromMilliseconds(200);
         var waits = new List<double>();

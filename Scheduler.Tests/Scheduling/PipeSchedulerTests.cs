@@ -7,7 +7,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public async Task Schedule_runs_the_callback_with_its_state_on_a_worker()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var ran = new TaskCompletionSource<(object? State, bool OnWorker)>(TaskCreationOptions.RunContinuationsAsynchronously);
         object state = new();
         scheduler.PipeScheduler.Schedule(s => ran.SetResult((s, scheduler.IsWorkerThread)), state);
@@ -20,7 +21,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public void Schedule_allocates_nothing_per_call_in_steady_state()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         PipeScheduler pipeScheduler = scheduler.PipeScheduler;
         int done = 0;
         Action<object?> callback = _ => Interlocked.Increment(ref done);
@@ -54,7 +56,8 @@ public sealed class PipeSchedulerTests
     [Fact]
     public async Task A_pipe_with_the_scheduler_resumes_readers_and_writers_on_workers()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var pipe = new Pipe(new PipeOptions(readerScheduler: scheduler.PipeScheduler, writerScheduler: scheduler.PipeScheduler,
             pauseWriterThreshold: 1024, resumeWriterThreshold: 512, useSynchronizationContext: false));
         int offWorker = 0;

@@ -149,7 +149,8 @@ public sealed class PushFailureTests
         // (slot to global queue) lets the idle peer run it. The rescue's first enqueue fails; the item was taken out of the
         // slot already, so the watchdog must keep it and offer it again (it used to be lost, and the exception ended the
         // watchdog thread, which took the process down).
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "PushFailure" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "PushFailure" });
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         int armed = 1;
         int refused = 0;
         using Injection injection = Inject(name =>

@@ -41,6 +41,42 @@ internal static class SchedulerTestHelpers
     }
 
     /// <summary>
+    /// Disposes <paramref name="scheduler"/> at the end of an <c>await using</c> block through a bounded wait: workers that
+    /// never exit (a lost wake-up on the way out) fail the test with a message instead of hanging the run in a
+    /// <c>using</c> block's unbounded join.
+    /// </summary>
+    public static BoundedSchedulerDisposal DisposeWithin(WorkStealingTaskScheduler scheduler) => new(scheduler);
+
+    /// <summary>
+    /// <see cref="WorkStealingTaskScheduler.Dispose"/> (the joining kind, for tests of it) on another thread, bounded: workers
+    /// that never exit fail the test with a message instead of hanging the run in the join.
+    /// </summary>
+    public static void DisposeBounded(WorkStealingTaskScheduler scheduler)
+    {
+        Task disposer = Task.Factory.StartNew(scheduler.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        if (!disposer.Wait(Timeout))
+        {
+            throw new TimeoutException($"The scheduler's Dispose (joining the workers) did not finish within {Timeout.TotalSeconds:0} s.");
+        }
+    }
+
+    /// <summary><see cref="DisposeBounded"/> at the end of a <c>using</c> block, for tests that are not async.</summary>
+    public static BoundedSchedulerJoin DisposeBoundedOnExit(WorkStealingTaskScheduler scheduler) => new(scheduler);
+
+    /// <summary>See <see cref="DisposeBoundedOnExit"/>.</summary>
+    internal readonly struct BoundedSchedulerJoin(WorkStealingTaskScheduler scheduler) : IDisposable
+    {
+        public void Dispose() => DisposeBounded(scheduler);
+    }
+
+    /// <summary>See <see cref="DisposeWithin"/>.</summary>
+    internal readonly struct BoundedSchedulerDisposal(WorkStealingTaskScheduler scheduler) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync() =>
+            await scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync (a worker that never exits)");
+    }
+
+    /// <summary>
     /// Polls <paramref name="condition"/> until it holds or the generous timeout passes, for state that trails the
     /// awaited work (counters, the last task's side effect); the test's own assertions then report a miss.
     /// </summary>

@@ -19,7 +19,8 @@ public sealed class SchedulingContractTests
         options.UseBackgroundThreads.Should().BeTrue();
         options.UseSynchronizationContext.Should().BeFalse();
 
-        using var scheduler = new WorkStealingTaskScheduler(options);
+        var scheduler = new WorkStealingTaskScheduler(options);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         scheduler.WorkerCount.Should().Be(Environment.ProcessorCount);
         string? name = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name).WithTimeout();
         name.Should().MatchRegex(@"^WorkStealing #\d+$", "workers are named {prefix} #i");
@@ -31,7 +32,8 @@ public sealed class SchedulingContractTests
         // docs/scheduling.md: "0 disables the LIFO slot". The slot is private to its worker; with it off, a task spawned
         // by a running task goes to the deque, where an idle peer steals it while the spawner blocks. (With the slot on,
         // only the watchdog's rescue through the global queue would get it to the peer: no steal is counted then.)
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LifoSlotLimit = 0, ThreadNamePrefix = "NoLifo" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, LifoSlotLimit = 0, ThreadNamePrefix = "NoLifo" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         (Thread Spawner, Thread Child) threads = await scheduler.Factory.StartNew(() =>
         {
             using var ran = new ManualResetEventSlim();
@@ -54,7 +56,8 @@ public sealed class SchedulingContractTests
     [Fact]
     public async Task Factory_continuations_run_on_the_scheduler()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         scheduler.Factory.Scheduler.Should().BeSameAs(scheduler);
 
         // Antecedents that complete on the ThreadPool: the continuations must still run on this scheduler's workers.
@@ -143,7 +146,8 @@ public sealed class SchedulingContractTests
     [Fact]
     public async Task PreferFairness_work_queued_from_a_worker_runs_first_in_first_out()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Count = 50;
         var order = new ConcurrentQueue<int>();
         Task[] tasks = await scheduler.Factory.StartNew(() => Enumerable.Range(0, Count)
@@ -160,7 +164,8 @@ public sealed class SchedulingContractTests
     [Fact]
     public async Task PreferFairness_work_queued_from_outside_runs_first_in_first_out()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, FairnessInterval = 1_000 });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, FairnessInterval = 1_000 });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var release = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => release.Wait(SchedulerTestHelpers.Timeout));
         const int Count = 50;

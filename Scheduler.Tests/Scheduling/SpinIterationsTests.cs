@@ -18,7 +18,8 @@ public sealed class SpinIterationsTests
     [Fact]
     public async Task With_zero_spin_iterations_an_idle_worker_parks_at_once()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = 0, ThreadNamePrefix = "Test" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = 0, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         SpinWait.SpinUntil(() => scheduler.IsWorkerParked(0), SchedulerTestHelpers.Timeout).Should().BeTrue("the worker has nothing to do");
 
         long parkingAt = 0;

@@ -26,7 +26,8 @@ public sealed class SpinningTests
         // Threads that keep every CPU busy, as another process would: a spinning worker is then preempted (its yields
         // hand the CPU to them for a whole time slice). Found as a test that timed out beside two busy processes: a
         // one-connection echo took 3.7 ms per round trip, its workers waiting for time slices while they spun.
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpinIterations = 256, ThreadNamePrefix = "Test" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpinIterations = 256, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var stop = new CancellationTokenSource();
         Thread[] hogs = [.. Enumerable.Range(0, Environment.ProcessorCount).Select(_ => new Thread(() =>
         {

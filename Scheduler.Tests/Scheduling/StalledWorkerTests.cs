@@ -14,7 +14,8 @@ public sealed class StalledWorkerTests
     [Fact]
     public async Task Work_queued_to_a_stalled_workers_inbox_runs_on_a_busy_peer()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using var pair = StalledAndBusyPair.Start(scheduler);
         var rescued = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         int stalledIndex = pair.StalledIndex;
@@ -31,7 +32,8 @@ public sealed class StalledWorkerTests
     [Fact]
     public async Task A_rescued_batch_runs_in_the_order_it_was_queued()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using var pair = StalledAndBusyPair.Start(scheduler);
         const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
         var order = new System.Collections.Concurrent.ConcurrentQueue<int>();

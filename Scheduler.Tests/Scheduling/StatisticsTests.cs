@@ -7,7 +7,8 @@ public sealed class StatisticsTests
     [Fact]
     public async Task Counters_track_executed_stolen_inlined_parks_and_wakeups()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await scheduler.Factory.StartNew(() => { }).WithTimeout();
 
         // Both workers parked, so that the work below must wake them. A fixed 50 ms pause stood for that; on a loaded
@@ -49,7 +50,8 @@ public sealed class StatisticsTests
     [Fact]
     public async Task Counters_never_go_back_under_load_and_add_up_exactly_once_quiet()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Parents = 2_000;
         using var stop = new CancellationTokenSource();
         var snapshots = new List<SchedulerStatistics>();
@@ -98,7 +100,8 @@ public sealed class StatisticsTests
     {
         // The other tests only see TasksStolen positive; with one worker there is no peer to steal from, whatever the
         // queues the work went through (global queue, deque, LIFO slot, inbox, inlined waits).
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => scheduler.Factory.StartNew(() =>
         {
             Task child = Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
@@ -116,7 +119,8 @@ public sealed class StatisticsTests
     [Fact]
     public async Task QueuedTasks_counts_waiting_work()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         using var running = new ManualResetEventSlim();
 
@@ -199,7 +203,7 @@ public sealed class StatisticsTests
         });
 
         // A disposed scheduler leaves the meter (the meter's registry would otherwise keep every scheduler ever created).
-        scheduler.Dispose();
+        await scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync");
         seen.Clear();
         listener.RecordObservableInstruments();
         seen.Should().BeEmpty();

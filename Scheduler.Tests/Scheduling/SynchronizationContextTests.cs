@@ -10,7 +10,8 @@ public sealed class SynchronizationContextTests
     public void The_context_is_off_by_default()
     {
         new WorkStealingTaskSchedulerOptions().UseSynchronizationContext.Should().BeFalse();
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         scheduler.Factory.StartNew(() => SynchronizationContext.Current).Result.Should().BeNull();
     }
 

@@ -12,7 +12,8 @@ public sealed class WorkerContextIsolationTests
     [Fact]
     public async Task A_callback_that_leaves_an_async_local_set_does_not_leak_it_into_later_items()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
         var seenByTask = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
         var seenByWaker = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -41,7 +42,8 @@ public sealed class WorkerContextIsolationTests
     [Fact]
     public async Task A_callback_that_installs_a_synchronization_context_does_not_leave_it_on_the_worker()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var foreign = new SynchronizationContext();
         var seen = new TaskCompletionSource<SynchronizationContext?>(TaskCreationOptions.RunContinuationsAsynchronously);
         scheduler.PipeScheduler.Schedule(_ => SynchronizationContext.SetSynchronizationContext(foreign), null);

@@ -10,7 +10,8 @@ public sealed class WorkerInterruptTests
     [Fact]
     public async Task A_task_that_interrupts_its_own_worker_does_not_end_the_worker()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(1, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         Thread? worker = null;
         await scheduler.Factory.StartNew(() =>
         {
@@ -46,7 +47,8 @@ public sealed class WorkerInterruptTests
     [Fact]
     public async Task Interrupting_a_parked_worker_from_outside_does_not_end_it()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         Thread worker = await scheduler.Factory.StartNew(() => Thread.CurrentThread).WithTimeout();
         int index = worker.Name!.EndsWith("#0", StringComparison.Ordinal) ? 0 : 1;
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(index));
@@ -63,7 +65,8 @@ public sealed class WorkerInterruptTests
     [Fact]
     public async Task A_producer_with_an_interrupt_pending_queues_and_wakes_without_throwing_and_keeps_its_interrupt()
     {
-        using var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
 
         // Another thread holds the idle lock, so the producer's wake-up meets it contended: an interruptible wait.

@@ -10,7 +10,8 @@ public sealed class WorkerThreadStateTests
     [Fact]
     public async Task Background_priority_and_name_changed_by_a_task_are_put_back_once_the_worker_parks()
     {
-        using var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         string? original = await scheduler.Factory.StartNew(() =>
         {
             Thread thread = Thread.CurrentThread;

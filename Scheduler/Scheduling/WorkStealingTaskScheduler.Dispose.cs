@@ -37,6 +37,13 @@ public sealed partial class WorkStealingTaskScheduler
     internal Action? ExitHookForTests { get; set; }
 
     /// <summary>
+    /// For tests: runs on the last worker to exit, between its drain of the global queue and its drain of the workers'
+    /// queues: the moment a producer's item lands in a queue the drain has already looked at, and only the producer's
+    /// own read of <c>terminated</c> (set before the drain) can still send it to the ThreadPool.
+    /// </summary>
+    internal Action? FinalDrainHookForTests { get; set; }
+
+    /// <summary>
     /// Stops intake from outside producers (then <c>StartNew</c> throws <see cref="TaskSchedulerException"/>
     /// wrapping <see cref="ObjectDisposedException"/>), runs everything already queued, and joins the workers.
     /// Idempotent. Called on one of this scheduler's workers it does not wait (a thread cannot join itself);
@@ -136,7 +143,9 @@ public sealed partial class WorkStealingTaskScheduler
         StopWatchdog();
         try
         {
-            DrainToThreadPool();
+            DrainGlobalQueueToThreadPool();
+            FinalDrainHookForTests?.Invoke();
+            DrainWorkerQueuesToThreadPool();
         }
         finally
         {
@@ -146,6 +155,12 @@ public sealed partial class WorkStealingTaskScheduler
 
     /// <summary>Runs whatever is still queued on the ThreadPool (only after every worker has exited).</summary>
     internal void DrainToThreadPool()
+    {
+        DrainGlobalQueueToThreadPool();
+        DrainWorkerQueuesToThreadPool();
+    }
+
+    private void DrainGlobalQueueToThreadPool()
     {
         while (_globalQueue.TryDequeue(out WorkItem item))
         {
@@ -162,7 +177,10 @@ public sealed partial class WorkStealingTaskScheduler
                 RunOnThreadPool(item);
             }
         }
+    }
 
+    private void DrainWorkerQueuesToThreadPool()
+    {
         foreach (Worker worker in _workers)
         {
             while (worker.Inbox.TryDequeue(out WorkItem item) || worker.Deque.TrySteal(out item))
