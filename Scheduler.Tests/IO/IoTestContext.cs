@@ -147,12 +147,10 @@ internal sealed class IoTestContext : IAsyncDisposable
         return bytes;
     }
 
-    /// <summary>
-    /// Disposes <paramref name="disposable"/> (a <see cref="ReactorConnection"/>) at the end of a using block through a
-    /// bounded wait: a disposal that never ends fails the test, naming <paramref name="what"/>, instead of hanging the run.
-    /// </summary>
-    public static BoundedDisposal DisposeWithin(IAsyncDisposable disposable, [CallerArgumentExpression(nameof(disposable))] string what = "") =>
-        new(disposable, what);
+    /// <summary><see cref="SchedulerTestHelpers.DisposeWithin"/> with this context's bound.</summary>
+    public static SchedulerTestHelpers.BoundedDisposal DisposeWithin(
+        IAsyncDisposable disposable, [CallerArgumentExpression(nameof(disposable))] string what = "") =>
+        SchedulerTestHelpers.DisposeWithin(disposable, what, Timeout);
 
     /// <summary>
     /// Bounded, like every wait here: a reactor thread or a worker that never finishes (a task of the test still blocked
@@ -163,12 +161,5 @@ internal sealed class IoTestContext : IAsyncDisposable
         await Task.Factory.StartNew(Reactor.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)
             .WithTimeout("IoReactor.Dispose (joining the reactor thread)", Timeout);
         await Scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync (a task still running or blocked on a worker)", Timeout);
-    }
-
-    /// <summary>See <see cref="DisposeWithin"/>.</summary>
-    public readonly struct BoundedDisposal(IAsyncDisposable disposable, string what) : IAsyncDisposable
-    {
-        public async ValueTask DisposeAsync() =>
-            await disposable.DisposeAsync().AsTask().WithTimeout($"DisposeAsync of {what}", Timeout);
     }
 }

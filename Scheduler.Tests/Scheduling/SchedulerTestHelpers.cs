@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Scheduler.Tests.Scheduling;
 
 /// <summary>Tests that measure process-wide CPU or memory must not share the machine with other tests.</summary>
@@ -41,11 +43,14 @@ internal static class SchedulerTestHelpers
     }
 
     /// <summary>
-    /// Disposes <paramref name="scheduler"/> at the end of an <c>await using</c> block through a bounded wait: workers that
-    /// never exit (a lost wake-up on the way out) fail the test with a message instead of hanging the run in a
-    /// <c>using</c> block's unbounded join.
+    /// Disposes <paramref name="disposable"/> (a scheduler, a connection) at the end of an <c>await using</c> block through
+    /// a bounded wait: a disposal that never ends (workers that never exit after a lost wake-up on the way out, a
+    /// connection loop that never stops) fails the test with a message naming <paramref name="what"/> instead of hanging
+    /// the run.
     /// </summary>
-    public static BoundedSchedulerDisposal DisposeWithin(WorkStealingTaskScheduler scheduler) => new(scheduler);
+    public static BoundedDisposal DisposeWithin(
+        IAsyncDisposable disposable, [CallerArgumentExpression(nameof(disposable))] string what = "", TimeSpan? timeout = null) =>
+        new(disposable, what, timeout ?? Timeout);
 
     /// <summary>
     /// <see cref="WorkStealingTaskScheduler.Dispose"/> (the joining kind, for tests of it) on another thread, bounded: workers
@@ -70,10 +75,10 @@ internal static class SchedulerTestHelpers
     }
 
     /// <summary>See <see cref="DisposeWithin"/>.</summary>
-    internal readonly struct BoundedSchedulerDisposal(WorkStealingTaskScheduler scheduler) : IAsyncDisposable
+    internal readonly struct BoundedDisposal(IAsyncDisposable disposable, string what, TimeSpan timeout) : IAsyncDisposable
     {
         public async ValueTask DisposeAsync() =>
-            await scheduler.DisposeAsync().AsTask().WithTimeout("The scheduler's DisposeAsync (a worker that never exits)");
+            await disposable.DisposeAsync().AsTask().WithTimeout($"DisposeAsync of {what}", timeout);
     }
 
     /// <summary>
