@@ -248,6 +248,42 @@ public sealed class TimerWheelTimerTests
         (await seen.Task.WaitAsync(s_timeout)).Should().Be("captured");
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Periodic_callbacks_run_in_the_ExecutionContext_captured_at_creation(bool periodicFromCreation)
+    {
+        // A periodic timer keeps its period beside the captured context (the field they share holds the context until
+        // then): created periodic, or made periodic later by Change, every tick still runs in the creation's context.
+        using var wheel = new TimerWheel();
+        var local = new AsyncLocal<string>();
+        var seen = new System.Collections.Concurrent.ConcurrentQueue<string?>();
+        var threeTicks = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        local.Value = "captured";
+        TimeSpan period = TimeSpan.FromMilliseconds(2);
+        await using ITimer timer = wheel.CreateTimer(
+            _ =>
+            {
+                seen.Enqueue(local.Value);
+                if (seen.Count >= 3)
+                {
+                    threeTicks.TrySetResult();
+                }
+            },
+            null,
+            periodicFromCreation ? period : TimeSpan.FromMinutes(10),
+            periodicFromCreation ? period : Timeout.InfiniteTimeSpan);
+        local.Value = "changed later";
+        if (!periodicFromCreation)
+        {
+            timer.Change(period, period).Should().BeTrue();
+        }
+
+        await threeTicks.Task.WaitAsync(s_timeout);
+        await timer.DisposeAsync();
+        seen.Should().OnlyContain(value => value == "captured");
+    }
+
     [Fact]
     public async Task A_throwing_callback_is_reported_as_unhandled_and_the_wheel_keeps_running()
     {

@@ -29,18 +29,19 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // popped the entry (no one else writes it while it is set).
     private const byte Enqueued = 1;
 
-    // Every field counts: the timeout pattern allocates a timer per request (docs/timers.md), so this class holds 104
-    // bytes with its header: what only periodic timers and DisposeAsync need lives in _extras, the deadline and the
-    // due tick of a linked timer are computed from _appliedIntent, and the two small fields below share a word with
-    // TimerEntry.Slot and TimerEntry.Flags.
+    // Every field counts: the timeout pattern allocates a timer per request (docs/timers.md), so this class holds 96
+    // bytes with its header: what only periodic timers and DisposeAsync need lives in an Extras object that shares a
+    // field with the captured context, the deadline and the due tick of a linked timer are computed from
+    // _appliedIntent, and the two small fields below share a word with TimerEntry.Slot and TimerEntry.Flags.
     private readonly TimerWheel _wheel;
     private readonly TimerCallback _callback;
     private readonly object? _state;
-    private readonly ExecutionContext? _context;
 
-    // The period of a periodic timer and the DisposeAsync waiter: created by the first periodic arm or by a DisposeAsync
-    // that finds a callback running, never by the timeout pattern.
-    private Extras? _extras;
+    // The ExecutionContext captured at creation (null for the default one) or, once a periodic arm or a DisposeAsync
+    // that finds a callback running needs them, an Extras that holds that same context with the period and the
+    // DisposeAsync waiter. One field for both: the timeout pattern never creates the extras, and a field of its own
+    // cost every timer 8 bytes. Replaced only by GetOrCreateExtras (a CAS from the context it copied), never back.
+    private object? _contextOrExtras;
 
     // 1 once Dispose has been called: final, written with a plain store (see Dispose).
     private byte _disposed;
@@ -70,7 +71,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         _wheel = wheel;
         _callback = callback;
         _state = state;
-        _context = ExecutionContext.Capture();
+        _contextOrExtras = ExecutionContext.Capture();
     }
 
     /// <inheritdoc />
@@ -140,7 +141,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         long intent = ComputeIntent(dueTime, period, out long periodUnits, out long now, out long deadline);
         if ((intent & TimerIntent.Periodic) != 0)
         {
-            (_extras = new Extras()).PeriodUnits = periodUnits; // before the word that refers to it
+            // Before the word that refers to it; no other thread can see the timer yet, so a plain store.
+            _contextOrExtras = new Extras((ExecutionContext?)_contextOrExtras) { PeriodUnits = periodUnits };
         }
 
         _intent = intent;
@@ -298,18 +300,19 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
                 return;
             }
 
-            if (_context is null)
+            ExecutionContext? context = ContextOf(Volatile.Read(ref _contextOrExtras));
+            if (context is null)
             {
                 _callback(_state);
             }
             else
             {
-                ExecutionContext.Run(_context, s_invokeInContext, this);
+                ExecutionContext.Run(context, s_invokeInContext, this);
             }
         }
         finally
         {
-            if (Interlocked.Decrement(ref _runningCallbacks) == 0 && Volatile.Read(ref _extras) is { } extras)
+            if (Interlocked.Decrement(ref _runningCallbacks) == 0 && Volatile.Read(ref _contextOrExtras) is Extras extras)
             {
                 Volatile.Read(ref extras.CallbacksDone)?.TrySetResult();
             }
@@ -427,7 +430,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         if (periodic)
         {
             // The seqlock read (WritePeriodic): the period belongs to the word only if the word did not move.
-            long periodUnits = Volatile.Read(ref Volatile.Read(ref _extras)!.PeriodUnits);
+            long periodUnits = Volatile.Read(ref ((Extras)Volatile.Read(ref _contextOrExtras)!).PeriodUnits);
             if (Volatile.Read(ref _intent) != intent)
             {
                 return TimerIntent.NoFire;
@@ -494,12 +497,35 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // A timer of a disposed wheel simply never fires again; Change reports the disposal.
     }
 
-    private Extras GetOrCreateExtras() =>
-        Volatile.Read(ref _extras) ?? Interlocked.CompareExchange(ref _extras, new Extras(), null) ?? _extras!;
+    // The captured context is immutable and final, so a copy of it in the extras is the same context.
+    private static ExecutionContext? ContextOf(object? contextOrExtras) =>
+        contextOrExtras is Extras extras ? extras.Context : (ExecutionContext?)contextOrExtras;
+
+    private Extras GetOrCreateExtras()
+    {
+        while (true)
+        {
+            object? current = Volatile.Read(ref _contextOrExtras);
+            if (current is Extras existing)
+            {
+                return existing;
+            }
+
+            // Loses only to another thread installing extras (the field moves from the context once, never back).
+            var created = new Extras((ExecutionContext?)current);
+            if (Interlocked.CompareExchange(ref _contextOrExtras, created, current) == current)
+            {
+                return created;
+            }
+        }
+    }
 
     /// <summary>What only some timers need, kept out of every timer's allocation.</summary>
-    private sealed class Extras
+    private sealed class Extras(ExecutionContext? context)
     {
+        // The timer's captured context, moved here when the extras replaced it in the timer's field.
+        internal readonly ExecutionContext? Context = context;
+
         // The period of a periodic intent (Stopwatch units), written before the word that refers to it (WritePeriodic).
         internal long PeriodUnits;
 
