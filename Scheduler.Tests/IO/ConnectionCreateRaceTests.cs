@@ -2,6 +2,7 @@ using System.Diagnostics.Tracing;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -35,7 +36,7 @@ public sealed class ConnectionCreateRaceTests
             {
                 if (++queued == disposeBeforeTask)
                 {
-                    io.Scheduler.Dispose();
+                    SchedulerTestHelpers.DisposeBounded(io.Scheduler); // joined before the task is queued, bounded
                 }
             }))
             {

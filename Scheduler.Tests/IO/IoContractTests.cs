@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -152,7 +153,7 @@ public sealed class IoContractTests
 
         // A connection waits in the accept queue: the cancelled accept leaves it there for the next one.
         using Socket plain = IoTestContext.NewPlainSocket();
-        await plain.ConnectAsync(listener.LocalEndPoint!);
+        await plain.ConnectAsync(listener.LocalEndPoint!).WithTimeout("The plain socket's connect", IoTestContext.Timeout);
         await io.Run(async () =>
         {
             Func<Task> accept = async () => await listener.AcceptAsync(cancelled.Token);

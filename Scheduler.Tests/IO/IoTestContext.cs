@@ -115,7 +115,7 @@ internal sealed class IoTestContext : IAsyncDisposable
     public async Task<ReactorSocket> AcceptConnectedAsync(ReactorSocket listener, Socket plain)
     {
         Task<ReactorSocket> accept = Run(async () => await listener.AcceptAsync());
-        await plain.ConnectAsync(listener.LocalEndPoint!);
+        await plain.ConnectAsync(listener.LocalEndPoint!).WithTimeout("The plain socket's connect", IoTestContext.Timeout);
         return await accept;
     }
 

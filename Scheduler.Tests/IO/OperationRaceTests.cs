@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -133,7 +134,7 @@ public sealed class OperationRaceTests
             }
         }, TimeSpan.FromSeconds(60));
 
-        await send;
+        await send.WithTimeout("The peer's sends", IoTestContext.Timeout);
         cancelled.Should().BeGreaterThan(0, "some receives were cancelled while pending");
         received.Length.Should().Be(Length);
         received.AsSpan().CommonPrefixLength(data).Should().Be(Length, "every byte arrives once, in order");

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -216,7 +217,8 @@ public sealed class ReactorSocketTests
     {
         await using var io = new IoTestContext();
         string path = Path.Combine(Path.GetTempPath(), $"missing-{Guid.NewGuid():N}.sock");
-        Func<Task> connect = async () => await ReactorSocket.ConnectAsync(io.Reactor, new UnixDomainSocketEndPoint(path));
+        Func<Task> connect = () => ReactorSocket.ConnectAsync(io.Reactor, new UnixDomainSocketEndPoint(path)).AsTask()
+            .WithTimeout("The connect to a missing path", IoTestContext.Timeout);
         await connect.Should().ThrowAsync<SocketException>();
     }
 
@@ -251,7 +253,8 @@ public sealed class ReactorSocketTests
         await using var io = new IoTestContext();
         using var cts = new CancellationTokenSource();
         await cts.CancelAsync();
-        Func<Task> connect = async () => await ReactorSocket.ConnectAsync(io.Reactor, new IPEndPoint(IPAddress.Loopback, 1), cts.Token);
+        Func<Task> connect = () => ReactorSocket.ConnectAsync(io.Reactor, new IPEndPoint(IPAddress.Loopback, 1), cts.Token).AsTask()
+            .WithTimeout("The connect with a cancelled token", IoTestContext.Timeout);
         await connect.Should().ThrowAsync<OperationCanceledException>();
     }
 
@@ -348,7 +351,8 @@ public sealed class ReactorSocketTests
             Func<Task> awaitAccept = () => pendingAccept.AsTask().WaitAsync(IoTestContext.Timeout);
             await awaitAccept.Should().ThrowAsync<ObjectDisposedException>();
             FluentActions.Invoking(() => ReactorSocket.Listen(io.Reactor, IoTestContext.Loopback)).Should().Throw<ObjectDisposedException>();
-            Func<Task> connect = async () => await ReactorSocket.ConnectAsync(io.Reactor, listener.LocalEndPoint ?? IoTestContext.Loopback);
+            Func<Task> connect = () => ReactorSocket.ConnectAsync(io.Reactor, listener.LocalEndPoint ?? IoTestContext.Loopback).AsTask()
+                .WithTimeout("The connect through a disposed reactor", IoTestContext.Timeout);
             await connect.Should().ThrowAsync<ObjectDisposedException>();
             client.Dispose();
         }
@@ -411,7 +415,7 @@ public sealed class ReactorSocketTests
             });
             await Task.Delay(50);
             await client.SendAsync(new byte[] { 1 });
-            (await offScheduler).Should().NotBe("IoReactor");
+            (await offScheduler.WithTimeout("The receive awaited off the scheduler", IoTestContext.Timeout)).Should().NotBe("IoReactor");
         }
     }
 
@@ -468,7 +472,7 @@ public sealed class ReactorSocketTests
             received.Should().Equal(message);
             await io.Run(async () => await server.SendAsync(message));
             var back = new byte[message.Length];
-            await IoTestContext.ReceiveExactlyAsync(plain, back);
+            await IoTestContext.ReceiveExactlyAsync(plain, back).WithTimeout("The plain socket's receive of our send", IoTestContext.Timeout);
             back.Should().Equal(message);
         }
 
@@ -478,11 +482,11 @@ public sealed class ReactorSocketTests
         plainListener.Listen();
         Task<Socket> plainAccept = plainListener.AcceptAsync();
         using ReactorSocket client = await io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, plainListener.LocalEndPoint!));
-        using Socket peer = await plainAccept;
+        using Socket peer = await plainAccept.WithTimeout("The plain listener's accept of our connect", IoTestContext.Timeout);
         byte[] hello = IoTestContext.Pattern(70_000, 4);
         await io.Run(async () => await client.SendAsync(hello));
         var got = new byte[hello.Length];
-        await IoTestContext.ReceiveExactlyAsync(peer, got);
+        await IoTestContext.ReceiveExactlyAsync(peer, got).WithTimeout("The plain socket's receive of our send", IoTestContext.Timeout);
         got.Should().Equal(hello);
         peer.Shutdown(SocketShutdown.Send);
         (await io.Run(async () => await client.ReceiveAsync(new byte[4]))).Should().Be(0);

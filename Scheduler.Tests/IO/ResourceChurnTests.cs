@@ -2,6 +2,7 @@ using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -76,7 +77,7 @@ public sealed class ResourceChurnTests
             var reactor = new IoReactor(scheduler);
             ReactorSocket listener = ReactorSocket.Listen(reactor, new IPEndPoint(IPAddress.Loopback, 0));
             Task<ReactorSocket> accept = listener.AcceptAsync().AsTask();
-            ReactorSocket client = await ReactorSocket.ConnectAsync(reactor, listener.LocalEndPoint!);
+            ReactorSocket client = await ReactorSocket.ConnectAsync(reactor, listener.LocalEndPoint!).AsTask().WithTimeout("The connect", IoTestContext.Timeout);
             ReactorSocket server = await accept.WaitAsync(IoTestContext.Timeout);
             Task<int> pending = server.ReceiveAsync(new byte[8]).AsTask();
             Task delay = reactor.Timers.DelayAsync(TimeSpan.FromMinutes(1)).AsTask();

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -103,7 +104,8 @@ public sealed class UnixConnectBacklogTests
             using ReactorSocket listener = ReactorSocket.Listen(reactor, endPoint, backlog: 1);
             for (int i = 0; i < 2; i++)
             {
-                clients.Add(await scheduler.Factory.StartNew(async () => await ReactorSocket.ConnectAsync(reactor, endPoint)).Unwrap());
+                clients.Add(await scheduler.Factory.StartNew(async () => await ReactorSocket.ConnectAsync(reactor, endPoint)).Unwrap()
+                    .WithTimeout($"Connect {i} to the listener with room", IoTestContext.Timeout));
             }
 
             Task<ReactorSocket> waiting = scheduler.Factory.StartNew(async () => await ReactorSocket.ConnectAsync(reactor, endPoint)).Unwrap();

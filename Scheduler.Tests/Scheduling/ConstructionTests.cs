@@ -91,7 +91,7 @@ public sealed class ConstructionTests
         finally
         {
             // A foreground worker left behind would keep the test host alive.
-            scheduler.Dispose();
+            SchedulerTestHelpers.DisposeBounded(scheduler);
         }
 
         scheduler.WorkerThreads.Should().OnlyContain(t => t != null && !t.IsAlive);

@@ -72,7 +72,8 @@ public sealed class CpuPlacementTests
             Parallel.For(0, Threads, new ParallelOptions { MaxDegreeOfParallelism = Threads }, i =>
             {
                 start.SignalAndWait();
-                using var scheduler = SchedulerTestHelpers.Create(Cpus);
+                var scheduler = SchedulerTestHelpers.Create(Cpus);
+                using var join = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
                 preferred[i] = scheduler.PreferredCpus;
             });
 
@@ -83,11 +84,13 @@ public sealed class CpuPlacementTests
     [Fact]
     public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
     {
-        using WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
         if (scheduler is null)
         {
             return; // nothing to place: one CPU, or not Linux
         }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
         int[] allowed = CpuAffinity.AllowedCpus();
         var back = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -144,11 +147,13 @@ public sealed class CpuPlacementTests
     {
         // The CPUs a worker may use can shrink after the scheduler started (taskset on the process, a container's
         // cpuset). Placement must then never move the worker outside the new set, nor restore the old one after a move.
-        using WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
         if (scheduler is null)
         {
             return; // nothing to place: one CPU, or not Linux
         }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
         var violations = new List<string>();
         int index = -1;
@@ -242,9 +247,18 @@ public sealed class CpuPlacementTests
             await RunOnEveryWorker(scheduler);
             return scheduler;
         }
-        catch
+        catch (Exception failure)
         {
-            scheduler.Dispose();
+            // A worker that never ran may never exit either: the join is bounded, and the first failure is kept.
+            try
+            {
+                SchedulerTestHelpers.DisposeBounded(scheduler);
+            }
+            catch (TimeoutException join)
+            {
+                throw new AggregateException(failure, join);
+            }
+
             throw;
         }
     }

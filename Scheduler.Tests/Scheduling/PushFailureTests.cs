@@ -192,7 +192,7 @@ public sealed class PushFailureTests
             await signal.Task;
             Interlocked.Increment(ref resumed);
         }).WaitAsync(Timeout);
-        scheduler.Dispose();
+        SchedulerTestHelpers.DisposeBounded(scheduler); // joins, bounded: returns once the workers are gone
         scheduler.WorkerThreads.Should().AllSatisfy(t => t!.IsAlive.Should().BeFalse("Dispose joined the workers"));
 
         int testThread = Environment.CurrentManagedThreadId;

@@ -42,6 +42,13 @@ internal static class SchedulerTestHelpers
         }
     }
 
+    /// <summary><see cref="WithTimeout(Task, string, TimeSpan?)"/> for a wait whose result the test uses.</summary>
+    public static async Task<T> WithTimeout<T>(this Task<T> task, string what, TimeSpan? timeout = null)
+    {
+        await ((Task)task).WithTimeout(what, timeout);
+        return await task;
+    }
+
     /// <summary>
     /// Disposes <paramref name="disposable"/> (a scheduler, a connection) at the end of an <c>await using</c> block through
     /// a bounded wait: a disposal that never ends (workers that never exit after a lost wake-up on the way out, a
