@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
 namespace Scheduler.Tests;
@@ -12,7 +13,8 @@ public sealed class ReadmeExampleTests
     [Fact]
     public async Task The_readme_example_works_as_written()
     {
-        using var scheduler = new WorkStealingTaskScheduler();
+        var scheduler = new WorkStealingTaskScheduler();
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
         int answer = await scheduler.Factory.StartNew(async () =>
         {

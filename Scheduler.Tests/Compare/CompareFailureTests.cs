@@ -1,4 +1,5 @@
 using Scheduler.Benchmarks.Compare;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Compare;
 
@@ -77,7 +78,8 @@ public sealed class CompareFailureTests : IDisposable
                 .Ours(CompareContext.Timed("hangs on ours", () => hung.Task))),
             Catalog(failInRound: null)[0],
         ];
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var context = new CompareContext(scheduler, quick: true, TimeSpan.FromMilliseconds(200));
         var failures = new List<string>();
 

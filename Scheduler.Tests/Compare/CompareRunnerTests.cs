@@ -1,4 +1,5 @@
 using Scheduler.Benchmarks.Compare;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Compare;
 
@@ -39,7 +40,8 @@ public sealed class CompareRunnerTests
         var entry = new CompareEntry("w", "a test workload", _ => new Comparison("w", [Metric.Time])
             .Baseline("baseline", _ => Run(ref baselineRuns, baselineSleep))
             .Ours(_ => Run(ref oursRuns, oursSleep)));
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var context = new CompareContext(scheduler, quick, TimeSpan.FromSeconds(30));
         var progress = new StringWriter();
         var failures = new List<string>();

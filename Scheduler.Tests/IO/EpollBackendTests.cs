@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Runtime.Versioning;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -62,7 +63,8 @@ public sealed partial class EpollBackendTests
         // Container runtimes and systemd units filter system calls with seccomp, and the older profiles answer one
         // they do not know with EPERM rather than ENOSYS (glibc's clone3 fallback tripped over the same). The filter
         // belongs to the thread that installs it and to the threads it starts: here only the reactor's.
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         IoReactor? reactor = null;
         Exception? failure = null;
         var installer = new Thread(() =>

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Native;
+using Scheduler.Tests.Scheduling;
 using static Scheduler.Native.LinuxConstants;
 
 namespace Scheduler.Tests.IO;
@@ -38,7 +39,8 @@ public sealed class FailurePathLeakTests
     [InlineData("pthread_create")]
     public void A_reactor_that_fails_to_start_closes_its_epoll_instance_and_eventfd(string call)
     {
-        using var scheduler = new WorkStealingTaskScheduler(1);
+        var scheduler = new WorkStealingTaskScheduler(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         FailedStep step = Fail(call, EAGAIN, () => new IoReactor(scheduler).Dispose());
 
         step.Exception.Should().Match<Exception>(e => e is SocketException || e is OutOfMemoryException);

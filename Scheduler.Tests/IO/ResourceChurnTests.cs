@@ -64,7 +64,8 @@ public sealed class ResourceChurnTests
     [Fact]
     public async Task Reactors_created_and_disposed_with_sockets_and_timers_in_use_leak_no_fd()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using (var io = new IoTestContext())
         using (ReactorSocket listener = io.Listen())
         {

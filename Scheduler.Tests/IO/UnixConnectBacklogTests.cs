@@ -97,7 +97,8 @@ public sealed class UnixConnectBacklogTests
         string path = Path.Combine(Path.GetTempPath(), $"backlog-{Guid.NewGuid():N}.sock");
         var endPoint = new UnixDomainSocketEndPoint(path);
         var clients = new List<ReactorSocket>();
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1 });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var reactor = new IoReactor(scheduler);
         try
         {

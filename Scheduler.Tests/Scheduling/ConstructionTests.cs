@@ -69,7 +69,8 @@ public sealed class ConstructionTests
         Func<WorkStealingTaskScheduler> create = () => new WorkStealingTaskScheduler(options);
         if (accepted)
         {
-            using WorkStealingTaskScheduler scheduler = create();
+            var scheduler = create();
+            using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
             scheduler.Factory.StartNew(() => 1).Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
         }
         else

@@ -64,7 +64,8 @@ public sealed class LifoRescueStarvedPoolTests
             // own work), which starves the pool just as well. Nothing to assert: either way it runs nothing new.
             SpinWait.SpinUntil(() => Volatile.Read(ref blockersStarted) > 0, TimeSpan.FromSeconds(1));
 
-            using var scheduler = SchedulerTestHelpers.Create(2);
+            var scheduler = SchedulerTestHelpers.Create(2);
+            using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
             using var released = new SemaphoreSlim(0);
             Task<(bool, TimeSpan)> parent = scheduler.Factory.StartNew(() =>
             {

@@ -20,7 +20,8 @@ public sealed class PushFailureTests
     [InlineData("batch-rent")] // nothing taken yet, but the item the new one displaced from the LIFO slot is in hand
     public void A_spill_that_fails_on_a_worker_loses_nothing_queued_before_and_fails_only_the_new_task(string point)
     {
-        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var run = new Spawner(scheduler, children: 40);
         int armed = 1;
         using Injection injection = Inject(name => name == point && scheduler.IsWorkerThread && Interlocked.Exchange(ref armed, 0) == 1);
@@ -41,7 +42,8 @@ public sealed class PushFailureTests
     {
         // No LIFO slot, a fairness turn at every look: once the parent is done, the worker's first look takes the oldest
         // overflow batch from the global queue while its own deque is full, so the batch's remainder goes back there.
-        using var scheduler = Create(lifoLimit: 0, fairness: 1);
+        var scheduler = Create(lifoLimit: 0, fairness: 1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var run = new Spawner(scheduler, children: 32); // 16 + 8k children leave the deque full after the spills
         int armed = 0;
         run.AfterSpawning = () => Volatile.Write(ref armed, 1); // the spills above succeed; the remainder's enqueue fails
@@ -60,7 +62,8 @@ public sealed class PushFailureTests
     {
         // The worker's deque is empty and the global queue holds 15 plain items and then an overflow batch (8): moving
         // them all in used to overflow the 16-slot deque and spill in the worker's loop, where a failure ended the worker.
-        using var scheduler = Create(lifoLimit: 3, fairness: 10_000);
+        var scheduler = Create(lifoLimit: 3, fairness: 10_000);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var run = new Spawner(scheduler, children: 18); // the 18th displaces the 17th into a full deque: one spill of 8
         var outside = new int[15];
         using var started = new ManualResetEventSlim();
@@ -95,7 +98,8 @@ public sealed class PushFailureTests
     [Fact]
     public void An_outside_producer_whose_enqueue_fails_sees_it_and_nothing_else_is_lost()
     {
-        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var testThread = Environment.CurrentManagedThreadId;
         int armed = 0;
         using Injection injection = Inject(name => name == "global-enqueue" && Environment.CurrentManagedThreadId == testThread && Interlocked.Exchange(ref armed, 0) == 1);
@@ -114,7 +118,8 @@ public sealed class PushFailureTests
     [Fact]
     public void A_fair_push_whose_inbox_enqueue_fails_fails_that_task_only()
     {
-        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         int armed = 1;
         using Injection injection = Inject(name => name == "inbox-enqueue" && scheduler.IsWorkerThread && Interlocked.Exchange(ref armed, 0) == 1);
         var runs = new int[3];
@@ -213,7 +218,8 @@ public sealed class PushFailureTests
         // The TPL swallows a scheduler's exception for an await resumption (the wrapper task just faults), so a failed push
         // would leave the awaiting method suspended for good. Here the resumption is queued from a worker whose deque is
         // full: the spill it needs fails.
-        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // queued, never inlined
         int resumed = 0;
         Task awaiting = await scheduler.Factory.StartNew(async () =>
@@ -244,7 +250,8 @@ public sealed class PushFailureTests
     [Fact]
     public async Task An_await_resumption_whose_global_enqueue_fails_off_the_workers_still_resumes_the_method()
     {
-        using var scheduler = Create(lifoLimit: 3, fairness: 61);
+        var scheduler = Create(lifoLimit: 3, fairness: 61);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var signal = new TaskCompletionSource();
         int resumed = 0;
         Task awaiting = await scheduler.Factory.StartNew(async () =>

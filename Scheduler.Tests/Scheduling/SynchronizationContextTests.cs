@@ -18,7 +18,8 @@ public sealed class SynchronizationContextTests
     [Fact]
     public async Task Awaits_resume_on_workers_and_posted_code_sees_the_scheduler()
     {
-        using var scheduler = Create(2);
+        var scheduler = Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var foreign = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Task<bool[]> observations = scheduler.Factory.StartNew(async () =>
         {
@@ -40,7 +41,8 @@ public sealed class SynchronizationContextTests
     [Fact]
     public async Task A_yield_loop_cannot_starve_other_work_because_posts_are_fifo()
     {
-        using var scheduler = Create(1);
+        var scheduler = Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var stop = new CancellationTokenSource();
         Task loop = scheduler.Factory.StartNew(async () =>
         {
@@ -84,7 +86,8 @@ public sealed class SynchronizationContextTests
         static async Task<(List<string> Order, long Rescues)> RunOnce()
         {
             // One worker, and no fairness turn in the way (they would look at the inbox first every N ticks).
-            using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, UseSynchronizationContext = true, FairnessInterval = 1_000_000, ThreadNamePrefix = "Ctx" });
+            var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, UseSynchronizationContext = true, FairnessInterval = 1_000_000, ThreadNamePrefix = "Ctx" });
+            await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
             var order = new List<string>();
             await scheduler.Factory.StartNew(() =>
             {
@@ -115,7 +118,8 @@ public sealed class SynchronizationContextTests
     [Fact]
     public async Task Fork_join_with_await_works_in_context_mode()
     {
-        using var scheduler = Create(2);
+        var scheduler = Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int result = await scheduler.Factory.StartNew(() => Fib(18)).Unwrap().WithTimeout();
         result.Should().Be(2584);
 
@@ -136,7 +140,8 @@ public sealed class SynchronizationContextTests
     [Fact]
     public async Task An_async_void_exception_is_raised_as_unhandled_and_the_worker_lives_on()
     {
-        using var scheduler = Create(1);
+        var scheduler = Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var context = await scheduler.Factory.StartNew(() => SynchronizationContext.Current!).WithTimeout();
         int ran = 0;
         context.Post(_ => Interlocked.Increment(ref ran), null);

@@ -33,7 +33,8 @@ public sealed class WorkItemTests
     [Fact]
     public async Task Every_kind_runs_tagged_or_untagged()
     {
-        using WorkStealingTaskScheduler scheduler = SchedulerTestHelpers.Create(workers: 1);
+        var scheduler = SchedulerTestHelpers.Create(workers: 1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var ran = new List<string>();
         var pooled = new SchedulerTestHelpers.RecordingWorkItem(() => ran.Add("pooled"));
         var untaggedPooled = new SchedulerTestHelpers.RecordingWorkItem(() => ran.Add("untagged pooled"));

@@ -12,12 +12,13 @@ public sealed class ContextModeDispatchTests
     [Fact]
     public async Task A_waker_awaited_on_a_worker_in_context_mode_resumes_on_that_worker()
     {
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
         {
             WorkerCount = 2,
             UseSynchronizationContext = true,
             ThreadNamePrefix = "ContextMode",
         });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
         for (int i = 0; i < 40; i++)
         {

@@ -1,5 +1,6 @@
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Sources;
 
@@ -38,7 +39,8 @@ public sealed class DocsSampleTests
     [Fact]
     public async Task Sample_awaitable_resumes_on_the_awaiting_worker()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
         var operation = ReceiveOperation.Rent();
         short version = operation.Version;

@@ -1,5 +1,6 @@
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Sources;
 
@@ -180,7 +181,8 @@ public sealed class PooledValueTaskSourceTests
     [Fact]
     public async Task Continuation_runs_on_the_awaiting_worker_never_on_the_completing_thread()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
 
         for (int i = 0; i < 100; i++)
@@ -254,7 +256,8 @@ public sealed class PooledValueTaskSourceTests
     [Fact]
     public async Task Result_less_source_resumes_on_the_awaiting_worker()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
         var source = PooledValueTaskSource.Rent();
         using var awaiting = new ManualResetEventSlim();
@@ -299,7 +302,8 @@ public sealed class PooledValueTaskSourceTests
     [Fact]
     public async Task Execution_context_flows_to_the_owner_worker_when_requested()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
         var local = new AsyncLocal<string?>();
         var source = PooledValueTaskSource<int>.Rent();

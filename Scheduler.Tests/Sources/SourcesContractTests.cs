@@ -84,7 +84,8 @@ public sealed class SourcesContractTests
         // is the awaiting worker's queue, not the scheduler's global one. Each round completes from a foreign thread
         // while both workers look for work (the other one has just run an item): a continuation sent to the global queue
         // would be taken by whichever finds it first, so over the rounds it would resume on the other worker.
-        using var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "OwnerDispatch" });
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "OwnerDispatch" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         for (int i = 0; i < 40; i++)
         {
             var source = PooledValueTaskSource<int>.Rent();
@@ -123,7 +124,8 @@ public sealed class SourcesContractTests
     [InlineData(true)]
     public async Task Awaited_under_the_scheduler_as_current_off_its_workers_resumes_on_a_worker_not_the_completing_thread(bool resultLess)
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var resumed = new TaskCompletionSource<(bool OnWorker, bool Current, Thread Thread)>(TaskCreationOptions.RunContinuationsAsynchronously);
         PooledValueTaskSource<int>? typed = resultLess ? null : PooledValueTaskSource<int>.Rent();
         PooledValueTaskSource? plain = resultLess ? PooledValueTaskSource.Rent() : null;

@@ -1,5 +1,6 @@
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 using Xunit.Abstractions;
 
 namespace Scheduler.Tests.Sources;
@@ -35,7 +36,8 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     [Fact]
     public async Task Cross_thread_cycle_on_the_scheduler_allocates_nothing()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         long bytesPerCycle = await MeasureCrossThreadAsync(work => scheduler.Factory.StartNew(work).Unwrap(), output);
         bytesPerCycle.Should().Be(0);
     }
@@ -54,7 +56,8 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     [InlineData(true)]
     public async Task Result_less_and_context_flowing_cycles_allocate_nothing(bool onScheduler)
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var local = new AsyncLocal<string?>();
         Func<Func<Task<long>>, Task<long>> start = onScheduler
             ? work => scheduler.Factory.StartNew(work).Unwrap()
@@ -160,7 +163,8 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     public async Task Pending_awaiters_cost_under_one_kilobyte_each()
     {
         const int Count = 20_000;
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var sources = new PooledValueTaskSource<int>[Count];
         var awaiters = new Task<int>[Count];
         await scheduler.Factory.StartNew(() =>

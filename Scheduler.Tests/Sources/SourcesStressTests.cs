@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 using Xunit.Abstractions;
 
 namespace Scheduler.Tests.Sources;
@@ -23,7 +24,8 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         // minimum is reached, within a hard limit, rather than fail for want of CPU.
         TimeSpan hardLimit = TimeSpan.FromSeconds(60);
 
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var sources = new PooledValueTaskSource<long>[Batch];
         var versions = new short[Batch];
         var previousSources = new PooledValueTaskSource<long>?[Batch]; // last round's rentals, consumed: often re-rented now

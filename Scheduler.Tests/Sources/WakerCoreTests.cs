@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Sources;
 
@@ -249,7 +250,8 @@ public sealed class WakerCoreTests
     [Fact]
     public async Task Continuation_runs_on_the_awaiting_worker_when_completed_by_a_foreign_thread()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
 
         for (int i = 0; i < 50; i++)
@@ -284,7 +286,8 @@ public sealed class WakerCoreTests
     [Fact]
     public async Task Completion_on_the_owner_worker_runs_after_the_completer_returns()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var blockers = new WorkerBlockers(scheduler, 1);
 
         bool ok = await scheduler.Factory.StartNew(async () =>
@@ -312,7 +315,8 @@ public sealed class WakerCoreTests
     [Fact]
     public async Task Under_scheduler_as_current_but_off_worker_resumes_on_the_scheduler()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var waker = new TestWaker<int>();
 
         // A LongRunning task has the scheduler as TaskScheduler.Current but runs on a dedicated thread.
@@ -367,7 +371,8 @@ public sealed class WakerCoreTests
     [Fact]
     public async Task AsyncLocal_survives_an_await_on_the_scheduler()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var local = new AsyncLocal<int>();
         var waker = new TestWaker<int>();
 

@@ -1,4 +1,5 @@
 using Scheduler.Benchmarks.Sources;
+using Scheduler.Tests.Scheduling;
 using Xunit.Abstractions;
 
 namespace Scheduler.Tests.Sources;
@@ -13,7 +14,8 @@ public sealed class WakerWorkloadsTests(ITestOutputHelper output)
         // The bound is a hang detector, not a speed limit: every hand-off of the scheduler variant crosses between its
         // two workers, and beside two processes busy on both cores each one waits for a time slice (2,000 round trips
         // took 25.6 s so, against 17 ms on a quiet machine, while the ThreadPool variants stay on one thread).
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         TimeSpan hang = TimeSpan.FromMinutes(2);
         TimeSpan pooled = await WakerWorkloads.PingPongPooledAsync(scheduler, 2_000).WaitAsync(hang);
         TimeSpan pooledPool = await WakerWorkloads.PingPongPooledAsync(null, 2_000).WaitAsync(hang);
@@ -30,7 +32,8 @@ public sealed class WakerWorkloadsTests(ITestOutputHelper output)
     [Fact]
     public void Wake_latency_reports_percentiles_for_both_variants()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         WakeLatency ours = WakerWorkloads.MeasureWakeLatencyPooled(scheduler, 100);
         WakeLatency baseline = WakerWorkloads.MeasureWakeLatencyTaskCompletionSource(100);
         output.WriteLine($"wake_latency: pooled/parked worker p50 {ours.P50Microseconds:F1} µs p99 {ours.P99Microseconds:F1} µs; TCS/ThreadPool p50 {baseline.P50Microseconds:F1} µs p99 {baseline.P99Microseconds:F1} µs");
@@ -46,7 +49,8 @@ public sealed class WakerWorkloadsTests(ITestOutputHelper output)
     [Fact]
     public void Pending_awaiter_memory_is_measured_for_both_variants()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         double ours = WakerWorkloads.PendingAwaiterBytesPooled(scheduler, 2_000);
         double baseline = WakerWorkloads.PendingAwaiterBytesTaskCompletionSource(2_000);
         output.WriteLine($"pending_task_memory: pooled {ours:F0} B/awaiter, TCS {baseline:F0} B/awaiter");

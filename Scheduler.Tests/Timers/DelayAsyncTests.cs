@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
 // These tests hold ValueTasks on purpose (pending delays, second awaits, pre-canceled results).
@@ -149,7 +150,8 @@ public sealed class DelayAsyncTests
     [Fact]
     public async Task Resumes_on_the_awaiting_worker_never_on_the_driver_thread()
     {
-        using var scheduler = new WorkStealingTaskScheduler(2);
+        var scheduler = new WorkStealingTaskScheduler(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var wheel = new TimerWheel();
 
         // Keep the other worker busy: an idle peer may legitimately steal from the owner's inbox.

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Scheduler.Tests.Scheduling;
 using Scheduler.Tests.Sources;
 using Scheduler.Timers;
 
@@ -117,8 +118,10 @@ public sealed class DelaySlabTests
     [Fact]
     public async Task Awaiters_under_two_schedulers_sharing_a_chunk_each_resume_on_their_own()
     {
-        using var first = new WorkStealingTaskScheduler(1);
-        using var second = new WorkStealingTaskScheduler(1);
+        var first = new WorkStealingTaskScheduler(1);
+        await using var disposeFirst = SchedulerTestHelpers.DisposeWithin(first);
+        var second = new WorkStealingTaskScheduler(1);
+        await using var disposeSecond = SchedulerTestHelpers.DisposeWithin(second);
         using var wheel = new TimerWheel();
 
         // The chunk shares the first awaiter's scheduler; the other's needs the slot's side context.

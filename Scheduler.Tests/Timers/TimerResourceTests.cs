@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
 // These tests hold ValueTasks on purpose (pending delays, second awaits, pre-canceled results).
@@ -48,7 +49,8 @@ public sealed class TimerResourceTests
     [Fact]
     public async Task DelayAsync_allocates_nothing_in_steady_state()
     {
-        using var scheduler = new WorkStealingTaskScheduler(1);
+        var scheduler = new WorkStealingTaskScheduler(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var wheel = new TimerWheel(TimeSpan.FromTicks(1000));
         const int Delays = 200;
         var runs = new List<(long Worker, long Process)>();
