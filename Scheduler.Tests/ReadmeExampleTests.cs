@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Sources;
-using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
 namespace Scheduler.Tests;
@@ -13,8 +12,7 @@ public sealed class ReadmeExampleTests
     [Fact]
     public async Task The_readme_example_works_as_written()
     {
-        var scheduler = new WorkStealingTaskScheduler();
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        using var scheduler = new WorkStealingTaskScheduler();
 
         int answer = await scheduler.Factory.StartNew(async () =>
         {
