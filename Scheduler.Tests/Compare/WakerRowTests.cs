@@ -1,5 +1,6 @@
 using Scheduler.Benchmarks.Compare;
 using Scheduler.Benchmarks.Sources;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Compare;
 
@@ -12,7 +13,7 @@ public sealed class WakerRowTests : IDisposable
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(60);
     private readonly WorkStealingTaskScheduler _scheduler = new(2);
 
-    public void Dispose() => _scheduler.Dispose();
+    public void Dispose() => SchedulerTestHelpers.DisposeBounded(_scheduler);
 
     [Theory]
     [InlineData(true)]

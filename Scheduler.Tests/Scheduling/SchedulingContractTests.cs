@@ -140,7 +140,7 @@ public sealed class SchedulingContractTests
 
         sameThread.Should().BeTrue("Task.Wait on a worker runs the still-queued task inline");
         scheduler.GetStatistics().TasksInlined.Should().BePositive();
-        await scheduler.DisposeAsync();
+        await SchedulerTestHelpers.DisposeWithin(scheduler).DisposeAsync();
     }
 
     [Fact]

@@ -294,7 +294,7 @@ public sealed class PooledValueTaskSourceTests
             task.GetAwaiter().UnsafeOnCompleted(() => resumed.SetResult(task.GetAwaiter().GetResult()));
         });
 
-        await scheduler.DisposeAsync(); // the worker exits: a pending awaiter does not keep it alive
+        await SchedulerTestHelpers.DisposeWithin(scheduler).DisposeAsync(); // the worker exits: a pending awaiter does not keep it alive
         source.TrySetResult(5).Should().BeTrue();
         (await resumed.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().Be(5, "late wake-ups run on the ThreadPool, never lost");
     }
