@@ -242,6 +242,7 @@ public sealed class PushFailureTests
         Volatile.Read(ref armed).Should().Be(0, "the resumption's spill was attempted (and failed)");
         await awaiting.WaitAsync(Timeout);
         Volatile.Read(ref resumed).Should().Be(1);
+        scheduler.GetStatistics().TasksInlined.Should().BePositive("the resumption ran inline on the worker whose push failed, and counts as inlined");
         run.Failed.Should().BeEmpty();
         run.AssertEachAcceptedChildRunsOnce();
         AssertStillWorksAndDisposes(scheduler);

@@ -225,9 +225,13 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void RunAwaitResumptionNotQueued(Task task)
     {
-        if (CurrentWorker is not null)
+        if (CurrentWorker is { } worker)
         {
-            TryExecuteTask(task);
+            // Counted as a wait's inline run is: not by the loop (Executed), yet progress the rescue watchdog must see.
+            if (TryExecuteTask(task))
+            {
+                worker.Counters.Inlined++;
+            }
         }
         else
         {
