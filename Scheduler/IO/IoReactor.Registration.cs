@@ -87,12 +87,7 @@ public sealed partial class IoReactor
     /// </summary>
     private void GrowTable()
     {
-        if (Native.FaultInjection.Fails("registration-table"))
-        {
-#pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
-            throw new OutOfMemoryException("Growing the registration table failed (injected by a test).");
-#pragma warning restore CA2201
-        }
+        Native.FaultInjection.ThrowIfOutOfMemoryInjected("registration-table");
 
         int length = _slots.Length * 2;
         var generations = new uint[length];

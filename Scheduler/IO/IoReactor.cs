@@ -50,12 +50,7 @@ public sealed partial class IoReactor : IDisposable
                 IsBackground = true,
                 Name = "IoReactor",
             };
-            if (FaultInjection.Fails("pthread_create"))
-            {
-#pragma warning disable CA2201 // What Thread.Start throws when the OS refuses a thread (pthread_create's EAGAIN).
-                throw new OutOfMemoryException("Thread creation failed (injected by a test).");
-#pragma warning restore CA2201
-            }
+            FaultInjection.ThrowIfOutOfMemoryInjected("pthread_create");
 
             _thread.UnsafeStart(this);
         }

@@ -35,10 +35,22 @@ internal static class FaultInjection
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static bool Fails(string call) => HookForTests is { } hook && Inject(hook, call);
 
-    /// <summary>Throws what the runtime throws when an allocation fails, for a point the hook failed.</summary>
+    /// <summary>
+    /// For a point that fails with <see cref="OutOfMemoryException"/>: throws it when the hook fails <paramref name="call"/>
+    /// (what the runtime throws when the allocation itself fails, or, for <c>"pthread_create"</c>, when the OS refuses a thread).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ThrowIfOutOfMemoryInjected(string call)
+    {
+        if (Fails(call))
+        {
+            ThrowOutOfMemory(call);
+        }
+    }
+
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
-    internal static void ThrowOutOfMemory(string call) =>
+    private static void ThrowOutOfMemory(string call) =>
 #pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
         throw new OutOfMemoryException($"Injected by a test: {call}.");
 #pragma warning restore CA2201

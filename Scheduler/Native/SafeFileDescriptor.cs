@@ -39,11 +39,6 @@ internal sealed class SafeFileDescriptor : SafeHandle
     /// <summary>A test's injected failure of this handle's allocation (see <see cref="FaultInjection"/>), before it owns anything.</summary>
     private static void ThrowIfAllocationFails()
     {
-        if (FaultInjection.Fails("SafeFileDescriptor"))
-        {
-#pragma warning disable CA2201 // What the runtime throws when the allocation itself fails.
-            throw new OutOfMemoryException("Allocating a SafeFileDescriptor failed (injected by a test).");
-#pragma warning restore CA2201
-        }
+        FaultInjection.ThrowIfOutOfMemoryInjected("SafeFileDescriptor");
     }
 }

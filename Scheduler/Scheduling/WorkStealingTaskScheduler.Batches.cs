@@ -26,10 +26,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
         }
 
-        if (Native.FaultInjection.Fails("batch-rent"))
-        {
-            Native.FaultInjection.ThrowOutOfMemory("batch-rent");
-        }
+        Native.FaultInjection.ThrowIfOutOfMemoryInjected("batch-rent");
 
         return new WorkItemBatch(_options.LocalQueueCapacity / 2);
     }
@@ -57,10 +54,7 @@ public sealed partial class WorkStealingTaskScheduler
         Interlocked.Add(ref _globalBatchSurplus, batch.Count - 1);
         try
         {
-            if (Native.FaultInjection.Fails("batch-enqueue"))
-            {
-                Native.FaultInjection.ThrowOutOfMemory("batch-enqueue");
-            }
+            Native.FaultInjection.ThrowIfOutOfMemoryInjected("batch-enqueue");
 
             EnqueueGlobal(WorkItem.ForBatch(batch));
         }

@@ -194,10 +194,7 @@ public sealed partial class WorkStealingTaskScheduler
     {
         try
         {
-            if (Native.FaultInjection.Fails("threadpool-drain"))
-            {
-                Native.FaultInjection.ThrowOutOfMemory("threadpool-drain");
-            }
+            Native.FaultInjection.ThrowIfOutOfMemoryInjected("threadpool-drain");
 
             ThreadPool.UnsafeQueueUserWorkItem(static state => state.Scheduler.RunWorkItem(state.Item), (Scheduler: this, Item: item), preferLocal: false);
         }

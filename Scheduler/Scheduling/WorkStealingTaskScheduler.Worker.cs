@@ -182,8 +182,9 @@ public sealed partial class WorkStealingTaskScheduler
         {
             if (!_deque.TryPush(item))
             {
-                SpillHalfToGlobal();
-                _deque.TryPush(item);
+                SpillHalfToGlobal(); // throws on out of memory with the ring as it was: only this new item fails
+                bool pushed = _deque.TryPush(item);
+                Debug.Assert(pushed, "the spill made room (or thieves did) and only this thread pushes");
             }
 
             _owner.NotifyParked();
@@ -192,10 +193,7 @@ public sealed partial class WorkStealingTaskScheduler
         /// <summary>Any thread: queue work for this worker specifically, and unpark it if it sleeps.</summary>
         public void PostToInbox(in WorkItem item)
         {
-            if (Native.FaultInjection.Fails("inbox-enqueue"))
-            {
-                Native.FaultInjection.ThrowOutOfMemory("inbox-enqueue"); // where the queue may allocate a segment
-            }
+            Native.FaultInjection.ThrowIfOutOfMemoryInjected("inbox-enqueue"); // where the queue may allocate a segment
 
             _inbox.Enqueue(item); // interlocked: orders the enqueue before the IsParked read below
             if (_owner.IsTerminated)

@@ -404,10 +404,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void AddToGlobalQueue(in WorkItem item)
     {
-        if (Native.FaultInjection.Fails("global-enqueue"))
-        {
-            Native.FaultInjection.ThrowOutOfMemory("global-enqueue"); // where the queue may allocate a segment
-        }
+        Native.FaultInjection.ThrowIfOutOfMemoryInjected("global-enqueue"); // where the queue may allocate a segment
 
         _globalQueue.Enqueue(item); // interlocked: the full fence the wake protocol needs before reading idle state
     }
