@@ -88,8 +88,7 @@ public static class CompareCommand
         }
         else
         {
-            using var scheduler = new WorkStealingTaskScheduler();
-            using var context = new CompareContext(scheduler, options.Quick, s_runTimeout);
+            using var context = new CompareContext(options.Quick, s_runTimeout);
             rows = new CompareRunner(context, error, plan).Run(selected, failures);
         }
 

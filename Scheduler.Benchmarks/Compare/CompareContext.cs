@@ -3,12 +3,43 @@ using System.Diagnostics;
 namespace Scheduler.Benchmarks.Compare;
 
 /// <summary>What every measurement can use: the scheduler instances of the run, the mode, and a bounded wait.</summary>
-internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool quick, TimeSpan runTimeout) : IDisposable
+internal sealed class CompareContext : IDisposable
 {
+    private readonly Lazy<WorkStealingTaskScheduler> _scheduler;
+    private readonly bool _ownsScheduler;
     private WorkStealingTaskScheduler? _synchronizationContextScheduler;
 
+    /// <summary>A context around <paramref name="scheduler"/>, which stays the caller's to dispose.</summary>
+    public CompareContext(WorkStealingTaskScheduler scheduler, bool quick, TimeSpan runTimeout)
+    {
+        ArgumentNullException.ThrowIfNull(scheduler);
+        _scheduler = new Lazy<WorkStealingTaskScheduler>(scheduler);
+        Quick = quick;
+        RunTimeout = runTimeout;
+    }
+
+    /// <summary>
+    /// A context that creates its scheduler (ProcessorCount workers) on first use and disposes it with itself. A workload
+    /// that never asks for it has none in its process: idle workers are not free there, since every garbage collection
+    /// suspends each thread and walks its stack (a parked worker's stack is 16 frames deep, about 10 µs per collection per
+    /// worker on the 2-core VM), which is a cost the timer rows' contenders would otherwise share without using it.
+    /// </summary>
+    public CompareContext(bool quick, TimeSpan runTimeout)
+    {
+        _scheduler = new Lazy<WorkStealingTaskScheduler>(static () => new WorkStealingTaskScheduler(), LazyThreadSafetyMode.ExecutionAndPublication);
+        _ownsScheduler = true;
+        Quick = quick;
+        RunTimeout = runTimeout;
+    }
+
     /// <summary>Our scheduler: one instance per run (ProcessorCount workers), reused by every round, disposed at the end.</summary>
-    public WorkStealingTaskScheduler Scheduler { get; } = scheduler;
+    public WorkStealingTaskScheduler Scheduler => _scheduler.Value;
+
+    /// <summary>Whether <see cref="Scheduler"/> has been created (a context given its scheduler always has one).</summary>
+    public bool HasScheduler => _scheduler.IsValueCreated;
+
+    /// <summary>Our scheduler's counters so far; all zero while no workload has asked for the scheduler (reading them does not create it).</summary>
+    public SchedulerStatistics SchedulerStatistics => HasScheduler ? _scheduler.Value.GetStatistics() : default;
 
     /// <summary>
     /// A second scheduler of ours with <see cref="WorkStealingTaskSchedulerOptions.UseSynchronizationContext"/> on (created
@@ -22,10 +53,10 @@ internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool q
         });
 
     /// <summary>True under <c>--quick</c>: fewer rounds (probes may also shorten their windows).</summary>
-    public bool Quick { get; } = quick;
+    public bool Quick { get; }
 
     /// <summary>Longest a single run may take before the comparison fails instead of hanging the command.</summary>
-    public TimeSpan RunTimeout { get; } = runTimeout;
+    public TimeSpan RunTimeout { get; }
 
     /// <summary>Blocks until <paramref name="task"/> finishes (rethrowing its failure) or the run timeout passes.</summary>
     public void Wait(Task task, string what)
@@ -76,6 +107,13 @@ internal sealed class CompareContext(WorkStealingTaskScheduler scheduler, bool q
         };
     }
 
-    /// <summary>Disposes the second scheduler if it was created (the first belongs to the caller).</summary>
-    public void Dispose() => _synchronizationContextScheduler?.Dispose();
+    /// <summary>Disposes the second scheduler if it was created, and the first if this context created it.</summary>
+    public void Dispose()
+    {
+        _synchronizationContextScheduler?.Dispose();
+        if (_ownsScheduler && HasScheduler)
+        {
+            _scheduler.Value.Dispose();
+        }
+    }
 }

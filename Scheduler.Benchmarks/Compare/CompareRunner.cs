@@ -87,9 +87,9 @@ internal sealed class CompareRunner(CompareContext context, TextWriter progress,
             for (int k = 0; k < contenders.Count; k++)
             {
                 Contender contender = contenders[(r + k) % contenders.Count];
-                SchedulerStatistics before = context.Scheduler.GetStatistics();
+                SchedulerStatistics before = context.SchedulerStatistics;
                 double[] values = Measure(comparison, contender);
-                SchedulerStatistics after = context.Scheduler.GetStatistics();
+                SchedulerStatistics after = context.SchedulerStatistics;
                 for (int m = 0; m < values.Length; m++)
                 {
                     samples[contender][m].Add(values[m]);
