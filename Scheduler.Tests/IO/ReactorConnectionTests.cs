@@ -399,6 +399,32 @@ public sealed class ReactorConnectionTests
     }
 
     [Fact]
+    public async Task DisposeAsync_releases_a_receive_loop_paused_by_backpressure_when_the_output_cannot_drain()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        var connection = ReactorConnection.Create(server);
+        using (client)
+        {
+            // Input paused: the client sends more than Input's pause threshold (64 KiB) and nobody consumes Input.
+            _ = io.Run(async () => await client.SendAsync(new byte[1 << 20]));
+            long buffered = 0;
+            while (buffered < 64 << 10)
+            {
+                ReadResult result = await connection.Input.ReadAsync().AsTask().WaitAsync(IoTestContext.Timeout);
+                buffered = result.Buffer.Length;
+                connection.Input.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+            }
+
+            // Output cannot drain either: the client does not read. DisposeAsync gives up on lingering after its grace
+            // period, and then must release the receive loop from its paused flush, or it waits for that loop forever.
+            Task<FlushResult> stuck = connection.Output.WriteAsync(new byte[32 << 20]).AsTask();
+            await connection.DisposeAsync().AsTask().WaitAsync(IoTestContext.Timeout);
+        }
+    }
+
+    [Fact]
     public async Task DisposeAsync_drains_buffered_output_to_a_reading_peer()
     {
         await using var io = new IoTestContext();

@@ -1,0 +1,43 @@
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// The reactor's registration table: a disposed socket's slot goes back to the table for the next socket (so a server
+/// that churns connections keeps a table as large as its peak, not as its history), and every reuse bumps the slot's
+/// generation, so that the new socket's token differs from every earlier token of that slot (an event harvested for
+/// the closed socket can never reach the new one).
+/// </summary>
+public sealed class RegistrationTableTests
+{
+    [Fact]
+    public async Task Slots_of_disposed_sockets_are_reused_each_time_with_a_new_token()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        var tokensBySlot = new Dictionary<int, HashSet<ulong>>();
+        int highestSlot = 0;
+        for (int i = 0; i < 200; i++)
+        {
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+            foreach (ReactorSocket socket in new[] { client, server })
+            {
+                int slot = socket.RegistrationSlot;
+                ((int)(uint)socket.RegistrationToken).Should().Be(slot, "the token's low 32 bits name the slot");
+                if (!tokensBySlot.TryGetValue(slot, out HashSet<ulong>? tokens))
+                {
+                    tokensBySlot[slot] = tokens = [];
+                }
+
+                tokens.Add(socket.RegistrationToken).Should().BeTrue("each socket in a slot gets a token that slot never had");
+                highestSlot = Math.Max(highestSlot, slot);
+            }
+
+            client.Dispose();
+            server.Dispose();
+        }
+
+        highestSlot.Should().BeLessThan(8, "at most three sockets were registered at a time, so freed slots must be reused");
+        io.Reactor.RegisteredCount.Should().Be(1, "only the listener is left");
+    }
+}
