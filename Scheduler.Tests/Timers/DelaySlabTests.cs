@@ -116,6 +116,30 @@ public sealed class DelaySlabTests
     }
 
     [Fact]
+    public async Task Canceling_the_token_of_a_finished_delay_leaves_the_next_use_of_its_slot_alone()
+    {
+        // The cancellation registration is per slot (its side state) and must be gone with the use it served: the
+        // slot's next use (the free list is LIFO, so the very next delay) would otherwise be completed by a token that
+        // never belonged to it.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        using var firstToken = new CancellationTokenSource();
+        ValueTask first = wheel.DelayAsync(TimeSpan.FromMilliseconds(5), firstToken.Token);
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        first.IsCompletedSuccessfully.Should().BeTrue();
+        await first;
+
+        ValueTask next = wheel.DelayAsync(TimeSpan.FromMinutes(1));
+        firstToken.Cancel();
+        next.IsCompleted.Should().BeFalse("the first delay's token has nothing to do with the slot's next use");
+        wheel.PendingCount.Should().Be(1);
+        wheel.Dispose();
+        Func<Task> disposed = async () => await next;
+        await disposed.Should().ThrowAsync<ObjectDisposedException>("the next use ends only with the wheel");
+    }
+
+    [Fact]
     public async Task Awaiters_under_two_schedulers_sharing_a_chunk_each_resume_on_their_own()
     {
         var first = new WorkStealingTaskScheduler(1);

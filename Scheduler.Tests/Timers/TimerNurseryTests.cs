@@ -174,6 +174,35 @@ public sealed class TimerNurseryTests
         Thread.Sleep(20);
         Volatile.Read(ref fired).Should().Be(1);
     }
+
+    [Fact]
+    public void A_registration_keeps_the_nursery_of_an_exited_thread_until_its_timers_are_taken()
+    {
+        // No driver: the timer of the exited thread stays in its ring until a drain. A later thread's registration
+        // sheds exited threads' nurseries, but only empty ones: shedding this one would lose the timer for good.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        int fired = 0;
+        var exited = new Thread(() => wheel.CreateTimer(_ => Interlocked.Increment(ref fired), null, TimeSpan.FromMilliseconds(10), Timeout.InfiniteTimeSpan));
+        exited.Start();
+        exited.Join();
+        wheel.LinkedCount.Should().Be(0, "the timer still waits in the exited thread's nursery");
+
+        var registering = new Thread(() => wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan).Dispose());
+        registering.Start();
+        registering.Join();
+        wheel.NurseryCount.Should().Be(2, "the exited thread's nursery still held a timer when the second thread registered");
+
+        clock.Advance(TimeSpan.FromMilliseconds(10));
+        wheel.RunDueTimers();
+        SpinWait.SpinUntil(() => Volatile.Read(ref fired) == 1, s_timeout).Should().BeTrue("the exited thread's timer was taken in and fired");
+
+        // Both rings are empty now and both threads have exited: the next registration sheds them.
+        var last = new Thread(() => wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan).Dispose());
+        last.Start();
+        last.Join();
+        wheel.NurseryCount.Should().Be(1);
+    }
 }
 
 /// <summary>
