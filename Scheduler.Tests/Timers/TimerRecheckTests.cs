@@ -168,6 +168,36 @@ public sealed class TimerRecheckTests
         }
     }
 
+    [Fact]
+    public void A_pushers_inline_drain_leaves_its_recheck_to_the_driver_and_asks_it_back_within_the_reconcile_interval()
+    {
+        // Every ReconcileBatch-th push drains the stack on the pushing thread, which reconciles the batch but pays no
+        // barrier: the entries wait on the recheck list for the driver. A change that missed those reconciles (its
+        // store in a store buffer, the bit seen set) is applied only by that recheck, so the inline drain must ask the
+        // driver back by itself: the pushes it drained asked nothing (the request is dropped here, as a driver pass in
+        // between would have reset it).
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { NurseriesEnabled = false };
+        var timers = new List<ITimer>();
+        for (int i = 0; i < TimerWheel.ReconcileBatch - 1; i++)
+        {
+            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        }
+
+        wheel.LinkedCount.Should().Be(0, "no push has drained the stack yet");
+        wheel.ForgetDrainRequest();
+        timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        wheel.LinkedCount.Should().Be(TimerWheel.ReconcileBatch, "the batch's last push drained the stack on its own thread");
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(4)),
+            "the reconciled entries wait for the driver's recheck, which must come within the reconcile interval");
+
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
     /// <summary>Readings a pass takes before the one that links relative arms: no pop reading when the new timers waited in a nursery.</summary>
     private static int ReadsBeforeLink(bool nurseries) => nurseries ? 1 : 2;
 
