@@ -176,6 +176,22 @@ public sealed class TimerNurseryTests
     }
 
     [Fact]
+    public async Task A_lone_long_timer_waiting_in_an_empty_nursery_asks_the_driver_in_and_fires()
+    {
+        // A relative arm (1 s or more) has no deadline for the creation to ask a drain by: only the add that finds its
+        // ring empty asks for one within the reconcile interval. On an otherwise idle wheel nothing else ever would,
+        // and the driver would sleep forever with the timer in the ring.
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        using var wheel = new TimerWheel(s_tick);
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        long createdAt = Stopwatch.GetTimestamp();
+        using ITimer timer = wheel.CreateTimer(_ => fired.TrySetResult(), null, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+        wheel.NurseryCount.Should().Be(1, "the timer waits in this thread's nursery");
+        await fired.Task.WaitAsync(s_timeout);
+        Stopwatch.GetElapsedTime(createdAt).Should().BeGreaterThanOrEqualTo(TimeSpan.FromSeconds(1));
+    }
+
+    [Fact]
     public void A_registration_keeps_the_nursery_of_an_exited_thread_until_its_timers_are_taken()
     {
         // No driver: the timer of the exited thread stays in its ring until a drain. A later thread's registration
