@@ -117,6 +117,45 @@ public sealed class StatisticsTests
     }
 
     [Fact]
+    public async Task TasksStolen_counts_every_item_a_batch_steal_moves_not_just_the_steals()
+    {
+        // One worker (the spawner) fills its deque and then blocks until the deque's tasks have run; the other (held until
+        // the deque is full) can only take them by stealing, half a deque at a time. Each item counts once, whether it was
+        // the one a steal ran at once or one of the half it moved: exactly the deque's 10 items in all.
+        var scheduler = SchedulerTestHelpers.Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        const int DequeItems = 10;
+        using var thiefRunning = new ManualResetEventSlim();
+        using var dequeFull = new ManualResetEventSlim();
+        using var dequeRan = new CountdownEvent(DequeItems);
+
+        Task thief = scheduler.Factory.StartNew(() =>
+        {
+            thiefRunning.Set();
+            dequeFull.Wait(SchedulerTestHelpers.Timeout);
+        });
+        thiefRunning.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+
+        bool allRan = false;
+        Task spawner = scheduler.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < DequeItems; i++)
+            {
+                Task.Factory.StartNew(() => dequeRan.Signal(), CancellationToken.None, TaskCreationOptions.None, scheduler);
+            }
+
+            // Displaces the last one into the deque and stays in this worker's private LIFO slot.
+            Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            dequeFull.Set();
+            allRan = dequeRan.Wait(SchedulerTestHelpers.Timeout);
+        });
+
+        await Task.WhenAll(thief, spawner).WithTimeout();
+        allRan.Should().BeTrue("the idle worker steals the blocked worker's deque");
+        scheduler.GetStatistics().TasksStolen.Should().Be(DequeItems);
+    }
+
+    [Fact]
     public async Task QueuedTasks_counts_waiting_work()
     {
         var scheduler = SchedulerTestHelpers.Create(1);
@@ -136,6 +175,32 @@ public sealed class StatisticsTests
         scheduler.GetStatistics().QueuedTasks.Should().Be(10);
         gate.Set();
         await Task.WhenAll(queued.Append(blocker)).WithTimeout();
+    }
+
+    [Fact]
+    public async Task QueuedTasks_counts_the_task_waiting_in_a_workers_LIFO_slot()
+    {
+        // A task just spawned waits in its worker's LIFO slot, where no peer sees it; it is still queued work. Read on
+        // the worker itself, right after the spawn. The watchdog may move it to the global queue meanwhile (where it
+        // counts as well, but a snapshot can miss it in transit): only an attempt without a rescue counts.
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        int? queuedBesideSlotTask = null; // null: every attempt had a rescue
+        for (int attempt = 0; attempt < 10 && queuedBesideSlotTask is null; attempt++)
+        {
+            long rescuesBefore = scheduler.LifoRescues;
+            int queued = await scheduler.Factory.StartNew(() =>
+            {
+                Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+                return scheduler.GetStatistics().QueuedTasks;
+            }).WithTimeout();
+            if (scheduler.LifoRescues == rescuesBefore)
+            {
+                queuedBesideSlotTask = queued;
+            }
+        }
+
+        queuedBesideSlotTask.Should().Be(1, "the spawned task waits in the LIFO slot (null: the watchdog rescued it in every attempt)");
     }
 
     [Fact]

@@ -81,6 +81,43 @@ public sealed class WorkStealingDequeTests
         deque.Count.Should().Be(1);
     }
 
+    [Fact]
+    public void Steal_half_moves_only_what_fits_in_the_thiefs_ring_and_leaves_the_rest_queued()
+    {
+        // The thief's ring has room for 3 more: half of the victim's 20 is 10, but only 3 may move, or the pushes that
+        // fail would drop stolen items on the floor.
+        var victim = new WorkStealingDeque(32);
+        var thief = new WorkStealingDeque(16);
+        for (int i = 0; i < 20; i++)
+        {
+            victim.TryPush(new WorkItem(Box(i))).Should().BeTrue();
+        }
+
+        for (int i = 100; i < 113; i++)
+        {
+            thief.TryPush(new WorkItem(Box(i))).Should().BeTrue();
+        }
+
+        victim.TryStealHalf(thief, out WorkItem first, out int moved).Should().BeTrue();
+        Unbox(first).Should().Be(0);
+        moved.Should().Be(3);
+        thief.Count.Should().Be(16);
+        victim.Count.Should().Be(16, "only what moved left the victim");
+
+        var all = new List<int> { Unbox(first) };
+        while (thief.TryPop(out WorkItem item))
+        {
+            all.Add(Unbox(item));
+        }
+
+        while (victim.TryPop(out WorkItem item))
+        {
+            all.Add(Unbox(item));
+        }
+
+        all.Should().BeEquivalentTo(Enumerable.Range(0, 20).Concat(Enumerable.Range(100, 13)), "nothing is lost or taken twice");
+    }
+
     /// <summary>
     /// A stolen item's slot must not keep it alive: a thief cannot clear the slot (the owner may be refilling it), so
     /// the owner clears it at its next push, or when it finds the ring empty. Found in a heap dump of ping_pong, where one

@@ -46,6 +46,21 @@ public sealed class ValueTaskSourcePoolTests
     }
 
     [Fact]
+    public void Objects_rented_back_out_of_the_shared_storage_make_room_for_as_many_returns_again()
+    {
+        // Every round fills the pool to its capacity, then rents everything back out: the shared storage's bookkeeping
+        // (the overflow queue's count) must follow the rents too, or each round keeps fewer objects than the last.
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 10);
+        for (int round = 0; round < 3; round++)
+        {
+            var items = Enumerable.Range(0, 20).Select(_ => pool.Rent()).ToList();
+            pool.Count.Should().Be(0, "round {0} rented every retained object back out", round);
+            items.Count(pool.Return).Should().Be(11, "round {0}: the capacity, plus this thread's cached one", round);
+            pool.Count.Should().Be(10);
+        }
+    }
+
+    [Fact]
     public void Zero_capacity_retains_nothing()
     {
         var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 0);
