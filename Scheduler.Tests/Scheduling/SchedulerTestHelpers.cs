@@ -38,7 +38,7 @@ internal static class SchedulerTestHelpers
         }
         catch (TimeoutException e) when (!task.IsCompleted)
         {
-            throw new TimeoutException($"{what} did not finish within {bound.TotalSeconds:0} s.", e);
+            throw TimedOut(what, bound, e);
         }
     }
 
@@ -68,9 +68,12 @@ internal static class SchedulerTestHelpers
         Task disposer = Task.Factory.StartNew(scheduler.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         if (!disposer.Wait(Timeout))
         {
-            throw new TimeoutException($"The scheduler's Dispose (joining the workers) did not finish within {Timeout.TotalSeconds:0} s.");
+            throw TimedOut("The scheduler's Dispose (joining the workers)", Timeout);
         }
     }
+
+    private static TimeoutException TimedOut(string what, TimeSpan bound, Exception? inner = null) =>
+        new($"{what} did not finish within {bound.TotalSeconds:0} s.", inner);
 
     /// <summary><see cref="DisposeBounded"/> at the end of a <c>using</c> block, for tests that are not async.</summary>
     public static BoundedSchedulerJoin DisposeBoundedOnExit(WorkStealingTaskScheduler scheduler) => new(scheduler);

@@ -37,7 +37,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private readonly TimerCallback _callback;
     private readonly object? _state;
 
-    // The ExecutionContext captured at creation (null for the default one) or, once a periodic arm or a DisposeAsync
+    // The ExecutionContext captured at creation (null when the creator had suppressed its flow) or, once a periodic arm or a DisposeAsync
     // that finds a callback running needs them, an Extras that holds that same context with the period and the
     // DisposeAsync waiter. One field for both: the timeout pattern never creates the extras, and a field of its own
     // cost every timer 8 bytes. Replaced only by GetOrCreateExtras (a CAS from the context it copied), never back.
