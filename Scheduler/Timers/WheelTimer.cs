@@ -487,7 +487,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     internal override long DueTick
     {
         get => _wheel.DueTickOf(DeadlineTimestamp);
-        set => Debug.Assert(value >= DueTick, "The wheel links an entry at its due tick or later, never earlier.");
+        set => Debug.Assert(
+            value >= DueTick || TimerIntent.ValueOf(_appliedIntent) == TimerIntent.MaxValue,
+            "The wheel links an entry at its due tick or later, never earlier (past the intent's range the computed tick is never).");
     }
 
     internal override long OnRemovedByDispose() => 0;
