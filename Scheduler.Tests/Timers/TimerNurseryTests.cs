@@ -219,6 +219,62 @@ public sealed class TimerNurseryTests
         last.Join();
         wheel.NurseryCount.Should().Be(1);
     }
+
+    [Fact]
+    public void An_exited_threads_nursery_lets_go_of_its_thread_once_shed()
+    {
+        // The nursery of a thread is found through a process-wide table indexed by managed thread id
+        // (ThreadNurseries); a slot that kept an exited thread's nursery would keep its Thread object, and that id,
+        // for the life of the process.
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        WeakReference exited = CreateOnExitedThread(wheel);
+        wheel.RunDueTimers(); // takes in (and unlinks) the exited thread's disposed timer: its ring is empty now
+
+        var registering = new Thread(() => wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan).Dispose());
+        registering.Start();
+        registering.Join();
+        wheel.NurseryCount.Should().Be(1, "the registration shed the exited thread's nursery");
+        IsCollected(exited).Should().BeTrue("nothing may keep the exited thread once its nursery is shed");
+    }
+
+    [Fact]
+    public void Disposing_a_wheel_lets_go_of_the_threads_of_its_nurseries()
+    {
+        var clock = new ManualClock();
+        var wheel = new TimerWheel(s_tick, clock, startDriver: false);
+        WeakReference exited = CreateOnExitedThread(wheel);
+        wheel.Dispose();
+        IsCollected(exited).Should().BeTrue("a closed nursery's slot must not keep its exited thread");
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference CreateOnExitedThread(TimerWheel wheel)
+    {
+        var thread = new Thread(() => wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan).Dispose());
+        thread.Start();
+        thread.Join();
+        return new WeakReference(thread);
+    }
+
+    private static bool IsCollected(WeakReference reference)
+    {
+        // The runtime lets go of an exited thread's object a little after Join returns: collect until it is gone.
+        long giveUpAt = Stopwatch.GetTimestamp() + (5 * Stopwatch.Frequency);
+        do
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            if (!reference.IsAlive)
+            {
+                return true;
+            }
+
+            Thread.Sleep(10);
+        }
+        while (Stopwatch.GetTimestamp() < giveUpAt);
+        return false;
+    }
 }
 
 /// <summary>

@@ -9,9 +9,6 @@ namespace Scheduler.Timers;
 // Dispose does.
 public sealed partial class TimerWheel
 {
-    [ThreadStatic]
-    private static TimerNursery? t_nursery;
-
     // Every live thread's nursery on this wheel (and those of dead threads until they are empty and pruned). Read and
     // written under the lock.
     private readonly List<TimerNursery> _nurseries = [];
@@ -23,7 +20,7 @@ public sealed partial class TimerWheel
     /// Forgets the calling thread's nursery, so that its next creation binds one on the wheel it uses. For tests whose
     /// thread may have been bound by an earlier test's wheel; that wheel's driver still drains the old nursery.
     /// </summary>
-    internal static void UnbindThreadNursery() => t_nursery = null;
+    internal static void UnbindThreadNursery() => ThreadNurseries.Set(Thread.CurrentThread, null);
 
     /// <summary>How many nurseries the wheel knows (threads that created timers on it and were not pruned yet). For tests.</summary>
     internal int NurseryCount
@@ -51,7 +48,9 @@ public sealed partial class TimerWheel
             return false;
         }
 
-        TimerNursery? nursery = t_nursery;
+        // Thread.CurrentThread, not a thread-static of our own: ExecutionContext.Capture in the same creation reads it
+        // too, and the two reads share one thread-local lookup (ThreadNurseries).
+        TimerNursery? nursery = ThreadNurseries.Of(Thread.CurrentThread);
         bool wasEmpty;
         if (nursery is null || nursery.Wheel != this || !nursery.TryAdd(entry, out wasEmpty))
         {
@@ -77,16 +76,15 @@ public sealed partial class TimerWheel
     private bool TryAddToNurserySlow(TimerEntry entry, out bool wasEmpty)
     {
         wasEmpty = false;
-        TimerNursery? nursery = t_nursery;
+        Thread thread = Thread.CurrentThread;
+        TimerNursery? nursery = ThreadNurseries.Of(thread);
         if (nursery is null || nursery.IsClosed)
         {
-            nursery = RegisterNursery();
+            nursery = RegisterNursery(thread);
             if (nursery is null)
             {
                 return false;
             }
-
-            t_nursery = nursery;
         }
         else if (nursery.Wheel != this)
         {
@@ -102,10 +100,17 @@ public sealed partial class TimerWheel
         return nursery.TryAdd(entry, out wasEmpty);
     }
 
-    /// <summary>Creates and registers this thread's nursery on this wheel; null once the wheel is disposed.</summary>
-    private TimerNursery? RegisterNursery()
+    /// <summary>
+    /// Creates this thread's nursery on this wheel and makes it the thread's (<see cref="ThreadNurseries"/>); null once
+    /// the wheel is disposed.
+    /// </summary>
+    /// <remarks>
+    /// The thread's slot is written under the wheel lock, as <see cref="CloseNurseriesLocked"/> and the pruning below
+    /// clear slots: a nursery closed by a racing disposal is never put back in a slot after its disposal cleared it.
+    /// </remarks>
+    private TimerNursery? RegisterNursery(Thread thread)
     {
-        var nursery = new TimerNursery(this, Thread.CurrentThread);
+        var nursery = new TimerNursery(this, thread);
         lock (_lock)
         {
             if (_disposed)
@@ -113,9 +118,21 @@ public sealed partial class TimerWheel
                 return null;
             }
 
-            // A new thread is when the list can grow, so it is when the list sheds threads that have exited.
-            _nurseries.RemoveAll(static n => !n.Owner.IsAlive && !n.HasEntries);
+            // A new thread is when the list can grow, so it is when the list sheds threads that have exited. Their
+            // slots let go too: a slot keeps its thread's Thread object alive, and with it the thread's id (which the
+            // runtime hands out again only once that object is collected).
+            _nurseries.RemoveAll(static n =>
+            {
+                if (n.Owner.IsAlive || n.HasEntries)
+                {
+                    return false;
+                }
+
+                ThreadNurseries.Forget(n);
+                return true;
+            });
             _nurseries.Add(nursery);
+            ThreadNurseries.Set(thread, nursery);
         }
 
         return nursery;
@@ -148,7 +165,7 @@ public sealed partial class TimerWheel
     /// <summary>A user thread's inline drain: takes the entries of its own nursery only (no race with an owner to close). Caller holds the lock.</summary>
     private bool DrainOwnNurseryLocked(ref long now)
     {
-        TimerNursery? own = t_nursery;
+        TimerNursery? own = ThreadNurseries.Of(Thread.CurrentThread);
         if (own is null || own.Wheel != this || own.DrainLocked(this, now) == 0)
         {
             return false;
@@ -189,6 +206,9 @@ public sealed partial class TimerWheel
         {
             nursery.Close();
             nursery.DrainLocked(this, now);
+
+            // A live owner would drop it on its next creation; an exited one never comes back for it.
+            ThreadNurseries.Forget(nursery);
         }
 
         _nurseries.Clear();
