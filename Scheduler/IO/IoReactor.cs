@@ -170,6 +170,7 @@ public sealed partial class IoReactor : IDisposable
         // Completions made here reach a SynchronizationContext or a foreign TaskScheduler through the ThreadPool:
         // their Post/QueueTask is user code, which may run the continuation inline or block every other socket.
         WakerDispatch.MarkCurrentThreadRunsNoUserCode();
+        DefaultExecutionContext.LearnOnFreshThread(); // for the timers of its wheel (IoReactor.Timers)
         try
         {
             RunLoop();

@@ -105,6 +105,7 @@ public sealed partial class TimerWheel
         // Completions reach a captured SynchronizationContext or foreign TaskScheduler through the ThreadPool from here:
         // their Post or QueueTask is user code (it may run the continuation inline, or block every timer behind it).
         WakerDispatch.MarkCurrentThreadRunsNoUserCode();
+        DefaultExecutionContext.LearnOnFreshThread();
         ExpiredTimers batch = _driverBatch;
         Monitor.Enter(_lock);
         try

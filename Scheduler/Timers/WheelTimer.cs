@@ -37,7 +37,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     private readonly TimerCallback _callback;
     private readonly object? _state;
 
-    // The ExecutionContext captured at creation (null when the creator had suppressed its flow) or, once a periodic arm or a DisposeAsync
+    // The ExecutionContext captured at creation (null when the creator had suppressed its flow, or was in the default
+    // context, which a ThreadPool work item starts in anyway: DefaultExecutionContext) or, once a periodic arm or a DisposeAsync
     // that finds a callback running needs them, an Extras that holds that same context with the period and the
     // DisposeAsync waiter. One field for both: the timeout pattern never creates the extras, and a field of its own
     // cost every timer 8 bytes. Replaced only by GetOrCreateExtras (a CAS from the context it copied), never back.
@@ -71,7 +72,13 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         _wheel = wheel;
         _callback = callback;
         _state = state;
-        _contextOrExtras = ExecutionContext.Capture();
+        // The default context is left out (DefaultExecutionContext): null runs the callback directly, in the context
+        // every ThreadPool work item starts in, which is that one.
+        ExecutionContext? context = ExecutionContext.Capture();
+        if (context != DefaultExecutionContext.Value)
+        {
+            _contextOrExtras = context;
+        }
     }
 
     /// <inheritdoc />
@@ -498,6 +505,9 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     {
         // A timer of a disposed wheel simply never fires again; Change reports the disposal.
     }
+
+    /// <summary>The context the callback runs in (null: the one a ThreadPool work item starts in). For tests.</summary>
+    internal ExecutionContext? CallbackContext => ContextOf(Volatile.Read(ref _contextOrExtras));
 
     // The captured context is immutable and final, so a copy of it in the extras is the same context.
     private static ExecutionContext? ContextOf(object? contextOrExtras) =>
