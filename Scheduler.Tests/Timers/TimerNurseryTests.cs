@@ -443,4 +443,90 @@ public sealed class TimerNurseryStressTests
         await Task.Delay(100);
         Volatile.Read(ref fired).Should().Be(afterDispose, "a disposed wheel fires nothing");
     }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Generations_of_short_lived_threads_reuse_ids_and_every_kept_timer_fires_once_never_early(int seed)
+    {
+        // Nurseries are found by managed thread id (ThreadNurseries), and the runtime hands an exited thread's id to a new
+        // thread once the old Thread object is collected, which happens only after the wheel has shed its nursery and
+        // cleared its slot. Generation after generation of threads then land on slots that earlier threads used.
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1));
+        const int Generations = 12;
+        const int ThreadsPerGeneration = 8;
+        const int PerThread = 60;
+        var random = new Random(seed);
+        var ids = new HashSet<int>();
+        var fireCounts = new ConcurrentBag<StrongBox<int>>();
+        long early = 0;
+        for (int generation = 0; generation < Generations; generation++)
+        {
+            int keptThisGeneration = 0;
+            using var generationFired = new CountdownEvent(1);
+            var threads = new Thread[ThreadsPerGeneration];
+            for (int t = 0; t < threads.Length; t++)
+            {
+                int threadSeed = random.Next();
+                threads[t] = new Thread(() =>
+                {
+                    var local = new Random(threadSeed);
+                    for (int i = 0; i < PerThread; i++)
+                    {
+                        TimeSpan due = TimeSpan.FromMilliseconds(1 + local.Next(10));
+                        if (local.Next(4) != 0)
+                        {
+                            wheel.CreateTimer(static _ => { }, null, due, Timeout.InfiniteTimeSpan).Dispose();
+                            continue;
+                        }
+
+                        var count = new StrongBox<int>();
+                        long deadline = Stopwatch.GetTimestamp() + StopwatchUnits.From(due);
+                        fireCounts.Add(count);
+                        Interlocked.Increment(ref keptThisGeneration);
+                        generationFired.AddCount();
+                        wheel.CreateTimer(
+                            _ =>
+                            {
+                                if (Stopwatch.GetTimestamp() < deadline)
+                                {
+                                    Interlocked.Increment(ref early);
+                                }
+
+                                if (Interlocked.Increment(ref count.Value) == 1)
+                                {
+                                    generationFired.Signal();
+                                }
+                            },
+                            null,
+                            due,
+                            Timeout.InfiniteTimeSpan);
+                    }
+                });
+                threads[t].Start();
+                lock (ids)
+                {
+                    ids.Add(threads[t].ManagedThreadId);
+                }
+            }
+
+            foreach (Thread thread in threads)
+            {
+                thread.Join();
+            }
+
+            generationFired.Signal();
+            generationFired.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue($"generation {generation}'s {keptThisGeneration} kept timers fire");
+
+            // Let the exited threads' objects go (those whose nurseries the next generation sheds), so their ids come back.
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        Thread.Sleep(30); // a second firing would come within the reconcile interval
+        Interlocked.Read(ref early).Should().Be(0);
+        fireCounts.Should().OnlyContain(count => count.Value == 1);
+        ids.Count.Should().BeLessThan(Generations * ThreadsPerGeneration, "ids of exited threads were handed to later threads");
+        wheel.NurseryCount.Should().BeLessThanOrEqualTo(2 * ThreadsPerGeneration, "exited threads' nurseries are shed");
+    }
 }

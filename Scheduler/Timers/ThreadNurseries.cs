@@ -20,8 +20,9 @@ namespace Scheduler.Timers;
 /// Managed thread ids are small and reused once a thread exits, so the table stays about as long as the most threads
 /// alive at once. A slot may still hold the nursery of an exited thread whose id was handed to a new one: a lookup
 /// checks <see cref="TimerNursery.Owner"/>, so the new thread sees none and registers its own, which replaces it.
-/// (The runtime reuses an id only once the exited thread's <see cref="Thread"/> object is collected, which a slot
-/// prevents: the wheel clears the slots of the nurseries it sheds or closes, <see cref="Forget"/>.)
+/// (CoreCLR reuses an id only once the exited thread's <see cref="Thread"/> object is collected, which a slot
+/// prevents: the wheel clears the slots of the nurseries it sheds or closes, <see cref="Forget"/>. So on CoreCLR the
+/// owner check never fails and no test can make it; it stays for a runtime that hands an id out again at thread exit.)
 /// Every write takes <see cref="s_lock"/>, so that a growing copy never loses one; a thread reads its own slot without
 /// the lock, and only its own.
 /// </para>
