@@ -141,9 +141,7 @@ public sealed class WorkStealingDequeTests
             deque.TryPush(new WorkItem(Box(100))).Should().BeTrue();
         }
 
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
+        Collected.Await(stolen);
         stolen.Should().OnlyContain(w => !w.IsAlive, "the owner released the slots of items taken by thieves");
         deque.Count.Should().Be(ringEmptied ? 0 : 4, "releasing stolen slots never touches queued items");
     }

@@ -199,11 +199,7 @@ public sealed class ValueTaskSourcePoolTests
         // program dropped used to stay in the thread's cache for as long as the thread lived, and with it the pool and
         // everything in its shared storage.
         WeakReference pool = FillAndDropPoolOfSelfReturningObjects(out WeakReference cachedObject);
-        for (int i = 0; i < 3 && (pool.IsAlive || cachedObject.IsAlive); i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
+        Collected.Await(pool, cachedObject);
 
         pool.IsAlive.Should().BeFalse("nothing but this thread's cache refers to the dropped pool");
         cachedObject.IsAlive.Should().BeFalse("nor to the object it cached for it");

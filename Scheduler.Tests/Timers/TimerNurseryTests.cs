@@ -235,7 +235,8 @@ public sealed class TimerNurseryTests
         registering.Start();
         registering.Join();
         wheel.NurseryCount.Should().Be(1, "the registration shed the exited thread's nursery");
-        IsCollected(exited).Should().BeTrue("nothing may keep the exited thread once its nursery is shed");
+        Collected.Await(exited);
+        exited.IsAlive.Should().BeFalse("nothing may keep the exited thread once its nursery is shed");
     }
 
     [Fact]
@@ -245,7 +246,8 @@ public sealed class TimerNurseryTests
         var wheel = new TimerWheel(s_tick, clock, startDriver: false);
         WeakReference exited = CreateOnExitedThread(wheel);
         wheel.Dispose();
-        IsCollected(exited).Should().BeTrue("a closed nursery's slot must not keep its exited thread");
+        Collected.Await(exited);
+        exited.IsAlive.Should().BeFalse("a closed nursery's slot must not keep its exited thread");
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -255,25 +257,6 @@ public sealed class TimerNurseryTests
         thread.Start();
         thread.Join();
         return new WeakReference(thread);
-    }
-
-    private static bool IsCollected(WeakReference reference)
-    {
-        // The runtime lets go of an exited thread's object a little after Join returns: collect until it is gone.
-        long giveUpAt = Stopwatch.GetTimestamp() + (5 * Stopwatch.Frequency);
-        do
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-            if (!reference.IsAlive)
-            {
-                return true;
-            }
-
-            Thread.Sleep(10);
-        }
-        while (Stopwatch.GetTimestamp() < giveUpAt);
-        return false;
     }
 }
 

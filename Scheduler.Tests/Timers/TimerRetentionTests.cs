@@ -24,7 +24,7 @@ public sealed class TimerRetentionTests
         wheel.NurseryCount.Should().Be(1, "the timer went through this thread's nursery");
         wheel.PendingCount.Should().Be(0, "the drain took the disposed timer out of the nursery");
 
-        Collect();
+        Collected.Await(state);
         state.IsAlive.Should().BeFalse("a drained nursery slot must not keep its timer (and the timer's state) reachable");
     }
 
@@ -39,7 +39,7 @@ public sealed class TimerRetentionTests
         using ITimer survivor = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(5), Timeout.InfiniteTimeSpan);
         wheel.PendingCount.Should().Be(1, "the drain linked the survivor and dropped the disposed timer");
 
-        Collect();
+        Collected.Await(state);
         state.IsAlive.Should().BeFalse("a popped entry's stack link must not keep the entry popped after it reachable");
         GC.KeepAlive(survivor);
     }
@@ -51,12 +51,5 @@ public sealed class TimerRetentionTests
         ITimer timer = wheel.CreateTimer(static _ => { }, state, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
         timer.Dispose();
         return new WeakReference(state);
-    }
-
-    private static void Collect()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
     }
 }

@@ -1,0 +1,32 @@
+using System.Diagnostics;
+
+namespace Scheduler.Tests;
+
+/// <summary>
+/// Garbage collection for tests that check what an object lets go of: collects, with finalizers run, until every given
+/// reference is dead or a bound passes. One collection is not always enough: the runtime lets go of an exited thread's
+/// object a little after <see cref="Thread.Join()"/> returns, and an object freed by a finalizer needs a second pass.
+/// The caller then asserts on the references itself.
+/// </summary>
+internal static class Collected
+{
+    private static readonly TimeSpan s_bound = TimeSpan.FromSeconds(5);
+
+    /// <summary>Collects until no reference in <paramref name="references"/> is alive, for at most 5 seconds.</summary>
+    public static void Await(params WeakReference[] references)
+    {
+        long giveUpAt = Stopwatch.GetTimestamp() + (long)(s_bound.TotalSeconds * Stopwatch.Frequency);
+        while (true)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            GC.Collect();
+            if (!references.Any(static r => r.IsAlive) || Stopwatch.GetTimestamp() >= giveUpAt)
+            {
+                return;
+            }
+
+            Thread.Sleep(10);
+        }
+    }
+}
