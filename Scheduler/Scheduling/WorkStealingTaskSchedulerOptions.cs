@@ -20,8 +20,9 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// How many times an idle worker polls every queue (with a pause of about 0.2 µs between polls) before it parks.
     /// Higher values trade idle CPU for wake-up latency under bursty load. Defaults to 512 (about 100–120 µs; the
     /// ThreadPool's idle workers spin about 200–300 µs on the same machine); 0 parks at once.
-    /// A worker that finds it was preempted while spinning (other threads want the CPUs) parks at once instead, for
-    /// 10 ms to a second: under CPU contention a spinning worker waits for a time slice where a parked one is woken.
+    /// A worker that finds it was preempted while spinning (other threads want the CPUs) ends that spell and parks; when
+    /// such cuts keep coming it skips spinning for 10 ms, doubling up to a second: under CPU contention a spinning worker
+    /// waits for a time slice where a parked one is woken.
     /// </summary>
     public int SpinIterations { get; set; } = 512;
 
