@@ -45,6 +45,25 @@ public sealed class TimeProviderTests
     }
 
     [Fact]
+    public async Task Task_WaitAsync_with_the_wheel_times_out_no_earlier_than_its_timeout_and_passes_a_result_that_comes_first()
+    {
+        using var wheel = new TimerWheel();
+        var never = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        long start = Stopwatch.GetTimestamp();
+        Func<Task> timingOut = () => never.Task.WaitAsync(TimeSpan.FromMilliseconds(30), wheel);
+        await timingOut.Should().ThrowAsync<TimeoutException>();
+        Stopwatch.GetElapsedTime(start).Should().BeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(30));
+
+        var soon = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task<int> waiting = soon.Task.WaitAsync(TimeSpan.FromHours(1), wheel);
+        wheel.PendingCount.Should().Be(1, "WaitAsync arms one timer on the wheel");
+        soon.SetResult(7);
+        (await waiting.WaitAsync(s_timeout)).Should().Be(7);
+        await Scheduling.SchedulerTestHelpers.WaitUntilAsync(() => wheel.PendingCount == 0); // the BCL disposes it right after completing
+        wheel.PendingCount.Should().Be(0, "the result that came first disposed the timeout's timer");
+    }
+
+    [Fact]
     public async Task CancellationTokenSource_with_the_wheel_cancels_after_its_delay()
     {
         using var wheel = new TimerWheel();
