@@ -65,12 +65,15 @@ public sealed class WakerInteropTests
         completer.Join();
     }
 
-    [Fact]
-    public async Task ConfigureAwait_false_on_a_worker_still_resumes_on_the_workers_never_on_the_completing_thread()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ConfigureAwait_false_resumes_on_the_workers_when_awaited_on_one_else_on_the_ThreadPool_never_on_the_completing_thread(bool onWorker)
     {
         // docs/wakers.md: a waker awaited on worker k goes to k's inbox whatever the await's flags (a peer may take it
-        // from there while k counts as busy); the scheduling context that ConfigureAwait(false) drops only decides
-        // elsewhere (next test).
+        // from there while k counts as busy). Off the workers — a LongRunning task, where the scheduler is still
+        // TaskScheduler.Current — the scheduling context that ConfigureAwait(false) drops would have brought it back;
+        // without it the continuation goes to the ThreadPool.
         var scheduler = SchedulerTestHelpers.Create(2);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
@@ -81,48 +84,18 @@ public sealed class WakerInteropTests
             Thread? completerThread = null;
             var completer = CompleteOnceSuspended(source, version, i, thread => completerThread = thread);
 
-            (bool OnWorker, Thread After, int Value) resumed = await scheduler.Factory.StartNew(async () =>
-            {
-                ValueTask<int> task = source.Task;
-                completer.Start();
-                int value = await task.ConfigureAwait(false);
-                return (scheduler.IsWorkerThread, Thread.CurrentThread, value);
-            }).Unwrap().WithTimeout();
-
-            completer.Join();
-            resumed.Value.Should().Be(i);
-            resumed.OnWorker.Should().BeTrue();
-            resumed.After.Should().NotBeSameAs(completerThread);
-        }
-    }
-
-    [Fact]
-    public async Task ConfigureAwait_false_off_the_workers_resumes_on_the_ThreadPool_never_on_the_completing_thread()
-    {
-        var scheduler = SchedulerTestHelpers.Create(2);
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-
-        for (int i = 0; i < 20; i++)
-        {
-            var source = PooledValueTaskSource<int>.Rent();
-            short version = source.Version;
-            Thread? completerThread = null;
-            var completer = CompleteOnceSuspended(source, version, i, thread => completerThread = thread);
-
-            // A LongRunning task: the scheduler is TaskScheduler.Current there, but the thread is no worker, and
-            // ConfigureAwait(false) drops the scheduling context that would otherwise bring it back to the scheduler.
             (bool OnWorker, bool OnThreadPool, Thread After, int Value) resumed = await scheduler.Factory.StartNew(async () =>
             {
                 ValueTask<int> task = source.Task;
                 completer.Start();
                 int value = await task.ConfigureAwait(false);
                 return (scheduler.IsWorkerThread, Thread.CurrentThread.IsThreadPoolThread, Thread.CurrentThread, value);
-            }, TaskCreationOptions.LongRunning).Unwrap().WithTimeout();
+            }, onWorker ? TaskCreationOptions.None : TaskCreationOptions.LongRunning).Unwrap().WithTimeout();
 
             completer.Join();
             resumed.Value.Should().Be(i);
-            resumed.OnWorker.Should().BeFalse();
-            resumed.OnThreadPool.Should().BeTrue();
+            resumed.OnWorker.Should().Be(onWorker);
+            resumed.OnThreadPool.Should().Be(!onWorker);
             resumed.After.Should().NotBeSameAs(completerThread);
         }
     }
