@@ -68,6 +68,7 @@ public sealed class BclInteropTests
         Channel<int> channel = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
         int offScheduler = 0;
         int suspended = 0;
+        int readCount = 0;
 
         Task<List<int>> reading = scheduler.Factory.StartNew(async () =>
         {
@@ -82,6 +83,7 @@ public sealed class BclInteropTests
 
                 received.Add(await read);
                 Count(ref offScheduler, scheduler);
+                Interlocked.Increment(ref readCount);
             }
 
             return received;
@@ -93,7 +95,9 @@ public sealed class BclInteropTests
             {
                 if (i % 10 == 0)
                 {
-                    Thread.Sleep(2); // let the reader run dry and suspend, so the foreign write completes its await
+                    // Let the reader drain what was written and suspend, so the next write completes its await.
+                    SpinWait.SpinUntil(() => Volatile.Read(ref readCount) == i, TimeSpan.FromSeconds(5));
+                    Thread.Sleep(2);
                 }
 
                 channel.Writer.TryWrite(i);
@@ -114,13 +118,20 @@ public sealed class BclInteropTests
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new SemaphoreSlim(0);
         const int Rounds = 50;
+        int suspended = 0;
 
         Task<bool[]> waiting = scheduler.Factory.StartNew(async () =>
         {
             var onScheduler = new bool[Rounds];
             for (int i = 0; i < Rounds; i++)
             {
-                await gate.WaitAsync();
+                Task wait = gate.WaitAsync();
+                if (!wait.IsCompleted)
+                {
+                    suspended++;
+                }
+
+                await wait;
                 onScheduler[i] = OnScheduler(scheduler);
             }
 
@@ -139,6 +150,7 @@ public sealed class BclInteropTests
         releaser.Start();
 
         (await waiting.WithTimeout()).Should().OnlyContain(on => on);
+        suspended.Should().BeGreaterThan(0, "some waits must have been released by the foreign thread, or the test proves nothing");
     }
 
     [Fact]
