@@ -54,7 +54,7 @@ public sealed partial class TimerWheel
         bool wasEmpty;
         if (nursery is null || nursery.Wheel != this || !nursery.TryAdd(entry, out wasEmpty))
         {
-            if (!TryAddToNurserySlow(entry, out wasEmpty))
+            if (!TryAddToNurserySlow(nursery, entry, out wasEmpty))
             {
                 return false;
             }
@@ -72,15 +72,14 @@ public sealed partial class TimerWheel
         return true;
     }
 
+    /// <summary>The fast path's miss: <paramref name="nursery"/> is what it found for this thread (none, closed, another wheel's, or full).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool TryAddToNurserySlow(TimerEntry entry, out bool wasEmpty)
+    private bool TryAddToNurserySlow(TimerNursery? nursery, TimerEntry entry, out bool wasEmpty)
     {
         wasEmpty = false;
-        Thread thread = Thread.CurrentThread;
-        TimerNursery? nursery = ThreadNurseries.Of(thread);
         if (nursery is null || nursery.IsClosed)
         {
-            nursery = RegisterNursery(thread);
+            nursery = RegisterNursery(Thread.CurrentThread);
             if (nursery is null)
             {
                 return false;
