@@ -257,16 +257,28 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     /// <summary>
     /// Whether <paramref name="task"/> is the runtime's wrapper for an <c>await</c> resuming under this scheduler (the
-    /// awaited task completed on a thread that is not one of our workers: a timer, I/O, another scheduler).
+    /// awaited task or value task completed on a thread that is not one of our workers: a timer, I/O, another scheduler).
     /// </summary>
     /// <remarks>
-    /// The runtime queues it through <see cref="QueueTask"/> and swallows a refusal (the task merely faults): the awaiting
-    /// method would never resume, and whoever waits for it would hang. Such a wrapper is a plain <see cref="Task"/>
-    /// without options whose state is the continuation <see cref="Action"/>; a user's <c>StartNew</c> has that shape only
-    /// when it passes an <see cref="Action"/> as the state of an <see cref="Action{T}"/>, and it then runs rather than throws.
+    /// <para>Two shapes. An awaited <see cref="Task"/> resumes through a plain <see cref="Task"/> without options whose
+    /// state is the continuation <see cref="Action"/>, queued through <see cref="QueueTask"/>; the runtime swallows a
+    /// refusal (the task merely faults), so the awaiting method would never resume and whoever waits for it would hang.
+    /// An awaited <see cref="ValueTask"/> backed by an <see cref="System.Threading.Tasks.Sources.IValueTaskSource"/> of
+    /// the BCL's making (<see cref="System.Threading.Tasks.Sources.ManualResetValueTaskSourceCore{TResult}"/>, channels,
+    /// sockets, and sources modelled on them) resumes through
+    /// <c>Task.Factory.StartNew(continuation, state, CancellationToken.None, TaskCreationOptions.DenyChildAttach, scheduler)</c>:
+    /// a plain <see cref="Task"/> whose only option is <see cref="TaskCreationOptions.DenyChildAttach"/>. Refused, that one
+    /// throws into whoever completed the source — a channel writer, an I/O or timer thread — and the method never resumes
+    /// (found by AdversarialSchedulerTests: a channel write after Dispose threw the scheduler's refusal).</para>
+    /// <para>A user's <c>StartNew</c> has the first shape only when it passes an <see cref="Action"/> as the state of an
+    /// <see cref="Action{T}"/>, the second when it asks for exactly <see cref="TaskCreationOptions.DenyChildAttach"/>;
+    /// after <see cref="Dispose"/> such a task runs (on the workers while they drain, else on the ThreadPool) rather than
+    /// throws.</para>
     /// </remarks>
     private static bool IsAwaitResumption(Task task) =>
-        task.AsyncState is Action && task.CreationOptions == TaskCreationOptions.None && task.GetType() == typeof(Task);
+        task.GetType() == typeof(Task)
+        && (task.CreationOptions == TaskCreationOptions.DenyChildAttach
+            || (task.CreationOptions == TaskCreationOptions.None && task.AsyncState is Action));
 
     /// <inheritdoc />
     protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued)
