@@ -136,8 +136,15 @@ public sealed partial class ReactorConnection
         {
             error = e;
             // The user aborted Output, or the peer went away: stop both directions of this connection only. Recorded
-            // first: the receive that reads 0 because of this shutdown ends Input with it.
-            Volatile.Write(ref _sendFailure, e);
+            // first (unless an abort already recorded its reason): the receive that reads 0 because of this shutdown
+            // ends Input with it. Not EPIPE once the receive side is already shut: Linux reports EPIPE to a send after a
+            // reset that followed the peer's end of stream (or after a receive took the reset), and then the 0 still to
+            // come is the peer's own, complete, end — the socket layer does not report it as an error either.
+            if (!(e is SocketException { SocketErrorCode: SocketError.Shutdown } && Socket.IsReceiveSideShut()))
+            {
+                Interlocked.CompareExchange(ref _sendFailure, e, null);
+            }
+
             TryShutdownBoth();
         }
 
@@ -153,6 +160,66 @@ public sealed partial class ReactorConnection
         catch (SocketException e) when (e.SocketErrorCode == SocketError.NotConnected)
         {
             // The peer already closed: nothing left to tell it.
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Output"/> completed with an exception: records it as what ended the connection and shuts the socket down
+    /// at once, so that a send parked on a peer that stopped reading fails now (the send loop would otherwise notice the
+    /// completion only after the peer drained everything buffered).
+    /// </summary>
+    private void Abort(Exception reason)
+    {
+        Interlocked.CompareExchange(ref _sendFailure, reason, null);
+        TryShutdownBoth();
+    }
+
+    /// <summary>
+    /// <see cref="Output"/>: the output pipe's writer, except that its first completion, when it carries an exception,
+    /// aborts the connection there and then (see <see cref="Abort"/>). System.IO.Pipelines tells the reading side of a
+    /// completion only at its next read, and the send loop does not read while a send is parked.
+    /// </summary>
+    private sealed class AbortingWriter(ReactorConnection connection, PipeWriter inner) : PipeWriter
+    {
+        private int _completed;
+
+        public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
+
+        public override long UnflushedBytes => inner.UnflushedBytes;
+
+        public override void Advance(int bytes) => inner.Advance(bytes);
+
+        public override void CancelPendingFlush() => inner.CancelPendingFlush();
+
+        public override void Complete(Exception? exception = null)
+        {
+            AbortIfFirstCompletionFailed(exception);
+            inner.Complete(exception);
+        }
+
+        public override ValueTask CompleteAsync(Exception? exception = null)
+        {
+            AbortIfFirstCompletionFailed(exception);
+            return inner.CompleteAsync(exception);
+        }
+
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+
+        public override Memory<byte> GetMemory(int sizeHint = 0) => inner.GetMemory(sizeHint);
+
+        public override Span<byte> GetSpan(int sizeHint = 0) => inner.GetSpan(sizeHint);
+
+        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default) =>
+            inner.WriteAsync(source, cancellationToken);
+
+        // Only the first completion counts, as for the pipe's own writer: an orderly Complete() followed by a
+        // Complete(exception) does not cut off the drain that the first one started.
+        private void AbortIfFirstCompletionFailed(Exception? exception)
+        {
+            if (Interlocked.Exchange(ref _completed, 1) == 0 && exception is not null)
+            {
+                connection.Abort(exception);
+            }
         }
     }
 

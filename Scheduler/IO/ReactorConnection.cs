@@ -12,14 +12,17 @@ namespace Scheduler.IO;
 /// <c>Output.FlushAsync</c> waits while the peer does not drain what was written.</para>
 /// <para>Completing <see cref="Output"/> sends what is buffered and then shuts down the send side (the peer reads
 /// end of stream). The peer's shutdown completes <see cref="Input"/>; a reset completes it with the
-/// <see cref="System.Net.Sockets.SocketException"/>. Completing <see cref="Output"/> with an exception, or a send that
-/// fails, aborts the connection: <see cref="Input"/> then ends with that exception, never as an orderly end. Without explicit options both pipes use the reactor's
+/// <see cref="System.Net.Sockets.SocketException"/>. Completing <see cref="Output"/> with an exception (at once, also while a
+/// send waits for a peer that stopped reading), or a send that fails, aborts the connection: <see cref="Input"/> then
+/// ends with that exception, never as an orderly end — except a send's EPIPE after the peer had already ended its
+/// stream (a reset that followed its end of stream), where <see cref="Input"/> ends as that stream did. Without explicit options both pipes use the reactor's
 /// scheduler (<see cref="WorkStealingTaskScheduler.PipeScheduler"/>) and its default thresholds (64 KiB/32 KiB).</para>
 /// </remarks>
 public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
 {
     private readonly Pipe _input;
     private readonly Pipe _output;
+    private readonly AbortingWriter _outputWriter;
     private readonly Task _receiveLoop;
     private readonly Task _sendLoop;
 
@@ -39,6 +42,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
         Socket = socket;
         _input = new Pipe(inputOptions);
         _output = new Pipe(outputOptions);
+        _outputWriter = new AbortingWriter(this, _output.Writer);
         var receive = new Task<Task>(static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
         var send = new Task<Task>(static s => ((ReactorConnection)s!).SendLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
         _receiveLoop = receive.Unwrap();
@@ -79,7 +83,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     public PipeReader Input => _input.Reader;
 
     /// <summary>Bytes to send to the peer. Complete it to send what is buffered and then shut down the send side.</summary>
-    public PipeWriter Output => _output.Writer;
+    public PipeWriter Output => _outputWriter;
 
     /// <summary>Starts the receive and send loops of a connected socket.</summary>
     /// <param name="socket">A connected (not listening, not disposed) socket; the connection takes ownership.</param>

@@ -346,6 +346,26 @@ public sealed partial class ReactorSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Whether the receive side is shut at this moment (poll(2) reports POLLRDHUP: the peer's end of stream or a reset
+    /// arrived, or our own shutdown of it); false for a disposed socket. One system call, for error paths.
+    /// </summary>
+    internal unsafe bool IsReceiveSideShut()
+    {
+        if (!TryAddRef(out FdReference fd))
+        {
+            return false;
+        }
+
+        using (fd)
+        {
+            Libc.PollFd entry = default;
+            entry.Fd = fd.Fd;
+            entry.Events = POLLRDHUP;
+            return Libc.Poll(&entry, 1, 0) == 1 && (entry.ReturnedEvents & POLLRDHUP) != 0;
+        }
+    }
+
     /// <summary>Receives that parked without a system call because the socket was known to be drained. For tests.</summary>
     internal int ReceiveAttemptsSkipped => _receive?.SkippedAttempts ?? 0;
 

@@ -73,6 +73,18 @@ internal static unsafe partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "sendmsg", SetLastError = true)]
     internal static partial nint SendMsg(int fd, MessageHeader* message, int flags);
 
+    [LibraryImport(LibraryName, EntryPoint = "poll", SetLastError = true)]
+    internal static partial int Poll(PollFd* fds, nuint count, int timeout);
+
+    /// <summary>struct pollfd.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short ReturnedEvents;
+    }
+
     [LibraryImport(LibraryName, EntryPoint = "shutdown", SetLastError = true)]
     internal static partial int Shutdown(int fd, int how);
 
