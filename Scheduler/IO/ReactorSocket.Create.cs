@@ -152,7 +152,7 @@ public sealed partial class ReactorSocket
             throw;
         }
 
-        return start == ConnectStart.Connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(cancellationToken);
+        return start == ConnectStart.Connected ? new ValueTask<ReactorSocket>(socket) : socket.CompleteConnectAsync(endPoint, cancellationToken);
     }
 
     /// <summary>Wraps a descriptor from accept4 in a registered socket; <paramref name="fd"/> is closed if anything fails.</summary>
@@ -305,7 +305,7 @@ public sealed partial class ReactorSocket
         }
     }
 
-    private async ValueTask<ReactorSocket> CompleteConnectAsync(CancellationToken cancellationToken)
+    private async ValueTask<ReactorSocket> CompleteConnectAsync(EndPoint endPoint, CancellationToken cancellationToken)
     {
         try
         {
@@ -313,6 +313,8 @@ public sealed partial class ReactorSocket
             {
                 throw new InvalidOperationException("The connect operation is already in use.");
             }
+
+            _connect.Target = endPoint; // named by the error, as the immediate failure in StartConnect names it
 
             await _connect.Run(cancellationToken).ConfigureAwait(false);
             return this;

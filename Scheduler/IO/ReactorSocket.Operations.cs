@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Net;
 using System.Net.Sockets;
 using Scheduler.Native;
 using static Scheduler.Native.LinuxConstants;
@@ -404,6 +405,11 @@ public sealed partial class ReactorSocket
     /// <summary>Completes an in-progress connect: SO_ERROR reports failure, getpeername success.</summary>
     private sealed class ConnectOperation(ReactorSocket socket) : ReactorOperation<int>(socket, isWrite: true)
     {
+        /// <summary>The endpoint being connected to, named in the error (set before the operation runs).</summary>
+        public EndPoint? Target { get; set; }
+
+        private string Operation => Target is null ? "connect" : $"connect to {Target}";
+
         protected override unsafe bool TryExecute(FdReference fd, out int result, out Exception? error)
         {
             result = 0;
@@ -417,7 +423,7 @@ public sealed partial class ReactorSocket
 
             if (socketError != 0)
             {
-                error = Errno.ToException(socketError, "connect");
+                error = Errno.ToException(socketError, Operation);
                 return true;
             }
 
@@ -434,7 +440,7 @@ public sealed partial class ReactorSocket
                 return false; // still in progress
             }
 
-            error = Errno.ToException(errno, "connect");
+            error = Errno.ToException(errno, Operation);
             return true;
         }
 

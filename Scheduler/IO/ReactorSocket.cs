@@ -60,10 +60,12 @@ public sealed partial class ReactorSocket : IDisposable
     }
 
     /// <summary>The local endpoint the socket is bound to, or null when it cannot be determined (e.g. after disposal).</summary>
-    public EndPoint? LocalEndPoint => _localEndPoint ??= QueryEndPoint(remote: false);
+    /// <remarks>Null after disposal even when read before it (the cached value is not returned for a closed socket).</remarks>
+    public EndPoint? LocalEndPoint => IsDisposed ? null : _localEndPoint ??= QueryEndPoint(remote: false);
 
     /// <summary>The connected peer's endpoint, or null for a listening or disposed socket.</summary>
-    public EndPoint? RemoteEndPoint => _remoteEndPoint ??= _accept is null ? QueryEndPoint(remote: true) : null;
+    /// <remarks>Null after disposal even when read before it (the cached value is not returned for a closed socket).</remarks>
+    public EndPoint? RemoteEndPoint => IsDisposed ? null : _remoteEndPoint ??= _accept is null ? QueryEndPoint(remote: true) : null;
 
     internal IoReactor Reactor { get; }
 
