@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
 using Scheduler.Tests.Scheduling;
@@ -55,15 +56,35 @@ public sealed class PooledValueTaskSourceTests
     }
 
     [Fact]
-    public void Second_concurrent_await_of_a_pending_rental_throws()
+    public async Task Second_concurrent_await_of_a_pending_rental_throws()
     {
+        // The second registration does not throw out of OnCompleted (an await's builder would rethrow that on the
+        // ThreadPool): its continuation runs on its own, and its read of the result throws. The first await is unharmed.
         var source = PooledValueTaskSource<int>.Rent();
         ValueTask<int> task = source.Task;
-        task.GetAwaiter().OnCompleted(static () => { });
+        var first = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        ValueTaskAwaiter<int> firstAwaiter = task.GetAwaiter();
+        firstAwaiter.OnCompleted(() => first.SetResult(firstAwaiter.GetResult()));
 
-        Action again = () => task.GetAwaiter().OnCompleted(static () => { });
-        again.Should().Throw<InvalidOperationException>();
-        source.TrySetResult(0);
+        var second = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        ValueTaskAwaiter<int> secondAwaiter = task.GetAwaiter();
+        Action again = () => secondAwaiter.OnCompleted(() =>
+        {
+            try
+            {
+                secondAwaiter.GetResult();
+                second.SetResult(null);
+            }
+            catch (Exception e)
+            {
+                second.SetResult(e);
+            }
+        });
+        again.Should().NotThrow();
+        (await second.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeOfType<InvalidOperationException>();
+
+        source.TrySetResult(5).Should().BeTrue();
+        (await first.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().Be(5);
     }
 
     [Fact]

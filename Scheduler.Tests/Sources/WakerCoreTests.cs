@@ -155,14 +155,38 @@ public sealed class WakerCoreTests
     }
 
     [Fact]
-    public void Second_registration_throws()
+    public async Task Second_registration_runs_on_its_own_and_its_read_throws()
     {
+        // A losing registration must not throw out of OnCompleted: an await's builder would rethrow that on the ThreadPool
+        // and the awaiting method would never resume. Its continuation is queued on its own; its read throws there.
         var waker = new TestWaker<int>();
         short token = waker.Version;
-        waker.Core.OnCompleted(static _ => { }, null, token, ValueTaskSourceOnCompletedFlags.None);
+        var firstRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        waker.Core.OnCompleted(static s => ((TaskCompletionSource)s!).SetResult(), firstRan, token, ValueTaskSourceOnCompletedFlags.None);
 
-        Action again = () => waker.Core.OnCompleted(static _ => { }, null, token, ValueTaskSourceOnCompletedFlags.None);
-        again.Should().Throw<InvalidOperationException>();
+        var secondRead = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Action again = () => waker.Core.OnCompleted(
+            _ =>
+            {
+                try
+                {
+                    waker.Core.GetResult(token);
+                    secondRead.SetResult(null);
+                }
+                catch (Exception e)
+                {
+                    secondRead.SetResult(e);
+                }
+            },
+            null,
+            token,
+            ValueTaskSourceOnCompletedFlags.None);
+        again.Should().NotThrow();
+        (await secondRead.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeOfType<InvalidOperationException>("the operation is awaited twice");
+        firstRan.Task.IsCompleted.Should().BeFalse("the first registration stays, untouched, until the operation completes");
+
+        waker.Core.TrySetResult(1).Should().BeTrue();
+        await firstRan.Task.WaitAsync(TimeSpan.FromSeconds(10));
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -15,9 +16,14 @@ public partial struct WakerCore<TResult>
     /// When the operation completed meanwhile, the continuation is queued at once (never invoked inline).
     /// <see cref="ExecutionContext"/> is captured and restored around the continuation only when
     /// <paramref name="flags"/> include <see cref="ValueTaskSourceOnCompletedFlags.FlowExecutionContext"/>.
+    /// <para>A registration that loses — <paramref name="token"/> is stale, or a continuation is already registered (the
+    /// operation is awaited twice) — does not throw: the continuation is queued to the ThreadPool on its own, touching
+    /// nothing of the core, and its read of the result (<c>GetResult</c>) throws <see cref="InvalidOperationException"/>
+    /// in the awaiting method. Thrown from here, the exception would miss that method: the async method builder calls
+    /// <c>OnCompleted</c> for an <c>await</c> and rethrows what it throws on the ThreadPool (ending the process), and the
+    /// method would never resume.</para>
     /// </remarks>
     /// <exception cref="ArgumentNullException"><paramref name="continuation"/> is null.</exception>
-    /// <exception cref="InvalidOperationException"><paramref name="token"/> is stale, or a continuation is already registered (the operation is awaited twice).</exception>
     public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {
         ArgumentNullException.ThrowIfNull(continuation);
@@ -30,7 +36,12 @@ public partial struct WakerCore<TResult>
         int current = Volatile.Read(ref _state);
         while (true)
         {
-            ValidateRegistration(current, token);
+            if (LosesRegistration(current, token))
+            {
+                QueueLosingContinuation(continuation, state, flags);
+                return;
+            }
+
             if ((current & StatusMask) == StatusReserved)
             {
                 current = WaitWhileReserved();
@@ -144,12 +155,19 @@ public partial struct WakerCore<TResult>
         return state;
     }
 
-    private static void ValidateRegistration(int state, short token)
+    /// <summary>A stale token, or a continuation already registered or being registered: the operation is awaited twice.</summary>
+    private static bool LosesRegistration(int state, short token) =>
+        (short)state != token || (state & StatusMask) == StatusConsumed || (state & (ContinuationFlag | RegisteringFlag)) != 0;
+
+    /// <summary>
+    /// The continuation of a registration that lost (see <see cref="OnCompleted"/>): queued to the ThreadPool on its own,
+    /// with its own copy of what it needs, so that its read of the result throws in the awaiting method. Allocates, on
+    /// misuse only.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void QueueLosingContinuation(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
     {
-        ValidateToken(state, token);
-        if ((state & (ContinuationFlag | RegisteringFlag)) != 0)
-        {
-            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
-        }
+        ExecutionContext? executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+        ThreadPool.UnsafeQueueUserWorkItem(new DetachedContinuation(continuation, state, executionContext), preferLocal: false);
     }
 }
