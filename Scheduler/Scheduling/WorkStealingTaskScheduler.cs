@@ -249,10 +249,30 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     /// </summary>
     private void ThrowIfRefusedAfterDispose(Task task)
     {
-        if (IsDisposeRequested && !IsAwaitResumption(task) && TaskScheduler.Current != this)
+        if (IsDisposeRequested && !IsAwaitResumption(task) && !IsContinuationTask(task) && TaskScheduler.Current != this)
         {
             ThrowDisposedForOutsideProducer();
         }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="task"/> is a continuation the runtime made for <c>ContinueWith</c> (or
+    /// <c>ContinueWhenAll</c>/<c>ContinueWhenAny</c>): one of its own subclasses of <see cref="Task"/>, never the
+    /// <see cref="Task"/> or <see cref="Task{TResult}"/> a <c>StartNew</c> makes.
+    /// </summary>
+    /// <remarks>
+    /// A continuation registered before <see cref="Dispose"/> is queued when its antecedent completes, perhaps after:
+    /// refused then, it faulted with the refusal and the work the user handed over while the scheduler still accepted
+    /// it never ran (found by AdversarialSchedulerApiTests). Such a task runs (on the workers while they drain, else on
+    /// the ThreadPool), as an await resumption does; a <c>ContinueWith</c> first made after <see cref="Dispose"/> runs
+    /// too rather than faults. Only <c>StartNew</c> from outside is refused, as the contract says.
+    /// </remarks>
+    private static bool IsContinuationTask(Task task)
+    {
+        Type type = task.GetType();
+        return type != typeof(Task)
+            && type.Assembly == typeof(Task).Assembly
+            && !(type.IsGenericType && type.GetGenericTypeDefinition() == typeof(Task<>));
     }
 
     /// <summary>
