@@ -212,6 +212,31 @@ public sealed class IoContractTests
     }
 
     [Fact]
+    public async Task Create_refuses_pipe_options_with_a_zero_minimum_segment_size_naming_the_parameter()
+    {
+        // With a minimum segment size of 0 a pipe's WriteAsync never returns (System.IO.Pipelines itself): refused up front.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+        using (client)
+        using (server)
+        {
+            var zero = new PipeOptions(minimumSegmentSize: 0);
+            FluentActions.Invoking(() => ReactorConnection.Create(server, inputOptions: zero))
+                .Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("inputOptions");
+            FluentActions.Invoking(() => ReactorConnection.Create(server, outputOptions: zero))
+                .Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("outputOptions");
+
+            // Refused before anything started: the socket is still the caller's, and carries a connection.
+            await using var connection = ReactorConnection.Create(server, new PipeOptions(minimumSegmentSize: 1));
+            await client.SendAsync(new byte[] { 7 });
+            ReadResult read = await connection.Input.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+            read.Buffer.FirstSpan[0].Should().Be(7);
+            connection.Input.AdvanceTo(read.Buffer.End);
+        }
+    }
+
+    [Fact]
     public async Task Output_pauses_at_its_own_threshold_not_the_default_one()
     {
         const int Pause = 16 << 20;

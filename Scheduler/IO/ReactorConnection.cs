@@ -91,6 +91,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <param name="outputOptions">Options of the <see cref="Output"/> pipe; null for the reactor scheduler's defaults.</param>
     /// <exception cref="ArgumentNullException"><paramref name="socket"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="socket"/> is a listening socket.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">Options with a minimum segment size of 0 (a pipe's writes would never return).</exception>
     /// <exception cref="ObjectDisposedException"><paramref name="socket"/> is disposed.</exception>
     /// <exception cref="TaskSchedulerException">
     /// The reactor's scheduler is disposed (the inner exception is <see cref="ObjectDisposedException"/>): nothing was
@@ -105,8 +106,23 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
         }
 
         ObjectDisposedException.ThrowIf(socket.IsDisposed, socket);
+        ThrowIfZeroSegmentSize(inputOptions, nameof(inputOptions));
+        ThrowIfZeroSegmentSize(outputOptions, nameof(outputOptions));
         PipeOptions defaults = socket.Reactor.DefaultPipeOptions;
         return new ReactorConnection(socket, inputOptions ?? defaults, outputOptions ?? defaults);
+    }
+
+    /// <summary>
+    /// <see cref="PipeOptions"/> accepts a minimum segment size of 0, and then a pipe's writer loops forever in
+    /// <c>WriteAsync</c> (System.IO.Pipelines in .NET 10: a 100 KB write to a plain <c>Pipe</c> never returns). Refused here
+    /// with the option's name rather than hanging the application's first write.
+    /// </summary>
+    private static void ThrowIfZeroSegmentSize(PipeOptions? options, string parameterName)
+    {
+        if (options is { MinimumSegmentSize: 0 })
+        {
+            throw new ArgumentOutOfRangeException(parameterName, "PipeOptions.MinimumSegmentSize must be positive (or -1 for the default): with 0 a pipe's WriteAsync never returns.");
+        }
     }
 
     /// <summary>
