@@ -629,23 +629,7 @@ public sealed class AdversarialConnectionTests
         // exception makes the next ReadAsync throw at once, so bytes the application had examined but not consumed
         // are dropped with the error; whatever was delivered before it is an exact prefix.)
         var delivered = new ArrayBufferWriter<byte>();
-        Func<Task> read = () => io.Run(async () =>
-        {
-            while (true)
-            {
-                ReadResult result = await connection.Input.ReadAsync();
-                foreach (ReadOnlyMemory<byte> segment in result.Buffer)
-                {
-                    delivered.Write(segment.Span);
-                }
-
-                connection.Input.AdvanceTo(result.Buffer.End);
-                if (result.IsCompleted)
-                {
-                    return;
-                }
-            }
-        }, Guard);
+        Func<Task> read = () => io.Run(() => ReactorConnectionTests.CopyToEndAsync(connection.Input, delivered), Guard);
         await read.Should().ThrowAsync<ObjectDisposedException>();
         delivered.WrittenSpan.SequenceEqual(message.AsSpan(0, delivered.WrittenCount)).Should().BeTrue();
 
@@ -781,23 +765,7 @@ public sealed class AdversarialConnectionTests
         Exception? end = null;
         try
         {
-            await io.Run(async () =>
-            {
-                while (true)
-                {
-                    ReadResult result = await connection.Input.ReadAsync();
-                    foreach (ReadOnlyMemory<byte> segment in result.Buffer)
-                    {
-                        received.Write(segment.Span);
-                    }
-
-                    connection.Input.AdvanceTo(result.Buffer.End);
-                    if (result.IsCompleted)
-                    {
-                        return;
-                    }
-                }
-            }, Guard);
+            await io.Run(() => ReactorConnectionTests.CopyToEndAsync(connection.Input, received), Guard);
         }
         catch (SocketException e)
         {

@@ -12,18 +12,25 @@ public sealed class ReactorConnectionTests
     internal static async Task<byte[]> ReadToEndAsync(PipeReader reader, int expected = -1)
     {
         var all = new ArrayBufferWriter<byte>(Math.Max(expected, 16));
+        await CopyToEndAsync(reader, all);
+        return all.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Copies what <paramref name="reader"/> delivers into <paramref name="destination"/> until its end; an end with an error throws, with what came before it kept.</summary>
+    internal static async Task CopyToEndAsync(PipeReader reader, IBufferWriter<byte> destination)
+    {
         while (true)
         {
             ReadResult result = await reader.ReadAsync();
             foreach (ReadOnlyMemory<byte> segment in result.Buffer)
             {
-                all.Write(segment.Span);
+                destination.Write(segment.Span);
             }
 
             reader.AdvanceTo(result.Buffer.End);
             if (result.IsCompleted)
             {
-                return all.WrittenSpan.ToArray();
+                return;
             }
         }
     }
