@@ -82,10 +82,10 @@ internal static class LinuxConstants
     public const uint EPOLLERR = 0x008;
     public const uint EPOLLHUP = 0x010;
     public const uint EPOLLRDHUP = 0x2000;
-
-    /// <summary>poll(2)'s event for a receive side that is shut (same bit as EPOLLRDHUP).</summary>
-    public const short POLLRDHUP = 0x2000;
     public const uint EPOLLET = 1u << 31;
     public const int EFD_CLOEXEC = 0x80000;
     public const int EFD_NONBLOCK = 0x800;
+
+    /// <summary>poll(2)'s event for a receive side that is shut (the same bit as EPOLLRDHUP).</summary>
+    public const short POLLRDHUP = 0x2000;
 }

@@ -157,7 +157,7 @@ public partial struct WakerCore<TResult>
 
     /// <summary>A stale token, or a continuation already registered or being registered: the operation is awaited twice.</summary>
     private static bool LosesRegistration(int state, short token) =>
-        (short)state != token || (state & StatusMask) == StatusConsumed || (state & (ContinuationFlag | RegisteringFlag)) != 0;
+        IsStale(state, token) || (state & (ContinuationFlag | RegisteringFlag)) != 0;
 
     /// <summary>
     /// The continuation of a registration that lost (see <see cref="OnCompleted"/>): queued to the ThreadPool on its own,

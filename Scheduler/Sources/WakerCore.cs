@@ -369,11 +369,15 @@ public partial struct WakerCore<TResult>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ValidateToken(int state, short token)
     {
-        if ((short)state != token || (state & StatusMask) == StatusConsumed)
+        if (IsStale(state, token))
         {
             PooledSourceErrors.ThrowStaleToken();
         }
     }
+
+    /// <summary>Whether <paramref name="token"/> no longer names the core's current operation (another version, or consumed).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsStale(int state, short token) => (short)state != token || (state & StatusMask) == StatusConsumed;
 
     /// <summary>
     /// Throws for a stale token when the core's operation or status has changed since <paramref name="observed"/>
