@@ -489,10 +489,7 @@ public sealed class AdversarialConnectionTests
         using ReactorSocket fresh = io.Listen();
         await io.RunOnPair(fresh, async (client, server) =>
         {
-            await client.SendAsync(new byte[] { 42 });
-            var one = new byte[1];
-            (await server.ReceiveAsync(one)).Should().Be(1);
-            one[0].Should().Be(42);
+            await IoTestContext.AssertByteCrossesAsync(client, server, 42);
         }, Guard);
     }
 

@@ -335,10 +335,7 @@ public sealed class AdversarialSocketTests
             (await firstReceive).Should().Be(1);
 
             // Both directions are free again.
-            (await client.SendAsync(new byte[] { 7 })).Should().Be(1);
-            var one = new byte[1];
-            await IoTestContext.ReceiveExactlyAsync(server, one);
-            one[0].Should().Be(7);
+            await IoTestContext.AssertByteCrossesAsync(client, server, 7);
         }, Guard);
     }
 
@@ -665,10 +662,7 @@ public sealed class AdversarialSocketTests
             ValueTask<ReactorSocket> accept = listener.AcceptAsync();
             using ReactorSocket c2 = await ReactorSocket.ConnectAsync(reactor, listener.LocalEndPoint!).AsTask().WaitAsync(Guard);
             using ReactorSocket s2 = await accept.AsTask().WaitAsync(Guard);
-            await c2.SendAsync(new byte[] { 6 }).AsTask().WaitAsync(Guard);
-            var one = new byte[1];
-            await IoTestContext.ReceiveExactlyAsync(s2, one).WaitAsync(Guard);
-            one[0].Should().Be(6);
+            await IoTestContext.AssertByteCrossesAsync(c2, s2, 6).WaitAsync(Guard);
 
             // Disposing the reactor fails the other parked receive, whose continuation still runs somewhere.
             reactor.Dispose();

@@ -119,6 +119,15 @@ internal sealed class IoTestContext : IAsyncDisposable
         return await accept;
     }
 
+    /// <summary>Sends one byte from <paramref name="from"/> and checks that <paramref name="to"/> receives exactly it: both directions' operations are free.</summary>
+    public static async Task AssertByteCrossesAsync(ReactorSocket from, ReactorSocket to, byte value)
+    {
+        (await from.SendAsync(new[] { value })).Should().Be(1);
+        var one = new byte[1];
+        await ReceiveExactlyAsync(to, one);
+        one[0].Should().Be(value);
+    }
+
     public static Task ReceiveExactlyAsync(ReactorSocket socket, Memory<byte> buffer) =>
         ReceiveExactlyAsync(buffer, b => socket.ReceiveAsync(b));
 
