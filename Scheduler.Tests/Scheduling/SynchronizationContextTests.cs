@@ -39,6 +39,69 @@ public sealed class SynchronizationContextTests
     }
 
     [Fact]
+    public void A_post_in_the_default_execution_context_allocates_nothing_and_one_with_an_AsyncLocal_carries_it()
+    {
+        var scheduler = Create(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        SynchronizationContext context = scheduler.Factory.StartNew(() => SynchronizationContext.Current!).Result;
+        var local = new AsyncLocal<string>();
+        long perPost = -1;
+        string? seen = null;
+        Exception? failure = null;
+
+        // A thread started with UnsafeStart holds the default context, as the awaits of code that sets no AsyncLocal do.
+        var poster = new Thread(() =>
+        {
+            try
+            {
+                int done = 0;
+                SendOrPostCallback callback = _ => Interlocked.Increment(ref done);
+                PostAll(context, callback, 50_000, ref done, 0); // warm-up: the global queue's segments grow once
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                PostAll(context, callback, 100_000, ref done, 50_000);
+                perPost = (GC.GetAllocatedBytesForCurrentThread() - before) / 100_000;
+
+                local.Value = "carried";
+                using var arrived = new ManualResetEventSlim();
+                context.Post(_ => { seen = local.Value; arrived.Set(); }, null);
+                arrived.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        poster.UnsafeStart();
+        poster.Join(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        failure.Should().BeNull();
+        perPost.Should().Be(0, "a post in the default context travels bare in the queue's struct slot");
+        seen.Should().Be("carried", "a post runs in the poster's execution context, as the base SynchronizationContext's does");
+
+        static void PostAll(SynchronizationContext context, SendOrPostCallback callback, int count, ref int done, int doneBefore)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                context.Post(callback, null);
+                if ((i & 1023) == 1023)
+                {
+                    // Keep the queue short so it reuses its segments instead of growing.
+                    int target = doneBefore + i - 64;
+                    while (Volatile.Read(ref done) < target)
+                    {
+                        Thread.Yield();
+                    }
+                }
+            }
+
+            int all = doneBefore + count;
+            while (Volatile.Read(ref done) < all)
+            {
+                Thread.Yield();
+            }
+        }
+    }
+
+    [Fact]
     public async Task A_yield_loop_cannot_starve_other_work_because_posts_are_fifo()
     {
         var scheduler = Create(1);

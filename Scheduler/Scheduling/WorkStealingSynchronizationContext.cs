@@ -16,6 +16,11 @@ namespace Scheduler;
 /// yielding under a probe context (<see cref="YieldCallbacks"/>). If a future runtime posted yields some other way,
 /// they would be served LIFO — still capped by the LIFO slot's limit and the fairness turns, so degraded fairness,
 /// never starvation.</para>
+/// <para>A post runs in the poster's <see cref="ExecutionContext"/>, as every synchronization context's does (the base
+/// one queues to the ThreadPool, which captures it): <c>TaskAwaiter.OnCompleted</c> and <c>YieldAwaiter.OnCompleted</c>
+/// promise to flow it and leave that to <see cref="Post"/>. Posted in the default context (no <see cref="AsyncLocal{T}"/>
+/// values, the case of every <c>await</c> in code that sets none) or with flow suppressed, a post still travels bare
+/// in the queue's slot; otherwise a small wrapper carries the context (<see cref="ContextFlowingPost"/>).</para>
 /// </remarks>
 internal sealed class WorkStealingSynchronizationContext(WorkStealingTaskScheduler scheduler) : SynchronizationContext
 {
@@ -26,7 +31,7 @@ internal sealed class WorkStealingSynchronizationContext(WorkStealingTaskSchedul
     public override void Post(SendOrPostCallback d, object? state)
     {
         ArgumentNullException.ThrowIfNull(d);
-        var item = WorkItem.ForCallback(d, state);
+        WorkItem item = ContextFlowingPost.Capture(d, state);
         if (IsYield(d))
         {
             scheduler.EnqueuePosted(item);

@@ -265,6 +265,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         private void Run()
         {
+            DefaultExecutionContext.LearnOnFreshThread(); // a fresh thread (UnsafeStart): for posts made in it (WorkStealingSynchronizationContext)
             SetCurrentWorker(this);
             if (_owner.WorkerContext is { } context)
             {

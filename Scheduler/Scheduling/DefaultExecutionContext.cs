@@ -1,4 +1,4 @@
-namespace Scheduler.Timers;
+namespace Scheduler;
 
 /// <summary>
 /// The runtime's default <see cref="ExecutionContext"/> (no <see cref="AsyncLocal{T}"/> values, flow not suppressed),
@@ -7,11 +7,13 @@ namespace Scheduler.Timers;
 /// such as a thread started with <see cref="Thread.UnsafeStart()"/> before it runs any user code.
 /// </summary>
 /// <remarks>
-/// A timer need not keep the default context: its callback runs as a ThreadPool work item, and the pool starts every
-/// work item in the default context (the BCL's <c>ThreadPool.QueueUserWorkItem</c> skips
-/// <see cref="ExecutionContext.Run"/> for it the same way). Not storing it saves a new timer a reference store and its
-/// write barrier, ~0.5 ns of a ~21 ns create+dispose pair (docs/timers.md). Until a thread has learned it,
-/// <see cref="Value"/> is null and timers store the default context like any other: the same behaviour, a little slower.
+/// Work that would run in the default context anyway need not keep it. A timer's callback runs as a ThreadPool work
+/// item, and the pool starts every work item in the default context (the BCL's <c>ThreadPool.QueueUserWorkItem</c>
+/// skips <see cref="ExecutionContext.Run"/> for it the same way): not storing it saves a new timer a reference store
+/// and its write barrier, ~0.5 ns of a ~21 ns create+dispose pair (docs/timers.md). A worker's loop runs in the default
+/// context too, so a <see cref="SynchronizationContext.Post"/> made in the default context is queued as it is, without a wrapper that
+/// carries the context (<see cref="WorkStealingSynchronizationContext"/>). Until a thread has learned it,
+/// <see cref="Value"/> is null and the default context is kept like any other: the same behaviour, a little slower.
 /// </remarks>
 internal static class DefaultExecutionContext
 {
