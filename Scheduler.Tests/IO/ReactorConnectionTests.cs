@@ -450,6 +450,35 @@ public sealed class ReactorConnectionTests
         (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
     }
 
+    [Fact]
+    public async Task DisposeAsync_sends_bytes_advanced_but_not_flushed_and_then_refuses_writes_with_ObjectDisposedException()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        byte[] message = IoTestContext.Pattern(5_000, 17);
+        Exception?[] refusals = await io.Run(async () =>
+        {
+            // No writer holds memory: DisposeAsync completes Output, which commits what was advanced.
+            message.CopyTo(connection.Output.GetSpan(message.Length));
+            connection.Output.Advance(message.Length);
+            await connection.DisposeAsync();
+            return new[]
+            {
+                Record.Exception(() => connection.Output.GetMemory()),
+                Record.Exception(() => connection.Output.GetSpan()),
+                await Record.ExceptionAsync(async () => await connection.Output.WriteAsync(message)),
+                await Record.ExceptionAsync(async () => await connection.Output.FlushAsync()),
+            };
+        });
+        var received = new byte[message.Length];
+        await IoTestContext.ReceiveExactlyAsync(peer, received).WaitAsync(IoTestContext.Timeout);
+        received.Should().Equal(message);
+        (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
+        refusals.Should().AllBeOfType<ObjectDisposedException>("writing to a disposed connection is a use after dispose");
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

@@ -90,21 +90,19 @@ public sealed partial class ReactorConnection
     }
 
     // Read → one gathered send for every buffered segment → AdvanceTo. Completing Output ends the loop after the
-    // last bytes went out; then the send side is shut down so the peer reads end of stream.
+    // last bytes went out, and so does DisposeAsync (it cancels the pending read: what was flushed before still comes
+    // with that read); then the send side is shut down so the peer reads end of stream.
     private async Task SendLoopAsync()
     {
         PipeReader reader = _output.Reader;
         Exception? error = null;
+        bool disposing = false;
         try
         {
             while (true)
             {
                 ReadResult result = await reader.ReadAsync();
-                if (result.IsCanceled)
-                {
-                    break;
-                }
-
+                disposing |= result.IsCanceled && IsDisposing;
                 ReadOnlySequence<byte> buffer = result.Buffer;
 
                 // One send takes at most int.MaxValue bytes; only a pipe without backpressure (PauseWriterThreshold 0)
@@ -121,7 +119,7 @@ public sealed partial class ReactorConnection
                 }
 
                 reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted && whole)
+                if ((result.IsCompleted || disposing) && whole)
                 {
                     ShutdownSend();
                     _outputShutDown = true; // read by DisposeAsync once this loop's task completed
@@ -175,19 +173,42 @@ public sealed partial class ReactorConnection
     }
 
     /// <summary>
-    /// <see cref="Output"/>: the output pipe's writer, except that its first completion, when it carries an exception,
-    /// aborts the connection there and then (see <see cref="Abort"/>). System.IO.Pipelines tells the reading side of a
-    /// completion only at its next read, and the send loop does not read while a send is parked.
+    /// <see cref="Output"/>: the output pipe's writer, with two differences. Its first completion, when it carries an
+    /// exception, aborts the connection there and then (see <see cref="Abort"/>): System.IO.Pipelines tells the reading
+    /// side of a completion only at its next read, and the send loop does not read while a send is parked. And it knows
+    /// when the application holds memory from <see cref="GetMemory"/>/<see cref="GetSpan"/>, so that
+    /// <see cref="DisposeAsync"/> completes the pipe only when that cannot free memory still being written
+    /// (<see cref="TryClaimForDispose"/>).
     /// </summary>
+    /// <remarks>
+    /// The holding state costs a compare-exchange per <c>GetMemory</c> and a plain store per <c>Advance</c>; both happen
+    /// once per write, beside a pipe flush and a system call. A writer is one thread at a time (a
+    /// <see cref="PipeWriter"/> is not thread-safe); <see cref="DisposeAsync"/> is the one other thread it races.
+    /// </remarks>
     private sealed class AbortingWriter(ReactorConnection connection, PipeWriter inner) : PipeWriter
     {
+        private const int Idle = 0;
+        private const int Holding = 1; // between GetMemory/GetSpan and Advance: only the writer leaves this state
+        private const int Claimed = 2; // DisposeAsync completes the pipe: only from Idle
+
         private int _completed;
+        private int _use;
 
         public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
 
         public override long UnflushedBytes => inner.UnflushedBytes;
 
-        public override void Advance(int bytes) => inner.Advance(bytes);
+        public override void Advance(int bytes)
+        {
+            inner.Advance(bytes);
+
+            // Holding cannot change under us (DisposeAsync claims only Idle), so a plain store ends it; from Idle or
+            // Claimed (an Advance with no GetMemory before it) nothing is held and nothing changes.
+            if (_use == Holding)
+            {
+                Volatile.Write(ref _use, Idle);
+            }
+        }
 
         public override void CancelPendingFlush() => inner.CancelPendingFlush();
 
@@ -203,14 +224,60 @@ public sealed partial class ReactorConnection
             return inner.CompleteAsync(exception);
         }
 
-        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
+        {
+            ThrowIfDisposed();
+            return inner.FlushAsync(cancellationToken);
+        }
 
-        public override Memory<byte> GetMemory(int sizeHint = 0) => inner.GetMemory(sizeHint);
+        public override Memory<byte> GetMemory(int sizeHint = 0)
+        {
+            Hold();
+            return inner.GetMemory(sizeHint);
+        }
 
-        public override Span<byte> GetSpan(int sizeHint = 0) => inner.GetSpan(sizeHint);
+        public override Span<byte> GetSpan(int sizeHint = 0)
+        {
+            Hold();
+            return inner.GetSpan(sizeHint);
+        }
 
-        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default) =>
-            inner.WriteAsync(source, cancellationToken);
+        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default)
+        {
+            // The pipe copies the source into its own memory before this returns: held only for that long.
+            Hold();
+            try
+            {
+                return inner.WriteAsync(source, cancellationToken);
+            }
+            finally
+            {
+                Volatile.Write(ref _use, Idle);
+            }
+        }
+
+        /// <summary>DisposeAsync: true when no memory is held, and none can be from now on (the pipe may be completed).</summary>
+        public bool TryClaimForDispose() => Interlocked.CompareExchange(ref _use, Claimed, Idle) == Idle;
+
+        private void Hold()
+        {
+            if (_use != Holding && Interlocked.CompareExchange(ref _use, Holding, Idle) == Claimed)
+            {
+                ThrowDisposed();
+            }
+
+            ThrowIfDisposed();
+        }
+
+        private void ThrowIfDisposed()
+        {
+            if (connection.IsDisposing)
+            {
+                ThrowDisposed();
+            }
+        }
+
+        private void ThrowDisposed() => throw new ObjectDisposedException(nameof(ReactorConnection), "The connection was disposed; its Output takes no more writes.");
 
         // Only the first completion counts, as for the pipe's own writer: an orderly Complete() followed by a
         // Complete(exception) does not cut off the drain that the first one started.

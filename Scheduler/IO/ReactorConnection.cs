@@ -130,6 +130,14 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// any input meanwhile), closes the socket, and waits for both loops to finish. All of that takes at most about a
     /// second, so a peer that stopped reading cannot hang this. Idempotent.
     /// </summary>
+    /// <remarks>
+    /// A writer racing this on another thread is never pulled from under: while it holds memory from
+    /// <c>GetMemory</c>/<c>GetSpan</c> (until its <c>Advance</c>), <see cref="Output"/> is not completed from here; what
+    /// was flushed is sent, the held memory stays valid, and completing <see cref="Output"/> later gives it back to
+    /// the pool. After this call <see cref="Output"/>'s <c>GetMemory</c>, <c>GetSpan</c>, <c>WriteAsync</c> and
+    /// <c>FlushAsync</c> throw <see cref="ObjectDisposedException"/>; a flush already waiting returns
+    /// <see cref="FlushResult.IsCompleted"/>.
+    /// </remarks>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
@@ -140,7 +148,17 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
             var grace = new CancellationTokenSource(DisposeGracePeriod);
             try
             {
-                await _output.Writer.CompleteAsync();
+                // The send loop ends after what the application has written, then shuts the send side down. Completing
+                // Output commits what was advanced but not flushed, but only while no writer holds a block from
+                // GetMemory: completing the pipe under one (a writer on another thread) gave that block back to the
+                // pool, shared with every other connection, while the writer still filled it. Then the send loop ends
+                // after what was flushed, told by a cancelled read, and the held block stays the writer's.
+                if (_outputWriter.TryClaimForDispose())
+                {
+                    await _output.Writer.CompleteAsync();
+                }
+
+                _output.Reader.CancelPendingRead();
                 await _sendLoop.WaitAsync(grace.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
                 bool lingering = _sendLoop.IsCompleted && _outputShutDown;
                 _linger.TrySetResult(lingering);
