@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Scheduler.Native;
+using Scheduler.Timers;
 using static Scheduler.Native.LinuxConstants;
 
 namespace Scheduler.IO;
@@ -265,9 +266,7 @@ public sealed partial class ReactorSocket
             var pause = TimeSpan.FromMilliseconds(1);
             do
             {
-                // The reactor's own wheel: pooled delays, and its disposal ends the wait with ObjectDisposedException
-                // (Timers throws it too once the reactor is disposed).
-                await reactor.Timers.DelayAsync(pause, cancellationToken).ConfigureAwait(false);
+                await PauseAsync(reactor, pause, cancellationToken).ConfigureAwait(false);
                 pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerMillisecond * 64));
             }
             while (StartConnectUnlessDisposed(reactor, handle.Fd, address, endPoint) == ConnectStart.BacklogFull);
@@ -282,6 +281,32 @@ public sealed partial class ReactorSocket
             handle.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// A pause between two tries of a waiting Unix domain connect, on the reactor's own wheel: pooled delays, and the
+    /// reactor's disposal ends the wait with <see cref="ObjectDisposedException"/> (<see cref="IoReactor.Timers"/> throws
+    /// it too once the reactor is disposed). A user may dispose that wheel while the reactor runs on, which leaves the
+    /// sockets running (documented), so the connect must not fail for it: the pause then falls back to
+    /// <see cref="Task.Delay(TimeSpan, CancellationToken)"/>, and a reactor disposed meanwhile is caught by the next try.
+    /// </summary>
+    private static async ValueTask PauseAsync(IoReactor reactor, TimeSpan pause, CancellationToken cancellationToken)
+    {
+        TimerWheel wheel = reactor.Timers;
+        if (!wheel.IsDisposed)
+        {
+            try
+            {
+                await wheel.DelayAsync(pause, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+            catch (ObjectDisposedException) when (!reactor.IsDisposed)
+            {
+                // The user disposed the wheel during the pause (or just before it): wait the pause out elsewhere.
+            }
+        }
+
+        await Task.Delay(pause, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
