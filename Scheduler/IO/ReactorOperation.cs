@@ -1,3 +1,4 @@
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
 
@@ -314,22 +315,16 @@ internal abstract class ReactorOperation<TResult> : IValueTaskSource<TResult>, I
             throw new InvalidOperationException("The operation has not completed yet; await the ValueTask instead of reading its result.");
         }
 
-        try
-        {
-            return _core.GetResult(token);
-        }
-        finally
-        {
-            // Result read first, then the reset: the next caller can only start after this. Only the reader whose
-            // reset wins releases the operation: a second reader racing it (awaiting the same ValueTask twice at once)
-            // must not free an operation that the socket's next caller may already hold.
-            if (_core.TryReset(token))
-            {
-                _registration.Dispose();
-                _registration = default;
-                Release();
-            }
-        }
+        // Read and reset in one step: of two racing reads (the same ValueTask awaited twice at once) exactly one gets
+        // the outcome and the other throws; reading first and resetting after let both read it (a receive's bytes,
+        // an accepted socket, given to two callers; AdversarialOperationTokenTests). Only the winner releases the
+        // operation, after the reset: the socket's next caller can only start then.
+        _core.Consume(token, out TResult result, out ExceptionDispatchInfo? error);
+        _registration.Dispose();
+        _registration = default;
+        Release();
+        error?.Throw();
+        return result;
     }
 
     ValueTaskSourceStatus IValueTaskSource<TResult>.GetStatus(short token) => _core.GetStatus(token);
