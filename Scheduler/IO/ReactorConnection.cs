@@ -51,6 +51,9 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
         // One work item queued from here starts both loops from a worker, where queueing cannot fail. A disposed
         // scheduler refuses that one item and nothing runs (Create throws, the socket untouched); two separate
         // StartNew calls could leave the first loop running on a socket nobody owns when the second was refused.
+        // No creation options: a disposed scheduler still accepts a task with exactly DenyChildAttach (the shape of the
+        // runtime's value-task resumptions, see WorkStealingTaskScheduler.IsAwaitResumption), and this one must be
+        // refused (AdversarialLifecycleTests). Nothing attaches to it either way: the loops deny attaching themselves.
         Task.Factory.StartNew(
             static s =>
             {
@@ -60,7 +63,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
             },
             (receive, send, (TaskScheduler)socket.Reactor.Scheduler),
             CancellationToken.None,
-            TaskCreationOptions.DenyChildAttach,
+            TaskCreationOptions.None,
             socket.Reactor.Scheduler);
     }
 
