@@ -1,3 +1,4 @@
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
 using Scheduler.Tests.Scheduling;
@@ -18,6 +19,52 @@ public sealed class DocsSampleTests
 
         operation.Complete(version, 1).Should().BeFalse("the version is stale after the result was read");
         RentedUntilFound(operation).Should().BeTrue("the operation returned itself to its pool");
+    }
+
+    [Fact]
+    public void Two_threads_reading_one_completed_operation_at_once_exactly_one_gets_the_result()
+    {
+        // The docs' GetResult reads and resets in one step (Consume): of two racing reads the loser throws. The looser
+        // GetResult-then-TryReset the page showed before let both readers return the same result.
+        const int Rounds = 3_000;
+        int doubleReads = 0;
+        int lostReads = 0;
+        using var start = new Barrier(2);
+        for (int round = 0; round < Rounds; round++)
+        {
+            var operation = ReceiveOperation.Rent();
+            short version = operation.Version;
+            ValueTask<int> task = operation.Task;
+            operation.Complete(version, round).Should().BeTrue();
+            int successes = 0;
+            int failures = 0;
+            void Read()
+            {
+                start.SignalAndWait();
+                try
+                {
+                    task.GetAwaiter().GetResult().Should().Be(round);
+                    Interlocked.Increment(ref successes);
+                }
+                catch (InvalidOperationException)
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+
+            var other = new Thread(Read);
+            other.Start();
+            Read();
+            other.Join();
+            if (successes != 1)
+            {
+                doubleReads += successes > 1 ? 1 : 0;
+                lostReads += successes == 0 ? 1 : 0;
+            }
+        }
+
+        doubleReads.Should().Be(0, "one completed operation must never reach two readers");
+        lostReads.Should().Be(0, "one of the two readers always gets the result");
     }
 
     // The next Rent is not always the object just returned: a thread that gets its pool id here can inherit, in its
@@ -92,22 +139,10 @@ public sealed class DocsSampleTests
 
         public int GetResult(short token)
         {
-            if (_core.GetStatus(token) == ValueTaskSourceStatus.Pending)
-            {
-                throw new InvalidOperationException("Not completed yet.");
-            }
-
-            try
-            {
-                return _core.GetResult(token);
-            }
-            finally
-            {
-                if (_core.TryReset(token))
-                {
-                    s_pool.Return(this);
-                }
-            }
+            _core.Consume(token, out int result, out ExceptionDispatchInfo? error);
+            s_pool.Return(this);
+            error?.Throw();
+            return result;
         }
 
         void IThreadPoolWorkItem.Execute() => _core.InvokeContinuation();

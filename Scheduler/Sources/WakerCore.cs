@@ -266,10 +266,23 @@ public partial struct WakerCore<TResult>
 
     /// <summary>
     /// Reads the outcome of operation <paramref name="token"/> and resets the core in one step, so that of two racing
-    /// readers exactly one gets the outcome and the other throws; the winner then returns the owner to its pool.
+    /// readers (the same <see cref="ValueTask{TResult}"/> awaited twice at once) exactly one gets the outcome and the
+    /// other throws. Returns only to that one reader, which then returns the owner to its pool and rethrows
+    /// <paramref name="error"/> when there is one.
     /// </summary>
-    /// <exception cref="InvalidOperationException"><paramref name="token"/> is stale, or the operation has not completed yet.</exception>
-    internal void Consume(short token, out TResult result, out ExceptionDispatchInfo? error)
+    /// <remarks>
+    /// The strict form of <see cref="GetResult"/> followed by <see cref="TryReset"/>: with those two, two readers that
+    /// both read before either reset both get the outcome (and only one resets). <c>PooledValueTaskSource</c> and the
+    /// sockets' operations use this one; see docs/wakers.md for the pattern.
+    /// </remarks>
+    /// <param name="token">The token of the operation being read.</param>
+    /// <param name="result">The result, when the operation succeeded.</param>
+    /// <param name="error">The operation's exception (its original stack kept), or null when it succeeded.</param>
+    /// <exception cref="InvalidOperationException">
+    /// <paramref name="token"/> is stale (also when a racing reader consumed it first), the operation has not completed
+    /// yet, or its outcome belongs to a continuation that is registered and not yet started.
+    /// </exception>
+    public void Consume(short token, out TResult result, out ExceptionDispatchInfo? error)
     {
         int state = Volatile.Read(ref _state);
         while (true)
