@@ -502,6 +502,10 @@ public sealed class AdversarialOperationTokenTests
             });
 
             await parked.Task.WaitAsync(Bound);
+
+            // The context thread goes on to the await at once; bytes arriving before it registers would complete the
+            // await synchronously, with no post (failed once in CI). Give it that moment.
+            await Task.Delay(50);
             await peer.SendAsync(new byte[] { 1, 2 });
             (int count, bool onContextThread, SynchronizationContext? current) = await run.WaitAsync(Bound);
             count.Should().Be(2);
