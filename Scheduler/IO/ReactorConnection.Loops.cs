@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 
@@ -261,9 +262,12 @@ public sealed partial class ReactorConnection
 
         private void Hold()
         {
-            if (_use != Holding && Interlocked.CompareExchange(ref _use, Holding, Idle) == Claimed)
+            // The compare-exchange is also the fence before the disposal check (DisposeAsync sets _disposed, then claims):
+            // either DisposeAsync sees Holding and leaves the pipe alone, or this sees it disposing and throws. A claim
+            // made first leaves Claimed in place, and the check throws: claims happen only once disposal began.
+            if (Volatile.Read(ref _use) == Idle)
             {
-                ThrowDisposed();
+                Interlocked.CompareExchange(ref _use, Holding, Idle);
             }
 
             ThrowIfDisposed();
@@ -277,7 +281,8 @@ public sealed partial class ReactorConnection
             }
         }
 
-        private void ThrowDisposed() => throw new ObjectDisposedException(nameof(ReactorConnection), "The connection was disposed; its Output takes no more writes.");
+        [DoesNotReturn]
+        private static void ThrowDisposed() => throw new ObjectDisposedException(nameof(ReactorConnection), "The connection was disposed; its Output takes no more writes.");
 
         // Only the first completion counts, as for the pipe's own writer: an orderly Complete() followed by a
         // Complete(exception) does not cut off the drain that the first one started.
