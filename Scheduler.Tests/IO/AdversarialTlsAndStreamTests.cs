@@ -23,7 +23,7 @@ public sealed class AdversarialTlsAndStreamTests
 {
     private static readonly TimeSpan Guard = TimeSpan.FromSeconds(10);
 
-    private static readonly Lazy<X509Certificate2> s_certificate = new(CreateSelfSignedServerCertificate);
+    private static readonly Lazy<X509Certificate2> s_certificate = new(TestCertificates.CreateSelfSignedServer);
 
     private static X509Certificate2 Certificate => s_certificate.Value;
 
@@ -1233,20 +1233,8 @@ public sealed class AdversarialTlsAndStreamTests
     }
 
     // ------------------------------------------------------------------------------------------------------------
-    // Helpers: certificate and the stream over both pipes.
+    // Helpers: a stream that cuts a TLS exchange short.
     // ------------------------------------------------------------------------------------------------------------
-
-    private static X509Certificate2 CreateSelfSignedServerCertificate()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], critical: false));
-        var names = new SubjectAlternativeNameBuilder();
-        names.AddDnsName("localhost");
-        request.CertificateExtensions.Add(names.Build());
-        using X509Certificate2 created = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
-        return X509CertificateLoader.LoadPkcs12(created.Export(X509ContentType.Pkcs12), password: null);
-    }
 
     /// <summary>
     /// A plain socket's stream that passes writes through until its budget (bytes, and writes) runs out, then cuts: resets

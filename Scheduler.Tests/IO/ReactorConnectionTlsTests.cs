@@ -17,7 +17,7 @@ public sealed class ReactorConnectionTlsTests
     [Fact]
     public async Task SslStream_over_the_pipes_handshakes_and_echoes_a_megabyte_intact()
     {
-        using X509Certificate2 certificate = CreateSelfSignedServerCertificate();
+        using X509Certificate2 certificate = TestCertificates.CreateSelfSignedServer();
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using var plain = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
@@ -68,19 +68,5 @@ public sealed class ReactorConnectionTlsTests
         received.AsSpan().SequenceEqual(message).Should().BeTrue();
         serverOnScheduler.Should().BeTrue();
         (await client.ReadAsync(new byte[1]).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0, "the server closed after close_notify");
-    }
-
-    private static X509Certificate2 CreateSelfSignedServerCertificate()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], critical: false));
-        var names = new SubjectAlternativeNameBuilder();
-        names.AddDnsName("localhost");
-        request.CertificateExtensions.Add(names.Build());
-        using X509Certificate2 created = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
-
-        // A PFX round trip gives the certificate a key that SslStream can use on every platform.
-        return X509CertificateLoader.LoadPkcs12(created.Export(X509ContentType.Pkcs12), password: null);
     }
 }
