@@ -279,16 +279,17 @@ public sealed class AdversarialOperationTokenTests
                 using var go = new ManualResetEventSlim();
                 Task<int> a = Task.Run(async () => { go.Wait(); return await receive; });
                 Task<int> b = Task.Run(async () => { go.Wait(); return await receive; });
-                // No AsTask racer here (known, open): a direct read that wins after the Task's registered continuation was
-                // taken leaves that continuation's GetStatus to throw a stale token out of a ThreadPool callback, ending the
-                // process (the BCL's ManualResetValueTaskSourceCore does the same). Found by CI in session 28; see history.
+                // The AsTask racer once crashed the process (session 28): a direct read winning after the Task's registered
+                // continuation had started left that continuation's GetStatus to throw a stale token outside the BCL's try.
+                // A stale token now reports a fault, and the continuation's read throws inside the try.
+                Task<int> c = Task.Run(() => { go.Wait(); return receive.AsTask(); });
                 go.Set();
 
                 // Rounds send distinct lengths; the next round sends a different one, so a stolen later result shows.
                 int length = round % 200 + 1;
                 await peer.SendAsync(new byte[length]);
 
-                Task<int>[] racers = [a, b];
+                Task<int>[] racers = [a, b, c];
                 await Task.WhenAll(racers.Select(t => Task.WhenAny(t, Task.Delay(Bound)))).WaitAsync(Bound);
                 racers.Should().OnlyContain(t => t.IsCompleted, "every racer must settle (round {0})", round);
                 // (That two racers may both get the bytes is its own bug: Two_threads_reading_a_completed_receive_...)

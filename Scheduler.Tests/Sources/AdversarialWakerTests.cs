@@ -74,8 +74,11 @@ public sealed class AdversarialWakerTests
             Func<Task> again = async () => await task;
             await again.Should().ThrowAsync<InvalidOperationException>();
             FluentActions.Invoking(() => task.Result).Should().Throw<InvalidOperationException>();
-            FluentActions.Invoking(() => task.IsCompleted).Should().Throw<InvalidOperationException>();
-            FluentActions.Invoking(() => { _ = task.AsTask(); }).Should().Throw<InvalidOperationException>();
+            // A stale token reports a fault (GetStatus never throws: the BCL's AsTask callback calls it outside its
+            // try), and every read of it throws.
+            task.IsCompleted.Should().BeTrue();
+            task.IsFaulted.Should().BeTrue();
+            task.AsTask().Exception!.InnerException.Should().BeOfType<InvalidOperationException>();
 
             // None of that touched the next rental.
             nextTask.IsCompleted.Should().BeFalse();
@@ -213,7 +216,8 @@ public sealed class AdversarialWakerTests
         ValueTask<RerentValue> newTask = second.Task;
 
         IValueTaskSource<RerentValue> raw = second;
-        FluentActions.Invoking(() => raw.GetStatus(oldVersion)).Should().Throw<InvalidOperationException>();
+        raw.GetStatus(oldVersion).Should().Be(ValueTaskSourceStatus.Faulted, "a stale token reports a fault rather than throwing");
+        FluentActions.Invoking(() => raw.GetResult(oldVersion)).Should().Throw<InvalidOperationException>();
 
         // A stale registration does not throw out of OnCompleted (an await's builder would rethrow that on the
         // ThreadPool): its continuation runs on its own, at once, and its read throws there.
@@ -438,8 +442,9 @@ public sealed class AdversarialWakerTests
             (await converted.WaitAsync(Guard)).Should().Be((AsTaskValue)i);
             completer.Join();
 
-            // Consumed by the Task: the ValueTask is stale now.
-            FluentActions.Invoking(() => task.IsCompleted).Should().Throw<InvalidOperationException>();
+            // Consumed by the Task: the ValueTask is stale now, reported faulted, and reading it throws.
+            task.IsFaulted.Should().BeTrue();
+            FluentActions.Invoking(() => task.Result).Should().Throw<InvalidOperationException>();
         }
     }
 

@@ -121,7 +121,10 @@ public sealed class WakerCoreTests
         Action early = () => waker.Core.GetResult(token);
         early.Should().Throw<InvalidOperationException>();
 
-        Action wrongToken = () => waker.Core.GetStatus((short)(token + 1));
+        // A wrong token reports a fault (GetStatus never throws: the BCL's AsTask callback calls it outside its try),
+        // and reading it throws.
+        waker.Core.GetStatus((short)(token + 1)).Should().Be(ValueTaskSourceStatus.Faulted);
+        Action wrongToken = () => waker.Core.GetResult((short)(token + 1));
         wrongToken.Should().Throw<InvalidOperationException>();
 
         waker.Core.SetResult(5);

@@ -221,18 +221,33 @@ public partial struct WakerCore<TResult>
         && TryComplete((ushort)version, default!, ExceptionDispatchInfo.Capture(new OperationCanceledException(cancellationToken)));
 
     /// <summary>The status of operation <paramref name="token"/> (for <see cref="IValueTaskSource{TResult}.GetStatus"/>).</summary>
-    /// <exception cref="InvalidOperationException"><paramref name="token"/> is not the current operation's (it was consumed or never issued).</exception>
+    /// <remarks>
+    /// A stale token (its operation consumed by another read, or never issued) reports
+    /// <see cref="ValueTaskSourceStatus.Faulted"/> instead of throwing, and reading it (<see cref="GetResult"/>,
+    /// <see cref="Consume"/>) throws <see cref="InvalidOperationException"/>. The BCL's <c>ValueTask.AsTask</c> calls
+    /// <c>GetStatus</c> from its completion callback outside any <c>try</c>: when a direct await of the same
+    /// <see cref="ValueTask{TResult}"/> consumed the outcome first, a throw there would end the process. Reported as
+    /// completed, the callback's read throws inside its <c>try</c> and faults the task instead.
+    /// </remarks>
     public ValueTaskSourceStatus GetStatus(short token)
     {
         int state = Volatile.Read(ref _state);
-        ValidateToken(state, token);
+        if (IsStale(state, token))
+        {
+            return ValueTaskSourceStatus.Faulted;
+        }
+
         if ((state & StatusMask) != StatusCompleted)
         {
             return ValueTaskSourceStatus.Pending;
         }
 
         ExceptionDispatchInfo? error = _error;
-        EnsureStillCurrent(state);
+        if (!IsStillCurrent(state))
+        {
+            return ValueTaskSourceStatus.Faulted; // a racing reader consumed it meanwhile: stale now
+        }
+
         return error is null ? ValueTaskSourceStatus.Succeeded
             : error.SourceException is OperationCanceledException ? ValueTaskSourceStatus.Canceled
             : ValueTaskSourceStatus.Faulted;
@@ -400,11 +415,18 @@ public partial struct WakerCore<TResult>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void EnsureStillCurrent(int observed)
     {
-        Volatile.ReadBarrier(); // the outcome reads above happen before the state read below
-        if (((Volatile.Read(ref _state) ^ observed) & (VersionMask | StatusMask)) != 0)
+        if (!IsStillCurrent(observed))
         {
             PooledSourceErrors.ThrowStaleToken();
         }
+    }
+
+    /// <summary>Whether the core's operation and status are still those of <paramref name="observed"/> (see <see cref="EnsureStillCurrent"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool IsStillCurrent(int observed)
+    {
+        Volatile.ReadBarrier(); // the outcome reads before the call happen before the state read below
+        return ((Volatile.Read(ref _state) ^ observed) & (VersionMask | StatusMask)) == 0;
     }
 
     /// <summary>For tests: whether the core still holds a continuation's fields (a reset core holds none).</summary>
