@@ -190,6 +190,126 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         (builtIn ? pooled.Version : custom.Version).Should().Be(unchecked((short)(token + 1)), "exactly one reset");
     }
 
+#pragma warning disable CA2012 // deliberate misuse: one ValueTask read twice
+    // The race behind AsTask racing a direct await (found by CI in session 28, through a socket receive): once the
+    // registered continuation has started, a direct read of the same ValueTask is an ordinary second reader and may win.
+    // The continuation's reads then meet a consumed token. The BCL's AsTask callback calls GetStatus outside its try, so
+    // a GetStatus that threw there ended the process; it must report the operation as faulted instead, and the read
+    // that follows (inside the try) throws InvalidOperationException. Deterministic: the continuation lets the direct
+    // read win before it looks.
+    [Theory]
+    [InlineData("pooled")]
+    [InlineData("core")]
+    [InlineData("delay")]
+    public void A_direct_read_that_wins_once_the_continuation_started_leaves_the_continuation_a_faulted_status_not_a_throw(string kind)
+    {
+        using var wheel = new Scheduler.Timers.TimerWheel();
+        var pooled = PooledValueTaskSource<RoundValue>.Rent();
+        var custom = new CoreSource<RoundValue>();
+        short token = kind == "pooled" ? pooled.Version : custom.Version;
+        ValueTask<RoundValue> generic = kind == "pooled" ? pooled.Task : new ValueTask<RoundValue>(custom, token);
+        ValueTask delay = kind == "delay" ? wheel.DelayAsync(TimeSpan.FromMilliseconds(5)) : default;
+        Func<bool> isCompleted = kind == "delay" ? () => delay.IsCompleted : () => generic.IsCompleted;
+        Action read = kind == "delay" ? () => delay.GetAwaiter().GetResult() : () => generic.GetAwaiter().GetResult();
+
+        var observed = new TaskCompletionSource<(Exception? DirectRead, Exception? Status, bool IsCompleted, Exception? ContinuationRead)>(
+            TaskCreationOptions.RunContinuationsAsynchronously);
+        Action continuation = () =>
+        {
+            // The continuation has started (taken); another thread's direct read wins now.
+            Exception? directRead = Record(() => Task.Run(read).GetAwaiter().GetResult());
+            bool completed = false;
+            Exception? status = Record(() => completed = isCompleted());
+            Exception? continuationRead = Record(read);
+            observed.SetResult((directRead, status, completed, continuationRead));
+        };
+        if (kind == "delay")
+        {
+            delay.GetAwaiter().UnsafeOnCompleted(continuation);
+        }
+        else
+        {
+            generic.GetAwaiter().UnsafeOnCompleted(continuation);
+            (kind == "pooled" ? pooled.TrySetResult(token, (RoundValue)7) : custom.TrySetResult(token, (RoundValue)7)).Should().BeTrue();
+        }
+
+        observed.Task.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue("the continuation runs");
+        var (directReadError, statusError, reportedCompleted, continuationReadError) = observed.Task.Result;
+        directReadError.Should().BeNull("the direct read came first, after the continuation had started");
+        statusError.Should().BeNull("GetStatus of a consumed token must not throw: the BCL's AsTask callback calls it outside its try");
+        reportedCompleted.Should().BeTrue("a consumed operation reports itself completed (faulted), so the read that follows throws");
+        continuationReadError.Should().BeOfType<InvalidOperationException>("the loser of two reads fails loudly");
+
+        static Exception? Record(Action action)
+        {
+            try
+            {
+                action();
+                return null;
+            }
+            catch (Exception error)
+            {
+                return error;
+            }
+        }
+    }
+
+    // The same race through the BCL's real AsTask callback, many rounds: without the fix above, a round where the direct
+    // read wins between the callback's start and its GetStatus ends the test process.
+    [Theory]
+    [InlineData("pooled")]
+    [InlineData("delay")]
+    public async Task AsTask_racing_a_direct_await_of_the_same_ValueTask_fails_exactly_one_of_them_and_never_the_process(string kind)
+    {
+        using var wheel = new Scheduler.Timers.TimerWheel();
+        int directWins = 0, taskWins = 0;
+        int rounds = kind == "delay" ? 400 : 2000; // a delay round waits a tick or two
+        for (int round = 0; round < rounds; round++)
+        {
+            var pooled = PooledValueTaskSource<RoundValue>.Rent();
+            short token = pooled.Version;
+            ValueTask valueTask = kind == "pooled" ? new ValueTask(pooled, token) : wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
+            Task viaTask = valueTask.AsTask();
+            // The direct reader reads the moment the operation completes: right when the Task's callback starts.
+            Task direct = Task.Run(() =>
+            {
+                var spinner = new SpinWait();
+                while (!valueTask.IsCompleted)
+                {
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                }
+
+                valueTask.GetAwaiter().GetResult();
+            });
+            if (kind == "pooled")
+            {
+                pooled.TrySetResult(token, (RoundValue)round);
+            }
+
+            await Task.WhenAll(Settle(viaTask), Settle(direct)).WaitAsync(TimeSpan.FromSeconds(10));
+            Task[] both = [viaTask, direct];
+            both.Count(t => t.IsCompletedSuccessfully).Should().BeGreaterThanOrEqualTo(1, "the outcome goes to a reader (round {0})", round);
+            both.Where(t => !t.IsCompletedSuccessfully).Should().OnlyContain(t => t.Exception!.InnerException is InvalidOperationException, "the loser fails loudly");
+            directWins += direct.IsCompletedSuccessfully && !viaTask.IsCompletedSuccessfully ? 1 : 0;
+            taskWins += viaTask.IsCompletedSuccessfully && !direct.IsCompletedSuccessfully ? 1 : 0;
+        }
+
+        output.WriteLine($"direct read won {directWins}, AsTask won {taskWins}");
+
+        static async Task Settle(Task task)
+        {
+            try
+            {
+                await task;
+            }
+            catch (InvalidOperationException)
+            {
+            }
+        }
+    }
+
+#pragma warning restore CA2012
+
     // A completed source: an await registers (its continuation is dispatched at once) while another thread reads the
     // result. The built-in source gives the outcome to exactly one of them, the other throws. A WakerCore source in the
     // docs' shape (GetResult, then TryReset in a finally) reads before it resets, so both may see it, or both may

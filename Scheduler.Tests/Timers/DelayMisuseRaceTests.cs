@@ -6,8 +6,9 @@ namespace Scheduler.Tests.Timers;
 
 /// <summary>
 /// A pending <see cref="TimerWheel.DelayAsync"/> awaited twice at the same moment (two threads racing the same misuse)
-/// must fail loudly for one of them and leave the other's registration intact: its continuation, and only it, runs
-/// once when the delay completes, and its await still observes the outcome.
+/// must fail loudly for one of them (its continuation runs at once and its read throws) and leave the other's
+/// registration intact: its continuation, and only it, runs once when the delay completes, and its await still
+/// observes the outcome.
 /// </summary>
 /// <remarks>Alone: its two spinning threads fill this 2-core machine, which would skew the timing-sensitive tests beside it.</remarks>
 [Collection(StressGroup.Name)]
@@ -25,25 +26,18 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         ValueTask delay = default;
         var cts = new CancellationTokenSource();
         var threw = new bool[2];
-        int ran = -1;
-        int runs = 0;
-        Action[] continuations = [() => Record(0), () => Record(1)];
-
-        void Record(int which)
-        {
-            Volatile.Write(ref ran, which);
-            Interlocked.Increment(ref runs);
-        }
+        var runs = new int[2];
+        Action[] continuations = [() => Interlocked.Increment(ref runs[0]), () => Interlocked.Increment(ref runs[1])];
 
         void Register(int side)
         {
             try
             {
                 // The awaiter registers a shared continuation with the Action as its state: a loser overwriting the
-                // winner's state would make the loser's Action run.
+                // winner's state would make the loser's Action run when the delay completes.
                 AwaitUnderInlineContext(delay, continuations[side]);
             }
-            catch (InvalidOperationException)
+            catch (Exception)
             {
                 threw[side] = true;
             }
@@ -58,21 +52,70 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 cts = new CancellationTokenSource();
                 delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
                 threw[0] = threw[1] = false;
-                ran = -1;
-                runs = 0;
+                runs[0] = runs[1] = 0;
             },
             left: _ => Register(0),
             right: _ => Register(1),
             check: round =>
             {
-                threw.Count(t => t).Should().Be(1, $"exactly one of two racing registrations wins (round {round})");
-                int winner = threw[0] ? 1 : 0;
-                cts.Cancel(); // completes inline; the continuation is posted to the inline context
-                WaitForRun(ref runs, round);
-                int resumed = Volatile.Read(ref ran);
-                resumed.Should().Be(winner, $"the loser must not overwrite the winner's registration (round {round})");
-                ExpectOneRunThatObservesTheCancellation(ref runs, delay, round);
+                // Neither registration throws (an await's builder would rethrow that on the ThreadPool and end the
+                // process): the loser's continuation runs at once, on its own, and its read throws there.
+                threw.Should().OnlyContain(t => !t, $"a losing registration must not throw out of OnCompleted (round {round})");
+                int loser = WaitForEitherRun(runs, round);
+                int winner = 1 - loser;
+                var loserRead = () => delay.GetAwaiter().GetResult();
+                loserRead.Should().Throw<InvalidOperationException>($"the loser reads a delay still pending (round {round})");
+                Volatile.Read(ref runs[winner]).Should().Be(0, $"the winner waits for the delay (round {round})");
+
+                cts.Cancel(); // completes inline; the winner's continuation is posted to the inline context
+                WaitForRun(ref runs[winner], round);
+                Volatile.Read(ref runs[loser]).Should().Be(1, $"the loser must not overwrite the winner's registration (round {round})");
+                ExpectOneRunThatObservesTheCancellation(ref runs[winner], delay, round);
             });
+    }
+
+    // The plain form of the race above: two async methods awaiting one pending delay. The second's OnCompleted used to
+    // throw, which the async method builder rethrows on the ThreadPool: the test process ended (found in session 29).
+    [Fact]
+    public async Task A_second_await_of_a_pending_delay_in_an_async_method_faults_that_method_and_the_first_resumes()
+    {
+        using var wheel = new TimerWheel();
+#pragma warning disable CA2012 // the misuse under test: one ValueTask awaited twice
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(100));
+        Task first = AwaitIt(delay);
+        Task second = AwaitIt(delay);
+#pragma warning restore CA2012
+
+        Func<Task> secondAwait = () => second.WaitAsync(TimeSpan.FromSeconds(10));
+        await secondAwait.Should().ThrowAsync<InvalidOperationException>("the second await fails in its own method");
+        first.IsCompleted.Should().BeFalse("the first await waits for the delay");
+        await first.WaitAsync(TimeSpan.FromSeconds(10));
+
+        static async Task AwaitIt(ValueTask delay) => await delay;
+    }
+
+    /// <summary>Waits for one of the two continuations to run and returns which.</summary>
+    private static int WaitForEitherRun(int[] runs, int round)
+    {
+        var clock = Stopwatch.StartNew();
+        var spinner = new SpinWait();
+        while (true)
+        {
+            for (int side = 0; side < 2; side++)
+            {
+                if (Volatile.Read(ref runs[side]) != 0)
+                {
+                    return side;
+                }
+            }
+
+            if (clock.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                throw new TimeoutException($"The losing registration's continuation never ran in round {round}.");
+            }
+
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
     }
 
     [Theory]
@@ -137,12 +180,12 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
                 {
                     AwaitUnderInlineContext(delay, () =>
                     {
-                        runs++;
-                        continuation = ReadCanceled(delay);
+                        Volatile.Write(ref continuation, ReadCanceled(delay));
+                        Interlocked.Increment(ref runs);
                     });
                     registration = 1;
                 }
-                catch (InvalidOperationException)
+                catch (Exception)
                 {
                     registration = 2;
                 }
@@ -150,9 +193,13 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
             right: _ => reader = ReadCanceled(delay),
             check: round =>
             {
+                // The registration never throws (an await's builder would rethrow that on the ThreadPool): a winning one
+                // runs its continuation inline, a losing one (the reader consumed the delay first) on its own, at once.
+                WaitForRun(ref runs, round);
                 string what = $"round {round}: registration {registration}, continuation {continuation} (ran {runs}), reader {reader}";
-                (continuation == 1 ^ reader == 1).Should().BeTrue($"exactly one of them observes the outcome ({what})");
-                runs.Should().Be(registration == 1 ? 1 : 0, $"a continuation runs once if and only if its registration succeeded ({what})");
+                registration.Should().Be(1, $"OnCompleted does not throw ({what})");
+                (Volatile.Read(ref continuation) == 1 ^ reader == 1).Should().BeTrue($"exactly one of them observes the outcome ({what})");
+                Volatile.Read(ref runs).Should().Be(1, $"the continuation runs once ({what})");
                 DelaySlotHoldsContinuation(delay).Should().BeFalse($"the reset slot holds nothing of the await ({what})");
             });
     }

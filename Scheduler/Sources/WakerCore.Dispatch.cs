@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -38,7 +37,7 @@ public partial struct WakerCore<TResult>
         {
             if (LosesRegistration(current, token))
             {
-                QueueLosingContinuation(continuation, state, flags);
+                WakerDispatch.QueueLosingContinuation(continuation, state, flags);
                 return;
             }
 
@@ -158,16 +157,4 @@ public partial struct WakerCore<TResult>
     /// <summary>A stale token, or a continuation already registered or being registered: the operation is awaited twice.</summary>
     private static bool LosesRegistration(int state, short token) =>
         IsStale(state, token) || (state & (ContinuationFlag | RegisteringFlag)) != 0;
-
-    /// <summary>
-    /// The continuation of a registration that lost (see <see cref="OnCompleted"/>): queued to the ThreadPool on its own,
-    /// with its own copy of what it needs, so that its read of the result throws in the awaiting method. Allocates, on
-    /// misuse only.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void QueueLosingContinuation(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
-    {
-        ExecutionContext? executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
-        ThreadPool.UnsafeQueueUserWorkItem(new DetachedContinuation(continuation, state, executionContext), preferLocal: false);
-    }
 }

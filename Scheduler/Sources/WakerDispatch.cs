@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 
 namespace Scheduler.Sources;
@@ -106,6 +107,19 @@ internal static class WakerDispatch
             default:
                 throw new UnreachableException($"Unknown scheduling context {schedulingContext.GetType()}.");
         }
+    }
+
+    /// <summary>
+    /// The continuation of a registration that lost (an operation awaited twice, or a stale token): queued to the
+    /// ThreadPool on its own, with its own copy of what it needs, so that its read of the result throws in the awaiting
+    /// method. Throwing out of <c>OnCompleted</c> instead would end the process: an <c>await</c>'s builder rethrows it on
+    /// the ThreadPool. Allocates, on misuse only.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static void QueueLosingContinuation(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
+    {
+        ExecutionContext? executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+        ThreadPool.UnsafeQueueUserWorkItem(new DetachedContinuation(continuation, state, executionContext), preferLocal: false);
     }
 
     /// <summary>Runs a continuation, inside <paramref name="executionContext"/> when one was captured.</summary>

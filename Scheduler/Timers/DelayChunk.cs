@@ -110,7 +110,15 @@ internal sealed class DelayChunk : IValueTaskSource
     public ValueTaskSourceStatus GetStatus(short token)
     {
         int word = Volatile.Read(ref Slot(IndexOf(token)).Word);
-        ValidateToken(word, token);
+
+        // A stale token reports a fault rather than throwing (as WakerCore.GetStatus does, for the same reason): the
+        // BCL's AsTask callback calls GetStatus outside its try, and a direct await of the same ValueTask may have
+        // consumed the delay first. Its GetResult, inside the try, then throws InvalidOperationException.
+        if (IsStaleToken(word, token))
+        {
+            return ValueTaskSourceStatus.Faulted;
+        }
+
         return !DelayWord.IsCompleted(word) ? ValueTaskSourceStatus.Pending
             : (word & DelayWord.OutcomeMask) switch
             {
@@ -126,7 +134,11 @@ internal sealed class DelayChunk : IValueTaskSource
         int index = IndexOf(token);
         ref DelaySlot slot = ref Slot(index);
         int word = Volatile.Read(ref slot.Word);
-        ValidateRegistration(word, token);
+        if (LosesRegistration(word, token))
+        {
+            WakerDispatch.QueueLosingContinuation(continuation, state, flags);
+            return;
+        }
 
         // Everything that goes into the word is worked out first; nothing of the slot is written before the claim.
         object? context = WakerDispatch.CaptureSchedulingContext(flags, out int workerIndex);
@@ -155,7 +167,12 @@ internal sealed class DelayChunk : IValueTaskSource
                 break;
             }
 
-            ValidateRegistration(seen, token);
+            if (LosesRegistration(seen, token))
+            {
+                WakerDispatch.QueueLosingContinuation(continuation, state, flags);
+                return;
+            }
+
             word = seen;
         }
 
@@ -493,19 +510,21 @@ internal sealed class DelayChunk : IValueTaskSource
 
     private static void ValidateToken(int word, short token)
     {
-        if (DelayWord.Generation(word) != (token & DelayWord.GenerationMask) || (word & DelayWord.ConsumerDone) != 0
-            || (word & (DelayWord.WheelOwned | DelayWord.BatchOwned | DelayWord.StatusMask)) == 0)
+        if (IsStaleToken(word, token))
         {
             PooledSourceErrors.ThrowStaleToken();
         }
     }
 
-    private static void ValidateRegistration(int word, short token)
-    {
-        ValidateToken(word, token);
-        if ((word & (DelayWord.ContinuationRegistered | DelayWord.Registering)) != 0)
-        {
-            PooledSourceErrors.ThrowContinuationAlreadyRegistered();
-        }
-    }
+    /// <summary>Whether <paramref name="token"/> no longer names the slot's current use (another generation, consumed, or free).</summary>
+    private static bool IsStaleToken(int word, short token) =>
+        DelayWord.Generation(word) != (token & DelayWord.GenerationMask) || (word & DelayWord.ConsumerDone) != 0
+        || (word & (DelayWord.WheelOwned | DelayWord.BatchOwned | DelayWord.StatusMask)) == 0;
+
+    /// <summary>
+    /// A stale token, or a continuation already registered or being registered: the delay is awaited twice. The losing
+    /// continuation then runs on its own (<see cref="WakerDispatch.QueueLosingContinuation"/>) and its read throws.
+    /// </summary>
+    private static bool LosesRegistration(int word, short token) =>
+        IsStaleToken(word, token) || (word & (DelayWord.ContinuationRegistered | DelayWord.Registering)) != 0;
 }
