@@ -34,8 +34,9 @@ public sealed class WakerInteropTests
 
         // Consumed: the rental's token is stale now, for producers and for another read of the same ValueTask.
         source.TrySetResult(version, 6).Should().BeFalse();
-        Action readAgain = () => valueTask.AsTask();
-        readAgain.Should().Throw<InvalidOperationException>();
+        // (A stale token reports Faulted rather than throwing, so AsTask hands back a faulted Task.)
+        Func<Task> readAgain = () => valueTask.AsTask();
+        await readAgain.Should().ThrowAsync<InvalidOperationException>();
     }
 
     [Fact]
