@@ -131,9 +131,11 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         bool anyBusy = false;
+        bool everyWorkerStalled = true;
         foreach (Worker worker in _workers)
         {
             anyBusy |= worker.WatchdogLook(out bool stalled, out bool stranded);
+            everyWorkerStalled &= stalled;
             if (stranded)
             {
                 TryRescueLifoSlot(worker.Index);
@@ -150,6 +152,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         if (anyBusy)
         {
+            CheckStarvation(everyWorkerStalled); // after the rescues above: a stranded slot's task is in the global queue now
             return true;
         }
 

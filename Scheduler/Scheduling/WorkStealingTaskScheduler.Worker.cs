@@ -347,8 +347,9 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         /// <summary>
-        /// Shutdown: this idle worker may exit once Dispose was requested, nothing is queued where it could take it, and
-        /// every peer is parked or gone. A busy peer may still expose work (spawn into its deque, have its LIFO slot
+        /// Shutdown: this idle worker may exit once Dispose was requested, nothing is queued where it could take it,
+        /// every peer is parked or gone, and no compensation thread runs (it may be running what a peer waited for, and
+        /// queue more; it wakes every sleeper as it exits). A busy peer may still expose work (spawn into its deque, have its LIFO slot
         /// rescued, be sent continuations from other threads) and then block until that work runs: exiting while it runs
         /// used to leave that work to nobody, a hang that the same program without Dispose never has. Idle is not enough
         /// either: a peer that has just taken an item while idle holds it where no queue shows it, its idle flag not yet
@@ -370,7 +371,7 @@ public sealed partial class WorkStealingTaskScheduler
 
             _owner.ExitCheckHookForTests?.Invoke();
             Interlocked.MemoryBarrier(); // our own state before the peers' (shutdown only)
-            return !_owner.HasAnyQueuedWork() && _owner.AllWorkersParkedOrExitedBesides(this);
+            return !_owner.HasAnyQueuedWork() && _owner.AllWorkersParkedOrExitedBesides(this) && _owner.LiveCompensationThreads == 0;
         }
 
         /// <summary>

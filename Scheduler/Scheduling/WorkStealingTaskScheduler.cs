@@ -306,8 +306,9 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         Worker? worker = CurrentWorker;
         if (worker is null)
         {
-            // Never run our tasks on a foreign thread: it would break IsWorkerThread and TaskScheduler.Current.
-            return false;
+            // Never run our tasks on a foreign thread: it would break IsWorkerThread and TaskScheduler.Current. A
+            // compensation thread's own carrier is the one exception (see WorkStealingTaskScheduler.Compensation.cs).
+            return IsCompensationCarrier(task) && TryExecuteTask(task);
         }
 
         if (worker.IsCarrier(task))

@@ -1,0 +1,250 @@
+namespace Scheduler;
+
+// Blocking compensation. A fixed set of workers deadlocks where the ThreadPool survives by adding threads: once every
+// worker blocks in a wait that the BCL does not inline (Wait(TimeSpan), Wait(CancellationToken), WaitAll/WaitAny, a
+// WhenAll(...).Wait(), SemaphoreSlim.Wait, a lock) — or in a Wait() whose inlined task then waits for its attached
+// children — the work that would release them is queued and nobody can run it. Found by adversarial tests
+// (AdversarialBlockingTests): two workers each joining two no-op children with Wait(token) hung for good.
+//
+// The watchdog already looks at every busy worker each period. When all of them have made no progress for
+// StarvationDelay while work is queued (and any compensation thread already running made none either), it starts one
+// compensation thread: a plain thread that takes queued work from outside the workers — the global queue, the deques'
+// stealable ends, a busy worker's inbox — and runs it, until it finds none, then exits. One more starts after every
+// further delay of total standstill, up to a cap. The cost is nothing on the hot path (the check rides on the watchdog's
+// tick, which is armed only while some worker is busy), and a delay before a deadlocked program moves on: work that is
+// merely slow (long computations on every worker) gets a compensation thread too, after the same delay, as the
+// ThreadPool's starvation injection does.
+//
+// A compensation thread is not a worker: IsWorkerThread is false there and it inlines no task (a Wait there blocks it,
+// and another one comes). It runs its loop inside a carrier task of this scheduler, as a worker does, so what it runs
+// sees this scheduler as TaskScheduler.Current and an `await` in it comes back to this scheduler.
+public sealed partial class WorkStealingTaskScheduler
+{
+    /// <summary>How long every worker must have been stalled, with work queued, before a compensation thread starts.</summary>
+    internal static readonly TimeSpan StarvationDelay = TimeSpan.FromMilliseconds(100);
+
+    [ThreadStatic]
+    private static Task? t_compensationCarrier;
+
+    private int _compensationThreads;
+    private long _compensationThreadsStarted;
+    private long _compensationProgress;
+
+    // Watchdog thread only.
+    private long _watchedCompensationProgress = -1;
+    private long _starvedSince;
+
+    /// <summary>How many compensation threads may run at once: enough for nested blocking several levels deep.</summary>
+    private int MaxCompensationThreads => Math.Max(64, WorkerCount * 8);
+
+    /// <summary>How many compensation threads have started since construction (for tests and diagnostics).</summary>
+    internal long CompensationThreadsStarted => Volatile.Read(ref _compensationThreadsStarted);
+
+    /// <summary>How many compensation threads are running now.</summary>
+    internal int LiveCompensationThreads => Volatile.Read(ref _compensationThreads);
+
+    /// <summary>
+    /// Watchdog thread, after a tick that found some worker busy: starts a compensation thread once every worker (and
+    /// every compensation thread) has been at a standstill for <see cref="StarvationDelay"/> with work queued.
+    /// </summary>
+    private void CheckStarvation(bool everyWorkerStalled)
+    {
+        long progress = Volatile.Read(ref _compensationProgress);
+        bool compensationStalled = Volatile.Read(ref _compensationThreads) == 0 || progress == _watchedCompensationProgress;
+        _watchedCompensationProgress = progress;
+        if (!everyWorkerStalled || !compensationStalled || IsTerminated || !HasAnyQueuedWork())
+        {
+            _starvedSince = 0;
+            return;
+        }
+
+        long now = Environment.TickCount64;
+        if (_starvedSince == 0)
+        {
+            _starvedSince = now;
+            return;
+        }
+
+        if (now - _starvedSince < (long)StarvationDelay.TotalMilliseconds)
+        {
+            return;
+        }
+
+        _starvedSince = now; // the next one only after another full delay of standstill
+        TryStartCompensationThread();
+    }
+
+    private void TryStartCompensationThread()
+    {
+        if (Interlocked.Increment(ref _compensationThreads) > MaxCompensationThreads)
+        {
+            Interlocked.Decrement(ref _compensationThreads);
+            return;
+        }
+
+        try
+        {
+            var thread = new Thread(static state => ((WorkStealingTaskScheduler)state!).RunCompensation())
+            {
+                IsBackground = true,
+                Name = _options.ThreadNamePrefix + " compensation",
+            };
+
+            // No ExecutionContext of whoever made the watchdog tick: the thread serves every item in its own.
+            thread.UnsafeStart(this);
+            Interlocked.Increment(ref _compensationThreadsStarted);
+        }
+        catch (Exception exception) when (exception is OutOfMemoryException or ThreadStartException)
+        {
+            // No thread now: the next tick of standstill tries again. The watchdog thread must not die of it.
+            OnCompensationThreadExited();
+        }
+    }
+
+    private void RunCompensation()
+    {
+        DefaultExecutionContext.LearnOnFreshThread();
+        if (WorkerContext is { } context)
+        {
+            SynchronizationContext.SetSynchronizationContext(context);
+        }
+
+        var carrier = new Task(static state => ((WorkStealingTaskScheduler)state!).CompensationLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
+        t_compensationCarrier = carrier;
+        try
+        {
+            carrier.RunSynchronously(this); // inlined: TryExecuteTaskInline accepts this thread's own carrier
+        }
+        finally
+        {
+            t_compensationCarrier = null;
+            OnCompensationThreadExited();
+        }
+
+        if (carrier.Exception is { } fault)
+        {
+            Unhandled.Raise(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
+        }
+    }
+
+    /// <summary>Whether <paramref name="task"/> is the carrier of the compensation thread calling this (see <see cref="RunCompensation"/>).</summary>
+    private static bool IsCompensationCarrier(Task task) => ReferenceEquals(t_compensationCarrier, task);
+
+    private void OnCompensationThreadExited()
+    {
+        Interlocked.Decrement(ref _compensationThreads);
+
+        // Shutdown waits for compensation threads (Worker.CanExit): parked workers look again.
+        _idle.WakeAll();
+    }
+
+    private void CompensationLoop()
+    {
+        ExecutionContext loopContext = ExecutionContext.Capture()!;
+        var spinner = new SpinWait();
+        while (true)
+        {
+            if (TryTakeForCompensation(out WorkItem item))
+            {
+                spinner.Reset();
+                RunCompensated(item, loopContext);
+                continue;
+            }
+
+            // A blocked worker may spawn again in a moment (the next child of a loop of joins): look a few more times
+            // before leaving. Once out, the watchdog starts another after a delay if the standstill goes on.
+            if (spinner.NextSpinWillYield && spinner.Count > 30)
+            {
+                return;
+            }
+
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    /// <summary>
+    /// Takes one item from outside the workers' private places: the global queue, then the oldest end of a deque, then the
+    /// inbox of a busy worker (an idle one takes its own: continuations go to the worker that awaited them).
+    /// </summary>
+    private bool TryTakeForCompensation(out WorkItem item)
+    {
+        if (_globalQueue.TryDequeue(out item))
+        {
+            if (item.Target is WorkItemBatch batch)
+            {
+                OnBatchDequeued(batch);
+                item = TakeFirstAndRequeue(batch);
+            }
+
+            return true;
+        }
+
+        foreach (Worker worker in _workers)
+        {
+            if (worker.Deque.TrySteal(out item) || (!worker.IsIdle && !worker.HasExited && worker.Inbox.TryDequeue(out item)))
+            {
+                return true;
+            }
+        }
+
+        item = default;
+        return false;
+    }
+
+    /// <summary>
+    /// An overflow batch taken by a compensation thread: its oldest item now, the rest back to the global queue for
+    /// whoever comes next. Should that enqueue run out of memory, the rest run here, now, in order: accepted work is never
+    /// dropped.
+    /// </summary>
+    private WorkItem TakeFirstAndRequeue(WorkItemBatch batch)
+    {
+        WorkItem first = batch.TakeFirst();
+        if (batch.Count == 0)
+        {
+            ReturnBatch(batch);
+            return first;
+        }
+
+        try
+        {
+            EnqueueBatch(batch);
+            NotifyParked();
+            return first;
+        }
+        catch (OutOfMemoryException)
+        {
+            ExecutionContext loopContext = ExecutionContext.Capture()!;
+            RunCompensated(first, loopContext);
+            while (batch.Count > 1)
+            {
+                RunCompensated(batch.TakeFirst(), loopContext);
+            }
+
+            return batch.TakeFirst();
+        }
+    }
+
+    /// <summary>Runs one item on a compensation thread, as a worker does (see Worker.Execute): an item's exception is raised as unhandled, and the thread's contexts are put back.</summary>
+    private void RunCompensated(in WorkItem item, ExecutionContext loopContext)
+    {
+        try
+        {
+            RunWorkItem(item);
+        }
+        catch (Exception exception)
+        {
+            Unhandled.Raise(exception);
+        }
+
+        Interlocked.Increment(ref _compensationProgress);
+        if (ExecutionContext.Capture() != loopContext)
+        {
+            ExecutionContext.Restore(loopContext);
+        }
+
+        if (SynchronizationContext.Current != WorkerContext)
+        {
+            SynchronizationContext.SetSynchronizationContext(WorkerContext);
+        }
+    }
+}
