@@ -57,7 +57,12 @@ public sealed partial class ReactorConnection
         }
         catch (Exception e)
         {
-            error = e;
+            // After an abort (Output completed with an exception) or a failed send, the socket is shut down both ways,
+            // and Linux answers the peer's next segment with a reset that a later receive reports: a consequence of what
+            // ended the connection, which Input reports instead (the application's own exception, or the send's error).
+            // A receive paused by backpressure at the abort met that reset where it used to end with the peer's
+            // "ConnectionReset" (AdversarialSoakTests).
+            error = Volatile.Read(ref _sendFailure) ?? e;
             streamEnded = true;
         }
 
