@@ -10,7 +10,7 @@ namespace Scheduler;
 // StarvationDelay while work is queued (and any compensation thread already running made none either), it starts one
 // compensation thread: a plain thread that takes queued work from outside the workers — the global queue, the deques'
 // stealable ends, a busy worker's inbox — and runs it, until it finds none, then exits. One more starts after every
-// further delay of total standstill, up to a cap. The cost is nothing on the hot path (the check rides on the watchdog's
+// further stretch of total standstill, each one delay longer than the last (n running: (n + 1) delays), up to a cap. The cost is nothing on the hot path (the check rides on the watchdog's
 // tick, which is armed only while some worker is busy), and a delay before a deadlocked program moves on: work that is
 // merely slow (long computations on every worker) gets a compensation thread too, after the same delay, as the
 // ThreadPool's starvation injection does.
@@ -65,7 +65,11 @@ public sealed partial class WorkStealingTaskScheduler
             return;
         }
 
-        if (now - _starvedSince < (long)StarvationDelay.TotalMilliseconds)
+        // Each running compensation thread lengthens the wait for the next by one delay: a standstill of blocked threads
+        // still gets its threads (nested joins need one per level), while long computations on every thread — which
+        // look the same from here — add them ever more slowly instead of one per delay up to the cap.
+        long required = (long)StarvationDelay.TotalMilliseconds * (1 + Volatile.Read(ref _compensationThreads));
+        if (now - _starvedSince < required)
         {
             return;
         }
