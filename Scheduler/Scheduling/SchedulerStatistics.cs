@@ -4,7 +4,7 @@ namespace Scheduler;
 /// <remarks>Counters are kept per worker and summed on read, so a snapshot taken under load is approximate.</remarks>
 public readonly record struct SchedulerStatistics
 {
-    /// <summary>Work items run by workers (tasks, continuations, pipe callbacks, wakers), inlined ones excluded.</summary>
+    /// <summary>Work items run by workers and compensation threads (tasks, continuations, pipe callbacks, wakers), inlined ones excluded.</summary>
     public long TasksExecuted { get; init; }
 
     /// <summary>Work items a worker took from another worker's deque or inbox.</summary>

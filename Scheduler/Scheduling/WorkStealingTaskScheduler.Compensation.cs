@@ -29,6 +29,7 @@ public sealed partial class WorkStealingTaskScheduler
     private int _compensationThreads;
     private long _compensationThreadsStarted;
     private long _compensationProgress;
+    private long _compensationExecuted; // counted in SchedulerStatistics.TasksExecuted, as a worker counts what it runs
 
     // Watchdog thread only.
     private long _watchedCompensationProgress = -1;
@@ -233,10 +234,14 @@ public sealed partial class WorkStealingTaskScheduler
     {
         try
         {
-            RunWorkItem(item);
+            if (RunWorkItem(item))
+            {
+                Interlocked.Increment(ref _compensationExecuted);
+            }
         }
         catch (Exception exception)
         {
+            Interlocked.Increment(ref _compensationExecuted);
             Unhandled.Raise(exception);
         }
 

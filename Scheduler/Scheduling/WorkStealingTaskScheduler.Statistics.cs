@@ -5,7 +5,7 @@ public sealed partial class WorkStealingTaskScheduler
     /// <summary>Sums the per-worker counters into a snapshot (approximate while workers run).</summary>
     public SchedulerStatistics GetStatistics()
     {
-        long executed = 0, stolen = 0, inlined = 0, parks = 0, wakeups = 0;
+        long executed = Volatile.Read(ref _compensationExecuted), stolen = 0, inlined = 0, parks = 0, wakeups = 0;
         int queued = GlobalQueuedCount;
         foreach (Worker worker in _workers)
         {
