@@ -26,6 +26,12 @@ public sealed partial class WorkStealingTaskScheduler
     [ThreadStatic]
     private static Task? t_compensationCarrier;
 
+    [ThreadStatic]
+    private static WorkStealingTaskScheduler? t_compensating;
+
+    /// <summary>True on a compensation thread of this scheduler: it counts as one of its own threads for Dispose and intake.</summary>
+    internal bool IsCompensationThread => ReferenceEquals(t_compensating, this);
+
     private int _compensationThreads;
     private long _compensationThreadsStarted;
     private long _compensationProgress;
@@ -116,6 +122,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         var carrier = new Task(static state => ((WorkStealingTaskScheduler)state!).CompensationLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
         t_compensationCarrier = carrier;
+        t_compensating = this;
         try
         {
             carrier.RunSynchronously(this); // inlined: TryExecuteTaskInline accepts this thread's own carrier
@@ -123,6 +130,7 @@ public sealed partial class WorkStealingTaskScheduler
         finally
         {
             t_compensationCarrier = null;
+            t_compensating = null;
             OnCompensationThreadExited();
         }
 
@@ -163,7 +171,15 @@ public sealed partial class WorkStealingTaskScheduler
                 return;
             }
 
-            spinner.SpinOnce(sleep1Threshold: -1);
+            try
+            {
+                spinner.SpinOnce(sleep1Threshold: -1);
+            }
+            catch (ThreadInterruptedException)
+            {
+                // An item interrupted this thread and returned: the interrupt was meant for a wait that is over. Dropped,
+                // as a worker drops it at its park; thrown here it ended the loop as an unhandled exception.
+            }
         }
     }
 

@@ -58,9 +58,9 @@ public sealed partial class WorkStealingTaskScheduler
     public void Dispose()
     {
         RequestShutdown();
-        if (IsWorkerThread)
+        if (IsWorkerThread || IsCompensationThread)
         {
-            return;
+            return; // the workers wait for this thread's loop to end (CanExit): joining them here would wait for ourselves
         }
 
         foreach (Worker worker in _workers)
@@ -75,7 +75,7 @@ public sealed partial class WorkStealingTaskScheduler
     public ValueTask DisposeAsync()
     {
         RequestShutdown();
-        return IsWorkerThread ? default : new ValueTask(_allWorkersExited.Task);
+        return IsWorkerThread || IsCompensationThread ? default : new ValueTask(_allWorkersExited.Task);
     }
 
     private void RequestShutdown()

@@ -249,7 +249,7 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
     /// </summary>
     private void ThrowIfRefusedAfterDispose(Task task)
     {
-        if (IsDisposeRequested && !IsAwaitResumption(task) && !IsContinuationTask(task) && TaskScheduler.Current != this)
+        if (IsDisposeRequested && !IsAwaitResumption(task) && !IsContinuationTask(task) && TaskScheduler.Current != this && !IsCompensationThread)
         {
             ThrowDisposedForOutsideProducer();
         }
