@@ -189,6 +189,14 @@ public sealed partial class WorkStealingTaskScheduler
     /// </summary>
     private bool TryTakeForCompensation(out WorkItem item)
     {
+        if (_terminated)
+        {
+            // Every worker has exited (a thread started by a tick that raced the shutdown): what arrives now goes to the
+            // ThreadPool, and nothing of ours may run after Dispose returned.
+            item = default;
+            return false;
+        }
+
         if (_globalQueue.TryDequeue(out item))
         {
             if (item.Target is WorkItemBatch batch)
@@ -228,8 +236,7 @@ public sealed partial class WorkStealingTaskScheduler
 
         try
         {
-            EnqueueBatch(batch);
-            NotifyParked();
+            EnqueueBatch(batch); // wakes a parked worker itself
             return first;
         }
         catch (OutOfMemoryException)
@@ -262,14 +269,6 @@ public sealed partial class WorkStealingTaskScheduler
         }
 
         Interlocked.Increment(ref _compensationProgress);
-        if (ExecutionContext.Capture() != loopContext)
-        {
-            ExecutionContext.Restore(loopContext);
-        }
-
-        if (SynchronizationContext.Current != WorkerContext)
-        {
-            SynchronizationContext.SetSynchronizationContext(WorkerContext);
-        }
+        RestoreLoopContexts(loopContext);
     }
 }

@@ -415,15 +415,7 @@ public sealed partial class WorkStealingTaskScheduler
             // own contexts, and what one leaves there (an AsyncLocal value such as Activity.Current, a synchronization
             // context) was seen by every later item on this worker, and captured by what they queued. Put the loop's
             // back, as the ThreadPool does after every work item. Two thread-local reads when nothing changed.
-            if (ExecutionContext.Capture() != _loopContext)
-            {
-                ExecutionContext.Restore(_loopContext!);
-            }
-
-            if (SynchronizationContext.Current != _owner.WorkerContext)
-            {
-                SynchronizationContext.SetSynchronizationContext(_owner.WorkerContext);
-            }
+            _owner.RestoreLoopContexts(_loopContext!);
         }
 
         private bool TryGetWork(out WorkItem item)

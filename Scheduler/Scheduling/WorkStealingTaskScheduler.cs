@@ -485,6 +485,24 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
 
     internal static void SetCurrentWorker(Worker? worker) => t_currentWorker = worker;
 
+    /// <summary>
+    /// After an item on a worker or compensation thread: puts back the loop's own execution context and the scheduler's
+    /// synchronization context if the item left others (see Worker.Execute). Two thread-local reads when nothing changed.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void RestoreLoopContexts(ExecutionContext loopContext)
+    {
+        if (ExecutionContext.Capture() != loopContext)
+        {
+            ExecutionContext.Restore(loopContext);
+        }
+
+        if (SynchronizationContext.Current != WorkerContext)
+        {
+            SynchronizationContext.SetSynchronizationContext(WorkerContext);
+        }
+    }
+
     internal bool RunWorkItem(in WorkItem item)
     {
         // The tagged kinds first (a compare each, no cast helper), then the untagged ones.
