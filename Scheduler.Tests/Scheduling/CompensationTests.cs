@@ -128,6 +128,39 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
         scheduler.CompensationThreadsStarted.Should().BeGreaterThan(0);
     }
 
+    // SynchronizationContext.Send on a compensation thread (context mode) runs the callback there, as it does on a worker.
+    // It used to post the callback and block: only a further compensation thread, a standstill later, could run it.
+    [Fact]
+    public async Task Send_on_a_compensation_thread_runs_inline_instead_of_waiting_for_another_thread()
+    {
+        WorkStealingTaskScheduler scheduler = Create(workers: 1, context: true);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        using var release = new ManualResetEventSlim();
+        var sent = new TaskCompletionSource<(int Caller, int Callee)>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        Task blocker = scheduler.Factory.StartNew(() =>
+        {
+            Task.Factory.StartNew(
+                () =>
+                {
+                    int caller = Environment.CurrentManagedThreadId;
+                    int callee = -1;
+                    SynchronizationContext.Current!.Send(_ => callee = Environment.CurrentManagedThreadId, null);
+                    sent.SetResult((caller, callee));
+                    release.Set();
+                },
+                CancellationToken.None,
+                TaskCreationOptions.None,
+                scheduler);
+            release.Wait(Bound).Should().BeTrue("a compensation thread runs the queued task");
+        });
+
+        await blocker.WithTimeout("the blocked worker", Bound);
+        (int caller, int callee) = await sent.Task.WithTimeout("the Send", Bound);
+        callee.Should().Be(caller, "Send on one of the scheduler's own threads runs the callback on it");
+        scheduler.CompensationThreadsStarted.Should().Be(1, "nothing waited for a second compensation thread");
+    }
+
     // Workers that make progress — a busy stream of short tasks and awaits, never blocking — get no compensation thread,
     // however long it lasts: the watchdog's standstill test looks at progress, not at how busy the workers are.
     [Fact]

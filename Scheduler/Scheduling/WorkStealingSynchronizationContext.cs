@@ -51,7 +51,9 @@ internal sealed class WorkStealingSynchronizationContext(WorkStealingTaskSchedul
     public override void Send(SendOrPostCallback d, object? state)
     {
         ArgumentNullException.ThrowIfNull(d);
-        if (scheduler.IsWorkerThread)
+        // On one of the scheduler's own threads, run it here: posting and blocking would wait for another thread to take
+        // it (a compensation thread that posted used to wait for the next one, a standstill later; a worker for itself).
+        if (scheduler.IsWorkerThread || scheduler.IsCompensationThread)
         {
             d(state);
             return;
