@@ -138,7 +138,6 @@ public sealed partial class ReactorConnection
         }
         catch (Exception e)
         {
-            error = e;
             // The user aborted Output, or the peer went away: stop both directions of this connection only. Recorded
             // first (unless an abort already recorded its reason): the receive that reads 0 because of this shutdown
             // ends Input with it. Not EPIPE once the receive side is already shut: Linux reports EPIPE to a send after a
@@ -150,6 +149,10 @@ public sealed partial class ReactorConnection
             }
 
             TryShutdownBoth();
+
+            // A send that failed because of an abort (the socket shut down under it) reports the abort's reason, as
+            // Input does: the application's next flush then throws what ended the connection, not the broken pipe.
+            error = Volatile.Read(ref _sendFailure) ?? e;
         }
 
         await reader.CompleteAsync(error);

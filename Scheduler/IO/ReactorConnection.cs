@@ -17,6 +17,9 @@ namespace Scheduler.IO;
 /// ends with that exception, never as an orderly end — except a send's EPIPE after the peer had already ended its
 /// stream (a reset that followed its end of stream), where <see cref="Input"/> ends as that stream did. Without explicit options both pipes use the reactor's
 /// scheduler (<see cref="WorkStealingTaskScheduler.PipeScheduler"/>) and its default thresholds (64 KiB/32 KiB).</para>
+/// <para>A <see cref="PipeScheduler"/> of the options whose <c>Schedule</c> throws loses no continuation: that one runs on
+/// the ThreadPool, and the connection aborts with an <see cref="InvalidOperationException"/> wrapping the scheduler's
+/// exception, which <see cref="Input"/> reports.</para>
 /// </remarks>
 public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
 {
@@ -40,8 +43,8 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     private ReactorConnection(ReactorSocket socket, PipeOptions inputOptions, PipeOptions outputOptions)
     {
         Socket = socket;
-        _input = new Pipe(inputOptions);
-        _output = new Pipe(outputOptions);
+        _input = new Pipe(GuardSchedulers(inputOptions));
+        _output = new Pipe(GuardSchedulers(outputOptions));
         _outputWriter = new AbortingWriter(this, _output.Writer);
         var receive = new Task<Task>(static s => ((ReactorConnection)s!).ReceiveLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
         var send = new Task<Task>(static s => ((ReactorConnection)s!).SendLoopAsync(), this, TaskCreationOptions.DenyChildAttach);
