@@ -12,13 +12,14 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
 
-    private static WorkStealingTaskScheduler Create(int workers = 2, bool context = false) =>
+    private static WorkStealingTaskScheduler Create(int workers = 2, bool context = false, TimeSpan? delay = null) =>
         new(new WorkStealingTaskSchedulerOptions
         {
             WorkerCount = workers,
             UseBackgroundThreads = true,
             UseSynchronizationContext = context,
             ThreadNamePrefix = "Compensation",
+            BlockingCompensationDelay = delay ?? TimeSpan.FromMilliseconds(100),
         });
 
     // Fork-join trees joined with Wait(CancellationToken), which the BCL never inlines, on every worker at once: only
@@ -159,6 +160,42 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
         (int caller, int callee) = await sent.Task.WithTimeout("the Send", Bound);
         callee.Should().Be(caller, "Send on one of the scheduler's own threads runs the callback on it");
         scheduler.CompensationThreadsStarted.Should().Be(1, "nothing waited for a second compensation thread");
+    }
+
+    // BlockingCompensationDelay: infinite turns compensation off (the blocked worker stays blocked: its child runs only
+    // once the join gives up), and a delay longer than the standstill starts nothing either; the default, on the same
+    // program, runs the child while the worker still waits.
+    [Theory]
+    [InlineData(-1, false)] // Timeout.InfiniteTimeSpan
+    [InlineData(60_000, false)]
+    [InlineData(100, true)]
+    public async Task The_compensation_delay_option_decides_whether_a_blocked_worker_gets_a_compensation_thread(int delayMs, bool compensated)
+    {
+        WorkStealingTaskScheduler scheduler = Create(workers: 1, delay: TimeSpan.FromMilliseconds(delayMs));
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        using var giveUp = new CancellationTokenSource();
+        bool childRanDuringTheJoin = false;
+
+        Task<bool> join = scheduler.Factory.StartNew(() =>
+        {
+            Task child = Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            try
+            {
+                child.Wait(giveUp.Token); // not inlined: only a compensation thread can run the child meanwhile
+                childRanDuringTheJoin = true;
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            return child.IsCompleted;
+        });
+
+        // A second and a half of standstill: fifteen times the default delay.
+        giveUp.CancelAfter(TimeSpan.FromMilliseconds(1_500));
+        await join.WithTimeout("the join", Bound);
+        childRanDuringTheJoin.Should().Be(compensated);
+        scheduler.CompensationThreadsStarted.Should().Be(compensated ? 1 : 0);
     }
 
     // Workers that make progress — a busy stream of short tasks and awaits, never blocking — get no compensation thread,

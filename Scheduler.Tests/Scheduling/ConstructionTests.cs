@@ -80,6 +80,35 @@ public sealed class ConstructionTests
         }
     }
 
+    [Theory]
+    [InlineData(1.0, true)]
+    [InlineData(-1.0, true)] // Timeout.InfiniteTimeSpan: compensation off
+    [InlineData(int.MaxValue, true)]
+    [InlineData(0.0, false)]
+    [InlineData(-2.0, false)]
+    [InlineData(int.MaxValue + 1.0, false)]
+    public void The_blocking_compensation_delay_is_positive_or_infinite(double milliseconds, bool accepted)
+    {
+        var options = new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            ThreadNamePrefix = "Edge",
+            BlockingCompensationDelay = TimeSpan.FromMilliseconds(milliseconds),
+        };
+        Func<WorkStealingTaskScheduler> create = () => new WorkStealingTaskScheduler(options);
+        if (accepted)
+        {
+            var scheduler = create();
+            using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+            scheduler.Factory.StartNew(() => 1).Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        }
+        else
+        {
+            create.Should().Throw<ArgumentOutOfRangeException>().WithParameterName(nameof(WorkStealingTaskSchedulerOptions.BlockingCompensationDelay))
+                .Which.Message.Should().Contain("Timeout.InfiniteTimeSpan");
+        }
+    }
+
     [Fact]
     public async Task Workers_are_foreground_threads_when_background_threads_are_off()
     {

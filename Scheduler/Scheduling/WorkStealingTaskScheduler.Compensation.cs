@@ -7,7 +7,7 @@ namespace Scheduler;
 // (AdversarialBlockingTests): two workers each joining two no-op children with Wait(token) hung for good.
 //
 // The watchdog already looks at every busy worker each period. When all of them have made no progress for
-// StarvationDelay while work is queued (and any compensation thread already running made none either), it starts one
+// BlockingCompensationDelay (an option, 100 ms by default) while work is queued (and any compensation thread already running made none either), it starts one
 // compensation thread: a plain thread that takes queued work from outside the workers — the global queue, the deques'
 // stealable ends, a busy worker's inbox — and runs it, until it finds none, then exits. One more starts after every
 // further stretch of total standstill, each one delay longer than the last (n running: (n + 1) delays), up to a cap. The cost is nothing on the hot path (the check rides on the watchdog's
@@ -20,9 +20,6 @@ namespace Scheduler;
 // sees this scheduler as TaskScheduler.Current and an `await` in it comes back to this scheduler.
 public sealed partial class WorkStealingTaskScheduler
 {
-    /// <summary>How long every worker must have been stalled, with work queued, before a compensation thread starts.</summary>
-    internal static readonly TimeSpan StarvationDelay = TimeSpan.FromMilliseconds(100);
-
     [ThreadStatic]
     private static Task? t_compensationCarrier;
 
@@ -46,7 +43,7 @@ public sealed partial class WorkStealingTaskScheduler
 
     /// <summary>
     /// Tests only: no compensation thread starts (the LIFO rescue still runs). For tests that block every worker on purpose
-    /// while they look at what is queued: after <see cref="StarvationDelay"/> a compensation thread would run it.
+    /// while they look at what is queued: after the compensation delay a compensation thread would run it.
     /// </summary>
     internal bool SuppressCompensationForTests { get; set; }
 
@@ -58,14 +55,16 @@ public sealed partial class WorkStealingTaskScheduler
 
     /// <summary>
     /// Watchdog thread, after a tick that found some worker busy: starts a compensation thread once every worker (and
-    /// every compensation thread) has been at a standstill for <see cref="StarvationDelay"/> with work queued.
+    /// every compensation thread) has been at a standstill for <see cref="WorkStealingTaskSchedulerOptions.BlockingCompensationDelay"/>
+    /// with work queued.
     /// </summary>
     private void CheckStarvation(bool everyWorkerStalled)
     {
         long progress = Volatile.Read(ref _compensationProgress);
         bool compensationStalled = Volatile.Read(ref _compensationThreads) == 0 || progress == _watchedCompensationProgress;
         _watchedCompensationProgress = progress;
-        if (!everyWorkerStalled || !compensationStalled || IsTerminated || SuppressCompensationForTests || !HasAnyQueuedWork())
+        TimeSpan delay = _options.BlockingCompensationDelay;
+        if (!everyWorkerStalled || !compensationStalled || IsTerminated || delay == Timeout.InfiniteTimeSpan || SuppressCompensationForTests || !HasAnyQueuedWork())
         {
             _starvedSince = 0;
             return;
@@ -81,7 +80,7 @@ public sealed partial class WorkStealingTaskScheduler
         // Each running compensation thread lengthens the wait for the next by one delay: a standstill of blocked threads
         // still gets its threads (nested joins need one per level), while long computations on every thread — which
         // look the same from here — add them ever more slowly instead of one per delay up to the cap.
-        long required = (long)StarvationDelay.TotalMilliseconds * (1 + Volatile.Read(ref _compensationThreads));
+        long required = (long)delay.TotalMilliseconds * (1 + Volatile.Read(ref _compensationThreads));
         if (now - _starvedSince < required)
         {
             return;

@@ -60,6 +60,18 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// </remarks>
     public bool UseSynchronizationContext { get; set; }
 
+    /// <summary>
+    /// How long every worker must have stood still (no item finished) while work is queued before a compensation thread
+    /// starts to run that work: the way out when every worker blocks in a wait the runtime does not inline
+    /// (<c>Wait(CancellationToken)</c>, <c>Wait(TimeSpan)</c>, <c>SemaphoreSlim.Wait</c>, a lock) on work that is still
+    /// queued. With <em>n</em> compensation threads running, the next one needs (<em>n</em> + 1) delays of standstill.
+    /// Defaults to 100 ms; the check runs every 10 ms, so a shorter delay acts as 10–20 ms.
+    /// <see cref="Timeout.InfiniteTimeSpan"/> turns compensation off: the workers stay the only threads, and a program
+    /// that blocks all of them on queued work hangs. Must be positive (at most <see cref="int.MaxValue"/> milliseconds)
+    /// or infinite.
+    /// </summary>
+    public TimeSpan BlockingCompensationDelay { get; set; } = TimeSpan.FromMilliseconds(100);
+
     /// <summary>Whether workers are background threads (they do not keep the process alive). Defaults to true.</summary>
     public bool UseBackgroundThreads { get; set; } = true;
 
@@ -84,6 +96,12 @@ public sealed class WorkStealingTaskSchedulerOptions
         ArgumentOutOfRangeException.ThrowIfNegative(SpinIterations, nameof(SpinIterations));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FairnessInterval, nameof(FairnessInterval));
         ArgumentOutOfRangeException.ThrowIfNegative(LifoSlotLimit, nameof(LifoSlotLimit));
+        if (BlockingCompensationDelay != Timeout.InfiniteTimeSpan
+            && (BlockingCompensationDelay <= TimeSpan.Zero || BlockingCompensationDelay.TotalMilliseconds > int.MaxValue))
+        {
+            throw new ArgumentOutOfRangeException(nameof(BlockingCompensationDelay), BlockingCompensationDelay, "The blocking compensation delay must be positive (at most int.MaxValue milliseconds) or Timeout.InfiniteTimeSpan to turn compensation off.");
+        }
+
         if (LocalQueueCapacity < 16 || LocalQueueCapacity > MaxLocalQueueCapacity || (LocalQueueCapacity & (LocalQueueCapacity - 1)) != 0)
         {
             // Bounded above too: a huge capacity failed with OutOfMemoryException (a slot array per worker) instead of
