@@ -9,12 +9,16 @@ public sealed class OverflowBatchTests
     [Fact]
     public async Task Overflowed_work_is_counted_item_by_item_and_runs_exactly_once()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, LocalQueueCapacity = 16, ThreadNamePrefix = "Test" });
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-
         // The worker is blocked on purpose while the test counts what waits: a compensation thread would run it after
-        // 100 ms of standstill (seen in session 29's CI on a loaded machine: 0 queued).
-        scheduler.SuppressCompensationForTests = true;
+        // 100 ms of standstill (seen in session 29's CI on a loaded machine: 0 queued), so compensation is off.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            LocalQueueCapacity = 16,
+            ThreadNamePrefix = "Test",
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Children = 1_000;
         var runs = new int[Children];
         using var spawned = new ManualResetEventSlim();
@@ -34,10 +38,11 @@ public sealed class OverflowBatchTests
         spawned.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
 
         // The only worker is still inside the parent: every child waits in the LIFO slot, the deque or a batch. The
-        // watchdog moves the last child from the slot of the stalled worker to the global queue within a period or two;
-        // a snapshot taken during that move may miss the child in transit (seen on a loaded machine: 999), so let the
-        // move happen first. After it nothing moves until the parent is released.
-        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.LifoRescues >= 1);
+        // watchdog moves the last child from the slot of the stalled worker to the global queue within a period or two,
+        // and what its deque holds once the worker has been seen blocked twice (BlockedRescue.cs); a snapshot taken during
+        // either move may miss a child in transit (seen on a loaded machine: 999), so let both happen first (the deque's
+        // counter grows once its move is done). After them nothing moves until the parent is released.
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.LifoRescues >= 1 && scheduler.BlockedQueueRescues > 0);
         scheduler.LifoRescues.Should().Be(1, "the stalled worker's LIFO slot held one child");
         scheduler.GetStatistics().QueuedTasks.Should().Be(Children);
         var getScheduledTasks = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;

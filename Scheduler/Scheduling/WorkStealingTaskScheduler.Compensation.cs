@@ -41,12 +41,6 @@ public sealed partial class WorkStealingTaskScheduler
     /// <summary>How many compensation threads may run at once: enough for nested blocking several levels deep.</summary>
     private int MaxCompensationThreads => Math.Max(64, WorkerCount * 8);
 
-    /// <summary>
-    /// Tests only: no compensation thread starts (the LIFO rescue still runs). For tests that block every worker on purpose
-    /// while they look at what is queued: after the compensation delay a compensation thread would run it.
-    /// </summary>
-    internal bool SuppressCompensationForTests { get; set; }
-
     /// <summary>How many compensation threads have started since construction (for tests and diagnostics).</summary>
     internal long CompensationThreadsStarted => Volatile.Read(ref _compensationThreadsStarted);
 
@@ -64,7 +58,7 @@ public sealed partial class WorkStealingTaskScheduler
         bool compensationStalled = Volatile.Read(ref _compensationThreads) == 0 || progress == _watchedCompensationProgress;
         _watchedCompensationProgress = progress;
         TimeSpan delay = _options.BlockingCompensationDelay;
-        if (!everyWorkerStalled || !compensationStalled || IsTerminated || delay == Timeout.InfiniteTimeSpan || SuppressCompensationForTests || !HasAnyQueuedWork())
+        if (!everyWorkerStalled || !compensationStalled || IsTerminated || delay == Timeout.InfiniteTimeSpan || !HasAnyQueuedWork())
         {
             _starvedSince = 0;
             return;

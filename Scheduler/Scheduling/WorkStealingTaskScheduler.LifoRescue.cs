@@ -147,6 +147,16 @@ public sealed partial class WorkStealingTaskScheduler
                 // Worker.DemoteToDeque), and a worker preempted between its pop and that push can see its peer park
                 // before the push lands. Wakes a parked peer only if nobody is searching (a searcher finds the work).
                 NotifyParked();
+
+                // Blocked, and still holding work a busy peer would never steal: to the global queue (BlockedRescue.cs).
+                if (worker.IsBlockedAgain())
+                {
+                    RescueBlockedWorkerQueues(worker);
+                }
+            }
+            else
+            {
+                worker.ClearBlockedLooks();
             }
         }
 
