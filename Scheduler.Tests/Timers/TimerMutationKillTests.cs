@@ -1,0 +1,128 @@
+using System.Runtime.CompilerServices;
+using Scheduler.Timers;
+
+namespace Scheduler.Tests.Timers;
+
+/// <summary>
+/// Tests written by a manual mutation-testing round of Scheduler/Timers: each one kills a mutant of the library (named
+/// in its comment) that no other test caught, and passes on the unmutated code. The wheels run on a hand-moved clock with
+/// no driver (RunDueTimers) wherever time matters, so what they assert does not depend on the machine's timing.
+/// </summary>
+public sealed class TimerMutationKillTests
+{
+    private static readonly TimeSpan Tick = TimeSpan.FromMilliseconds(1);
+    private static readonly TimeSpan Guard = TimeSpan.FromSeconds(10);
+
+    // How long a callback queued in the same batch as a witness that has run gets to show up as well.
+    private static readonly TimeSpan Settle = TimeSpan.FromMilliseconds(200);
+
+    private static TimerWheel ManualWheel(ManualClock clock) =>
+        new(Tick, clock, startDriver: false) { NurseriesEnabled = false };
+
+    // Kills: WheelTimer.cs Fire, `token == Volatile.Read(ref _intent)` removed — an expiry already taken off the wheel
+    // but not yet queued still queued the callback after a Change that disarmed the timer had returned (docs/timers.md,
+    // ITimer.Change: "an expiry of an older schedule that has not reached the ThreadPool when the call returns is
+    // dropped (intent check)"). The disarm runs in that window: a delay due in the same batch is completed first, and
+    // its continuation runs inline (a SynchronizationContext whose Post runs the callback at once). A witness timer due
+    // in the same batch shows when the ThreadPool has run what that batch queued.
+    [Fact]
+    public async Task A_disarm_made_after_the_expiry_but_before_the_callback_was_queued_drops_that_callback()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        var counter = new CallbackCounter();
+        var witness = new CallbackCounter();
+        using ITimer timer = wheel.CreateTimer(counter.Callback, null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        using ITimer witnessTimer = wheel.CreateTimer(witness.Callback, null, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
+        Func<bool?> disarmed = StartDelayWithInlineContinuation(wheel, () => timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan));
+        wheel.RunDueTimers();
+        disarmed().Should().BeNull("the delay is not due yet");
+
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        disarmed().Should().BeTrue("the delay's continuation ran inline, between the timers' expiry and their firing");
+
+        await witness.WaitForAsync(1);
+        await Task.Delay(Settle);
+        counter.Count.Should().Be(0, "the disarm returned before the expiry reached the ThreadPool");
+        wheel.PendingCount.Should().Be(0);
+    }
+
+    // Kills: TimerWheel.Delay.cs DelayAsync, the ObjectDisposedException check moved after the canceled-token and
+    // zero-delay shortcuts — a disposed wheel handed out completed (or canceled) delays instead of refusing them
+    // (docs/timers.md, TimerWheel.Dispose: "DelayAsync, CreateTimer and ITimer.Change throw ObjectDisposedException";
+    // the existing tests asked only with a positive delay). CreateTimer's own check is pinned here too, for a disarmed
+    // and a due-now timer (neither reaches the pending stack, whose refusal also throws for armed ones).
+    [Fact]
+    public void A_disposed_wheel_refuses_every_DelayAsync_and_CreateTimer_whatever_the_arguments()
+    {
+        var wheel = new TimerWheel(Tick, new ManualClock(), startDriver: false);
+        wheel.Dispose();
+        using var canceled = new CancellationTokenSource();
+        canceled.Cancel();
+
+        FluentActions.Invoking(() => wheel.DelayAsync(TimeSpan.Zero)).Should().Throw<ObjectDisposedException>();
+        FluentActions.Invoking(() => wheel.DelayAsync(TimeSpan.Zero, canceled.Token)).Should().Throw<ObjectDisposedException>();
+        FluentActions.Invoking(() => wheel.DelayAsync(TimeSpan.FromSeconds(1), canceled.Token)).Should().Throw<ObjectDisposedException>();
+        FluentActions.Invoking(() => wheel.DelayAsync(Timeout.InfiniteTimeSpan)).Should().Throw<ObjectDisposedException>();
+
+        int called = 0;
+        TimerCallback callback = _ => Interlocked.Increment(ref called);
+        FluentActions.Invoking(() => wheel.CreateTimer(callback, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan)).Should().Throw<ObjectDisposedException>();
+        FluentActions.Invoking(() => wheel.CreateTimer(callback, null, TimeSpan.Zero, Timeout.InfiniteTimeSpan)).Should().Throw<ObjectDisposedException>();
+        FluentActions.Invoking(() => wheel.CreateTimer(callback, null, TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(5))).Should().Throw<ObjectDisposedException>();
+        called.Should().Be(0);
+    }
+
+    /// <summary>
+    /// Starts a delay of 5 ms whose continuation runs inline (a SynchronizationContext whose Post runs it at once), on
+    /// whatever thread completes it. Returns a reader of what <paramref name="continuation"/> returned (null until it ran);
+    /// the continuation consumes the delay first.
+    /// </summary>
+    private static Func<bool?> StartDelayWithInlineContinuation(TimerWheel wheel, Func<bool> continuation)
+    {
+        bool? returned = null;
+#pragma warning disable CA2012 // consumed once, by the continuation, once it has completed
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
+#pragma warning restore CA2012
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(new InlineSynchronizationContext());
+        try
+        {
+            ValueTaskAwaiter awaiter = delay.GetAwaiter();
+            awaiter.OnCompleted(() =>
+            {
+#pragma warning disable CA2012 // read in its continuation: completed
+                awaiter.GetResult();
+#pragma warning restore CA2012
+                returned = continuation();
+            });
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        return () => returned;
+    }
+
+    /// <summary>Counts a timer's callbacks (on the ThreadPool) and lets the test wait for a given count.</summary>
+    private sealed class CallbackCounter
+    {
+        private int _count;
+
+        public TimerCallback Callback => _ => Interlocked.Increment(ref _count);
+
+        public int Count => Volatile.Read(ref _count);
+
+        public async Task WaitForAsync(int count)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            while (Count < count)
+            {
+                System.Diagnostics.Stopwatch.GetElapsedTime(start).Should().BeLessThan(Guard, "callback {0} should have run", count);
+                await Task.Delay(2);
+            }
+        }
+    }
+}
