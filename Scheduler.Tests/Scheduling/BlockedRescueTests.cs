@@ -6,7 +6,7 @@ namespace Scheduler.Tests.Scheduling;
 /// The watchdog's blocked-worker rescue (WorkStealingTaskScheduler.BlockedRescue.cs, docs/scheduling.md "Blocked workers
 /// and the LIFO slot"): a worker seen blocked, without progress, at two looks has its deque and inbox moved to the global
 /// queue, so a busy peer gets to them (CompensationSoakTests holds the starvation cases it fixes). A worker that is merely
-/// computing keeps its deque: it runs it itself, and its own <c>Wait()</c> still inlines a child that is there.
+/// computing keeps its deque: it runs that work itself (here, a child its own <c>Wait()</c> then inlines).
 /// </summary>
 public sealed class BlockedRescueTests
 {

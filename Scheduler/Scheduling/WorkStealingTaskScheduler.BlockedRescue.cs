@@ -11,8 +11,8 @@ namespace Scheduler;
 // So the watchdog does it, on evidence that takes more than microseconds: a worker that made no progress at two
 // looks in a row (10–20 ms), whose thread was blocked (WaitSleepJoin) at both, has its deque and inbox moved to the
 // global queue, where busy peers look every FairnessInterval items and compensation threads first. A worker that is
-// merely computing keeps its deque: it will run it itself, and its own Wait() inlines a child only while the child is
-// still in its deque (a child moved away would have to wait for a peer, as on the ThreadPool).
+// merely computing keeps its deque: it will run that work itself, cache-hot, in the order it pushed it. (Its own Wait()
+// would still inline a moved child: TryExecuteTaskInline runs a task from any queue, and the stale entry is skipped.)
 public sealed partial class WorkStealingTaskScheduler
 {
     private long _blockedQueueRescues;

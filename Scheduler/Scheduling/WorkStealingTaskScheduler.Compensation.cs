@@ -74,7 +74,11 @@ public sealed partial class WorkStealingTaskScheduler
         // Each running compensation thread lengthens the wait for the next by one delay: a standstill of blocked threads
         // still gets its threads (nested joins need one per level), while long computations on every thread — which
         // look the same from here — add them ever more slowly instead of one per delay up to the cap.
-        long required = (long)delay.TotalMilliseconds * (1 + Volatile.Read(ref _compensationThreads));
+        // A delay shorter than the watchdog's period counts as one period: truncated, a sub-millisecond delay made the
+        // requirement 0 and started a thread at every tick up to the cap (AdversarialRescueTests), where the ramp promises
+        // each next thread one delay later than the last.
+        long delayMs = Math.Max((long)delay.TotalMilliseconds, (long)WatchdogPeriod.TotalMilliseconds);
+        long required = delayMs * (1 + Volatile.Read(ref _compensationThreads));
         if (now - _starvedSince < required)
         {
             return;
