@@ -65,7 +65,7 @@ public sealed class WorkStealingTaskSchedulerOptions
     /// starts to run that work: the way out when every worker blocks in a wait the runtime does not inline
     /// (<c>Wait(CancellationToken)</c>, <c>Wait(TimeSpan)</c>, <c>SemaphoreSlim.Wait</c>, a lock) on work that is still
     /// queued. With <em>n</em> compensation threads running, the next one needs (<em>n</em> + 1) delays of standstill.
-    /// Defaults to 100 ms; the check runs every 10 ms, so a shorter delay acts as 10–20 ms.
+    /// Defaults to 100 ms; the check runs every 10 ms, so a shorter delay acts as 10 ms.
     /// <see cref="Timeout.InfiniteTimeSpan"/> turns compensation off: the workers stay the only threads, and a program
     /// that blocks all of them on queued work hangs. Must be positive (at most <see cref="int.MaxValue"/> milliseconds)
     /// or infinite.
