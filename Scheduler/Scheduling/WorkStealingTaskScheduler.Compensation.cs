@@ -104,9 +104,19 @@ public sealed partial class WorkStealingTaskScheduler
                 Name = _options.ThreadNamePrefix + " compensation",
             };
 
-            // No ExecutionContext of whoever made the watchdog tick: the thread serves every item in its own.
-            thread.UnsafeStart(this);
+            // Counted before it starts: counted after, the thread could run an item that a test (or a dashboard) then
+            // saw run by a compensation thread while the count still read 0 (CompensationTests, session 30's CI).
             Interlocked.Increment(ref _compensationThreadsStarted);
+            try
+            {
+                // No ExecutionContext of whoever made the watchdog tick: the thread serves every item in its own.
+                thread.UnsafeStart(this);
+            }
+            catch
+            {
+                Interlocked.Decrement(ref _compensationThreadsStarted);
+                throw;
+            }
         }
         catch (Exception exception) when (exception is OutOfMemoryException or ThreadStartException)
         {
