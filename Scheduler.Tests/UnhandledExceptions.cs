@@ -68,7 +68,7 @@ internal static class UnhandledExceptions
         {
             if (scope.Match(exception))
             {
-                Interlocked.Increment(ref scope.SeenCount);
+                scope.Record(exception);
                 tolerated = true;
             }
         }
@@ -79,11 +79,24 @@ internal static class UnhandledExceptions
     /// <summary>A scope of <see cref="Tolerate"/>: counts the matching exceptions that went unhandled while it was open.</summary>
     internal sealed class Tolerated(Func<Exception, bool> match) : IDisposable
     {
+        private const int KeptForReport = 4;
+        private readonly ConcurrentQueue<Exception> _kept = new();
         internal int SeenCount;
 
         public Func<Exception, bool> Match { get; } = match;
 
         public bool Seen => Volatile.Read(ref SeenCount) > 0;
+
+        /// <summary>The first few matching exceptions, type, message and stack, for a failing assertion's message.</summary>
+        public string Report => string.Join(Environment.NewLine + "----" + Environment.NewLine, _kept.Select(static e => e.ToString()));
+
+        internal void Record(Exception exception)
+        {
+            if (Interlocked.Increment(ref SeenCount) <= KeptForReport)
+            {
+                _kept.Enqueue(exception);
+            }
+        }
 
         public void Dispose() => s_tolerated.TryRemove(this, out _);
     }
