@@ -13,7 +13,8 @@ namespace Scheduler.Timers;
 /// fired (callbacks may overlap if one outlasts the period); a period of zero or
 /// <see cref="Timeout.InfiniteTimeSpan"/> means one-shot; an exception escaping the callback is unhandled on
 /// the ThreadPool thread (the wheel keeps running). A callback already queued when <see cref="Change(TimeSpan, TimeSpan)"/> is called
-/// may still run once; after <see cref="Dispose"/> no callback starts, and <see cref="DisposeAsync"/> also waits for
+/// may still run once (a tick that comes due while the last callback still waits for a ThreadPool thread merges into it,
+/// so a starved ThreadPool delays the timer instead of queueing a burst); after <see cref="Dispose"/> no callback starts, and <see cref="DisposeAsync"/> also waits for
 /// one that is running.
 /// </remarks>
 internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
@@ -47,8 +48,17 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     // 1 once Dispose has been called: final, written with a plain store (see Dispose).
     private byte _disposed;
 
-    // Callbacks of this timer running now (DisposeAsync waits until the count drops to zero).
+    // Callbacks of this timer running now (DisposeAsync waits until the count drops to zero), and QueuedBit: a callback
+    // queued to the ThreadPool that has not started yet. One word, so Execute counts itself in and clears the bit with the
+    // one atomic operation it already made, and the timer stays 96 bytes.
     private int _runningCallbacks;
+
+    // While a callback waits for a ThreadPool thread, a tick that comes due merges into it instead of queueing another:
+    // a starved ThreadPool delays a periodic timer instead of banking a burst of its callbacks, which then ran back to back
+    // once threads came, after a Change or a PeriodicTimer.Period that had lengthened the period (a PeriodicTimer changed
+    // from 20 ms to an hour ticked 27 times in the next 300 ms). The BCL's timers behave the same way: their queue's
+    // firing pass itself runs on the ThreadPool, so a starved pool delays it.
+    private const int QueuedBit = 1 << 30;
 
     // The intent (TimerIntent): one word that every Change writes whole, so a reader never sees half of one.
     private long _intent;
@@ -214,7 +224,37 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FireNow() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    private void FireNow() => QueueCallback();
+
+    /// <summary>
+    /// Queues the callback to the ThreadPool, unless one is queued and has not started yet (that one stands for this
+    /// firing too; see <see cref="QueuedBit"/>). A callback that has started does not count: callbacks may overlap.
+    /// </summary>
+    private void QueueCallback()
+    {
+        int current = Volatile.Read(ref _runningCallbacks);
+        while ((current & QueuedBit) == 0)
+        {
+            int seen = Interlocked.CompareExchange(ref _runningCallbacks, current | QueuedBit, current);
+            if (seen == current)
+            {
+                try
+                {
+                    ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+                }
+                catch
+                {
+                    // Not queued (out of memory): the next firing must not take it for a pending callback.
+                    Interlocked.Add(ref _runningCallbacks, -QueuedBit);
+                    throw;
+                }
+
+                return;
+            }
+
+            current = seen;
+        }
+    }
 
     private void PushOrThrow(long intent, long now, long deadline)
     {
@@ -278,7 +318,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // Dekker with Execute: we publish Disposed (above) and then read the running count; a callback counts itself
         // in and then reads Disposed. Either we see it running, or it sees the flag and does not run.
         Interlocked.MemoryBarrier();
-        if (Volatile.Read(ref _runningCallbacks) == 0)
+        if (RunningCount(Volatile.Read(ref _runningCallbacks)) == 0)
         {
             return default;
         }
@@ -286,7 +326,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         Extras extras = GetOrCreateExtras();
         var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         TaskCompletionSource waiter = Interlocked.CompareExchange(ref extras.CallbacksDone, idle, null) ?? idle;
-        if (Volatile.Read(ref _runningCallbacks) == 0)
+        if (RunningCount(Volatile.Read(ref _runningCallbacks)) == 0)
         {
             waiter.TrySetResult();
         }
@@ -297,7 +337,8 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
     /// <summary>Runs the callback on the ThreadPool thread. An exception escapes, as from a <see cref="System.Threading.Timer"/> callback.</summary>
     void IThreadPoolWorkItem.Execute()
     {
-        Interlocked.Increment(ref _runningCallbacks);
+        // Counted in, and no longer queued: a tick due from now on queues a callback of its own.
+        Interlocked.Add(ref _runningCallbacks, 1 - QueuedBit);
         try
         {
             // The wheel's disposal too: a callback queued before it (by a hosted wheel's host still firing the batch it
@@ -319,7 +360,7 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         }
         finally
         {
-            if (Interlocked.Decrement(ref _runningCallbacks) == 0 && Volatile.Read(ref _contextOrExtras) is Extras extras)
+            if (RunningCount(Interlocked.Decrement(ref _runningCallbacks)) == 0 && Volatile.Read(ref _contextOrExtras) is Extras extras)
             {
                 Volatile.Read(ref extras.CallbacksDone)?.TrySetResult();
             }
@@ -474,9 +515,11 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
         // callback that races with Change; this narrows it to calls that have not returned yet).
         if (token != TimerIntent.NoFire && token == Volatile.Read(ref _intent) && Volatile.Read(ref _disposed) == 0)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            QueueCallback();
         }
     }
+
+    private static int RunningCount(int runningCallbacks) => runningCallbacks & ~QueuedBit;
 
     /// <inheritdoc />
     /// <remarks>Read from the applied intent, which is an absolute word whenever the entry is linked.</remarks>
