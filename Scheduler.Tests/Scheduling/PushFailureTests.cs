@@ -58,6 +58,42 @@ public sealed class PushFailureTests
     }
 
     [Fact]
+    public void A_batch_remainder_held_by_a_worker_that_then_blocks_still_runs()
+    {
+        // As above, but the batch's first item (child 0) blocks until the rest of that batch (children 1-7, the remainder
+        // the worker now holds) has run. The held remainder was private to its worker: no peer, compensation thread or
+        // rescue could see it, so child 0 waited for good (here, its 5 s bound). Now the watchdog's rescue of a blocked
+        // worker moves it to the global queue, where a compensation thread runs it.
+        var scheduler = Create(lifoLimit: 0, fairness: 1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        var run = new Spawner(scheduler, children: 32);
+        using var restOfTheBatch = new CountdownEvent(7);
+        bool firstSawTheRest = false;
+        run.Body = i =>
+        {
+            if (i == 0)
+            {
+                firstSawTheRest = restOfTheBatch.Wait(TimeSpan.FromSeconds(5)); // a timed wait: nothing is inlined
+            }
+            else if (i < 8)
+            {
+                restOfTheBatch.Signal();
+            }
+        };
+        int armed = 0;
+        run.AfterSpawning = () => Volatile.Write(ref armed, 1);
+        using Injection injection = Inject(name => name == "batch-enqueue" && scheduler.IsWorkerThread && Interlocked.Exchange(ref armed, 0) == 1);
+
+        scheduler.Factory.StartNew(run.SpawnAll).Wait(Timeout).Should().BeTrue();
+
+        run.AssertEachAcceptedChildRunsOnce();
+        Volatile.Read(ref armed).Should().Be(0, "the remainder's enqueue was attempted (and failed)");
+        firstSawTheRest.Should().BeTrue("the remainder the blocked worker held ran elsewhere");
+        scheduler.BlockedQueueRescues.Should().BePositive("the watchdog moved the held remainder out");
+        AssertStillWorksAndDisposes(scheduler);
+    }
+
+    [Fact]
     public void A_global_batch_met_while_moving_outside_work_into_the_deque_needs_no_spill()
     {
         // The worker's deque is empty and the global queue holds 15 plain items and then an overflow batch (8): moving
@@ -331,6 +367,9 @@ public sealed class PushFailureTests
 
         public Action? AfterSpawning { get; set; }
 
+        /// <summary>What child <c>i</c> does before it counts its run (nothing by default).</summary>
+        public Action<int>? Body { get; set; }
+
         public void SpawnAll()
         {
             for (int i = 0; i < _runs.Length; i++)
@@ -338,7 +377,15 @@ public sealed class PushFailureTests
                 int index = i;
                 try
                 {
-                    _tasks[i] = Task.Factory.StartNew(() => Interlocked.Increment(ref _runs[index]), CancellationToken.None, TaskCreationOptions.None, scheduler);
+                    _tasks[i] = Task.Factory.StartNew(
+                        () =>
+                        {
+                            Body?.Invoke(index);
+                            Interlocked.Increment(ref _runs[index]);
+                        },
+                        CancellationToken.None,
+                        TaskCreationOptions.None,
+                        scheduler);
                 }
                 catch (TaskSchedulerException e)
                 {

@@ -22,7 +22,7 @@ public sealed partial class WorkStealingTaskScheduler
 
     /// <summary>
     /// Watchdog thread: moves what <paramref name="worker"/>'s deque and inbox hold now to the global queue, oldest first
-    /// (the deque's stealable end, then the inbox). Bounded by what was there when it started: the owner is blocked, but
+    /// (the deque's stealable end, then the inbox), and a batch it holds (out of memory, see Worker.TryTakeHeldBatch). Bounded by what was there when it started: the owner is blocked, but
     /// other threads may keep posting to its inbox.
     /// </summary>
     private void RescueBlockedWorkerQueues(Worker worker)
@@ -33,6 +33,18 @@ public sealed partial class WorkStealingTaskScheduler
         {
             EnqueueRescued(item); // retries out of memory: the item is in nobody's queue meanwhile
             moved++;
+        }
+
+        if (worker.TryTakeHeldBatch(out WorkItemBatch? held))
+        {
+            // The remainder of a batch the global queue refused once already (out of memory): item by item, retried.
+            while (held.Count > 0)
+            {
+                EnqueueRescued(held.TakeFirst());
+                moved++;
+            }
+
+            ReturnBatch(held);
         }
 
         Interlocked.Add(ref _blockedQueueRescues, moved);

@@ -227,6 +227,12 @@ public sealed partial class WorkStealingTaskScheduler
             {
                 return true;
             }
+
+            if (worker.TryTakeHeldBatch(out WorkItemBatch? held))
+            {
+                item = TakeFirstAndRequeue(held);
+                return true;
+            }
         }
 
         item = default;

@@ -19,10 +19,9 @@ public sealed partial class WorkStealingTaskScheduler
         private bool TryTakeGlobal(out WorkItem item)
         {
             int moved = 0;
-            if (_heldBatch is { } held)
+            if (TryTakeHeldBatch(out WorkItemBatch? held))
             {
                 // What the global queue refused last time, first (and once the deque has room, back in the deque).
-                _heldBatch = null;
                 item = held.TakeFirst();
                 moved = PushBatchToDeque(held);
             }
@@ -107,8 +106,9 @@ public sealed partial class WorkStealingTaskScheduler
                 }
                 catch (OutOfMemoryException)
                 {
-                    Debug.Assert(_heldBatch is null, "TryTakeGlobal takes a held batch before it dequeues another");
-                    _heldBatch = batch; // not stealable until it goes back; a worker never idles while it holds one
+                    // TryTakeGlobal takes a held batch before it dequeues another, and a thief's deque is empty (all fits).
+                    Debug.Assert(_heldBatch is null, "a worker holds one batch at most");
+                    Volatile.Write(ref _heldBatch, batch); // published whole: others may take it (TryTakeHeldBatch)
                 }
             }
             else
@@ -147,6 +147,14 @@ public sealed partial class WorkStealingTaskScheduler
                     if (victim._deque.TryStealHalf(_deque, out item, out int moved) || (!victim._isIdle && victim._inbox.TryDequeue(out item)))
                     {
                         Counters.Stolen += 1 + moved;
+                        return true;
+                    }
+
+                    if (victim.TryTakeHeldBatch(out WorkItemBatch? held))
+                    {
+                        // Only after out of memory; its holder may be blocked in the item it took before. Into this empty deque.
+                        item = held.TakeFirst();
+                        Counters.Stolen += 1 + PushBatchToDeque(held);
                         return true;
                     }
                 }

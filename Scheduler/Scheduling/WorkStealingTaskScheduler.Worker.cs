@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 
 namespace Scheduler;
@@ -64,7 +65,9 @@ public sealed partial class WorkStealingTaskScheduler
         private readonly int _globalBatchLimit;
 
         // An overflow batch whose remainder the global queue refused (out of memory). The loop must not throw, and the
-        // items were accepted: this worker keeps them and takes them before the global queue (see TryTakeGlobal).
+        // items were accepted: this worker keeps them and takes them before the global queue (see TryTakeGlobal). Others
+        // take it too (TryTakeHeldBatch), since the worker may block in the item it runs next: an idle peer, a compensation
+        // thread, the watchdog's rescue of a blocked worker. Written by the owner only while null.
         private WorkItemBatch? _heldBatch;
 
         // Written by a waker under the idle lock before it sets the event; read by this worker after waking.
@@ -232,13 +235,23 @@ public sealed partial class WorkStealingTaskScheduler
             return _deque.TryPopIfNewest(task);
         }
 
-        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1) + (_heldBatch?.Count ?? 0);
+        public int ApproximateQueuedCount => _deque.Count + _inbox.Count + (_lifoSlot.PeekTarget is null ? 0 : 1) + (Volatile.Read(ref _heldBatch)?.Count ?? 0);
 
         /// <summary>True once this worker's loop has ended (or its thread never started).</summary>
         internal bool HasExited => _hasExited;
 
         /// <summary>True when a peer could take work from here (the LIFO slot is private to its worker).</summary>
-        public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty;
+        public bool HasStealableWork => !_deque.IsEmpty || !_inbox.IsEmpty || Volatile.Read(ref _heldBatch) is not null;
+
+        /// <summary>
+        /// Any thread: takes the batch this worker holds (see <c>_heldBatch</c>), if any. The taker owns it from then on.
+        /// A plain read first: on every path but out of memory there is none, and the exchange is then skipped.
+        /// </summary>
+        internal bool TryTakeHeldBatch([NotNullWhen(true)] out WorkItemBatch? batch)
+        {
+            batch = Volatile.Read(ref _heldBatch) is null ? null : Interlocked.Exchange(ref _heldBatch, null);
+            return batch is not null;
+        }
 
         public void CopyQueuedTargetsTo(List<object> destination)
         {
@@ -248,7 +261,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             _deque.CopyTargetsTo(destination);
-            _heldBatch?.CopyTargetsTo(destination);
+            Volatile.Read(ref _heldBatch)?.CopyTargetsTo(destination); // best effort, as the rest: a taker may be emptying it
             foreach (WorkItem item in _inbox)
             {
                 if (item.Target is not null)
