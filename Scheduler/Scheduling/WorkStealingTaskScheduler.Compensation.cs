@@ -127,13 +127,8 @@ public sealed partial class WorkStealingTaskScheduler
 
     private void RunCompensation()
     {
-        DefaultExecutionContext.LearnOnFreshThread();
-        if (WorkerContext is { } context)
-        {
-            SynchronizationContext.SetSynchronizationContext(context);
-        }
-
-        var carrier = new Task(static state => ((WorkStealingTaskScheduler)state!).CompensationLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
+        PrepareLoopThread();
+        Task carrier = NewCarrier(static state => ((WorkStealingTaskScheduler)state!).CompensationLoop(), this);
         t_compensationCarrier = carrier;
         t_compensating = this;
         try
@@ -147,10 +142,7 @@ public sealed partial class WorkStealingTaskScheduler
             OnCompensationThreadExited();
         }
 
-        if (carrier.Exception is { } fault)
-        {
-            Unhandled.Raise(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
-        }
+        RaiseLoopFault(carrier);
     }
 
     /// <summary>Whether <paramref name="task"/> is the carrier of the compensation thread calling this (see <see cref="RunCompensation"/>).</summary>

@@ -10,29 +10,14 @@ public sealed partial class WorkStealingTaskScheduler
     {
         private void Run()
         {
-            DefaultExecutionContext.LearnOnFreshThread(); // a fresh thread (UnsafeStart): for posts made in it (WorkStealingSynchronizationContext)
+            _owner.PrepareLoopThread(); // a fresh thread (UnsafeStart)
             SetCurrentWorker(this);
-            if (_owner.WorkerContext is { } context)
-            {
-                System.Threading.SynchronizationContext.SetSynchronizationContext(context);
-            }
 
-            // The loop runs inside a task of this scheduler (a "carrier"), so that work which is not a task itself —
-            // waker continuations, pipe callbacks, synchronization-context posts — sees this scheduler as
-            // TaskScheduler.Current, and an `await` in it comes back here instead of going to the ThreadPool.
-            // Tasks run by the loop set and restore the current task themselves. DenyChildAttach: nothing may
-            // attach to the carrier as a child.
-            _carrier = new Task(static state => ((Worker)state!).RunLoop(), this, CancellationToken.None, TaskCreationOptions.DenyChildAttach);
+            // In a carrier (WorkStealingTaskScheduler.Carrier.cs). Should the loop itself fail, its finally has handed
+            // this worker's queues to its peers (or, for the last one, everything to the ThreadPool) first.
+            _carrier = NewCarrier(static state => ((Worker)state!).RunLoop(), this);
             _carrier.RunSynchronously(_owner);
-
-            // The loop itself failed (not an item: Execute catches those), and the carrier captured it. The loop's
-            // finally handed this worker's queues to its peers (or, for the last one, everything to the ThreadPool);
-            // what is left is to say why this worker is gone, the way an item's unhandled exception is said, instead of
-            // leaving it in a task nobody reads.
-            if (_carrier.Exception is { } fault)
-            {
-                Unhandled.Raise(fault.InnerExceptions.Count == 1 ? fault.InnerExceptions[0] : fault);
-            }
+            RaiseLoopFault(_carrier);
         }
 
         private void RunLoop()
