@@ -232,10 +232,15 @@ public sealed partial class WorkStealingTaskScheduler
     }
 
     /// <summary>
-    /// An overflow batch taken by a compensation thread: its oldest item now, the rest back to the global queue for
-    /// whoever comes next. Should that enqueue run out of memory, the rest run here, now, in order: accepted work is never
-    /// dropped.
+    /// An overflow batch taken by a compensation thread (from the global queue, or held by a worker): its oldest item
+    /// now, the rest back to the global queue for whoever comes next. Should that enqueue run out of memory, the rest go
+    /// back one by one; only what the queue refuses even so runs here, now, in order: accepted work is never dropped.
     /// </summary>
+    /// <remarks>
+    /// Not the rest inline at the first refusal: this thread may block in the first item, and an item waiting for a later
+    /// sibling held here then waited for good (AdversarialHeldBatchTests). A single item needs a new segment of the queue
+    /// only when the current one is full, a batch the same; with memory that short, running inline is the last resort.
+    /// </remarks>
     private WorkItem TakeFirstAndRequeue(WorkItemBatch batch)
     {
         WorkItem first = batch.TakeFirst();
@@ -252,14 +257,47 @@ public sealed partial class WorkStealingTaskScheduler
         }
         catch (OutOfMemoryException)
         {
-            ExecutionContext loopContext = ExecutionContext.Capture()!;
-            RunCompensated(first, loopContext);
-            while (batch.Count > 1)
+            RequeueOneByOne(batch);
+        }
+
+        if (batch.Count == 0)
+        {
+            ReturnBatch(batch);
+            return first;
+        }
+
+        ExecutionContext loopContext = ExecutionContext.Capture()!;
+        RunCompensated(first, loopContext);
+        while (batch.Count > 1)
+        {
+            RunCompensated(batch.TakeFirst(), loopContext);
+        }
+
+        return batch.TakeFirst();
+    }
+
+    /// <summary>Moves the items of <paramref name="batch"/> to the global queue one by one, oldest first, until the queue refuses one.</summary>
+    private void RequeueOneByOne(WorkItemBatch batch)
+    {
+        bool moved = false;
+        while (batch.Count > 0)
+        {
+            try
             {
-                RunCompensated(batch.TakeFirst(), loopContext);
+                AddToGlobalQueue(batch.Items[batch.Start]);
+            }
+            catch (OutOfMemoryException)
+            {
+                break;
             }
 
-            return batch.TakeFirst();
+            batch.TakeFirst();
+            moved = true;
+        }
+
+        if (moved)
+        {
+            OnGlobalEnqueued();
         }
     }
 
