@@ -754,7 +754,7 @@ public sealed class AdversarialCrashTests
             {
                 // The event is process-wide: other tests' deliberate failures arrive here too (a TaskSchedulerException
                 // wrapping ContextPostTests' SchedulerFailure failed this test once). Any test type in the chain is theirs.
-                if (!ThrownByATest(inner))
+                if (!TestExceptions.InvolveATest(inner))
                 {
                     seen.Enqueue(inner);
                 }
@@ -778,19 +778,6 @@ public sealed class AdversarialCrashTests
         {
             TaskScheduler.UnobservedTaskException -= onUnobserved;
         }
-    }
-
-    private static bool ThrownByATest(Exception exception)
-    {
-        for (Exception? current = exception; current is not null; current = current.InnerException)
-        {
-            if (current is DeliberateTestException || current.GetType().Assembly == typeof(AdversarialCrashTests).Assembly)
-            {
-                return true;
-            }
-        }
-
-        return false;
     }
 
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]

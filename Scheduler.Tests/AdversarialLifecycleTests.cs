@@ -615,7 +615,14 @@ public sealed class AdversarialLifecycleTests
         int reactorThreads = ThreadsWithComm("IoReactor");
         int wheelThreads = ThreadsWithComm("TimerWheel driv");
         var unobserved = new ConcurrentQueue<Exception>();
-        EventHandler<UnobservedTaskExceptionEventArgs> onUnobserved = (_, e) => unobserved.Enqueue(e.Exception);
+        EventHandler<UnobservedTaskExceptionEventArgs> onUnobserved = (_, e) =>
+        {
+            // Process-wide: other tests' deliberate failures arrive here too (AdversarialCrashTests met one).
+            if (!TestExceptions.InvolveATest(e.Exception))
+            {
+                unobserved.Enqueue(e.Exception);
+            }
+        };
         TaskScheduler.UnobservedTaskException += onUnobserved;
         try
         {

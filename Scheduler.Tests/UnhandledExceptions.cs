@@ -21,6 +21,33 @@ internal abstract class DeliberateTestException : Exception
     }
 }
 
+/// <summary>Tells exceptions tests raise on purpose from the ones a library fault raises.</summary>
+internal static class TestExceptions
+{
+    /// <summary>
+    /// True when <paramref name="exception"/> or one it wraps is of a type of the test assembly (a deliberate one among
+    /// them): another test's doing. For process-wide observations (<see cref="TaskScheduler.UnobservedTaskException"/>),
+    /// which see every test running at the time.
+    /// </summary>
+    public static bool InvolveATest(Exception exception)
+    {
+        for (Exception? current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is DeliberateTestException || current.GetType().Assembly == typeof(TestExceptions).Assembly)
+            {
+                return true;
+            }
+
+            if (current is AggregateException aggregate && aggregate.InnerExceptions.Any(InvolveATest))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+}
+
 /// <summary>
 /// Observes exceptions that go unhandled on ThreadPool threads (what a throwing System.Threading.Timer callback
 /// produces). .NET 10's process-wide handler lets the test process survive them: only
