@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
@@ -28,7 +27,7 @@ public sealed class TimerStarvedPoolTests
         await WaitUntilAsync(() => Volatile.Read(ref calls) >= 2);
 
         int during;
-        using (StarveThreadPool())
+        using (ThreadPoolStarvation.Begin())
         {
             Thread.Sleep(s_starvation); // about 60 periods
             timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
@@ -42,30 +41,6 @@ public sealed class TimerStarvedPoolTests
         (Volatile.Read(ref calls) - during).Should().BeLessThanOrEqualTo(wheelTimer ? 1 : 6, "the ticks due while no thread was free merged into the callback already queued");
     }
 
-    /// <summary>
-    /// Occupies the ThreadPool's threads (and a few it may add) until disposed; returns once the threads that existed took
-    /// theirs (or after 2 s: the count may include threads that run no work items), so that work queued meanwhile waits.
-    /// </summary>
-    private static Release StarveThreadPool()
-    {
-        var release = new Release();
-        int existing = ThreadPool.ThreadCount - (Thread.CurrentThread.IsThreadPoolThread ? 1 : 0);
-        for (int i = 0; i < existing + 4; i++)
-        {
-            ThreadPool.UnsafeQueueUserWorkItem(
-                static state =>
-                {
-                    Interlocked.Increment(ref state.Started.Value);
-                    state.Wait();
-                },
-                release,
-                preferLocal: false);
-        }
-
-        SpinWait.SpinUntil(() => Volatile.Read(ref release.Started.Value) >= existing, TimeSpan.FromSeconds(2));
-        return release;
-    }
-
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
@@ -74,17 +49,5 @@ public sealed class TimerStarvedPoolTests
             DateTime.UtcNow.Should().BeBefore(deadline);
             await Task.Delay(5);
         }
-    }
-
-    /// <summary>Lets the blocking items go on Dispose (also when the test fails: the rest of the run needs the pool).</summary>
-    private sealed class Release : IDisposable
-    {
-        private readonly ManualResetEventSlim _event = new();
-
-        public StrongBox<int> Started { get; } = new();
-
-        public void Wait() => _event.Wait();
-
-        public void Dispose() => _event.Set();
     }
 }
