@@ -99,7 +99,7 @@ public sealed class AdversarialConnectionTests
 
         peer.LingerState = new LingerOption(true, 0);
         peer.Close(); // RST
-        await peerSend.ContinueWith(static _ => { }, TaskScheduler.Default).WaitAsync(Guard);
+        await peerSend.Ended().WaitAsync(Guard);
 
         // The waiting writer is released with the reset (or sees the pipe completed).
         try

@@ -348,7 +348,7 @@ public sealed class AdversarialSoakTests
                     got.Count.Should().Be(downLength, "the whole answer arrives before the close");
                     got.Mismatch.Should().Be(-1);
                     await stopSending.CancelAsync();
-                    await peerSend.ContinueWith(static _ => { }, TaskScheduler.Default).WaitAsync(Guard);
+                    await peerSend.Ended().WaitAsync(Guard);
                     break;
                 }
 
@@ -515,7 +515,7 @@ public sealed class AdversarialSoakTests
                     peerGot.Count.Should().Be(0);
                     await stopSending.CancelAsync();
                     await connection.DisposeAsync().AsTask().WaitAsync(Guard);
-                    await peerSend.ContinueWith(static _ => { }, TaskScheduler.Default).WaitAsync(Guard);
+                    await peerSend.Ended().WaitAsync(Guard);
                     break;
                 }
 

@@ -1186,7 +1186,7 @@ public sealed class AdversarialTimeProviderTests
                     case 1:
                         Task delay = Task.Delay(TimeSpan.FromHours(1), wheel, cts.Token);
                         await cts.CancelAsync();
-                        await delay.ContinueWith(static _ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                        await delay.Ended();
                         break;
                     case 2:
                         using (var ticker = new PeriodicTimer(TimeSpan.FromMilliseconds(random.Next(1, 3)), wheel))

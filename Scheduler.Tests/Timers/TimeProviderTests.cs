@@ -77,7 +77,7 @@ public sealed class TimeProviderTests
         // CancelAfter reschedules through ITimer.Change.
         using var later = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
         later.CancelAfter(TimeSpan.FromMilliseconds(10));
-        await Task.Delay(Timeout.Infinite, later.Token).ContinueWith(_ => { }, TaskScheduler.Default).WaitAsync(s_timeout);
+        await Task.Delay(Timeout.Infinite, later.Token).Ended().WaitAsync(s_timeout);
         later.IsCancellationRequested.Should().BeTrue();
     }
 
