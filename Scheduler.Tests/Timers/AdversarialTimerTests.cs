@@ -602,7 +602,7 @@ public sealed class AdversarialTimerTests
             TimeSpan.FromMilliseconds(30),
             Timeout.InfiniteTimeSpan);
         await disposedFromCallback.Task.WaitAsync(s_timeout);
-        await Task.WhenAny(Task.WhenAll(pending), Task.Delay(s_timeout));
+        await Task.WhenAll(pending).Ended().WaitAsync(s_timeout);
         pending.Should().OnlyContain(t => t.IsCompleted, "nothing is left pending by Dispose");
         pending.Where(t => !t.IsCompletedSuccessfully).Should().OnlyContain(
             t => t.IsFaulted && t.Exception!.InnerException is ObjectDisposedException,
@@ -657,7 +657,7 @@ public sealed class AdversarialTimerTests
             await Task.WhenAll(disposers).WaitAsync(s_timeout);
             notCompletedAfterDispose.Should().Be(0, "every Dispose returns only once pending delays are completed");
             Task[] pending = delays.Select(d => d.AsTask()).ToArray();
-            await Task.WhenAny(Task.WhenAll(pending), Task.Delay(s_timeout));
+            await Task.WhenAll(pending).Ended().WaitAsync(s_timeout);
             pending.Where((_, i) => i % 2 == 0).Should().OnlyContain(t => t.IsFaulted && t.Exception!.InnerException is ObjectDisposedException);
             pending.Should().OnlyContain(t => t.IsCompleted);
         }
@@ -677,7 +677,7 @@ public sealed class AdversarialTimerTests
         SpinWait.SpinUntil(() => Volatile.Read(ref fires) > 3, s_timeout).Should().BeTrue("the reactor drives its wheel");
 
         await Task.Run(reactor.Dispose).WaitAsync(s_timeout);
-        await Task.WhenAny(Task.WhenAll(pending), Task.Delay(s_timeout));
+        await Task.WhenAll(pending).Ended().WaitAsync(s_timeout);
         pending.Should().OnlyContain(t => t.IsFaulted && t.Exception!.InnerException is ObjectDisposedException);
         FluentActions.Invoking(() => reactor.Timers).Should().Throw<ObjectDisposedException>();
         FluentActions.Invoking(() => timers.DelayAsync(TimeSpan.FromSeconds(1))).Should().Throw<ObjectDisposedException>();

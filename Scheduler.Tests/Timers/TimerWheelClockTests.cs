@@ -291,6 +291,7 @@ public sealed class TimerWheelClockTests
         await overdueDelay.WaitAsync(TimeSpan.FromSeconds(10));
         Volatile.Read(ref longFired).Should().Be(0);
         laterDelay.IsCompleted.Should().BeFalse();
+        _ = laterDelay.Ended(); // the wheel's disposal below fails it: observed, never left to the finalizer
     }
 
     [Fact]
