@@ -5,7 +5,7 @@ namespace Scheduler.Tests.Scheduling;
 public sealed class ExecutionTests
 {
     [Fact]
-    public async Task A_million_tasks_each_run_exactly_once_and_only_on_workers()
+    public async Task A_million_tasks_each_run_exactly_once_and_only_on_the_schedulers_own_threads()
     {
         const int Count = 1_000_000;
         var scheduler = SchedulerTestHelpers.Create(2);
@@ -38,13 +38,15 @@ public sealed class ExecutionTests
         }).Unwrap();
 
         await Task.WhenAll(outside, inside).WithTimeout(TimeSpan.FromSeconds(60));
-        offWorker.Should().Be(0);
+        offWorker.Should().Be(0, "no task of the scheduler runs on a thread that is not its own");
         runs.Should().OnlyContain(r => r == 1);
 
         void Record(int index)
         {
             Interlocked.Increment(ref runs[index]);
-            if (!scheduler.IsWorkerThread)
+            // A compensation thread is the scheduler's own too: on a loaded machine both workers can stand still long
+            // enough for one to start, as designed (a run beside forced collections saw 76,911 items run there).
+            if (!scheduler.IsWorkerThread && !scheduler.IsCompensationThread)
             {
                 Interlocked.Increment(ref offWorker);
             }
@@ -361,7 +363,7 @@ public sealed class ExecutionTests
         block.Complete();
         await block.Completion.WithTimeout();
         processed.Should().Be(5_000);
-        offWorker.Should().Be(0);
+        offWorker.Should().Be(0, "no task of the scheduler runs on a thread that is not its own");
     }
 
     [Fact]
