@@ -1,0 +1,101 @@
+using System.Diagnostics;
+
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>
+/// Tests written in a mutation round against the scheduler's newer internals (compensation threads, the blocked-worker
+/// rescue, held overflow batches, the watchdog, option validation): each pins a behaviour of docs/scheduling.md that a
+/// mutant of the library changed without any other test noticing. The comment on each test names its mutant.
+/// </summary>
+[Collection(SerialResourceGroup.Name)]
+public sealed class SchedulingMutationKillTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    private static WorkStealingTaskScheduler Create(int workers, TimeSpan delay, string prefix = "MutationKill", int capacity = 256) =>
+        new(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = workers,
+            ThreadNamePrefix = prefix,
+            BlockingCompensationDelay = delay,
+            LocalQueueCapacity = capacity,
+        });
+
+    private static void Compute(TimeSpan duration)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < duration)
+        {
+            Thread.SpinWait(50);
+        }
+    }
+
+    // Mutant: WorkStealingTaskSchedulerOptions.Validate refused WorkerCount == MaxWorkerCount (`>` became `>=`). The
+    // documented range is 1 to MaxWorkerCount inclusive; checked on Validate itself (4096 threads are too many to start here).
+    [Fact]
+    public void The_largest_documented_worker_count_passes_validation()
+    {
+        new WorkStealingTaskSchedulerOptions { WorkerCount = WorkStealingTaskSchedulerOptions.MaxWorkerCount }
+            .Invoking(o => o.Validate()).Should().NotThrow();
+        new WorkStealingTaskSchedulerOptions { WorkerCount = WorkStealingTaskSchedulerOptions.MaxWorkerCount + 1 }
+            .Invoking(o => o.Validate()).Should().Throw<ArgumentOutOfRangeException>().WithParameterName("WorkerCount");
+    }
+
+    // Mutant: CheckStarvation dropped its `!HasAnyQueuedWork()` condition, so every worker computing with nothing queued
+    // started compensation threads (each found nothing and left). docs: a compensation thread starts only "while work is
+    // queued".
+    [Fact]
+    public async Task Every_worker_computing_with_nothing_queued_starts_no_compensation_thread()
+    {
+        WorkStealingTaskScheduler scheduler = Create(2, TimeSpan.FromMilliseconds(10));
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        using var rendezvous = new Barrier(2);
+        Task[] computers = [.. Enumerable.Range(0, 2).Select(_ => scheduler.Factory.StartNew(() =>
+        {
+            rendezvous.SignalAndWait(Bound).Should().BeTrue("each worker takes one computation");
+            Compute(TimeSpan.FromMilliseconds(800)); // 80 watchdog periods of standstill, nothing queued
+        }))];
+
+        await Task.WhenAll(computers).WithTimeout("the computations", Bound);
+        scheduler.CompensationThreadsStarted.Should().Be(0, "nothing was queued for a compensation thread to run");
+    }
+
+    // Mutant: CheckStarvation ignored the compensation threads' progress (compensationStalled = true), so a compensation
+    // thread steadily running a long queue of short items got company at every ramp step. docs: the next thread starts
+    // only when "any compensation thread already running made none [no progress] either".
+    [Fact]
+    public async Task A_compensation_thread_that_keeps_making_progress_gets_no_second_one()
+    {
+        WorkStealingTaskScheduler scheduler = Create(1, TimeSpan.FromMilliseconds(200));
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        using var release = new ManualResetEventSlim();
+        using var blocking = new ManualResetEventSlim();
+        Task blocker = scheduler.Factory.StartNew(() =>
+        {
+            blocking.Set();
+            release.Wait(Bound).Should().BeTrue(); // the only worker blocks: only compensation can run the queue
+        });
+        blocking.Wait(Bound).Should().BeTrue();
+
+        const int Items = 2000;
+        int ran = 0;
+        Task[] items = [.. Enumerable.Range(0, Items).Select(_ => scheduler.Factory.StartNew(() =>
+        {
+            Compute(TimeSpan.FromMilliseconds(1)); // about 2 s in all: a compensation thread progresses at every tick
+            Interlocked.Increment(ref ran);
+        }))];
+
+        try
+        {
+            await Task.WhenAll(items).WithTimeout("the queue run by compensation", Bound);
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        await blocker.WithTimeout("the blocked worker", Bound);
+        ran.Should().Be(Items);
+        scheduler.CompensationThreadsStarted.Should().Be(1, "the first compensation thread never stood still, so no other was needed");
+    }
+}
