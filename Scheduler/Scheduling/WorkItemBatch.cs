@@ -35,6 +35,9 @@ internal sealed class WorkItemBatch
         }
     }
 
+    /// <summary>The oldest remaining item, left in place: for a move that may fail (a full deque, a refused enqueue) before <see cref="TakeFirst"/>.</summary>
+    public ref readonly WorkItem First => ref Items[Start];
+
     /// <summary>Takes the oldest remaining item, clearing its slot (a pooled batch must not keep work alive).</summary>
     public WorkItem TakeFirst()
     {

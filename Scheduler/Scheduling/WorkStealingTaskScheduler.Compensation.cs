@@ -296,7 +296,7 @@ public sealed partial class WorkStealingTaskScheduler
         {
             try
             {
-                AddToGlobalQueue(batch.Items[batch.Start]);
+                AddToGlobalQueue(batch.First);
             }
             catch (OutOfMemoryException)
             {

@@ -92,7 +92,7 @@ public sealed partial class WorkStealingTaskScheduler
         private int PushBatchToDeque(WorkItemBatch batch)
         {
             int moved = 0;
-            while (batch.Count > 0 && _deque.TryPush(batch.Items[batch.Start]))
+            while (batch.Count > 0 && _deque.TryPush(batch.First))
             {
                 batch.TakeFirst();
                 moved++;
