@@ -98,4 +98,45 @@ public sealed class SchedulingMutationKillTests
         ran.Should().Be(Items);
         scheduler.CompensationThreadsStarted.Should().Be(1, "the first compensation thread never stood still, so no other was needed");
     }
+
+    // Mutant (session 32's M33): the watchdog's tick no longer woke a parked peer for a stalled worker that holds
+    // stealable work (LifoRescue.cs, OnWatchdogTick's NotifyParked). LifoRescueTests covers an owner that *blocks*, which
+    // the blocked-worker rescue also saves; an owner that *computes* is saved only by that wake-up. The LIFO cap's
+    // demotion queues its task waking nobody, so without the wake-up the task waits the whole computation out.
+    [Fact]
+    public async Task Work_demoted_to_the_deque_of_a_computing_worker_reaches_a_parked_peer_before_the_computation_ends()
+    {
+        WorkStealingTaskScheduler scheduler = Create(2, TimeSpan.FromSeconds(30)); // no compensation thread within the test
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        using var ran = new ManualResetEventSlim();
+        int ranOn = -1;
+        TimeSpan computeLimit = TimeSpan.FromSeconds(10);
+
+        (bool Parked, bool RanMeanwhile, TimeSpan Waited, int Worker) outcome = await scheduler.Factory.StartNew(() =>
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int self);
+            bool parked = SpinWait.SpinUntil(() => scheduler.IsWorkerParked(1 - self), Bound);
+
+            Action<object?> demoted = _ =>
+            {
+                scheduler.TryGetCurrentWorkerIndex(out ranOn);
+                ran.Set();
+            };
+            scheduler.CurrentWorker!.DemoteToDeque(WorkItem.ForCallback(demoted, null));
+
+            // Computes, never blocks: no wait handle, no sleep, no yield, so the worker counts as running, not blocked.
+            var clock = Stopwatch.StartNew();
+            while (!ran.IsSet && clock.Elapsed < computeLimit)
+            {
+                Thread.SpinWait(50);
+            }
+
+            return (parked, ran.IsSet, clock.Elapsed, self); // read here: once this returns, the owner runs it itself
+        }).WithTimeout("the computing task", Bound);
+
+        outcome.Parked.Should().BeTrue("the peer had nothing to do");
+        outcome.RanMeanwhile.Should().BeTrue("a stalled worker's stealable work gets a parked peer woken, even when the worker computes");
+        ranOn.Should().Be(1 - outcome.Worker, "the peer stole it; the owner was still computing");
+        outcome.Waited.Should().BeLessThan(computeLimit / 2, "the watchdog looks every {0} ms", WorkStealingTaskScheduler.WatchdogPeriod.TotalMilliseconds);
+    }
 }
