@@ -441,8 +441,12 @@ public sealed class AdversarialTimeProviderTests
             }
         }
 
-        using var ticker = new PeriodicTimer(TimeSpan.FromMilliseconds(2) > tick ? TimeSpan.FromMilliseconds(2) : tick, wheel);
+        // Read before the timer is created: its first deadline is measured from inside the constructor, and a stall
+        // between the constructor and a reading taken after it (a preemption, a GC) would count toward the first
+        // period without counting toward the elapsed time, so that the third tick could come less than three periods
+        // after such a reading with nothing early about it.
         long tickerStart = Stopwatch.GetTimestamp();
+        using var ticker = new PeriodicTimer(TimeSpan.FromMilliseconds(2) > tick ? TimeSpan.FromMilliseconds(2) : tick, wheel);
         for (int i = 0; i < 3; i++)
         {
             (await ticker.WaitForNextTickAsync().AsTask().WaitAsync(s_timeout)).Should().BeTrue();
