@@ -505,8 +505,10 @@ public sealed class AdversarialOperationTokenTests
             await parked.Task.WaitAsync(Bound);
 
             // The context thread goes on to the await at once; bytes arriving before it registers would complete the
-            // await synchronously, with no post (failed once in CI). Give it that moment.
-            await Task.Delay(50);
+            // await synchronously, with no post (failed once in CI). A fixed pause only makes that unlikely (a context
+            // thread stalled longer still misses it): the pump runs one callback at a time, in order, so an empty item
+            // queued behind the body (Run counts no post) runs only once the body has reached its await and returned.
+            await context.Run(() => Task.FromResult(true)).WaitAsync(Bound);
             await peer.SendAsync(new byte[] { 1, 2 });
             (int count, bool onContextThread, SynchronizationContext? current) = await run.WaitAsync(Bound);
             count.Should().Be(2);
