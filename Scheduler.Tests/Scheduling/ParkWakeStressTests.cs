@@ -127,7 +127,7 @@ public sealed class ParkWakeStressTests
         var scheduler = SchedulerTestHelpers.Create(2, spin);
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         const int Rounds = 20;
-        TimeSpan longItem = TimeSpan.FromMilliseconds(200);
+        TimeSpan longItem = TimeSpan.FromSeconds(1); // ends as soon as the second item runs: long only when it fails
         var waits = new List<double>();
         for (int round = 0; round < Rounds; round++)
         {
@@ -161,7 +161,7 @@ public sealed class ParkWakeStressTests
             waits.Add(waitedMs);
         }
 
-        // A peer wakes in microseconds to a few milliseconds on a loaded machine; waiting out the long item takes 200 ms.
+        // A peer wakes in microseconds to a few milliseconds on a loaded machine; waiting out the long item takes 1 s.
         // The median keeps one unlucky preemption from failing the test.
         waits.Sort();
         waits[Rounds / 2].Should().BeLessThan(longItem.TotalMilliseconds / 2, $"the second item waited {string.Join(", ", waits.Select(w => w.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)))} ms");
