@@ -103,52 +103,13 @@ public sealed class AdversarialConnectionOptionsTests
         threads.Keys.Should().NotContain("IoReactor", "the reactor thread never runs user code");
     }
 
-    /// <summary>A pool that counts what is rented and not returned, with a small maximum buffer size.</summary>
-    private sealed class CountingPool(int maxBufferSize) : MemoryPool<byte>
-    {
-        private int _outstanding;
-        private int _rented;
-
-        public int Outstanding => Volatile.Read(ref _outstanding);
-
-        public int Rented => Volatile.Read(ref _rented);
-
-        public override int MaxBufferSize => maxBufferSize;
-
-        public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
-        {
-            Interlocked.Increment(ref _outstanding);
-            Interlocked.Increment(ref _rented);
-            return new Owner(this, new byte[Math.Max(minBufferSize < 0 ? maxBufferSize : minBufferSize, 1)]);
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-        }
-
-        private sealed class Owner(CountingPool pool, byte[] array) : IMemoryOwner<byte>
-        {
-            private int _disposed;
-
-            public Memory<byte> Memory => array;
-
-            public void Dispose()
-            {
-                if (Interlocked.Exchange(ref _disposed, 1) == 0)
-                {
-                    Interlocked.Decrement(ref pool._outstanding);
-                }
-            }
-        }
-    }
-
     [Theory]
     [InlineData(512)]
     [InlineData(4096)]
     public async Task A_custom_MemoryPool_gets_every_block_back_once_the_application_completed_Input_and_the_connection_is_disposed(int maxBufferSize)
     {
         await using var io = new IoTestContext();
-        var pool = new CountingPool(maxBufferSize);
+        var pool = new CountingMemoryPool(maxBufferSize);
         var options = new PipeOptions(pool: pool, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler,
             pauseWriterThreshold: 16 << 10, resumeWriterThreshold: 8 << 10, useSynchronizationContext: false);
         using ReactorSocket listener = io.Listen();

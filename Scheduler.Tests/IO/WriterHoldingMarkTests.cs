@@ -52,7 +52,7 @@ public sealed class WriterHoldingMarkTests
     private static async Task DisposeReturnsEveryBlockAsync(Func<PipeWriter, ReadOnlyMemory<byte>, ValueTask<FlushResult>> write)
     {
         await using var io = new IoTestContext();
-        var pool = new CountingPool();
+        var pool = new CountingMemoryPool(1 << 20);
         var outputOptions = new PipeOptions(
             pool: pool,
             readerScheduler: io.Scheduler.PipeScheduler,
@@ -115,44 +115,5 @@ public sealed class WriterHoldingMarkTests
             0,
             "DisposeAsync completes Output when no memory is held, and then the pipe gives every block back ({0} rented)",
             pool.Rented);
-    }
-
-    /// <summary>A memory pool that counts its rentals and the disposals of the blocks it handed out.</summary>
-    private sealed class CountingPool : MemoryPool<byte>
-    {
-        private int _outstanding;
-        private int _rented;
-
-        public int Outstanding => Volatile.Read(ref _outstanding);
-
-        public int Rented => Volatile.Read(ref _rented);
-
-        public override int MaxBufferSize => 1 << 20;
-
-        public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
-        {
-            Interlocked.Increment(ref _rented);
-            Interlocked.Increment(ref _outstanding);
-            return new Owner(this, new byte[Math.Max(minBufferSize, 4096)]);
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-        }
-
-        private sealed class Owner(CountingPool pool, byte[] array) : IMemoryOwner<byte>
-        {
-            private int _disposed;
-
-            public Memory<byte> Memory => array;
-
-            public void Dispose()
-            {
-                if (Interlocked.Exchange(ref _disposed, 1) == 0)
-                {
-                    Interlocked.Decrement(ref pool._outstanding);
-                }
-            }
-        }
     }
 }
