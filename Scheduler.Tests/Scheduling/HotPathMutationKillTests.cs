@@ -13,6 +13,27 @@ public sealed class HotPathMutationKillTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
+    /// <summary>Two workers that neither spin nor get rescued (no watchdog, no compensation): only the wake-ups under test move work.</summary>
+    private static WorkStealingTaskScheduler CreatePairWithoutRescues()
+    {
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 2,
+            SpinIterations = 0,
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+            ThreadNamePrefix = "HotPath",
+        });
+        scheduler.SuppressWatchdogForTests = true;
+        return scheduler;
+    }
+
+    private static async Task BothParkedAsync(WorkStealingTaskScheduler scheduler)
+    {
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
+        scheduler.IsWorkerParked(0).Should().BeTrue();
+        scheduler.IsWorkerParked(1).Should().BeTrue();
+    }
+
     private static void Compute(TimeSpan duration)
     {
         var clock = Stopwatch.StartNew();
@@ -244,18 +265,9 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task The_last_searcher_that_finds_work_with_more_left_queued_wakes_a_parked_peer_for_it()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            SpinIterations = 0,
-            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
-            ThreadNamePrefix = "HotPath",
-        });
-        scheduler.SuppressWatchdogForTests = true;
+        WorkStealingTaskScheduler scheduler = CreatePairWithoutRescues();
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
-        scheduler.IsWorkerParked(0).Should().BeTrue();
-        scheduler.IsWorkerParked(1).Should().BeTrue();
+        await BothParkedAsync(scheduler);
 
         using var secondRan = new ManualResetEventSlim();
         var firstDone = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -277,18 +289,9 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task An_item_posted_to_an_idle_owner_just_as_it_turns_busy_is_run_by_a_peer_the_owner_wakes()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            SpinIterations = 0,
-            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
-            ThreadNamePrefix = "HotPath",
-        });
-        scheduler.SuppressWatchdogForTests = true;
+        WorkStealingTaskScheduler scheduler = CreatePairWithoutRescues();
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
-        scheduler.IsWorkerParked(0).Should().BeTrue();
-        scheduler.IsWorkerParked(1).Should().BeTrue();
+        await BothParkedAsync(scheduler);
 
         using var secondRan = new ManualResetEventSlim();
         var firstDone = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
