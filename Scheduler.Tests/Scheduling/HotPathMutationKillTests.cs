@@ -369,18 +369,7 @@ public sealed class HotPathMutationKillTests
     {
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = 512, ThreadNamePrefix = "HotPath" });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        using var stop = new CancellationTokenSource();
-        Thread[] hogs = [.. Enumerable.Range(0, Environment.ProcessorCount).Select(_ => new Thread(() =>
-        {
-            while (!stop.IsCancellationRequested)
-            {
-                Thread.SpinWait(1000);
-            }
-        }) { IsBackground = true })];
-        foreach (Thread hog in hogs)
-        {
-            hog.Start();
-        }
+        var hogs = new CpuHogs();
 
         int items = 0;
         try
@@ -398,11 +387,7 @@ public sealed class HotPathMutationKillTests
         }
         finally
         {
-            stop.Cancel();
-            foreach (Thread hog in hogs)
-            {
-                hog.Join();
-            }
+            hogs.Dispose();
         }
 
         // An isolated first cut, then pauses of 10, 20, 40, ... ms between close cuts: at most nine cuts fit in 1.5 s (5-6

@@ -28,18 +28,7 @@ public sealed class SpinningTests
         // one-connection echo took 3.7 ms per round trip, its workers waiting for time slices while they spun.
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpinIterations = 256, ThreadNamePrefix = "Test" });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        using var stop = new CancellationTokenSource();
-        Thread[] hogs = [.. Enumerable.Range(0, Environment.ProcessorCount).Select(_ => new Thread(() =>
-        {
-            while (!stop.IsCancellationRequested)
-            {
-                Thread.SpinWait(1000);
-            }
-        }) { IsBackground = true })];
-        foreach (Thread hog in hogs)
-        {
-            hog.Start();
-        }
+        var hogs = new CpuHogs();
 
         try
         {
@@ -52,11 +41,7 @@ public sealed class SpinningTests
         }
         finally
         {
-            stop.Cancel();
-            foreach (Thread hog in hogs)
-            {
-                hog.Join();
-            }
+            hogs.Dispose();
         }
 
         scheduler.SpinsCutShortPerWorker.Sum().Should().BePositive("a spell that lost the CPU for over half a millisecond stops, and the worker parks");
