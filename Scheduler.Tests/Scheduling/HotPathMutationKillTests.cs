@@ -159,9 +159,10 @@ public sealed class HotPathMutationKillTests
                 target.TrySetResult();
             }));
 
-            // Dozens of the busy worker's fairness turns, each looking at the idle worker, which makes no progress.
+            // Dozens of the busy worker's fairness turns, each looking at the idle worker, which makes no progress. Counted
+            // in the chain's runs rather than waited for in time: a loaded machine may give the busy worker few of them.
             int runsBefore = Volatile.Read(ref chainRuns);
-            SpinWait.SpinUntil(() => target.Task.IsCompleted, TimeSpan.FromMilliseconds(300));
+            SpinWait.SpinUntil(() => target.Task.IsCompleted || Volatile.Read(ref chainRuns) - runsBefore > 20 * 61, Bound);
             (Volatile.Read(ref chainRuns) - runsBefore).Should().BeGreaterThan(10 * 61, "the busy worker had many fairness turns meanwhile");
             releaseHeld.Set();
             await target.Task.WithTimeout("the item targeted at the idle worker");
@@ -329,7 +330,14 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task A_worker_with_an_empty_deque_takes_one_global_item_to_run_and_the_next_fifteen_into_its_deque_in_order()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "HotPath" });
+        // No compensation: a test thread preempted for 100 ms between the gate's start and its release would otherwise let
+        // a compensation thread take the queued items.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+            ThreadNamePrefix = "HotPath",
+        });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         using var gated = new ManualResetEventSlim();
@@ -369,10 +377,8 @@ public sealed class HotPathMutationKillTests
     {
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = 512, ThreadNamePrefix = "HotPath" });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var hogs = new CpuHogs();
-
         int items = 0;
-        try
+        using (new CpuHogs())
         {
             // Each item leaves the worker idle for a couple of milliseconds: a whole spell with nothing to find, which the
             // hogs cut short (its yields hand them the CPU for a time slice).
@@ -384,10 +390,6 @@ public sealed class HotPathMutationKillTests
                 items++;
                 Thread.Sleep(2);
             }
-        }
-        finally
-        {
-            hogs.Dispose();
         }
 
         // An isolated first cut, then pauses of 10, 20, 40, ... ms between close cuts: at most nine cuts fit in 1.5 s (5-6

@@ -28,9 +28,7 @@ public sealed class SpinningTests
         // one-connection echo took 3.7 ms per round trip, its workers waiting for time slices while they spun.
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, SpinIterations = 256, ThreadNamePrefix = "Test" });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var hogs = new CpuHogs();
-
-        try
+        using (new CpuHogs())
         {
             // Each item leaves its worker idle, spinning, until the next arrives.
             var deadline = Stopwatch.StartNew();
@@ -38,10 +36,6 @@ public sealed class SpinningTests
             {
                 await Task.Factory.StartNew(static () => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
             }
-        }
-        finally
-        {
-            hogs.Dispose();
         }
 
         scheduler.SpinsCutShortPerWorker.Sum().Should().BePositive("a spell that lost the CPU for over half a millisecond stops, and the worker parks");
