@@ -5,6 +5,11 @@ using System.Net.Sockets;
 
 namespace Scheduler.IO;
 
+// The loops start on the reactor's scheduler (see the constructor), and each await resumes there, through the worker's
+// TaskScheduler: that is what keeps a connection's I/O and pipe work on the workers. No application context is ever
+// current here, so there is none to avoid (unlike DisposeAsync, which runs on the caller's thread).
+#pragma warning disable CA2007 // Consider calling ConfigureAwait on the awaited task
+
 public sealed partial class ReactorConnection
 {
     private const int MinimumReceiveSize = 2048;

@@ -79,6 +79,9 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// <summary>How often a lingering <see cref="DisposeAsync"/> asks the kernel whether the peer acknowledged everything.</summary>
     private static TimeSpan LingerPollInterval => TimeSpan.FromMilliseconds(5);
 
+    /// <summary>The send loop has ended (after the application completed <see cref="Output"/>): tests wait for it.</summary>
+    internal bool SendLoopEndedForTests => _sendLoop.IsCompleted;
+
     /// <summary>The underlying socket; the connection owns it and disposes it in <see cref="DisposeAsync"/>.</summary>
     public ReactorSocket Socket { get; }
 
@@ -151,6 +154,9 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
             // The grace period is this source's timer, and the linger polls wait on its token: cancelling it once we are
             // done releases every timer at once. Delays of their own would each keep a timer until it fired: on a server
             // that churns connections, one live timer per closed connection for up to a second.
+            // No await here resumes on the caller's context (ConfigureAwait(false), or options without
+            // ContinueOnCapturedContext): this runs on the application's thread, and a caller that blocks on a
+            // single-threaded context until the disposal ends (sync over async) would otherwise wait forever.
             var grace = new CancellationTokenSource(DisposeGracePeriod);
             try
             {
@@ -161,7 +167,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
                 // after what was flushed, told by a cancelled read, and the held block stays the writer's.
                 if (_outputWriter.TryClaimForDispose())
                 {
-                    await _output.Writer.CompleteAsync();
+                    await _output.Writer.CompleteAsync().ConfigureAwait(false);
                 }
 
                 _output.Reader.CancelPendingRead();
@@ -178,7 +184,7 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
                     _input.Writer.CancelPendingFlush();
                     while (!_receiveLoop.IsCompleted && !grace.IsCancellationRequested && Socket.UnacknowledgedSendBytes() > 0)
                     {
-                        await Task.WhenAny(_receiveLoop, Task.Delay(LingerPollInterval, grace.Token));
+                        await Task.WhenAny(_receiveLoop, Task.Delay(LingerPollInterval, grace.Token)).ConfigureAwait(false);
                     }
                 }
             }
