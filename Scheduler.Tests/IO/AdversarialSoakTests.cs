@@ -406,9 +406,10 @@ public sealed class AdversarialSoakTests
                         return (offset, (Task<FlushResult>?)null);
                     });
                     pendingFlush.Should().NotBeNull("a peer that does not read pauses the writer");
-                    var watch = Stopwatch.StartNew();
-                    await connection.DisposeAsync().AsTask().WaitAsync(Guard);
-                    watch.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(5), "DisposeAsync never hangs on a peer that stopped reading");
+                    // Timed to the disposal's completion, on the thread that completes it: the test's resumption after
+                    // the await waits for a pool or xunit thread, which a loaded run hands out seconds late.
+                    (await Timed.UntilCompleted(() => connection.DisposeAsync().AsTask(), Guard))
+                        .Should().BeLessThan(TimeSpan.FromSeconds(5), "DisposeAsync never hangs on a peer that stopped reading");
                     FlushResult released = await pendingFlush!.WaitAsync(Guard);
                     released.IsCompleted.Should().BeTrue("a flush already waiting returns FlushResult.IsCompleted");
                     ReadOutcome got = await PlainReadPatternAsync(peer, down).WaitAsync(Guard);
@@ -1008,9 +1009,10 @@ public sealed class AdversarialSoakTests
             }
 
             // Every connection's DisposeAsync returns promptly, and every peer sees its socket closed.
-            var watch = Stopwatch.StartNew();
-            await Task.WhenAll(connections.Select(c => c.DisposeAsync().AsTask())).WaitAsync(Guard);
-            watch.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(3), "the reactor already closed every socket");
+            // Timed to the last disposal's completion, on the thread that completes it: the test's resumption after the
+            // await waits for a pool or xunit thread, which a loaded run hands out seconds late.
+            (await Timed.UntilCompleted(() => Task.WhenAll(connections.Select(c => c.DisposeAsync().AsTask())), Guard))
+                .Should().BeLessThan(TimeSpan.FromSeconds(3), "the reactor already closed every socket");
             foreach (Socket peer in peers)
             {
                 var buffer = new byte[64 << 10];
@@ -1294,9 +1296,9 @@ public sealed class AdversarialSoakTests
                                 // DisposeAsync under a TLS write held by a client that does not read.
                                 Task write = io.Run(() => WriteTlsAsync(server, streamSeed, 64L << 20), TimeSpan.FromSeconds(30));
                                 await Task.WhenAny(write, Task.Delay(300));
-                                var watch = Stopwatch.StartNew();
-                                await connection.DisposeAsync().AsTask().WaitAsync(Guard);
-                                watch.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(5));
+                                // Timed to the disposal's completion, on the thread that completes it: the test's
+                                // resumption after the await waits for a pool thread, which a loaded run hands out late.
+                                (await Timed.UntilCompleted(() => connection.DisposeAsync().AsTask(), Guard)).Should().BeLessThan(TimeSpan.FromSeconds(5));
                                 (await Record(write)).Should().NotBeNull("a write cut off by DisposeAsync cannot report success");
                                 ReadOutcome got = await ReadTlsAsync(client, streamSeed).WaitAsync(Guard);
                                 got.Mismatch.Should().Be(-1);
