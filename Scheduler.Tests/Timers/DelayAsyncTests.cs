@@ -53,12 +53,23 @@ public sealed class DelayAsyncTests
         ValueTask delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
         wheel.PendingCount.Should().Be(1);
 
-        long start = Stopwatch.GetTimestamp();
+        // Timed from the cancel to the delay's completion, both read on the threads that do them: CancelAsync runs the
+        // cancel on the ThreadPool, and the test resumes from the awaits below on a pool or xunit thread, each of which a
+        // loaded run can hand out seconds late. A token runs its callbacks last registered first, so this one, registered
+        // after the delay's, runs just before it, on the cancelling thread (the pending count it reads checks that).
+        (long At, int Pending) cancelStarted = default;
+        using CancellationTokenRegistration clockStart = cts.Token.Register(() =>
+        {
+            int pending = wheel.PendingCount;
+            cancelStarted = (Stopwatch.GetTimestamp(), pending);
+        });
         Task awaited = delay.AsTask();
+        Task<long> completedAt = awaited.CompletedAt();
         await cts.CancelAsync();
         Func<Task> act = () => awaited.WaitAsync(s_timeout);
         (await act.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
-        Stopwatch.GetElapsedTime(start).Should().BeLessThan(TimeSpan.FromSeconds(1));
+        cancelStarted.Pending.Should().Be(1, "the clock starts before the delay's own cancellation callback");
+        Stopwatch.GetElapsedTime(cancelStarted.At, await completedAt).Should().BeLessThan(TimeSpan.FromSeconds(1));
         wheel.PendingCount.Should().Be(0);
     }
 

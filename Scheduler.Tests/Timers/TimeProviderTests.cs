@@ -35,12 +35,23 @@ public sealed class TimeProviderTests
     {
         using var wheel = new TimerWheel();
         using var cts = new CancellationTokenSource();
-        Task delay = Task.Delay(TimeSpan.FromHours(1), wheel, cts.Token);
-        long start = Stopwatch.GetTimestamp();
+
+        // Timed around Task.Delay's cancellation callback (which cancels the delay, then disposes its timer on the wheel),
+        // on the cancelling thread: CancelAsync runs the cancel on the ThreadPool, and the test resumes from the awaits
+        // below on a pool or xunit thread, each of which a loaded run can hand out seconds late. A token runs its
+        // callbacks last registered first: the one registered before the delay's runs after it, the one after, before.
+        (long At, bool DelayCanceled) cancelEnded = default;
+        Task? delay = null;
+        using CancellationTokenRegistration clockStop = cts.Token.Register(() => cancelEnded = (Stopwatch.GetTimestamp(), delay!.IsCanceled));
+        delay = Task.Delay(TimeSpan.FromHours(1), wheel, cts.Token);
+        (long At, bool DelayPending) cancelStarted = default;
+        using CancellationTokenRegistration clockStart = cts.Token.Register(() => cancelStarted = (Stopwatch.GetTimestamp(), !delay.IsCompleted));
         await cts.CancelAsync();
         Func<Task> act = () => delay.WaitAsync(s_timeout);
         (await act.Should().ThrowAsync<TaskCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
-        Stopwatch.GetElapsedTime(start).Should().BeLessThan(TimeSpan.FromSeconds(2));
+        cancelStarted.DelayPending.Should().BeTrue("the clock starts before the delay's cancellation callback");
+        cancelEnded.DelayCanceled.Should().BeTrue("the clock stops after the delay's cancellation callback");
+        Stopwatch.GetElapsedTime(cancelStarted.At, cancelEnded.At).Should().BeLessThan(TimeSpan.FromSeconds(2));
         wheel.PendingCount.Should().Be(0, "the canceled delay's timer was disposed and unlinked");
     }
 
