@@ -432,21 +432,22 @@ public sealed class AdversarialTimeProviderTests
             },
             async () =>
             {
+                // Read in the callback: the resumption after the await below is a ThreadPool hop of the test's own, which
+                // a loaded run can hand out seconds late.
                 long s = Stopwatch.GetTimestamp();
                 using var cts = new CancellationTokenSource(due, wheel);
-                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                using CancellationTokenRegistration r = cts.Token.Register(() => done.TrySetResult());
-                await done.Task;
-                long e = Stopwatch.GetTimestamp();
+                var done = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+                using CancellationTokenRegistration r = cts.Token.Register(() => done.TrySetResult(Stopwatch.GetTimestamp()));
+                long e = await done.Task;
                 return ("CancellationTokenSource", WholeMilliseconds(due), Stopwatch.GetElapsedTime(s, e), e);
             },
             async () =>
             {
+                // Read in the callback, as above.
                 long s = Stopwatch.GetTimestamp();
-                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                using ITimer timer = wheel.CreateTimer(_ => done.TrySetResult(), null, due, Timeout.InfiniteTimeSpan);
-                await done.Task;
-                long e = Stopwatch.GetTimestamp();
+                var done = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+                using ITimer timer = wheel.CreateTimer(_ => done.TrySetResult(Stopwatch.GetTimestamp()), null, due, Timeout.InfiniteTimeSpan);
+                long e = await done.Task;
                 return ("ITimer", due, Stopwatch.GetElapsedTime(s, e), e);
             },
         }).Select(f => Task.Run(f))).WaitAsync(TimeSpan.FromSeconds(20));
