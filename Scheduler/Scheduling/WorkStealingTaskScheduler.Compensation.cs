@@ -29,6 +29,9 @@ public sealed partial class WorkStealingTaskScheduler
     /// <summary>True on a compensation thread of this scheduler: it counts as one of its own threads for Dispose and intake.</summary>
     internal bool IsCompensationThread => ReferenceEquals(t_compensating, this);
 
+    /// <summary>The scheduler a compensation thread on the calling thread stands in for, if any.</summary>
+    internal static WorkStealingTaskScheduler? CurrentCompensatingScheduler => t_compensating;
+
     private int _compensationThreads;
     private long _compensationThreadsStarted;
     private long _compensationProgress;

@@ -62,8 +62,12 @@ internal static class WakerDispatch
             return owner;
         }
 
+        // A compensation thread stands in for a blocked worker and runs its scheduler's queued work: its continuations
+        // go back to that scheduler too (its global queue; the thread itself leaves when there is none). Sent to the
+        // ThreadPool, code awaiting without a context (ConfigureAwait(false), as the connection's loops do) that once
+        // ran on such a thread left the scheduler for good: from a pool thread the next such await goes to the pool.
         workerIndex = -1;
-        return null;
+        return WorkStealingTaskScheduler.CurrentCompensatingScheduler;
     }
 
     /// <summary>
