@@ -1,0 +1,116 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// With <see cref="PipeScheduler.Inline"/> on a loop's side of a pipe (the <c>Input</c> writer's, the <c>Output</c>
+/// reader's), a connection's loop resumes on whatever thread released it: the application's, inside its
+/// <c>AdvanceTo</c> or <c>FlushAsync</c>, under the application's <see cref="SynchronizationContext"/>. The loop's next
+/// socket operation must not capture that context: its thread may be a single-threaded one blocked until the
+/// connection finishes (a UI thread, sync over async), and then the loop's continuation, posted there, never ran — the
+/// connection stopped receiving (or sending) for good, and its <c>DisposeAsync</c> waited for that loop forever.
+/// </summary>
+public sealed class ReactorConnectionInlineContextTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(5);
+
+    [Fact]
+    public async Task Receive_loop_resumed_inline_by_the_applications_AdvanceTo_never_posts_to_its_context()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
+
+        // 1 KiB pauses the receive loop's flush (over 64 bytes); the application's AdvanceTo past it resumes the loop
+        // inline, on this thread, which then waits for the next receive from here.
+        const int First = 1024;
+        await peer.SendAsync(new byte[First]);
+        var blocked = new BlockedContext();
+        int consumed = 0;
+        var elapsed = Stopwatch.StartNew();
+        while (consumed < First)
+        {
+            elapsed.Elapsed.Should().BeLessThan(Bound, "the first kilobyte arrives in Input");
+            if (!connection.Input.TryRead(out ReadResult result))
+            {
+                Thread.Sleep(1);
+                continue;
+            }
+
+            consumed += (int)result.Buffer.Length;
+            blocked.Run(() => connection.Input.AdvanceTo(result.Buffer.End));
+        }
+
+        await peer.SendAsync(new byte[] { 7 });
+        ReadResult next = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound).ContinueWith(
+            t => t.IsCompletedSuccessfully ? t.Result : default, TaskScheduler.Default);
+        blocked.Posts.Should().Be(0, "the receive loop's continuation must not be posted to the application's context");
+        next.Buffer.Length.Should().Be(1, "the byte sent after the application's AdvanceTo reaches Input");
+        connection.Input.AdvanceTo(next.Buffer.End);
+        await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
+    }
+
+    [Fact]
+    public async Task Send_loop_resumed_inline_by_the_applications_FlushAsync_never_posts_to_its_context()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 4 << 10;
+        var outputOptions = new PipeOptions(readerScheduler: PipeScheduler.Inline, useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), outputOptions: outputOptions);
+
+        // The flush hands the send loop its input inline, on this thread; the peer does not read yet, so the loop's send
+        // fills the kernel's buffers and then waits for room from here.
+        const int Length = 4 << 20;
+        ValueTask<FlushResult> flush = default;
+        var blocked = new BlockedContext();
+        blocked.Run(() =>
+        {
+            connection.Output.Write(new byte[Length]);
+            flush = connection.Output.FlushAsync();
+        });
+
+        Task received = IoTestContext.ReceiveExactlyAsync(peer, new byte[Length]);
+        bool all = await received.WaitAsync(Bound).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default);
+        blocked.Posts.Should().Be(0, "the send loop's continuation must not be posted to the application's context");
+        all.Should().BeTrue("everything flushed reaches the peer once it reads");
+        await flush.AsTask().WithTimeout("the application's FlushAsync", IoTestContext.Timeout);
+        await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
+    }
+
+    /// <summary>A context whose thread is blocked: it counts what is posted to it and never runs it.</summary>
+    private sealed class BlockedContext : SynchronizationContext
+    {
+        private int _posts;
+
+        public int Posts => Volatile.Read(ref _posts);
+
+        public override void Post(SendOrPostCallback d, object? state) => Interlocked.Increment(ref _posts);
+
+        public override void Send(SendOrPostCallback d, object? state) =>
+            throw new NotSupportedException("The context's thread is blocked.");
+
+        /// <summary>Runs <paramref name="action"/> on this thread with this context current, as the application's thread would.</summary>
+        public void Run(Action action)
+        {
+            SynchronizationContext? previous = Current;
+            SetSynchronizationContext(this);
+            try
+            {
+                action();
+            }
+            finally
+            {
+                SetSynchronizationContext(previous);
+            }
+        }
+    }
+}
