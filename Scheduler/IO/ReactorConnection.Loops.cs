@@ -5,10 +5,15 @@ using System.Net.Sockets;
 
 namespace Scheduler.IO;
 
-// The loops start on the reactor's scheduler (see the constructor), and each await resumes there, through the worker's
-// TaskScheduler: that is what keeps a connection's I/O and pipe work on the workers. No application context is ever
-// current here, so there is none to avoid (unlike DisposeAsync, which runs on the caller's thread).
-#pragma warning disable CA2007 // Consider calling ConfigureAwait on the awaited task
+// The loops start on the reactor's scheduler (see the constructor). No await here asks for the current context
+// (ConfigureAwait(false)): on a worker a socket operation still resumes on that worker, and a pipe still resumes the
+// loop through its PipeScheduler, as with the context (only the drain of unread input after DisposeAsync's linger
+// verdict, a one-off at the end, now runs on the ThreadPool). But a loop is not always on a worker: with PipeScheduler.Inline
+// on its side of a pipe (Input's writer, Output's reader), it resumes on whatever thread released it — the
+// application's, inside its AdvanceTo or FlushAsync, under the application's SynchronizationContext. A socket operation
+// awaited from there with the context captured it, and a context whose thread is blocked until the connection is done
+// (a UI thread, sync over async) never ran the loop again: the connection stopped receiving or sending for good, and
+// DisposeAsync waited for that loop forever (ReactorConnectionInlineContextTests).
 
 public sealed partial class ReactorConnection
 {
@@ -27,7 +32,7 @@ public sealed partial class ReactorConnection
             while (true)
             {
                 Memory<byte> memory = writer.GetMemory(MinimumReceiveSize);
-                int received = await Socket.ReceiveAsync(memory);
+                int received = await Socket.ReceiveAsync(memory).ConfigureAwait(false);
                 if (received == 0)
                 {
                     error = Volatile.Read(ref _sendFailure);
@@ -39,7 +44,7 @@ public sealed partial class ReactorConnection
                 FlushResult flush;
                 try
                 {
-                    flush = await writer.FlushAsync();
+                    flush = await writer.FlushAsync().ConfigureAwait(false);
                 }
                 catch (Exception)
                 {
@@ -71,13 +76,13 @@ public sealed partial class ReactorConnection
             streamEnded = true;
         }
 
-        await writer.CompleteAsync(error);
+        await writer.CompleteAsync(error).ConfigureAwait(false);
 
         // Stopped by the application (it completed Input) or by DisposeAsync: the socket may still hold input. Once
         // DisposeAsync has sent everything, drop that input so that closing does not reset the connection.
-        if (!streamEnded && await _linger.Task)
+        if (!streamEnded && await _linger.Task.ConfigureAwait(false))
         {
-            await DiscardInputAsync();
+            await DiscardInputAsync().ConfigureAwait(false);
         }
     }
 
@@ -86,7 +91,7 @@ public sealed partial class ReactorConnection
         var scratch = new byte[16 << 10];
         try
         {
-            while (await Socket.ReceiveAsync(scratch) > 0)
+            while (await Socket.ReceiveAsync(scratch).ConfigureAwait(false) > 0)
             {
             }
         }
@@ -112,7 +117,7 @@ public sealed partial class ReactorConnection
         {
             while (true)
             {
-                ReadResult result = await reader.ReadAsync();
+                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
                 disposing |= result.IsCanceled && IsDisposing;
                 ReadOnlySequence<byte> buffer = result.Buffer;
 
@@ -126,7 +131,7 @@ public sealed partial class ReactorConnection
 
                 if (!buffer.IsEmpty)
                 {
-                    await Socket.SendAsync(buffer);
+                    await Socket.SendAsync(buffer).ConfigureAwait(false);
                 }
 
                 reader.AdvanceTo(buffer.End);
@@ -160,7 +165,7 @@ public sealed partial class ReactorConnection
             error = Volatile.Read(ref _sendFailure) ?? e;
         }
 
-        await reader.CompleteAsync(error);
+        await reader.CompleteAsync(error).ConfigureAwait(false);
     }
 
     private void ShutdownSend()
