@@ -32,7 +32,7 @@ public sealed class ReactorConnectionInlineContextTests
         // inline, on this thread, which then waits for the next receive from here.
         const int First = 1024;
         await peer.SendAsync(new byte[First]);
-        var blocked = new BlockedContext();
+        var blocked = new BlockedSynchronizationContext();
         int consumed = 0;
         var elapsed = Stopwatch.StartNew();
         while (consumed < First)
@@ -71,7 +71,7 @@ public sealed class ReactorConnectionInlineContextTests
         // fills the kernel's buffers and then waits for room from here.
         const int Length = 4 << 20;
         ValueTask<FlushResult> flush = default;
-        var blocked = new BlockedContext();
+        var blocked = new BlockedSynchronizationContext();
         blocked.Run(() =>
         {
             connection.Output.Write(new byte[Length]);
@@ -84,33 +84,5 @@ public sealed class ReactorConnectionInlineContextTests
         all.Should().BeTrue("everything flushed reaches the peer once it reads");
         await flush.AsTask().WithTimeout("the application's FlushAsync", IoTestContext.Timeout);
         await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
-    }
-
-    /// <summary>A context whose thread is blocked: it counts what is posted to it and never runs it.</summary>
-    private sealed class BlockedContext : SynchronizationContext
-    {
-        private int _posts;
-
-        public int Posts => Volatile.Read(ref _posts);
-
-        public override void Post(SendOrPostCallback d, object? state) => Interlocked.Increment(ref _posts);
-
-        public override void Send(SendOrPostCallback d, object? state) =>
-            throw new NotSupportedException("The context's thread is blocked.");
-
-        /// <summary>Runs <paramref name="action"/> on this thread with this context current, as the application's thread would.</summary>
-        public void Run(Action action)
-        {
-            SynchronizationContext? previous = Current;
-            SetSynchronizationContext(this);
-            try
-            {
-                action();
-            }
-            finally
-            {
-                SetSynchronizationContext(previous);
-            }
-        }
     }
 }

@@ -1,0 +1,41 @@
+namespace Scheduler.Tests;
+
+/// <summary>
+/// The <see cref="SynchronizationContext"/> of an application thread that is blocked until the library call it made has
+/// finished (a UI thread or a request context doing sync over async): it counts what is posted to it and never runs it.
+/// Library code called under it must post nothing of its own there; only the caller's own continuations belong to it.
+/// </summary>
+internal sealed class BlockedSynchronizationContext : SynchronizationContext
+{
+    private int _posts;
+
+    public int Posts => Volatile.Read(ref _posts);
+
+    public override void Post(SendOrPostCallback d, object? state) => Interlocked.Increment(ref _posts);
+
+    public override void Send(SendOrPostCallback d, object? state) =>
+        throw new NotSupportedException("The context's thread is blocked.");
+
+    /// <summary>Runs <paramref name="action"/> on this thread with this context current, as the application's thread would.</summary>
+    public void Run(Action action)
+    {
+        SynchronizationContext? previous = Current;
+        SetSynchronizationContext(this);
+        try
+        {
+            action();
+        }
+        finally
+        {
+            SetSynchronizationContext(previous);
+        }
+    }
+
+    /// <summary>Starts <paramref name="body"/> with this context current; its first await decides where the rest runs.</summary>
+    public Task Start(Func<Task> body)
+    {
+        Task? started = null;
+        Run(() => started = body());
+        return started!;
+    }
+}
