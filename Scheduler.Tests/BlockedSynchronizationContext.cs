@@ -39,3 +39,40 @@ internal sealed class BlockedSynchronizationContext : SynchronizationContext
         return started!;
     }
 }
+
+/// <summary>
+/// A <see cref="TaskScheduler"/> whose threads are all blocked: it runs the one task the test hands it with
+/// <see cref="RunHere"/>, on the test's thread (so code there sees it as <see cref="TaskScheduler.Current"/>), and
+/// counts every other task queued to it without running it. Library code called from inside its task must queue
+/// nothing of its own to it.
+/// </summary>
+internal sealed class BlockedTaskScheduler : TaskScheduler
+{
+    private int _queued;
+    private Task? _handedIn;
+
+    /// <summary>Tasks queued to it (besides the one run by <see cref="RunHere"/>), never run.</summary>
+    public int Queued => Volatile.Read(ref _queued);
+
+    /// <summary>Runs <paramref name="action"/> on this thread inside a task of this scheduler.</summary>
+    public void RunHere(Action action)
+    {
+        var task = new Task(action, TaskCreationOptions.DenyChildAttach);
+        _handedIn = task;
+        task.Start(this);
+        TryExecuteTask(task).Should().BeTrue();
+        task.GetAwaiter().GetResult();
+    }
+
+    protected override void QueueTask(Task task)
+    {
+        if (!ReferenceEquals(task, _handedIn))
+        {
+            Interlocked.Increment(ref _queued);
+        }
+    }
+
+    protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => false;
+
+    protected override IEnumerable<Task>? GetScheduledTasks() => null;
+}

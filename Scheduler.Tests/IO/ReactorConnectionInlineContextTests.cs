@@ -80,9 +80,51 @@ public sealed class ReactorConnectionInlineContextTests
 
         Task received = IoTestContext.ReceiveExactlyAsync(peer, new byte[Length]);
         bool all = await received.WaitAsync(Bound).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default);
+
+        // The flush completes once the send loop has handed everything to the kernel and advanced past it: the peer may
+        // have read the last byte before the loop's completed send resumed it, so the post can come after the read.
+        bool flushed = await flush.AsTask().WaitAsync(Bound).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default);
         blocked.Posts.Should().Be(0, "the send loop's continuation must not be posted to the application's context");
         all.Should().BeTrue("everything flushed reaches the peer once it reads");
-        await flush.AsTask().WithTimeout("the application's FlushAsync", IoTestContext.Timeout);
+        flushed.Should().BeTrue("the application's FlushAsync completes once the send loop has sent everything");
+        await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
+    }
+
+    [Fact]
+    public async Task Receive_loop_resumed_inline_inside_a_task_of_the_applications_TaskScheduler_never_queues_to_it()
+    {
+        // The same with a TaskScheduler instead of a context: AdvanceTo called inside a task of the application's own
+        // scheduler (an exclusive scheduler, say) whose threads are all busy until the data arrives.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
+
+        const int First = 1024;
+        await peer.SendAsync(new byte[First]);
+        var blocked = new BlockedTaskScheduler();
+        int consumed = 0;
+        var elapsed = Stopwatch.StartNew();
+        while (consumed < First)
+        {
+            elapsed.Elapsed.Should().BeLessThan(Bound, "the first kilobyte arrives in Input");
+            if (!connection.Input.TryRead(out ReadResult result))
+            {
+                Thread.Sleep(1);
+                continue;
+            }
+
+            consumed += (int)result.Buffer.Length;
+            blocked.RunHere(() => connection.Input.AdvanceTo(result.Buffer.End));
+        }
+
+        await peer.SendAsync(new byte[] { 7 });
+        ReadResult next = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound).ContinueWith(
+            t => t.IsCompletedSuccessfully ? t.Result : default, TaskScheduler.Default);
+        blocked.Queued.Should().Be(0, "the receive loop's continuation must not be queued to the application's scheduler");
+        next.Buffer.Length.Should().Be(1, "the byte sent after the application's AdvanceTo reaches Input");
+        connection.Input.AdvanceTo(next.Buffer.End);
         await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
     }
 }
