@@ -33,33 +33,11 @@ public sealed class ReactorConnectionDisposeContextTests
         SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
         connection.Socket.UnacknowledgedSendBytes().Should().BePositive("the peer never reads, so DisposeAsync lingers");
 
-        var blocked = new BlockedContext();
-        ValueTask disposal;
-        SynchronizationContext? previous = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(blocked);
-        try
-        {
-            disposal = connection.DisposeAsync();
-        }
-        finally
-        {
-            SynchronizationContext.SetSynchronizationContext(previous);
-        }
+        var blocked = new BlockedSynchronizationContext();
+        ValueTask disposal = default;
+        blocked.Run(() => disposal = connection.DisposeAsync());
 
         await disposal.AsTask().WithTimeout("DisposeAsync, called from a context that never runs what is posted to it", IoTestContext.Timeout);
         blocked.Posts.Should().Be(0, "the disposal's continuations must not be posted to the caller's context");
-    }
-
-    /// <summary>A context whose thread is blocked: it counts what is posted to it and never runs it.</summary>
-    private sealed class BlockedContext : SynchronizationContext
-    {
-        private int _posts;
-
-        public int Posts => Volatile.Read(ref _posts);
-
-        public override void Post(SendOrPostCallback d, object? state) => Interlocked.Increment(ref _posts);
-
-        public override void Send(SendOrPostCallback d, object? state) =>
-            throw new NotSupportedException("The context's thread is blocked.");
     }
 }
