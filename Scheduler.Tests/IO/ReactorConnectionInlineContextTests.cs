@@ -22,39 +22,8 @@ public sealed class ReactorConnectionInlineContextTests
     [Fact]
     public async Task Receive_loop_resumed_inline_by_the_applications_AdvanceTo_never_posts_to_its_context()
     {
-        await using var io = new IoTestContext();
-        using ReactorSocket listener = io.Listen();
-        using Socket peer = IoTestContext.NewPlainSocket();
-        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
-        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
-
-        // 1 KiB pauses the receive loop's flush (over 64 bytes); the application's AdvanceTo past it resumes the loop
-        // inline, on this thread, which then waits for the next receive from here.
-        const int First = 1024;
-        await peer.SendAsync(new byte[First]);
         var blocked = new BlockedSynchronizationContext();
-        int consumed = 0;
-        var elapsed = Stopwatch.StartNew();
-        while (consumed < First)
-        {
-            elapsed.Elapsed.Should().BeLessThan(Bound, "the first kilobyte arrives in Input");
-            if (!connection.Input.TryRead(out ReadResult result))
-            {
-                Thread.Sleep(1);
-                continue;
-            }
-
-            consumed += (int)result.Buffer.Length;
-            blocked.Run(() => connection.Input.AdvanceTo(result.Buffer.End));
-        }
-
-        await peer.SendAsync(new byte[] { 7 });
-        ReadResult next = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound).ContinueWith(
-            t => t.IsCompletedSuccessfully ? t.Result : default, TaskScheduler.Default);
-        blocked.Posts.Should().Be(0, "the receive loop's continuation must not be posted to the application's context");
-        next.Buffer.Length.Should().Be(1, "the byte sent after the application's AdvanceTo reaches Input");
-        connection.Input.AdvanceTo(next.Buffer.End);
-        await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
+        await ReceiveAfterAnInlineAdvanceAsync(blocked.Run, () => blocked.Posts, "the receive loop's continuation must not be posted to the application's context");
     }
 
     [Fact]
@@ -95,15 +64,27 @@ public sealed class ReactorConnectionInlineContextTests
     {
         // The same with a TaskScheduler instead of a context: AdvanceTo called inside a task of the application's own
         // scheduler (an exclusive scheduler, say) whose threads are all busy until the data arrives.
+        var blocked = new BlockedTaskScheduler();
+        await ReceiveAfterAnInlineAdvanceAsync(blocked.RunHere, () => blocked.Queued, "the receive loop's continuation must not be queued to the application's scheduler");
+    }
+
+    /// <summary>
+    /// The application consumes the first kilobyte with <c>AdvanceTo</c> calls made through <paramref name="advanceUnder"/>
+    /// (under its blocked context or scheduler); the receive loop, paused on backpressure, resumes inline in one of them
+    /// and awaits its next receive from there. A byte sent after must reach Input, with nothing handed to the blocked side.
+    /// </summary>
+    private static async Task ReceiveAfterAnInlineAdvanceAsync(Action<Action> advanceUnder, Func<int> handedToBlocked, string because)
+    {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
 
+        // 1 KiB pauses the receive loop's flush (over 64 bytes); the application's AdvanceTo past it resumes the loop
+        // inline, on this thread, which then waits for the next receive from here.
         const int First = 1024;
         await peer.SendAsync(new byte[First]);
-        var blocked = new BlockedTaskScheduler();
         int consumed = 0;
         var elapsed = Stopwatch.StartNew();
         while (consumed < First)
@@ -116,13 +97,13 @@ public sealed class ReactorConnectionInlineContextTests
             }
 
             consumed += (int)result.Buffer.Length;
-            blocked.RunHere(() => connection.Input.AdvanceTo(result.Buffer.End));
+            advanceUnder(() => connection.Input.AdvanceTo(result.Buffer.End));
         }
 
         await peer.SendAsync(new byte[] { 7 });
         ReadResult next = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound).ContinueWith(
             t => t.IsCompletedSuccessfully ? t.Result : default, TaskScheduler.Default);
-        blocked.Queued.Should().Be(0, "the receive loop's continuation must not be queued to the application's scheduler");
+        handedToBlocked().Should().Be(0, because);
         next.Buffer.Length.Should().Be(1, "the byte sent after the application's AdvanceTo reaches Input");
         connection.Input.AdvanceTo(next.Buffer.End);
         await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
