@@ -99,12 +99,7 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task A_busy_peers_fairness_turn_leaves_the_inbox_of_an_idle_but_awake_worker_to_that_worker()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            SpinIterations = 0,
-            ThreadNamePrefix = "HotPath",
-        });
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var stop = new CancellationTokenSource();
         using var releaseHeld = new ManualResetEventSlim();
@@ -183,76 +178,25 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task TasksStolen_counts_every_item_a_stalled_peer_rescue_takes_not_one_per_rescue()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            SpinIterations = 0,
-            ThreadNamePrefix = "HotPath",
-        });
+        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        using var stop = new CancellationTokenSource();
-        using var stalledStarted = new ManualResetEventSlim();
-        int stalledIndex = -1;
-        int busyIndex = -1;
-        int chainRuns = 0;
+        await using var pair = StalledAndBusyPair.Start(scheduler);
+        const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
+        int ran = 0;
+        var allRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        long stolenBefore = scheduler.GetStatistics().TasksStolen;
 
-        Task stalled = scheduler.Factory.StartNew(() =>
+        pair.QueueToStalledFromBusy(Batch, _ =>
         {
-            scheduler.TryGetCurrentWorkerIndex(out stalledIndex);
-            stalledStarted.Set();
-            var clock = Stopwatch.StartNew();
-            while (!stop.IsCancellationRequested && clock.Elapsed < Bound)
+            if (Interlocked.Increment(ref ran) == Batch)
             {
-                Thread.SpinWait(100); // computing, not blocked: only a busy peer's fairness turn takes its inbox
+                allRan.TrySetResult();
             }
         });
-        stalledStarted.Wait(Bound).Should().BeTrue();
 
-        void Chain()
-        {
-            scheduler.TryGetCurrentWorkerIndex(out int index);
-            Volatile.Write(ref busyIndex, index);
-            Interlocked.Increment(ref chainRuns);
-            if (!stop.IsCancellationRequested)
-            {
-                Task.Factory.StartNew(Chain, CancellationToken.None, TaskCreationOptions.None, scheduler);
-            }
-        }
-
-        Task chain = scheduler.Factory.StartNew(Chain);
-        try
-        {
-            SpinWait.SpinUntil(() => Volatile.Read(ref chainRuns) > 1_000, Bound).Should().BeTrue("the chain runs on the other worker");
-            const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
-            int ran = 0;
-            var allRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            long stolenBefore = scheduler.GetStatistics().TasksStolen;
-
-            // Queued from one item on the busy worker: no fairness turn falls between two enqueues, so one rescue takes all.
-            scheduler.EnqueueToWorker(Volatile.Read(ref busyIndex), new SchedulerTestHelpers.RecordingWorkItem(() =>
-            {
-                for (int i = 0; i < Batch; i++)
-                {
-                    scheduler.EnqueueToWorker(stalledIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
-                    {
-                        if (Interlocked.Increment(ref ran) == Batch)
-                        {
-                            allRan.TrySetResult();
-                        }
-                    }));
-                }
-            }));
-
-            await allRan.Task.WithTimeout("the stalled worker's inbox, run by its busy peer", Bound / 2);
-            long stolen = scheduler.GetStatistics().TasksStolen - stolenBefore;
-            stolen.Should().BeGreaterThanOrEqualTo(Batch, "every item the busy peer took from the stalled worker's inbox counts as stolen");
-        }
-        finally
-        {
-            stop.Cancel();
-        }
-
-        await Task.WhenAll(stalled, chain).WithTimeout("the stalled task and the chain");
+        await allRan.Task.WithTimeout("the stalled worker's inbox, run by its busy peer", Bound / 2);
+        long stolen = scheduler.GetStatistics().TasksStolen - stolenBefore;
+        stolen.Should().BeGreaterThanOrEqualTo(Batch, "every item the busy peer took from the stalled worker's inbox counts as stolen");
     }
 
     // Mutant: Worker.Search.cs EndSearching no longer woke a parked peer when the last searcher found work while more was
