@@ -6,14 +6,14 @@ using System.Net.Sockets;
 namespace Scheduler.IO;
 
 // The loops start on the reactor's scheduler (see the constructor). No await here asks for the current context
-// (ConfigureAwait(false)): on a worker a socket operation still resumes on that worker, and a pipe still resumes the
-// loop through its PipeScheduler, as with the context (only the drain of unread input after DisposeAsync's linger
-// verdict, a one-off at the end, now runs on the ThreadPool). But a loop is not always on a worker: with PipeScheduler.Inline
-// on its side of a pipe (Input's writer, Output's reader), it resumes on whatever thread released it — the
-// application's, inside its AdvanceTo or FlushAsync, under the application's SynchronizationContext. A socket operation
-// awaited from there with the context captured it, and a context whose thread is blocked until the connection is done
-// (a UI thread, sync over async) never ran the loop again: the connection stopped receiving or sending for good, and
-// DisposeAsync waited for that loop forever (ReactorConnectionInlineContextTests).
+// (ConfigureAwait(false)): on a worker (or a compensation thread) a socket operation still resumes on the scheduler, and
+// a pipe still resumes the loop through its PipeScheduler; only the drain of unread input after DisposeAsync's linger
+// verdict, a one-off at the end, runs on the ThreadPool. But a loop is not always on the scheduler: with
+// PipeScheduler.Inline on its side of a pipe (Input's writer, Output's reader), it resumes on whatever thread released
+// it, the application's, inside its AdvanceTo or FlushAsync, under the application's SynchronizationContext. A socket
+// operation awaited from there with the context captured it, and a context whose thread is blocked until the
+// connection is done (a UI thread, sync over async) never ran the loop again: the connection stopped receiving or
+// sending for good, and DisposeAsync waited for that loop forever (ReactorConnectionInlineContextTests).
 
 public sealed partial class ReactorConnection
 {

@@ -149,14 +149,14 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// </remarks>
     public async ValueTask DisposeAsync()
     {
+        // No await here resumes on the caller's context (ConfigureAwait(false), or options without
+        // ContinueOnCapturedContext): this runs on the application's thread, and a caller that blocks on a
+        // single-threaded context until the disposal ends (sync over async) would otherwise wait forever.
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             // The grace period is this source's timer, and the linger polls wait on its token: cancelling it once we are
             // done releases every timer at once. Delays of their own would each keep a timer until it fired: on a server
             // that churns connections, one live timer per closed connection for up to a second.
-            // No await here resumes on the caller's context (ConfigureAwait(false), or options without
-            // ContinueOnCapturedContext): this runs on the application's thread, and a caller that blocks on a
-            // single-threaded context until the disposal ends (sync over async) would otherwise wait forever.
             var grace = new CancellationTokenSource(DisposeGracePeriod);
             try
             {
