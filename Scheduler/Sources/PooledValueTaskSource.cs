@@ -41,7 +41,12 @@ public sealed class PooledValueTaskSource : IValueTaskSource
     /// <summary>Completes the current rental with <paramref name="exception"/>; awaiting rethrows that same instance.</summary>
     /// <returns>True when this call completed it; false when it was already completed.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="exception"/> is null.</exception>
-    public bool TrySetException(Exception exception) => _core.TrySetException(exception);
+    public bool TrySetException(Exception exception)
+    {
+        // Checked here although the core checks too: the core's exception would name its own parameter (error).
+        ArgumentNullException.ThrowIfNull(exception);
+        return _core.TrySetException(exception);
+    }
 
     /// <summary>Completes the current rental as canceled; awaiting throws <see cref="OperationCanceledException"/> carrying <paramref name="cancellationToken"/>.</summary>
     /// <returns>True when this call completed it; false when it was already completed.</returns>
@@ -55,7 +60,11 @@ public sealed class PooledValueTaskSource : IValueTaskSource
     /// <summary>Completes rental <paramref name="version"/> with <paramref name="exception"/> if it is still current and pending.</summary>
     /// <returns>True when this call completed it; false when it was already completed or <paramref name="version"/> is stale.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="exception"/> is null.</exception>
-    public bool TrySetException(short version, Exception exception) => _core.TrySetException(version, exception);
+    public bool TrySetException(short version, Exception exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception); // as above: the core would name its parameter error
+        return _core.TrySetException(version, exception);
+    }
 
     /// <summary>Completes rental <paramref name="version"/> as canceled (carrying <paramref name="cancellationToken"/>) if it is still current and pending.</summary>
     /// <returns>True when this call completed it; false when it was already completed or <paramref name="version"/> is stale.</returns>
