@@ -44,7 +44,7 @@ namespace Scheduler.Tests;
 /// the BCL's contract.
 /// </para>
 /// </remarks>
-public sealed class PublicApiArgumentTests(PublicApiArgumentTests.Resources resources) : IClassFixture<PublicApiArgumentTests.Resources>
+public sealed partial class PublicApiArgumentTests(PublicApiArgumentTests.Resources resources) : IClassFixture<PublicApiArgumentTests.Resources>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
 
@@ -444,6 +444,9 @@ public sealed class PublicApiArgumentTests(PublicApiArgumentTests.Resources reso
                 _owned.Add(value);
             }
         }
+
+        /// <summary>A fresh wheel of the case's own.</summary>
+        public TimerWheel Wheel() => Own(new TimerWheel());
 
         public short InstanceVersion() =>
             Instance?.GetType().GetProperty("Version", typeof(short)) is { } version ? (short)version.GetValue(Instance)! : (short)0;
