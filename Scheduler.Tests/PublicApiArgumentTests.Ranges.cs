@@ -33,6 +33,8 @@ public sealed partial class PublicApiArgumentTests
         .. Option("FairnessInterval", o => o.FairnessInterval = 0, "0", refused: true), // "must be positive"
         .. Option("FairnessInterval", o => o.FairnessInterval = -1, "-1", refused: true),
         .. Option("FairnessInterval", o => o.FairnessInterval = 1, "1", refused: false),
+        .. Option("LifoSlotLimit", o => o.LifoSlotLimit = -1, "-1", refused: true), // "must not be negative"
+        .. Option("LifoSlotLimit", o => o.LifoSlotLimit = 0, "0", refused: false), // "0 disables the LIFO slot"
         .. Option("LocalQueueCapacity", o => o.LocalQueueCapacity = 8, "8", refused: true), // "a power of two from 16 to 1,048,576"
         .. Option("LocalQueueCapacity", o => o.LocalQueueCapacity = 24, "24 (not a power of two)", refused: true),
         .. Option("LocalQueueCapacity", o => o.LocalQueueCapacity = 2 << 20, "2,097,152", refused: true),
@@ -46,7 +48,6 @@ public sealed partial class PublicApiArgumentTests
         .. Option("BlockingCompensationDelay", o => o.BlockingCompensationDelay = TimeSpan.FromTicks(1), "one tick", refused: false),
         .. Option("BlockingCompensationDelay", o => o.BlockingCompensationDelay = TimeSpan.FromMilliseconds(int.MaxValue), "int.MaxValue ms", refused: false),
         .. Option("BlockingCompensationDelay", o => o.BlockingCompensationDelay = System.Threading.Timeout.InfiniteTimeSpan, "infinite", refused: false),
-        // LifoSlotLimit has no row: its docs say what 0 does but state no range (the constructor refuses a negative one).
 
         // "backlog is less than 1."
         .. Refused("M:Scheduler.IO.ReactorSocket.Listen(Scheduler.IO.IoReactor,System.Net.EndPoint,System.Int32)", "backlog", c => c.Own(ReactorSocket.Listen(c.Resources.Reactor, Loopback, 0)), "0"),

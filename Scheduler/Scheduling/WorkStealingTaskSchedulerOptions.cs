@@ -34,7 +34,7 @@ public sealed class WorkStealingTaskSchedulerOptions
 
     /// <summary>
     /// How many tasks in a row may run from the LIFO slot (the task just spawned or woken by the running
-    /// task) before older work gets a turn. Defaults to 3; 0 disables the LIFO slot.
+    /// task) before older work gets a turn. Defaults to 3; 0 disables the LIFO slot; must not be negative.
     /// </summary>
     public int LifoSlotLimit { get; set; } = 3;
 
