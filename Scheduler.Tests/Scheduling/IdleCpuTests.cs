@@ -3,6 +3,7 @@ using System.Diagnostics;
 namespace Scheduler.Tests.Scheduling;
 
 [Collection(SerialResourceGroup.Name)]
+[HoldsUnobservedProbe]
 public sealed class IdleCpuTests
 {
     [Fact]

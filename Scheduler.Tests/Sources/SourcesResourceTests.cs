@@ -13,6 +13,7 @@ public sealed class SourcesResourceGroup
 }
 
 [Collection(SourcesResourceGroup.Name)]
+[HoldsUnobservedProbe]
 public sealed class SourcesResourceTests(ITestOutputHelper output)
 {
     [Fact]

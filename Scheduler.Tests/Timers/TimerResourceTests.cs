@@ -9,6 +9,7 @@ namespace Scheduler.Tests.Timers;
 
 /// <summary>Resource bounds (CPU while idle, bytes per operation, memory per timer), measured alone with generous margins.</summary>
 [Collection(ResourceMeasurementGroup.Name)]
+[HoldsUnobservedProbe]
 public sealed class TimerResourceTests
 {
     [Fact]
