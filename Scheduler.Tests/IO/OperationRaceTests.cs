@@ -32,10 +32,11 @@ public sealed class OperationRaceTests
         // The peer reads until the reactor retries the send; the gate holds the reactor inside that retry.
         memory.Arm();
         var chunk = new byte[64 << 10];
+        var peerReceives = new List<Task<int>>();
         Task entered = Task.Run(() => memory.Entered.Wait(Bound));
         while (!memory.Entered.IsSet && !entered.IsCompleted)
         {
-            await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
+            await Task.WhenAny(PeerReceive(), entered).WaitAsync(Bound);
         }
 
         // (Once the wait above gave up, the loop would spin on the completed task, issuing receives forever.)
@@ -54,10 +55,18 @@ public sealed class OperationRaceTests
         Task<int> next = ours.SendAsync(new byte[] { 42 }).AsTask();
         while (!next.IsCompleted)
         {
-            await Task.WhenAny(next, peer.ReceiveAsync(chunk.AsMemory()).AsTask()).WaitAsync(Bound);
+            await Task.WhenAny(next, PeerReceive()).WaitAsync(Bound);
         }
 
         (await next).Should().Be(1);
+        await EndPeerReceives(peer, peerReceives);
+
+        Task<int> PeerReceive()
+        {
+            Task<int> receive = peer.ReceiveAsync(chunk.AsMemory()).AsTask();
+            peerReceives.Add(receive);
+            return receive;
+        }
     }
 
     [Theory]
@@ -155,10 +164,11 @@ public sealed class OperationRaceTests
 
         memory.Arm();
         var chunk = new byte[64 << 10];
+        var peerReceives = new List<Task<int>>();
         Task entered = Task.Run(() => memory.Entered.Wait(Bound));
         while (!memory.Entered.IsSet && !entered.IsCompleted)
         {
-            await Task.WhenAny(peer.ReceiveAsync(chunk.AsMemory()).AsTask(), entered).WaitAsync(Bound);
+            await Task.WhenAny(PeerReceive(), entered).WaitAsync(Bound);
         }
 
         // (Once the wait above gave up, the loop would spin on the completed task, issuing receives forever.)
@@ -176,9 +186,29 @@ public sealed class OperationRaceTests
         int n;
         do
         {
-            n = await peer.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(Bound);
+            n = await PeerReceive().WaitAsync(Bound);
         }
         while (n > 0);
+
+        await EndPeerReceives(peer, peerReceives);
+
+        Task<int> PeerReceive()
+        {
+            Task<int> receive = peer.ReceiveAsync(chunk.AsMemory()).AsTask();
+            peerReceives.Add(receive);
+            return receive;
+        }
+    }
+
+    /// <summary>
+    /// Closes the peer and waits for every receive it issued, observing each: a receive the loops above left behind
+    /// when the other task of a <c>WhenAny</c> won is still pending, and the peer's disposal fails it with
+    /// OperationAborted (ECANCELED), which went unobserved to the finalizer (UNOBSERVED_PROBE, session 35).
+    /// </summary>
+    private static async Task EndPeerReceives(Socket peer, List<Task<int>> receives)
+    {
+        peer.Dispose();
+        await Task.WhenAll(receives.Select(static receive => receive.Ended())).WaitAsync(Bound);
     }
 
     [Fact]
