@@ -845,10 +845,11 @@ public sealed class AdversarialTimeoutTests
                         {
                             var connection = ReactorConnection.Create(server);
                             using var timeout = new CancellationTokenSource(TimeSpan.FromMicroseconds(micros), wheel);
+                            Task peerEnd = Task.CompletedTask;
                             if (kind == 1)
                             {
                                 // The peer's bytes and its end come about when the read times out.
-                                _ = wheel.DelayAsync(TimeSpan.FromMicroseconds(micros)).AsTask().ContinueWith(async _ =>
+                                peerEnd = wheel.DelayAsync(TimeSpan.FromMicroseconds(micros)).AsTask().ContinueWith(async _ =>
                                 {
                                     await client.SendAsync(new byte[] { 1, 2, 3 });
                                     client.Shutdown(SocketShutdown.Send);
@@ -875,6 +876,11 @@ public sealed class AdversarialTimeoutTests
                             await connection.DisposeAsync().AsTask().WaitAsync(Guard);
                             await FluentActions.Awaiting(async () => await server.ReceiveAsync(new byte[1]))
                                 .Should().ThrowAsync<ObjectDisposedException>();
+
+                            // Observed before the client goes: a peer whose delay came late finds the server side
+                            // closed (a send's EPIPE, a shutdown's ENOTCONN after the reset), and the dropped task
+                            // reached the finalizer unobserved (UNOBSERVED_PROBE, session 35).
+                            await peerEnd.Ended().WaitAsync(Guard);
                         }
                     }));
                 }
