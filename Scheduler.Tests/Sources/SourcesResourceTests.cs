@@ -412,17 +412,22 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
     private readonly record struct BurstProbe(int Value);
 
     /// <summary>
-    /// Process-wide bytes over windows of a measured loop, each closed after <c>cycles</c> cycles or 40 ms, whichever
-    /// comes first; keeps the quietest window's bytes per cycle. The noise (the test host's polls, ThreadPool thread
-    /// injection, tiering) comes per unit of time and the cost under test per cycle: beside three busy loops a window of
-    /// 10,000 cycles on the ThreadPool took about a minute and read 51,240 B even with the probe held (session 35), while
-    /// a quiet machine runs it in tens of milliseconds. Short windows leave some of them clean of the noise however
-    /// slow the cycles get; an allocation in every cycle shows in every window, and on a quiet machine a window still
-    /// spans thousands of cycles, so an allocation once in that many shows too.
+    /// Process-wide bytes over windows of a measured loop, each closed after <c>cycles</c> cycles or 40 ms (but never
+    /// under 16 cycles), whichever comes first; keeps the quietest window's bytes per cycle. The noise (the test host's
+    /// polls, ThreadPool thread injection, tiering) comes per unit of time and the cost under test per cycle: beside
+    /// three busy loops a window of 10,000 cycles on the ThreadPool took about a minute and read 51,240 B even with the
+    /// probe held (session 35), while a quiet machine runs it in tens of milliseconds. Short windows leave some of them
+    /// clean of the noise however slow the cycles get; an allocation in every cycle shows in every window, and on a
+    /// quiet machine a window still spans thousands of cycles, so an allocation once in that many shows too.
     /// </summary>
     private sealed class QuietestWindow(int cycles)
     {
         private static readonly TimeSpan Span = TimeSpan.FromMilliseconds(40);
+
+        // Never fewer cycles than this in a window: a cycle's allocation can land just past the window's end (on the
+        // completing thread, after the awaiter resumed), and windows of one or two cycles could then read clean with a
+        // per-cycle allocation. Beside three busy loops 16 cycles of the ThreadPool's are ~100 ms, still often clean.
+        private const int MinimumCycles = 16;
         private long _bytesAtStart;
         private long _startedAt;
         private int _cycles;
@@ -442,7 +447,7 @@ public sealed class SourcesResourceTests(ITestOutputHelper output)
         /// <summary>Counts a cycle just ended; closes the window and opens the next when it is full or old enough.</summary>
         public void Cycled()
         {
-            if (++_cycles >= cycles || Stopwatch.GetElapsedTime(_startedAt) >= Span)
+            if (++_cycles >= cycles || (_cycles >= MinimumCycles && Stopwatch.GetElapsedTime(_startedAt) >= Span))
             {
                 Close();
                 Start();
