@@ -54,15 +54,17 @@ public sealed class TimerResourceTests
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var wheel = new TimerWheel(TimeSpan.FromTicks(1000));
         const int Delays = 200;
-        var runs = new List<(long Worker, long Process)>();
+        var runs = new List<(long Worker, double ProcessPerDelay)>();
 
         // Three runs at least; more (for up to 10 s) while none was quiet process-wide. Other threads of the process (the
         // ThreadPool adding threads under load, a runtime service, what an earlier test leaves winding down) allocate
-        // now and then, and a run lasts long enough to catch that in every one of several windows: 9,072 B in the
-        // quietest of three beside two busy loops, and again in the quietest of eight (about 2 s) in session 34's CI
-        // run. An allocation per delay on the driver or dispatch side shows in every run, however many.
+        // now and then: 9,072 B in the quietest of three runs beside two busy loops, again in the quietest of eight
+        // (about 2 s) in session 34's CI run, 30 B per delay in the quietest of 24 beside two busy loops in session 35.
+        // That noise comes per unit of time, the cost under test per delay, so the process-wide reading is taken over
+        // windows of at least 16 delays closed after 40 ms, and the quietest window counts: a slow run still has short
+        // windows clean of the noise, and an allocation per delay on the driver or dispatch side shows in every one.
         var attempts = Stopwatch.StartNew();
-        for (int attempt = 0; attempt < 3 || (attempts.Elapsed < TimeSpan.FromSeconds(10) && runs.Min(r => r.Process) / (double)Delays >= 16); attempt++)
+        for (int attempt = 0; attempt < 3 || (attempts.Elapsed < TimeSpan.FromSeconds(10) && runs.Min(r => r.ProcessPerDelay) >= 16); attempt++)
         {
             runs.Add(await scheduler.Factory.StartNew(async () =>
             {
@@ -74,13 +76,23 @@ public sealed class TimerResourceTests
                 // One worker: every resumption comes back to this thread, so its own counter sees the whole
                 // awaiting side (rent, await, resume, GetResult, return) exactly.
                 long workerBefore = GC.GetAllocatedBytesForCurrentThread();
-                long processBefore = GC.GetTotalAllocatedBytes(precise: true);
+                double quietestPerDelay = double.MaxValue;
+                int inWindow = 0;
+                long windowStartedAt = Stopwatch.GetTimestamp();
+                long windowBytes = GC.GetTotalAllocatedBytes(precise: true);
                 for (int i = 0; i < Delays; i++)
                 {
                     await wheel.DelayAsync(TimeSpan.FromTicks(2000));
+                    inWindow++;
+                    if (i == Delays - 1 || (inWindow >= 16 && Stopwatch.GetElapsedTime(windowStartedAt) >= TimeSpan.FromMilliseconds(40)))
+                    {
+                        long now = GC.GetTotalAllocatedBytes(precise: true);
+                        quietestPerDelay = Math.Min(quietestPerDelay, (now - windowBytes) / (double)inWindow);
+                        (inWindow, windowStartedAt, windowBytes) = (0, Stopwatch.GetTimestamp(), now);
+                    }
                 }
 
-                return (GC.GetAllocatedBytesForCurrentThread() - workerBefore, GC.GetTotalAllocatedBytes(precise: true) - processBefore);
+                return (GC.GetAllocatedBytesForCurrentThread() - workerBefore, quietestPerDelay);
             }).Unwrap().WaitAsync(TimeSpan.FromSeconds(20)));
         }
 
@@ -90,10 +102,9 @@ public sealed class TimerResourceTests
         runs.Min(r => r.Worker).Should().Be(0, $"the awaiting worker allocates nothing per delay (runs: {all})");
         runs.Should().OnlyContain(r => r.Worker / (double)Delays < 16, $"(runs: {all})");
 
-        // Process-wide (driver, dispatch, and whatever the runtime does meanwhile): the quietest run; Task.Delay
-        // costs ~200 B per call.
-        long process = runs.Min(r => r.Process);
-        (process / (double)Delays).Should().BeLessThan(16, $"{process} bytes process-wide for {Delays} delays (quietest of {runs.Count} runs)");
+        // Process-wide (driver, dispatch, and whatever the runtime does meanwhile): the quietest window of any run;
+        // Task.Delay costs ~200 B per call.
+        runs.Min(r => r.ProcessPerDelay).Should().BeLessThan(16, $"bytes per delay process-wide in the quietest window of {runs.Count} runs (runs: {all})");
     }
 
     [Fact]
