@@ -106,6 +106,10 @@ public sealed partial class IoReactor : IDisposable
     /// Stops the reactor thread and joins it, then disposes every socket still registered: their pending
     /// operations fail with <see cref="ObjectDisposedException"/>. Idempotent.
     /// </summary>
+    /// <remarks>
+    /// Afterwards <see cref="Timers"/>, and creating sockets on this reactor, throw <see cref="ObjectDisposedException"/>;
+    /// <see cref="Scheduler"/> stays readable.
+    /// </remarks>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)

@@ -145,7 +145,8 @@ public sealed partial class ReactorConnection : IDuplexPipe, IAsyncDisposable
     /// was flushed is sent, the held memory stays valid, and completing <see cref="Output"/> later gives it back to
     /// the pool. After this call <see cref="Output"/>'s <c>GetMemory</c>, <c>GetSpan</c>, <c>WriteAsync</c> and
     /// <c>FlushAsync</c> throw <see cref="ObjectDisposedException"/>; a flush already waiting returns
-    /// <see cref="FlushResult.IsCompleted"/>.
+    /// <see cref="FlushResult.IsCompleted"/>. <see cref="Socket"/> (disposed), <see cref="Input"/> and
+    /// <see cref="Output"/> stay readable, and a read of <see cref="Input"/> ends (it never waits for data that cannot come).
     /// </remarks>
     public async ValueTask DisposeAsync()
     {

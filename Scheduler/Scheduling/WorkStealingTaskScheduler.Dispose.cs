@@ -53,6 +53,9 @@ public sealed partial class WorkStealingTaskScheduler
     /// Work already running may still queue continuations while the scheduler drains; they run before the
     /// workers exit. Work that reaches the scheduler after the workers exited (a late timer or I/O wake-up)
     /// runs on the .NET ThreadPool rather than being lost.
+    /// Afterwards the scheduler stays readable: <see cref="WorkerCount"/>, <see cref="MaximumConcurrencyLevel"/>,
+    /// <see cref="IsWorkerThread"/>, <see cref="Factory"/> and <see cref="PipeScheduler"/> return what they did, and
+    /// <see cref="GetStatistics"/> the final counts; a later <c>Dispose</c> or <c>DisposeAsync</c> does nothing more.
     /// </remarks>
     /// <exception cref="InvalidOperationException">Called on <see cref="Shared"/>, which is never disposed.</exception>
     public void Dispose()

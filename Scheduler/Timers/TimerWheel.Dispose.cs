@@ -14,7 +14,10 @@ public sealed partial class TimerWheel
     /// Stops the wheel: the driver thread exits, pending <see cref="DelayAsync"/> operations complete with
     /// <see cref="ObjectDisposedException"/>, timers created by <see cref="CreateTimer"/> never fire again (no callback
     /// starts once this has returned, not even one queued before), and
-    /// further calls throw <see cref="ObjectDisposedException"/> (<see cref="GetTimestamp"/> keeps working).
+    /// <see cref="DelayAsync"/>, <see cref="CreateTimer"/> and a timer's <see cref="ITimer.Change"/> throw
+    /// <see cref="ObjectDisposedException"/>; the clock (<see cref="GetTimestamp"/>, <see cref="TimestampFrequency"/> and
+    /// <see cref="TimeProvider"/>'s helpers built on them) and <see cref="TickDuration"/> keep working, and a timer's
+    /// <c>Dispose</c>/<c>DisposeAsync</c> complete at once.
     /// Idempotent: a call made while another is under way returns once that one has finished, except from a thread
     /// the first call is itself waiting for (the driver thread, or the first call's own thread, where a continuation
     /// it runs inline may dispose again), which returns at once.
