@@ -152,10 +152,11 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
     private static readonly Dictionary<string, Row> s_rows = new()
     {
         // WorkStealingTaskScheduler. scheduling.md (dispose): "Dispose/DisposeAsync stop intake from outside (StartNew then
-        // throws TaskSchedulerException wrapping ObjectDisposedException) ... Idempotent."; its getters stay readable
-        // (XML docs: "Readable after Dispose").
-        ["WorkStealingTaskScheduler: Dispose()"] = new(Expect.Works, "scheduling.md: Dispose/DisposeAsync ... Idempotent."),
-        ["WorkStealingTaskScheduler: DisposeAsync()"] = new(Expect.Works, "scheduling.md: Dispose/DisposeAsync ... Idempotent."),
+        // throws TaskSchedulerException wrapping ObjectDisposedException) ... Idempotent."; XML (Dispose): "Afterwards the
+        // scheduler stays readable: WorkerCount, MaximumConcurrencyLevel, IsWorkerThread, Factory and PipeScheduler return
+        // what they did, and GetStatistics the final counts; a later Dispose or DisposeAsync does nothing more."
+        ["WorkStealingTaskScheduler: Dispose()"] = new(Expect.Works, "scheduling.md: Dispose/DisposeAsync ... Idempotent.; XML: a later Dispose or DisposeAsync does nothing more"),
+        ["WorkStealingTaskScheduler: DisposeAsync()"] = new(Expect.Works, "scheduling.md: Dispose/DisposeAsync ... Idempotent.; XML: a later Dispose or DisposeAsync does nothing more"),
         ["WorkStealingTaskScheduler: get_Factory()"] = new(
             Expect.Works,
             "API.md: After Dispose, Factory.StartNew throws TaskSchedulerException whose inner exception is ObjectDisposedException.",
@@ -176,19 +177,19 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
             }),
         ["WorkStealingTaskScheduler: get_IsWorkerThread()"] = new(
             Expect.Works,
-            "API.md: true on one of *this* scheduler's workers (XML: readable after Dispose)",
+            "XML (Dispose): IsWorkerThread ... return what they did (false here: no worker is left)",
             (isWorker, _) => Then(() => ((bool)isWorker!).Should().BeFalse())),
         ["WorkStealingTaskScheduler: get_WorkerCount()"] = new(
             Expect.Works,
-            "XML: the number of worker threads, readable after Dispose",
+            "XML (Dispose): WorkerCount ... return what they did",
             (count, _) => Then(() => ((int)count!).Should().Be(1))),
         ["WorkStealingTaskScheduler: get_MaximumConcurrencyLevel()"] = new(
             Expect.Works,
-            "API.md: == WorkerCount (XML: readable after Dispose)",
+            "XML (Dispose): MaximumConcurrencyLevel ... return what they did",
             (level, _) => Then(() => ((int)level!).Should().Be(1))),
         ["WorkStealingTaskScheduler: GetStatistics()"] = new(
             Expect.Works,
-            "XML: a snapshot of the counters, readable after Dispose (the last counts)",
+            "XML (Dispose): GetStatistics the final counts (nothing is queued any more)",
             (stats, _) => Then(() => ((SchedulerStatistics)stats!).QueuedTasks.Should().Be(0))),
         ["WorkStealingTaskScheduler: get_Id()"] = new(Expect.Works, "TaskScheduler.Id (BCL, inherited): an identity, valid for the object's lifetime"),
 
@@ -197,7 +198,7 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
         ["IoReactor: get_Timers()"] = new(Expect.ThrowsDisposed, "XML (Timers): <exception cref=\"ObjectDisposedException\">The reactor is disposed.</exception>; timers.md: reactor.Timers then throws it"),
         ["IoReactor: get_Scheduler()"] = new(
             Expect.Works,
-            "XML (Scheduler): readable after Dispose",
+            "XML (Dispose): Scheduler stays readable",
             (scheduler, _) => Then(() => scheduler.Should().NotBeNull())),
 
         // ReactorSocket. API.md: "ObjectDisposedException after Dispose (also for operations pending at that moment)";
@@ -221,7 +222,7 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
         ["ReactorConnection: DisposeAsync()"] = new(Expect.Works, "XML (DisposeAsync): Idempotent."),
         ["ReactorConnection: get_Socket()"] = new(
             Expect.Works,
-            "XML (Socket): the connection owns it and disposes it in DisposeAsync (readable after it: the disposed socket)",
+            "XML (DisposeAsync): Socket (disposed), Input and Output stay readable",
             (socket, _) => Then(() => ((ReactorSocket)socket!).LocalEndPoint.Should().BeNull("the socket is disposed with the connection"))),
         ["ReactorConnection: get_Output()"] = new(
             Expect.Works,
@@ -241,7 +242,7 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
             }),
         ["ReactorConnection: get_Input()"] = new(
             Expect.Works,
-            "XML (Input): completes at the peer's orderly shutdown, or with the error that ended the connection: a read after DisposeAsync ends, never waits",
+            "XML (DisposeAsync): Input ... stay readable, and a read of Input ends (it never waits for data that cannot come)",
             async (input, _) =>
             {
                 Task<ReadResult> read = ((PipeReader)input!).ReadAsync().AsTask();
@@ -253,21 +254,22 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
             }),
 
         // TimerWheel. timers.md: "DelayAsync, CreateTimer and ITimer.Change throw ObjectDisposedException; GetTimestamp
-        // keeps working"; XML (Dispose): "(GetTimestamp, TimestampFrequency and TickDuration keep working)".
+        // keeps working"; XML (Dispose): "the clock (GetTimestamp, TimestampFrequency and TimeProvider's helpers built on
+        // them) and TickDuration keep working, and a timer's Dispose/DisposeAsync complete at once".
         ["TimerWheel: Dispose()"] = new(Expect.Works, "XML (Dispose): Idempotent."),
         ["TimerWheel: DelayAsync(TimeSpan, CancellationToken)"] = new(Expect.ThrowsDisposed, "timers.md: DelayAsync, CreateTimer and ITimer.Change throw ObjectDisposedException"),
         ["TimerWheel: CreateTimer(TimerCallback, Object, TimeSpan, TimeSpan)"] = new(Expect.ThrowsDisposed, "timers.md: DelayAsync, CreateTimer and ITimer.Change throw ObjectDisposedException"),
         ["TimerWheel: GetTimestamp()"] = new(Expect.Works, "timers.md: GetTimestamp keeps working"),
         ["TimerWheel: get_TimestampFrequency()"] = new(
             Expect.Works,
-            "XML (Dispose): TimestampFrequency keeps working (the clock's unit)",
+            "XML (Dispose): the clock (... TimestampFrequency ...) keeps working",
             (frequency, _) => Then(() => ((long)frequency!).Should().Be(Stopwatch.Frequency))),
-        ["TimerWheel: get_TickDuration()"] = new(Expect.Works, "XML (Dispose): TickDuration keeps working"),
-        ["TimerWheel: GetUtcNow()"] = new(Expect.Works, "TimeProvider (BCL, inherited): the system clock, untouched by the wheel"),
-        ["TimerWheel: GetLocalNow()"] = new(Expect.Works, "TimeProvider (BCL, inherited): GetUtcNow in LocalTimeZone"),
-        ["TimerWheel: get_LocalTimeZone()"] = new(Expect.Works, "TimeProvider (BCL, inherited): TimeZoneInfo.Local"),
-        ["TimerWheel: GetElapsedTime(Int64)"] = new(Expect.Works, "TimeProvider (BCL, inherited): reads GetTimestamp and TimestampFrequency, which keep working"),
-        ["TimerWheel: GetElapsedTime(Int64, Int64)"] = new(Expect.Works, "TimeProvider (BCL, inherited): arithmetic on TimestampFrequency, which keeps working"),
+        ["TimerWheel: get_TickDuration()"] = new(Expect.Works, "XML (Dispose): ... and TickDuration keep working"),
+        ["TimerWheel: GetUtcNow()"] = new(Expect.Works, "XML (Dispose): TimeProvider's helpers built on the clock keep working (GetUtcNow: the system clock)"),
+        ["TimerWheel: GetLocalNow()"] = new(Expect.Works, "XML (Dispose): TimeProvider's helpers keep working (GetUtcNow in LocalTimeZone)"),
+        ["TimerWheel: get_LocalTimeZone()"] = new(Expect.Works, "XML (Dispose): TimeProvider's helpers keep working (TimeZoneInfo.Local)"),
+        ["TimerWheel: GetElapsedTime(Int64)"] = new(Expect.Works, "XML (Dispose): TimeProvider's helpers built on GetTimestamp and TimestampFrequency keep working"),
+        ["TimerWheel: GetElapsedTime(Int64, Int64)"] = new(Expect.Works, "XML (Dispose): TimeProvider's helpers built on TimestampFrequency keep working"),
 
         // The ITimer of TimerWheel.CreateTimer.
         ["ITimer (timer disposed): ITimer.Change(TimeSpan, TimeSpan)"] = new(
@@ -277,8 +279,8 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
         ["ITimer (timer disposed): IDisposable.Dispose()"] = new(Expect.Works, "IDisposable's contract: a second Dispose does nothing (Timer.Dispose alike)"),
         ["ITimer (timer disposed): IAsyncDisposable.DisposeAsync()"] = new(Expect.Works, "timers.md: DisposeAsync completes once no callback runs (none does: the timer never fired)"),
         ["ITimer (wheel disposed): ITimer.Change(TimeSpan, TimeSpan)"] = new(Expect.ThrowsDisposed, "timers.md (TimerWheel.Dispose): DelayAsync, CreateTimer and ITimer.Change throw ObjectDisposedException"),
-        ["ITimer (wheel disposed): IDisposable.Dispose()"] = new(Expect.Works, "timers.md: timers never fire again; disposing one releases it (IDisposable's contract: Dispose does not throw)"),
-        ["ITimer (wheel disposed): IAsyncDisposable.DisposeAsync()"] = new(Expect.Works, "timers.md: DisposeAsync completes once no callback runs (none can start after the wheel's Dispose)"),
+        ["ITimer (wheel disposed): IDisposable.Dispose()"] = new(Expect.Works, "XML (TimerWheel.Dispose): a timer's Dispose/DisposeAsync complete at once"),
+        ["ITimer (wheel disposed): IAsyncDisposable.DisposeAsync()"] = new(Expect.Works, "XML (TimerWheel.Dispose): a timer's Dispose/DisposeAsync complete at once"),
     };
 
     private static readonly Lazy<List<Case>> s_cases = new(() =>
@@ -393,7 +395,7 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
                     returned = returned.GetGenericArguments()[0];
                 }
 
-                if (IsDisposable(returned) && returned != typeof(WorkStealingTaskScheduler) && (returned.Assembly == s_library || returned.IsInterface))
+                if (IsDisposable(returned))
                 {
                     found.Add(returned);
                 }
