@@ -77,6 +77,15 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
             await scheduler.DisposeAsync();
             return scheduler;
         }),
+        new("WorkStealingTaskScheduler after Dispose() on its own worker", "WorkStealingTaskScheduler", typeof(WorkStealingTaskScheduler), async c =>
+        {
+            // scheduling.md: "On a worker it does not wait (a thread cannot join itself)": the members are then called
+            // while the workers may still be winding down, a state of their own.
+            var scheduler = NewScheduler();
+            c.Own(scheduler);
+            await scheduler.Factory.StartNew(scheduler.Dispose).WaitAsync(Timeout);
+            return scheduler;
+        }),
         new("IoReactor after Dispose()", "IoReactor", typeof(IoReactor), c =>
         {
             var reactor = new IoReactor(c.Resources.Scheduler);
