@@ -257,14 +257,7 @@ public sealed partial class PublicApiArgumentTests(PublicApiArgumentTests.Resour
         }
 
         context.OwnIfDisposable(result);
-        Task? task = result switch
-        {
-            Task t => t,
-            ValueTask vt => vt.AsTask(),
-            not null when result.GetType().IsGenericType && result.GetType().GetGenericTypeDefinition() == typeof(ValueTask<>) =>
-                (Task)result.GetType().GetMethod(nameof(ValueTask<int>.AsTask))!.Invoke(result, null)!,
-            _ => null,
-        };
+        Task? task = ReturnedTask(result);
         if (task is null)
         {
             return new Outcome(null, null);
@@ -279,6 +272,16 @@ public sealed partial class PublicApiArgumentTests(PublicApiArgumentTests.Resour
 
         return new Outcome(null, task.IsFaulted ? task.Exception!.InnerException : null);
     }
+
+    /// <summary>The task a member returned (a <see cref="ValueTask"/> or <see cref="ValueTask{TResult}"/> as one), or null when it returned none.</summary>
+    internal static Task? ReturnedTask(object? result) => result switch
+    {
+        Task t => t,
+        ValueTask vt => vt.AsTask(),
+        not null when result.GetType().IsGenericType && result.GetType().GetGenericTypeDefinition() == typeof(ValueTask<>) =>
+            (Task)result.GetType().GetMethod(nameof(ValueTask<int>.AsTask))!.Invoke(result, null)!,
+        _ => null,
+    };
 
     private static WorkStealingTaskSchedulerOptions NewOptions() => new() { WorkerCount = 1, ThreadNamePrefix = "api-sweep" };
 

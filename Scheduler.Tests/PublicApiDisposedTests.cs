@@ -524,14 +524,7 @@ public sealed class PublicApiDisposedTests(PublicApiArgumentTests.Resources reso
 
         object? result = call.Result;
         context.OwnIfDisposable(result);
-        Task? task = result switch
-        {
-            Task t => t,
-            ValueTask vt => vt.AsTask(),
-            not null when result.GetType().IsGenericType && result.GetType().GetGenericTypeDefinition() == typeof(ValueTask<>) =>
-                (Task)result.GetType().GetMethod(nameof(ValueTask<int>.AsTask))!.Invoke(result, null)!,
-            _ => null,
-        };
+        Task? task = PublicApiArgumentTests.ReturnedTask(result);
         if (task is null)
         {
             return new Observed(Result: result);
