@@ -61,8 +61,8 @@ public sealed class TimerResourceTests
         // now and then: 9,072 B in the quietest of three runs beside two busy loops, again in the quietest of eight
         // (about 2 s) in session 34's CI run, 30 B per delay in the quietest of 24 beside two busy loops in session 35.
         // That noise comes per unit of time, the cost under test per delay, so the process-wide reading is taken over
-        // windows of at least 16 delays closed after 40 ms, and the quietest window counts: a slow run still has short
-        // windows clean of the noise, and an allocation per delay on the driver or dispatch side shows in every one.
+        // windows of at least 16 delays closed after 40 ms (QuietestWindow), and the quietest counts: a slow run still has
+        // short windows clean of the noise, and an allocation per delay on the driver or dispatch side shows in every one.
         var attempts = Stopwatch.StartNew();
         for (int attempt = 0; attempt < 3 || (attempts.Elapsed < TimeSpan.FromSeconds(10) && runs.Min(r => r.ProcessPerDelay) >= 16); attempt++)
         {
@@ -75,24 +75,17 @@ public sealed class TimerResourceTests
 
                 // One worker: every resumption comes back to this thread, so its own counter sees the whole
                 // awaiting side (rent, await, resume, GetResult, return) exactly.
+                var windows = new QuietestWindow(Delays);
                 long workerBefore = GC.GetAllocatedBytesForCurrentThread();
-                double quietestPerDelay = double.MaxValue;
-                int inWindow = 0;
-                long windowStartedAt = Stopwatch.GetTimestamp();
-                long windowBytes = GC.GetTotalAllocatedBytes(precise: true);
+                windows.Start();
                 for (int i = 0; i < Delays; i++)
                 {
                     await wheel.DelayAsync(TimeSpan.FromTicks(2000));
-                    inWindow++;
-                    if (i == Delays - 1 || (inWindow >= 16 && Stopwatch.GetElapsedTime(windowStartedAt) >= TimeSpan.FromMilliseconds(40)))
-                    {
-                        long now = GC.GetTotalAllocatedBytes(precise: true);
-                        quietestPerDelay = Math.Min(quietestPerDelay, (now - windowBytes) / (double)inWindow);
-                        (inWindow, windowStartedAt, windowBytes) = (0, Stopwatch.GetTimestamp(), now);
-                    }
+                    windows.Cycled();
                 }
 
-                return (GC.GetAllocatedBytesForCurrentThread() - workerBefore, quietestPerDelay);
+                windows.Close();
+                return (GC.GetAllocatedBytesForCurrentThread() - workerBefore, windows.BestBytesPerCycle);
             }).Unwrap().WaitAsync(TimeSpan.FromSeconds(20)));
         }
 
