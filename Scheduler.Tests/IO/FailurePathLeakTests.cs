@@ -23,6 +23,7 @@ public sealed class FaultInjectionGroup;
 public sealed class FailurePathLeakTests
 {
     [Theory]
+    [InlineData("epoll_create1", 0)]
     [InlineData("eventfd", 1)]
     [InlineData("epoll_ctl", 2)]
     public void An_epoll_backend_that_fails_to_set_up_closes_what_it_opened(string call, int openedAtFailure)

@@ -39,7 +39,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     /// <exception cref="SocketException">epoll_create1, eventfd or registering the eventfd failed; nothing stays open.</exception>
     public EpollBackend()
     {
-        _epollFd = Libc.EpollCreate1(EPOLL_CLOEXEC);
+        _epollFd = FaultInjection.Fails("epoll_create1") ? -1 : Libc.EpollCreate1(EPOLL_CLOEXEC);
         if (_epollFd < 0)
         {
             Errno.ThrowLast("epoll_create1");
@@ -82,7 +82,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
     public int Wait(Span<ReadinessEvent> events, long timeoutNanoseconds)
     {
         int max = Math.Min(events.Length, MaxEvents);
-        int count = WaitOnce(max, timeoutNanoseconds);
+        int count = FaultInjection.Fails("epoll_wait") ? -1 : WaitOnce(max, timeoutNanoseconds);
         if (count < 0)
         {
             if (Errno.Last == EINTR)
@@ -190,7 +190,7 @@ internal sealed unsafe class EpollBackend : IReactorBackend
             {
                 // ENOSYS: a kernel older than 5.11. EPERM, which epoll_pwait2 itself never returns: a seccomp filter
                 // that does not know the call (container runtimes' and systemd's older profiles answer so).
-                int count = Libc.EpollPWait2(_epollFd, _events, max, &timeout, null);
+                int count = FaultInjection.Fails("epoll_pwait2") ? -1 : Libc.EpollPWait2(_epollFd, _events, max, &timeout, null);
                 if (count >= 0 || Errno.Last is not (ENOSYS or EPERM))
                 {
                     return count;

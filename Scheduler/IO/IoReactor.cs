@@ -102,6 +102,12 @@ public sealed partial class IoReactor : IDisposable
 
     internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
+    /// <summary>The failure of epoll that stopped this reactor (see <see cref="Run"/>), or null.</summary>
+    internal Exception? FatalError => Volatile.Read(ref _fatalError);
+
+    /// <summary>The managed id of the reactor's thread. For tests, which fail its system calls by thread.</summary>
+    internal int ThreadIdForTests => _thread.ManagedThreadId;
+
     /// <summary>
     /// Stops the reactor thread and joins it, then disposes every socket still registered: their pending
     /// operations fail with <see cref="ObjectDisposedException"/>. Idempotent.
@@ -163,9 +169,9 @@ public sealed partial class IoReactor : IDisposable
     {
         if (IsDisposed)
         {
-            throw _fatalError is null
-                ? new ObjectDisposedException(GetType().FullName)
-                : new ObjectDisposedException(GetType().FullName, $"The reactor stopped after an epoll failure: {_fatalError.Message}");
+            throw FatalError is { } fatal
+                ? new ObjectDisposedException(GetType().FullName, $"The reactor stopped after an epoll failure: {fatal.Message}")
+                : new ObjectDisposedException(GetType().FullName);
         }
     }
 
@@ -183,7 +189,8 @@ public sealed partial class IoReactor : IDisposable
         {
             // epoll itself failed (it should not): no socket can make progress any more. Fail every socket's
             // operations instead of crashing the process from a background thread, and refuse new sockets.
-            _fatalError = e;
+            // Published before the sockets are disposed: their operations' errors name the failure (CreateDisposedException).
+            Volatile.Write(ref _fatalError, e);
             Interlocked.Exchange(ref _disposed, 1);
             Volatile.Read(ref _timers)?.Dispose();
             foreach (ReactorSocket socket in DetachAll())

@@ -373,7 +373,14 @@ public sealed partial class ReactorSocket : IDisposable
 
     internal int ReadSequence(bool isWrite) => isWrite ? Volatile.Read(ref _writeSequence) : Volatile.Read(ref _readSequence);
 
-    internal ObjectDisposedException CreateDisposedException() => new(GetType().FullName, "The socket has been disposed.");
+    /// <summary>
+    /// What an operation on this disposed socket reports. When the reactor stopped after an epoll failure (which disposed
+    /// every socket on it), the message says so: "disposed" alone would send its reader looking for a Dispose call in
+    /// their own code.
+    /// </summary>
+    internal ObjectDisposedException CreateDisposedException() => Reactor.FatalError is { } fatal
+        ? new(GetType().FullName, $"The socket was closed because its reactor stopped after an epoll failure: {fatal.Message}")
+        : new(GetType().FullName, "The socket has been disposed.");
 
     /// <summary>Holds the fd open for one system call; fails when the socket has been disposed.</summary>
     internal FdReference AddRef()
