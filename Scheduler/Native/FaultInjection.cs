@@ -25,7 +25,8 @@ internal static class FaultInjection
     /// fails"): <c>"global-enqueue"</c> (every enqueue to the global queue, batches included; asked on the enqueuing
     /// thread), <c>"batch-enqueue"</c> (an overflow batch or a batch's remainder going to the global queue),
     /// <c>"batch-rent"</c> (a new overflow batch), <c>"inbox-enqueue"</c> (a worker's inbox) and
-    /// <c>"threadpool-drain"</c> (handing an item to the ThreadPool after the workers exited). The queues' points are
+    /// <c>"threadpool-drain"</c> (handing an item to the ThreadPool after the workers exited), and
+    /// <c>"compensation-thread"</c> (starting a compensation thread; asked on the watchdog's thread). The queues' points are
     /// asked on cold paths and on the outside producer's enqueue, never on a worker's local push.
     /// </summary>
     internal static Func<string, int>? HookForTests { get; set; }

@@ -124,6 +124,9 @@ public sealed partial class WorkStealingTaskScheduler
             Interlocked.Increment(ref _compensationThreadsStarted);
             try
             {
+                // As .NET reports a thread the OS refused (a pids limit): OutOfMemoryException.
+                Native.FaultInjection.ThrowIfOutOfMemoryInjected("compensation-thread");
+
                 // No ExecutionContext of whoever made the watchdog tick: the thread serves every item in its own.
                 thread.UnsafeStart(this);
             }
