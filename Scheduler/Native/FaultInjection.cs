@@ -12,8 +12,9 @@ internal static class FaultInjection
 {
     /// <summary>
     /// For tests only (null otherwise): asked before each call named below; a non-zero answer is an errno that the call
-    /// then fails with, without being made. Process-wide: a test that sets it filters by thread (the calls run
-    /// synchronously on the thread that creates the reactor or socket) and runs in a collection of its own.
+    /// then fails with, without being made. Process-wide: a test that sets it filters by thread (most calls run
+    /// synchronously on the thread that creates the reactor or socket; the points asked elsewhere say where) and runs in
+    /// a collection of its own.
     /// Names: <c>"epoll_create1"</c>, <c>"eventfd"</c>, <c>"epoll_ctl"</c> (every registration, the eventfd's too),
     /// <c>"epoll_wait"</c> (every wait of the reactor's loop, whichever call it makes; asked on the reactor's thread),
     /// <c>"epoll_pwait2"</c> (only the nanosecond wait, before the millisecond fallback), <c>"listen"</c>,
