@@ -1,6 +1,7 @@
 using System.IO.Pipelines;
 using Scheduler.IO;
 using Scheduler.Native;
+using Scheduler.Tests.Scheduling;
 using static Scheduler.Native.LinuxConstants;
 
 // These tests hold ValueTasks on purpose (a pending delay).
@@ -96,7 +97,8 @@ public sealed class ReactorEpollFailureTests
             try
             {
                 // The failure lands on the reactor's next wait; a write after it finds the socket closed.
-                await WaitUntilAsync(() => Volatile.Read(ref s_waitsFailed) > before);
+                await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref s_waitsFailed) > before);
+                Volatile.Read(ref s_waitsFailed).Should().BeGreaterThan(before, "the reactor waits again within the timeout");
                 Exception? error = null;
                 for (int i = 0; i < 100 && error is null; i++)
                 {
@@ -134,7 +136,8 @@ public sealed class ReactorEpollFailureTests
         int before = FailNextReactorWait(io.Reactor, EINTR);
         try
         {
-            await WaitUntilAsync(() => Volatile.Read(ref s_waitsFailed) > before);
+            await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref s_waitsFailed) > before);
+            Volatile.Read(ref s_waitsFailed).Should().BeGreaterThan(before, "the reactor waits again within the timeout");
         }
         finally
         {
@@ -172,16 +175,6 @@ public sealed class ReactorEpollFailureTests
         _ = reactor.Timers.DelayAsync(TimeSpan.FromMilliseconds(1)).AsTask().ContinueWith(
             static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return before;
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        DateTime deadline = DateTime.UtcNow + IoTestContext.Timeout;
-        while (!condition())
-        {
-            DateTime.UtcNow.Should().BeBefore(deadline, "the reactor waits again within the timeout");
-            await Task.Delay(5);
-        }
     }
 
     private static async Task<Exception> CaughtAsync(Task task)

@@ -66,11 +66,7 @@ public sealed class CompensationThreadRefusedTests
 
         // Refused threads left no count behind: the live count returns to zero once the started ones leave, and Dispose
         // (which waits for compensation threads) returns.
-        DateTime deadline = DateTime.UtcNow.AddSeconds(20);
-        while (scheduler.LiveCompensationThreads != 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(10);
-        }
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.LiveCompensationThreads == 0);
 
         scheduler.LiveCompensationThreads.Should().Be(0);
         await scheduler.DisposeAsync().AsTask().WithTimeout("Dispose", TimeSpan.FromSeconds(20));
