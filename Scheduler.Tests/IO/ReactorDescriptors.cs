@@ -31,6 +31,14 @@ internal static class ReactorDescriptors
         return descriptors;
     }
 
+    /// <summary>
+    /// The descriptors open now that were not open, with the same target, in <paramref name="baseline"/> (an
+    /// <see cref="Open"/> taken earlier): what a piece of code opened and left open. Unlike comparing counts, this is
+    /// not fooled by a descriptor someone else closed meanwhile (a finalizer of an earlier test's socket).
+    /// </summary>
+    public static Dictionary<int, string> OpenedSince(IReadOnlyDictionary<int, string> baseline) =>
+        Open().Where(d => !baseline.TryGetValue(d.Key, out string? target) || target != d.Value).ToDictionary();
+
     /// <summary>How many sockets, and how many epoll instances and eventfds, are open.</summary>
     public static (int Sockets, int Epolls) Count()
     {
