@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Sources;
@@ -68,5 +69,91 @@ public sealed class StrykerSurvivorTests
         waker.Core.Consume(token, out int result, out _);
         result.Should().Be(1);
         waker.Core.HoldsContinuationForTests.Should().BeFalse("the reset drops the continuation");
+    }
+
+    // ValueTaskSourcePool.cs, the thread-cache array's bounds. A thread's offset is always a multiple of the stride, and
+    // so is the array's length: a thread whose id is just past the ids the array was sized for has an offset equal to
+    // the length, and it must go past the array, not index it.
+    // Kills: Rent `(uint)offset < (uint)cache.Length` mutated to `<=`; Return `(uint)offset < (uint)cache.Length` mutated
+    // to `<=`; TryPutInNewThreadCache `offset < cache.Length` mutated to `<=` (each indexed one past the array and threw).
+    [Fact]
+    public void A_thread_whose_offset_equals_the_length_of_a_pools_thread_cache_array_rents_and_returns_past_it()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
+        RunOnNewThread(() =>
+        {
+            int offset = PoolThreadCache.AssignOffset();
+            offset.Should().BePositive("a new thread gets an id (precondition)");
+            ReplaceThreadCache(pool, new object?[offset]);
+
+            object created = pool.Rent();
+            pool.Return(created).Should().BeTrue();
+            pool.Count.Should().Be(0, "the return grew the array to hold this thread's object");
+            pool.Rent().Should().BeSameAs(created);
+        });
+    }
+
+    // ValueTaskSourcePool.cs TryPutInNewThreadCache, a thread without an id whose new id the pool's array already covers
+    // (an id given back by an ended thread, below the ids the array was sized for): its first return goes to its slot.
+    // Kills: `cache[offset] is not null` mutated to `is null` (the object went to the shared storage);
+    // `cache[offset] = item;` removed (the return reported the object kept and lost it).
+    [Fact]
+    public void A_new_threads_first_return_goes_to_its_slot_of_a_thread_cache_array_that_already_covers_it()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
+        ReplaceThreadCache(pool, new object?[(PoolThreadCache.MaxThreads + 1) * PoolThreadCache.Stride]);
+        object item = new();
+        RunOnNewThread(() =>
+        {
+            PoolThreadCache.Offset.Should().Be(-1, "a new thread has no id yet (precondition)");
+            pool.Return(item).Should().BeTrue();
+            pool.Count.Should().Be(0, "the object went to the thread's slot, not the shared storage");
+            pool.Rent().Should().BeSameAs(item);
+        });
+    }
+
+    // ValueTaskSourcePool.cs TryPutInNewThreadCache, the same, but the slot holds an object that the id's previous thread
+    // left there: that object is a free pooled one and stays; the returned one goes to the shared storage.
+    // Kills: `return false;` after `cache[offset] is not null` removed, and `is not null` mutated to `is null` (both
+    // overwrote the left object, losing it).
+    [Fact]
+    public void A_new_threads_first_return_keeps_the_object_that_its_ids_previous_thread_left_in_its_slot()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
+        object leftover = new();
+        var array = new object?[(PoolThreadCache.MaxThreads + 1) * PoolThreadCache.Stride];
+        Array.Fill(array, leftover);
+        ReplaceThreadCache(pool, array);
+        object item = new();
+        RunOnNewThread(() =>
+        {
+            PoolThreadCache.Offset.Should().Be(-1, "a new thread has no id yet (precondition)");
+            pool.Return(item).Should().BeTrue();
+            pool.Count.Should().Be(1, "the thread's slot was taken, so the object went to the shared storage");
+            pool.Rent().Should().BeSameAs(leftover, "the thread's slot comes first");
+            pool.Rent().Should().BeSameAs(item);
+        });
+    }
+
+    private static void ReplaceThreadCache(ValueTaskSourcePool<object> pool, object?[] array) =>
+        typeof(ValueTaskSourcePool<object>).GetField("_threadCache", BindingFlags.Instance | BindingFlags.NonPublic)!.SetValue(pool, array);
+
+    private static void RunOnNewThread(Action body)
+    {
+        ExceptionDispatchInfo? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                body();
+            }
+            catch (Exception e)
+            {
+                failure = ExceptionDispatchInfo.Capture(e);
+            }
+        });
+        thread.Start();
+        thread.Join(Guard).Should().BeTrue("the thread finishes");
+        failure?.Throw();
     }
 }
