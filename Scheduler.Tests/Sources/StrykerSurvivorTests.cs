@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
+using Scheduler.Native;
 using Scheduler.Sources;
 
 namespace Scheduler.Tests.Sources;
@@ -132,6 +133,45 @@ public sealed class StrykerSurvivorTests
             pool.Count.Should().Be(1, "the thread's slot was taken, so the object went to the shared storage");
             pool.Rent().Should().BeSameAs(leftover, "the thread's slot comes first");
             pool.Rent().Should().BeSameAs(item);
+        });
+    }
+
+    // ValueTaskSourcePool.cs, the per-processor slots: everything a thread returned up to the capacity is rented back
+    // without the factory, from its own processor's slots, the overflow queue and the other processors' slots alike. The
+    // thread is pinned to a CPU of the first stripe (of two or more), so the search over the other stripes starts below
+    // the last one whatever CPU the test would otherwise run on; the test passes the same unpinned.
+    // Kills: Rent `(stripe + i) % _stripeCount` mutated to `stripe - i` and Return's likewise (a negative stripe indexed
+    // before the slots); Rent's `{ return item; }` in the other-stripes loop removed, TryTakeFromStripe's
+    // `CompareExchange(...) == item` mutated to `!=` and its `return true` mutated to `return false` (each took an object
+    // out of its slot and dropped it, so the factory made another).
+    [Fact]
+    public void Everything_returned_up_to_the_capacity_is_rented_back_from_every_stripe_without_the_factory()
+    {
+        int stripes = Math.Min(Environment.ProcessorCount, 64);
+        int created = 0;
+        var pool = new ValueTaskSourcePool<object>(() =>
+        {
+            created++;
+            return new object();
+        }, capacity: 4 * stripes); // two slots per stripe, the other half in the overflow queue
+        RunOnNewThread(() =>
+        {
+            int cpu = CpuAffinity.AllowedCpus().FirstOrDefault(c => c % stripes != stripes - 1, -1);
+            if (stripes > 1 && cpu >= 0 && CpuAffinity.SetCallingThreadAffinity([cpu]))
+            {
+                SpinWait.SpinUntil(() => Thread.GetCurrentProcessorId() == cpu, Guard).Should().BeTrue("the thread runs on the CPU it is pinned to");
+            }
+
+            int total = pool.Capacity + 1; // the shared storage and this thread's cache
+            var items = Enumerable.Range(0, total).Select(_ => pool.Rent()).ToList();
+            created.Should().Be(total);
+            items.Count(pool.Return).Should().Be(total, "the shared storage and the thread's cache hold them all");
+            pool.Count.Should().Be(pool.Capacity);
+
+            var rented = Enumerable.Range(0, total).Select(_ => pool.Rent()).ToHashSet(ReferenceEqualityComparer.Instance);
+            created.Should().Be(total, "every rent found a returned object");
+            rented.Should().HaveCount(total);
+            pool.Count.Should().Be(0);
         });
     }
 
