@@ -175,6 +175,15 @@ public sealed class StrykerSurvivorTests
         });
     }
 
+    // Kills: ValueTaskSourcePool.cs Rent, the message of a factory that returned null mutated to "".
+    [Fact]
+    public void A_factory_that_returns_null_is_reported_with_the_pools_type()
+    {
+        var pool = new ValueTaskSourcePool<object>(static () => null!, capacity: 4);
+        Action rent = () => pool.Rent();
+        rent.Should().Throw<InvalidOperationException>().WithMessage("*factory of ValueTaskSourcePool<Object> returned null*");
+    }
+
     private static void ReplaceThreadCache(ValueTaskSourcePool<object> pool, object?[] array) =>
         typeof(ValueTaskSourcePool<object>).GetField("_threadCache", BindingFlags.Instance | BindingFlags.NonPublic)!.SetValue(pool, array);
 
