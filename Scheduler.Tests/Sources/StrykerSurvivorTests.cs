@@ -184,6 +184,78 @@ public sealed class StrykerSurvivorTests
         rent.Should().Throw<InvalidOperationException>().WithMessage("*factory of ValueTaskSourcePool<Object> returned null*");
     }
 
+    // PoolThreadCache.cs ArrayLengthFor: a pool's thread-cache array covers the offset asked for and every id handed out
+    // so far (two threads hold ids meanwhile, so at least id 2 is out), within the most ids there are.
+    // Kills: `Math.Max(offset / Stride, s_highestId) + 1` mutated to `- 1` and `Math.Max` mutated to `Math.Min`;
+    // `Math.Min(..., MaxThreads + 1u)` mutated to `MaxThreads - 1u` (ids 1023 and 1024 never fit: their returns would grow
+    // the array forever); AssignOffset's `candidate > s_highestId` mutated to `<` or negated, and its
+    // `Volatile.Write(ref s_highestId, candidate)` removed (the highest id stayed 0, so arrays covered only their grower).
+    [Fact]
+    public void A_thread_cache_array_covers_the_offset_asked_for_and_every_id_handed_out()
+    {
+        using var leave = new ManualResetEventSlim();
+        var offsets = new int[2];
+        var holders = new Thread[2];
+        using var assigned = new CountdownEvent(holders.Length);
+        for (int i = 0; i < holders.Length; i++)
+        {
+            int index = i;
+            holders[i] = new Thread(() =>
+            {
+                offsets[index] = PoolThreadCache.AssignOffset();
+                assigned.Signal();
+                leave.Wait();
+            }) { IsBackground = true };
+            holders[i].Start();
+        }
+
+        try
+        {
+            assigned.Wait(Guard).Should().BeTrue("the holders start");
+            offsets.Should().OnlyContain(offset => offset > 0, "each holder gets an id (precondition)");
+            int highest = offsets.Max();
+            PoolThreadCache.ArrayLengthFor(PoolThreadCache.Stride).Should().BeGreaterThan(highest, "the array covers every id handed out");
+            foreach (int offset in new[] { PoolThreadCache.Stride, highest, PoolThreadCache.MaxThreads * PoolThreadCache.Stride })
+            {
+                int length = PoolThreadCache.ArrayLengthFor(offset);
+                length.Should().BeGreaterThan(offset, "the array covers offset {0}", offset);
+                length.Should().BeLessThanOrEqualTo((PoolThreadCache.MaxThreads + 1) * PoolThreadCache.Stride);
+                (length % PoolThreadCache.Stride).Should().Be(0);
+            }
+        }
+        finally
+        {
+            leave.Set();
+            foreach (Thread holder in holders)
+            {
+                holder.Join(Guard);
+            }
+        }
+    }
+
+    // PoolThreadCache.cs AssignOffset: a thread keeps its id when a pool whose array does not cover it yet asks again,
+    // so what it cached in other pools stays its own.
+    // Kills: `offset >= 0 || t_releasesWhenNoneLeft == ...` mutated to `&&` (each ask gave the thread a new id, and its
+    // object cached in the first pool was lost to it).
+    [Fact]
+    public void A_thread_keeps_its_id_and_its_cached_objects_when_it_first_returns_to_another_pool()
+    {
+        var first = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
+        var second = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
+        object x = new(), y = new();
+        RunOnNewThread(() =>
+        {
+            first.Return(x).Should().BeTrue();
+            int offset = PoolThreadCache.Offset;
+            offset.Should().BePositive("the first return gave the thread an id (precondition)");
+            second.Return(y).Should().BeTrue();
+            PoolThreadCache.Offset.Should().Be(offset);
+            first.Count.Should().Be(0, "x is in the thread's cache of the first pool");
+            first.Rent().Should().BeSameAs(x);
+            second.Rent().Should().BeSameAs(y);
+        });
+    }
+
     private static void ReplaceThreadCache(ValueTaskSourcePool<object> pool, object?[] array) =>
         typeof(ValueTaskSourcePool<object>).GetField("_threadCache", BindingFlags.Instance | BindingFlags.NonPublic)!.SetValue(pool, array);
 
