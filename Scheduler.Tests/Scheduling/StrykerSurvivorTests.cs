@@ -36,4 +36,28 @@ public sealed class StrykerSurvivorTests
         deque.TryPop(out _).Should().BeFalse("the item left with TryPopIfNewest");
         deque.TrySteal(out _).Should().BeFalse();
     }
+
+    // Kills: WorkStealingDeque.cs CopyTargetsTo, `i < tail` mutated to `i > tail` (nothing listed) and to `i <= tail`
+    // (one slot past the tail listed), `i - head < length` mutated to `i - head > length` and `i + head < length`, `i & mask`
+    // to `i | mask`, and `i++` to `i--` (a loop that never ends). After a steal from a full ring of four, the slot one past
+    // the tail is the stolen item's (the owner clears it only at its next push), so a debugger's view must list exactly
+    // the three items still queued, oldest first.
+    [Fact]
+    public void CopyTargetsTo_lists_exactly_the_queued_targets_oldest_first_and_not_a_stolen_one_still_in_its_slot()
+    {
+        var deque = new WorkStealingDeque(4);
+        object[] targets = [new(), new(), new(), new()];
+        foreach (object target in targets)
+        {
+            deque.TryPush(new WorkItem(target)).Should().BeTrue();
+        }
+
+        deque.TrySteal(out WorkItem stolen).Should().BeTrue();
+        stolen.Target.Should().BeSameAs(targets[0]);
+
+        var listed = new List<object>();
+        deque.CopyTargetsTo(listed);
+
+        listed.Should().Equal(targets[1], targets[2], targets[3]);
+    }
 }
