@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Scheduler.Tests.Scheduling;
 
 /// <summary>
@@ -59,5 +61,53 @@ public sealed class StrykerSurvivorTests
         deque.CopyTargetsTo(listed);
 
         listed.Should().Equal(targets[1], targets[2], targets[3]);
+    }
+
+    // Kills: LifoSlot.cs TryTake(object), `!ReferenceEquals(_item.Target, target)` mutated to `ReferenceEquals(...)` (the
+    // slot's own task was never taken back), `return false` mutated to `return true` (another task was reported taken
+    // and the slot kept it: the worker would then neither inline nor run the caller's task), `if (holds)` negated and its
+    // block removed (the task was reported taken but left in the slot, so the worker would run it a second time).
+    [Fact]
+    public void TryTake_of_a_target_empties_the_slot_only_when_it_holds_that_target()
+    {
+        var slot = new StrongBox<LifoSlot>();
+        object held = new(), other = new();
+        slot.Value.TryTake(held).Should().BeFalse("an empty slot holds no target");
+        slot.Value.Exchange(new WorkItem(held));
+
+        slot.Value.TryTake(other).Should().BeFalse("the slot holds another task");
+        slot.Value.PeekTarget.Should().BeSameAs(held, "asking for another task leaves the slot's alone");
+
+        slot.Value.TryTake(held).Should().BeTrue();
+        slot.Value.PeekTarget.Should().BeNull("the task left the slot with its owner");
+        slot.Value.TryTake(held).Should().BeFalse("it was taken already");
+        slot.Value.TryTake(out _).Should().BeFalse();
+    }
+
+    // Kills: LifoSlot.cs TryTake(object), `EnterAsOwner()` removed — the worker taking its task back to inline it touched
+    // the slot while a rescue was under way (the same guard as TryTake(out), which LifoSlotTests checks, on the other path).
+    [Fact]
+    public void TryTake_of_a_target_waits_out_a_rescue_under_way()
+    {
+        var slot = new StrongBox<LifoSlot>();
+        object task = new();
+        slot.Value.Exchange(new WorkItem(task));
+        slot.Value.TryBeginRescue().Should().BeTrue();
+
+        using var ownerTook = new ManualResetEventSlim();
+        bool took = false;
+        var owner = new Thread(() =>
+        {
+            took = slot.Value.TryTake(task);
+            ownerTook.Set();
+        }) { IsBackground = true };
+        owner.Start();
+
+        ownerTook.Wait(TimeSpan.FromMilliseconds(200)).Should().BeFalse("the owner must not touch the slot during a rescue");
+        slot.Value.EndRescue();
+        ownerTook.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        owner.Join();
+        took.Should().BeTrue("the rescue took nothing, so the task was still the slot's");
+        slot.Value.PeekTarget.Should().BeNull();
     }
 }
