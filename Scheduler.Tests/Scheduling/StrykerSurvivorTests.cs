@@ -110,4 +110,23 @@ public sealed class StrykerSurvivorTests
         took.Should().BeTrue("the rescue took nothing, so the task was still the slot's");
         slot.Value.PeekTarget.Should().BeNull();
     }
+
+    // Kills: LifoSlot.cs TryRescue, `return false` (when another rescuer holds the flag) mutated to `return true` — the
+    // second rescuer reported a rescue with an empty item, which the watchdog would count and try to queue.
+    [Fact]
+    public void A_rescue_while_another_is_under_way_takes_nothing_and_reports_nothing()
+    {
+        var slot = new StrongBox<LifoSlot>();
+        object task = new();
+        slot.Value.Exchange(new WorkItem(task));
+        slot.Value.TryBeginRescue().Should().BeTrue();
+
+        slot.Value.TryRescue(out WorkItem rescued).Should().BeFalse("one rescuer at a time");
+        rescued.IsEmpty.Should().BeTrue();
+        slot.Value.PeekTarget.Should().BeSameAs(task);
+
+        slot.Value.EndRescue();
+        slot.Value.TryRescue(out rescued).Should().BeTrue("the first rescue is over");
+        rescued.Target.Should().BeSameAs(task);
+    }
 }
