@@ -129,4 +129,79 @@ public sealed class StrykerSurvivorTests
         slot.Value.TryRescue(out rescued).Should().BeTrue("the first rescue is over");
         rescued.Target.Should().BeSameAs(task);
     }
+
+    // Kills: LifoSlot.cs WaitOutRescue, `Volatile.Write(ref _ownerInside, true)` after the wait removed (or mutated to
+    // `false`) — an owner that had waited out a rescue went on into the slot with its flag down, so the next rescue took the
+    // item the owner was using. The test thread plays the rescuer; the owner thread stays in the slot until released.
+    [Fact]
+    public void An_owner_that_waited_out_a_rescue_is_inside_the_slot_for_the_next_rescue()
+    {
+        var slot = new StrongBox<LifoSlot>();
+        object task = new();
+        slot.Value.Exchange(new WorkItem(task));
+        slot.Value.TryBeginRescue().Should().BeTrue();
+
+        using var entered = new ManualResetEventSlim();
+        using var leave = new ManualResetEventSlim();
+        var owner = new Thread(() =>
+        {
+            slot.Value.EnterAsOwner();
+            entered.Set();
+            leave.Wait(SchedulerTestHelpers.Timeout);
+            slot.Value.ExitAsOwner();
+        }) { IsBackground = true };
+        owner.Start();
+
+        entered.Wait(TimeSpan.FromMilliseconds(200)).Should().BeFalse("the owner waits out the rescue under way");
+        slot.Value.EndRescue();
+        entered.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+
+        RunOnOtherThread(() => slot.Value.TryRescue(out _)).Should().BeFalse("the owner is inside the slot");
+        slot.Value.PeekTarget.Should().BeSameAs(task);
+
+        leave.Set();
+        owner.Join();
+        RunOnOtherThread(() => slot.Value.TryRescue(out _)).Should().BeTrue("the owner has left the slot");
+    }
+
+    // Kills: LifoSlot.cs WaitOutRescue, the inner `Volatile.Read(ref _rescuing) != 0` mutated to `== 0` — the owner then
+    // spins while no rescue is under way, and hangs once the rescue ends at a moment it checks the inner condition (about
+    // every other time). Each round makes the owner wait out a rescue and then checks that it went on to take its item;
+    // twenty rounds leave the mutant about one chance in a million. Rounds in which the owner thread starts late (after the
+    // rescue ended) do not wait at all and still pass.
+    [Fact]
+    public void The_owner_goes_on_after_every_rescue_it_waited_out()
+    {
+        var slot = new StrongBox<LifoSlot>();
+        for (int round = 0; round < 20; round++)
+        {
+            object task = new();
+            slot.Value.Exchange(new WorkItem(task));
+            slot.Value.TryBeginRescue().Should().BeTrue();
+
+            using var ownerTook = new ManualResetEventSlim();
+            WorkItem taken = default;
+            var owner = new Thread(() =>
+            {
+                slot.Value.TryTake(out taken);
+                ownerTook.Set();
+            }) { IsBackground = true };
+            owner.Start();
+
+            ownerTook.Wait(TimeSpan.FromMilliseconds(10)).Should().BeFalse("the owner must not touch the slot during a rescue");
+            slot.Value.EndRescue();
+            ownerTook.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue("round {0}: the rescue is over", round);
+            owner.Join();
+            taken.Target.Should().BeSameAs(task);
+        }
+    }
+
+    private static T RunOnOtherThread<T>(Func<T> action)
+    {
+        T result = default!;
+        var thread = new Thread(() => result = action()) { IsBackground = true };
+        thread.Start();
+        thread.Join();
+        return result;
+    }
 }
