@@ -57,9 +57,19 @@ public sealed class SynchronizationContextTests
                 int done = 0;
                 SendOrPostCallback callback = _ => Interlocked.Increment(ref done);
                 PostAll(context, callback, 50_000, ref done, 0); // warm-up: the global queue's segments grow once
-                long before = GC.GetAllocatedBytesForCurrentThread();
-                PostAll(context, callback, 100_000, ref done, 50_000);
-                perPost = (GC.GetAllocatedBytesForCurrentThread() - before) / 100_000;
+
+                // The least of three rounds. The global queue (a ConcurrentQueue) allocates a larger segment on the
+                // enqueuing thread whenever it meets a slot still being dequeued: a worker preempted between claiming a
+                // slot and releasing it, for as long as the poster takes to wrap around the ring. That is a one-off of
+                // the BCL's queue on a loaded machine (a full run once read 1 B per post from it), not a per-post cost;
+                // a post that allocates does so in every round.
+                perPost = long.MaxValue;
+                for (int round = 0; round < 3; round++)
+                {
+                    long before = GC.GetAllocatedBytesForCurrentThread();
+                    PostAll(context, callback, 100_000, ref done, 50_000 + (round * 100_000));
+                    perPost = Math.Min(perPost, (GC.GetAllocatedBytesForCurrentThread() - before) / 100_000);
+                }
 
                 local.Value = "carried";
                 using var arrived = new ManualResetEventSlim();
