@@ -67,7 +67,7 @@ public sealed class LifoSlotTests
         var slot = new StrongBox<LifoSlot>();
         object held = new(), other = new();
         slot.Value.TryTake(held).Should().BeFalse("an empty slot holds no target");
-        slot.Value.Exchange(new WorkItem(held));
+        slot.Value.Exchange(Item(held));
 
         slot.Value.TryTake(other).Should().BeFalse("the slot holds another task");
         slot.Value.PeekTarget.Should().BeSameAs(held, "asking for another task leaves the slot's alone");
@@ -79,7 +79,7 @@ public sealed class LifoSlotTests
     }
 
     // Kills: LifoSlot.cs TryTake(object), `EnterAsOwner()` removed — the worker taking its task back to inline it touched
-    // the slot while a rescue was under way (the same guard as TryTake(out), which LifoSlotTests checks, on the other path).
+    // the slot while a rescue was under way (the guard The_owner_waits_out_a_rescue_under_way checks for TryTake(out)).
     [Fact]
     public void TryTake_of_a_target_waits_out_a_rescue_under_way()
     {
