@@ -33,12 +33,12 @@ public sealed class LifoSlotTests
         slot.Value.Exchange(Item(task));
 
         slot.Value.EnterAsOwner();
-        bool rescuedWhileInside = RunOnOtherThread(() => slot.Value.TryRescue(out _));
+        bool rescuedWhileInside = SchedulerTestHelpers.RunOnNewThread(() => slot.Value.TryRescue(out _));
         slot.Value.ExitAsOwner();
 
         rescuedWhileInside.Should().BeFalse("the owner may be reading the item at this very moment");
         slot.Value.PeekTarget.Should().BeSameAs(task);
-        RunOnOtherThread(() => slot.Value.TryRescue(out _)).Should().BeTrue("the owner has left the slot");
+        SchedulerTestHelpers.RunOnNewThread(() => slot.Value.TryRescue(out _)).Should().BeTrue("the owner has left the slot");
     }
 
     [Fact]
@@ -138,12 +138,12 @@ public sealed class LifoSlotTests
         slot.Value.EndRescue();
         entered.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
 
-        RunOnOtherThread(() => slot.Value.TryRescue(out _)).Should().BeFalse("the owner is inside the slot");
+        SchedulerTestHelpers.RunOnNewThread(() => slot.Value.TryRescue(out _)).Should().BeFalse("the owner is inside the slot");
         slot.Value.PeekTarget.Should().BeSameAs(task);
 
         leave.Set();
         owner.Join();
-        RunOnOtherThread(() => slot.Value.TryRescue(out _)).Should().BeTrue("the owner has left the slot");
+        SchedulerTestHelpers.RunOnNewThread(() => slot.Value.TryRescue(out _)).Should().BeTrue("the owner has left the slot");
     }
 
     // Kills: LifoSlot.cs WaitOutRescue, the inner `Volatile.Read(ref _rescuing) != 0` mutated to `== 0` — the owner then
@@ -260,14 +260,5 @@ public sealed class LifoSlotTests
         ownerTook.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("the rescue is over");
         owner.Join();
         return taken;
-    }
-
-    private static T RunOnOtherThread<T>(Func<T> action)
-    {
-        T result = default!;
-        var thread = new Thread(() => result = action()) { IsBackground = true };
-        thread.Start();
-        thread.Join();
-        return result;
     }
 }

@@ -75,6 +75,38 @@ internal static class SchedulerTestHelpers
     private static TimeoutException TimedOut(string what, TimeSpan bound, Exception? inner = null) =>
         new($"{what} did not finish within {bound.TotalSeconds:0} s.", inner);
 
+    /// <summary>
+    /// Runs <paramref name="body"/> on a thread of its own (a fresh thread: no thread-statics, no cache id, no worker) and
+    /// returns its result; an exception it throws is rethrown here instead of escaping the thread and ending the test host.
+    /// </summary>
+    public static T RunOnNewThread<T>(Func<T> body)
+    {
+        T result = default!;
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                result = body();
+            }
+            catch (Exception e)
+            {
+                failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+            }
+        }) { IsBackground = true };
+        thread.Start();
+        thread.Join(Timeout).Should().BeTrue("the thread finishes");
+        failure?.Throw();
+        return result;
+    }
+
+    /// <inheritdoc cref="RunOnNewThread{T}(Func{T})"/>
+    public static void RunOnNewThread(Action body) => RunOnNewThread(() =>
+    {
+        body();
+        return true;
+    });
+
     /// <summary><see cref="DisposeBounded"/> at the end of a <c>using</c> block, for tests that are not async.</summary>
     public static BoundedSchedulerJoin DisposeBoundedOnExit(WorkStealingTaskScheduler scheduler) => new(scheduler);
 

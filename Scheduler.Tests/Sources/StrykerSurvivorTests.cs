@@ -3,6 +3,7 @@ using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Native;
 using Scheduler.Sources;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.Sources;
 
@@ -81,7 +82,7 @@ public sealed class StrykerSurvivorTests
     public void A_thread_whose_offset_equals_the_length_of_a_pools_thread_cache_array_rents_and_returns_past_it()
     {
         var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
-        RunOnNewThread(() =>
+        SchedulerTestHelpers.RunOnNewThread(() =>
         {
             int offset = PoolThreadCache.AssignOffset();
             offset.Should().BePositive("a new thread gets an id (precondition)");
@@ -104,7 +105,7 @@ public sealed class StrykerSurvivorTests
         var pool = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
         ReplaceThreadCache(pool, new object?[(PoolThreadCache.MaxThreads + 1) * PoolThreadCache.Stride]);
         object item = new();
-        RunOnNewThread(() =>
+        SchedulerTestHelpers.RunOnNewThread(() =>
         {
             PoolThreadCache.Offset.Should().Be(-1, "a new thread has no id yet (precondition)");
             pool.Return(item).Should().BeTrue();
@@ -126,7 +127,7 @@ public sealed class StrykerSurvivorTests
         Array.Fill(array, leftover);
         ReplaceThreadCache(pool, array);
         object item = new();
-        RunOnNewThread(() =>
+        SchedulerTestHelpers.RunOnNewThread(() =>
         {
             PoolThreadCache.Offset.Should().Be(-1, "a new thread has no id yet (precondition)");
             pool.Return(item).Should().BeTrue();
@@ -154,7 +155,7 @@ public sealed class StrykerSurvivorTests
             created++;
             return new object();
         }, capacity: 4 * stripes); // two slots per stripe, the other half in the overflow queue
-        RunOnNewThread(() =>
+        SchedulerTestHelpers.RunOnNewThread(() =>
         {
             int cpu = CpuAffinity.AllowedCpus().FirstOrDefault(c => c % stripes != stripes - 1, -1);
             if (stripes > 1 && cpu >= 0 && CpuAffinity.SetCallingThreadAffinity([cpu]))
@@ -243,7 +244,7 @@ public sealed class StrykerSurvivorTests
         var first = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
         var second = new ValueTaskSourcePool<object>(static () => new object(), capacity: 16);
         object x = new(), y = new();
-        RunOnNewThread(() =>
+        SchedulerTestHelpers.RunOnNewThread(() =>
         {
             first.Return(x).Should().BeTrue();
             int offset = PoolThreadCache.Offset;
@@ -258,23 +259,4 @@ public sealed class StrykerSurvivorTests
 
     private static void ReplaceThreadCache(ValueTaskSourcePool<object> pool, object?[] array) =>
         typeof(ValueTaskSourcePool<object>).GetField("_threadCache", BindingFlags.Instance | BindingFlags.NonPublic)!.SetValue(pool, array);
-
-    private static void RunOnNewThread(Action body)
-    {
-        ExceptionDispatchInfo? failure = null;
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                body();
-            }
-            catch (Exception e)
-            {
-                failure = ExceptionDispatchInfo.Capture(e);
-            }
-        });
-        thread.Start();
-        thread.Join(Guard).Should().BeTrue("the thread finishes");
-        failure?.Throw();
-    }
 }
