@@ -72,9 +72,11 @@ public sealed class IdleProtocolSurvivorTests
         stillParked.WokenAsSearcher.Should().BeTrue();
     }
 
-    // Kills: ShouldWake and NotifyOne's else branch with their checks inverted (a wake-up while a search is under way), and
-    // NotifyOneWhileSearching's `if` negated. The producer side of "a searcher will find it": while any worker searches, a
-    // notify wakes nobody; after the last search ends, it does.
+    // Kills: ShouldWake with its searching check inverted (a wake-up while a search is under way), and
+    // NotifyOneWhileSearching's `if` negated (the lock re-check then still wakes nobody, but every enqueue while a worker
+    // searches and another sleeps goes through the idle lock). The producer side of "a searcher will find it": while any
+    // worker searches, a notify wakes nobody, with a fence and a second read and without the lock; after the last search
+    // ends, it wakes a sleeper.
     [Fact]
     public void A_notify_while_a_worker_searches_wakes_nobody_and_after_the_search_ends_wakes_a_sleeper()
     {
@@ -83,6 +85,7 @@ public sealed class IdleProtocolSurvivorTests
 
         idle.TransitionToParked(workers[0], wasSearching: false);
         idle.TryBeginSearching().Should().BeTrue("the other worker starts searching");
+        NotifyOneReturnsWhileTheLockIsHeld(idle).Should().BeTrue("a notify while a worker searches does not take the lock");
         idle.NotifyOne();
         workers[0].IsParked.Should().BeTrue("the searcher will find the item");
 
