@@ -4,9 +4,14 @@ using Worker = Scheduler.WorkStealingTaskScheduler.Worker;
 namespace Scheduler.Tests.Scheduling;
 
 /// <summary>
-/// Tests written from a Stryker.NET run over Scheduler/Scheduling/WorkStealingTaskScheduler.Idle.cs: each one checks a
+/// Tests written from a Stryker.NET run over Scheduler/Scheduling/WorkStealingTaskScheduler.Idle.cs (the park/wake tests
+/// only: ParkWakeStress, InboxWake, IdleCpu, Spinning, ExecutionTests and the two MutationKill classes): each one checks a
 /// step of the park/wake bookkeeping (docs/scheduling.md, "The park/wake protocol and why no wake-up is lost") that a
-/// surviving mutant (named in its comment) showed no test checked, and passes on the unmutated code. The scheduler's own
+/// surviving mutant (named in its comment as "Survivor") showed no test checked, and passes on the unmutated code. The
+/// mutants named "Also" were caught there too, most only by a test's timeout (a hang); these catch them at once, from
+/// one thread. Every one was checked by hand: applied, seen to fail here, reverted. The survivors left are equivalent (an extra
+/// fence on a path that then wakes nobody) or only observable in a race window (NotifyOne's fence and second read while a
+/// search ends, the process-wide barrier after a park): no test from one thread can reach them. The scheduler's own
 /// workers park and wake at moments a test does not choose, so these drive an <see cref="IdleCoordinator"/> of their own,
 /// from one thread, with workers that were never started: every step is then deterministic, and what it did is read off
 /// the workers (<see cref="Worker.IsParked"/>, <see cref="Worker.WokenAsSearcher"/>) and the searching count
@@ -18,9 +23,9 @@ public sealed class IdleProtocolSurvivorTests
     // enough for a new thread to start on a loaded machine, and only ever waited out in full by a mutant.
     private static readonly TimeSpan LockProbeBound = TimeSpan.FromSeconds(10);
 
-    // Kills: TryBeginSearching, `2 * searching >= _workerCount` mutated to `>` (a third searcher of four) and `2 / searching`,
-    // `& SearchingMask` to `|`, the increment to a decrement, `return true` to false; EndSearching, the decrement to an
-    // increment, `&` to `|`, `== 0` to `!= 0`. Searchers are admitted until half the workers search, and only the last
+    // Survivors: TryBeginSearching, `2 * searching >= _workerCount` mutated to `>` (a third searcher of four), to `<` and
+    // negated, and `& SearchingMask` to `|`. Also: `2 / searching`, the increment removed or made a decrement, `return
+    // true` to false; EndSearching, `&` to `|`, `== 0` to `!= 0`. Searchers are admitted until half the workers search, and only the last
     // one to end is told it was the last (it then looks for work left behind).
     [Fact]
     public void Searching_is_admitted_until_half_the_workers_search_and_only_the_last_searcher_to_end_is_told_so()
@@ -41,9 +46,9 @@ public sealed class IdleProtocolSurvivorTests
         three.TryBeginSearching().Should().BeFalse("two of three are more than half");
     }
 
-    // Kills: NotifyOneSlow, `UnparkedUnit + 1` mutated to `UnparkedUnit - 1` and the Interlocked.Add removed, `asSearcher:
+    // Also: NotifyOneSlow, `UnparkedUnit + 1` mutated to `UnparkedUnit - 1` and the Interlocked.Add removed, `asSearcher:
     // true` to false; Wake, `WokenAsSearcher = asSearcher` and `IsParked = false` removed; TransitionToParked, `IsParked =
-    // true` to false and `_sleepers.Add` removed; ShouldWake, `== 0` to `!= 0`; NotifyOneWhileSearching, its `if` negated.
+    // true` to false and `_sleepers.Add` removed; ShouldWake, `== 0` to `!= 0`.
     // A notify with nobody searching wakes one sleeper, as a searcher, so that a second notify while it searches wakes
     // nobody (no thundering herd); once its search ends, the next notify wakes the other sleeper.
     [Fact]
@@ -72,7 +77,7 @@ public sealed class IdleProtocolSurvivorTests
         stillParked.WokenAsSearcher.Should().BeTrue();
     }
 
-    // Kills: ShouldWake with its searching check inverted (a wake-up while a search is under way), and
+    // Also: ShouldWake with its searching check inverted (a wake-up while a search is under way), and
     // NotifyOneWhileSearching's `if` negated (the lock re-check then still wakes nobody, but every enqueue while a worker
     // searches and another sleeps goes through the idle lock). The producer side of "a searcher will find it": while any
     // worker searches, a notify wakes nobody, with a fence and a second read and without the lock; after the last search
@@ -94,7 +99,7 @@ public sealed class IdleProtocolSurvivorTests
         workers[0].IsParked.Should().BeFalse("nobody searches any more, so the notify wakes the sleeper");
     }
 
-    // Kills: NotifyOneSlow, `ShouldWake(...) && _sleepers.Count != 0` mutated to `||`. A notify reads the state without the
+    // Also: NotifyOneSlow, `ShouldWake(...) && _sleepers.Count != 0` mutated to `||`. A notify reads the state without the
     // lock and may then wait for it; the state it read may be stale by the time it gets the lock. If a worker began
     // searching meanwhile, that searcher will find the item, so the notify re-checks under the lock and wakes nobody.
     // Here the notify waits for the lock this thread holds while this thread begins a search: deterministic, whatever the
@@ -122,7 +127,7 @@ public sealed class IdleProtocolSurvivorTests
         workers[0].IsParked.Should().BeFalse("the sleeper is still on the list, and a notify now wakes it");
     }
 
-    // Kills: TransitionToParked, `wasSearching ? 1 : 0` mutated to always 1 or always 0, and `UnparkedUnit + ...` to
+    // Also: TransitionToParked, `wasSearching ? 1 : 0` mutated to always 1 or always 0, and `UnparkedUnit + ...` to
     // `UnparkedUnit - ...`. A searcher that parks stops searching (so another worker may start), and a worker that parks
     // without searching leaves the searching count alone.
     [Fact]
@@ -141,7 +146,7 @@ public sealed class IdleProtocolSurvivorTests
         idle.EndSearching().Should().BeTrue("it is the only search");
     }
 
-    // Kills: UnparkSpecific, `if (worker.IsParked)` negated, `_sleepers.Remove` removed, `asSearcher: false` to true. A
+    // Also: UnparkSpecific, `if (worker.IsParked)` negated, `_sleepers.Remove` removed, `asSearcher: false` to true. A
     // targeted unpark wakes that worker, not as a searcher (it has its own inbox to look at), takes it off the sleeper list
     // (so that a later notify wakes a worker that is really asleep), and does nothing to a worker that is awake.
     [Fact]
@@ -167,8 +172,9 @@ public sealed class IdleProtocolSurvivorTests
         workers[1].IsParked.Should().BeFalse("worker 1 is the only sleeper, so the notify wakes it");
     }
 
-    // Kills: UnparkSpecific, TryUnparkSelf and WakeAll with their `Interlocked.Add(ref _state, UnparkedUnit)` removed, and
-    // ShouldWake's `(state >> 16) < _workerCount` mutated to `<=` and to `<<`. Once every worker is awake again, a notify is
+    // Survivors: UnparkSpecific and WakeAll with their `Interlocked.Add(ref _state, UnparkedUnit)` removed, and ShouldWake's
+    // `(state >> 16) < _workerCount` mutated to `<=`. Also: TryUnparkSelf's Add removed, ShouldWake's `>>` to `<<`, and the
+    // constructor's `workerCount * UnparkedUnit` to `/`. Once every worker is awake again, a notify is
     // one read of the state and no lock (the summary of NotifyParked: "cheap when there is nothing to do"); a count that
     // still showed a sleeper would send every enqueue of a busy scheduler through the lock.
     [Fact]
@@ -196,7 +202,7 @@ public sealed class IdleProtocolSurvivorTests
         NotifyOneReturnsWhileTheLockIsHeld(byAll).Should().BeTrue("WakeAll counted every worker as unparked");
     }
 
-    // Kills: TryUnparkSelf, `if (worker.IsParked)` negated, `_sleepers.Remove` removed, `IsParked = false` to true,
+    // Also: TryUnparkSelf, `if (worker.IsParked)` negated, `_sleepers.Remove` removed, `IsParked = false` to true,
     // `unparked = true` to false and `unparked = false` to true. A parking worker that found work takes itself off the
     // sleeper list; one that a waker took off first is told so (it then carries on as woken), and changes nothing.
     [Fact]
@@ -221,7 +227,7 @@ public sealed class IdleProtocolSurvivorTests
         idle.EndSearching().Should().BeTrue("worker 1 was the other searcher");
     }
 
-    // Kills: WakeAll, `asSearcher: false` mutated to true and `_sleepers.Clear()` removed. Shutdown and compensation wake
+    // Survivor: WakeAll, `_sleepers.Clear()` removed. Also: its `asSearcher: false` mutated to true. Shutdown and compensation wake
     // every sleeper (not as searchers) and empty the list, so that later parks and wake-ups start from a true list.
     [Fact]
     public void Waking_all_wakes_every_sleeper_not_as_a_searcher_and_empties_the_sleeper_list()
@@ -244,7 +250,7 @@ public sealed class IdleProtocolSurvivorTests
         workers[1].IsParked.Should().BeFalse("worker 1 is the only sleeper, so the notify wakes it");
     }
 
-    // Kills: NotifyOneSlow, UnparkSpecific, TransitionToParked, TryUnparkSelf and WakeAll with `bool interrupted = false`
+    // Also: NotifyOneSlow, UnparkSpecific, TransitionToParked, TryUnparkSelf and WakeAll with `bool interrupted = false`
     // mutated to true. A step of the protocol that met no interrupt raises none: the caller (a producer, a worker) would
     // otherwise throw ThreadInterruptedException at its next blocking call for an interrupt nobody sent.
     [Fact]
@@ -277,8 +283,8 @@ public sealed class IdleProtocolSurvivorTests
         workers[1].IsParked.Should().BeFalse();
     }
 
-    // Kills: UnparkSpecific, TransitionToParked, TryUnparkSelf and WakeAll with `Uninterruptible.Restore(interrupted)`
-    // removed (NotifyOneSlow's is killed by WorkerInterruptTests). A caller with an interrupt pending that meets the idle
+    // Survivors: UnparkSpecific, TryUnparkSelf and WakeAll with `Uninterruptible.Restore(interrupted)` removed. Also:
+    // TransitionToParked's. (NotifyOneSlow's survived too, but WorkerInterruptTests, outside the run, kills it.) A caller with an interrupt pending that meets the idle
     // lock contended has it swallowed by the wait so that the step completes; it must be raised again afterwards, for the
     // blocking call it was meant for.
     [Fact]
