@@ -178,7 +178,7 @@ public sealed class HotPathMutationKillTests
     [Fact]
     public async Task TasksStolen_counts_every_item_a_stalled_peer_rescue_takes_not_one_per_rescue()
     {
-        var scheduler = SchedulerTestHelpers.Create(2, spin: 0);
+        var scheduler = StalledAndBusyPair.CreateScheduler(spin: 0);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using var pair = StalledAndBusyPair.Start(scheduler);
         const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque

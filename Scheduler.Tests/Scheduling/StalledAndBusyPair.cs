@@ -27,6 +27,23 @@ internal sealed class StalledAndBusyPair : IAsyncDisposable
 
     public int BusyIndex => Volatile.Read(ref _busyIndex);
 
+    /// <summary>
+    /// A two-worker scheduler for the pair, with blocking compensation off. The stalled worker computes, so a loaded
+    /// machine that keeps the busy worker off its core for the compensation delay (100 ms) shows the watchdog every worker
+    /// at a standstill with work queued, and it starts a compensation thread: a thread that is no worker, which then runs
+    /// chain items (the busy worker's index read -1 there, and the queueing into it threw <see cref="IndexOutOfRangeException"/>
+    /// in a run beside two mutation-testing runs, load average 14) or takes the stalled worker's inbox in place of the
+    /// fairness turn under test.
+    /// </summary>
+    public static WorkStealingTaskScheduler CreateScheduler(int spin = 30) =>
+        new(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 2,
+            SpinIterations = spin,
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+            ThreadNamePrefix = "Test",
+        });
+
     public static StalledAndBusyPair Start(WorkStealingTaskScheduler scheduler)
     {
         var pair = new StalledAndBusyPair(scheduler);

@@ -12,7 +12,7 @@ public sealed class StalledWorkerTests
     [Fact]
     public async Task Work_queued_to_a_stalled_workers_inbox_runs_on_a_busy_peer()
     {
-        var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = StalledAndBusyPair.CreateScheduler();
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using var pair = StalledAndBusyPair.Start(scheduler);
         var rescued = new TaskCompletionSource<(int Index, long RanAt)>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -33,7 +33,7 @@ public sealed class StalledWorkerTests
     [Fact]
     public async Task A_rescued_batch_runs_in_the_order_it_was_queued()
     {
-        var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = StalledAndBusyPair.CreateScheduler();
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await using var pair = StalledAndBusyPair.Start(scheduler);
         const int Batch = 16; // one rescue's worth: the item it runs plus the 15 it moves to its deque
