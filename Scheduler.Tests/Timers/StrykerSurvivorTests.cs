@@ -4,7 +4,8 @@ namespace Scheduler.Tests.Timers;
 
 /// <summary>
 /// Tests written from a Stryker.NET run over Scheduler/Timers: each one checks a behaviour that a surviving mutant
-/// (named in its comment) showed no test checked, and passes on the unmutated code. Pure arithmetic, no clock.
+/// (named in its comment) showed no test checked, and passes on the unmutated code. Pure arithmetic and wheels driven
+/// by explicit ticks, no clock.
 /// </summary>
 public sealed class StrykerSurvivorTests
 {
@@ -48,5 +49,76 @@ public sealed class StrykerSurvivorTests
         TimerIntent.IsAbsolute(fired).Should().BeFalse();
         TimerIntent.IsRelative(fired).Should().BeFalse();
         TimerIntent.DeadlineOf(fired, origin).Should().Be(origin + 4_096);
+    }
+
+    // Kills: HierarchicalWheel.cs FastForward, `tick > _elapsed` mutated to `<` or negated, or its body removed, and
+    // PrepareInsert, the `FastForward(...)` call removed — an empty wheel no longer caught up after an idle spell, so a
+    // new entry was linked on a high level measured from a stale tick and cascaded down through the whole gap; and
+    // PrepareInsert's `Math.Max(dueTick, _elapsed + 1)` mutated to `Math.Min` (a future due tick became now: a delay,
+    // whose slot keeps this tick, completed early) or to `_elapsed - 1` (a delay's overdue tick was linked on a tick
+    // already processed, behind the current slot, and expired up to a revolution of its level late).
+    [Fact]
+    public void An_insert_into_an_idle_empty_wheel_catches_it_up_to_one_tick_before_now_or_the_due_tick()
+    {
+        var wheel = new TimingWheel();
+        wheel.PrepareInsert(1_000_050, 1_000_000).Should().Be(1_000_050);
+        wheel.Elapsed.Should().Be(999_999, "the wheel catches up to one tick short of now");
+        var entry = new RecordingEntry();
+        wheel.Insert(entry, 1_000_050);
+        wheel.TryGetNextExpiration(out long next).Should().BeTrue();
+        next.Should().Be(1_000_000, "51 ticks ahead lies on level 1, in the slot starting at now, not on level 3 from tick 0");
+
+        // An overdue change: caught up only to one before its own due tick, so the next advance expires it.
+        var overdue = new TimingWheel();
+        overdue.PrepareInsert(400, 1_000).Should().Be(400);
+        overdue.Elapsed.Should().Be(399);
+
+        // A wheel that holds entries does not move: an overdue tick is raised to the next unprocessed one.
+        wheel.PrepareInsert(5, 2_000_000).Should().Be(1_000_000);
+        wheel.Elapsed.Should().Be(999_999);
+    }
+
+    // Kills: HierarchicalWheel.cs Cleared, `Array.Clear(_occupied)` removed — after RemoveAll (disposal) the occupancy
+    // bits of the emptied lists stayed set, so the wheel still reported a next expiration with nothing in it; and
+    // TimingWheel.cs RemoveAll, which no timer-wheel test reached without a TimerWheel around it (its loop bound, its
+    // `index++`, its `entry is not null`, `removed.Add(entry)` and `Cleared()` mutated).
+    [Fact]
+    public void Removing_every_entry_at_disposal_leaves_a_wheel_that_reports_no_work()
+    {
+        var wheel = new TimingWheel();
+        wheel.Insert(new RecordingEntry(), 10);
+        wheel.Insert(new RecordingEntry(), 5_000);
+        wheel.Insert(new RecordingEntry(), 1L << 40);
+        var removed = new ExpiredTimers();
+
+        wheel.RemoveAll(removed);
+
+        removed.Count.Should().Be(3);
+        wheel.Count.Should().Be(0);
+        wheel.TryGetNextExpiration(out _).Should().BeFalse();
+    }
+
+    // Kills: HierarchicalWheel.cs AdvancedTo, its body `_elapsed = nowTick` removed or its guard `nowTick > _elapsed`
+    // negated, and TimingWheel.cs Advance, the `AdvancedTo(nowTick)` call removed — an advance that found no list due
+    // left Elapsed behind (new entries went on levels measured from a stale tick), or a clock read that stepped
+    // backwards moved Elapsed back over ticks already processed; and TimingWheel.cs Insert's `Elapsed + 1` mutated to
+    // `Elapsed - 1` — a passed tick was linked behind the current slot and expired up to a revolution of its level late.
+    [Fact]
+    public void An_advance_moves_the_processed_tick_forward_only_and_later_inserts_never_land_on_a_passed_tick()
+    {
+        var wheel = new TimingWheel();
+        var expired = new ExpiredTimers();
+        wheel.Insert(new RecordingEntry(), 5_000);
+
+        wheel.Advance(1_000, expired);
+        expired.Count.Should().Be(0);
+        wheel.Elapsed.Should().Be(1_000, "every tick up to the advance has been processed, due list or not");
+
+        wheel.Advance(10, expired); // a clock that stepped backwards
+        wheel.Elapsed.Should().Be(1_000, "ticks already processed are not processed again");
+
+        var late = new RecordingEntry();
+        wheel.Insert(late, 500);
+        late.DueTick.Should().Be(1_001, "a passed tick becomes the next unprocessed one");
     }
 }
