@@ -121,4 +121,47 @@ public sealed class StrykerSurvivorTests
         wheel.Insert(late, 500);
         late.DueTick.Should().Be(1_001, "a passed tick becomes the next unprocessed one");
     }
+
+    // Kills: ExpiredTimers.cs, which the wheel tests reached only through small batches: Pairs.Add's `Array.Resize` of
+    // the items or of the tokens removed or sized `Count / 2` (a batch past 64 entries threw, or lost the token of
+    // every entry past the first 64), RemoveAt's `Count--` removed or made `Count++`, and IsEmpty's `&&` made `||` or
+    // either `== 0` made `!= 0` (a batch holding only delays read as empty, so the driver fired nothing).
+    [Fact]
+    public void A_batch_grows_past_its_first_arrays_keeping_every_token_and_removes_by_moving_the_last_entry()
+    {
+        var batch = new ExpiredTimers();
+        batch.IsEmpty.Should().BeTrue();
+        var entries = new RecordingEntry[100];
+        for (int i = 0; i < entries.Length; i++)
+        {
+            entries[i] = new RecordingEntry { Id = i };
+            batch.Add(entries[i]);
+            batch.SetToken(i, 1_000 + i);
+            batch.AddDelay(i * 3);
+            batch.SetDelayGeneration(i, 2_000 + i);
+        }
+
+        batch.Count.Should().Be(100);
+        batch.DelayCount.Should().Be(100);
+        for (int i = 0; i < entries.Length; i++)
+        {
+            batch[i].Should().BeSameAs(entries[i]);
+            batch.GetToken(i).Should().Be(1_000 + i);
+            batch.GetDelay(i).Should().Be(i * 3);
+            batch.GetDelayGeneration(i).Should().Be(2_000 + i);
+        }
+
+        batch.RemoveAt(0);
+        batch.Count.Should().Be(99);
+        batch[0].Should().BeSameAs(entries[99], "order within a batch does not matter: the last entry fills the gap");
+        batch.GetToken(0).Should().Be(1_099);
+
+        batch.Clear();
+        batch.IsEmpty.Should().BeTrue();
+        batch.AddDelay(7);
+        batch.IsEmpty.Should().BeFalse("a batch of delays alone still has work");
+        batch.Clear();
+        batch.Add(entries[0]);
+        batch.IsEmpty.Should().BeFalse("a batch of timers alone still has work");
+    }
 }
