@@ -53,6 +53,28 @@ public sealed class StalledWorkerTests
         order.Should().Equal(Enumerable.Range(0, Batch), "continuations wait in a FIFO inbox, and a rescue keeps that order");
     }
 
+    // The race that made A_rescued_batch_runs_in_the_order_it_was_queued throw once under load (session 38): with the
+    // stalled worker computing, a busy worker held off its core for the compensation delay looks like a standstill, and
+    // the watchdog starts a compensation thread that runs the chain's queued link on a thread that is no worker. Holding
+    // the busy worker 600 ms stands in for the preemption; on a scheduler with the default delay it starts one thread.
+    [Fact]
+    public async Task The_pair_gets_no_compensation_thread_while_its_busy_worker_is_held_off_its_core()
+    {
+        var scheduler = StalledAndBusyPair.CreateScheduler();
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        await using var pair = StalledAndBusyPair.Start(scheduler);
+        using var held = new ManualResetEventSlim();
+
+        scheduler.EnqueueToWorker(pair.BusyIndex, new SchedulerTestHelpers.RecordingWorkItem(() =>
+        {
+            Thread.Sleep(600);
+            held.Set();
+        }));
+
+        held.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        scheduler.CompensationThreadsStarted.Should().Be(0, "the pair's two workers are the only threads that run its work");
+    }
+
     private static void RecordRunner(WorkStealingTaskScheduler scheduler, TaskCompletionSource<(int Index, long RanAt)> rescued)
     {
         long ranAt = Stopwatch.GetTimestamp();
