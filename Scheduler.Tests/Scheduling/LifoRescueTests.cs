@@ -18,7 +18,7 @@ public sealed class LifoRescueTests
     [InlineData(4)]
     public async Task A_task_spawned_into_the_lifo_slot_runs_while_its_worker_blocks(int workers)
     {
-        var scheduler = SchedulerTestHelpers.Create(workers);
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(workers);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var released = new SemaphoreSlim(0);
         int childWorker = -1;
@@ -74,7 +74,7 @@ public sealed class LifoRescueTests
     [Fact]
     public async Task Work_left_in_the_deque_of_a_blocked_worker_without_a_wake_up_reaches_a_parked_peer()
     {
-        var scheduler = SchedulerTestHelpers.Create(2);
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(2);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var ran = new ManualResetEventSlim();
         int ranOn = -1;

@@ -16,6 +16,21 @@ internal static class SchedulerTestHelpers
     public static WorkStealingTaskScheduler Create(int workers, int spin = 30) =>
         new(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, SpinIterations = spin, ThreadNamePrefix = "Test" });
 
+    /// <summary>
+    /// As <see cref="Create"/>, with blocking compensation off: for tests that say which worker runs an item while
+    /// another computes or blocks. With it on, a worker held off its core for the compensation delay (100 ms, common on
+    /// a loaded machine) makes the watchdog see a standstill and start a compensation thread, which is no worker and
+    /// may run the item instead (session 38: a stalled-pair test read worker index -1 that way).
+    /// </summary>
+    public static WorkStealingTaskScheduler CreateWithoutCompensation(int workers, int spin = 30) =>
+        new(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = workers,
+            SpinIterations = spin,
+            BlockingCompensationDelay = System.Threading.Timeout.InfiniteTimeSpan,
+            ThreadNamePrefix = "Test",
+        });
+
     /// <summary>Waits with a generous timeout so a hang fails the test instead of the run.</summary>
     public static async Task WithTimeout(this Task task, TimeSpan? timeout = null)
     {

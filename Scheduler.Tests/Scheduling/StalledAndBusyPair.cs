@@ -35,14 +35,7 @@ internal sealed class StalledAndBusyPair : IAsyncDisposable
     /// in a run beside two mutation-testing runs, load average 14) or takes the stalled worker's inbox in place of the
     /// fairness turn under test.
     /// </summary>
-    public static WorkStealingTaskScheduler CreateScheduler(int spin = 30) =>
-        new(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            SpinIterations = spin,
-            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
-            ThreadNamePrefix = "Test",
-        });
+    public static WorkStealingTaskScheduler CreateScheduler(int spin = 30) => SchedulerTestHelpers.CreateWithoutCompensation(2, spin);
 
     public static StalledAndBusyPair Start(WorkStealingTaskScheduler scheduler)
     {
