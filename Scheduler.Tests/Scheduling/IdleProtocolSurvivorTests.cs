@@ -337,42 +337,31 @@ public sealed class IdleProtocolSurvivorTests
     // again when the action returned.
     private static bool RunWithInterruptPendingAgainstTheHeldLock(IdleCoordinator idle, Action action)
     {
+        Thread? caller = null;
+        bool callerWaitedOrEnded = false;
         using var held = new ManualResetEventSlim();
-        using var release = new ManualResetEventSlim();
         var holder = new Thread(() =>
         {
             using (idle.LockForTests.EnterScope())
             {
                 held.Set();
-                release.Wait();
+                callerWaitedOrEnded = SpinWait.SpinUntil(
+                    () => Volatile.Read(ref caller) is { } c && (!c.IsAlive || (c.ThreadState & ThreadState.WaitSleepJoin) != 0),
+                    SchedulerTestHelpers.Timeout);
             }
         }) { IsBackground = true };
         holder.Start();
         held.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("the holder takes the lock");
 
-        bool pendingAfter = false;
-        System.Runtime.ExceptionServices.ExceptionDispatchInfo? failure = null;
-        var caller = new Thread(() =>
+        bool pendingAfter = SchedulerTestHelpers.RunOnNewThread(() =>
         {
-            try
-            {
-                Thread.CurrentThread.Interrupt();
-                action();
-                pendingAfter = IsInterruptPending();
-            }
-            catch (Exception e)
-            {
-                failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
-            }
-        }) { IsBackground = true };
-        caller.Start();
-
-        SpinWait.SpinUntil(() => !caller.IsAlive || (caller.ThreadState & ThreadState.WaitSleepJoin) != 0, SchedulerTestHelpers.Timeout)
-            .Should().BeTrue("the caller waits for the held lock");
-        release.Set();
-        caller.Join(SchedulerTestHelpers.Timeout).Should().BeTrue("the caller finishes once the lock is free");
+            Volatile.Write(ref caller, Thread.CurrentThread);
+            Thread.CurrentThread.Interrupt();
+            action();
+            return IsInterruptPending();
+        });
         holder.Join(SchedulerTestHelpers.Timeout).Should().BeTrue();
-        failure?.Throw();
+        callerWaitedOrEnded.Should().BeTrue("the caller waits for the held lock");
         return pendingAfter;
     }
 

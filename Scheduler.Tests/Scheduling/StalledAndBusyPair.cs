@@ -28,12 +28,10 @@ internal sealed class StalledAndBusyPair : IAsyncDisposable
     public int BusyIndex => Volatile.Read(ref _busyIndex);
 
     /// <summary>
-    /// A two-worker scheduler for the pair, with blocking compensation off. The stalled worker computes, so a loaded
-    /// machine that keeps the busy worker off its core for the compensation delay (100 ms) shows the watchdog every worker
-    /// at a standstill with work queued, and it starts a compensation thread: a thread that is no worker, which then runs
-    /// chain items (the busy worker's index read -1 there, and the queueing into it threw <see cref="IndexOutOfRangeException"/>
-    /// in a run beside two mutation-testing runs, load average 14) or takes the stalled worker's inbox in place of the
-    /// fairness turn under test.
+    /// The pair's two-worker scheduler, without compensation (<see cref="SchedulerTestHelpers.CreateWithoutCompensation"/>):
+    /// the stalled worker computes by design, so a busy worker preempted for 100 ms looks like a standstill, and a
+    /// compensation thread (no worker) would run chain items (the busy index read -1 once, load average 14) or take the
+    /// stalled worker's inbox in place of the fairness turn under test.
     /// </summary>
     public static WorkStealingTaskScheduler CreateScheduler(int spin = 30) => SchedulerTestHelpers.CreateWithoutCompensation(2, spin);
 
