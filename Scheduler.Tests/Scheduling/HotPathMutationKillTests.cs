@@ -275,11 +275,15 @@ public sealed class HotPathMutationKillTests
     public async Task A_worker_with_an_empty_deque_takes_one_global_item_to_run_and_the_next_fifteen_into_its_deque_in_order()
     {
         // No compensation: a test thread preempted for 100 ms between the gate's start and its release would otherwise let
-        // a compensation thread take the queued items.
+        // a compensation thread take the queued items. No fairness turn within the test either: an idle worker's polls count
+        // down to its turns too, so with the default 61 the countdown's phase when the batch is taken depends on how long
+        // it spun before the gate came, and a turn falling among the 15 moved items takes the global queue's head ahead
+        // of them (a CI run read 0..6, 16, 7..15: the only failure in many runs, under the suite's load).
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
         {
             WorkerCount = 1,
             BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+            FairnessInterval = int.MaxValue,
             ThreadNamePrefix = "HotPath",
         });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
