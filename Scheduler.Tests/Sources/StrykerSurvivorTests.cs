@@ -1,4 +1,5 @@
 using System.Reflection;
+using System.Runtime.CompilerServices;
 using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Native;
@@ -257,6 +258,265 @@ public sealed class StrykerSurvivorTests
         });
     }
 
+    // Kills: WakerCore.Dispatch.cs InvokeContinuation, `... != (StatusCompleted | ContinuationFlag) || continuation is null`
+    // mutated to `&&` — with a continuation registered, a call while its operation was still pending, or a second call
+    // after the first had taken it, ran the continuation (once too early, or twice) instead of throwing; and the
+    // message mutated to "" — the exception no longer said which call is allowed.
+    [Fact]
+    public void InvokeContinuation_refuses_a_registered_continuation_before_it_is_due_and_after_it_was_taken()
+    {
+        var waker = new QueuedOnlyWaker();
+        short token = waker.Core.Version;
+        int runs = 0;
+        waker.Core.OnCompleted(_ => Interlocked.Increment(ref runs), null, token, ValueTaskSourceOnCompletedFlags.None);
+
+        FluentActions.Invoking(() => waker.Core.InvokeContinuation()).Should().Throw<InvalidOperationException>("the operation is pending")
+            .WithMessage("*InvokeContinuation must only be called from the owner's IThreadPoolWorkItem.Execute*");
+        runs.Should().Be(0);
+
+        waker.Core.TrySetResult(token, 7).Should().BeTrue();
+        waker.Queued.Wait(Guard).Should().BeTrue("the completion queues the waker");
+        waker.Core.InvokeContinuation();
+        runs.Should().Be(1);
+        waker.Core.GetResult(token).Should().Be(7, "the continuation took the outcome");
+
+        FluentActions.Invoking(() => waker.Core.InvokeContinuation()).Should().Throw<InvalidOperationException>("the continuation was taken already");
+        runs.Should().Be(1);
+    }
+
+    // WakerDispatch.cs Dispatch, the `SynchronizationContext or TaskScheduler when t_runsNoUserCode` case: a thread marked
+    // as running no user code (the I/O reactor, a timer driver) that completes an operation awaited under a context or a
+    // foreign scheduler never calls that target's Post/QueueTask itself (here the target would run the continuation
+    // inline on it); a ThreadPool thread does.
+    // Kills: the case's `ThreadPool.UnsafeQueueUserWorkItem(...)` removed (the continuation never ran); the case's guard
+    // mutated (the marked thread called Post/QueueTask, which ran the continuation on it); MarkCurrentThreadRunsNoUserCode
+    // `t_runsNoUserCode = true` mutated to `false` (likewise).
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_thread_that_runs_no_user_code_reaches_a_context_or_foreign_scheduler_through_the_ThreadPool(bool foreignScheduler)
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        var target = new InlineRecordingTarget();
+        var ran = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Action<object?> continuation = _ => ran.TrySetResult(Environment.CurrentManagedThreadId);
+        SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            if (foreignScheduler)
+            {
+                Task.Factory.StartNew(
+                    () => waker.Core.OnCompleted(continuation, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext),
+                    CancellationToken.None, TaskCreationOptions.None, target.Scheduler).Wait(Guard).Should().BeTrue();
+            }
+            else
+            {
+                SynchronizationContext.SetSynchronizationContext(target.Context);
+                waker.Core.OnCompleted(continuation, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+            }
+        });
+        target.Calls.Should().Be(foreignScheduler ? 1 : 0, "only the registering task went through the target (precondition)");
+
+        int marked = SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            WakerDispatch.MarkCurrentThreadRunsNoUserCode();
+            WakerDispatch.CurrentThreadRunsNoUserCode.Should().BeTrue();
+            waker.Core.TrySetResult(token, 1).Should().BeTrue();
+            return Environment.CurrentManagedThreadId;
+        });
+
+        int ranOn = await ran.Task.WaitAsync(Guard);
+        ranOn.Should().NotBe(marked, "the target ran the continuation inline, on the thread that called it");
+        target.Calls.Should().Be(foreignScheduler ? 2 : 1, "the target was still called, once, from a ThreadPool thread");
+        target.LastCaller.Should().NotBe(marked);
+    }
+
+    // Kills: WakerDispatch.cs HandOff, `handOff.TargetAccepted();` removed — a hand-off whose Post was accepted kept the
+    // hand-off call's hold for ever, so no hand-off ever went back to its pool: every continuation posted to a context
+    // allocated a new one. Posted, run and posted again on one thread, the second post gets the first one's hand-off
+    // back from the thread's cache.
+    [Fact]
+    public void A_hand_off_accepted_by_a_context_and_run_goes_back_to_its_pool_for_the_next_post()
+    {
+        SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            var context = new HeldPostsSynchronizationContext();
+            var posted = new List<object?>();
+            SynchronizationContext.SetSynchronizationContext(new StateRecordingContext(context, posted));
+            for (int i = 0; i < 2; i++)
+            {
+                var waker = new TestWaker<int>();
+                short token = waker.Version;
+                int runs = 0;
+                waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+                waker.Core.TrySetResult(token, i).Should().BeTrue();
+                context.Held.Should().Be(1, "the continuation is posted to the context");
+                context.RunAll();
+                runs.Should().Be(1);
+                waker.Core.GetResult(token).Should().Be(i);
+            }
+
+            posted.Should().HaveCount(2);
+            posted[0].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[1], "the first hand-off went back to the pool");
+        });
+    }
+
+    // WakerCore.Dispatch.cs OnCompleted and WaitWhileReserved: a registration that finds a producer between its claim and
+    // its publish (status Reserved; simulated here by writing the core's state as TryComplete does) waits for the
+    // outcome, then registers and dispatches the continuation itself, since that producer saw no continuation at its
+    // claim. The registration provably waits: nothing can complete it while the state stays Reserved.
+    // Kills: WaitWhileReserved `== StatusReserved` mutated to `!=` (once the outcome landed the registration spun for
+    // ever); OnCompleted's claim loop `current = WaitWhileReserved();` reduced to the call (it kept its Reserved snapshot
+    // and spun for ever); the claim loop's `(current & StatusMask) == StatusReserved` mutated to `(current | StatusMask)`
+    // (it claimed the Reserved state, a write that the producer's plain publish erases, so its fields were unguarded).
+    // Each mutant fails it unless the registering thread is held off its core for the whole pause
+    // between entering OnCompleted and its first read of the state.
+    [Fact]
+    public void A_registration_that_finds_a_producer_between_its_claim_and_its_publish_waits_and_then_dispatches_itself()
+    {
+        const int StatusReserved = 1 << 16, StatusCompleted = 2 << 16;
+        var waker = new QueuedOnlyWaker();
+        short token = waker.Core.Version;
+        int pending = Volatile.Read(ref StateOf(ref waker.Core));
+        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusReserved);
+
+        int runs = 0;
+        using var entering = new ManualResetEventSlim();
+        var registration = Task.Run(() =>
+        {
+            entering.Set();
+            waker.Core.OnCompleted(_ => Interlocked.Increment(ref runs), null, token, ValueTaskSourceOnCompletedFlags.None);
+        });
+        entering.Wait(Guard).Should().BeTrue();
+        // Not needed for the test to pass: the pause only gives the registration time to read the Reserved state.
+        registration.Wait(TimeSpan.FromMilliseconds(100)).Should().BeFalse("the registration waits while a producer holds the claim");
+        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | StatusReserved, "the registration claims nothing while a producer holds the claim");
+
+        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusCompleted); // the producer's publish
+        registration.Wait(Guard).Should().BeTrue("the registration goes on once the outcome is published");
+        waker.Queued.Wait(Guard).Should().BeTrue("the registration dispatched the continuation: the producer saw none");
+        waker.Core.InvokeContinuation();
+        runs.Should().Be(1);
+        waker.Core.GetResult(token).Should().Be(0);
+    }
+
+    // WakerCore.Dispatch.cs OnCompleted, the same wait, but by the time the registration reads the outcome a reader has
+    // consumed it (the producer published, and the direct read of the ValueTask took the outcome and is resetting the
+    // core; simulated by writing the core's state): the registration lost, so its continuation runs on its own and
+    // the core's state is left to the reset.
+    // Kills: the claim loop's `continue;` after `current = WaitWhileReserved();` removed (it claimed and published on the
+    // consumed state: OnCompleted returned, but the continuation never ran and the state carried its flag into the
+    // reset). It fails unless the registering thread is held off its core for the whole pause.
+    [Fact]
+    public async Task A_registration_that_waited_for_a_producer_and_finds_the_outcome_consumed_loses_and_still_runs_its_continuation()
+    {
+        const int StatusReserved = 1 << 16, StatusConsumed = 3 << 16;
+        var waker = new QueuedOnlyWaker();
+        short token = waker.Core.Version;
+        int pending = Volatile.Read(ref StateOf(ref waker.Core));
+        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusReserved);
+
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var entering = new ManualResetEventSlim();
+        var registration = Task.Run(() =>
+        {
+            entering.Set();
+            waker.Core.OnCompleted(_ => ran.SetResult(), null, token, ValueTaskSourceOnCompletedFlags.None);
+        });
+        entering.Wait(Guard).Should().BeTrue();
+        // Not needed for the test to pass: the pause only gives the registration time to read the Reserved state.
+        registration.Wait(TimeSpan.FromMilliseconds(100)).Should().BeFalse("the registration waits while a producer holds the claim");
+
+        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusConsumed); // published, then consumed by a direct read
+        registration.Wait(Guard).Should().BeTrue();
+        await ran.Task.WaitAsync(Guard);
+        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | StatusConsumed, "the losing registration touched nothing of the core");
+        waker.Queued.IsSet.Should().BeFalse("the core never dispatched the lost registration");
+    }
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_state")]
+    private static extern ref int StateOf(ref WakerCore<int> core);
+
     private static void ReplaceThreadCache(ValueTaskSourcePool<object> pool, object?[] array) =>
         typeof(ValueTaskSourcePool<object>).GetField("_threadCache", BindingFlags.Instance | BindingFlags.NonPublic)!.SetValue(pool, array);
+
+    /// <summary>A waker whose work item only reports that the core queued it; the test invokes the continuation.</summary>
+    private sealed class QueuedOnlyWaker : IThreadPoolWorkItem
+    {
+        private WakerCore<int> _core;
+
+        public QueuedOnlyWaker() => _core = new WakerCore<int>(this);
+
+        public ref WakerCore<int> Core => ref _core;
+
+        public ManualResetEventSlim Queued { get; } = new();
+
+        void IThreadPoolWorkItem.Execute() => Queued.Set();
+    }
+
+    /// <summary>
+    /// A SynchronizationContext and a TaskScheduler that run what they are given inline, on the thread that calls
+    /// Post/QueueTask, and record that thread.
+    /// </summary>
+    private sealed class InlineRecordingTarget
+    {
+        private int _calls;
+        private int _lastCaller;
+
+        public InlineRecordingTarget()
+        {
+            Context = new InlineContext(this);
+            Scheduler = new InlineScheduler(this);
+        }
+
+        public SynchronizationContext Context { get; }
+
+        public TaskScheduler Scheduler { get; }
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public int LastCaller => Volatile.Read(ref _lastCaller);
+
+        private void Record()
+        {
+            Volatile.Write(ref _lastCaller, Environment.CurrentManagedThreadId);
+            Interlocked.Increment(ref _calls);
+        }
+
+        private sealed class InlineContext(InlineRecordingTarget owner) : SynchronizationContext
+        {
+            public override void Post(SendOrPostCallback d, object? state)
+            {
+                owner.Record();
+                d(state);
+            }
+
+            public override SynchronizationContext CreateCopy() => this;
+        }
+
+        private sealed class InlineScheduler(InlineRecordingTarget owner) : TaskScheduler
+        {
+            protected override void QueueTask(Task task)
+            {
+                owner.Record();
+                TryExecuteTask(task);
+            }
+
+            protected override bool TryExecuteTaskInline(Task task, bool taskWasPreviouslyQueued) => false;
+
+            protected override IEnumerable<Task> GetScheduledTasks() => [];
+        }
+    }
+
+    /// <summary>Forwards posts to <paramref name="inner"/> and records the state of each.</summary>
+    private sealed class StateRecordingContext(SynchronizationContext inner, List<object?> states) : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            states.Add(state);
+            inner.Post(d, state);
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+    }
 }
