@@ -374,11 +374,10 @@ public sealed class StrykerSurvivorTests
     [Fact]
     public void A_registration_that_finds_a_producer_between_its_claim_and_its_publish_waits_and_then_dispatches_itself()
     {
-        const int StatusReserved = 1 << 16, StatusCompleted = 2 << 16;
         var waker = new QueuedOnlyWaker();
         short token = waker.Core.Version;
         int pending = Volatile.Read(ref StateOf(ref waker.Core));
-        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusReserved);
+        Volatile.Write(ref StateOf(ref waker.Core), pending | WakerCore<int>.StatusReserved);
 
         int runs = 0;
         using var entering = new ManualResetEventSlim();
@@ -390,9 +389,9 @@ public sealed class StrykerSurvivorTests
         entering.Wait(Guard).Should().BeTrue();
         // Not needed for the test to pass: the pause only gives the registration time to read the Reserved state.
         registration.Wait(TimeSpan.FromMilliseconds(100)).Should().BeFalse("the registration waits while a producer holds the claim");
-        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | StatusReserved, "the registration claims nothing while a producer holds the claim");
+        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | WakerCore<int>.StatusReserved, "the registration claims nothing while a producer holds the claim");
 
-        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusCompleted); // the producer's publish
+        Volatile.Write(ref StateOf(ref waker.Core), pending | WakerCore<int>.StatusCompleted); // the producer's publish
         registration.Wait(Guard).Should().BeTrue("the registration goes on once the outcome is published");
         waker.Queued.Wait(Guard).Should().BeTrue("the registration dispatched the continuation: the producer saw none");
         waker.Core.InvokeContinuation();
@@ -410,11 +409,10 @@ public sealed class StrykerSurvivorTests
     [Fact]
     public async Task A_registration_that_waited_for_a_producer_and_finds_the_outcome_consumed_loses_and_still_runs_its_continuation()
     {
-        const int StatusReserved = 1 << 16, StatusConsumed = 3 << 16;
         var waker = new QueuedOnlyWaker();
         short token = waker.Core.Version;
         int pending = Volatile.Read(ref StateOf(ref waker.Core));
-        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusReserved);
+        Volatile.Write(ref StateOf(ref waker.Core), pending | WakerCore<int>.StatusReserved);
 
         var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var entering = new ManualResetEventSlim();
@@ -427,10 +425,10 @@ public sealed class StrykerSurvivorTests
         // Not needed for the test to pass: the pause only gives the registration time to read the Reserved state.
         registration.Wait(TimeSpan.FromMilliseconds(100)).Should().BeFalse("the registration waits while a producer holds the claim");
 
-        Volatile.Write(ref StateOf(ref waker.Core), pending | StatusConsumed); // published, then consumed by a direct read
+        Volatile.Write(ref StateOf(ref waker.Core), pending | WakerCore<int>.StatusConsumed); // published, then consumed by a direct read
         registration.Wait(Guard).Should().BeTrue();
         await ran.Task.WaitAsync(Guard);
-        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | StatusConsumed, "the losing registration touched nothing of the core");
+        Volatile.Read(ref StateOf(ref waker.Core)).Should().Be(pending | WakerCore<int>.StatusConsumed, "the losing registration touched nothing of the core");
         waker.Queued.IsSet.Should().BeFalse("the core never dispatched the lost registration");
     }
 

@@ -53,13 +53,14 @@ public partial struct WakerCore<TResult>
     // state while it is (Completed, registered, not taken), so taking it is a plain release write too.
     // Version and status in one word is what makes the version-checked TrySet* immune to ABA: a stale
     // producer's CAS expects (its version, Pending) and can never match the next operation's state.
+    // The three statuses are internal for tests that stand in for a producer between its claim and its publish.
     private const int VersionMask = 0xFFFF;
     private const int StatusShift = 16;
     private const int StatusMask = 3 << StatusShift;
     private const int StatusPending = 0;
-    private const int StatusReserved = 1 << StatusShift;
-    private const int StatusCompleted = 2 << StatusShift;
-    private const int StatusConsumed = 3 << StatusShift;
+    internal const int StatusReserved = 1 << StatusShift;
+    internal const int StatusCompleted = 2 << StatusShift;
+    internal const int StatusConsumed = 3 << StatusShift;
     private const int ContinuationFlag = 1 << 18;
     private const int RegisteringFlag = 1 << 19;
     private const int TakenFlag = 1 << 20;
