@@ -1,0 +1,344 @@
+using System.Buffers;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using Scheduler.IO;
+
+namespace Scheduler.Tests.IO;
+
+/// <summary>
+/// Tests written from a Stryker.NET run over Scheduler/IO: each one checks a behaviour that a surviving mutant (named in
+/// its comment) showed no test checked, and passes on the unmutated code. The run mutated
+/// <c>Scheduler/IO/ReactorOperation.cs</c>, the state machine every socket operation goes through.
+/// </summary>
+public sealed class StrykerSurvivorTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
+
+    // Kills: ReactorOperation.cs Run, `if (Socket.IsDisposed) { TryFinishFromPending(...) }` removed (or its condition
+    // made false) — a Dispose that came while the caller's own first attempt was under way found the operation Busy
+    // (not Pending) and could not fail it; only the caller's check after publishing Pending does, and nothing checked it.
+    [Fact]
+    public async Task A_socket_disposed_during_the_callers_first_attempt_fails_the_receive_that_parks_after_it()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        using var memory = new GatedMemory(16);
+
+        // The caller's attempt reads the buffer's span before its recv: the gate holds the caller there (Busy). Armed
+        // after taking the Memory, whose creation reads the span too.
+        Memory<byte> buffer = memory.Memory;
+        memory.Arm();
+        Task<int> receive = Task.Run(() => ours.ReceiveAsync(buffer).AsTask());
+        memory.Entered.Wait(Bound).Should().BeTrue("the receive's first attempt reads its buffer's span");
+
+        // Disposed while the caller owns the operation: Dispose cannot finish it. The attempt still holds its reference to
+        // the fd, so its recv says EAGAIN and the receive parks, on a socket that will never report another edge.
+        ours.Dispose();
+        memory.Release();
+
+        Func<Task> awaiting = () => receive.WaitAsync(Bound);
+        await awaiting.Should().ThrowAsync<ObjectDisposedException>("the caller must see the disposal it raced and fail the receive it parked");
+    }
+
+    // Kills: ReactorOperation.cs Run, `else if (cancellationToken.IsCancellationRequested) { TryFinishFromPending(...) }`
+    // removed (or its condition made false) — a token cancelled during the caller's first attempt runs its callback
+    // synchronously inside the registration, before Pending is published, so the callback's CAS fails; only this check
+    // ends the receive, and nothing checked it.
+    [Fact]
+    public async Task A_token_cancelled_during_the_callers_first_attempt_cancels_the_receive_that_parks_after_it()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        using var memory = new GatedMemory(16);
+        using var cts = new CancellationTokenSource();
+
+        // Not cancelled when the receive starts (that would refuse it before any attempt), cancelled during its attempt.
+        Memory<byte> gated = memory.Memory;
+        memory.Arm();
+        Task<int> receive = Task.Run(() => ours.ReceiveAsync(gated, cts.Token).AsTask());
+        memory.Entered.Wait(Bound).Should().BeTrue("the receive's first attempt reads its buffer's span");
+        await cts.CancelAsync();
+        memory.Release();
+
+        Func<Task> awaiting = () => receive.WaitAsync(Bound);
+        (await awaiting.Should().ThrowAsync<OperationCanceledException>("no byte comes, and the token was cancelled"))
+            .Which.CancellationToken.Should().Be(cts.Token);
+
+        // The socket stays usable: the operation was released, and the next receive gets the next byte.
+        await peer.SendAsync(new byte[] { 9 });
+        var buffer = new byte[4];
+        (await ours.ReceiveAsync(buffer).AsTask().WaitAsync(Bound)).Should().Be(1);
+        buffer[0].Should().Be(9);
+    }
+
+    // Kills: ReactorOperation.cs Attempt, `LastAttemptDrained = false;` removed — an attempt that ends in an exception (the
+    // caller's buffer threw) left the previous attempt's drain proof standing and recorded it for the current sequence,
+    // so the next receive skipped its recv and parked on bytes already queued, waiting for an edge that had come already.
+    [Fact]
+    public async Task An_attempt_that_throws_proves_nothing_drained_and_the_next_receive_reads_the_queued_bytes()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        var buffer = new byte[16];
+
+        // A short read: it proves the socket drained at the sequence it read.
+        await SendAndAwaitEdge(ours, peer, 1);
+        ValueTask<int> first = ours.ReceiveAsync(buffer);
+        first.IsCompleted.Should().BeTrue("the byte was queued before the receive");
+        (await first).Should().Be(1);
+
+        // A new byte and its edge: the proof is stale, so the next receive attempts; its buffer throws.
+        await SendAndAwaitEdge(ours, peer, 2);
+        int skipped = ours.ReceiveAttemptsSkipped;
+        using var throwing = new ThrowingMemory();
+        Memory<byte> unreadable = throwing.Memory;
+        throwing.Arm();
+        Func<Task> failing = () => ours.ReceiveAsync(unreadable).AsTask().WaitAsync(Bound);
+        await failing.Should().ThrowAsync<InvalidOperationException>().WithMessage(ThrowingMemory.Message);
+
+        // That attempt proved nothing: the byte is still queued, and no edge will come for it again.
+        ValueTask<int> next = ours.ReceiveAsync(buffer);
+        next.IsCompleted.Should().BeTrue("the byte is queued: the receive must try its recv, not wait for an edge");
+        (await next).Should().Be(1);
+        buffer[0].Should().Be(2);
+        ours.ReceiveAttemptsSkipped.Should().Be(skipped);
+    }
+
+    // Kills: ReactorOperation.cs Release, `ClearParameters();` removed — a finished operation kept its caller's buffer
+    // (the socket's reusable operation pinned it from the heap until the next call of that direction), which the
+    // operation's contract rules out ("a finished operation pins nothing") and nothing checked.
+    [Fact]
+    public async Task A_finished_receive_or_send_keeps_no_reference_to_the_callers_buffer()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        await SendAndAwaitEdge(ours, peer, 3);
+
+        WeakReference received = ReceiveIntoAFreshBuffer(ours);
+        WeakReference sent = SendFromAFreshBuffer(ours);
+        CollectGarbage();
+
+        received.IsAlive.Should().BeFalse("the receive finished: its operation must have dropped the caller's buffer");
+        sent.IsAlive.Should().BeFalse("the send finished: its operation must have dropped the caller's buffer");
+        GC.KeepAlive(ours);
+    }
+
+    // Kills: ReactorOperation.cs Release, `_cancellationToken = default;` removed, and GetResult, `_registration = default;`
+    // removed — either way the socket's reusable operation kept a finished receive's token (its source, reachable
+    // through the token or through the disposed registration's node) alive until a later receive with a token replaced
+    // it: a per-request CancellationTokenSource, and whatever its callbacks hold, leaked with every idle socket.
+    [Fact]
+    public async Task A_finished_parked_receive_keeps_no_reference_to_its_cancellation_source()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        var buffer = new byte[16];
+
+        (WeakReference source, Task<int> receive) = StartReceiveWithItsOwnToken(ours, buffer);
+        receive.IsCompleted.Should().BeFalse("nothing was sent yet, so the receive parks with its token registered");
+        await peer.SendAsync(new byte[] { 4 });
+        (await receive.WaitAsync(Bound)).Should().Be(1);
+        buffer[0].Should().Be(4);
+
+        // A later receive without a token completes synchronously: it must not be what drops the source either.
+        await SendAndAwaitEdge(ours, peer, 5);
+        (await ours.ReceiveAsync(buffer)).Should().Be(1);
+        CollectGarbage();
+
+        source.IsAlive.Should().BeFalse("the receive finished: its operation must have dropped its token and registration");
+        GC.KeepAlive(ours);
+    }
+
+    // Kills: ReactorOperation.cs Run, `_registration.Dispose();` removed where the caller takes the operation back after
+    // an edge (`Interlocked.CompareExchange(ref _state, Busy, Pending) == Pending`) — the registration it made before
+    // publishing Pending was overwritten by the retry's own and never disposed, so the send's token, firing after the
+    // send had finished, still cancelled whatever operation the socket's send side ran then. The edge has to come
+    // during the caller's own attempt: the gate in the buffer holds the caller between two send() calls for that.
+    [Fact]
+    public async Task A_send_that_took_its_operation_back_after_an_edge_leaves_no_registration_to_cancel_the_next_send()
+    {
+        // Far more than the kernel buffers of both ends can take: the first send() takes what fits, the next says EAGAIN.
+        const int Length = 16 << 20;
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10;
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        using var memory = new GatedMemory(Length);
+        using var first = new CancellationTokenSource();
+        var chunk = new byte[256 << 10];
+
+        // The caller's attempt reads the span before each send(): the second read holds it with the buffers full.
+        ReadOnlyMemory<byte> gated = memory.Memory;
+        memory.Arm(calls: 2);
+        Task<int> send = Task.Run(() => ours.SendAsync(gated, first.Token).AsTask());
+        memory.Entered.Wait(Bound).Should().BeTrue("the first send() takes only what fits, so the attempt sends again");
+
+        // The peer reads until the socket reports room (an edge, while the caller still owns the operation).
+        int sequence = ours.ReadSequence(isWrite: true);
+        int received = 0;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (ours.ReadSequence(isWrite: true) == sequence)
+        {
+            waited.Elapsed.Should().BeLessThan(Bound, "reading makes room, which the reactor reports");
+            received += await peer.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(Bound);
+        }
+
+        // The attempt fills the room and says EAGAIN; the caller registers the token, publishes Pending, sees the edge it
+        // missed and takes the operation back to retry. The send then completes as the peer reads the rest.
+        memory.Release();
+        await ReceiveCount(peer, chunk, Length - received);
+        (await send.WaitAsync(Bound)).Should().Be(Length);
+
+        // The next send has no token and parks; the first send's token fires meanwhile.
+        Task<int> next = ours.SendAsync(new byte[Length]).AsTask();
+        next.IsCompleted.Should().BeFalse("the peer does not read, so the send must wait for room");
+        await first.CancelAsync();
+
+        await ReceiveCount(peer, chunk, Length);
+        Exception? failure = await Record.ExceptionAsync(() => next.WaitAsync(Bound));
+        failure.Should().BeNull("the next send had no token: the first send's token must not reach it");
+        (await next).Should().Be(Length);
+    }
+
+    /// <summary>Reads exactly <paramref name="count"/> bytes on <paramref name="peer"/>, each receive bounded.</summary>
+    private static async Task ReceiveCount(Socket peer, byte[] chunk, int count)
+    {
+        while (count > 0)
+        {
+            int n = await peer.ReceiveAsync(chunk.AsMemory(0, Math.Min(count, chunk.Length))).AsTask().WaitAsync(Bound);
+            n.Should().BePositive("the peer sends until it has sent everything");
+            count -= n;
+        }
+    }
+
+    /// <summary>Sends one byte from the peer and waits until the reactor has reported its edge (bumped the read sequence).</summary>
+    private static async Task SendAndAwaitEdge(ReactorSocket ours, Socket peer, byte value)
+    {
+        int before = ours.ReadSequence(isWrite: false);
+        (await peer.SendAsync(new[] { value })).Should().Be(1);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (ours.ReadSequence(isWrite: false) == before)
+        {
+            waited.Elapsed.Should().BeLessThan(Bound, "the reactor reports every byte that arrives on a drained socket");
+            await Task.Delay(1);
+        }
+    }
+
+    // Synchronous on purpose (an async helper would keep its locals in a state machine): each ValueTask's result is read
+    // only after checking that it completed.
+#pragma warning disable CA2012
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference ReceiveIntoAFreshBuffer(ReactorSocket ours)
+    {
+        var buffer = new byte[16];
+        ValueTask<int> receive = ours.ReceiveAsync(buffer);
+        receive.IsCompleted.Should().BeTrue("the byte was queued before the receive");
+        receive.Result.Should().Be(1);
+        return new WeakReference(buffer);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference SendFromAFreshBuffer(ReactorSocket ours)
+    {
+        var buffer = new byte[16];
+        ValueTask<int> send = ours.SendAsync(buffer);
+        send.IsCompleted.Should().BeTrue("16 bytes fit an idle socket's send buffer");
+        send.Result.Should().Be(16);
+        return new WeakReference(buffer);
+    }
+#pragma warning restore CA2012
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static (WeakReference Source, Task<int> Receive) StartReceiveWithItsOwnToken(ReactorSocket ours, byte[] buffer)
+    {
+        var cts = new CancellationTokenSource();
+        return (new WeakReference(cts), ours.ReceiveAsync(buffer, cts.Token).AsTask());
+    }
+
+    private static void CollectGarbage()
+    {
+        for (int i = 0; i < 3; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+    }
+
+    /// <summary>
+    /// Memory whose <see cref="GetSpan"/>, once armed, signals <see cref="Entered"/> and blocks until
+    /// <see cref="Release"/>: the attempt that reads its span (before its system call) is held at that point.
+    /// </summary>
+    private sealed class GatedMemory(int length) : MemoryManager<byte>
+    {
+        private readonly byte[] _array = new byte[length];
+        private readonly ManualResetEventSlim _release = new();
+        private int _callsUntilGate;
+
+        public ManualResetEventSlim Entered { get; } = new();
+
+        /// <summary>The <paramref name="calls"/>-th read of the span from now on is held at the gate.</summary>
+        public void Arm(int calls = 1) => Volatile.Write(ref _callsUntilGate, calls);
+
+        public void Release() => _release.Set();
+
+        public override Span<byte> GetSpan()
+        {
+            if (Volatile.Read(ref _callsUntilGate) > 0 && Interlocked.Decrement(ref _callsUntilGate) == 0)
+            {
+                Entered.Set();
+                _release.Wait(Bound);
+            }
+
+            return _array;
+        }
+
+        public override MemoryHandle Pin(int elementIndex = 0) => throw new NotSupportedException();
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            _release.Set();
+            _release.Dispose();
+            Entered.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Memory whose span, once armed, cannot be read: an attempt into it fails with an unexpected exception. (Armed after
+    /// taking <see cref="MemoryManager{T}.Memory"/>, which reads the span for its length.)
+    /// </summary>
+    private sealed class ThrowingMemory : MemoryManager<byte>
+    {
+        public const string Message = "This buffer's span cannot be read.";
+        private readonly byte[] _array = new byte[16];
+        private volatile bool _armed;
+
+        public void Arm() => _armed = true;
+
+        public override Span<byte> GetSpan() => _armed ? throw new InvalidOperationException(Message) : _array;
+
+        public override MemoryHandle Pin(int elementIndex = 0) => throw new NotSupportedException();
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+        }
+    }
+}
