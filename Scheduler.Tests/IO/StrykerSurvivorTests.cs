@@ -75,6 +75,39 @@ public sealed class StrykerSurvivorTests
         buffer[0].Should().Be(9);
     }
 
+    // Kills: ReactorOperation.cs Run, the first `if (cancellationToken.IsCancellationRequested) { Release(); return
+    // ValueTask.FromCanceled(...); }` removed — an already-cancelled token was only checked after an attempt that said
+    // EAGAIN (the existing test cancels with nothing queued), so with bytes queued a cancelled receive consumed them and a
+    // cancelled send sent its buffer, though the contract says a cancelled receive consumes nothing.
+    [Fact]
+    public async Task A_receive_or_send_with_an_already_cancelled_token_moves_no_byte_even_when_it_could()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        var buffer = new byte[16];
+
+        // A byte is queued: the receive could complete at once, but its token was cancelled before it started.
+        await SendAndAwaitEdge(ours, peer, 6);
+        Func<Task> receive = () => ours.ReceiveAsync(buffer, cts.Token).AsTask().WaitAsync(Bound);
+        (await receive.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+
+        // The socket's buffers have room: the send could complete at once, but its token was cancelled before it started.
+        Func<Task> send = () => ours.SendAsync(new byte[] { 99 }, cts.Token).AsTask().WaitAsync(Bound);
+        (await send.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+
+        // Nothing moved, and both directions are free: the queued byte is still there, and the peer's first byte is the next send's.
+        (await ours.ReceiveAsync(buffer).AsTask().WaitAsync(Bound)).Should().Be(1);
+        buffer[0].Should().Be(6);
+        (await ours.SendAsync(new byte[] { 7 }).AsTask().WaitAsync(Bound)).Should().Be(1);
+        var one = new byte[1];
+        await IoTestContext.ReceiveExactlyAsync(peer, one).WaitAsync(Bound);
+        one[0].Should().Be(7);
+    }
+
     // Kills: ReactorOperation.cs Attempt, `LastAttemptDrained = false;` removed — an attempt that ends in an exception (the
     // caller's buffer threw) left the previous attempt's drain proof standing and recorded it for the current sequence,
     // so the next receive skipped its recv and parked on bytes already queued, waiting for an edge that had come already.
