@@ -210,22 +210,7 @@ public sealed class StrykerSurvivorTests
         using var memory = new GatedMemory(Length);
         using var first = new CancellationTokenSource();
         var chunk = new byte[256 << 10];
-
-        // The caller's attempt reads the span before each send(): the second read holds it with the buffers full.
-        ReadOnlyMemory<byte> gated = memory.Memory;
-        memory.Arm(calls: 2);
-        Task<int> send = Task.Run(() => ours.SendAsync(gated, first.Token).AsTask());
-        memory.Entered.Wait(Bound).Should().BeTrue("the first send() takes only what fits, so the attempt sends again");
-
-        // The peer reads until the socket reports room (an edge, while the caller still owns the operation).
-        int sequence = ours.ReadSequence(isWrite: true);
-        int received = 0;
-        var waited = System.Diagnostics.Stopwatch.StartNew();
-        while (ours.ReadSequence(isWrite: true) == sequence)
-        {
-            waited.Elapsed.Should().BeLessThan(Bound, "reading makes room, which the reactor reports");
-            received += await peer.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(Bound);
-        }
+        (Task<int> send, int received) = await StartSendHeldAcrossAnEdge(ours, peer, memory, chunk, first);
 
         // The attempt fills the room and says EAGAIN; the caller registers the token, publishes Pending, sees the edge it
         // missed and takes the operation back to retry. The send then completes as the peer reads the rest.
@@ -242,6 +227,104 @@ public sealed class StrykerSurvivorTests
         Exception? failure = await Record.ExceptionAsync(() => next.WaitAsync(Bound));
         failure.Should().BeNull("the next send had no token: the first send's token must not reach it");
         (await next).Should().Be(Length);
+    }
+
+    // Kills: ReactorOperation.cs Run, `Release();` removed where the caller, having taken the operation back after an edge,
+    // finds its token cancelled — the send failed with OperationCanceledException but left the send side claimed, so
+    // every later send on the socket was refused. (The same set-up also kills `!= Pending` for `== Pending` in that
+    // CompareExchange and the negated `cancellationToken.IsCancellationRequested` there: see the test above.)
+    [Fact]
+    public async Task A_send_cancelled_when_its_caller_takes_it_back_after_an_edge_frees_the_send_side()
+    {
+        const int Length = 16 << 20;
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 64 << 10;
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        using var memory = new GatedMemory(Length);
+        using var cts = new CancellationTokenSource();
+        var chunk = new byte[256 << 10];
+        (Task<int> send, _) = await StartSendHeldAcrossAnEdge(ours, peer, memory, chunk, cts);
+
+        // Cancelled while the caller owns the operation: its registration's callback runs inside the registration and
+        // cannot finish it; the caller, taking the operation back for the edge it missed, sees the token instead.
+        await cts.CancelAsync();
+        memory.Release();
+        Func<Task> awaiting = () => send.WaitAsync(Bound);
+        (await awaiting.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
+
+        // The send side is free: the next send is accepted and completes once the peer reads what the cancelled one sent.
+        Task<int> next = ours.SendAsync(new byte[] { 42 }).AsTask();
+        Task<int>? receive = null;
+        while (!next.IsCompleted)
+        {
+            receive ??= peer.ReceiveAsync(chunk.AsMemory()).AsTask();
+            if (await Task.WhenAny(next, receive).WaitAsync(Bound) == receive)
+            {
+                (await receive).Should().BePositive();
+                receive = null;
+            }
+        }
+
+        (await next).Should().Be(1);
+
+        // Our end of stream ends the peer's reads (one may still wait: the send completes as the kernel takes the byte).
+        ours.Shutdown(SocketShutdown.Send);
+        while (await (receive ?? peer.ReceiveAsync(chunk.AsMemory()).AsTask()).WaitAsync(Bound) > 0)
+        {
+            receive = null;
+        }
+    }
+
+    // Kills: ReactorOperation.cs GetResult, the message of "The operation has not completed yet; await the ValueTask ..."
+    // mutated to "" — reading a parked operation's result directly (a common misuse of ValueTask) must say what to do.
+    [Fact]
+    public async Task Reading_the_result_of_a_parked_receive_says_to_await_it_and_the_receive_still_completes()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        var buffer = new byte[16];
+
+        // Misused on purpose: the result of a ValueTask that has not completed.
+#pragma warning disable CA2012
+        ValueTask<int> pending = ours.ReceiveAsync(buffer);
+        pending.IsCompleted.Should().BeFalse("nothing was sent yet");
+        Action read = () => _ = pending.Result;
+#pragma warning restore CA2012
+        read.Should().Throw<InvalidOperationException>().WithMessage("*not completed yet*await the ValueTask*");
+
+        await peer.SendAsync(new byte[] { 8 });
+        (await pending.AsTask().WaitAsync(Bound)).Should().Be(1);
+        buffer[0].Should().Be(8);
+    }
+
+    /// <summary>
+    /// Starts a send of all of <paramref name="memory"/> (with <paramref name="sendCancellation"/>'s token) on another thread and holds the caller's attempt (at its second
+    /// read of the span, between two send() calls, the first of which filled the buffers) while the peer reads until the
+    /// reactor reports room: an edge that comes while the caller still owns the operation. Returns the send and what the
+    /// peer read; the caller releases the gate.
+    /// </summary>
+    private static async Task<(Task<int> Send, int Received)> StartSendHeldAcrossAnEdge(
+        ReactorSocket ours, Socket peer, GatedMemory memory, byte[] chunk, CancellationTokenSource sendCancellation)
+    {
+        ReadOnlyMemory<byte> gated = memory.Memory;
+        memory.Arm(calls: 2);
+        Task<int> send = Task.Run(() => ours.SendAsync(gated, sendCancellation.Token).AsTask());
+        memory.Entered.Wait(Bound).Should().BeTrue("the first send() takes only what fits, so the attempt sends again");
+
+        int sequence = ours.ReadSequence(isWrite: true);
+        int received = 0;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (ours.ReadSequence(isWrite: true) == sequence)
+        {
+            waited.Elapsed.Should().BeLessThan(Bound, "reading makes room, which the reactor reports");
+            received += await peer.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(Bound);
+        }
+
+        return (send, received);
     }
 
     /// <summary>Reads exactly <paramref name="count"/> bytes on <paramref name="peer"/>, each receive bounded.</summary>
