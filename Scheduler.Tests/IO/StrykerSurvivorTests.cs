@@ -111,6 +111,8 @@ public sealed class StrykerSurvivorTests
     // Kills: ReactorOperation.cs Attempt, `LastAttemptDrained = false;` removed — an attempt that ends in an exception (the
     // caller's buffer threw) left the previous attempt's drain proof standing and recorded it for the current sequence,
     // so the next receive skipped its recv and parked on bytes already queued, waiting for an edge that had come already.
+    // Also kills: TryExecuteGuarded, `return true` -> `false` in the catch — the exception was dropped and the receive
+    // parked instead of failing with it.
     [Fact]
     public async Task An_attempt_that_throws_proves_nothing_drained_and_the_next_receive_reads_the_queued_bytes()
     {
@@ -197,6 +199,9 @@ public sealed class StrykerSurvivorTests
     // publishing Pending was overwritten by the retry's own and never disposed, so the send's token, firing after the
     // send had finished, still cancelled whatever operation the socket's send side ran then. The edge has to come
     // during the caller's own attempt: the gate in the buffer holds the caller between two send() calls for that.
+    // Also kills, on the same path: `== Pending` -> `!= Pending` in that CompareExchange (the caller left the operation
+    // Busy and returned a ValueTask nobody would complete) and `cancellationToken.IsCancellationRequested` negated (an
+    // uncancelled send came back cancelled).
     [Fact]
     public async Task A_send_that_took_its_operation_back_after_an_edge_leaves_no_registration_to_cancel_the_next_send()
     {
@@ -231,8 +236,7 @@ public sealed class StrykerSurvivorTests
 
     // Kills: ReactorOperation.cs Run, `Release();` removed where the caller, having taken the operation back after an edge,
     // finds its token cancelled — the send failed with OperationCanceledException but left the send side claimed, so
-    // every later send on the socket was refused. (The same set-up also kills `!= Pending` for `== Pending` in that
-    // CompareExchange and the negated `cancellationToken.IsCancellationRequested` there: see the test above.)
+    // every later send on the socket was refused.
     [Fact]
     public async Task A_send_cancelled_when_its_caller_takes_it_back_after_an_edge_frees_the_send_side()
     {
