@@ -303,14 +303,15 @@ public sealed class StrykerSurvivorTests
     // compare-and-swap — every cancellable delay allocated a fresh 64-entry side array (536 bytes) that the CAS then
     // discarded, breaking the allocation-free steady state.
     [Fact]
-    public void A_cancellable_delay_allocates_nothing_in_steady_state()
+    public void A_cancellable_delay_allocates_no_more_than_a_plain_one_in_steady_state()
     {
         var clock = new ManualClock();
         using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
         using var cts = new CancellationTokenSource();
 
-        // Measured against the same loop without a token, so that whatever the driverless wheel's own pass costs
-        // cancels out: what is left is the token's share (the registration node is reused by the source).
+        // Measured against the same loop without a token, so that what the driverless wheel's test pass costs (RunDueTimers
+        // makes a new batch each call; the driver thread reuses its own, and TimerResourceTests bounds that path) cancels
+        // out: what is left is the token's share (the registration node is reused by the source).
         long plain = BytesPerDelay(CancellationToken.None);
         long cancellable = BytesPerDelay(cts.Token);
         (cancellable - plain).Should().BeLessThan(128, $"a reused slot reuses its side state (plain {plain} B, cancellable {cancellable} B per delay)");
