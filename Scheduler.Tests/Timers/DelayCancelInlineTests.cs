@@ -2,6 +2,8 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using Scheduler.Timers;
 
+using static Scheduler.Tests.Timers.DelayTestHooks;
+
 namespace Scheduler.Tests.Timers;
 
 /// <summary>
@@ -96,21 +98,6 @@ public sealed class DelayCancelInlineTests
         (await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(10)))).Should().BeSameAs(all, "no reused slot was marked by an earlier use's cancellation");
         await all;
         wheel.PendingCount.Should().Be(0);
-    }
-
-    /// <summary>Registers <paramref name="continuation"/> under a context that runs it inline on the completing thread.</summary>
-    private static void OnCompletedInline(ValueTask delay, Action continuation)
-    {
-        SynchronizationContext? previous = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(new InlineSynchronizationContext());
-        try
-        {
-            delay.GetAwaiter().OnCompleted(continuation);
-        }
-        finally
-        {
-            SynchronizationContext.SetSynchronizationContext(previous);
-        }
     }
 
     private static Exception? Outcome(ValueTask delay) => Record.Exception(() => delay.GetAwaiter().GetResult());

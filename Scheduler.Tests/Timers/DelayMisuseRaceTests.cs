@@ -1,6 +1,7 @@
 using System.Diagnostics;
-using System.Runtime.CompilerServices;
 using Scheduler.Timers;
+
+using static Scheduler.Tests.Timers.DelayTestHooks;
 
 namespace Scheduler.Tests.Timers;
 
@@ -329,15 +330,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
             return 2;
         }
     }
-
-    private static bool DelaySlotHoldsContinuation(ValueTask delay) =>
-        ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
-
-    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_obj")]
-    private static extern ref object? ValueTaskSource(ref ValueTask task);
-
-    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_token")]
-    private static extern ref short ValueTaskToken(ref ValueTask task);
 
     /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
     /// <summary>The (winning) await's continuation ran exactly once, and reading the delay observes its cancellation.</summary>

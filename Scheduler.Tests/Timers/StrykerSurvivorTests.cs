@@ -6,6 +6,8 @@ using Scheduler.Timers;
 // The DelayChunk tests hold ValueTasks on purpose (pending delays, reads after the await, stale copies).
 #pragma warning disable CA2012
 
+using static Scheduler.Tests.Timers.DelayTestHooks;
+
 namespace Scheduler.Tests.Timers;
 
 /// <summary>
@@ -575,20 +577,6 @@ public sealed class StrykerSurvivorTests
         wheel.Dispose();
     }
 
-    private static void OnCompletedInline(ValueTask delay, Action continuation)
-    {
-        SynchronizationContext? previous = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(new InlineSynchronizationContext());
-        try
-        {
-            delay.GetAwaiter().OnCompleted(continuation);
-        }
-        finally
-        {
-            SynchronizationContext.SetSynchronizationContext(previous);
-        }
-    }
-
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static WeakReference RunCancellableDelayToCompletion(TimerWheel wheel, ManualClock clock)
     {
@@ -599,15 +587,6 @@ public sealed class StrykerSurvivorTests
         delay.GetAwaiter().GetResult();
         return new WeakReference(cts);
     }
-
-    private static bool DelaySlotHoldsContinuation(ValueTask delay) =>
-        ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
-
-    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_obj")]
-    private static extern ref object? ValueTaskSource(ref ValueTask task);
-
-    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_token")]
-    private static extern ref short ValueTaskToken(ref ValueTask task);
 
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_delays")]
     private static extern ref DelaySlab WheelDelays(TimerWheel wheel);

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Runtime.ExceptionServices;
 using Scheduler.Timers;
 
@@ -191,4 +192,33 @@ internal sealed class HookClock : TimerClock
     }
 
     public void Advance(TimeSpan by) => _inner.Advance(by);
+}
+
+/// <summary>Reach into a <c>DelayAsync</c> <see cref="ValueTask"/>: its slab chunk, its token, and its slot's continuation.</summary>
+internal static class DelayTestHooks
+{
+    /// <summary>Whether the slot behind <paramref name="delay"/> still holds a continuation (a consumed use must not).</summary>
+    public static bool DelaySlotHoldsContinuation(ValueTask delay) =>
+        ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
+
+    /// <summary>Registers <paramref name="continuation"/> under a context that runs it inline on the completing thread.</summary>
+    public static void OnCompletedInline(ValueTask delay, Action continuation)
+    {
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(new InlineSynchronizationContext());
+        try
+        {
+            delay.GetAwaiter().OnCompleted(continuation);
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+    }
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_obj")]
+    public static extern ref object? ValueTaskSource(ref ValueTask task);
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_token")]
+    public static extern ref short ValueTaskToken(ref ValueTask task);
 }
