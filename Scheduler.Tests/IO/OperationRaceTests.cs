@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Tests.Scheduling;
@@ -263,46 +262,5 @@ public sealed class OperationRaceTests
     {
         public override void Post(SendOrPostCallback d, object? state) =>
             throw new InvalidOperationException("The context's loop has ended.");
-    }
-
-    /// <summary>
-    /// Memory whose <see cref="GetSpan"/>, once armed, signals <see cref="Entered"/> and blocks until
-    /// <see cref="Release"/>: the operation that reads its span is held at that point.
-    /// </summary>
-    private sealed class GatedMemory(int length) : MemoryManager<byte>
-    {
-        private readonly byte[] _array = new byte[length];
-        private readonly ManualResetEventSlim _release = new();
-        private int _armed;
-
-        public ManualResetEventSlim Entered { get; } = new();
-
-        public void Arm() => Volatile.Write(ref _armed, 1);
-
-        public void Release() => _release.Set();
-
-        public override Span<byte> GetSpan()
-        {
-            if (Interlocked.Exchange(ref _armed, 0) == 1)
-            {
-                Entered.Set();
-                _release.Wait(Bound);
-            }
-
-            return _array;
-        }
-
-        public override MemoryHandle Pin(int elementIndex = 0) => throw new NotSupportedException();
-
-        public override void Unpin()
-        {
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-            _release.Set();
-            _release.Dispose();
-            Entered.Dispose();
-        }
     }
 }
