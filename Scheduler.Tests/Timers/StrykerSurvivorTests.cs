@@ -463,12 +463,12 @@ public sealed class StrykerSurvivorTests
         SynchronizationContext? firstIn = null, secondIn = null;
         using var firstRan = new ManualResetEventSlim();
         using var secondRan = new ManualResetEventSlim();
-        RegisterUnder(shared, first, () =>
+        OnCompletedUnder(shared, first, () =>
         {
             firstIn = SynchronizationContext.Current;
             firstRan.Set();
         });
-        RegisterUnder(other, second, () =>
+        OnCompletedUnder(other, second, () =>
         {
             secondIn = SynchronizationContext.Current;
             secondRan.Set();
@@ -487,20 +487,6 @@ public sealed class StrykerSurvivorTests
         second.GetAwaiter().GetResult();
         DelaySlotHoldsContinuation(first).Should().BeFalse();
         DelaySlotHoldsContinuation(second).Should().BeFalse("the consumed slot no longer references its context");
-
-        static void RegisterUnder(SynchronizationContext context, ValueTask delay, Action continuation)
-        {
-            SynchronizationContext? previous = SynchronizationContext.Current;
-            SynchronizationContext.SetSynchronizationContext(context);
-            try
-            {
-                delay.GetAwaiter().OnCompleted(continuation);
-            }
-            finally
-            {
-                SynchronizationContext.SetSynchronizationContext(previous);
-            }
-        }
     }
 
     // Kills: DelayChunk.cs constructor, `_slots[index].Prev = DelayWheel.NotLinked` removed — a fresh slot read as

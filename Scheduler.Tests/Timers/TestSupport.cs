@@ -202,10 +202,14 @@ internal static class DelayTestHooks
         ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
 
     /// <summary>Registers <paramref name="continuation"/> under a context that runs it inline on the completing thread.</summary>
-    public static void OnCompletedInline(ValueTask delay, Action continuation)
+    public static void OnCompletedInline(ValueTask delay, Action continuation) =>
+        OnCompletedUnder(new InlineSynchronizationContext(), delay, continuation);
+
+    /// <summary>Registers <paramref name="continuation"/> (an <c>await</c>'s registration) with <paramref name="context"/> current.</summary>
+    public static void OnCompletedUnder(SynchronizationContext context, ValueTask delay, Action continuation)
     {
         SynchronizationContext? previous = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(new InlineSynchronizationContext());
+        SynchronizationContext.SetSynchronizationContext(context);
         try
         {
             delay.GetAwaiter().OnCompleted(continuation);
