@@ -80,7 +80,10 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
     [Fact]
     public async Task A_second_await_of_a_pending_delay_in_an_async_method_faults_that_method_and_the_first_resumes()
     {
-        using var wheel = new TimerWheel();
+        // A manual clock and no driver thread: the delay cannot complete before both awaits (with a real 100-ms delay, a
+        // test thread held off its core that long let the second await find it completed and consume it).
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
 #pragma warning disable CA2012 // the misuse under test: one ValueTask awaited twice
         ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(100));
         Task first = AwaitIt(delay);
@@ -90,6 +93,8 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         Func<Task> secondAwait = () => second.WaitAsync(TimeSpan.FromSeconds(10));
         await secondAwait.Should().ThrowAsync<InvalidOperationException>("the second await fails in its own method");
         first.IsCompleted.Should().BeFalse("the first await waits for the delay");
+        clock.Advance(TimeSpan.FromMilliseconds(101));
+        wheel.RunDueTimers();
         await first.WaitAsync(TimeSpan.FromSeconds(10));
 
         static async Task AwaitIt(ValueTask delay) => await delay;
