@@ -12,10 +12,12 @@ public sealed class TimerRowTests
     [Fact]
     public async Task A_delay_that_never_completes_fails_the_run_with_a_timeout_instead_of_hanging_it()
     {
+        // The bound leaves room for the run's own Task.Run to start: 200 ms at the suite's start, with the ThreadPool busy
+        // with every other test, found all 10 delays unstarted ("10 of 10").
         var never = new TaskCompletionSource();
         int started = 0;
         Task<TimerWorkloadResult> run = Task.Factory.StartNew(
-            () => TimerWorkloads.RunDelays("lost", 10, TimeSpan.FromMilliseconds(1), seed: 1, _ => Interlocked.Increment(ref started) == 5 ? new ValueTask(never.Task) : ValueTask.CompletedTask, TimeSpan.FromMilliseconds(200)),
+            () => TimerWorkloads.RunDelays("lost", 10, TimeSpan.FromMilliseconds(1), seed: 1, _ => Interlocked.Increment(ref started) == 5 ? new ValueTask(never.Task) : ValueTask.CompletedTask, TimeSpan.FromSeconds(2)),
             CancellationToken.None,
             TaskCreationOptions.LongRunning,
             TaskScheduler.Default);
