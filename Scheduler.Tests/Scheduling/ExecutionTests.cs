@@ -444,7 +444,10 @@ public sealed class ExecutionTests
     [Fact]
     public async Task TryExecuteTaskInline_refuses_foreign_threads()
     {
-        var scheduler = SchedulerTestHelpers.Create(1);
+        // No compensation: the only worker blocks on purpose, and a test thread held off its core for the compensation
+        // delay (100 ms) before the gate opens would let a compensation thread (no worker) run the queued task, which
+        // then completes within the wait below or reads IsWorkerThread false.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
