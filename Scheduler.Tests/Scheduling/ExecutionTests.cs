@@ -465,7 +465,9 @@ public sealed class ExecutionTests
     [Fact]
     public async Task GetScheduledTasks_lists_queued_tasks_without_blocking()
     {
-        var scheduler = SchedulerTestHelpers.Create(1);
+        // No compensation: the only worker blocks on purpose, and a test thread held off its core for the compensation
+        // delay (100 ms) between queueing the tasks and listing them would let a compensation thread run some of them first.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => gate.Wait(SchedulerTestHelpers.Timeout));
