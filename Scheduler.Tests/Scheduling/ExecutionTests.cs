@@ -487,8 +487,10 @@ public sealed class ExecutionTests
     {
         // Tasks a worker spawns wait in its LIFO slot (the newest), its deque (the ones the slot displaced) and, for
         // PreferFairness (Task.Yield), its inbox: a debugger's view of the scheduler must show all of them. Taken on the
-        // one worker itself, which holds them all while it runs.
-        var scheduler = SchedulerTestHelpers.Create(1);
+        // one worker itself, which holds them all while it runs. No compensation: a worker held off its core for 100 ms
+        // between the spawns and the listing looks like a standstill, and a compensation thread would take the deque's
+        // and the inbox's tasks before they are listed.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
         (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
