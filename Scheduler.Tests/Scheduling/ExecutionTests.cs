@@ -98,8 +98,10 @@ public sealed class ExecutionTests
             }
         }).Unwrap()).ToArray();
 
-        await Task.Delay(20);
-        // Queued after the loops started, from outside and from inside: both must get a turn.
+        // Queued after the loops started, from outside and from inside: both must get a turn. Polled, not a fixed 20-ms
+        // pause: on a loaded machine the loops may not have started by then, and a loop that first runs after the stop
+        // below never yields.
+        SpinWait.SpinUntil(() => Interlocked.Read(ref yields) > 0, SchedulerTestHelpers.Timeout).Should().BeTrue("the loops start");
         Task fromOutside = scheduler.Factory.StartNew(() => { });
         Task fromInside = scheduler.Factory.StartNew(() => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler)).Unwrap();
         await Task.WhenAll(fromOutside, fromInside).WithTimeout();
