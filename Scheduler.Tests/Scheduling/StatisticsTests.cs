@@ -158,7 +158,9 @@ public sealed class StatisticsTests
     [Fact]
     public async Task QueuedTasks_counts_waiting_work()
     {
-        var scheduler = SchedulerTestHelpers.Create(1);
+        // No compensation: the only worker blocks on purpose, and a test thread held off its core for 100 ms between
+        // queueing and reading the count would let a compensation thread run some of the queued tasks first.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var gate = new ManualResetEventSlim();
         using var running = new ManualResetEventSlim();
