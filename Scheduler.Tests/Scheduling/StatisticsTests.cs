@@ -121,8 +121,11 @@ public sealed class StatisticsTests
     {
         // One worker (the spawner) fills its deque and then blocks until the deque's tasks have run; the other (held until
         // the deque is full) can only take them by stealing, half a deque at a time. Each item counts once, whether it was
-        // the one a steal ran at once or one of the half it moved: exactly the deque's 10 items in all.
-        var scheduler = SchedulerTestHelpers.Create(2);
+        // the one a steal ran at once or one of the half it moved: exactly the deque's 10 items in all. No compensation:
+        // with the spawner blocked, a thief held off its core for 100 ms after the gate opens (or a spawner preempted as
+        // long among its spawns) is a standstill of both workers, and a compensation thread (which counts no steal) would
+        // take deque items in its place.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(2);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int DequeItems = 10;
         using var thiefRunning = new ManualResetEventSlim();
