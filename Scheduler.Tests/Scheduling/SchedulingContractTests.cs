@@ -146,7 +146,9 @@ public sealed class SchedulingContractTests
     [Fact]
     public async Task PreferFairness_work_queued_from_a_worker_runs_first_in_first_out()
     {
-        var scheduler = SchedulerTestHelpers.Create(1);
+        // No compensation: a worker held off its core for 100 ms among its spawns looks like a standstill, and a
+        // compensation thread taking from its inbox beside it would interleave the order.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         const int Count = 50;
         var order = new ConcurrentQueue<int>();
@@ -164,7 +166,14 @@ public sealed class SchedulingContractTests
     [Fact]
     public async Task PreferFairness_work_queued_from_outside_runs_first_in_first_out()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, FairnessInterval = 1_000 });
+        // No compensation: the only worker blocks until all are queued, and a test thread held off its core for 100 ms
+        // meanwhile would let a compensation thread start on the queue, beside the worker once released.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            FairnessInterval = 1_000,
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         using var release = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() => release.Wait(SchedulerTestHelpers.Timeout));
