@@ -7,7 +7,9 @@ namespace Scheduler.Tests.Scheduling;
 /// </summary>
 public sealed class DisposeWhileBusyTests
 {
-    private static readonly TimeSpan BlockLimit = TimeSpan.FromSeconds(5);
+    // How long a blocked worker waits for work a peer must run: a peer held off its core on a loaded machine can take
+    // seconds, and a wait cut short fails the test. Twice this stays within the bounded waits on the parent and Dispose.
+    private static readonly TimeSpan BlockLimit = TimeSpan.FromSeconds(10);
 
     // How long the idle worker gets to (wrongly) exit before the busy one exposes work: no event marks that exit.
     private static readonly TimeSpan ExitWindow = TimeSpan.FromMilliseconds(50);
