@@ -11,6 +11,8 @@ namespace Scheduler.Tests.Scheduling;
 [Collection(SerialResourceGroup.Name)]
 public sealed class HotPathMutationKillTests
 {
+    // Generous: each bounded step takes milliseconds, but a thread held off its core on a loaded machine can come
+    // seconds late; a bound cut short fails the test.
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
     /// <summary>Two workers that neither spin nor get rescued (no watchdog, no compensation): only the wake-ups under test move work.</summary>
@@ -217,7 +219,7 @@ public sealed class HotPathMutationKillTests
         using var secondRan = new ManualResetEventSlim();
         var firstDone = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         WorkItemBatch batch = scheduler.RentBatch(); // the shape a deque overflow puts in the global queue: one entry, several items
-        batch.Items[0] = WorkItem.ForThreadPoolWorkItem(new SchedulerTestHelpers.RecordingWorkItem(() => firstDone.TrySetResult(secondRan.Wait(TimeSpan.FromSeconds(5)))));
+        batch.Items[0] = WorkItem.ForThreadPoolWorkItem(new SchedulerTestHelpers.RecordingWorkItem(() => firstDone.TrySetResult(secondRan.Wait(Bound))));
         batch.Items[1] = WorkItem.ForThreadPoolWorkItem(new SchedulerTestHelpers.RecordingWorkItem(secondRan.Set));
         batch.End = 2;
         scheduler.EnqueueBatch(batch);
@@ -260,7 +262,7 @@ public sealed class HotPathMutationKillTests
             }
         };
 
-        scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() => firstDone.TrySetResult(secondRan.Wait(TimeSpan.FromSeconds(5)))));
+        scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() => firstDone.TrySetResult(secondRan.Wait(Bound))));
 
         (await firstDone.Task.WithTimeout("the first item")).Should().BeTrue("the second item must run on a peer while the first blocks its owner");
         postedWhileIdle.Should().BeTrue("the seam posted while the owner was idle and awake");
