@@ -62,8 +62,10 @@ public sealed class PushFailureTests
     {
         // As above, but the batch's first item (child 0) blocks until the rest of that batch (children 1-7, the remainder
         // the worker now holds) has run. The held remainder was private to its worker: no peer, compensation thread or
-        // rescue could see it, so child 0 waited for good (here, its 5 s bound). Now the watchdog's rescue of a blocked
-        // worker moves it to the global queue, where a compensation thread runs it.
+        // rescue could see it, so child 0 waited for good (here, its bound). Now the watchdog's rescue of a blocked
+        // worker moves it to the global queue, where a compensation thread runs it: a watchdog look or two and the
+        // compensation delay, milliseconds that a loaded machine can stretch to seconds, hence a bound of half the
+        // test's timeout (the wait for every child, child 0 among them, is the whole of it).
         var scheduler = Create(lifoLimit: 0, fairness: 1);
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var run = new Spawner(scheduler, children: 32);
@@ -73,7 +75,7 @@ public sealed class PushFailureTests
         {
             if (i == 0)
             {
-                firstSawTheRest = restOfTheBatch.Wait(TimeSpan.FromSeconds(5)); // a timed wait: nothing is inlined
+                firstSawTheRest = restOfTheBatch.Wait(Timeout / 2); // a timed wait: nothing is inlined
             }
             else if (i < 8)
             {
