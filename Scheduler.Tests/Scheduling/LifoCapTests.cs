@@ -99,6 +99,10 @@ public sealed class LifoCapTests
         LifoSlotLimit = lifoLimit,
         LocalQueueCapacity = 16,
         FairnessInterval = int.MaxValue, // no fairness turn after the first: the loop's choices below are all the cap's
+        // No compensation: a worker preempted for 100 ms while its slot is empty (running a link, before it spawns the
+        // next) is a standstill that no rescue marks, and a compensation thread would take the older task from the
+        // deque's stealable end ahead of its turn.
+        BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
         ThreadNamePrefix = "Test",
     });
 }
