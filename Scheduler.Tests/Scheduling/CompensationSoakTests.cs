@@ -1189,7 +1189,7 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
 
     // One worker forks no-op children and joins them with a wait the BCL does not inline (Wait(token): the oldest sit in
     // that worker's deque, the newest in its LIFO slot) while the only peer is busy with a Task.Yield loop, or with a
-    // chain of short tasks each spawning its successor — churn that ends once the joins are done, or after 2.5 s.
+    // chain of short tasks each spawning its successor — churn that ends once the joins are done, or at the give-up.
     // Compensation needs every worker stalled and the peer makes progress; the LIFO rescue moves only the slot's task,
     // and a busy peer steals only once it has nothing of its own. So the children waited for the churn to end (2.5 s;
     // an endless churn would have held them for good), found here in session 30. API.md: "Task.Yield() loops cannot
@@ -1214,7 +1214,11 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var never = new CancellationTokenSource();
         using var joinsDone = new CancellationTokenSource();
-        var giveUp = TimeSpan.FromSeconds(2.5);
+
+        // The join takes milliseconds with the rescue and lasts until the give-up without it. Both are far from the 10-s
+        // bound below: a give-up of 2.5 s and a bound of 1.5 s left a loaded machine, which holds a thread off its core
+        // for seconds (a CI run measured 3.45 s for a step that takes milliseconds), no margin.
+        var giveUp = TimeSpan.FromSeconds(15);
         long churned = 0;
         var clock = Stopwatch.StartNew();
         using var rendezvous = new Barrier(2); // the churn and the joiner on different workers
@@ -1266,7 +1270,7 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
 
         try
         {
-            await Task.WhenAll(churners.Append(joiner)).WithTimeout("the joiner and the churn", Bound);
+            await Task.WhenAll(churners.Append(joiner)).WithTimeout("the joiner and the churn", giveUp + Bound);
         }
         finally
         {
@@ -1275,7 +1279,7 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
 
         output.WriteLine($"{churn}: joined after {joinedAfter.TotalMilliseconds:F0} ms; {churned} churn steps, " +
             $"{scheduler.CompensationThreadsStarted} compensation thread(s), {scheduler.GetStatistics()}");
-        joinedAfter.Should().BeLessThan(TimeSpan.FromSeconds(1.5), "no-op children of a blocked worker must not wait for a busy peer's churn to end");
+        joinedAfter.Should().BeLessThan(TimeSpan.FromSeconds(10), "no-op children of a blocked worker must not wait for a busy peer's churn to end");
         scheduler.BlockedQueueRescues.Should().BeGreaterThan(0, "the blocked worker's deque went to the global queue");
     }
 
@@ -1294,7 +1298,11 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var never = new CancellationTokenSource();
         using var joinsDone = new CountdownEvent(2);
-        var giveUp = TimeSpan.FromSeconds(2.5);
+
+        // As in the test above: milliseconds with the rescue, the give-up without it, and the 10-s bound between them (a
+        // give-up of 2.5 s and a bound of 1 s left no margin for a loaded machine: the joins wait for a standstill, a
+        // compensation thread and two watchdog looks, any of which can come seconds late there).
+        var giveUp = TimeSpan.FromSeconds(15);
         var clock = Stopwatch.StartNew();
         long yields = 0;
         int yieldsOnCompensation = 0;
@@ -1330,7 +1338,7 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
 
         try
         {
-            await Task.WhenAll(joiners.Append(yieldLoop)).WithTimeout("the joiners and the yield loop", Bound);
+            await Task.WhenAll(joiners.Append(yieldLoop)).WithTimeout("the joiners and the yield loop", giveUp + Bound);
         }
         finally
         {
@@ -1339,7 +1347,7 @@ public sealed class CompensationSoakTests(Xunit.Abstractions.ITestOutputHelper o
 
         output.WriteLine($"joined after {string.Join(", ", joinedAfter.Select(t => $"{t.TotalMilliseconds:F0} ms"))}; {yields} yields " +
             $"(on a compensation thread: {yieldsOnCompensation == 1}), {scheduler.CompensationThreadsStarted} compensation thread(s), {scheduler.GetStatistics()}");
-        joinedAfter.Max().Should().BeLessThan(TimeSpan.FromSeconds(1), "no-op children queued by blocked workers must not wait for a yield loop to end");
+        joinedAfter.Max().Should().BeLessThan(TimeSpan.FromSeconds(10), "no-op children queued by blocked workers must not wait for a yield loop to end");
         await WaitUntil(() => scheduler.LiveCompensationThreads == 0, "the compensation threads leave");
     }
 }
