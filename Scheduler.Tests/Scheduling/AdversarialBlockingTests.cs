@@ -18,8 +18,10 @@ public sealed class AdversarialBlockingTests
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
     // How long a scenario whose unblocking work is a no-op may take before it counts as deadlocked. The watchdog moves a
-    // blocked worker's LIFO task within 10–20 ms; three seconds is two orders of magnitude of slack on a loaded machine.
-    private static readonly TimeSpan DeadlockBound = TimeSpan.FromSeconds(3);
+    // blocked worker's LIFO task within 10–20 ms and starts a compensation thread after 100 ms, but a loaded machine holds
+    // a thread off its core for seconds (a CI run measured 3.45 s for a rescue that takes milliseconds), so three seconds
+    // were no bound; a deadlock stays a deadlock for fifteen, which the test waits only when it fails.
+    private static readonly TimeSpan DeadlockBound = TimeSpan.FromSeconds(15);
 
     private static readonly MethodInfo s_getScheduledTasks =
         typeof(TaskScheduler).GetMethod("GetScheduledTasks", BindingFlags.Instance | BindingFlags.NonPublic)!;
@@ -430,7 +432,9 @@ public sealed class AdversarialBlockingTests
                         return true;
                     case NonInliningJoin.WaitWithTimeout:
                         // Longer than the deadlock bound, so the test reports the deadlock and the workers free themselves.
-                        return a.Wait(DeadlockBound + TimeSpan.FromSeconds(0.5)) & b.Wait(TimeSpan.FromSeconds(0.5));
+                        // b's wait as long: it starts once a ran, and under load the no-op b can complete seconds after
+                        // a (half a second was a positive bound of its own).
+                        return a.Wait(DeadlockBound + TimeSpan.FromSeconds(0.5)) & b.Wait(DeadlockBound);
                     default:
                         Task.WhenAll(a, b).Wait();
                         return true;
