@@ -129,7 +129,7 @@ public sealed class DisposeTests
         await scheduler.DisposeAsync().AsTask().WithTimeout();
         release.SetResult(); // a late wake-up: completes from this (non-worker) thread's continuation on the ThreadPool
 
-        await method.WithTimeout(TimeSpan.FromSeconds(5));
+        await method.WithTimeout(); // the resumption hops through the ThreadPool, which a loaded run can hold for seconds
         ((Action)(() => scheduler.Factory.StartNew(() => { }))).Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
     }
 
@@ -208,9 +208,13 @@ public sealed class DisposeTests
     private static bool IsDisposedRefusal(Exception exception) =>
         exception is TaskSchedulerException { InnerException: ObjectDisposedException };
 
+    /// <summary>
+    /// Polls <paramref name="condition"/> for the generous timeout: it races a method whose resumptions hop through the
+    /// ThreadPool, which a loaded run can hold for seconds, so a shorter poll could finish first and read as a lost method.
+    /// </summary>
     private static async Task SpinUntilAsync(Func<bool> condition)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        var deadline = DateTime.UtcNow + SchedulerTestHelpers.Timeout;
         while (!condition() && DateTime.UtcNow < deadline)
         {
             await Task.Delay(5);
