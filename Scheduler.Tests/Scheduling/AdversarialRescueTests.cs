@@ -727,11 +727,16 @@ public sealed class AdversarialRescueTests
     {
         var scheduler = Create(1, "PopRace");
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        // 40 rounds, and more (up to 400) until one was released after the move: in a loaded run no round of 40 was (the
+        // watchdog's looks came after every release), and the last assertion failed for want of a move, not of an item.
         const int Rounds = 40;
+        const int MaxRounds = 400;
         const int Items = 8;
-        var runs = new int[Rounds * Items];
-        for (int round = 0; round < Rounds; round++)
+        var runs = new int[MaxRounds * Items];
+        int rounds = 0;
+        for (int round = 0; round < Rounds || (round < MaxRounds && scheduler.BlockedQueueRescues == 0); round++)
         {
+            rounds = round + 1;
             using var release = new ManualResetEventSlim();
             int r = round;
             long before = scheduler.BlockedQueueRescues;
@@ -762,7 +767,8 @@ public sealed class AdversarialRescueTests
         }
 
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().QueuedTasks == 0);
-        runs.Should().OnlyContain(n => n == 1, "an item the owner pops and the watchdog steals at once runs once");
+        runs.Take(rounds * Items).Should().OnlyContain(n => n == 1, "an item the owner pops and the watchdog steals at once runs once");
+        runs.Skip(rounds * Items).Should().OnlyContain(n => n == 0, "no round after the last ran");
         scheduler.BlockedQueueRescues.Should().BeGreaterThan(0, "some rounds were released after the move");
     }
 
