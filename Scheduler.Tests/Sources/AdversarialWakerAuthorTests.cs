@@ -1005,7 +1005,10 @@ public sealed class AdversarialWakerAuthorTests
             TaskCreationOptions.LongRunning,
             scheduler).Unwrap();
         await started.Task.WaitAsync(Guard);
-        await Task.Delay(20);
+        // Completed only once the await has suspended: after a real 20-ms pause instead, a LongRunning thread held off its
+        // core between started.SetResult and the await found the operation completed and went on synchronously, off
+        // every worker, and the last assertion failed.
+        SpinWait.SpinUntil(() => op.HoldsContinuation, Guard).Should().BeTrue("the await registers its continuation");
         op.Complete(version, 3).Should().BeTrue();
         var (onWorkerBefore, onWorkerAfter, result) = await body.WaitAsync(Guard);
         result.Should().Be(3);
@@ -1160,6 +1163,8 @@ public sealed class AdversarialWakerAuthorTests
         public ValueTask<int> Task => new(this, _core.Version);
 
         public short Version => _core.Version;
+
+        public bool HoldsContinuation => _core.HoldsContinuationForTests;
 
         public static RecipeOp<TTag> Rent()
         {
