@@ -218,7 +218,10 @@ public sealed class AdversarialCrashTests
         using var wheel = new TimerWheel();
         var bothRan = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         int ran = 0;
-        using var source = new CancellationTokenSource(TimeSpan.FromMilliseconds(5), wheel);
+        // Armed only once the callbacks are registered: a source created with 5 ms could cancel before a test thread held
+        // off its core registered them, and Register then runs a callback inline, throwing into the test. Created with
+        // the wheel, the source's timer is the wheel's; CancelAfter re-arms that timer.
+        using var source = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
         source.Token.Register(() =>
         {
             if (Interlocked.Increment(ref ran) == 2)
@@ -234,6 +237,7 @@ public sealed class AdversarialCrashTests
                 bothRan.TrySetResult();
             }
         });
+        source.CancelAfter(TimeSpan.FromMilliseconds(5));
 
         await bothRan.Task.WaitAsync(Bound);
         await WaitUntil(() => scope.Seen, "the callback's exception to go unhandled");
