@@ -32,7 +32,7 @@ public sealed class ReadmeExampleTests
 
         using var wheel = new TimerWheel();
         await wheel.DelayAsync(TimeSpan.FromMilliseconds(10));
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5), wheel);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30), wheel);
 
         using var reactor = new IoReactor(scheduler);
         TimeProvider ioTimers = reactor.Timers;
