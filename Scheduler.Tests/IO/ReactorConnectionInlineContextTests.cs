@@ -17,7 +17,9 @@ namespace Scheduler.Tests.IO;
 /// </summary>
 public sealed class ReactorConnectionInlineContextTests
 {
-    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(5);
+    // Each step takes milliseconds; the bound only ends a test whose loop never resumed (the bug: it waits forever).
+    // 5 s was too close: under load a step (4 MiB through loopback, a pool thread to resume) has taken seconds.
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
 
     [Fact]
     public async Task Receive_loop_resumed_inline_by_the_applications_AdvanceTo_never_posts_to_its_context()
