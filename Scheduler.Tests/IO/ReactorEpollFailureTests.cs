@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.IO.Pipelines;
 using Scheduler.IO;
 using Scheduler.Native;
@@ -99,8 +100,12 @@ public sealed class ReactorEpollFailureTests
                 // The failure lands on the reactor's next wait; a write after it finds the socket closed.
                 await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref s_waitsFailed) > before);
                 Volatile.Read(ref s_waitsFailed).Should().BeGreaterThan(before, "the reactor waits again within the timeout");
+                // Writes until one fails, bounded by time rather than by a count: the reactor thread stops (and closes the
+                // socket) after the failed wait returns, which a loaded run can hold off its core for seconds, longer than
+                // a fixed number of 10-ms rounds lasts.
                 Exception? error = null;
-                for (int i = 0; i < 100 && error is null; i++)
+                var writing = Stopwatch.StartNew();
+                while (error is null && writing.Elapsed < IoTestContext.Timeout)
                 {
                     try
                     {
