@@ -389,14 +389,18 @@ public sealed class ReactorSocketTests
         using (client)
         using (server)
         {
+            // The byte is sent once the receive is pending, not after a fixed pause: a loaded run started the receiver
+            // more than 50 ms late, found the byte already there, and the receive completed at once.
+            var receiving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Task<(bool OnWorker, string? Thread)> receiver = io.Run(async () =>
             {
                 ValueTask<int> pending = server.ReceiveAsync(new byte[4]);
                 pending.IsCompleted.Should().BeFalse();
+                receiving.SetResult();
                 await pending;
                 return (io.Scheduler.IsWorkerThread, Thread.CurrentThread.Name);
             });
-            await Task.Delay(50);
+            await Task.WhenAny(receiving.Task, receiver).WaitAsync(IoTestContext.Timeout);
             await client.SendAsync(new byte[] { 1 });
             (bool onWorker, string? thread) = await receiver;
             onWorker.Should().BeTrue();
@@ -408,12 +412,15 @@ public sealed class ReactorSocketTests
         using (client)
         using (server)
         {
+            var receivingOff = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Task<string?> offScheduler = Task.Run(async () =>
             {
-                await server.ReceiveAsync(new byte[4]);
+                ValueTask<int> pending = server.ReceiveAsync(new byte[4]);
+                receivingOff.SetResult();
+                await pending;
                 return Thread.CurrentThread.Name;
             });
-            await Task.Delay(50);
+            await Task.WhenAny(receivingOff.Task, offScheduler).WaitAsync(IoTestContext.Timeout);
             await client.SendAsync(new byte[] { 1 });
             (await offScheduler.WithTimeout("The receive awaited off the scheduler", IoTestContext.Timeout)).Should().NotBe("IoReactor");
         }
