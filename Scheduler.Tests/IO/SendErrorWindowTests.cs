@@ -16,6 +16,9 @@ public sealed class SendErrorWindowTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long the hook holds a send that took the reset at most, should the test never release it.</summary>
+    private static readonly TimeSpan SendHold = TimeSpan.FromSeconds(60);
+
     [Fact]
     public async Task A_receive_that_reads_0_before_the_send_recorded_the_reset_it_took_still_throws_the_reset()
     {
@@ -98,8 +101,10 @@ public sealed class SendErrorWindowTests
             }
             else if (ReferenceEquals(socket, server) && point == "send-connection-error")
             {
+                // Held longer than the probe below may wait (the test releases it, in its finally too): a receive that
+                // waited for the send on the reactor thread then holds the probe for all of the probe's wait.
                 sendHeld.Set();
-                sendGo.Wait(Bound);
+                sendGo.Wait(SendHold);
             }
         };
 
@@ -127,7 +132,9 @@ public sealed class SendErrorWindowTests
             reactorGo.Set();
             Task<int> probing = probe.ReceiveAsync(new byte[1]).AsTask();
             probePeer.Send(new byte[] { 7 });
-            (await Task.WhenAny(probing, Task.Delay(TimeSpan.FromSeconds(3)))).Should().BeSameAs(
+            // The probe waits up to 20 s (3 s was short for a reactor thread held off its core on a loaded machine); the
+            // send stays held for longer, so a reactor that waited for it would still hold the probe past that.
+            (await Task.WhenAny(probing, Task.Delay(IoTestContext.Timeout))).Should().BeSameAs(
                 probing, "the reactor thread serves another socket while the send that took the reset is held");
             (await probing).Should().Be(1);
             receiving.IsCompleted.Should().BeFalse("the receive waits for the send to record what it took");
