@@ -21,12 +21,18 @@ public sealed class UnixConnectBacklogTests
             await using var io = new IoTestContext();
             using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
 
-            // Fill the backlog (Linux queues backlog + 1 connections) until a connect stays pending.
+            // Fill the backlog (Linux queues backlog + 1 connections) until a connect stays pending. A Unix domain connect
+            // with room completes within its call, so the call's own result tells which one waits; a 200-ms window
+            // stood for that, and a loaded run that started a connect with room late took it for the waiting one.
             Task<ReactorSocket>? waiting = null;
             for (int i = 0; i < 8 && waiting is null; i++)
             {
-                Task<ReactorSocket> connect = io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint));
-                if (await Task.WhenAny(connect, Task.Delay(200)) == connect)
+                (bool pending, Task<ReactorSocket> connect) = await io.Run(() =>
+                {
+                    ValueTask<ReactorSocket> started = ReactorSocket.ConnectAsync(io.Reactor, endPoint);
+                    return Task.FromResult((!started.IsCompleted, started.AsTask()));
+                });
+                if (!pending)
                 {
                     clients.Add(await connect); // throws what the connect threw: WouldBlock before the fix
                 }
@@ -67,9 +73,18 @@ public sealed class UnixConnectBacklogTests
                 clients.Add(await io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint)));
             }
 
-            // Cancelled while it waits: OperationCanceledException with the caller's token, nothing left registered.
-            using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
-            Func<Task> cancelled = () => io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint, cts.Token));
+            // Cancelled while it waits: OperationCanceledException with the caller's token, nothing left registered. The
+            // token is cancelled once the connect waits, not by a 100-ms timer: a loaded run could start the connect
+            // after the timer fired, and a connect refused at the call for its cancelled token proves nothing here.
+            using var cts = new CancellationTokenSource();
+            (bool pending, Task<ReactorSocket> connect) = await io.Run(() =>
+            {
+                ValueTask<ReactorSocket> started = ReactorSocket.ConnectAsync(io.Reactor, endPoint, cts.Token);
+                return Task.FromResult((!started.IsCompleted, started.AsTask()));
+            });
+            pending.Should().BeTrue("the backlog is full");
+            await cts.CancelAsync();
+            Func<Task> cancelled = () => connect.WaitAsync(IoTestContext.Timeout);
             (await cancelled.Should().ThrowAsync<OperationCanceledException>()).Which.CancellationToken.Should().Be(cts.Token);
             io.Reactor.RegisteredCount.Should().Be(3);
 
