@@ -34,7 +34,7 @@ public sealed class UnixConnectBacklogTests
                 });
                 if (!pending)
                 {
-                    clients.Add(await connect); // throws what the connect threw: WouldBlock before the fix
+                    clients.Add(await connect); // a connect that failed at the call (WouldBlock before the fix) threw above
                 }
                 else
                 {
