@@ -55,6 +55,10 @@ public sealed class AdversarialTimeProviderTests
         await stopped.Task.WaitAsync(s_timeout);
         Stopwatch.GetElapsedTime(Volatile.Read(ref rearmedAt), Volatile.Read(ref secondAt)).Should().BeGreaterThanOrEqualTo(period, "the re-arm from the callback is measured from that Change");
         await Task.Delay(100);
+
+        // A firing queued before the stop may still run, whenever the ThreadPool gets to it: more than 100 ms later on a
+        // loaded machine, where it then moved the count read as settled. Read once nothing of the timer is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int settled = Volatile.Read(ref calls);
         await Task.Delay(200);
         Volatile.Read(ref calls).Should().Be(settled, "stopped from its own callback, the made-periodic timer stays stopped");
@@ -663,6 +667,9 @@ public sealed class AdversarialTimeProviderTests
         SpinWait.SpinUntil(() => Volatile.Read(ref calls) >= 5, s_timeout).Should().BeTrue("a periodic timer goes on after its callback threw");
         timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
         await Task.Delay(100);
+
+        // A firing queued before the stop may still run, later than 100 ms on a loaded machine: settled once none is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int settled = Volatile.Read(ref calls);
         await Task.Delay(150);
         Volatile.Read(ref calls).Should().Be(settled, "stopped");
@@ -988,6 +995,10 @@ public sealed class AdversarialTimeProviderTests
         created.Set();
         SpinWait.SpinUntil(() => Volatile.Read(ref calls) >= 4, s_timeout).Should().BeTrue("the fire-now change runs the callback once more");
         await Task.Delay(150);
+
+        // A periodic firing queued before the change, and the huge-period timers' first callbacks, run whenever the
+        // ThreadPool gets to them: later than 150 ms on a loaded machine. Settled once none is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer, maxPeriod, uintPeriod, relativePeriod);
         int settled = Volatile.Read(ref calls);
         settled.Should().BeInRange(4, 5, "one fire-now callback, plus at most one periodic firing already queued");
         await Task.Delay(150);

@@ -152,6 +152,9 @@ public sealed class AdversarialTimerTests
         await stopped.Task.WaitAsync(s_timeout);
         stoppedResult.Should().BeTrue();
         await Task.Delay(100);
+
+        // A firing queued before the stop may still run, later than 100 ms on a loaded machine: settled once none is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int settled = Volatile.Read(ref calls);
         await Task.Delay(200);
         Volatile.Read(ref calls).Should().Be(settled, "a timer changed to infinite in its callback stays stopped");
@@ -964,6 +967,9 @@ public sealed class AdversarialTimerTests
 
         timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
         await Task.Delay(150);
+
+        // A firing queued before the stop may still run, later than 150 ms on a loaded machine: settled once none is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int stopped = Volatile.Read(ref calls);
         await Task.Delay(200);
         Volatile.Read(ref calls).Should().Be(stopped, "the final stop wins over every change of the storm");

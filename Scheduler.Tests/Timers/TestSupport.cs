@@ -226,3 +226,21 @@ internal static class DelayTestHooks
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_token")]
     public static extern ref short ValueTaskToken(ref ValueTask task);
 }
+
+/// <summary>The callbacks a wheel timer has handed to the ThreadPool and that have not finished yet.</summary>
+internal static class TimerCallbacks
+{
+    /// <summary>
+    /// Waits (bounded by <paramref name="guard"/>) until no callback of <paramref name="timers"/> is queued to the
+    /// ThreadPool or running; false if one still was. A callback queued before a Change or Dispose returned may still
+    /// run after it (docs/timers.md), and on a loaded machine a queued one waited far longer than the fixed settling
+    /// delays that tests read a settled count after: read it once this returns, and only a callback queued afterwards
+    /// (which a stopped timer must not queue) can move it.
+    /// </summary>
+    public static bool WaitUntilIdle(TimeSpan guard, params ITimer[] timers) =>
+        SpinWait.SpinUntil(() => timers.All(timer => Volatile.Read(ref RunningCallbacks((WheelTimer)timer)) == 0), guard);
+
+    // Running callbacks plus WheelTimer.QueuedBit: zero when none is queued and none runs.
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_runningCallbacks")]
+    private static extern ref int RunningCallbacks(WheelTimer timer);
+}

@@ -140,6 +140,9 @@ public sealed class TimerWheelTimerTests
         (await fired.WaitAsync(s_timeout)).Should().BeTrue();
         timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan).Should().BeTrue();
         await Task.Delay(200);
+
+        // A firing queued before the stop may still run, later than 200 ms on a loaded machine: settled once none is queued or running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int stoppedAt = Volatile.Read(ref count);
         await Task.Delay(100);
         Volatile.Read(ref count).Should().Be(stoppedAt);
