@@ -118,9 +118,11 @@ public sealed class TimeProviderTests
             cts.CancelAfter(Timeout.InfiniteTimeSpan);
         }
 
+        // Checked before the last arm: after it, a thread held off its core for the 1 s due time (a loaded machine) would
+        // see that arm's own cancellation. An earlier arm left standing would still fire less than 1 s after the last one.
+        cts.IsCancellationRequested.Should().BeFalse("every earlier arm was disarmed");
         long lastArm = Stopwatch.GetTimestamp();
         cts.CancelAfter(due);
-        cts.IsCancellationRequested.Should().BeFalse("every earlier arm was disarmed");
         await canceled.Task.WaitAsync(s_timeout);
         Stopwatch.GetElapsedTime(lastArm, Volatile.Read(ref canceledAt)).Should().BeGreaterThanOrEqualTo(due, "never early");
         wheel.PendingCount.Should().Be(0, "the fired timer left the wheel");
