@@ -427,7 +427,9 @@ public sealed class PendingChangesStressTests
 
         long start = Stopwatch.GetTimestamp();
         SpinWait.SpinUntil(() => wheel.LinkedCount == 0, s_timeout).Should().BeTrue("the driver unlinks pushed cancels by itself");
-        Stopwatch.GetElapsedTime(start).Should().BeLessThan(TimeSpan.FromSeconds(2), "well within the 30 s deadlines");
+        // A generous bound, still well within the deadlines: the driver unlinks within its 4 ms bound, but this thread
+        // (and the driver) can be held off a loaded machine's cores for seconds (3.45 s measured in a CI run).
+        Stopwatch.GetElapsedTime(start).Should().BeLessThan(TimeSpan.FromSeconds(10), "well within the 30 s deadlines");
         foreach (Task wait in waits)
         {
             Func<Task> act = () => wait.WaitAsync(s_timeout);
