@@ -106,6 +106,10 @@ public sealed class DisposalRaceTests
         }
 
         ready.SignalAndWait();
+
+        // The random pause counts from a long delay pending: on a loaded machine the threads may not have run at all
+        // within it, and a disposal before their first calls leaves no delay for it to complete (disposed is then 0).
+        SpinWait.SpinUntil(() => delays.Any(d => !d.Short && !d.Token.IsCancellationRequested), s_timeout).Should().BeTrue("the racing threads make their calls");
         Thread.Sleep(new Random(seed).Next(5, 30));
         Task dispose = Task.Run(wheel.Dispose);
         await dispose.WaitAsync(s_timeout);
