@@ -120,6 +120,10 @@ public sealed class AdversarialTimerTests
         created.Set();
         await disposedAt.Task.WaitAsync(s_timeout);
         await Task.Delay(100);
+
+        // A callback that had started before the Dispose counts itself meanwhile, or later when a loaded machine holds its
+        // thread off the core: settled once none is running.
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, timer);
         int settled = Volatile.Read(ref calls);
         await Task.Delay(300);
         Volatile.Read(ref calls).Should().Be(settled, "a disposed periodic timer never fires again");
@@ -642,7 +646,10 @@ public sealed class AdversarialTimerTests
             "pending delays complete with ObjectDisposedException");
         pending.Take(Delays).Where((_, i) => i % 3 != 2).Should().OnlyContain(t => t.IsFaulted, "long delays cannot have expired");
 
+        // Callbacks that had started before the Dispose count themselves meanwhile, or later when a loaded machine holds
+        // their threads off the cores: settled once none is running.
         await Task.Delay(100);
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, [.. timers]);
         int settled = Volatile.Read(ref fires);
         await Task.Delay(200);
         Volatile.Read(ref fires).Should().Be(settled, "no timer fires after the wheel's Dispose");
@@ -714,7 +721,11 @@ public sealed class AdversarialTimerTests
         pending.Should().OnlyContain(t => t.IsFaulted && t.Exception!.InnerException is ObjectDisposedException);
         FluentActions.Invoking(() => reactor.Timers).Should().Throw<ObjectDisposedException>();
         FluentActions.Invoking(() => timers.DelayAsync(TimeSpan.FromSeconds(1))).Should().Throw<ObjectDisposedException>();
+
+        // A callback that had started before the Dispose counts itself meanwhile, or later when a loaded machine holds its
+        // thread off the core: settled once none is running.
         await Task.Delay(100);
+        _ = TimerCallbacks.WaitUntilIdle(s_timeout, periodic);
         int settled = Volatile.Read(ref fires);
         await Task.Delay(200);
         Volatile.Read(ref fires).Should().Be(settled, "no timer of the reactor's wheel fires after its Dispose");
