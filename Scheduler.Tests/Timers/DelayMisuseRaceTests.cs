@@ -336,7 +336,6 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         }
     }
 
-    /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
     /// <summary>The (winning) await's continuation ran exactly once, and reading the delay observes its cancellation.</summary>
     private static void ExpectOneRunThatObservesTheCancellation(ref int runs, ValueTask delay, int round)
     {
@@ -345,6 +344,7 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         consume.Should().Throw<OperationCanceledException>($"the await observes the cancellation (round {round})");
     }
 
+    /// <summary>The continuation normally ran inline already; a generous bound covers a dispatch that did not.</summary>
     private static void WaitForRun(ref int runs, int round)
     {
         var clock = Stopwatch.StartNew();
