@@ -742,7 +742,7 @@ public sealed class AdversarialTimeProviderTests
     [Fact]
     public async Task Statistics_after_Dispose_count_every_task_the_disposal_drained_and_stay_put()
     {
-        var scheduler = SchedulerTestHelpers.Create(1);
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         using var gate = new ManualResetEventSlim();
         using var running = new ManualResetEventSlim();
         Task blocker = scheduler.Factory.StartNew(() =>
