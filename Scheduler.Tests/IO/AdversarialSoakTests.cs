@@ -389,9 +389,10 @@ public sealed class AdversarialSoakTests
                             offset += chunk.Length;
                             if (!flush.IsCompleted)
                             {
-                                // Paused for good only once it stays pending: a send under way can still release it.
+                                // Paused for good only once it stays pending on a socket the kernel reports full: a
+                                // send under way (or held off its core by a loaded run) can still release it.
                                 Task<FlushResult> waiting = flush.AsTask();
-                                if (await Task.WhenAny(waiting, Task.Delay(200)) != waiting)
+                                if (await IoTestContext.PausedForGood(waiting, connection.Socket))
                                 {
                                     return (offset, (Task<FlushResult>?)waiting);
                                 }

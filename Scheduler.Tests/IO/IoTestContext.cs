@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using Scheduler.IO;
+using Scheduler.Native;
 using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
@@ -32,8 +33,9 @@ internal sealed class IoTestContext : IAsyncDisposable
     public Task<T> Run<T>(Func<Task<T>> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
 
     /// <summary>
-    /// Writes 64 KiB chunks to <paramref name="connection"/>'s Output (on the scheduler) until a flush stays pending for
-    /// 300 ms (the peer stopped reading and the send loop is parked on a full socket); returns that pending flush.
+    /// Writes 64 KiB chunks to <paramref name="connection"/>'s Output (on the scheduler) until a flush is paused for good
+    /// (see <see cref="PausedForGood"/>: the peer stopped reading and the send loop is parked on a full socket); returns
+    /// that pending flush.
     /// </summary>
     public Task<Task<FlushResult>> WriteUntilPaused(ReactorConnection connection) => Run(async () =>
     {
@@ -44,7 +46,7 @@ internal sealed class IoTestContext : IAsyncDisposable
             if (!flush.IsCompleted)
             {
                 Task<FlushResult> pending = flush.AsTask();
-                if (await Task.WhenAny(pending, Task.Delay(300)) != pending)
+                if (await PausedForGood(pending, connection.Socket))
                 {
                     return pending;
                 }
@@ -57,6 +59,48 @@ internal sealed class IoTestContext : IAsyncDisposable
 
         throw new InvalidOperationException("the writer was never paused");
     });
+
+    /// <summary>
+    /// Whether <paramref name="flush"/>, pending on a connection over <paramref name="socket"/> whose peer reads nothing,
+    /// is paused for good: it stays pending through two 300-ms windows, at the end of each of which the kernel reports the
+    /// socket not writable (a parked send loop then gets no wake-up). False once it completes. Staying pending alone is
+    /// no proof: a loaded run holds the send loop off its core for seconds (a CI run measured 3.45 s for a step that takes
+    /// milliseconds), with room left in the socket, and the flush then completes after all, which a caller that cancels
+    /// it, or expects a disposal to release it, fails on.
+    /// </summary>
+    public static async Task<bool> PausedForGood(Task flush, ReactorSocket socket)
+    {
+        int windows = 0;
+        while (windows < 2)
+        {
+            if (await Task.WhenAny(flush, Task.Delay(300)) == flush)
+            {
+                return false;
+            }
+
+            windows = IsWritable(socket) ? 0 : windows + 1;
+        }
+
+        return true;
+    }
+
+    /// <summary>Whether the kernel reports <paramref name="socket"/> writable now (poll(2), POLLOUT); false once it is disposed.</summary>
+    public static unsafe bool IsWritable(ReactorSocket socket)
+    {
+        if (!socket.TryAddRef(out ReactorSocket.FdReference fd))
+        {
+            return false;
+        }
+
+        using (fd)
+        {
+            const short PollOut = 0x4;
+            Libc.PollFd entry = default;
+            entry.Fd = fd.Fd;
+            entry.Events = PollOut;
+            return Libc.Poll(&entry, 1, 0) == 1 && (entry.ReturnedEvents & PollOut) != 0;
+        }
+    }
 
     /// <summary>Reads <paramref name="connection"/>'s Input (on the scheduler) to its end; throws what the end reports.</summary>
     public Task ReadInputToEnd(ReactorConnection connection) => Run(async () =>
