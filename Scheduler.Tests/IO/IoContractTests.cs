@@ -338,6 +338,14 @@ public sealed class IoContractTests
             for (int i = 0; i < 16 && inProgress is null; i++)
             {
                 Task<ReactorSocket> connect = io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, plain.LocalEndPoint!), TimeSpan.FromMinutes(1));
+                if (i < 2)
+                {
+                    // Linux queues backlog + 1 connections: these two connect, however late a loaded run gets to them,
+                    // and the check below, seeing one pending for 300 ms, would take it for one in progress for good.
+                    connected.Add(await connect.WaitAsync(IoTestContext.Timeout));
+                    continue;
+                }
+
                 if (await Task.WhenAny(connect, Task.Delay(300)) == connect)
                 {
                     connected.Add(await connect);
