@@ -59,7 +59,9 @@ public sealed class AdversarialConnectionTests
 
         // docs/io.md: "Completing Output with an exception aborts the connection (both directions shut down). Either
         // way Input then ends with that exception." A stuck peer is exactly when an application aborts.
-        Func<Task> read = () => DrainInput(io, connection, TimeSpan.FromSeconds(4));
+        // Bounded generously: a peer that never reads nor closes would leave an abort that waited for it pending for good,
+        // while a loaded run can hold the abort's few steps off their cores for seconds.
+        Func<Task> read = () => DrainInput(io, connection, Guard);
         (await read.Should().ThrowAsync<InvalidOperationException>("the abort must not wait for the peer to read"))
             .Which.Should().BeSameAs(reason);
     }
@@ -412,8 +414,9 @@ public sealed class AdversarialConnectionTests
                 }
                 catch (OperationCanceledException)
                 {
-                    // Cancelled before the connection was taken: the next accept must find it.
-                    using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+                    // Cancelled before the connection was taken: the next accept must find it (bounded generously: a
+                    // lost connection leaves it pending for good, a loaded run only makes it late).
+                    using var bound = new CancellationTokenSource(Guard);
                     accepted = await listener.AcceptAsync(bound.Token);
                 }
 

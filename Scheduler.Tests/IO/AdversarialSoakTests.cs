@@ -206,12 +206,15 @@ public sealed class AdversarialSoakTests
         GC.Collect();
     }
 
-    /// <summary>Descriptors close a little after the last system call lets go: wait (bounded) for the counts to come back.</summary>
+    /// <summary>
+    /// Descriptors close a little after the last system call lets go: wait (bounded generously, as a loaded run holds the
+    /// threads that let go off their cores for seconds) for the counts to come back.
+    /// </summary>
     private static async Task AssertDescriptorsBackAsync((int Sockets, int Epolls) before, int margin, string when)
     {
         var watch = Stopwatch.StartNew();
         (int Sockets, int Epolls) now = ReactorDescriptors.Count();
-        while ((now.Sockets > before.Sockets + margin || now.Epolls > before.Epolls) && watch.Elapsed < TimeSpan.FromSeconds(5))
+        while ((now.Sockets > before.Sockets + margin || now.Epolls > before.Epolls) && watch.Elapsed < IoTestContext.Timeout)
         {
             await Task.Delay(20);
             FullCollect();
