@@ -1198,8 +1198,10 @@ public sealed class AdversarialTimeoutTests
                 Task delay = wheel.DelayAsync(TimeSpan.FromMinutes(1)).AsTask();
                 var disposed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
-                // From a cancellation callback that the wheel runs (the source's timer): the wheel and the reactor go.
-                using var trigger = new CancellationTokenSource(TimeSpan.FromMilliseconds(20), wheel);
+                // From a cancellation callback that the wheel runs (the source's timer): the wheel and the reactor go. Armed
+                // once the callback is registered: a source that fired first (a loaded run can hold this thread off its
+                // core past 20 ms) would run it here, on the test's thread, instead.
+                using var trigger = new CancellationTokenSource(Timeout.InfiniteTimeSpan, wheel);
                 trigger.Token.Register(() =>
                 {
                     try
@@ -1212,6 +1214,7 @@ public sealed class AdversarialTimeoutTests
                         disposed.SetException(e);
                     }
                 });
+                trigger.CancelAfter(TimeSpan.FromMilliseconds(20));
 
                 await disposed.Task.WaitAsync(Guard);
                 (await Failure(() => receive.WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
