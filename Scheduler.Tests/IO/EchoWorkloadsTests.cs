@@ -15,8 +15,16 @@ public sealed class EchoWorkloadsTests
     [InlineData(EchoTransport.Sockets, EchoTimeouts.System)]
     public async Task Every_stack_and_timeout_flavour_echoes_and_reports_latency(EchoTransport stack, EchoTimeouts timeouts)
     {
+        // Only messages echoed within the 200-ms window count, and a loaded run can hold the echo's threads off their
+        // cores for all of it (a CI run measured 3.45 s for a step that takes milliseconds): a run that counted none runs
+        // again, up to 5 times. A stack that does not echo counts none in any.
         EchoResult result = await EchoWorkloads.RunAsync(stack, connections: 4, messageSize: 64, TimeSpan.FromMilliseconds(200), TimeSpan.FromMilliseconds(50), timeouts)
             .WaitAsync(IoTestContext.Timeout);
+        for (int run = 1; run < 5 && result.Messages == 0; run++)
+        {
+            result = await EchoWorkloads.RunAsync(stack, connections: 4, messageSize: 64, TimeSpan.FromMilliseconds(200), TimeSpan.FromMilliseconds(50), timeouts)
+                .WaitAsync(IoTestContext.Timeout);
+        }
 
         result.Messages.Should().BePositive();
         result.MessagesPerSecond.Should().BePositive();
