@@ -435,6 +435,79 @@ public sealed class StrykerSurvivorTests
         waker.Queued.IsSet.Should().BeFalse("the core never dispatched the lost registration");
     }
 
+    // ContextHandOff.cs TargetThrew, the branch where the target's callback won the claim: a context whose Post ran the
+    // callback inline and then threw. The callback gives up the target's hold; the hand-off call, losing the claim, gives
+    // up its own, and the hand-off goes back to the pool (this thread's cache, the last release being on it). Three
+    // posts, comparing the second and third, for the reason given in the accepted-post test above.
+    // Kills: TargetThrew's `Release();` before `Unhandled.Raise(exception)` removed — the hand-off kept the hand-off
+    // call's hold for ever and never went back to its pool, so every such post allocated a new one.
+    [Fact]
+    public async Task A_hand_off_whose_context_ran_it_inline_and_then_threw_goes_back_to_its_pool_for_the_next_post()
+    {
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(static e => e is HandOffPostFailure);
+        var posted = new List<object?>();
+        SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            SynchronizationContext.SetSynchronizationContext(new RunsInlineThenThrowsContext(posted));
+            for (int i = 0; i < 3; i++)
+            {
+                var waker = new TestWaker<int>();
+                short token = waker.Version;
+                int runs = 0;
+                waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+
+                // The completing thread sees nothing thrown: the failure goes unhandled on the ThreadPool.
+                waker.Core.TrySetResult(token, i).Should().BeTrue();
+                runs.Should().Be(1, "Post ran the continuation inline before it threw; it is not queued again");
+                waker.Core.GetResult(token).Should().Be(i);
+            }
+        });
+
+        // Every failure reported before any assertion can end the test: one raised after the scope closed would end the run.
+        await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
+        reported.SeenCount.Should().Be(3, "each Post ran its callback and threw anyway: each failure is reported once");
+        posted.Should().HaveCount(3);
+        posted[1].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[2], "the second hand-off went back to the pool");
+    }
+
+    // ContextHandOff.cs, the fallback's claim: a context whose Post kept the callback and threw. The fallback runs the
+    // continuation on the ThreadPool and gives up the hold it took over from the hand-off call; the context's late
+    // callback finds the fallback's claim, reports the failure and gives up the target's hold, and the hand-off goes back
+    // to the pool (this thread's cache: the late callback runs here, after the continuation has run). Three posts,
+    // comparing the second and third, for the reason given in the accepted-post test above.
+    // Kills: IThreadPoolWorkItem.Execute's `Release();` removed, and RunFromTarget's `Release();` on the lost-claim path
+    // removed — either kept a hold for ever, so such a hand-off never went back to its pool.
+    [Fact]
+    public async Task A_hand_off_whose_fallback_ran_it_goes_back_to_its_pool_once_the_contexts_late_callback_came()
+    {
+        using UnhandledExceptions.Tolerated reported = UnhandledExceptions.Tolerate(static e => e is HandOffPostFailure);
+        var posted = new List<object?>();
+        SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            var context = new HoldsThenThrowsContext(posted);
+            SynchronizationContext.SetSynchronizationContext(context);
+            for (int i = 0; i < 3; i++)
+            {
+                var waker = new TestWaker<int>();
+                short token = waker.Version;
+                var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                waker.Core.OnCompleted(_ => ran.TrySetResult(), null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+                waker.Core.TrySetResult(token, i).Should().BeTrue();
+
+                // Post threw: the fallback claims the item and runs it on the ThreadPool (its release comes first).
+                ran.Task.Wait(Guard).Should().BeTrue("the fallback runs the continuation");
+                context.RunHeld().Should().Be(1, "the context kept the callback (precondition)");
+                waker.Core.GetResult(token).Should().Be(i);
+            }
+        });
+
+        // Every failure reported before any assertion can end the test: one raised after the scope closed would end the run.
+        await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
+        reported.SeenCount.Should().Be(3, "each late callback found the fallback's claim and reported the failure once");
+        posted.Should().HaveCount(3);
+        posted[1].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[2], "the second hand-off went back to the pool");
+    }
+
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_state")]
     private static extern ref int StateOf(ref WakerCore<int> core);
 
@@ -519,5 +592,49 @@ public sealed class StrykerSurvivorTests
         }
 
         public override SynchronizationContext CreateCopy() => this;
+    }
+
+    // Not a DeliberateTestException: those are absorbed before a Tolerate scope counts them.
+    private sealed class HandOffPostFailure() : Exception("this context took the post and threw anyway");
+
+    /// <summary>Records the state of each post, runs the callback inline, then throws.</summary>
+    private sealed class RunsInlineThenThrowsContext(List<object?> states) : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            states.Add(state);
+            d(state);
+            throw new HandOffPostFailure();
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+    }
+
+    /// <summary>Records the state of each post and keeps the callback, then throws; <see cref="RunHeld"/> runs the kept ones.</summary>
+    private sealed class HoldsThenThrowsContext(List<object?> states) : SynchronizationContext
+    {
+        private readonly Queue<(SendOrPostCallback Callback, object? State)> _held = new();
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            states.Add(state);
+            _held.Enqueue((d, state));
+            throw new HandOffPostFailure();
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        /// <summary>Runs the kept callbacks on the caller, in order, and says how many.</summary>
+        public int RunHeld()
+        {
+            int count = 0;
+            while (_held.TryDequeue(out (SendOrPostCallback Callback, object? State) post))
+            {
+                post.Callback(post.State);
+                count++;
+            }
+
+            return count;
+        }
     }
 }
