@@ -508,6 +508,30 @@ public sealed class StrykerSurvivorTests
         posted[1].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[2], "the second hand-off went back to the pool");
     }
 
+    // ContextHandOff.cs RunFromTarget, a target that calls back twice while the hand-off is still held (here inside its
+    // Post, before the hand-off call gave up its hold): the claim's TargetCalled bit catches the second call, which
+    // does not run the continuation again and tells the target's author what went wrong.
+    // Kills: ThrowCalledTwice's message mutated to "" (the exception said nothing about the callback run twice).
+    [Fact]
+    public void A_context_that_runs_a_posted_callback_twice_inside_Post_is_told_so_and_the_continuation_runs_once()
+    {
+        SchedulerTestHelpers.RunOnNewThread(() =>
+        {
+            var context = new RunsInlineTwiceContext();
+            SynchronizationContext.SetSynchronizationContext(context);
+            var waker = new TestWaker<int>();
+            short token = waker.Version;
+            int runs = 0;
+            waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+            waker.Core.TrySetResult(token, 1).Should().BeTrue();
+
+            runs.Should().Be(1, "the second call must not run the continuation again");
+            context.SecondCallFailure.Should().BeOfType<InvalidOperationException>()
+                .Which.Message.Should().Contain("twice", "the message names the target's bug");
+            waker.Core.GetResult(token).Should().Be(1);
+        });
+    }
+
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_state")]
     private static extern ref int StateOf(ref WakerCore<int> core);
 
@@ -636,5 +660,26 @@ public sealed class StrykerSurvivorTests
 
             return count;
         }
+    }
+
+    /// <summary>Runs each posted callback inline twice in a row (a buggy context), recording what the second call threw.</summary>
+    private sealed class RunsInlineTwiceContext : SynchronizationContext
+    {
+        public Exception? SecondCallFailure { get; private set; }
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            d(state);
+            try
+            {
+                d(state);
+            }
+            catch (Exception e)
+            {
+                SecondCallFailure = e;
+            }
+        }
+
+        public override SynchronizationContext CreateCopy() => this;
     }
 }
