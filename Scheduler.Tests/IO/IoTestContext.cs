@@ -102,6 +102,19 @@ internal sealed class IoTestContext : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Starts a connect to <paramref name="endPoint"/> on the scheduler and tells whether it is pending when its call
+    /// returns. A Unix domain connect with backlog room completes within its call, so a pending one waits for room: no
+    /// window of real time needs to stand for that, which a connect with room, started late on a loaded machine, could
+    /// outlast. A connect that fails at its call throws here.
+    /// </summary>
+    public Task<(bool Pending, Task<ReactorSocket> Connect)> StartConnect(EndPoint endPoint, CancellationToken cancellationToken = default) =>
+        Run(() =>
+        {
+            ValueTask<ReactorSocket> started = ReactorSocket.ConnectAsync(Reactor, endPoint, cancellationToken);
+            return Task.FromResult((!started.IsCompleted, started.AsTask()));
+        });
+
     /// <summary>Reads <paramref name="connection"/>'s Input (on the scheduler) to its end; throws what the end reports.</summary>
     public Task ReadInputToEnd(ReactorConnection connection) => Run(async () =>
     {

@@ -27,11 +27,7 @@ public sealed class UnixConnectBacklogTests
             Task<ReactorSocket>? waiting = null;
             for (int i = 0; i < 8 && waiting is null; i++)
             {
-                (bool pending, Task<ReactorSocket> connect) = await io.Run(() =>
-                {
-                    ValueTask<ReactorSocket> started = ReactorSocket.ConnectAsync(io.Reactor, endPoint);
-                    return Task.FromResult((!started.IsCompleted, started.AsTask()));
-                });
+                (bool pending, Task<ReactorSocket> connect) = await io.StartConnect(endPoint);
                 if (!pending)
                 {
                     clients.Add(await connect); // a connect that failed at the call (WouldBlock before the fix) threw above
@@ -77,11 +73,7 @@ public sealed class UnixConnectBacklogTests
             // token is cancelled once the connect waits, not by a 100-ms timer: a loaded run could start the connect
             // after the timer fired, and a connect refused at the call for its cancelled token proves nothing here.
             using var cts = new CancellationTokenSource();
-            (bool pending, Task<ReactorSocket> connect) = await io.Run(() =>
-            {
-                ValueTask<ReactorSocket> started = ReactorSocket.ConnectAsync(io.Reactor, endPoint, cts.Token);
-                return Task.FromResult((!started.IsCompleted, started.AsTask()));
-            });
+            (bool pending, Task<ReactorSocket> connect) = await io.StartConnect(endPoint, cts.Token);
             pending.Should().BeTrue("the backlog is full");
             await cts.CancelAsync();
             Func<Task> cancelled = () => connect.WaitAsync(IoTestContext.Timeout);
