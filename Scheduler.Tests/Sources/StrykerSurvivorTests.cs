@@ -463,11 +463,7 @@ public sealed class StrykerSurvivorTests
             }
         });
 
-        // Every failure reported before any assertion can end the test: one raised after the scope closed would end the run.
-        await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
-        reported.SeenCount.Should().Be(3, "each Post ran its callback and threw anyway: each failure is reported once");
-        posted.Should().HaveCount(3);
-        posted[1].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[2], "the second hand-off went back to the pool");
+        await ExpectThreeReportsAndTheSecondHandOffReused(reported, posted, "each Post ran its callback and threw anyway: each failure is reported once");
     }
 
     // ContextHandOff.cs, the fallback's claim: a context whose Post kept the callback and threw. The fallback runs the
@@ -501,9 +497,18 @@ public sealed class StrykerSurvivorTests
             }
         });
 
-        // Every failure reported before any assertion can end the test: one raised after the scope closed would end the run.
+        await ExpectThreeReportsAndTheSecondHandOffReused(reported, posted, "each late callback found the fallback's claim and reported the failure once");
+    }
+
+    /// <summary>
+    /// The three posts' failures were each reported once, and the second post's hand-off went back to the pool for the
+    /// third. Every report is awaited before any assertion can end the test: one raised after the tolerating scope closed
+    /// would end the run.
+    /// </summary>
+    private static async Task ExpectThreeReportsAndTheSecondHandOffReused(UnhandledExceptions.Tolerated reported, List<object?> posted, string because)
+    {
         await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
-        reported.SeenCount.Should().Be(3, "each late callback found the fallback's claim and reported the failure once");
+        reported.SeenCount.Should().Be(3, because);
         posted.Should().HaveCount(3);
         posted[1].Should().BeOfType<ContextHandOff>().And.BeSameAs(posted[2], "the second hand-off went back to the pool");
     }
