@@ -30,7 +30,8 @@ public sealed class WorkStealingDequeTests
         }
 
         deque.TryPush(new WorkItem(Box(16))).Should().BeFalse();
-        FluentActions.Invoking(() => new WorkStealingDeque(12)).Should().Throw<ArgumentOutOfRangeException>();
+        FluentActions.Invoking(() => new WorkStealingDeque(12)).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "capacity" && e.Message.Contains("power of two", StringComparison.Ordinal));
     }
 
     [Fact]

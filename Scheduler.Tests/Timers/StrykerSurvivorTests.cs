@@ -563,6 +563,104 @@ public sealed class StrykerSurvivorTests
         wheel.Dispose();
     }
 
+    // Kills: DelayChunk.cs OnCompleted, `ReferenceEquals(shared, context) ? ContextShared : ContextSide` mutated to
+    // `false ? ...` — every awaiter under the chunk's shared context got a side state of its own holding the same
+    // reference (the chunk's 64-entry side array, then an object per slot) instead of a bit in the slot's word: the
+    // memory per pending delay that the shared reference is there to save, with every continuation still posted right.
+    [Fact]
+    public void Awaiters_under_the_chunks_one_context_refer_to_it_with_a_bit_and_need_no_side_state()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        var context = new RecordingSynchronizationContext();
+        var delays = new ValueTask[8];
+        int ran = 0;
+        for (int i = 0; i < delays.Length; i++)
+        {
+            delays[i] = wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
+
+            // As an await registers: without flowing the execution context, which would need a side state of its own.
+            SynchronizationContext? previous = SynchronizationContext.Current;
+            SynchronizationContext.SetSynchronizationContext(context);
+            try
+            {
+                delays[i].GetAwaiter().UnsafeOnCompleted(() => Interlocked.Increment(ref ran));
+            }
+            finally
+            {
+                SynchronizationContext.SetSynchronizationContext(previous);
+            }
+        }
+
+        var chunk = (DelayChunk)ValueTaskSource(ref delays[0])!;
+        for (int i = 0; i < delays.Length; i++)
+        {
+            ValueTaskSource(ref delays[i]).Should().BeSameAs(chunk, "all eight slots are in the first chunk");
+        }
+
+        ChunkSideStates(chunk).Should().BeNull("awaiters under the chunk's shared context keep no reference of their own");
+
+        clock.Advance(TimeSpan.FromMilliseconds(6));
+        wheel.RunDueTimers();
+        SpinWait.SpinUntil(() => Volatile.Read(ref ran) == delays.Length, TimeSpan.FromSeconds(30)).Should().BeTrue();
+        context.Posts.Should().Be(delays.Length, "each continuation was posted to the shared context");
+        foreach (ValueTask delay in delays)
+        {
+            delay.GetAwaiter().GetResult();
+        }
+
+        ChunkSideStates(chunk).Should().BeNull();
+    }
+
+    // Kills: DelayChunk.cs IsStaleToken, `(word & (WheelOwned | BatchOwned | StatusMask)) == 0` mutated to
+    // `(word | ...) == 0` (never true) — a slot's 10-bit generation wraps after 1,024 uses, and a token that old named a
+    // free slot whose generation had come round to its own. The mutant took it for the slot's live use, still pending:
+    // the ValueTask read as not completed, and an await of it claimed the registration of a slot nobody used, which
+    // its next use then found taken.
+    [Fact]
+    public void A_token_of_a_free_slot_whose_generation_wrapped_round_to_it_is_stale_and_leaves_the_next_use_alone()
+    {
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(TimeSpan.FromMilliseconds(1), clock, startDriver: false);
+        ValueTask old = ExpireAndRead();
+        short oldToken = ValueTaskToken(ref old);
+        for (int use = 1; use < 1 << DelayWord.GenerationBits; use++)
+        {
+            ValueTask later = ExpireAndRead();
+            (ValueTaskToken(ref later) >> DelayWord.GenerationBits).Should().Be(oldToken >> DelayWord.GenerationBits, "the free list hands the same slot back");
+        }
+
+        // The slot is free, and its generation is the old token's again.
+        var source = (IValueTaskSource)ValueTaskSource(ref old)!;
+        source.GetStatus(oldToken).Should().Be(ValueTaskSourceStatus.Faulted, "a stale token reports a fault, never a pending use");
+        old.IsCompleted.Should().BeTrue();
+        using var loserRan = new ManualResetEventSlim();
+        old.GetAwaiter().OnCompleted(loserRan.Set);
+        loserRan.Wait(TimeSpan.FromSeconds(30)).Should().BeTrue("a stale await loses at once and runs on its own");
+        Action read = () => old.GetAwaiter().GetResult();
+        read.Should().Throw<InvalidOperationException>();
+
+        // The slot's next use registers, completes and reads as any other.
+        ValueTask next = wheel.DelayAsync(TimeSpan.FromMilliseconds(2));
+        (ValueTaskToken(ref next) >> DelayWord.GenerationBits).Should().Be(oldToken >> DelayWord.GenerationBits);
+        using var nextRan = new ManualResetEventSlim();
+        next.GetAwaiter().OnCompleted(nextRan.Set);
+        nextRan.IsSet.Should().BeFalse();
+        clock.Advance(TimeSpan.FromMilliseconds(3));
+        wheel.RunDueTimers();
+        nextRan.Wait(TimeSpan.FromSeconds(30)).Should().BeTrue();
+        next.GetAwaiter().GetResult();
+
+        ValueTask ExpireAndRead()
+        {
+            ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(2));
+            clock.Advance(TimeSpan.FromMilliseconds(3));
+            wheel.RunDueTimers();
+            delay.GetAwaiter().GetResult();
+            return delay;
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static WeakReference RunCancellableDelayToCompletion(TimerWheel wheel, ManualClock clock)
     {
@@ -576,4 +674,7 @@ public sealed class StrykerSurvivorTests
 
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_delays")]
     private static extern ref DelaySlab WheelDelays(TimerWheel wheel);
+
+    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_side")]
+    private static extern ref DelaySideState?[]? ChunkSideStates(DelayChunk chunk);
 }
