@@ -37,8 +37,13 @@ public sealed class AdversarialConnectionTests
         }
     }, bound);
 
-    [Fact]
-    public async Task Aborting_Output_while_its_send_is_parked_on_a_peer_that_never_reads_still_ends_Input_with_the_reason()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    // synchronously: Output.Complete(exception) rather than CompleteAsync (Kills: AbortingWriter.Complete, its
+    // AbortIfFirstCompletionFailed removed — the synchronous completion no longer aborted, so Input ended only when the
+    // peer, which never reads, drained the parked send).
+    public async Task Aborting_Output_while_its_send_is_parked_on_a_peer_that_never_reads_still_ends_Input_with_the_reason(bool synchronously)
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
@@ -54,7 +59,14 @@ public sealed class AdversarialConnectionTests
         {
             connection.Output.CancelPendingFlush();
             (await blocked).IsCanceled.Should().BeTrue();
-            await connection.Output.CompleteAsync(reason);
+            if (synchronously)
+            {
+                connection.Output.Complete(reason);
+            }
+            else
+            {
+                await connection.Output.CompleteAsync(reason);
+            }
         }, Guard);
 
         // docs/io.md: "Completing Output with an exception aborts the connection (both directions shut down). Either

@@ -201,10 +201,11 @@ public sealed class ConnectionMutationKillTests
         var connection = ReactorConnection.Create(server);
         await peer.SendAsync(new byte[1000]).WaitAsync(IoTestContext.Timeout); // a request nobody reads
         byte[] reply = IoTestContext.Pattern(1000, 43);
+        Memory<byte> held = default;
         await io.Run(async () =>
         {
             await connection.Output.WriteAsync(reply);
-            _ = connection.Output.GetMemory(); // held, never advanced: DisposeAsync must not complete Output
+            held = connection.Output.GetMemory(); // held, never advanced: DisposeAsync must not complete Output
             await connection.DisposeAsync();
         });
 
@@ -227,6 +228,12 @@ public sealed class ConnectionMutationKillTests
         error.Should().BeNull("the send loop ends at the cancelled read and shuts the send side down; the close lingers");
         total.Should().Be(reply.Length);
         received.AsSpan(0, total).SequenceEqual(reply).Should().BeTrue();
+
+        // The held block is still the writer's: the pipe was not completed under it (Kills: AbortingWriter.Hold, the
+        // compare-and-swap to Holding removed or its `== Idle` negated — DisposeAsync claimed the writer, completed the
+        // pipe and gave the block back to the pool, shared with every connection, while the writer still filled it).
+        held.Span.Fill(7);
+        FluentActions.Invoking(() => connection.Output.Advance(16)).Should().NotThrow("DisposeAsync left the pipe alone while memory was held");
         await connection.Output.CompleteAsync(); // gives the held block back
     }
 

@@ -395,6 +395,41 @@ public sealed class ReactorConnectionTests
         }
     }
 
+    /// <summary>
+    /// An application that completes Input stops the connection reading the socket, whether it completes it plainly
+    /// (the receive loop's flush reports it) or with an exception (the flush throws it): the peer then meets TCP's own
+    /// backpressure. Kills: ReactorConnection.Loops.cs ReceiveLoopAsync, the <c>break</c> after a flush that threw
+    /// removed — the loop went on receiving, and dropped, everything the peer sent.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Completing_Input_stops_reading_the_socket(bool withException)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
+        await io.Run(async () =>
+        {
+            if (withException)
+            {
+                await connection.Input.CompleteAsync(new InvalidDataException("malformed request"));
+            }
+            else
+            {
+                await connection.Input.CompleteAsync();
+            }
+        });
+
+        // Far more than the two kernel buffers hold; a loop that kept reading takes it all in well under a second.
+        Task<int> send = peer.SendAsync(new byte[64 << 20]);
+        (await Task.WhenAny(send, Task.Delay(2_000))).Should().NotBeSameAs(send, "nobody reads the socket once Input is completed");
+        peer.Dispose();
+        await send.Ended().WaitAsync(IoTestContext.Timeout);
+    }
+
     [Fact]
     public async Task DisposeAsync_never_hangs_on_a_peer_that_stopped_reading()
     {
@@ -491,6 +526,7 @@ public sealed class ReactorConnectionTests
         received.Should().Equal(message);
         (await peer.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(IoTestContext.Timeout)).Should().Be(0);
         refusals.Should().AllBeOfType<ObjectDisposedException>("writing to a disposed connection is a use after dispose");
+        refusals.Should().AllSatisfy(e => e!.Message.Should().Contain("its Output takes no more writes", "the message says what was refused"));
     }
 
     [Theory]
