@@ -61,6 +61,49 @@ public sealed class ReactorConnectionInlineContextTests
         await connection.DisposeAsync().AsTask().WithTimeout("the connection's DisposeAsync", IoTestContext.Timeout);
     }
 
+    /// <summary>
+    /// The same with the pipe's own context capture on (<c>useSynchronizationContext: true</c>, what
+    /// <see cref="PipeOptions"/> defaults to): resumed inline by the application's flush, the send loop sends at once and
+    /// reads again on the application's thread, under its context. That read must not capture the context either, or
+    /// the application's next flush is posted to it and never sent. Kills: ReactorConnection.Loops.cs SendLoopAsync,
+    /// <c>reader.ReadAsync().ConfigureAwait(false)</c> made <c>ConfigureAwait(true)</c>.
+    /// </summary>
+    [Fact]
+    public async Task Send_loop_reading_again_under_the_applications_context_does_not_capture_it_when_the_pipe_would()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var outputOptions = new PipeOptions(readerScheduler: PipeScheduler.Inline, useSynchronizationContext: true);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), outputOptions: outputOptions);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
+
+        // A first message from a worker: once the peer has it, the send loop waits in its next read.
+        byte[] warmUp = IoTestContext.Pattern(100, 1);
+        await io.Run(async () => await connection.Output.WriteAsync(warmUp));
+        var received = new byte[warmUp.Length];
+        await IoTestContext.ReceiveExactlyAsync(peer, received).WaitAsync(Bound);
+
+        var blocked = new BlockedSynchronizationContext();
+        foreach (byte seed in new byte[] { 2, 3 })
+        {
+            // Small enough to be sent at once: the loop resumed by this flush reads again right here, under the context.
+            byte[] message = IoTestContext.Pattern(100, seed);
+            Task<FlushResult>? flush = null;
+            blocked.Run(() =>
+            {
+                connection.Output.Write(message);
+                flush = connection.Output.FlushAsync().AsTask();
+            });
+            var got = new byte[message.Length];
+            bool arrived = await IoTestContext.ReceiveExactlyAsync(peer, got).WaitAsync(Bound).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default);
+            blocked.Posts.Should().Be(0, "the send loop's read must not capture the application's context");
+            arrived.Should().BeTrue();
+            got.Should().Equal(message);
+            (await flush!.WaitAsync(Bound)).IsCompleted.Should().BeFalse("Output is not completed");
+        }
+    }
+
     [Fact]
     public async Task Receive_loop_resumed_inline_inside_a_task_of_the_applications_TaskScheduler_never_queues_to_it()
     {
