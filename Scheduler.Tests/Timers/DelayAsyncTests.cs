@@ -114,7 +114,7 @@ public sealed class DelayAsyncTests
         foreach (Task pending in new[] { finite, infinite, cancelable })
         {
             Func<Task> act = () => pending.WaitAsync(s_timeout);
-            await act.Should().ThrowAsync<ObjectDisposedException>();
+            await act.Should().ThrowAsync<ObjectDisposedException>().WithMessage("*disposed while the delay was pending*", "the read says why the delay ended");
         }
 
         await cts.CancelAsync();
