@@ -104,6 +104,55 @@ public sealed class ReactorConnectionInlineContextTests
         }
     }
 
+    /// <summary>
+    /// The receive loop's side of the same: with the pipe's own context capture on, the loop resumed inline by the
+    /// application's <c>AdvanceTo</c> finds more input waiting, receives it at once and flushes it on the application's
+    /// thread, under its context, where the flush pauses again. That flush must not capture the context, or the
+    /// application's next <c>AdvanceTo</c> posts the loop to it and no more input arrives. Kills:
+    /// ReactorConnection.Loops.cs ReceiveLoopAsync, <c>writer.FlushAsync().ConfigureAwait(false)</c> made <c>true</c>.
+    /// </summary>
+    [Fact]
+    public async Task Receive_loop_flushing_again_under_the_applications_context_does_not_capture_it_when_the_pipe_would()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: true);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
+        var blocked = new BlockedSynchronizationContext();
+
+        // The first kilobyte pauses the loop's flush (over 64 bytes); the second waits in the socket meanwhile.
+        await peer.SendAsync(new byte[1024]);
+        ReadResult first = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound);
+        await peer.SendAsync(new byte[1024]);
+        Thread.Sleep(50); // loopback delivers at once; a later arrival only makes the loop wait in a receive instead
+        long total = first.Buffer.Length;
+        blocked.Run(() => connection.Input.AdvanceTo(first.Buffer.End));
+
+        // Everything else is consumed under the context too, as a UI thread would.
+        var elapsed = Stopwatch.StartNew();
+        while (total < 2048)
+        {
+            elapsed.Elapsed.Should().BeLessThan(Bound, "the second kilobyte reaches Input");
+            if (!connection.Input.TryRead(out ReadResult result))
+            {
+                Thread.Sleep(1);
+                continue;
+            }
+
+            total += result.Buffer.Length;
+            blocked.Run(() => connection.Input.AdvanceTo(result.Buffer.End));
+        }
+
+        await peer.SendAsync(new byte[] { 7 });
+        ReadResult next = await connection.Input.ReadAsync().AsTask().WaitAsync(Bound).ContinueWith(
+            t => t.IsCompletedSuccessfully ? t.Result : default, TaskScheduler.Default);
+        blocked.Posts.Should().Be(0, "the receive loop's flush must not capture the application's context");
+        next.Buffer.Length.Should().Be(1, "the byte sent afterwards reaches Input");
+        connection.Input.AdvanceTo(next.Buffer.End);
+    }
+
     [Fact]
     public async Task Receive_loop_resumed_inline_inside_a_task_of_the_applications_TaskScheduler_never_queues_to_it()
     {
