@@ -580,16 +580,7 @@ public sealed class StrykerSurvivorTests
             delays[i] = wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
 
             // As an await registers: without flowing the execution context, which would need a side state of its own.
-            SynchronizationContext? previous = SynchronizationContext.Current;
-            SynchronizationContext.SetSynchronizationContext(context);
-            try
-            {
-                delays[i].GetAwaiter().UnsafeOnCompleted(() => Interlocked.Increment(ref ran));
-            }
-            finally
-            {
-                SynchronizationContext.SetSynchronizationContext(previous);
-            }
+            OnCompletedUnder(context, delays[i], () => Interlocked.Increment(ref ran), flowExecutionContext: false);
         }
 
         var chunk = (DelayChunk)ValueTaskSource(ref delays[0])!;

@@ -205,14 +205,24 @@ internal static class DelayTestHooks
     public static void OnCompletedInline(ValueTask delay, Action continuation) =>
         OnCompletedUnder(new InlineSynchronizationContext(), delay, continuation);
 
-    /// <summary>Registers <paramref name="continuation"/> (an <c>await</c>'s registration) with <paramref name="context"/> current.</summary>
-    public static void OnCompletedUnder(SynchronizationContext context, ValueTask delay, Action continuation)
+    /// <summary>
+    /// Registers <paramref name="continuation"/> with <paramref name="context"/> current: through <c>OnCompleted</c>, which
+    /// flows the execution context, or, as an <c>await</c> registers, through <c>UnsafeOnCompleted</c>, which does not.
+    /// </summary>
+    public static void OnCompletedUnder(SynchronizationContext context, ValueTask delay, Action continuation, bool flowExecutionContext = true)
     {
         SynchronizationContext? previous = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(context);
         try
         {
-            delay.GetAwaiter().OnCompleted(continuation);
+            if (flowExecutionContext)
+            {
+                delay.GetAwaiter().OnCompleted(continuation);
+            }
+            else
+            {
+                delay.GetAwaiter().UnsafeOnCompleted(continuation);
+            }
         }
         finally
         {
