@@ -348,15 +348,11 @@ public sealed class StrykerSurvivorTests
             SynchronizationContext.SetSynchronizationContext(new StateRecordingContext(context, posted));
             for (int i = 0; i < 3; i++)
             {
-                var waker = new TestWaker<int>();
-                short token = waker.Version;
-                int runs = 0;
-                waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
-                waker.Core.TrySetResult(token, i).Should().BeTrue();
-                context.Held.Should().Be(1, "the continuation is posted to the context");
-                context.RunAll();
-                runs.Should().Be(1);
-                waker.Core.GetResult(token).Should().Be(i);
+                CompleteOneUnderTheContext(i, "the continuation ran once the context ran its post", () =>
+                {
+                    context.Held.Should().Be(1, "the continuation is posted to the context");
+                    context.RunAll();
+                });
             }
 
             posted.Should().HaveCount(3);
@@ -451,15 +447,8 @@ public sealed class StrykerSurvivorTests
             SynchronizationContext.SetSynchronizationContext(new RunsInlineThenThrowsContext(posted));
             for (int i = 0; i < 3; i++)
             {
-                var waker = new TestWaker<int>();
-                short token = waker.Version;
-                int runs = 0;
-                waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
-
                 // The completing thread sees nothing thrown: the failure goes unhandled on the ThreadPool.
-                waker.Core.TrySetResult(token, i).Should().BeTrue();
-                runs.Should().Be(1, "Post ran the continuation inline before it threw; it is not queued again");
-                waker.Core.GetResult(token).Should().Be(i);
+                CompleteOneUnderTheContext(i, "Post ran the continuation inline before it threw; it is not queued again");
             }
         });
 
@@ -505,6 +494,20 @@ public sealed class StrykerSurvivorTests
     /// third. Every report is awaited before any assertion can end the test: one raised after the tolerating scope closed
     /// would end the run.
     /// </summary>
+    // One waker awaited under the thread's current context and completed on this thread: the completion posts its
+    // continuation to that context (a hand-off from the pool); afterPost lets the context run it, if it holds it.
+    private static void CompleteOneUnderTheContext(int value, string because, Action? afterPost = null)
+    {
+        var waker = new TestWaker<int>();
+        short token = waker.Version;
+        int runs = 0;
+        waker.Core.OnCompleted(_ => runs++, null, token, ValueTaskSourceOnCompletedFlags.UseSchedulingContext);
+        waker.Core.TrySetResult(token, value).Should().BeTrue();
+        afterPost?.Invoke();
+        runs.Should().Be(1, because);
+        waker.Core.GetResult(token).Should().Be(value);
+    }
+
     private static async Task ExpectThreeReportsAndTheSecondHandOffReused(UnhandledExceptions.Tolerated reported, List<object?> posted, string because)
     {
         await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
