@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Scheduler.IO;
@@ -249,5 +250,54 @@ public sealed class ConnectionMutationKillTests
             Interlocked.Increment(ref _count);
             System.Threading.ThreadPool.UnsafeQueueUserWorkItem(action, state, preferLocal: false);
         }
+    }
+
+    /// <summary>
+    /// Kills: ReactorConnection.Loops.cs ShutdownSend, its <c>when (e.SocketErrorCode == SocketError.NotConnected)</c>
+    /// negated. A peer reset the connection while the receive loop was paused by backpressure, so nothing has taken the
+    /// reset yet; then the application completes Output with nothing left to send, and shutting the send side down
+    /// finds the socket closed (ENOTCONN). That is not a failure of ours to report: Input still hands over what arrived
+    /// and then ends with the peer's reset. With the filter negated, the send loop recorded the ENOTCONN as what ended
+    /// the connection, and Input ended with "not connected" instead.
+    /// </summary>
+    [Fact]
+    public async Task Output_completed_after_an_unread_reset_leaves_Input_ending_with_the_reset()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        var inputOptions = new PipeOptions(pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
+
+        // A kilobyte over a 64-byte threshold pauses the receive loop's flush: it does not receive while the reset comes.
+        byte[] request = IoTestContext.Pattern(1024, 43);
+        await peer.SendAsync(request);
+        ReadResult first = await connection.Input.ReadAsync().AsTask().WaitAsync(IoTestContext.Timeout);
+        connection.Input.AdvanceTo(first.Buffer.Start);
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Close(); // RST
+        Thread.Sleep(50); // loopback delivers it at once; arriving later, it only makes our shutdown succeed
+
+        await io.Run(async () => await connection.Output.CompleteAsync());
+        SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
+
+        var received = new List<byte>();
+        Func<Task> readToEnd = () => io.Run(async () =>
+        {
+            while (true)
+            {
+                ReadResult result = await connection.Input.ReadAsync();
+                received.AddRange(result.Buffer.ToArray());
+                connection.Input.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted)
+                {
+                    return;
+                }
+            }
+        });
+        (await readToEnd.Should().ThrowAsync<SocketException>("a reset ends Input with an error, never as an orderly end"))
+            .Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset, "Input reports the peer's reset, not our shutdown's ENOTCONN");
+        received.Should().Equal(request, "what arrived before the reset is handed over first");
     }
 }
