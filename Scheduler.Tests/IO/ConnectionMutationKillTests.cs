@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Scheduler.IO;
+using Scheduler.Tests.Scheduling;
 
 namespace Scheduler.Tests.IO;
 
@@ -190,7 +191,10 @@ public sealed class ConnectionMutationKillTests
     /// Kills: ReactorConnection.Loops.cs SendLoopAsync ending only on <c>result.IsCompleted</c> (the cancelled read of a
     /// DisposeAsync ignored). While the application holds memory from <c>GetMemory</c>, DisposeAsync does not complete
     /// Output but cancels the send loop's read: the loop must take that as its end, shut the send side down and let the
-    /// close linger, so a peer whose request we did not read gets the reply and our end of stream, not a reset.
+    /// close linger, so a peer whose request we did not read gets the reply and our end of stream, not a reset. Also
+    /// kills: ReactorConnection.cs DisposeAsync, its first <c>_output.Reader.CancelPendingRead()</c> removed — the send
+    /// loop then waited out the grace period in its read, the close did not linger, and the request still in the socket
+    /// (held there by backpressure) made it a reset.
     /// </summary>
     [Fact]
     public async Task DisposeAsync_while_a_writer_holds_memory_still_ends_the_stream_with_a_FIN_not_a_reset()
@@ -199,8 +203,11 @@ public sealed class ConnectionMutationKillTests
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
-        var connection = ReactorConnection.Create(server);
-        await peer.SendAsync(new byte[1000]).WaitAsync(IoTestContext.Timeout); // a request nobody reads
+        var inputOptions = new PipeOptions(pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var connection = ReactorConnection.Create(server, inputOptions);
+
+        // A request nobody reads: past Input's 64-byte threshold most of it stays in the socket, unread at the close.
+        await peer.SendAsync(new byte[8 << 10]).WaitAsync(IoTestContext.Timeout);
         byte[] reply = IoTestContext.Pattern(1000, 43);
         Memory<byte> held = default;
         await io.Run(async () =>
@@ -299,5 +306,89 @@ public sealed class ConnectionMutationKillTests
         (await readToEnd.Should().ThrowAsync<SocketException>("a reset ends Input with an error, never as an orderly end"))
             .Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset, "Input reports the peer's reset, not our shutdown's ENOTCONN");
         received.Should().Equal(request, "what arrived before the reset is handed over first");
+    }
+
+    /// <summary>
+    /// Kills: ReactorConnection.cs DisposeAsync, its final <c>await _receiveLoop</c> (<paramref name="receiveLoopRunning"/>)
+    /// or <c>await _sendLoop</c> removed. <c>DisposeAsync</c> returns once the connection is done, also when it finds a
+    /// disposal already under way (idempotent, not "returns at once"): a second call made while the first lingers waits
+    /// for the loop still running. The receive loop runs on while the first call lingers on a peer that does not read
+    /// (the send loop has ended); the send loop runs on while it waits to send to such a peer after the peer ended its
+    /// stream (the receive loop has ended).
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_second_DisposeAsync_returns_only_when_the_first_has_finished(bool receiveLoopRunning)
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 4 << 10; // the peer never reads: its window closes after a few KiB
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        Task write = Task.CompletedTask;
+        if (receiveLoopRunning)
+        {
+            // Sent whole and our send side shut down; part of it unacknowledged, so the disposal lingers.
+            await io.Run(async () =>
+            {
+                await connection.Output.WriteAsync(new byte[12 << 10]);
+                await connection.Output.CompleteAsync();
+            });
+            SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
+        }
+        else
+        {
+            // The peer's end of stream ends the receive loop; megabytes written fill both sides' buffers, so the send
+            // loop waits for room until the disposal's grace period ends.
+            peer.Shutdown(SocketShutdown.Send);
+            ReadResult end = await connection.Input.ReadAsync().AsTask().WaitAsync(IoTestContext.Timeout);
+            end.IsCompleted.Should().BeTrue("the peer ended its stream");
+            connection.Input.AdvanceTo(end.Buffer.End);
+            write = io.Run(async () => await connection.Output.WriteAsync(new byte[8 << 20]));
+            SpinWait.SpinUntil(() => connection.Socket.UnacknowledgedSendBytes() > 0, IoTestContext.Timeout).Should().BeTrue();
+        }
+
+        ValueTask first = connection.DisposeAsync();
+        first.IsCompleted.Should().BeFalse("the first disposal waits for the peer for up to its grace period");
+        ValueTask second = connection.DisposeAsync();
+        second.IsCompleted.Should().BeFalse("the second call must wait for the loop still running");
+        await first.AsTask().WithTimeout("the first DisposeAsync", IoTestContext.Timeout);
+        await second.AsTask().WithTimeout("the second DisposeAsync", IoTestContext.Timeout);
+        connection.SendLoopEndedForTests.Should().BeTrue();
+        await write.WithTimeout("the write the disposal released", IoTestContext.Timeout);
+    }
+
+    /// <summary>
+    /// Kills: ReactorConnection.cs DisposeAsync, the linger loop's <c>await Task.WhenAny(_receiveLoop, Task.Delay(...))</c>
+    /// removed. The linger polls every few milliseconds for the peer's acknowledgement; it waits between polls, on no
+    /// thread. Without the wait the loop spun on the caller's thread for the whole grace period (a second of a core per
+    /// closed connection), inside the call.
+    /// </summary>
+    [Fact]
+    public async Task A_lingering_DisposeAsync_waits_between_its_polls_instead_of_spinning_on_the_callers_thread()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        peer.ReceiveBufferSize = 4 << 10;
+        var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
+        await io.Run(async () =>
+        {
+            await connection.Output.WriteAsync(new byte[12 << 10]);
+            await connection.Output.CompleteAsync();
+        });
+        SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
+        connection.Socket.UnacknowledgedSendBytes().Should().BePositive("the peer never reads, so DisposeAsync lingers");
+
+        // Everything DisposeAsync does before its first wait runs inside this call, on this thread.
+        long before = ThreadCpu.CurrentThreadNanoseconds();
+        ValueTask disposal = connection.DisposeAsync();
+        double milliseconds = (ThreadCpu.CurrentThreadNanoseconds() - before) / 1e6;
+
+        milliseconds.Should().BeLessThan(
+            ReactorConnection.DisposeGracePeriod.TotalMilliseconds / 4,
+            "a lingering disposal waits for the peer's acknowledgement off the caller's thread; it does not spin for its grace period");
+        await disposal.AsTask().WithTimeout("DisposeAsync", IoTestContext.Timeout);
     }
 }

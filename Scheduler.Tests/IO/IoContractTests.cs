@@ -223,7 +223,8 @@ public sealed class IoContractTests
         {
             var zero = new PipeOptions(minimumSegmentSize: 0);
             FluentActions.Invoking(() => ReactorConnection.Create(server, inputOptions: zero))
-                .Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("inputOptions");
+                .Should().Throw<ArgumentOutOfRangeException>().WithMessage("*MinimumSegmentSize must be positive*never returns*")
+                .Which.ParamName.Should().Be("inputOptions");
             FluentActions.Invoking(() => ReactorConnection.Create(server, outputOptions: zero))
                 .Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("outputOptions");
 

@@ -376,7 +376,8 @@ public sealed class ReactorSocketTests
         listener.Invoking(l => l.Shutdown((SocketShutdown)42)).Should().Throw<ArgumentOutOfRangeException>();
         Func<Task> receive = async () => await listener.ReceiveAsync(new byte[1]);
         await receive.Should().ThrowAsync<InvalidOperationException>();
-        FluentActions.Invoking(() => ReactorConnection.Create(listener)).Should().Throw<ArgumentException>();
+        FluentActions.Invoking(() => ReactorConnection.Create(listener)).Should().Throw<ArgumentException>()
+            .WithMessage("A listening socket cannot carry a connection*AcceptAsync*").Which.ParamName.Should().Be("socket");
         FluentActions.Invoking(() => ReactorConnection.Create(null!)).Should().Throw<ArgumentNullException>();
     }
 
