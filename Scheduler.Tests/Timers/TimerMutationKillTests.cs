@@ -74,6 +74,77 @@ public sealed class TimerMutationKillTests
         called.Should().Be(0);
     }
 
+    // Kills: WheelTimer.cs ComputeIntent, `fireNow ? SaturatingAdd(now, periodUnits) : DeadlineAfter(now, dueTime)` made
+    // always the second — a periodic timer due now fires at once, and its next firing is a period later; the mutant
+    // scheduled that next one for now as well, so the timer fired twice at its start (docs/timers.md: "A periodic timer
+    // due now fires at once and then every period").
+    [Fact]
+    public async Task A_periodic_timer_due_now_fires_at_once_and_next_a_whole_period_later()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        var counter = new CallbackCounter();
+        using ITimer timer = wheel.CreateTimer(counter.Callback, null, TimeSpan.Zero, TimeSpan.FromMilliseconds(10));
+        await counter.WaitForAsync(1);
+        wheel.RunDueTimers();
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        await Task.Delay(Settle);
+        counter.Count.Should().Be(1, "half a period after the first firing, the second is not due");
+
+        clock.Advance(TimeSpan.FromMilliseconds(5));
+        wheel.RunDueTimers();
+        await counter.WaitForAsync(2);
+    }
+
+    // Kills: WheelTimer.cs Change, the `else if (TimerIntent.IsAbsolute(intent))` branch's `RequestDrainBy(deadline)`
+    // removed (or its condition negated) — a Change on a timer already waiting to be reconciled does not push it again,
+    // and the drain that push asked for may come too late for this arm: the driver must be asked for a drain by the new
+    // deadline, or a short re-arm of a timer just armed long fires late.
+    [Fact]
+    public void A_short_rearm_of_a_timer_waiting_to_be_reconciled_asks_for_a_drain_by_its_own_deadline()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        using ITimer timer = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
+        wheel.LinkedCount.Should().Be(0, "the new timer waits on the pending stack (PendingCount would drain it)");
+        wheel.ForgetDrainRequest(); // stands for a request made for a later deadline
+
+        timer.Change(TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(2)),
+            "the re-armed timer is due in 1 ms (one tick of slack)");
+    }
+
+    // Kills: WheelTimer.cs Change, `(intent & TimerIntent.Periodic) != 0` made `(intent | TimerIntent.Periodic) != 0` —
+    // every one-shot Change took the periodic writer's path: the wheel-wide PeriodicWriterLock on each call and, at the
+    // first one, the period's extras object, which only a periodic timer needs (docs/timers.md: the timeout pattern's
+    // Change is plain stores and loads). Checked through what the calls allocate: nothing, however often a timer is
+    // re-armed and disarmed, once the wheel and the timer exist.
+    [Fact]
+    public void Re_arming_and_disarming_a_one_shot_timer_allocates_nothing()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        using ITimer timer = wheel.CreateTimer(static _ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        timer.Change(TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan); // first calls JIT-compiled, outside the count
+        timer.Change(TimeSpan.FromSeconds(30), Timeout.InfiniteTimeSpan);
+        timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        wheel.RunDueTimers();
+        using ITimer fresh = wheel.CreateTimer(static _ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100; i++)
+        {
+            fresh.Change(TimeSpan.FromMilliseconds(5 + i), Timeout.InfiniteTimeSpan);
+            fresh.Change(TimeSpan.FromSeconds(30), Timeout.InfiniteTimeSpan);
+            fresh.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        }
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        allocated.Should().Be(0, "a one-shot Change writes the intent word and at most pushes the timer itself");
+    }
+
     /// <summary>
     /// Starts a delay of 5 ms whose continuation runs inline (a SynchronizationContext whose Post runs it at once), on
     /// whatever thread completes it. Returns a reader of what <paramref name="continuation"/> returned (null until it ran);
