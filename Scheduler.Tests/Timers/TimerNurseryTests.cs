@@ -258,6 +258,31 @@ public sealed class TimerNurseryTests
         thread.Join();
         return new WeakReference(thread);
     }
+
+    /// <summary>
+    /// Kills: TimerWheel.Nurseries.cs TryAddToNursery, <c>if (absolute)</c> negated. A timer created into a nursery asks
+    /// the driver for a drain: by its own deadline when that comes before the reconcile interval ends (an absolute
+    /// arm due in 1 ms), within the interval otherwise (a relative arm, only when the ring was empty). Negated, the 1-ms
+    /// timer asked only for the interval's 4 ms (late), and the relative arm for a drain at once.
+    /// </summary>
+    [Fact]
+    public void A_timer_created_into_a_nursery_asks_for_the_drain_its_arm_needs()
+    {
+        TimerWheel.UnbindThreadNursery(); // this test thread may still be bound to an earlier test's wheel
+        var clock = new ManualClock();
+        using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { RelativeArmsEnabled = true };
+        long reconcileInterval = StopwatchUnits.From(TimeSpan.FromMilliseconds(4));
+
+        using ITimer relative = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
+        wheel.NurseryCount.Should().Be(1, "the timer went to this thread's nursery");
+        wheel.DrainRequestTimestamp.Should().Be(clock.Now + reconcileInterval, "a relative arm is reconciled within the interval");
+
+        wheel.ForgetDrainRequest(); // stands for a driver pass that took the request but not this ring
+        using ITimer soon = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(2)),
+            "a timer due in 1 ms asks for a drain by its deadline (one tick of slack), not the interval's 4 ms");
+    }
 }
 
 /// <summary>
