@@ -329,13 +329,7 @@ public sealed class ConnectionMutationKillTests
         Task write = Task.CompletedTask;
         if (receiveLoopRunning)
         {
-            // Sent whole and our send side shut down; part of it unacknowledged, so the disposal lingers.
-            await io.Run(async () =>
-            {
-                await connection.Output.WriteAsync(new byte[12 << 10]);
-                await connection.Output.CompleteAsync();
-            });
-            SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
+            await io.CompleteOutputToAPeerThatDoesNotReadAsync(connection);
         }
         else
         {
@@ -373,13 +367,7 @@ public sealed class ConnectionMutationKillTests
         using Socket peer = IoTestContext.NewPlainSocket();
         peer.ReceiveBufferSize = 4 << 10;
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
-        await io.Run(async () =>
-        {
-            await connection.Output.WriteAsync(new byte[12 << 10]);
-            await connection.Output.CompleteAsync();
-        });
-        SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
-        connection.Socket.UnacknowledgedSendBytes().Should().BePositive("the peer never reads, so DisposeAsync lingers");
+        await io.CompleteOutputToAPeerThatDoesNotReadAsync(connection);
 
         // Everything DisposeAsync does before its first wait runs inside this call, on this thread.
         long before = ThreadCpu.CurrentThreadNanoseconds();

@@ -176,6 +176,24 @@ internal sealed class IoTestContext : IAsyncDisposable
         return await accept;
     }
 
+    /// <summary>
+    /// Leaves <paramref name="connection"/> where a disposal lingers: the application answered 12 KiB and completed
+    /// Output itself (as a server does at the end of a request); the reply fits the kernel's buffers, so the send loop
+    /// handed all of it over, shut the send side down and ended, but the peer (its receive buffer made 4 KiB before it
+    /// connected) never reads, so part of the reply stays unacknowledged and a <c>DisposeAsync</c> now polls for the
+    /// peer's acknowledgement until its grace period ends.
+    /// </summary>
+    public async Task CompleteOutputToAPeerThatDoesNotReadAsync(ReactorConnection connection)
+    {
+        await Run(async () =>
+        {
+            await connection.Output.WriteAsync(new byte[12 << 10]);
+            await connection.Output.CompleteAsync();
+        });
+        SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, Timeout).Should().BeTrue("the send loop ends after Output completes");
+        connection.Socket.UnacknowledgedSendBytes().Should().BePositive("the peer never reads, so DisposeAsync lingers");
+    }
+
     /// <summary>Sends one byte from <paramref name="from"/> and checks that <paramref name="to"/> receives exactly it: both directions' operations are free.</summary>
     public static async Task AssertByteCrossesAsync(ReactorSocket from, ReactorSocket to, byte value)
     {

@@ -22,17 +22,8 @@ public sealed class ReactorConnectionDisposeContextTests
         peer.ReceiveBufferSize = 4 << 10; // the peer's window closes after a few KiB; the rest waits unacknowledged
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
 
-        // The application answers and completes Output itself, then disposes (as a server does at the end of a
-        // request). The reply fits the kernel's buffers, so the send loop hands all of it over, shuts the send side
-        // down and ends before DisposeAsync starts; but the peer never reads, so part of it stays unacknowledged and
         // DisposeAsync lingers, polling until its grace period ends: its linger loop awaits many times.
-        await io.Run(async () =>
-        {
-            await connection.Output.WriteAsync(new byte[12 << 10]);
-            await connection.Output.CompleteAsync();
-        });
-        SpinWait.SpinUntil(() => connection.SendLoopEndedForTests, IoTestContext.Timeout).Should().BeTrue("the send loop ends after Output completes");
-        connection.Socket.UnacknowledgedSendBytes().Should().BePositive("the peer never reads, so DisposeAsync lingers");
+        await io.CompleteOutputToAPeerThatDoesNotReadAsync(connection);
 
         var blocked = new BlockedSynchronizationContext();
         ValueTask disposal = default;
