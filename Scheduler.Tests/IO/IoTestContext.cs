@@ -179,9 +179,9 @@ internal sealed class IoTestContext : IAsyncDisposable
     /// <summary>
     /// Leaves <paramref name="connection"/> where a disposal lingers: the application answered 12 KiB and completed
     /// Output itself (as a server does at the end of a request); the reply fits the kernel's buffers, so the send loop
-    /// handed all of it over, shut the send side down and ended, but the peer (its receive buffer made 4 KiB before it
-    /// connected) never reads, so part of the reply stays unacknowledged and a <c>DisposeAsync</c> now polls for the
-    /// peer's acknowledgement until its grace period ends.
+    /// handed all of it over, shut the send side down and ended, but the peer never reads, so part of the reply stays
+    /// unacknowledged and a <c>DisposeAsync</c> now polls for the peer's acknowledgement until its grace period ends.
+    /// The caller makes the peer's receive buffer 4 KiB before it connects, so that its window closes within the reply.
     /// </summary>
     public async Task CompleteOutputToAPeerThatDoesNotReadAsync(ReactorConnection connection)
     {

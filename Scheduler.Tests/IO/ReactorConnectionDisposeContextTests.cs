@@ -22,7 +22,7 @@ public sealed class ReactorConnectionDisposeContextTests
         peer.ReceiveBufferSize = 4 << 10; // the peer's window closes after a few KiB; the rest waits unacknowledged
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer));
 
-        // DisposeAsync lingers, polling until its grace period ends: its linger loop awaits many times.
+        // The disposal below lingers, polling until its grace period ends: its linger loop awaits many times.
         await io.CompleteOutputToAPeerThatDoesNotReadAsync(connection);
 
         var blocked = new BlockedSynchronizationContext();

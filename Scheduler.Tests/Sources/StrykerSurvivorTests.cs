@@ -489,11 +489,6 @@ public sealed class StrykerSurvivorTests
         await ExpectThreeReportsAndTheSecondHandOffReused(reported, posted, "each late callback found the fallback's claim and reported the failure once");
     }
 
-    /// <summary>
-    /// The three posts' failures were each reported once, and the second post's hand-off went back to the pool for the
-    /// third. Every report is awaited before any assertion can end the test: one raised after the tolerating scope closed
-    /// would end the run.
-    /// </summary>
     // One waker awaited under the thread's current context and completed on this thread: the completion posts its
     // continuation to that context (a hand-off from the pool); afterPost lets the context run it, if it holds it.
     private static void CompleteOneUnderTheContext(int value, string because, Action? afterPost = null)
@@ -508,6 +503,11 @@ public sealed class StrykerSurvivorTests
         waker.Core.GetResult(token).Should().Be(value);
     }
 
+    /// <summary>
+    /// The three posts' failures were each reported once, and the second post's hand-off went back to the pool for the
+    /// third. Every report is awaited before any assertion can end the test: one raised after the tolerating scope closed
+    /// would end the run.
+    /// </summary>
     private static async Task ExpectThreeReportsAndTheSecondHandOffReused(UnhandledExceptions.Tolerated reported, List<object?> posted, string because)
     {
         await SchedulerTestHelpers.WaitUntilAsync(() => reported.SeenCount >= 3);
