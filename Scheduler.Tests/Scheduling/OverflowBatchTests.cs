@@ -1,3 +1,5 @@
+using System.IO.Pipelines;
+
 namespace Scheduler.Tests.Scheduling;
 
 /// <summary>
@@ -52,6 +54,59 @@ public sealed class OverflowBatchTests
         await SchedulerTestHelpers.WaitUntilAsync(() => runs.Sum() == Children);
         runs.Should().OnlyContain(count => count == 1);
         scheduler.GetStatistics().QueuedTasks.Should().Be(0);
+    }
+
+    [Fact]
+    public void A_steady_overflow_reuses_its_batches_instead_of_allocating_new_ones()
+    {
+        // One worker with a 16-slot ring. Each round a callback posted from outside schedules 40 more from the worker,
+        // which spills the older half of the ring to the global queue three times; the worker then takes each batch back
+        // into its emptied deque and returns it to the scheduler's spare batches (four). In steady state the spills
+        // rent those spares: the worker's own allocations across its Schedule calls stay at zero. Without the return,
+        // every spill allocated a batch (an array of eight items: about 200 bytes).
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            LocalQueueCapacity = 16,
+            ThreadNamePrefix = "Test",
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        PipeScheduler pipeScheduler = scheduler.PipeScheduler;
+        const int PerRound = 40, WarmUpRounds = 50, Rounds = 500;
+        var counters = new OverflowRoundCounters();
+        Action<object?> child = static state => Interlocked.Increment(ref ((OverflowRoundCounters)state!).ChildrenRun);
+        Action<object?> round = state =>
+        {
+            var c = (OverflowRoundCounters)state!;
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < PerRound; i++)
+            {
+                pipeScheduler.Schedule(child, c);
+            }
+
+            c.AllocatedWhileMeasuring += c.Measuring ? GC.GetAllocatedBytesForCurrentThread() - before : 0;
+        };
+
+        for (int r = 1; r <= WarmUpRounds + Rounds; r++)
+        {
+            counters.Measuring = r > WarmUpRounds;
+            pipeScheduler.Schedule(round, counters);
+            int expected = r * PerRound;
+            SpinWait.SpinUntil(() => Volatile.Read(ref counters.ChildrenRun) == expected, SchedulerTestHelpers.Timeout)
+                .Should().BeTrue($"round {r} ran its {PerRound} callbacks");
+        }
+
+        scheduler.GetStatistics().QueuedTasks.Should().Be(0);
+        counters.AllocatedWhileMeasuring.Should().Be(0, $"{Rounds} rounds of three spills each rent the batches the worker returned");
+    }
+
+    /// <summary>Shared by a round's callbacks; each round ends before the next starts (the test waits for it).</summary>
+    private sealed class OverflowRoundCounters
+    {
+        public int ChildrenRun;
+        public bool Measuring;
+        public long AllocatedWhileMeasuring;
     }
 
     [Theory]
