@@ -116,6 +116,80 @@ public sealed class TimerMutationKillTests
             "the re-armed timer is due in 1 ms (one tick of slack)");
     }
 
+    // Kills: TimerWheel.Pending.cs TryPushPending (no deadline), `AfterPush(wasEmpty)` removed, its condition negated, or
+    // TryPush's `wasEmpty = head is null` negated — a change with no deadline of its own (a disarm, a cancel, a relative
+    // arm) that finds the stack empty must ask for a drain within the reconcile interval: later pushes count on that
+    // request. Without it a disarmed timer stayed linked, and a relative arm unscheduled, until something else asked
+    // (TimeProviderTests' re-armed CancelAfter never fired).
+    [Fact]
+    public void A_disarm_pushed_onto_an_empty_stack_asks_for_a_drain_within_the_reconcile_interval()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        using ITimer timer = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
+        wheel.RunDueTimers();
+        wheel.LinkedCount.Should().Be(1, "the drain linked the timer");
+        wheel.ForgetDrainRequest(); // nothing else asks: only the disarm can
+
+        timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(4)),
+            "the disarm waits on the stack, and is reconciled within the 4-ms interval");
+        wheel.RunDueTimers();
+        wheel.LinkedCount.Should().Be(0, "the drain unlinked the disarmed timer");
+    }
+
+    // Kills: TimerWheel.Pending.cs TryDrainInline, the `return false` of a wheel lock held by another thread made
+    // `return true` — the batch's last push (every ReconcileBatch-th) drains the stack on its own thread when the lock is
+    // free; when the driver or another pusher holds it, nothing is drained, and the push must still ask for a drain by
+    // its arm's deadline. Under the mutant it asked for none, and a short arm waited for whatever request came next.
+    [Fact]
+    public void A_batchs_last_push_that_finds_the_wheel_lock_held_still_asks_for_a_drain_by_its_deadline()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        var timers = new List<ITimer>();
+        for (int i = 0; i < TimerWheel.ReconcileBatch - 1; i++)
+        {
+            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        }
+
+        wheel.LinkedCount.Should().Be(0, "no push has drained the stack yet");
+        wheel.ForgetDrainRequest(); // stands for a request made for a later time
+
+        using var lockHeld = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var holder = new Thread(() =>
+        {
+            lock (wheel.SyncRoot)
+            {
+                lockHeld.Set();
+                release.Wait(Guard);
+            }
+        });
+        holder.Start();
+        try
+        {
+            lockHeld.Wait(Guard).Should().BeTrue();
+            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan));
+        }
+        finally
+        {
+            release.Set();
+            holder.Join();
+        }
+
+        wheel.LinkedCount.Should().Be(0, "the lock was held: the batch's last push drained nothing");
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(2)),
+            "the last timer is due in 1 ms (one tick of slack)");
+
+        foreach (ITimer timer in timers)
+        {
+            timer.Dispose();
+        }
+    }
+
     // Kills: WheelTimer.cs Change, `(intent & TimerIntent.Periodic) != 0` made `(intent | TimerIntent.Periodic) != 0` —
     // every one-shot Change took the periodic writer's path: the wheel-wide PeriodicWriterLock on each call and, at the
     // first one, the period's extras object, which only a periodic timer needs (docs/timers.md: the timeout pattern's
