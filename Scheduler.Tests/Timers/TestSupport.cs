@@ -238,6 +238,34 @@ internal static class DelayTestHooks
 }
 
 /// <summary>The callbacks a wheel timer has handed to the ThreadPool and that have not finished yet.</summary>
+/// <summary>
+/// <see cref="TimerWheel.ReconcileBatch"/> − 1 timers due in a minute, created on a wheel with the nurseries off: each
+/// creation pushed its timer onto the pending stack, so the wheel's next push is the batch's last, which drains the
+/// stack on its own thread when the wheel lock is free. Disposing the set disposes the timers.
+/// </summary>
+internal sealed class OneShortOfAReconcileBatch : IDisposable
+{
+    private readonly List<ITimer> _timers = new(TimerWheel.ReconcileBatch - 1);
+
+    public OneShortOfAReconcileBatch(TimerWheel wheel)
+    {
+        for (int i = 0; i < TimerWheel.ReconcileBatch - 1; i++)
+        {
+            _timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        }
+
+        wheel.LinkedCount.Should().Be(0, "no push has drained the stack yet");
+    }
+
+    public void Dispose()
+    {
+        foreach (ITimer timer in _timers)
+        {
+            timer.Dispose();
+        }
+    }
+}
+
 internal static class TimerCallbacks
 {
     /// <summary>

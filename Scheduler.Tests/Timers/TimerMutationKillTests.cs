@@ -148,13 +148,7 @@ public sealed class TimerMutationKillTests
     {
         var clock = new ManualClock();
         using var wheel = ManualWheel(clock);
-        var timers = new List<ITimer>();
-        for (int i = 0; i < TimerWheel.ReconcileBatch - 1; i++)
-        {
-            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
-        }
-
-        wheel.LinkedCount.Should().Be(0, "no push has drained the stack yet");
+        using var batch = new OneShortOfAReconcileBatch(wheel);
         wheel.ForgetDrainRequest(); // stands for a request made for a later time
 
         using var lockHeld = new ManualResetEventSlim();
@@ -168,10 +162,11 @@ public sealed class TimerMutationKillTests
             }
         });
         holder.Start();
+        ITimer last;
         try
         {
             lockHeld.Wait(Guard).Should().BeTrue();
-            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan));
+            last = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
         }
         finally
         {
@@ -183,11 +178,7 @@ public sealed class TimerMutationKillTests
         wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
             clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(2)),
             "the last timer is due in 1 ms (one tick of slack)");
-
-        foreach (ITimer timer in timers)
-        {
-            timer.Dispose();
-        }
+        last.Dispose();
     }
 
     // Kills: WheelTimer.cs Change, `(intent & TimerIntent.Periodic) != 0` made `(intent | TimerIntent.Periodic) != 0` —

@@ -178,24 +178,13 @@ public sealed class TimerRecheckTests
         // between would have reset it).
         var clock = new ManualClock();
         using var wheel = new TimerWheel(s_tick, clock, startDriver: false) { NurseriesEnabled = false };
-        var timers = new List<ITimer>();
-        for (int i = 0; i < TimerWheel.ReconcileBatch - 1; i++)
-        {
-            timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
-        }
-
-        wheel.LinkedCount.Should().Be(0, "no push has drained the stack yet");
+        using var batch = new OneShortOfAReconcileBatch(wheel);
         wheel.ForgetDrainRequest();
-        timers.Add(wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan));
+        using ITimer last = wheel.CreateTimer(static _ => { }, null, TimeSpan.FromMinutes(1), Timeout.InfiniteTimeSpan);
         wheel.LinkedCount.Should().Be(TimerWheel.ReconcileBatch, "the batch's last push drained the stack on its own thread");
         wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
             clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(4)),
             "the reconciled entries wait for the driver's recheck, which must come within the reconcile interval");
-
-        foreach (ITimer timer in timers)
-        {
-            timer.Dispose();
-        }
     }
 
     /// <summary>Readings a pass takes before the one that links relative arms: no pop reading when the new timers waited in a nursery.</summary>
