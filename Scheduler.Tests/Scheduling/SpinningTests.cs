@@ -6,20 +6,6 @@ namespace Scheduler.Tests.Scheduling;
 [Collection(SerialResourceGroup.Name)]
 public sealed class SpinningTests
 {
-    [Theory]
-    [InlineData(0, true, 0)]
-    [InlineData(640, true, 0)]
-    [InlineData(0, false, 10)]
-    [InlineData(10, false, 20)]
-    [InlineData(640, false, 1000)]
-    [InlineData(1000, false, 1000)]
-    public void An_isolated_cut_pauses_nothing_and_close_cuts_double_the_pause_from_ten_milliseconds_to_a_second(long previousMs, bool isolated, long expectedMs)
-    {
-        static long Units(long ms) => ms * Stopwatch.Frequency / 1000;
-
-        WorkStealingTaskScheduler.NextSpinSuppression(Units(previousMs), isolated).Should().Be(Units(expectedMs));
-    }
-
     [Fact]
     public async Task A_worker_preempted_while_spinning_cuts_its_spell_short()
     {
@@ -39,5 +25,55 @@ public sealed class SpinningTests
         }
 
         scheduler.SpinsCutShortPerWorker.Sum().Should().BePositive("a spell that lost the CPU for over half a millisecond stops, and the worker parks");
+    }
+
+    [Fact]
+    public async Task A_worker_whose_spells_keep_being_cut_parks_at_once_without_spinning()
+    {
+        // A spell of int.MaxValue polls lasts minutes: a worker that parks within the timeout after an item skipped it.
+        // Each item records eight close cuts on its own worker (pauses of 10 ms doubling to a second), so the worker is
+        // in a pause of a second when the item ends. Real cuts are counted apart: load may cut the spell the worker
+        // starts with, before the first item, but none can come after it, as nothing spins.
+        const int Items = 5;
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = int.MaxValue, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        using var parking = new SemaphoreSlim(0);
+        scheduler.ParkHookForTests = () => parking.Release();
+        long realCutsBeforeTheFirstItem = -1;
+        try
+        {
+            for (int i = 0; i < Items; i++)
+            {
+                bool first = i == 0;
+                scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() =>
+                {
+                    if (first)
+                    {
+                        realCutsBeforeTheFirstItem = scheduler.SpinsCutShortPerWorker[0]; // on the worker, which alone writes it: exact
+                    }
+
+                    for (int cut = 0; cut < 8; cut++)
+                    {
+                        scheduler.RecordSpinCutOnCurrentWorkerForTests(Stopwatch.GetTimestamp());
+                    }
+                }));
+                (await parking.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeTrue($"item {i} left the worker in a pause of a second after close cuts: it parks at once instead of polling for minutes");
+            }
+        }
+        finally
+        {
+            scheduler.ParkHookForTests = null;
+        }
+
+        scheduler.SpinsCutShortPerWorker[0].Should().Be(Volatile.Read(ref realCutsBeforeTheFirstItem), "a paused worker does not spin, so no spell of its was cut");
+    }
+
+    [Fact]
+    public void Only_a_worker_can_record_a_cut_of_its_own_spell()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(1);
+
+        FluentActions.Invoking(() => scheduler.RecordSpinCutOnCurrentWorkerForTests(Stopwatch.GetTimestamp()))
+            .Should().Throw<InvalidOperationException>();
     }
 }

@@ -18,26 +18,26 @@ namespace Scheduler;
 // shared machine another process's thread, an interrupt or a garbage collection takes a CPU now and then. Contention
 // is when they keep coming: a spell cut short again before the worker has spun 20 ms in all (or within a second)
 // since the previous one. Only then does the worker skip spinning for a while: 10 ms, doubling up to a second while
-// the cuts keep coming that close. (Skipping 10 ms after every cut, as before, made the busy-gap wake-latency probe
-// park for hundreds of samples in a row after a single preemption by another tenant of the machine: its p99 was a
-// parked wake-up, 25-40 µs, against the ThreadPool's 2-5.)
+// the cuts keep coming that close (SpinBackOff keeps that record). (Skipping 10 ms after every cut, as before, made the
+// busy-gap wake-latency probe park for hundreds of samples in a row after a single preemption by another tenant of the
+// machine: its p99 was a parked wake-up, 25-40 µs, against the ThreadPool's 2-5.)
 public sealed partial class WorkStealingTaskScheduler
 {
     /// <summary>How many spin spells each worker cut short because it had been preempted. For tests and diagnostics.</summary>
     internal long[] SpinsCutShortPerWorker => [.. _workers.Select(w => Volatile.Read(ref w.SpinsCutShort))];
 
     /// <summary>
-    /// How long a worker skips spinning after a spell cut short by preemption: nothing after an isolated cut, else 10 ms
-    /// after the first of a run of close cuts and twice the previous pause for each further one, up to a second.
-    /// Stopwatch units.
+    /// For tests, on one of this scheduler's workers: records a cut of that worker's spell at <paramref name="now"/> (a
+    /// Stopwatch timestamp), as if preemption had cut it; <see cref="SpinsCutShortPerWorker"/> is left alone.
     /// </summary>
-    internal static long NextSpinSuppression(long previous, bool isolated) =>
-        isolated ? 0 : Math.Clamp(previous * 2, MinSpinSuppression, Stopwatch.Frequency);
-
-    private static long MinSpinSuppression => Stopwatch.Frequency / 100;
-
-    // A cut is isolated when the worker spun this long in all since the previous cut, or a second has passed since its pause.
-    private static long IsolatedCutSpin => Stopwatch.Frequency / 50;
+    /// <exception cref="InvalidOperationException">The caller is not one of this scheduler's workers.</exception>
+    internal void RecordSpinCutOnCurrentWorkerForTests(long now)
+    {
+        Worker worker = t_currentWorker is { } current && current.Owner == this
+            ? current
+            : throw new InvalidOperationException("Only one of this scheduler's workers can record a cut of its own spell.");
+        worker.RecordSpinCutForTests(now);
+    }
 
     internal sealed partial class Worker
     {
@@ -46,19 +46,13 @@ public sealed partial class WorkStealingTaskScheduler
         private const int SpinPause = 4;
         private const int CheckEvery = 63;
 
-        // A stretch of CheckEvery + 1 polls takes ~13 µs; one that took this long was mostly off the CPU.
-        private static readonly long s_preemptedStretch = Stopwatch.Frequency / 2000;
-
-        // Until when this worker parks without spinning (the moment of the last cut when that one was isolated) and the
-        // current length of that pause (Stopwatch timestamp and units; owner thread only).
-        private long _spinSuppressedUntil;
-        private long _spinSuppression;
-
-        // Time spent spinning (whole stretches that were not cut) since the last cut, in Stopwatch units.
-        private long _spinSinceCut = long.MaxValue / 2;
+        // Owner thread only.
+        private SpinBackOff _spinBackOff = new();
 
         /// <summary>Spin spells this worker cut short because it had been preempted.</summary>
         internal long SpinsCutShort;
+
+        internal void RecordSpinCutForTests(long now) => _ = _spinBackOff.TryCutStretch(now - SpinBackOff.PreemptedStretch - 1, now);
 
         private bool TrySpinForWork(out WorkItem item)
         {
@@ -69,7 +63,7 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             long stretchStart = Stopwatch.GetTimestamp();
-            if (stretchStart < _spinSuppressedUntil)
+            if (_spinBackOff.IsSuppressed(stretchStart))
             {
                 return false;
             }
@@ -94,16 +88,15 @@ public sealed partial class WorkStealingTaskScheduler
 
                 if ((i & CheckEvery) == CheckEvery)
                 {
+                    // The stretch includes the yield: a yield that let another thread run for long is caught next time.
                     long now = Stopwatch.GetTimestamp();
-                    if (now - stretchStart > s_preemptedStretch)
+                    if (_spinBackOff.TryCutStretch(stretchStart, now))
                     {
-                        OnPreemptedWhileSpinning(now);
+                        Volatile.Write(ref SpinsCutShort, SpinsCutShort + 1);
                         break;
                     }
 
-                    // The stretch includes the yield: a yield that let another thread run for long is caught next time.
                     // None at the end of the spell, which parks next.
-                    _spinSinceCut += now - stretchStart;
                     stretchStart = now;
                     if (i + 1 < _spinIterations)
                     {
@@ -113,16 +106,6 @@ public sealed partial class WorkStealingTaskScheduler
             }
 
             return false;
-        }
-
-        private void OnPreemptedWhileSpinning(long now)
-        {
-            // A second counts from the end of the previous pause: one of a second must not make the next cut look isolated.
-            bool isolated = _spinSinceCut >= IsolatedCutSpin || now - _spinSuppressedUntil >= Stopwatch.Frequency;
-            _spinSuppression = NextSpinSuppression(_spinSuppression, isolated);
-            _spinSinceCut = 0;
-            _spinSuppressedUntil = now + _spinSuppression;
-            Volatile.Write(ref SpinsCutShort, SpinsCutShort + 1);
         }
     }
 }
