@@ -98,4 +98,42 @@ public sealed class SpinIterationsTests
 
         Volatile.Read(ref uncutParks).Should().Be(0, $"a worker with SpinIterations = int.MaxValue polls for minutes unless preemption cuts its spell short ({cutRounds} of {Rounds} rounds had a cut)");
     }
+
+    [Fact]
+    public async Task A_worker_parks_when_its_spell_of_polls_ends_without_a_cut()
+    {
+        // 1,024 polls last ~0.2 ms: the spell ends on its own and the worker parks. A spell that never ended (a loop
+        // that counts the wrong way) or that took every stretch for a cut would park only after a cut, so the test
+        // counts parks with no cut since the item ended (read on the worker, which alone writes the count: exact). Load
+        // may cut some spells, so one uncut park of up to twenty is enough.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 1, SpinIterations = 1024, ThreadNamePrefix = "Test" });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        long cutsWhenTheItemEnded = -1;
+        int uncutParks = 0;
+        using var parking = new SemaphoreSlim(0);
+        scheduler.ParkHookForTests = () =>
+        {
+            if (scheduler.SpinsCutShortPerWorker[0] == Volatile.Read(ref cutsWhenTheItemEnded))
+            {
+                Interlocked.Increment(ref uncutParks);
+            }
+
+            parking.Release();
+        };
+
+        try
+        {
+            for (int item = 0; item < 20 && Volatile.Read(ref uncutParks) == 0; item++)
+            {
+                scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() => Volatile.Write(ref cutsWhenTheItemEnded, scheduler.SpinsCutShortPerWorker[0])));
+                await parking.WaitAsync(TimeSpan.FromSeconds(2)); // ends early once the worker parks
+            }
+        }
+        finally
+        {
+            scheduler.ParkHookForTests = null;
+        }
+
+        Volatile.Read(ref uncutParks).Should().BePositive($"a spell of 1,024 polls ends after ~0.2 ms and the worker parks ({scheduler.SpinsCutShortPerWorker[0]} spells were cut)");
+    }
 }

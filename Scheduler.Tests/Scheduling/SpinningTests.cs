@@ -74,6 +74,6 @@ public sealed class SpinningTests
         using var scheduler = SchedulerTestHelpers.Create(1);
 
         FluentActions.Invoking(() => scheduler.RecordSpinCutOnCurrentWorkerForTests(Stopwatch.GetTimestamp()))
-            .Should().Throw<InvalidOperationException>();
+            .Should().Throw<InvalidOperationException>().WithMessage("*this scheduler's workers*");
     }
 }
