@@ -509,12 +509,7 @@ public sealed class AdversarialTimeoutTests
         TimerWheel wheel = io.Reactor.Timers;
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        var options = new PipeOptions(
-            readerScheduler: io.Scheduler.PipeScheduler,
-            writerScheduler: io.Scheduler.PipeScheduler,
-            pauseWriterThreshold: 64 << 10,
-            resumeWriterThreshold: 32 << 10,
-            useSynchronizationContext: false);
+        var options = io.Bounded(64 << 10, 32 << 10);
         await using var connection = ReactorConnection.Create(server, outputOptions: options);
         using (client)
         {

@@ -203,7 +203,7 @@ public sealed class ConnectionMutationKillTests
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
-        var inputOptions = new PipeOptions(pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var inputOptions = IoTestContext.PausingPast64Bytes();
         var connection = ReactorConnection.Create(server, inputOptions);
 
         // A request nobody reads: past Input's 64-byte threshold most of it stays in the socket, unread at the close.
@@ -273,7 +273,7 @@ public sealed class ConnectionMutationKillTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
-        var inputOptions = new PipeOptions(pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var inputOptions = IoTestContext.PausingPast64Bytes();
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
 

@@ -58,8 +58,7 @@ public sealed class IoContractTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        var options = new PipeOptions(pauseWriterThreshold: Pause, resumeWriterThreshold: Resume, readerScheduler: io.Scheduler.PipeScheduler,
-            writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        var options = io.Bounded(Pause, Resume);
         var connection = ReactorConnection.Create(server, options);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)
@@ -252,8 +251,7 @@ public sealed class IoContractTests
             await using var io = new IoTestContext();
             using ReactorSocket listener = io.Listen(new UnixDomainSocketEndPoint(path));
             (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-            var output = new PipeOptions(pauseWriterThreshold: Pause, resumeWriterThreshold: Pause / 2, readerScheduler: io.Scheduler.PipeScheduler,
-                writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+            var output = io.Bounded(Pause, Pause / 2);
             var connection = ReactorConnection.Create(server, outputOptions: output);
             await using var disposeConnection = IoTestContext.DisposeWithin(connection);
             using (client)

@@ -33,6 +33,27 @@ internal sealed class IoTestContext : IAsyncDisposable
     public Task<T> Run<T>(Func<Task<T>> body, TimeSpan? timeout = null) => Scheduler.Factory.StartNew(body).Unwrap().WaitAsync(timeout ?? Timeout);
 
     /// <summary>
+    /// Pipe options that pause a writer at <paramref name="pause"/> bytes and resume it at <paramref name="resume"/>, with
+    /// both ends' continuations on this context's scheduler.
+    /// </summary>
+    public PipeOptions Bounded(long pause, long resume) => new(
+        pauseWriterThreshold: pause,
+        resumeWriterThreshold: resume,
+        readerScheduler: Scheduler.PipeScheduler,
+        writerScheduler: Scheduler.PipeScheduler,
+        useSynchronizationContext: false);
+
+    /// <summary>
+    /// Input options whose writer (a connection's receive loop) pauses past 64 bytes and resumes under 32: a kilobyte
+    /// from the peer pauses the loop's flush until the application reads.
+    /// </summary>
+    public static PipeOptions PausingPast64Bytes(PipeScheduler? writerScheduler = null, bool useSynchronizationContext = false) => new(
+        writerScheduler: writerScheduler,
+        pauseWriterThreshold: 64,
+        resumeWriterThreshold: 32,
+        useSynchronizationContext: useSynchronizationContext);
+
+    /// <summary>
     /// Writes 64 KiB chunks to <paramref name="connection"/>'s Output (on the scheduler) until a flush is paused for good
     /// (see <see cref="PausedForGood"/>: the peer stopped reading and the send loop is parked on a full socket); returns
     /// that pending flush.

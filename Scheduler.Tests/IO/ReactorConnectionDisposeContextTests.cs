@@ -89,7 +89,7 @@ public sealed class ReactorConnectionDisposeContextTests
     /// </summary>
     private static async Task<ReactorConnection> ConnectWithAPausedReceiveLoopAsync(IoTestContext io, ReactorSocket listener, Socket peer)
     {
-        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var inputOptions = IoTestContext.PausingPast64Bytes(PipeScheduler.Inline);
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
         await peer.SendAsync(new byte[1024]);
         ReadResult first = await connection.Input.ReadAsync().AsTask().WaitAsync(IoTestContext.Timeout);

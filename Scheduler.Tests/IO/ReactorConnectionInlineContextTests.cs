@@ -117,7 +117,7 @@ public sealed class ReactorConnectionInlineContextTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
-        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: true);
+        var inputOptions = IoTestContext.PausingPast64Bytes(PipeScheduler.Inline, useSynchronizationContext: true);
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         var blocked = new BlockedSynchronizationContext();
@@ -172,7 +172,7 @@ public sealed class ReactorConnectionInlineContextTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
-        var inputOptions = new PipeOptions(writerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 64, resumeWriterThreshold: 32, useSynchronizationContext: false);
+        var inputOptions = IoTestContext.PausingPast64Bytes(PipeScheduler.Inline);
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), inputOptions);
 
         // 1 KiB pauses the receive loop's flush (over 64 bytes); the application's AdvanceTo past it resumes the loop

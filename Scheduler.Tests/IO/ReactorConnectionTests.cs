@@ -321,7 +321,7 @@ public sealed class ReactorConnectionTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        var options = io.Bounded(64 * 1024, 32 * 1024);
         var connection = ReactorConnection.Create(server, options, options);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)
@@ -377,7 +377,7 @@ public sealed class ReactorConnectionTests
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
         (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-        var options = new PipeOptions(pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        var options = io.Bounded(64 * 1024, 32 * 1024);
         var connection = ReactorConnection.Create(server, options, options);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
         using (client)

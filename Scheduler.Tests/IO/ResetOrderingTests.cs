@@ -13,7 +13,7 @@ public sealed class ResetOrderingTests
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         peer.ReceiveBufferSize = 64 << 10;
-        var options = new PipeOptions(pauseWriterThreshold: 8 << 10, resumeWriterThreshold: 4 << 10, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        var options = io.Bounded(8 << 10, 4 << 10);
         var connection = ReactorConnection.Create(await io.AcceptConnectedAsync(listener, peer), options, options);
         await using var disposeConnection = IoTestContext.DisposeWithin(connection);
 
@@ -42,7 +42,7 @@ public sealed class ResetOrderingTests
         using ReactorSocket listener = io.Listen();
         using Socket peer = IoTestContext.NewPlainSocket();
         peer.ReceiveBufferSize = 16 << 10;
-        var options = new PipeOptions(pauseWriterThreshold: 8 << 10, resumeWriterThreshold: 4 << 10, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler, useSynchronizationContext: false);
+        var options = io.Bounded(8 << 10, 4 << 10);
         ReactorSocket server = await io.AcceptConnectedAsync(listener, peer);
         SetUserTimeout(server, milliseconds: 300);
         var connection = ReactorConnection.Create(server, options, options);
