@@ -174,7 +174,7 @@ public sealed class ConstructionTests
         bool background = await shared.Factory.StartNew(() => Thread.CurrentThread.IsBackground).WithTimeout();
         background.Should().BeTrue();
 
-        FluentActions.Invoking(shared.Dispose).Should().Throw<InvalidOperationException>();
+        FluentActions.Invoking(shared.Dispose).Should().Throw<InvalidOperationException>().WithMessage("*Shared is process-wide and cannot be disposed*");
         FluentActions.Invoking(() => shared.DisposeAsync()).Should().Throw<InvalidOperationException>();
         (await shared.Factory.StartNew(() => 1).WithTimeout()).Should().Be(1);
     }

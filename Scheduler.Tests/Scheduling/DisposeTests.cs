@@ -9,9 +9,24 @@ public sealed class DisposeTests
         SchedulerTestHelpers.DisposeBounded(scheduler);
 
         ((Action)(() => scheduler.Factory.StartNew(() => { })))
-            .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+            .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>()
+            .WithMessage("The scheduler has been disposed and accepts no new work from outside its own tasks.*")
+            .Which.ObjectName.Should().Be(nameof(WorkStealingTaskScheduler));
         ((Action)(() => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.LongRunning, scheduler)))
             .Should().Throw<TaskSchedulerException>().WithInnerException<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public async Task DisposeAsync_on_one_of_its_workers_completes_at_once()
+    {
+        // A worker cannot wait for the workers to exit: they wait for its loop to end. The workers then drain and exit
+        // on their own, and the outside caller's DisposeAsync waits for that.
+        var scheduler = SchedulerTestHelpers.Create(2);
+        bool completedAtOnce = await scheduler.Factory.StartNew(() => scheduler.DisposeAsync().AsTask().IsCompleted).WithTimeout();
+
+        completedAtOnce.Should().BeTrue("the ValueTask returned on a worker is already complete (the workers have not exited yet)");
+        await scheduler.DisposeAsync().AsTask().WithTimeout();
+        scheduler.IsTerminated.Should().BeTrue();
     }
 
     [Fact]
