@@ -139,6 +139,27 @@ public sealed class TimerMutationKillTests
         wheel.LinkedCount.Should().Be(0, "the drain unlinked the disarmed timer");
     }
 
+    // Kills: DelaySlab.cs TryPushPending, `wasEmpty = head == Empty` negated (session 44) — the delays' half of the test
+    // above: a cancel has no deadline of its own, and the one that finds the delays' stack empty must ask for a drain
+    // within the reconcile interval. Under the mutant only a push onto a non-empty stack asked, and a lone cancelled
+    // delay stayed linked in the wheel until something else asked.
+    [Fact]
+    public async Task A_delay_cancel_pushed_onto_an_empty_stack_asks_for_a_drain_within_the_reconcile_interval()
+    {
+        var clock = new ManualClock();
+        using var wheel = ManualWheel(clock);
+        using var cancel = new CancellationTokenSource();
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromMinutes(1), cancel.Token);
+        wheel.RunDueTimers();
+        wheel.ForgetDrainRequest(); // nothing else asks: only the cancel can
+
+        cancel.Cancel();
+        wheel.DrainRequestTimestamp.Should().BeLessThanOrEqualTo(
+            clock.Now + StopwatchUnits.From(TimeSpan.FromMilliseconds(4)),
+            "the cancel waits on the stack to unlink the delay, and is reconciled within the 4-ms interval");
+        await FluentActions.Awaiting(async () => await delay).Should().ThrowAsync<OperationCanceledException>();
+    }
+
     // Kills: TimerWheel.Pending.cs TryDrainInline, the `return false` of a wheel lock held by another thread made
     // `return true` — the batch's last push (every ReconcileBatch-th) drains the stack on its own thread when the lock is
     // free; when the driver or another pusher holds it, nothing is drained, and the push must still ask for a drain by
