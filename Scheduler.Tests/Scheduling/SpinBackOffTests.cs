@@ -17,10 +17,18 @@ public sealed class SpinBackOffTests
     /// <summary>A stretch long enough to be a cut, ending at <paramref name="now"/>.</summary>
     private static bool Cut(ref SpinBackOff backOff, long now) => backOff.TryCutStretch(now - SpinBackOff.PreemptedStretch - 1, now);
 
+    /// <summary>A cut at <paramref name="now"/> that must be isolated: it pauses nothing, and the worker may spin at once.</summary>
+    private static void IsolatedCut(ref SpinBackOff backOff, long now, string because)
+    {
+        Cut(ref backOff, now).Should().BeTrue();
+        backOff.Suppression.Should().Be(0, because);
+        backOff.IsSuppressed(now).Should().BeFalse(because);
+    }
+
     /// <summary>Two cuts 1 ms apart: the first is isolated, the second is close and starts a 10 ms pause. Returns the second's time.</summary>
     private static long TwoCloseCuts(ref SpinBackOff backOff)
     {
-        Cut(ref backOff, T0).Should().BeTrue();
+        IsolatedCut(ref backOff, T0, "the first cut is isolated");
         Cut(ref backOff, T0 + Ms(1)).Should().BeTrue();
         backOff.Suppression.Should().Be(Ms(10), "the second cut came 1 ms after the first, with no spinning in between");
         return T0 + Ms(1);
@@ -58,10 +66,7 @@ public sealed class SpinBackOffTests
         backOff.IsSuppressed(0).Should().BeFalse();
         backOff.IsSuppressed(T0).Should().BeFalse();
 
-        Cut(ref backOff, T0).Should().BeTrue();
-
-        backOff.Suppression.Should().Be(0, "one preemption says little: on a shared machine they come now and then");
-        backOff.IsSuppressed(T0).Should().BeFalse();
+        IsolatedCut(ref backOff, T0, "one preemption says little: on a shared machine they come now and then");
     }
 
     [Fact]
@@ -101,10 +106,7 @@ public sealed class SpinBackOffTests
         long now = Spin(ref backOff, TwoCloseCuts(ref backOff) + Ms(10), SpinBackOff.IsolatedCutSpin);
         SpinBackOff.IsolatedCutSpin.Should().Be(Ms(20));
 
-        Cut(ref backOff, now).Should().BeTrue();
-
-        backOff.Suppression.Should().Be(0, "the worker spun 20 ms since its previous cut: this one is isolated");
-        backOff.IsSuppressed(now).Should().BeFalse();
+        IsolatedCut(ref backOff, now, "the worker spun 20 ms since its previous cut: this one is isolated");
     }
 
     [Fact]
@@ -141,9 +143,7 @@ public sealed class SpinBackOffTests
         long pauseEnd = TwoCloseCuts(ref backOff) + Ms(10);
         SpinBackOff.IsolatedCutGap.Should().Be(Stopwatch.Frequency);
 
-        Cut(ref backOff, pauseEnd + Stopwatch.Frequency).Should().BeTrue();
-
-        backOff.Suppression.Should().Be(0);
+        IsolatedCut(ref backOff, pauseEnd + Stopwatch.Frequency, "a second passed since the pause ended");
     }
 
     [Fact]
@@ -168,8 +168,7 @@ public sealed class SpinBackOffTests
         backOff.Suppression.Should().Be(Ms(20));
 
         now += Ms(20) + Stopwatch.Frequency;
-        Cut(ref backOff, now).Should().BeTrue();
-        backOff.Suppression.Should().Be(0, "a second passed since the pause ended");
+        IsolatedCut(ref backOff, now, "a second passed since the pause ended");
 
         Cut(ref backOff, now + Ms(1)).Should().BeTrue();
         backOff.Suppression.Should().Be(Ms(10), "a new run of close cuts, not the old one's 40 ms");
