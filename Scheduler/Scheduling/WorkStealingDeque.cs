@@ -111,14 +111,36 @@ internal sealed class WorkStealingDeque
         if (tail == head)
         {
             // The last item: race the thieves for it on the head.
-            bool won = Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head;
-            item = won ? Take(tail) : default;
-            Volatile.Write(ref _tail.Value, tail + 1); // head == tail + 1 either way: empty
-            return won;
+            if (Interlocked.CompareExchange(ref _head.Value, head + 1, head) == head)
+            {
+                item = Take(tail);
+                Volatile.Write(ref _tail.Value, tail + 1); // head == tail + 1: empty
+                return true;
+            }
+
+            Volatile.Write(ref _tail.Value, tail + 1);
+            return LostLastItem(head + 1, out item);
         }
 
         // A thief took it between our first check and the fence.
         Volatile.Write(ref _tail.Value, tail + 1);
+        return LostLastItem(head, out item);
+    }
+
+    /// <summary>
+    /// Owner, after its pop lost the last item to a thief: clears that item's slot (every index below
+    /// <paramref name="head"/> is consumed). Not left to the next push or empty pop: a worker whose spinning is
+    /// suppressed parks right after this pop, and the slot kept the stolen item (a task, and all it reaches) alive for as
+    /// long as the worker slept (DequeStolenSlotStressTests).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool LostLastItem(long head, out WorkItem item)
+    {
+        if (_releasedUpTo < head)
+        {
+            ReleaseStolenSlots(head);
+        }
+
         item = default;
         return false;
     }
@@ -247,6 +269,18 @@ internal sealed class WorkStealingDeque
                 destination.Add(target);
             }
         }
+    }
+
+    /// <summary>Tests only: how many slots of the ring still point at an item (queued, or taken and not yet cleared).</summary>
+    internal int ReferencingSlotCountForTests()
+    {
+        int count = 0;
+        foreach (WorkItem slot in _slots)
+        {
+            count += slot.IsEmpty ? 0 : 1;
+        }
+
+        return count;
     }
 
     /// <summary>
