@@ -1,0 +1,162 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+
+namespace Scheduler.Tests.Scheduling;
+
+/// <summary>
+/// Once its workers have parked, the scheduler keeps no finished task alive: not in a deque slot a thief emptied, the
+/// LIFO slot, an inbox, the global queue, a pooled batch or a worker's locals. A task kept alive keeps everything it
+/// reaches (a state machine, a chain of promises), and a faulted one never reaches
+/// <see cref="TaskScheduler.UnobservedTaskException"/>: a CI run lost one of 24 that way, to a deque slot that a pop
+/// which lost the last item to a thief left pointing at it (see <see cref="DequeStolenSlotStressTests"/>). Each workload
+/// takes a different path through the queues, and runs a few rounds so that steals and races happen in several places.
+/// </summary>
+[Collection(SerialResourceGroup.Name)]
+public sealed class IdleRetentionTests
+{
+    public enum Workload
+    {
+        /// <summary>A recursive fork-join tree: children in the deque and the LIFO slot, stolen and inlined.</summary>
+        ForkJoinTree,
+
+        /// <summary>Items queued from a thread outside the scheduler: the global queue and its batches.</summary>
+        OutsideProducer,
+
+        /// <summary>Async methods that yield and await each other: inbox posts and await resumptions.</summary>
+        AwaitChains,
+
+        /// <summary>Continuation chains: the LIFO slot and its cap's demotions.</summary>
+        ContinuationChains,
+
+        /// <summary>One task spawning far more than its deque holds: overflow batches through the global queue, and their pool.</summary>
+        DequeOverflow,
+    }
+
+    [Theory]
+    [InlineData(Workload.ForkJoinTree)]
+    [InlineData(Workload.OutsideProducer)]
+    [InlineData(Workload.AwaitChains)]
+    [InlineData(Workload.ContinuationChains)]
+    [InlineData(Workload.DequeOverflow)]
+    public async Task Parked_workers_keep_no_finished_task_alive(Workload workload)
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        for (int round = 0; round < 5; round++)
+        {
+            WeakReference[] finished = Run(scheduler, workload);
+            finished.Should().HaveCountGreaterThan(100);
+
+            await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
+            scheduler.IsWorkerParked(0).Should().BeTrue();
+            scheduler.IsWorkerParked(1).Should().BeTrue();
+            Collected.Await(finished);
+            finished.Count(static r => r.IsAlive).Should().Be(0,
+                "the scheduler lets go of every task it ran once its workers park ({0}, round {1})", workload, round);
+        }
+    }
+
+    /// <summary>Runs the workload to its end and returns weak references to every task it made (nothing else is kept).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference[] Run(WorkStealingTaskScheduler scheduler, Workload workload)
+    {
+        var made = new ConcurrentQueue<WeakReference>();
+        using var done = new CountdownEvent(1);
+        switch (workload)
+        {
+            case Workload.ForkJoinTree:
+                Track(made, scheduler.Factory.StartNew(() => Tree(made, depth: 9)).ContinueWith(_ => done.Signal(), scheduler));
+                break;
+            case Workload.OutsideProducer:
+                done.AddCount(1_000);
+                for (int i = 0; i < 1_000; i++)
+                {
+                    Track(made, scheduler.Factory.StartNew(() => done.Signal()));
+                }
+
+                done.Signal();
+                break;
+            case Workload.AwaitChains:
+                done.AddCount(16);
+                for (int i = 0; i < 16; i++)
+                {
+                    Track(made, scheduler.Factory.StartNew(() => Track(made, AwaitChain(made, done, 16))));
+                }
+
+                done.Signal();
+                break;
+            case Workload.ContinuationChains:
+                done.AddCount(8);
+                for (int i = 0; i < 8; i++)
+                {
+                    Task link = Track(made, scheduler.Factory.StartNew(static () => { }));
+                    for (int step = 0; step < 64; step++)
+                    {
+                        link = Track(made, link.ContinueWith(static _ => { }, scheduler));
+                    }
+
+                    Track(made, link.ContinueWith(_ => done.Signal(), scheduler));
+                }
+
+                done.Signal();
+                break;
+            case Workload.DequeOverflow:
+                done.AddCount(2_000);
+                Track(made, scheduler.Factory.StartNew(() =>
+                {
+                    for (int i = 0; i < 2_000; i++)
+                    {
+                        Track(made, Task.Factory.StartNew(() => done.Signal()));
+                    }
+                }));
+
+                done.Signal();
+                break;
+        }
+
+        done.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("the workload finishes");
+        return made.ToArray();
+    }
+
+    private static T Track<T>(ConcurrentQueue<WeakReference> made, T task)
+        where T : Task
+    {
+        made.Enqueue(new WeakReference(task));
+        return task;
+    }
+
+    private static void Tree(ConcurrentQueue<WeakReference> made, int depth)
+    {
+        if (depth == 0)
+        {
+            return;
+        }
+
+        Task left = Track(made, Task.Factory.StartNew(() => Tree(made, depth - 1)));
+        Task right = Track(made, Task.Factory.StartNew(() => Tree(made, depth - 1)));
+        Task.WaitAll(left, right);
+    }
+
+    private static async Task AwaitChain(ConcurrentQueue<WeakReference> made, CountdownEvent done, int length)
+    {
+        for (int i = 0; i < length; i++)
+        {
+            await Task.Yield();
+            await Track(made, Step(i));
+        }
+
+        done.Signal();
+    }
+
+    // Never completes synchronously: such an async method returns a cached task that is always alive.
+    private static async Task Step(int i)
+    {
+        if (i % 2 == 0)
+        {
+            await Task.Yield();
+        }
+        else
+        {
+            await Task.Factory.StartNew(static () => { }); // to the LIFO slot of the worker running this
+        }
+    }
+}
