@@ -644,7 +644,9 @@ public sealed class AdversarialCrashTests
             string tag = Guid.NewGuid().ToString("N");
             await FaultUnobserved(scheduler, tag, count);
 
-            // A few more items so that no worker still holds the last task it ran in a local.
+            // A few more items so that no worker still holds the last task it ran in a local. (A deque slot that a pop
+            // which lost the last item to a thief left pointing at it kept one of the 24 alive in a CI run of session
+            // 44, with its worker parked: see DequeStolenSlotStressTests and IdleRetentionTests.)
             await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => scheduler.Factory.StartNew(static () => { })));
             var deadline = DateTime.UtcNow + Bound;
             while (seen.Count(e => e.Message.Contains(tag, StringComparison.Ordinal)) < count && DateTime.UtcNow < deadline)
