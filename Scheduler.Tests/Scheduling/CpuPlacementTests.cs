@@ -144,6 +144,46 @@ public sealed class CpuPlacementTests
         }
     }
 
+    /// <summary>
+    /// Placement moves a worker back to its CPU only after a busy stretch, with no idle spell since its previous busy
+    /// fairness turn: a worker that runs an item now and then gains nothing from a move. Worker 0 gets 2,000 items one at
+    /// a time, each queued after the previous one ran, so it idles after each; every item moves its thread off the
+    /// preferred CPU. Fails with the idle spell not noted (session 45's mutation run of the worker's loop): about one item
+    /// in 61 ends on a busy fairness turn, which then counted as a busy stretch and moved the worker back.
+    /// </summary>
+    [Fact]
+    public async Task A_worker_that_idles_between_items_is_not_moved_back()
+    {
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        int preferred = scheduler.PreferredCpus[0];
+        int away = CpuAffinity.AllowedCpus().First(cpu => cpu != preferred);
+        long movesBefore = scheduler.CpuMovesPerWorker[0];
+        int displaced = 0;
+        for (int i = 0; i < 2_000; i++)
+        {
+            var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() =>
+            {
+                if (CpuAffinity.CurrentCpu() != away && CpuAffinity.MoveCallingThreadTo(away))
+                {
+                    displaced++;
+                }
+
+                ran.SetResult();
+            }));
+            await ran.Task.WithTimeout();
+        }
+
+        displaced.Should().BePositive();
+        scheduler.CpuMovesPerWorker[0].Should().Be(movesBefore, "worker 0 went idle after every item: never a busy stretch");
+    }
+
     [Fact]
     public async Task A_narrower_affinity_set_after_construction_is_kept_not_widened()
     {

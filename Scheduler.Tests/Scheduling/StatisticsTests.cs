@@ -47,6 +47,36 @@ public sealed class StatisticsTests
         stats.QueuedTasks.Should().BeGreaterThanOrEqualTo(0);
     }
 
+    /// <summary>
+    /// A work item that throws (a callback, a post from an async void method) was executed all the same, as the
+    /// ThreadPool counts it: its exception is raised as unhandled and the worker goes on. Fails with the count left out of
+    /// the worker's catch (session 45's mutation run of the worker's loop).
+    /// </summary>
+    [Fact]
+    public async Task A_work_item_that_throws_still_counts_as_executed()
+    {
+        UnhandledExceptions.EnsureInstalled(); // marks the deliberate failures handled
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        await scheduler.Factory.StartNew(() => { }).WithTimeout();
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted == 1);
+        int thrown = 0;
+        for (int i = 0; i < 10; i++)
+        {
+            scheduler.EnqueueToWorker(0, new SchedulerTestHelpers.RecordingWorkItem(() =>
+            {
+                Interlocked.Increment(ref thrown);
+                throw new CountedFailureException();
+            }));
+        }
+
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted == 11);
+        Volatile.Read(ref thrown).Should().Be(10);
+        scheduler.GetStatistics().TasksExecuted.Should().Be(11, "one task and ten items that threw");
+    }
+
+    private sealed class CountedFailureException() : DeliberateTestException("a work item's deliberate failure");
+
     [Fact]
     public async Task Counters_never_go_back_under_load_and_add_up_exactly_once_quiet()
     {
