@@ -31,7 +31,7 @@ internal sealed class WorkStealingDeque
 
     // Owner only: every slot of an index below this holds nothing (cleared, or overwritten by a later push).
     // A thief copies the item it steals and cannot clear the slot (the owner may already be refilling it), so
-    // the owner clears stolen slots itself, at its next push or empty pop; see ReleaseStolenSlots.
+    // the owner clears stolen slots itself, at its next push, empty pop or pop that lost the last item; see ReleaseStolenSlots.
     private long _releasedUpTo;
 
     public WorkStealingDeque(int capacity = DefaultCapacity)
