@@ -271,6 +271,18 @@ internal sealed class WorkStealingDeque
         }
     }
 
+    /// <summary>Tests only: the indices of the slots that point at <paramref name="target"/> (queued, or taken and not yet cleared).</summary>
+    internal IEnumerable<int> SlotsReferencingForTests(object target)
+    {
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            if (ReferenceEquals(_slots[i].Target, target))
+            {
+                yield return i;
+            }
+        }
+    }
+
     /// <summary>Tests only: how many slots of the ring still point at an item (queued, or taken and not yet cleared).</summary>
     internal int ReferencingSlotCountForTests()
     {
