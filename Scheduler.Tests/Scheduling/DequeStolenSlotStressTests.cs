@@ -64,4 +64,65 @@ public sealed class DequeStolenSlotStressTests
             thief.Join();
         }
     }
+
+    /// <summary>
+    /// The overflow's batch take copies the oldest items out and then claims them with one compare-and-swap. When a thief
+    /// moves the head first, the take tries again with what is left; its copies from the lost attempt used to stay in
+    /// the batch past its end (or fill an empty batch that went back to the pool), where nothing cleared them. A heap
+    /// dump of a failing <see cref="IdleRetentionTests"/> run found a finished task held that way by a spare batch.
+    /// </summary>
+    [Fact]
+    public void A_batch_take_that_loses_to_a_thief_leaves_no_copy_past_what_it_took()
+    {
+        var deque = new WorkStealingDeque(64);
+        var destination = new WorkItem[32];
+        var item = new object();
+        int stop = 0;
+        long stolen = 0;
+        var thief = new Thread(() =>
+        {
+            while (Volatile.Read(ref stop) == 0)
+            {
+                if (deque.TrySteal(out _))
+                {
+                    Interlocked.Increment(ref stolen);
+                }
+            }
+        });
+        thief.Start();
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            long rounds = 0;
+            long shortTakes = 0;
+            var random = new Random(23);
+            while (clock.Elapsed < TimeSpan.FromSeconds(2))
+            {
+                rounds++;
+                int pushed = random.Next(1, 65);
+                for (int i = 0; i < pushed; i++)
+                {
+                    deque.TryPush(new WorkItem(item)).Should().BeTrue();
+                }
+
+                Thread.SpinWait(random.Next(0, 64));
+                int taken = deque.TakeOldestBatch(destination);
+                shortTakes += taken < Math.Min(pushed, destination.Length) ? 1 : 0;
+                destination.Skip(taken).Count(static slot => !slot.IsEmpty).Should().Be(0,
+                    "only the {0} items taken are the batch's (round {1}, {2} pushed)", taken, rounds, pushed);
+
+                Array.Clear(destination);
+                while (deque.TryPop(out _))
+                {
+                }
+            }
+
+            shortTakes.Should().BeGreaterThan(0, "the thief took items from under some batch takes");
+        }
+        finally
+        {
+            Volatile.Write(ref stop, 1);
+            thief.Join();
+        }
+    }
 }

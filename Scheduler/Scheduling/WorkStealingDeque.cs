@@ -207,7 +207,8 @@ internal sealed class WorkStealingDeque
     /// <summary>
     /// Owner only: takes up to <paramref name="destination"/>.Length of the oldest items with one CAS on the head
     /// (overflow: the owner moves half its ring to the global queue). A range claim is safe here, unlike for a
-    /// thief, because the only thread that pops at the tail is the caller itself.
+    /// thief, because the only thread that pops at the tail is the caller itself. Returns the number taken; the entries of
+    /// <paramref name="destination"/> past it are left empty (a pooled batch must not keep work alive).
     /// </summary>
     public int TakeOldestBatch(Span<WorkItem> destination)
     {
@@ -230,6 +231,11 @@ internal sealed class WorkStealingDeque
             {
                 return count;
             }
+
+            // A thief moved the head: these copies are not ours. Left in place, those past the next attempt's count
+            // (or all of them, should the ring be empty by then) stayed in the batch, beyond its end, where nothing
+            // clears them: a pooled batch kept a stolen task alive (found by IdleRetentionTests' heap dump).
+            destination[..count].Clear();
         }
     }
 

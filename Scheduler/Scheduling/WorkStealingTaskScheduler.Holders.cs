@@ -4,7 +4,8 @@ public sealed partial class WorkStealingTaskScheduler
 {
     /// <summary>
     /// Tests only, for a failure report: every place of this scheduler that still points at <paramref name="target"/>
-    /// (global queue, each worker's deque slots, LIFO slot, inbox, held batch, batch buffer, the watchdog's last look).
+    /// (global queue, spare batches, each worker's deque slots, LIFO slot, inbox, held batch, batch buffer, the watchdog's
+    /// last look). Not the workers' stack frames: a heap dump names those (see docs/history.md, session 46).
     /// Enumerates the concurrent queues, which keeps their current segments from clearing slots afterwards: call it only
     /// once a test has already failed.
     /// </summary>
@@ -16,6 +17,14 @@ public sealed partial class WorkStealingTaskScheduler
             if (ReferenceEquals(item.Target, target) || (item.Target is WorkItemBatch batch && batch.Items.Any(i => ReferenceEquals(i.Target, target))))
             {
                 holders.Add("global queue");
+            }
+        }
+
+        for (int i = 0; i < _spareBatches.Length; i++)
+        {
+            if (Volatile.Read(ref _spareBatches[i]) is { } spare && spare.Items.Any(item => ReferenceEquals(item.Target, target)))
+            {
+                holders.Add($"spare batch {i}");
             }
         }
 
