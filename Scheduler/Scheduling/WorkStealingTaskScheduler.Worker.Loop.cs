@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 
 namespace Scheduler;
 
@@ -27,23 +28,11 @@ public sealed partial class WorkStealingTaskScheduler
             {
                 while (true)
                 {
-                    if (TryGetWork(out WorkItem item))
-                    {
-                        if (_isIdle)
-                        {
-                            BecomeBusy();
-                        }
-
-                        Execute(item);
-                        continue;
-                    }
-
+                    RunAvailableWork();
                     _isIdle = true;
                     NoteIdle();
-                    if (TrySpinForWork(out item))
+                    if (RunWorkFoundSpinning())
                     {
-                        BecomeBusy();
-                        Execute(item);
                         continue;
                     }
 
@@ -74,6 +63,51 @@ public sealed partial class WorkStealingTaskScheduler
                 // Peers that parked because this worker was busy may exit now (or take what arrived in its inbox).
                 _owner._idle.WakeAll();
             }
+        }
+
+        /// <summary>
+        /// Runs items until none is left to take (the LIFO slot, the deque, the global queue, the inbox, a peer's).
+        /// </summary>
+        /// <remarks>
+        /// A frame of its own, left before the worker parks, because of what a frame keeps alive. The JIT reports some
+        /// stack slots to the GC for the whole method rather than only while they are in use: a struct with a reference
+        /// in it whose address is taken (the <c>out</c> item), and the locals and temporaries of the methods it inlines
+        /// (the LIFO slot's take, a demoted item, a deque pop's copy). When the items ran in the loop's own frame, a
+        /// parked worker kept the last of them (a finished task and everything it reaches: a state machine, a chain of
+        /// promises; a faulted task that never reaches <see cref="TaskScheduler.UnobservedTaskException"/>) alive until it
+        /// ran another. A heap dump of a failing <c>IdleRetentionTests</c> run named the root: a slot of the loop's
+        /// tier-1 frame (docs/history.md, session 46). Clearing the locals would not do: a store to a slot the JIT
+        /// considers dead may be removed. One call per idle-to-busy turn, not per item.
+        /// </remarks>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void RunAvailableWork()
+        {
+            while (TryGetWork(out WorkItem item))
+            {
+                if (_isIdle)
+                {
+                    BecomeBusy();
+                }
+
+                Execute(item);
+            }
+        }
+
+        /// <summary>
+        /// Idle: spins a little for work (see <see cref="TrySpinForWork"/>) and runs what it found. Returns whether it ran
+        /// an item. A frame of its own for the reason given at <see cref="RunAvailableWork"/>.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private bool RunWorkFoundSpinning()
+        {
+            if (!TrySpinForWork(out WorkItem item))
+            {
+                return false;
+            }
+
+            BecomeBusy();
+            Execute(item);
+            return true;
         }
 
         /// <summary>
