@@ -52,4 +52,33 @@ public sealed class TimerRetentionTests
         timer.Dispose();
         return new WeakReference(state);
     }
+
+    /// <summary>
+    /// The driver thread runs its loop once, for the wheel's whole life, and sleeps in it: nothing that loop touched
+    /// while firing (the fired timer, its callback, its state) may stay reachable from its frame while it sleeps.
+    /// </summary>
+    [Fact]
+    public void A_fired_and_disposed_timer_is_not_kept_alive_by_the_sleeping_driver_thread()
+    {
+        using var wheel = new TimerWheel(s_tick);
+
+        WeakReference state = FireOnceAndDispose(wheel);
+        Collected.Await(state);
+
+        state.IsAlive.Should().BeFalse("the driver fired the timer and sleeps with nothing to run: it holds nothing of it");
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference FireOnceAndDispose(TimerWheel wheel)
+    {
+        var state = new object();
+        using var fired = new ManualResetEventSlim();
+        using (ITimer timer = wheel.CreateTimer(static s => ((ManualResetEventSlim)((object[])s!)[0]).Set(), new object[] { fired, state }, TimeSpan.FromMilliseconds(2), Timeout.InfiniteTimeSpan))
+        {
+            fired.Wait(TimeSpan.FromSeconds(20)).Should().BeTrue("the timer fires");
+        }
+
+        Thread.Sleep(50); // the driver has gone back to sleep with nothing due
+        return new WeakReference(state);
+    }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Scheduler.Native;
 using Scheduler.Sources;
@@ -206,32 +207,44 @@ public sealed partial class IoReactor : IDisposable
         while (!IsDisposed)
         {
             int count = _backend.Wait(events, RunTimers());
-            ReactorSocket?[] slots = Volatile.Read(ref _slots);
-            for (int i = 0; i < count; i++)
+            Dispatch(events, count);
+        }
+    }
+
+    /// <summary>
+    /// Hands each readiness event to its socket. A frame of its own, left before the next wait: the reactor's thread
+    /// runs <see cref="RunLoop"/> once, for its whole life, in tier-0 or on-stack-replaced code whose stack slots the GC
+    /// sees for the whole method. A socket variable there kept the last socket an event went to alive, closed or not,
+    /// for as long as the reactor then waited (<c>ReactorRetentionTests</c>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void Dispatch(ReadinessEvent[] events, int count)
+    {
+        ReactorSocket?[] slots = Volatile.Read(ref _slots);
+        for (int i = 0; i < count; i++)
+        {
+            ReadinessEvent ev = events[i];
+            if (ev.Token == EpollBackend.WakeToken)
             {
-                ReadinessEvent ev = events[i];
-                if (ev.Token == EpollBackend.WakeToken)
+                continue;
+            }
+
+            int index = (int)(uint)ev.Token;
+            if ((uint)index >= (uint)slots.Length)
+            {
+                slots = Volatile.Read(ref _slots);
+                if ((uint)index >= (uint)slots.Length)
                 {
                     continue;
                 }
+            }
 
-                int index = (int)(uint)ev.Token;
-                if ((uint)index >= (uint)slots.Length)
-                {
-                    slots = Volatile.Read(ref _slots);
-                    if ((uint)index >= (uint)slots.Length)
-                    {
-                        continue;
-                    }
-                }
-
-                // The generation in the token must match: an event queued for a closed socket whose slot (or fd
-                // number) was reused since can never reach the new socket's operations.
-                ReactorSocket? socket = Volatile.Read(ref slots[index]);
-                if (socket is not null && socket.RegistrationToken == ev.Token)
-                {
-                    socket.OnReadiness(ev.Readable, ev.Writable, ev.Exceptional);
-                }
+            // The generation in the token must match: an event queued for a closed socket whose slot (or fd
+            // number) was reused since can never reach the new socket's operations.
+            ReactorSocket? socket = Volatile.Read(ref slots[index]);
+            if (socket is not null && socket.RegistrationToken == ev.Token)
+            {
+                socket.OnReadiness(ev.Readable, ev.Writable, ev.Exceptional);
             }
         }
     }

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Scheduler;
 
 /// <summary>
@@ -98,20 +100,32 @@ internal static class SchedulerWatchdog
             }
 
             Thread.Sleep(WorkStealingTaskScheduler.WatchdogPeriod);
-            for (int i = 0; i < count; i++)
+            Tick(count);
+        }
+    }
+
+    /// <summary>
+    /// One look at each scheduler of the pass. A frame of its own, left before the thread sleeps: this thread runs for
+    /// the life of the process, mostly in the tier-0 or on-stack-replaced code of <see cref="Run"/>, whose stack slots
+    /// the GC sees for the whole method. A loop variable there kept the last scheduler looked at, disposed or not, alive
+    /// for as long as the watchdog then slept with nothing to watch (<c>WatchdogRetentionTests</c>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void Tick(int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            WorkStealingTaskScheduler scheduler = s_pass[i];
+            s_pass[i] = null!;
+            if (!scheduler.OnWatchdogTick())
             {
-                WorkStealingTaskScheduler scheduler = s_pass[i];
-                s_pass[i] = null!;
-                if (!scheduler.OnWatchdogTick())
+                // Disarmed (every worker idle) or terminated. Under the lock, and only if still disarmed: a worker that
+                // re-armed since (its exchange won) calls Watch after it, which then finds it listed or adds it again.
+                lock (s_lock)
                 {
-                    // Disarmed (every worker idle) or terminated. Under the lock, and only if still disarmed: a worker that
-                    // re-armed since (its exchange won) calls Watch after it, which then finds it listed or adds it again.
-                    lock (s_lock)
+                    if (!scheduler.IsWatchdogArmed || scheduler.IsTerminated)
                     {
-                        if (!scheduler.IsWatchdogArmed || scheduler.IsTerminated)
-                        {
-                            s_watched.Remove(scheduler);
-                        }
+                        s_watched.Remove(scheduler);
                     }
                 }
             }
