@@ -86,6 +86,51 @@ public sealed class IdleRetentionTests : IClassFixture<IdleRetentionTests.LoopWa
         }
     }
 
+    /// <summary>
+    /// <see cref="WorkStealingTaskScheduler.GetStatistics"/> (and so every metrics collection) counts the queued work while
+    /// a burst fills the global queue over several segments. Counting must not keep what the workers take afterwards.
+    /// </summary>
+    [Fact]
+    public async Task Statistics_read_during_a_burst_keep_no_finished_task_alive()
+    {
+        using var scheduler = SchedulerTestHelpers.Create(2);
+        for (int round = 0; round < 3; round++)
+        {
+            WeakReference[] finished = RunBurstReadingStatistics(scheduler);
+
+            await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.IsWorkerParked(0) && scheduler.IsWorkerParked(1));
+            Collected.Await(finished);
+            finished.Count(static r => r.IsAlive).Should().Be(0,
+                "counting the queued work lets go of nothing once it ran (round {0}; {1})", round, DescribeAlive(scheduler, finished));
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference[] RunBurstReadingStatistics(WorkStealingTaskScheduler scheduler)
+    {
+        var made = new ConcurrentQueue<WeakReference>();
+        using var release = new ManualResetEventSlim();
+        using var done = new CountdownEvent(500);
+        using var held = new CountdownEvent(2);
+
+        // Both workers held, so the burst stays queued (several segments of the global queue) while it is counted.
+        for (int i = 0; i < 2; i++)
+        {
+            scheduler.Factory.StartNew(() => { held.Signal(); release.Wait(); }, CancellationToken.None, TaskCreationOptions.PreferFairness, scheduler);
+        }
+
+        held.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("both workers take a holder");
+        for (int i = 0; i < 500; i++)
+        {
+            Track(made, scheduler.Factory.StartNew(() => done.Signal()));
+        }
+
+        scheduler.GetStatistics().QueuedTasks.Should().BeGreaterThanOrEqualTo(500);
+        release.Set();
+        done.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("the burst runs");
+        return made.ToArray();
+    }
+
     /// <summary>For a failure: which tasks are alive (their index in creation order, status) and what of the scheduler holds them.</summary>
     private static string DescribeAlive(WorkStealingTaskScheduler scheduler, WeakReference[] finished)
     {
