@@ -4,6 +4,7 @@ using System.IO.Pipelines;
 using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Tests.Scheduling;
+using Scheduler.Tests.Sources;
 
 namespace Scheduler.Tests.IO;
 
@@ -20,6 +21,53 @@ public sealed class ReactorConnectionInlineContextTests
     // Each step takes milliseconds; the bound only ends a test whose loop never resumed (the bug: it waits forever).
     // 5 s was too close: under load a step (4 MiB through loopback, a pool thread to resume) has taken seconds.
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
+
+    /// <summary>
+    /// The application's own side, with the default pipe options: a read awaited under the application's context resumes
+    /// on the reactor's scheduler, as documented (<c>useSynchronizationContext: false</c>), not through the context (a
+    /// UI thread, or one blocked in sync over async). The options are made once per reactor and shared. Kills:
+    /// IoReactor.cs DefaultPipeOptions, <c>useSynchronizationContext: false</c> made <c>true</c>, and <c>??=</c> made
+    /// <c>=</c>.
+    /// </summary>
+    [Fact]
+    public async Task A_read_awaited_under_the_applications_context_resumes_on_the_scheduler_with_the_default_options()
+    {
+        await using var io = new IoTestContext();
+        (ReactorConnection connection, ReactorSocket client) = await io.ConnectionPairAsync();
+        await using var disposeConnection = IoTestContext.DisposeWithin(connection);
+        using var disposeClient = client;
+        io.Reactor.DefaultPipeOptions.Should().BeSameAs(io.Reactor.DefaultPipeOptions, "one set of default options per reactor");
+
+        var context = new RecordingSynchronizationContext();
+        Task<(long Length, bool OnWorker)> read = RunUnder(context, async () =>
+        {
+            ReadResult result = await connection.Input.ReadAsync();
+            long length = result.Buffer.Length;
+            connection.Input.AdvanceTo(result.Buffer.End);
+            return (length, io.Scheduler.IsWorkerThread);
+        });
+        read.IsCompleted.Should().BeFalse("nothing was sent yet");
+
+        (await client.SendAsync(new byte[] { 1, 2, 3 })).Should().Be(3);
+        (long length, bool onWorker) = await read.WaitAsync(Bound);
+        length.Should().Be(3);
+        context.Posts.Should().Be(0, "the connection's pipes do not capture the application's context by default");
+        onWorker.Should().BeTrue("the read resumes on the reactor's scheduler");
+    }
+
+    private static Task<T> RunUnder<T>(SynchronizationContext context, Func<Task<T>> body)
+    {
+        SynchronizationContext? previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            return body();
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+    }
 
     [Fact]
     public async Task Receive_loop_resumed_inline_by_the_applications_AdvanceTo_never_posts_to_its_context()
