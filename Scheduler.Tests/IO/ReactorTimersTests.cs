@@ -28,6 +28,16 @@ public sealed class ReactorTimersTests
         wheel.Should().BeSameAs(io.Reactor.Timers);
         wheel.IsHosted.Should().BeTrue("the reactor's thread drives it: no driver thread of its own");
         wheel.TickDuration.Should().Be(TimeSpan.FromMilliseconds(1));
+
+        // Once created, reading it costs nothing: no wheel made and thrown away per read. Kills: IoReactor.cs Timers,
+        // `Volatile.Read(ref _timers) ?? CreateTimers()` made `CreateTimers()` (the race's loser path every time).
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100; i++)
+        {
+            _ = io.Reactor.Timers;
+        }
+
+        (GC.GetAllocatedBytesForCurrentThread() - before).Should().Be(0, "reading Timers again allocates nothing");
     }
 
     [Fact]
