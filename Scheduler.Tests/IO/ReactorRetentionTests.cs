@@ -4,7 +4,7 @@ using Scheduler.IO;
 namespace Scheduler.Tests.IO;
 
 /// <summary>
-/// The reactor's thread lets go of a socket it dispatched an event to once that socket is closed and dropped, even when
+/// What the reactor's thread holds on to. It lets go of a socket it dispatched an event to once that socket is closed and dropped, even when
 /// no event comes after it and the thread sleeps in <c>epoll_wait</c> for a long time.
 /// </summary>
 public sealed class ReactorRetentionTests
@@ -20,6 +20,17 @@ public sealed class ReactorRetentionTests
         Collected.Await(socket);
 
         socket.IsAlive.Should().BeFalse("nothing of the reactor keeps a closed, dropped socket alive");
+    }
+
+    /// <summary>
+    /// Nor does the reactor keep the process: its thread is a background thread, so a program that returns from Main
+    /// without disposing its reactor still exits. Kills: IoReactor.cs constructor, <c>IsBackground = true</c> made false.
+    /// </summary>
+    [Fact]
+    public async Task The_reactors_thread_does_not_keep_the_process_alive()
+    {
+        await using var io = new IoTestContext();
+        io.Reactor.IsThreadBackgroundForTests.Should().BeTrue();
     }
 
     private static async Task<WeakReference> ReceiveOneEventAndClose(IoTestContext io, ReactorSocket listener, Socket peer)

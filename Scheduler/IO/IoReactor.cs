@@ -109,6 +109,9 @@ public sealed partial class IoReactor : IDisposable
     /// <summary>The managed id of the reactor's thread. For tests, which fail its system calls by thread.</summary>
     internal int ThreadIdForTests => _thread.ManagedThreadId;
 
+    /// <summary>Tests only: whether the reactor's thread is a background thread (a reactor never disposed must not keep the process alive).</summary>
+    internal bool IsThreadBackgroundForTests => _thread.IsBackground;
+
     /// <summary>
     /// Stops the reactor thread and joins it, then disposes every socket still registered: their pending
     /// operations fail with <see cref="ObjectDisposedException"/>. Idempotent.
