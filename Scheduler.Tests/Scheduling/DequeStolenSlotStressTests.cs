@@ -19,50 +19,30 @@ public sealed class DequeStolenSlotStressTests
     {
         var deque = new WorkStealingDeque(16);
         var item = new object();
-        int stop = 0;
-        long stolen = 0;
-        var thief = new Thread(() =>
+        using var thief = new Thief(deque);
+        var clock = Stopwatch.StartNew();
+        long rounds = 0;
+        long lost = 0;
+        var random = new Random(17);
+        while (clock.Elapsed < TimeSpan.FromSeconds(2))
         {
-            while (Volatile.Read(ref stop) == 0)
-            {
-                if (deque.TrySteal(out _))
-                {
-                    Interlocked.Increment(ref stolen);
-                }
-            }
-        });
-        thief.Start();
-        try
-        {
-            var clock = Stopwatch.StartNew();
-            long rounds = 0;
-            long lost = 0;
-            var random = new Random(17);
-            while (clock.Elapsed < TimeSpan.FromSeconds(2))
-            {
-                rounds++;
-                deque.TryPush(new WorkItem(item)).Should().BeTrue();
+            rounds++;
+            deque.TryPush(new WorkItem(item)).Should().BeTrue();
 
-                // Vary the owner's delay so that the thief's steal lands at every point of the pop.
-                Thread.SpinWait(random.Next(0, 64));
-                if (deque.TryPop(out _))
-                {
-                    continue;
-                }
-
-                lost++;
-                SpinWait.SpinUntil(() => Interlocked.Read(ref stolen) == lost);
-                deque.ReferencingSlotCountForTests().Should().Be(0,
-                    "the item is the thief's now (round {0}, pop lost {1} times)", rounds, lost);
+            // Vary the owner's delay so that the thief's steal lands at every point of the pop.
+            Thread.SpinWait(random.Next(0, 64));
+            if (deque.TryPop(out _))
+            {
+                continue;
             }
 
-            lost.Should().BeGreaterThan(0, "the thief won some of the races");
+            lost++;
+            SpinWait.SpinUntil(() => thief.Stolen == lost);
+            deque.ReferencingSlotCountForTests().Should().Be(0,
+                "the item is the thief's now (round {0}, pop lost {1} times)", rounds, lost);
         }
-        finally
-        {
-            Volatile.Write(ref stop, 1);
-            thief.Join();
-        }
+
+        lost.Should().BeGreaterThan(0, "the thief won some of the races");
     }
 
     /// <summary>
@@ -77,52 +57,63 @@ public sealed class DequeStolenSlotStressTests
         var deque = new WorkStealingDeque(64);
         var destination = new WorkItem[32];
         var item = new object();
-        int stop = 0;
-        long stolen = 0;
-        var thief = new Thread(() =>
+        using var thief = new Thief(deque);
+        var clock = Stopwatch.StartNew();
+        long rounds = 0;
+        long shortTakes = 0;
+        var random = new Random(23);
+        while (clock.Elapsed < TimeSpan.FromSeconds(2))
         {
-            while (Volatile.Read(ref stop) == 0)
+            rounds++;
+            int pushed = random.Next(1, 65);
+            for (int i = 0; i < pushed; i++)
             {
-                if (deque.TrySteal(out _))
-                {
-                    Interlocked.Increment(ref stolen);
-                }
-            }
-        });
-        thief.Start();
-        try
-        {
-            var clock = Stopwatch.StartNew();
-            long rounds = 0;
-            long shortTakes = 0;
-            var random = new Random(23);
-            while (clock.Elapsed < TimeSpan.FromSeconds(2))
-            {
-                rounds++;
-                int pushed = random.Next(1, 65);
-                for (int i = 0; i < pushed; i++)
-                {
-                    deque.TryPush(new WorkItem(item)).Should().BeTrue();
-                }
-
-                Thread.SpinWait(random.Next(0, 64));
-                int taken = deque.TakeOldestBatch(destination);
-                shortTakes += taken < Math.Min(pushed, destination.Length) ? 1 : 0;
-                destination.Skip(taken).Count(static slot => !slot.IsEmpty).Should().Be(0,
-                    "only the {0} items taken are the batch's (round {1}, {2} pushed)", taken, rounds, pushed);
-
-                Array.Clear(destination);
-                while (deque.TryPop(out _))
-                {
-                }
+                deque.TryPush(new WorkItem(item)).Should().BeTrue();
             }
 
-            shortTakes.Should().BeGreaterThan(0, "the thief took items from under some batch takes");
+            Thread.SpinWait(random.Next(0, 64));
+            int taken = deque.TakeOldestBatch(destination);
+            shortTakes += taken < Math.Min(pushed, destination.Length) ? 1 : 0;
+            destination.Skip(taken).Count(static slot => !slot.IsEmpty).Should().Be(0,
+                "only the {0} items taken are the batch's (round {1}, {2} pushed)", taken, rounds, pushed);
+
+            Array.Clear(destination);
+            while (deque.TryPop(out _))
+            {
+            }
         }
-        finally
+
+        shortTakes.Should().BeGreaterThan(0, "the thief took items from under some batch takes");
+    }
+
+    /// <summary>A thread that steals from the deque, as fast as it can, until disposed; counts what it took.</summary>
+    private sealed class Thief : IDisposable
+    {
+        private readonly Thread _thread;
+        private int _stop;
+        private long _stolen;
+
+        public Thief(WorkStealingDeque deque)
         {
-            Volatile.Write(ref stop, 1);
-            thief.Join();
+            _thread = new Thread(() =>
+            {
+                while (Volatile.Read(ref _stop) == 0)
+                {
+                    if (deque.TrySteal(out _))
+                    {
+                        Interlocked.Increment(ref _stolen);
+                    }
+                }
+            });
+            _thread.Start();
+        }
+
+        public long Stolen => Interlocked.Read(ref _stolen);
+
+        public void Dispose()
+        {
+            Volatile.Write(ref _stop, 1);
+            _thread.Join();
         }
     }
 }
