@@ -66,10 +66,12 @@ public sealed class TimerResourceTests
         {
             while (Volatile.Read(ref stop) == 0)
             {
+                // Reset before the step, as a worker resets before its re-check: a wake-up sent after the step
+                // published its plan stays set for the wait (reset after the wait, it could be lost in between).
+                wake.Reset();
                 long plan = wheel.RunHostedDriverStep(out long now);
                 Volatile.Write(ref hostAllocated, GC.GetAllocatedBytesForCurrentThread());
                 wake.Wait(plan == long.MaxValue ? 50 : Math.Min(50, TimerWheel.MillisecondsUntil(now, plan)));
-                wake.Reset();
             }
         })
         { IsBackground = true, Name = "test-timer-host" };

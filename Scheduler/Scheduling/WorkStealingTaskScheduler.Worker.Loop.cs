@@ -76,8 +76,9 @@ public sealed partial class WorkStealingTaskScheduler
         /// parked worker kept the last of them (a finished task and everything it reaches: a state machine, a chain of
         /// promises; a faulted task that never reaches <see cref="TaskScheduler.UnobservedTaskException"/>) alive until it
         /// ran another. A heap dump of a failing <c>IdleRetentionTests</c> run named the root: a slot of the loop's
-        /// tier-1 frame (docs/history.md, session 46). Clearing the locals would not do: a store to a slot the JIT
-        /// considers dead may be removed. One call per idle-to-busy turn, not per item.
+        /// tier-1 frame (docs/history.md, session 46; which variable the slot belonged to was not identified, so the
+        /// fix does not depend on it). Clearing the locals would not do: a store to a slot the JIT considers dead may be
+        /// removed. One call per idle-to-busy turn, not per item.
         /// </remarks>
         [MethodImpl(MethodImplOptions.NoInlining)]
         private void RunAvailableWork()
