@@ -218,10 +218,11 @@ public sealed partial class IoReactor : IDisposable
     /// Hands each readiness event to its socket. A frame of its own, left before the next wait: the reactor's thread
     /// runs <see cref="RunLoop"/> once, for its whole life, in tier-0 or on-stack-replaced code whose stack slots the GC
     /// sees for the whole method. A socket variable there kept the last socket an event went to alive, closed or not,
-    /// for as long as the reactor then waited (<c>ReactorRetentionTests</c>).
+    /// for as long as the reactor then waited (<c>ReactorRetentionTests</c>). Internal for a test that hands it a full
+    /// batch, which a live reactor's wait returns only under a burst no test can arrange.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void Dispatch(ReadinessEvent[] events, int count)
+    internal void Dispatch(ReadinessEvent[] events, int count)
     {
         ReactorSocket?[] slots = Volatile.Read(ref _slots);
         for (int i = 0; i < count; i++)
