@@ -145,6 +145,27 @@ public sealed class ConstructionTests
     }
 
     [Fact]
+    public void The_worker_count_range_ends_at_MaxWorkerCount_and_its_refusal_names_the_range()
+    {
+        // The upper end is accepted, by both ways of giving a count (kills: CreateOptions, `> MaxWorkerCount` made `>=`).
+        // Checked on the options alone: a scheduler would start 4,096 threads.
+        const int Max = WorkStealingTaskSchedulerOptions.MaxWorkerCount;
+        WorkStealingTaskScheduler.CreateOptions(Max).WorkerCount.Should().Be(Max);
+        FluentActions.Invoking(() => new WorkStealingTaskSchedulerOptions { WorkerCount = Max }.Validate()).Should().NotThrow();
+
+        // Just past either end, the message says what is allowed (kills: CreateOptions, its message emptied).
+        foreach (int refused in new[] { 0, Max + 1 })
+        {
+            FluentActions.Invoking(() => new WorkStealingTaskScheduler(refused))
+                .Should().Throw<ArgumentOutOfRangeException>().WithParameterName("workerCount")
+                .Which.Message.Should().StartWith($"The worker count must be between 1 and {Max}.");
+            FluentActions.Invoking(() => new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = refused }))
+                .Should().Throw<ArgumentOutOfRangeException>().WithParameterName("WorkerCount")
+                .Which.Message.Should().StartWith($"The worker count must be between 1 and {Max}.");
+        }
+    }
+
+    [Fact]
     public async Task Options_are_copied_and_threads_named_with_the_prefix()
     {
         var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Prefixed" };
@@ -154,9 +175,13 @@ public sealed class ConstructionTests
         options.ThreadNamePrefix = "Changed";
         scheduler.WorkerCount.Should().Be(1);
 
-        // The prefix is read again for every LongRunning thread: from the scheduler's copy, not the caller's object.
-        string? longRunningName = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name, TaskCreationOptions.LongRunning).WithTimeout();
+        // The prefix is read again for every LongRunning thread: from the scheduler's copy, not the caller's object. A
+        // LongRunning thread is a background thread, as the workers are: a task still running when the program returns
+        // from Main does not keep the process (kills: WorkStealingTaskScheduler.cs StartLongRunning, IsBackground made false).
+        (string? longRunningName, bool longRunningBackground) = await scheduler.Factory.StartNew(
+            () => (Thread.CurrentThread.Name, Thread.CurrentThread.IsBackground), TaskCreationOptions.LongRunning).WithTimeout();
         longRunningName.Should().StartWith("Prefixed");
+        longRunningBackground.Should().BeTrue();
 
         string? name = await scheduler.Factory.StartNew(() => Thread.CurrentThread.Name).WithTimeout();
         name.Should().StartWith("Prefixed");
@@ -173,6 +198,10 @@ public sealed class ConstructionTests
         (await shared.Factory.StartNew(() => shared.IsWorkerThread).WithTimeout()).Should().BeTrue();
         bool background = await shared.Factory.StartNew(() => Thread.CurrentThread.IsBackground).WithTimeout();
         background.Should().BeTrue();
+
+        // Its threads are told apart from a user's default-named scheduler in a debugger or a dump (kills:
+        // WorkStealingTaskScheduler.cs s_shared, the ThreadNamePrefix initializer removed or emptied).
+        shared.WorkerThreads.Should().OnlyContain(t => t != null && t.Name != null && t.Name.StartsWith("WorkStealing.Shared ", StringComparison.Ordinal));
 
         FluentActions.Invoking(shared.Dispose).Should().Throw<InvalidOperationException>().WithMessage("*Shared is process-wide and cannot be disposed*");
         FluentActions.Invoking(() => shared.DisposeAsync()).Should().Throw<InvalidOperationException>();
@@ -217,11 +246,61 @@ public sealed class ConstructionTests
         for (int i = 0; i < failingWorker; i++)
         {
             threads[i].Should().NotBeNull();
-            // Generous: a worker that never exits fails it all the same, and one held off its core on a loaded machine
-            // can take seconds to get there.
-            threads[i]!.Join(SchedulerTestHelpers.Timeout).Should().BeTrue("worker {0} started before the failure and must exit", i);
+
+            // Gone before the constructor threw, not merely on their way out: the constructor waits for them. Kills:
+            // AbandonConstruction, its Join removed (or its loop's `<` made `>`).
+            threads[i]!.IsAlive.Should().BeFalse("worker {0} started before the failure and the constructor waits for its exit", i);
         }
 
+        halfBuilt.IsTerminated.Should().BeTrue("every worker is gone");
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void A_construction_that_fails_after_its_started_workers_parked_wakes_them_to_exit(int failingWorker)
+    {
+        // The start of the next worker fails only once the ones started before it have gone to sleep: then only a wake-up
+        // makes them see the shutdown. Without one, the constructor waited for them for good (kills: AbandonConstruction,
+        // `_idle.WakeAll()` removed). In the test above the failure comes while they still start up, before they park.
+        WorkStealingTaskScheduler? halfBuilt = null;
+        var options = new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 3,
+            ThreadNamePrefix = "HalfBuiltParked",
+            BeforeWorkerStartForTests = (scheduler, index) =>
+            {
+                halfBuilt = scheduler;
+                if (index == failingWorker)
+                {
+                    SpinWait.SpinUntil(() => Enumerable.Range(0, index).All(scheduler.IsWorkerParked), SchedulerTestHelpers.Timeout)
+                        .Should().BeTrue("the workers started so far park with nothing to do");
+                    throw new InjectedStartFailure();
+                }
+            },
+        };
+
+        // On a thread of its own: under the bug the constructor never returns.
+        Task<Exception?> construction = Task.Factory.StartNew(
+            () =>
+            {
+                try
+                {
+                    _ = new WorkStealingTaskScheduler(options);
+                    return null;
+                }
+                catch (Exception e)
+                {
+                    return e;
+                }
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+
+        construction.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue("the parked workers are woken to exit, and the constructor returns");
+        construction.Result.Should().BeOfType<InjectedStartFailure>();
+        halfBuilt!.WorkerThreads.Take(failingWorker).Should().OnlyContain(t => t != null && !t.IsAlive);
         halfBuilt.IsTerminated.Should().BeTrue("every worker is gone");
     }
 

@@ -255,6 +255,38 @@ public sealed class ExecutionTests
         }
     }
 
+    [Fact]
+    public async Task A_LongRunning_task_is_handed_to_its_thread_alone_and_never_also_queued_to_a_worker()
+    {
+        // Queued to a worker as well, a second copy would wait there (listed by GetScheduledTasks) and run on the worker
+        // whenever the worker got to it before the task's own thread did (kills: QueueTask, the `return` after
+        // StartLongRunning removed; the thread, already running when Start returns, nearly always wins that race, so the
+        // copy is looked for instead). With one worker and no compensation, a copy would stay where it was queued.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        List<Task> Listed() => [.. (IEnumerable<Task>)method.Invoke(scheduler, null)!];
+
+        // From the worker, which waits for it (a Wait that refuses to inline it) and then lists its own queues.
+        (bool RanOnWorker, Task Task, List<Task> Listed) fromWorker = await scheduler.Factory.StartNew(() =>
+        {
+            Task<bool> longRunning = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread, TaskCreationOptions.LongRunning);
+            longRunning.Wait();
+            return (longRunning.Result, (Task)longRunning, Listed());
+        }).WithTimeout();
+        fromWorker.RanOnWorker.Should().BeFalse();
+        fromWorker.Listed.Should().NotContain(fromWorker.Task, "started from a worker, it is queued only to its own thread");
+
+        // From outside, with the worker held: a copy would wait in the global queue.
+        using var hold = new ManualResetEventSlim();
+        Task holder = scheduler.Factory.StartNew(() => hold.Wait(SchedulerTestHelpers.Timeout));
+        Task<bool> fromOutside = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread, TaskCreationOptions.LongRunning);
+        (await fromOutside.WithTimeout()).Should().BeFalse();
+        Listed().Should().NotContain(fromOutside, "started from outside, it is queued only to its own thread");
+        hold.Set();
+        await holder.WithTimeout();
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
@@ -507,6 +539,32 @@ public sealed class ExecutionTests
         }).WithTimeout();
 
         seen.Listed.Should().Contain(seen.Spawned);
+        await Task.WhenAll(seen.Spawned).WithTimeout();
+    }
+
+    [Fact]
+    public async Task GetScheduledTasks_lists_tasks_that_overflowed_into_the_global_queue_as_a_batch()
+    {
+        // A worker whose deque fills moves the older half to the global queue as one batch entry: a debugger's view must
+        // open the batch (kills: GetScheduledTasks, `batch.CopyTargetsTo(targets)` removed). Listed on the one worker
+        // while it still holds everything it spawned; no compensation, which would take queued work before the listing.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            LocalQueueCapacity = 16,
+            ThreadNamePrefix = "Test",
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
+        {
+            Task[] spawned = [.. Enumerable.Range(0, 100).Select(_ => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler))];
+            return (spawned, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+        }).WithTimeout();
+
+        seen.Listed.Should().Contain(seen.Spawned);
+        seen.Listed.Should().OnlyHaveUniqueItems();
         await Task.WhenAll(seen.Spawned).WithTimeout();
     }
 

@@ -133,6 +133,39 @@ public sealed class SynchronizationContextTests
     }
 
     [Fact]
+    public async Task A_yield_under_the_context_on_a_thread_that_is_no_worker_resumes_on_a_worker()
+    {
+        // The context can travel to another thread (code that captures SynchronizationContext.Current and installs it
+        // elsewhere): a Task.Yield there posts to the scheduler from outside its workers, into the global queue. Kills:
+        // EnqueuePosted, `worker is not null` inverted (the post off the workers threw NullReferenceException).
+        var scheduler = Create(2);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        SynchronizationContext context = await scheduler.Factory.StartNew(() => SynchronizationContext.Current!).WithTimeout();
+        var resumed = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var foreign = new Thread(() =>
+        {
+            SynchronizationContext.SetSynchronizationContext(context);
+            _ = YieldThenReport();
+        });
+        foreign.Start();
+
+        (await resumed.Task.WithTimeout()).Should().BeTrue("the yield's continuation was posted to the scheduler");
+
+        async Task YieldThenReport()
+        {
+            try
+            {
+                await Task.Yield();
+                resumed.TrySetResult(scheduler.IsWorkerThread);
+            }
+            catch (Exception e)
+            {
+                resumed.TrySetException(e);
+            }
+        }
+    }
+
+    [Fact]
     public void The_callbacks_that_Task_Yield_posts_are_discovered()
     {
         SendOrPostCallback?[] callbacks = YieldCallbacks.Discover();

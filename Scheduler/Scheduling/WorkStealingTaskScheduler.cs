@@ -473,7 +473,8 @@ public sealed partial class WorkStealingTaskScheduler : TaskScheduler, IDisposab
         thread.UnsafeStart((this, task));
     }
 
-    private static WorkStealingTaskSchedulerOptions CreateOptions(int workerCount)
+    /// <summary>The options of <see cref="WorkStealingTaskScheduler(int)"/>. Internal for a test of the range's upper end, which a scheduler would need 4,096 threads to show.</summary>
+    internal static WorkStealingTaskSchedulerOptions CreateOptions(int workerCount)
     {
         if (workerCount < 1 || workerCount > WorkStealingTaskSchedulerOptions.MaxWorkerCount)
         {
