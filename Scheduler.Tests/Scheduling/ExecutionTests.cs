@@ -543,6 +543,29 @@ public sealed class ExecutionTests
     }
 
     [Fact]
+    public async Task A_task_run_inline_on_a_worker_is_not_queued_again()
+    {
+        // TryExecuteTaskInline must say that it ran the task: answered false, the runtime queues the task it has just run
+        // (RunSynchronously, an await continuation run inline), a stale entry that a worker later skips and a debugger
+        // lists (kills: TryExecuteTaskInline, its final `return true` made false). One worker and no compensation: a
+        // stale entry would stay in the worker's queue while it lists them.
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+        (Task Inlined, bool RanOnWorker, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
+        {
+            bool ranOnWorker = false;
+            var task = new Task(() => ranOnWorker = scheduler.IsWorkerThread);
+            task.RunSynchronously(scheduler);
+            return (task, ranOnWorker, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+        }).WithTimeout();
+
+        seen.Inlined.IsCompletedSuccessfully.Should().BeTrue();
+        seen.RanOnWorker.Should().BeTrue("RunSynchronously on a worker runs the task there");
+        seen.Listed.Should().NotContain(seen.Inlined, "a task run inline is done, not queued");
+    }
+
+    [Fact]
     public async Task GetScheduledTasks_lists_tasks_that_overflowed_into_the_global_queue_as_a_batch()
     {
         // A worker whose deque fills moves the older half to the global queue as one batch entry: a debugger's view must
