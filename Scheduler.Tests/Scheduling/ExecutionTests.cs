@@ -264,15 +264,13 @@ public sealed class ExecutionTests
         // copy is looked for instead). With one worker and no compensation, a copy would stay where it was queued.
         var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
-        List<Task> Listed() => [.. (IEnumerable<Task>)method.Invoke(scheduler, null)!];
 
         // From the worker, which waits for it (a Wait that refuses to inline it) and then lists its own queues.
         (bool RanOnWorker, Task Task, List<Task> Listed) fromWorker = await scheduler.Factory.StartNew(() =>
         {
             Task<bool> longRunning = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread, TaskCreationOptions.LongRunning);
             longRunning.Wait();
-            return (longRunning.Result, (Task)longRunning, Listed());
+            return (longRunning.Result, (Task)longRunning, SchedulerTestHelpers.ScheduledTasks(scheduler));
         }).WithTimeout();
         fromWorker.RanOnWorker.Should().BeFalse();
         fromWorker.Listed.Should().NotContain(fromWorker.Task, "started from a worker, it is queued only to its own thread");
@@ -282,7 +280,7 @@ public sealed class ExecutionTests
         Task holder = scheduler.Factory.StartNew(() => hold.Wait(SchedulerTestHelpers.Timeout));
         Task<bool> fromOutside = scheduler.Factory.StartNew(() => scheduler.IsWorkerThread, TaskCreationOptions.LongRunning);
         (await fromOutside.WithTimeout()).Should().BeFalse();
-        Listed().Should().NotContain(fromOutside, "started from outside, it is queued only to its own thread");
+        SchedulerTestHelpers.ScheduledTasks(scheduler).Should().NotContain(fromOutside, "started from outside, it is queued only to its own thread");
         hold.Set();
         await holder.WithTimeout();
     }
@@ -508,8 +506,7 @@ public sealed class ExecutionTests
         await Task.Delay(20);
         Task[] queued = Enumerable.Range(0, 5).Select(_ => scheduler.Factory.StartNew(() => { })).ToArray();
 
-        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
-        var scheduled = ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList();
+        var scheduled = SchedulerTestHelpers.ScheduledTasks(scheduler);
         scheduled.Should().Contain(queued);
 
         gate.Set();
@@ -526,7 +523,6 @@ public sealed class ExecutionTests
         // and the inbox's tasks before they are listed.
         var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
         (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
         {
             Task[] spawned =
@@ -535,7 +531,7 @@ public sealed class ExecutionTests
                 Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.PreferFairness, scheduler), // inbox
                 Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler), // LIFO slot
             ];
-            return (spawned, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+            return (spawned, SchedulerTestHelpers.ScheduledTasks(scheduler));
         }).WithTimeout();
 
         seen.Listed.Should().Contain(seen.Spawned);
@@ -551,13 +547,12 @@ public sealed class ExecutionTests
         // stale entry would stay in the worker's queue while it lists them.
         var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
         (Task Inlined, bool RanOnWorker, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
         {
             bool ranOnWorker = false;
             var task = new Task(() => ranOnWorker = scheduler.IsWorkerThread);
             task.RunSynchronously(scheduler);
-            return (task, ranOnWorker, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+            return (task, ranOnWorker, SchedulerTestHelpers.ScheduledTasks(scheduler));
         }).WithTimeout();
 
         seen.Inlined.IsCompletedSuccessfully.Should().BeTrue();
@@ -571,19 +566,12 @@ public sealed class ExecutionTests
         // A worker whose deque fills moves the older half to the global queue as one batch entry: a debugger's view must
         // open the batch (kills: GetScheduledTasks, `batch.CopyTargetsTo(targets)` removed). Listed on the one worker
         // while it still holds everything it spawned; no compensation, which would take queued work before the listing.
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 1,
-            LocalQueueCapacity = 16,
-            ThreadNamePrefix = "Test",
-            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
-        });
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1, localQueueCapacity: 16);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        var method = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
         (Task[] Spawned, List<Task> Listed) seen = await scheduler.Factory.StartNew(() =>
         {
             Task[] spawned = [.. Enumerable.Range(0, 100).Select(_ => Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler))];
-            return (spawned, ((IEnumerable<Task>)method.Invoke(scheduler, null)!).ToList());
+            return (spawned, SchedulerTestHelpers.ScheduledTasks(scheduler));
         }).WithTimeout();
 
         seen.Listed.Should().Contain(seen.Spawned);

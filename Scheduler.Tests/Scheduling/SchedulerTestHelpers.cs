@@ -13,6 +13,9 @@ internal static class SchedulerTestHelpers
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
+    private static readonly System.Reflection.MethodInfo s_getScheduledTasks = typeof(TaskScheduler).GetMethod(
+        "GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+
     public static WorkStealingTaskScheduler Create(int workers, int spin = 30) =>
         new(new WorkStealingTaskSchedulerOptions { WorkerCount = workers, SpinIterations = spin, ThreadNamePrefix = "Test" });
 
@@ -22,14 +25,19 @@ internal static class SchedulerTestHelpers
     /// a loaded machine) makes the watchdog see a standstill and start a compensation thread, which is no worker and
     /// may run the item instead (session 38: a stalled-pair test read worker index -1 that way).
     /// </summary>
-    public static WorkStealingTaskScheduler CreateWithoutCompensation(int workers, int spin = 30) =>
+    public static WorkStealingTaskScheduler CreateWithoutCompensation(int workers, int spin = 30, int localQueueCapacity = WorkStealingDeque.DefaultCapacity) =>
         new(new WorkStealingTaskSchedulerOptions
         {
             WorkerCount = workers,
             SpinIterations = spin,
             BlockingCompensationDelay = System.Threading.Timeout.InfiniteTimeSpan,
             ThreadNamePrefix = "Test",
+            LocalQueueCapacity = localQueueCapacity,
         });
+
+    /// <summary>What <paramref name="scheduler"/> lists as queued: its <c>GetScheduledTasks</c>, the debugger's view (protected, so by reflection).</summary>
+    public static List<Task> ScheduledTasks(TaskScheduler scheduler) =>
+        [.. (IEnumerable<Task>)s_getScheduledTasks.Invoke(scheduler, null)!];
 
     /// <summary>Waits with a generous timeout so a hang fails the test instead of the run.</summary>
     public static async Task WithTimeout(this Task task, TimeSpan? timeout = null)
