@@ -98,7 +98,7 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
         WorkStealingTaskScheduler scheduler = Create(workers: 1, context: context);
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var release = new ManualResetEventSlim();
-        var observed = new TaskCompletionSource<(bool OnWorker, TaskScheduler Current, bool ContextIsScheduler, TaskScheduler AfterAwait)>(
+        var observed = new TaskCompletionSource<(bool OnWorker, TaskScheduler Current, bool ContextIsScheduler, TaskScheduler AfterAwait, bool Background)>(
             TaskCreationOptions.RunContinuationsAsynchronously);
 
         Task blocker = scheduler.Factory.StartNew(() =>
@@ -110,9 +110,10 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
                     bool onWorker = scheduler.IsWorkerThread;
                     TaskScheduler current = TaskScheduler.Current;
                     bool contextIsScheduler = SynchronizationContext.Current?.GetType().Name == "WorkStealingSynchronizationContext";
+                    bool background = Thread.CurrentThread.IsBackground;
                     release.Set();
                     await Task.Yield();
-                    observed.SetResult((onWorker, current, contextIsScheduler, TaskScheduler.Current));
+                    observed.SetResult((onWorker, current, contextIsScheduler, TaskScheduler.Current, background));
                 },
                 CancellationToken.None,
                 TaskCreationOptions.None,
@@ -121,11 +122,12 @@ public sealed class CompensationTests(Xunit.Abstractions.ITestOutputHelper outpu
         });
 
         await blocker.WithTimeout("the blocked worker", Bound);
-        var (onWorker, current, contextIsScheduler, afterAwait) = await observed.Task.WithTimeout("the compensated task", Bound);
+        var (onWorker, current, contextIsScheduler, afterAwait, background) = await observed.Task.WithTimeout("the compensated task", Bound);
         onWorker.Should().BeFalse("a compensation thread is not a worker");
         current.Should().BeSameAs(scheduler, "it runs as a task of the scheduler");
         contextIsScheduler.Should().Be(context, "context mode gives it the scheduler's SynchronizationContext");
         afterAwait.Should().BeSameAs(scheduler, "its await came back to the scheduler");
+        background.Should().BeTrue("a compensation thread never keeps the process alive (kills: TryStartCompensationThread, IsBackground made false)");
         scheduler.CompensationThreadsStarted.Should().BeGreaterThan(0);
     }
 

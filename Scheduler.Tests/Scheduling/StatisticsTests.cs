@@ -75,6 +75,35 @@ public sealed class StatisticsTests
         scheduler.GetStatistics().TasksExecuted.Should().Be(11, "one task and ten items that threw");
     }
 
+    [Fact]
+    public async Task A_work_item_that_throws_on_a_compensation_thread_still_counts_as_executed()
+    {
+        // The same count for what a compensation thread runs (kills: RunCompensated, the increment in its catch removed).
+        UnhandledExceptions.EnsureInstalled();
+        var scheduler = SchedulerTestHelpers.Create(1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        using var hold = new ManualResetEventSlim();
+        Task holder = scheduler.Factory.StartNew(() => hold.Wait(SchedulerTestHelpers.Timeout)); // the only worker
+        int thrown = 0;
+        bool onWorker = false;
+        for (int i = 0; i < 10; i++)
+        {
+            scheduler.Enqueue(new SchedulerTestHelpers.RecordingWorkItem(() =>
+            {
+                onWorker |= scheduler.IsWorkerThread;
+                Interlocked.Increment(ref thrown);
+                throw new CountedFailureException();
+            }));
+        }
+
+        await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref thrown) == 10);
+        onWorker.Should().BeFalse("the worker is held: a compensation thread ran them");
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted == 10);
+        scheduler.GetStatistics().TasksExecuted.Should().Be(10, "ten items that threw, the held task not yet");
+        hold.Set();
+        await holder.WithTimeout();
+    }
+
     private sealed class CountedFailureException() : DeliberateTestException("a work item's deliberate failure");
 
     [Fact]
