@@ -7,7 +7,8 @@ namespace Scheduler.Tests.Scheduling;
 /// A compensation thread that takes an overflow batch runs its oldest item and sends the rest back to the global queue.
 /// When that enqueue runs out of memory the rest go back one item at a time (<c>RequeueOneByOne</c>), and that path
 /// must wake a parked worker itself: the compensation thread is about to run an item that may block, and the watchdog
-/// starts another only while every worker is stalled, which a parked one is not.
+/// starts another only while every worker is stalled, which a parked one is not. When the queue refuses even single
+/// items, the rest of the batch runs on the compensation thread itself: accepted work is never dropped.
 /// </summary>
 [Collection(nameof(FaultInjectionGroup))]
 public sealed class CompensationRequeueWakeTests
@@ -104,5 +105,85 @@ public sealed class CompensationRequeueWakeTests
         secondWorkerParkedBeforeRequeue.Should().BeTrue("the freed worker ran what it found and parked");
         blockerSawSiblings.Should().BeTrue("the items requeued one by one wake the parked worker, which runs them while the compensation thread blocks");
         ranElsewhere.Should().Be(Children - 1);
+    }
+
+    // The last resort, never covered before session 47's mutation run: with the batch's requeue and every single item's
+    // refused, the compensation thread runs the batch's items itself, oldest first. Mutants it kills: the first item's
+    // run removed or the loop over the rest skipped (items lost: the join never completes), the loop's run removed or
+    // RequeueOneByOne's `break` removed (an endless loop on the compensation thread).
+    [Fact]
+    public async Task A_batch_the_global_queue_refuses_item_by_item_runs_on_the_compensation_thread_and_nothing_is_lost()
+    {
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            ThreadNamePrefix = "RequeueRefused",
+            BlockingCompensationDelay = TimeSpan.FromMilliseconds(100),
+            LocalQueueCapacity = 16,
+        });
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        var runs = new int[Children];
+        using var allChildrenRan = new CountdownEvent(Children);
+        int refusedBatches = 0;
+        int refusedItems = 0;
+        int ranByCompensation = 0;
+
+        FaultInjection.HookForTests = name =>
+        {
+            if (!scheduler.IsCompensationThread)
+            {
+                return 0;
+            }
+
+            if (name == "batch-enqueue")
+            {
+                Interlocked.Increment(ref refusedBatches);
+                return 12; // ENOMEM
+            }
+
+            if (name == "global-enqueue")
+            {
+                Interlocked.Increment(ref refusedItems);
+                return 12;
+            }
+
+            return 0;
+        };
+
+        try
+        {
+            // The only worker spawns more than its deque holds (the oldest go to the global queue as overflow batches),
+            // then blocks on them all: only a compensation thread can run them, and every requeue it tries is refused.
+            Task parent = scheduler.Factory.StartNew(() =>
+            {
+                for (int i = 0; i < Children; i++)
+                {
+                    int index = i;
+                    scheduler.Factory.StartNew(() =>
+                    {
+                        if (scheduler.IsCompensationThread)
+                        {
+                            Interlocked.Increment(ref ranByCompensation);
+                        }
+
+                        Interlocked.Increment(ref runs[index]);
+                        allChildrenRan.Signal();
+                    });
+                }
+
+                allChildrenRan.Wait(Bound).Should().BeTrue("every child runs, one way or another");
+            });
+
+            await parent.WithTimeout("the blocked parent", Bound);
+        }
+        finally
+        {
+            FaultInjection.HookForTests = null;
+        }
+
+        runs.Should().OnlyContain(count => count == 1, "each child runs exactly once: none lost, none run twice");
+        refusedBatches.Should().BePositive("a compensation thread took an overflow batch and its requeue was refused");
+        refusedItems.Should().BePositive("the batch's items were refused one by one too");
+        ranByCompensation.Should().BeGreaterThanOrEqualTo(8, "the refused batch's items ran on the compensation thread");
     }
 }
