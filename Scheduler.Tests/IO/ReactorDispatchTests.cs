@@ -9,8 +9,6 @@ namespace Scheduler.Tests.IO;
 /// </summary>
 public sealed class ReactorDispatchTests
 {
-    private const int BatchCapacity = 256; // IoReactor.RunLoop's buffer
-
     /// <summary>
     /// A full batch is dispatched to its end and no further. Kills: IoReactor.cs Dispatch, <c>i &lt; count</c> made
     /// <c>i &lt;= count</c> — one stale event past the batch, harmless to the sockets (an extra edge) until the batch
@@ -23,7 +21,7 @@ public sealed class ReactorDispatchTests
 
         // Wake-ups and tokens of slots the registration table does not have: both are skipped, and neither touches a
         // socket, so the test's thread may dispatch them beside the reactor's own thread.
-        var events = new ReadinessEvent[BatchCapacity];
+        var events = new ReadinessEvent[IoReactor.EventBatchCapacity];
         for (int i = 0; i < events.Length; i++)
         {
             events[i] = i % 2 == 0

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Reflection;
 using System.Threading.Tasks.Dataflow;
 
 namespace Scheduler.Tests.Scheduling;
@@ -22,9 +21,6 @@ public sealed class AdversarialBlockingTests
     // a thread off its core for seconds (a CI run measured 3.45 s for a rescue that takes milliseconds), so three seconds
     // were no bound; a deadlock stays a deadlock for fifteen, which the test waits only when it fails.
     private static readonly TimeSpan DeadlockBound = TimeSpan.FromSeconds(15);
-
-    private static readonly MethodInfo s_getScheduledTasks =
-        typeof(TaskScheduler).GetMethod("GetScheduledTasks", BindingFlags.Instance | BindingFlags.NonPublic)!;
 
     private static WorkStealingTaskScheduler Create(int workers, bool context = false) =>
         new(new WorkStealingTaskSchedulerOptions
@@ -136,7 +132,7 @@ public sealed class AdversarialBlockingTests
 
             await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().QueuedTasks == 0);
             scheduler.GetStatistics().QueuedTasks.Should().Be(0, "the stale entries of inlined children are dropped once the workers are idle");
-            ScheduledTasks(scheduler).Should().BeEmpty();
+            SchedulerTestHelpers.ScheduledTasks(scheduler).Should().BeEmpty();
         }
         finally
         {
@@ -523,12 +519,9 @@ public sealed class AdversarialBlockingTests
     private static async Task<bool> Finishes(Task task, TimeSpan bound) =>
         await Task.WhenAny(task, Task.Delay(bound)) == task;
 
-    private static List<Task> ScheduledTasks(WorkStealingTaskScheduler scheduler) =>
-        [.. (IEnumerable<Task>)s_getScheduledTasks.Invoke(scheduler, null)!];
-
     private static string Describe(WorkStealingTaskScheduler scheduler)
     {
-        List<Task> scheduled = ScheduledTasks(scheduler);
+        List<Task> scheduled = SchedulerTestHelpers.ScheduledTasks(scheduler);
         return $"{scheduler.GetStatistics()}, {scheduled.Count} task(s) still scheduled ({string.Join(", ", scheduled.Select(t => t.Status))})";
     }
 

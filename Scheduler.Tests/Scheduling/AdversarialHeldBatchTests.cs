@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Reflection;
 using Scheduler.Native;
 using Scheduler.Tests.IO;
 
@@ -24,9 +23,6 @@ public sealed class AdversarialHeldBatchTests
     // milliseconds, and without one child 0 computes to this bound; 5 s (and 4 s asserted) was too close to what a loaded
     // machine can add (a CI run measured 3.45 s for a step that takes milliseconds). Below the children's wait (Timeout).
     private static readonly TimeSpan OwnerSpinBound = TimeSpan.FromSeconds(20);
-
-    private static readonly MethodInfo GetScheduledTasksMethod =
-        typeof(TaskScheduler).GetMethod("GetScheduledTasks", BindingFlags.Instance | BindingFlags.NonPublic)!;
 
     public enum Ending
     {
@@ -417,7 +413,7 @@ public sealed class AdversarialHeldBatchTests
             {
                 try
                 {
-                    var tasks = (IEnumerable<Task>)GetScheduledTasksMethod.Invoke(scheduler, null)!;
+                    List<Task> tasks = SchedulerTestHelpers.ScheduledTasks(scheduler);
                     foreach (Task task in tasks)
                     {
                         if (task is null)

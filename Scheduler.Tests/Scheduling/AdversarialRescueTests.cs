@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Reflection;
 using Scheduler.Sources;
 
 namespace Scheduler.Tests.Scheduling;
@@ -12,9 +11,6 @@ namespace Scheduler.Tests.Scheduling;
 /// </summary>
 public sealed class AdversarialRescueTests
 {
-    private static readonly MethodInfo GetScheduledTasksMethod =
-        typeof(TaskScheduler).GetMethod("GetScheduledTasks", BindingFlags.Instance | BindingFlags.NonPublic)!;
-
     public enum BlockKind
     {
         Monitor,
@@ -352,7 +348,7 @@ public sealed class AdversarialRescueTests
             for (int i = 0; i < 20; i++)
             {
                 scheduler.GetStatistics().QueuedTasks.Should().Be(Count, "every child is queued once, wherever the rescue put it");
-                var scheduled = ((IEnumerable<Task>)GetScheduledTasksMethod.Invoke(scheduler, null)!).ToList();
+                var scheduled = SchedulerTestHelpers.ScheduledTasks(scheduler);
                 scheduled.Should().Contain(children, "a rescued task is still scheduled on this scheduler");
                 scheduled.Should().OnlyHaveUniqueItems();
                 await Task.Delay(2);

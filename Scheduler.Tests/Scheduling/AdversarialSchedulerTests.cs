@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Scheduler.Sources;
@@ -16,9 +15,6 @@ namespace Scheduler.Tests.Scheduling;
 public sealed class AdversarialSchedulerTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
-
-    private static readonly MethodInfo s_getScheduledTasks =
-        typeof(TaskScheduler).GetMethod("GetScheduledTasks", BindingFlags.Instance | BindingFlags.NonPublic)!;
 
     [Fact]
     public async Task A_channel_read_awaited_on_the_scheduler_resumes_when_a_foreign_thread_writes_after_Dispose()
@@ -596,7 +592,7 @@ public sealed class AdversarialSchedulerTests(ITestOutputHelper output)
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed < TimeSpan.FromMilliseconds(800) || ((snapshots <= 2 || maxSeen == 0) && clock.Elapsed < Bound))
         {
-            var listed = ((IEnumerable<Task>)s_getScheduledTasks.Invoke(scheduler, null)!).ToList();
+            var listed = SchedulerTestHelpers.ScheduledTasks(scheduler);
             listed.Should().NotContainNulls();
             if (listed.Distinct().Count() != listed.Count)
             {

@@ -17,19 +17,23 @@ public sealed class CompensationRequeueWakeTests
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
     private static readonly TimeSpan BlockerBound = TimeSpan.FromSeconds(8);
 
+    /// <summary>Compensation after the default delay, and a deque of 16: overflow batches reach the global queue early.</summary>
+    private static WorkStealingTaskScheduler Create(int workers, string threadNamePrefix) =>
+        new(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = workers,
+            ThreadNamePrefix = threadNamePrefix,
+            BlockingCompensationDelay = TimeSpan.FromMilliseconds(100),
+            LocalQueueCapacity = 16,
+        });
+
     // Mutant (session 32's M24): RequeueOneByOne without its OnGlobalEnqueued() after the items moved. Then the batch's
     // rest sat in the global queue with one worker parked, the other blocked, and the compensation thread blocked in the
     // batch's first item: nobody ran it until that item gave up.
     [Fact]
     public async Task Items_a_compensation_thread_requeues_one_by_one_after_out_of_memory_wake_a_parked_worker()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 2,
-            ThreadNamePrefix = "RequeueWake",
-            BlockingCompensationDelay = TimeSpan.FromMilliseconds(100),
-            LocalQueueCapacity = 16,
-        });
+        var scheduler = Create(workers: 2, "RequeueWake");
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         using var secondWorkerStarted = new ManualResetEventSlim();
         using var releaseSecondWorker = new ManualResetEventSlim();
@@ -114,13 +118,7 @@ public sealed class CompensationRequeueWakeTests
     [Fact]
     public async Task A_batch_the_global_queue_refuses_item_by_item_runs_on_the_compensation_thread_and_nothing_is_lost()
     {
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 1,
-            ThreadNamePrefix = "RequeueRefused",
-            BlockingCompensationDelay = TimeSpan.FromMilliseconds(100),
-            LocalQueueCapacity = 16,
-        });
+        var scheduler = Create(workers: 1, "RequeueRefused");
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         var runs = new int[Children];
         using var allChildrenRan = new CountdownEvent(Children);

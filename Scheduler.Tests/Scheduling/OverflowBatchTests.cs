@@ -47,8 +47,7 @@ public sealed class OverflowBatchTests
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.LifoRescues >= 1 && scheduler.BlockedQueueRescues > 0);
         scheduler.LifoRescues.Should().Be(1, "the stalled worker's LIFO slot held one child");
         scheduler.GetStatistics().QueuedTasks.Should().Be(Children);
-        var getScheduledTasks = typeof(TaskScheduler).GetMethod("GetScheduledTasks", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
-        ((IEnumerable<Task>)getScheduledTasks.Invoke(scheduler, null)!).Should().HaveCount(Children, "a debugger sees the tasks inside overflow batches too");
+        SchedulerTestHelpers.ScheduledTasks(scheduler).Should().HaveCount(Children, "a debugger sees the tasks inside overflow batches too");
         release.Set();
         await parent.WithTimeout();
         await SchedulerTestHelpers.WaitUntilAsync(() => runs.Sum() == Children);

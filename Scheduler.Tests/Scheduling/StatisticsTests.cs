@@ -90,14 +90,17 @@ public sealed class StatisticsTests
         {
             scheduler.Enqueue(new SchedulerTestHelpers.RecordingWorkItem(() =>
             {
-                onWorker |= scheduler.IsWorkerThread;
+                if (scheduler.IsWorkerThread)
+                {
+                    Volatile.Write(ref onWorker, true); // only ever set: racing items cannot clear it
+                }
                 Interlocked.Increment(ref thrown);
                 throw new CountedFailureException();
             }));
         }
 
         await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref thrown) == 10);
-        onWorker.Should().BeFalse("the worker is held: a compensation thread ran them");
+        Volatile.Read(ref onWorker).Should().BeFalse("the worker is held: a compensation thread ran them");
         await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksExecuted == 10);
         scheduler.GetStatistics().TasksExecuted.Should().Be(10, "ten items that threw, the held task not yet");
         hold.Set();

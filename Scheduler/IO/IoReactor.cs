@@ -109,6 +109,9 @@ public sealed partial class IoReactor : IDisposable
     /// <summary>The managed id of the reactor's thread. For tests, which fail its system calls by thread.</summary>
     internal int ThreadIdForTests => _thread.ManagedThreadId;
 
+    /// <summary>How many readiness events one wait hands to <see cref="Dispatch"/> at most.</summary>
+    internal const int EventBatchCapacity = 256;
+
     /// <summary>Tests only: whether the reactor's thread is a background thread (a reactor never disposed must not keep the process alive).</summary>
     internal bool IsThreadBackgroundForTests => _thread.IsBackground;
 
@@ -206,7 +209,7 @@ public sealed partial class IoReactor : IDisposable
 
     private void RunLoop()
     {
-        var events = new ReadinessEvent[256];
+        var events = new ReadinessEvent[EventBatchCapacity];
         while (!IsDisposed)
         {
             int count = _backend.Wait(events, RunTimers());
