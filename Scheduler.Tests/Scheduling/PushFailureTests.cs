@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Scheduler.Native;
 using Scheduler.Tests.IO;
 
@@ -186,25 +187,34 @@ public sealed class PushFailureTests
     }
 
     [Fact]
-    public void A_lifo_rescue_whose_global_enqueue_fails_is_retried_and_the_watchdog_survives()
+    public void A_lifo_rescue_whose_global_enqueue_fails_is_retried_after_a_pause_and_the_watchdog_survives()
     {
         // The parent's only child waits in its worker's LIFO slot while the parent blocks on it: only the watchdog's rescue
-        // (slot to global queue) lets the idle peer run it. The rescue's first enqueue fails; the item was taken out of the
-        // slot already, so the watchdog must keep it and offer it again (it used to be lost, and the exception ended the
-        // watchdog thread, which took the process down).
+        // (slot to global queue) lets the idle peer run it. The rescue's first three enqueues fail; the item was taken out
+        // of the slot already, so the watchdog must keep it and offer it again (it used to be lost, and the exception ended
+        // the watchdog thread, which took the process down), a watchdog period apart: a process out of memory gets no
+        // thread spinning on it (session 48: without the pause the retries came microseconds apart).
+        const int Refusals = 3;
         var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions { WorkerCount = 2, ThreadNamePrefix = "PushFailure" });
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
-        int armed = 1;
-        int refused = 0;
+        var asked = new List<long>(); // the watchdog thread's enqueues: three refused, then the one accepted
         using Injection injection = Inject(name =>
         {
-            if (name != "global-enqueue" || Thread.CurrentThread.Name != "WorkStealing watchdog" || Interlocked.Exchange(ref armed, 0) != 1)
+            if (name != "global-enqueue" || Thread.CurrentThread.Name != "WorkStealing watchdog")
             {
                 return false;
             }
 
-            Interlocked.Increment(ref refused);
-            return true;
+            lock (asked)
+            {
+                if (asked.Count > Refusals)
+                {
+                    return false;
+                }
+
+                asked.Add(Stopwatch.GetTimestamp());
+                return asked.Count <= Refusals;
+            }
         });
         using var childRan = new ManualResetEventSlim();
 
@@ -215,8 +225,20 @@ public sealed class PushFailureTests
         });
 
         parent.Wait(Timeout).Should().BeTrue();
-        parent.Result.Should().BeTrue("the rescued child runs on the peer although the first rescue's enqueue failed");
-        Volatile.Read(ref refused).Should().Be(1, "the rescue's enqueue was refused once");
+        parent.Result.Should().BeTrue("the rescued child runs on the peer although the rescue's first enqueues failed");
+        long[] times;
+        lock (asked)
+        {
+            times = [.. asked];
+        }
+
+        times.Should().HaveCount(Refusals + 1, "the rescue's enqueue was refused three times, then accepted");
+        for (int i = 1; i < times.Length; i++)
+        {
+            // Thread.Sleep(10 ms) sleeps at least that long; half of it leaves room for a coarse clock.
+            Stopwatch.GetElapsedTime(times[i - 1], times[i]).Should().BeGreaterThan(WorkStealingTaskScheduler.WatchdogPeriod / 2, "attempt {0} waited a period before trying again", i + 1);
+        }
+
         scheduler.LifoRescues.Should().BeGreaterThanOrEqualTo(1);
         AssertStillWorksAndDisposes(scheduler);
     }

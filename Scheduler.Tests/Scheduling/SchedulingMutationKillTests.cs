@@ -139,4 +139,80 @@ public sealed class SchedulingMutationKillTests
         ranOn.Should().Be(1 - outcome.Worker, "the peer stole it; the owner was still computing");
         outcome.Waited.Should().BeLessThan(computeLimit / 2, "the watchdog looks every {0} ms", WorkStealingTaskScheduler.WatchdogPeriod.TotalMilliseconds);
     }
+
+    // Mutant (session 48, LifoRescue.cs): the watchdog's progress count was tasks executed *minus* inlined. A worker whose
+    // every task inlines one child (a spawn joined with Wait) moves both counts alike, so it looked stalled at every tick
+    // while it ran a thousand tasks a second, and with work queued it got a compensation thread a delay later. docs: a
+    // worker makes progress when its count of tasks "executed plus inlined" moves.
+    [Fact]
+    public async Task A_worker_whose_every_task_inlines_a_child_makes_progress_and_gets_no_compensation_thread()
+    {
+        // Twenty ticks of standstill before a thread: the original tolerates a preemption that long, the mutant's worker
+        // looks stalled at nearly every tick of its second of work.
+        WorkStealingTaskScheduler scheduler = Create(1, TimeSpan.FromMilliseconds(200));
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        const int Items = 1000;
+        int inlined = 0;
+        Task[] items = [.. Enumerable.Range(0, Items).Select(_ => scheduler.Factory.StartNew(() =>
+        {
+            // Computes first: for nearly the whole item both counts stand equal, one inline ahead only at its very end.
+            Compute(TimeSpan.FromMilliseconds(1));
+            Task child = Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler);
+            child.Wait(); // a plain Wait on a worker inlines the child, which is still in this worker's LIFO slot
+            if (scheduler.IsWorkerThread)
+            {
+                Interlocked.Increment(ref inlined);
+            }
+        }))];
+
+        await Task.WhenAll(items).WithTimeout("the queue of inlining items", Bound);
+        inlined.Should().Be(Items, "every item ran on the only worker, none on a compensation thread");
+        scheduler.GetStatistics().TasksInlined.Should().BeGreaterThanOrEqualTo(Items);
+        scheduler.CompensationThreadsStarted.Should().Be(0, "the worker moved on every tick: ten items each, a child inlined by each");
+    }
+
+    // Mutants (session 48, LifoRescue.cs): TryRescueLifoSlot reported a rescue it did not make, or denied one it made. It
+    // is how the tests that race the owner tell whether a rescue moved the slot's task; the watchdog is off here, so the
+    // only rescue is the test's own.
+    [Fact]
+    public async Task A_rescue_reports_whether_it_moved_the_task_out_of_the_slot()
+    {
+        WorkStealingTaskScheduler scheduler = SchedulerTestHelpers.CreateWithoutCompensation(2);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        scheduler.SuppressWatchdogForTests = true;
+        using var spawned = new ManualResetEventSlim();
+        using var childRan = new ManualResetEventSlim();
+        int parentWorker = -1;
+        int childWorker = -1;
+
+        Task<bool> parent = scheduler.Factory.StartNew(() =>
+        {
+            scheduler.TryGetCurrentWorkerIndex(out parentWorker);
+            scheduler.Factory.StartNew(() => // the only spawn: to this worker's LIFO slot
+            {
+                scheduler.TryGetCurrentWorkerIndex(out childWorker);
+                childRan.Set();
+            });
+            spawned.Set();
+            return childRan.Wait(Bound); // blocks the worker: only a rescue lets the child run
+        });
+
+        spawned.Wait(Bound).Should().BeTrue();
+        int peer = 1 - Volatile.Read(ref parentWorker);
+        try
+        {
+            scheduler.TryRescueLifoSlot(peer).Should().BeFalse("the peer's slot is empty");
+            scheduler.LifoRescues.Should().Be(0);
+            scheduler.TryRescueLifoSlot(1 - peer).Should().BeTrue("the blocked worker's slot holds the child");
+            (await parent.WithTimeout("the blocked parent", Bound)).Should().BeTrue("the rescued child ran on the peer");
+        }
+        finally
+        {
+            childRan.Set(); // a failed assertion leaves the parent blocked: the disposal would wait the whole bound for it
+        }
+
+        childWorker.Should().Be(peer);
+        scheduler.TryRescueLifoSlot(1 - peer).Should().BeFalse("the slot was emptied by the rescue");
+        scheduler.LifoRescues.Should().Be(1);
+    }
 }
