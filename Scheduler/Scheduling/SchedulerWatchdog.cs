@@ -27,6 +27,21 @@ internal static class SchedulerWatchdog
     // True while the thread waits for a first scheduler to watch (then a Watch must wake it). Under s_lock.
     private static bool s_sleeping;
 
+    /// <summary>Tests only: the watchdog thread, once started.</summary>
+    internal static Thread? WatchdogThread => Volatile.Read(ref s_thread);
+
+    /// <summary>Tests only: the lock <see cref="Watch"/> and <see cref="Unwatch"/> take, for tests that make them meet it contended.</summary>
+    internal static Lock LockForTests => s_lock;
+
+    /// <summary>Tests only: whether <paramref name="scheduler"/> is on the list the ticks look at.</summary>
+    internal static bool IsWatching(WorkStealingTaskScheduler scheduler)
+    {
+        lock (s_lock)
+        {
+            return s_watched.Contains(scheduler);
+        }
+    }
+
     /// <summary>
     /// Starts the watchdog thread if it is not running yet. Called by every scheduler's constructor (so its failure
     /// fails the construction); cheap after the first time.
