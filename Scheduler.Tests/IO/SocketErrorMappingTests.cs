@@ -31,6 +31,61 @@ public sealed class SocketErrorMappingTests
         }
     }
 
+    // Each error names the call that failed, as the README promises. Session 48's Stryker run over
+    // ReactorSocket.Operations.cs found no test reading a receive's or a send's message: emptied, they passed.
+    [Fact]
+    public async Task A_receive_from_a_reset_connection_fails_naming_recv()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Close(); // RST: the receive takes ECONNRESET from recvmsg itself
+
+        Func<Task> receive = () => io.Run(async () => await ours.ReceiveAsync(new byte[16]));
+        SocketException e = (await receive.Should().ThrowAsync<SocketException>()).Which;
+        e.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+        e.Message.Should().StartWith("recv failed");
+    }
+
+    [Fact]
+    public async Task A_send_to_a_reset_connection_fails_naming_send_and_the_receive_after_it_names_recv()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using Socket peer = IoTestContext.NewPlainSocket();
+        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Close(); // RST
+
+        // Sends until the reset has arrived: the first send to take the connection's error fails with it.
+        SocketException sendError = await io.Run(async () =>
+        {
+            var chunk = new byte[64 << 10];
+            while (true)
+            {
+                try
+                {
+                    await ours.SendAsync(chunk);
+                }
+                catch (SocketException e)
+                {
+                    return e;
+                }
+            }
+        });
+        sendError.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+        sendError.Message.Should().StartWith("send failed");
+
+        // The send took the socket's error, so recvmsg now reports an end of stream; the receive must fail with the
+        // error the send took (the stream was cut short, not ended), and say it was the receive.
+        Func<Task> receive = () => io.Run(async () => await ours.ReceiveAsync(new byte[16]));
+        SocketException receiveError = (await receive.Should().ThrowAsync<SocketException>()).Which;
+        receiveError.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+        receiveError.Message.Should().StartWith("recv failed");
+    }
+
     [Theory]
     [InlineData(14, SocketError.Fault)] // EFAULT
     [InlineData(61, SocketError.NoData)] // ENODATA
