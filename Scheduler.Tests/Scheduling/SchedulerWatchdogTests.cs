@@ -68,12 +68,21 @@ public sealed class SchedulerWatchdogTests
         blocking.Wait(Bound).Should().BeTrue();
         SpinWait.SpinUntil(() => SchedulerWatchdog.IsWatching(scheduler), Bound).Should().BeTrue("a busy worker lists it");
 
-        // Dispose joins the workers; the blocked one leaves once released, and the watchdog's next tick is up to a
-        // period away, so what takes it off here is the last worker's Unwatch.
+        // Disposed while the worker is still busy, so no tick can find the scheduler idle and unlist it first: the worker
+        // exits once released, and the watchdog's next tick is up to a period away, so what takes it off the list before
+        // Dispose returns is the last worker's Unwatch. Read on the disposing thread, the moment Dispose returns.
+        Task<bool> listedAfterDispose = Task.Factory.StartNew(() =>
+        {
+            SchedulerTestHelpers.DisposeBounded(scheduler);
+            return SchedulerWatchdog.IsWatching(scheduler);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        Thread.Sleep(WorkStealingTaskScheduler.WatchdogPeriod * 3); // Dispose waits for the busy worker meanwhile
+        SchedulerWatchdog.IsWatching(scheduler).Should().BeTrue("the worker is still busy");
         release.Set();
-        SchedulerTestHelpers.DisposeBounded(scheduler);
+
+        listedAfterDispose.Wait(Bound).Should().BeTrue();
         busy.IsCompleted.Should().BeTrue();
-        SchedulerWatchdog.IsWatching(scheduler).Should().BeFalse("the last worker to exit takes its scheduler off the list");
+        listedAfterDispose.Result.Should().BeFalse("the last worker to exit takes its scheduler off the list");
     }
 
     // Mutants: Watch or Unwatch swallowed an interrupt their lock's wait met (the Restore after the lock gone), or
