@@ -110,7 +110,7 @@ public sealed class AdversarialConnectionOptionsTests
     public async Task A_gathered_send_releases_every_pin_it_took()
     {
         await using var io = new IoTestContext();
-        var pool = new PinCountingMemoryPool(4096);
+        var pool = new CountingMemoryPool(4096);
         var output = new PipeOptions(pool: pool, readerScheduler: io.Scheduler.PipeScheduler, writerScheduler: io.Scheduler.PipeScheduler,
             pauseWriterThreshold: 0, minimumSegmentSize: 4096, useSynchronizationContext: false);
         using ReactorSocket listener = io.Listen();

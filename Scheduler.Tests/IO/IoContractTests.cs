@@ -187,10 +187,7 @@ public sealed class IoContractTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using Socket peer = IoTestContext.NewPlainSocket();
-        using ReactorSocket socket = await io.AcceptConnectedAsync(listener, peer);
-        peer.LingerState = new LingerOption(true, 0);
-        peer.Close(); // RST: once the receive reports it, the socket is no longer connected
+        using ReactorSocket socket = await io.AcceptConnectionResetByPeerAsync(listener); // once the receive reports it, the socket is no longer connected
         Func<Task> receive = () => io.Run(async () => await socket.ReceiveAsync(new byte[8]));
         (await receive.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
         socket.Invoking(s => s.Shutdown(SocketShutdown.Send)).Should().Throw<SocketException>()

@@ -197,6 +197,16 @@ internal sealed class IoTestContext : IAsyncDisposable
         return await accept;
     }
 
+    /// <summary>Accepts a connection from a plain peer that then resets it (closed with a zero linger: RST); returns our side.</summary>
+    public async Task<ReactorSocket> AcceptConnectionResetByPeerAsync(ReactorSocket listener)
+    {
+        using Socket peer = NewPlainSocket();
+        ReactorSocket ours = await AcceptConnectedAsync(listener, peer);
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Close();
+        return ours;
+    }
+
     /// <summary>
     /// Leaves <paramref name="connection"/> where a disposal lingers: the application answered 12 KiB and completed
     /// Output itself (as a server does at the end of a request); the reply fits the kernel's buffers, so the send loop

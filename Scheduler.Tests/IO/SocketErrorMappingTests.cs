@@ -38,10 +38,7 @@ public sealed class SocketErrorMappingTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using Socket peer = IoTestContext.NewPlainSocket();
-        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
-        peer.LingerState = new LingerOption(true, 0);
-        peer.Close(); // RST: the receive takes ECONNRESET from recvmsg itself
+        using ReactorSocket ours = await io.AcceptConnectionResetByPeerAsync(listener); // recvmsg itself returns ECONNRESET
 
         Func<Task> receive = () => io.Run(async () => await ours.ReceiveAsync(new byte[16]));
         SocketException e = (await receive.Should().ThrowAsync<SocketException>()).Which;
@@ -54,10 +51,7 @@ public sealed class SocketErrorMappingTests
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
-        using Socket peer = IoTestContext.NewPlainSocket();
-        using ReactorSocket ours = await io.AcceptConnectedAsync(listener, peer);
-        peer.LingerState = new LingerOption(true, 0);
-        peer.Close(); // RST
+        using ReactorSocket ours = await io.AcceptConnectionResetByPeerAsync(listener);
 
         // Sends until the reset has arrived: the first send to take the connection's error fails with it.
         SocketException sendError = await io.Run(async () =>
