@@ -17,27 +17,55 @@ public sealed class RegistrationTableTests
         using ReactorSocket listener = io.Listen();
         var tokensBySlot = new Dictionary<int, HashSet<ulong>>();
         int highestSlot = 0;
-        for (int i = 0; i < 200; i++)
+        void Record(ReactorSocket socket)
         {
-            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
-            foreach (ReactorSocket socket in new[] { client, server })
+            int slot = socket.RegistrationSlot;
+            ((int)(uint)socket.RegistrationToken).Should().Be(slot, "the token's low 32 bits name the slot");
+            if (!tokensBySlot.TryGetValue(slot, out HashSet<ulong>? tokens))
             {
-                int slot = socket.RegistrationSlot;
-                ((int)(uint)socket.RegistrationToken).Should().Be(slot, "the token's low 32 bits name the slot");
-                if (!tokensBySlot.TryGetValue(slot, out HashSet<ulong>? tokens))
-                {
-                    tokensBySlot[slot] = tokens = [];
-                }
-
-                tokens.Add(socket.RegistrationToken).Should().BeTrue("each socket in a slot gets a token that slot never had");
-                highestSlot = Math.Max(highestSlot, slot);
+                tokensBySlot[slot] = tokens = [];
             }
 
-            client.Dispose();
-            server.Dispose();
+            tokens.Add(socket.RegistrationToken).Should().BeTrue("each socket in a slot gets a token that slot never had");
         }
 
+        async Task Churn(int pairs)
+        {
+            for (int i = 0; i < pairs; i++)
+            {
+                (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+                Record(client);
+                Record(server);
+                highestSlot = Math.Max(highestSlot, Math.Max(client.RegistrationSlot, server.RegistrationSlot));
+                client.Dispose();
+                server.Dispose();
+            }
+        }
+
+        await Churn(200);
         highestSlot.Should().BeLessThan(8, "at most three sockets were registered at a time, so freed slots must be reused");
+
+        // Then 80 pairs at once, past the table's first 64 slots: it grows, and the slots churned above keep their
+        // generations through the growth (session 48's Stryker run: with the copy of the generations skipped, each old
+        // slot started again at its first token).
+        var held = new List<ReactorSocket>();
+        for (int i = 0; i < 80; i++)
+        {
+            (ReactorSocket client, ReactorSocket server) = await io.ConnectPairOnSchedulerAsync(listener);
+            Record(client);
+            Record(server);
+            held.Add(client);
+            held.Add(server);
+        }
+
+        held.Max(s => s.RegistrationSlot).Should().BeGreaterThanOrEqualTo(64, "the table grew");
+        foreach (ReactorSocket socket in held.OrderByDescending(s => s.RegistrationSlot))
+        {
+            socket.Dispose(); // the lowest slots last: freed slots are reused last-in first-out, so the churn takes those
+        }
+
+        await Churn(50);
+
         io.Reactor.RegisteredCount.Should().Be(1, "only the listener is left");
     }
 }
