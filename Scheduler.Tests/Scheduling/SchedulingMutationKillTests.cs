@@ -152,7 +152,7 @@ public sealed class SchedulingMutationKillTests
         WorkStealingTaskScheduler scheduler = Create(1, TimeSpan.FromMilliseconds(200));
         using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
         const int Items = 1000;
-        int inlined = 0;
+        int ranOnWorker = 0;
         Task[] items = [.. Enumerable.Range(0, Items).Select(_ => scheduler.Factory.StartNew(() =>
         {
             // Computes first: for nearly the whole item both counts stand equal, one inline ahead only at its very end.
@@ -161,12 +161,12 @@ public sealed class SchedulingMutationKillTests
             child.Wait(); // a plain Wait on a worker inlines the child, which is still in this worker's LIFO slot
             if (scheduler.IsWorkerThread)
             {
-                Interlocked.Increment(ref inlined);
+                Interlocked.Increment(ref ranOnWorker);
             }
         }))];
 
         await Task.WhenAll(items).WithTimeout("the queue of inlining items", Bound);
-        inlined.Should().Be(Items, "every item ran on the only worker, none on a compensation thread");
+        ranOnWorker.Should().Be(Items, "every item ran on the only worker, none on a compensation thread");
         scheduler.GetStatistics().TasksInlined.Should().BeGreaterThanOrEqualTo(Items);
         scheduler.CompensationThreadsStarted.Should().Be(0, "the worker moved on every tick: ten items each, a child inlined by each");
     }
