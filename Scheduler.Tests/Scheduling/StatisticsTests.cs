@@ -94,6 +94,7 @@ public sealed class StatisticsTests
                 {
                     Volatile.Write(ref onWorker, true); // only ever set: racing items cannot clear it
                 }
+
                 Interlocked.Increment(ref thrown);
                 throw new CountedFailureException();
             }));
