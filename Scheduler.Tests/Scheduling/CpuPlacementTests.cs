@@ -81,6 +81,12 @@ public sealed class CpuPlacementTests
         }
     }
 
+    /// <summary>
+    /// Every worker, whichever CPU it prefers and whichever it was moved to: with two CPUs one worker prefers CPU 0 and
+    /// is moved to CPU 1, the other the reverse. Fails with CPU 0 taken for "no placement" or for "CPU unknown" (a
+    /// preferred or current CPU compared with <c>&lt;= 0</c>, or a current one with <c>&gt; 0</c>; this session's
+    /// mutation run of the placement), which one worker alone, the one the first chain happened to land on, did not show.
+    /// </summary>
     [Fact]
     public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
     {
@@ -92,17 +98,36 @@ public sealed class CpuPlacementTests
 
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
+        // A chain starts on the worker asked for, but the other one may steal its first step: try again until each
+        // worker has been moved back once.
+        var returned = new HashSet<int>();
+        for (int attempt = 0; attempt < 4 * scheduler.WorkerCount && returned.Count < scheduler.WorkerCount; attempt++)
+        {
+            int wanted = Enumerable.Range(0, scheduler.WorkerCount).First(worker => !returned.Contains(worker));
+            returned.Add(await DisplaceUntilMovedBackAsync(scheduler, wanted));
+        }
+
+        returned.Should().BeEquivalentTo(Enumerable.Range(0, scheduler.WorkerCount), "every worker was moved back to its CPU");
+    }
+
+    /// <summary>
+    /// Runs a busy chain, started on worker <paramref name="onWorker"/>, that moves its thread off its preferred CPU
+    /// until placement has moved it back; returns the index of the worker that ran it.
+    /// </summary>
+    private static async Task<int> DisplaceUntilMovedBackAsync(WorkStealingTaskScheduler scheduler, int onWorker)
+    {
         int[] allowed = CpuAffinity.AllowedCpus();
         var back = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var stop = new CancellationTokenSource();
         int index = -1;
+        long movesBefore = 0;
         int displacedTo = -1;
 
         // A busy chain that moves the thread off its preferred CPU, as the kernel does when it places a woken thread,
         // and watches for the scheduler to move it back. The kernel may bring it back first on its own (a competing
         // thread on the other CPU makes the load balancer do that): it is then displaced again, until a return is the
         // scheduler's. Found under a busy competing thread, where "back on its CPU" alone was sometimes the kernel's.
-        Task chain = RunBusyChainAsync(scheduler, Step, stop.Token);
+        Task chain = RunBusyChainAsync(scheduler, Step, stop.Token, onWorker);
         try
         {
             // Generous: placement backs off up to a second between moves, the kernel may undo a displacement first, and a
@@ -110,7 +135,8 @@ public sealed class CpuPlacementTests
             int returnedTo = await back.Task.WaitAsync(SchedulerTestHelpers.Timeout);
             returnedTo.Should().Be(scheduler.PreferredCpus[index]);
             displacedTo.Should().NotBe(returnedTo);
-            scheduler.CpuMovesPerWorker[index].Should().BePositive();
+            scheduler.CpuMovesPerWorker[index].Should().BeGreaterThan(movesBefore);
+            return index;
         }
         finally
         {
@@ -124,6 +150,7 @@ public sealed class CpuPlacementTests
             if (first)
             {
                 index = current;
+                movesBefore = scheduler.CpuMovesPerWorker[index];
             }
 
             int preferred = scheduler.PreferredCpus[current];
@@ -132,7 +159,7 @@ public sealed class CpuPlacementTests
                 return;
             }
 
-            if (scheduler.CpuMovesPerWorker[index] > 0)
+            if (scheduler.CpuMovesPerWorker[index] > movesBefore)
             {
                 back.TrySetResult(preferred);
             }
@@ -142,6 +169,155 @@ public sealed class CpuPlacementTests
                 CpuAffinity.MoveCallingThreadTo(displacedTo).Should().BeTrue();
             }
         }
+    }
+
+    /// <summary>
+    /// A worker that the kernel keeps moving away (its CPU contended) backs off: at most one move after a pause that
+    /// doubles from 1 ms up to a second, so about ten in the first second. Every step of a busy chain moves it off its
+    /// CPU here; without the back-off (the pause not waited, or reset at every move: session 49's mutation run) it
+    /// was moved back at every busy fairness turn, hundreds of times.
+    /// </summary>
+    [Fact]
+    public async Task A_worker_moved_away_again_and_again_backs_off()
+    {
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        int index = -1;
+        int steps = 0;
+        int displacements = 0;
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+        await RunBusyChainAsync(scheduler, Step, stop.Token).WaitAsync(SchedulerTestHelpers.Timeout);
+
+        steps.Should().BeGreaterThan(1_000, "the chain kept the worker busy across many fairness turns");
+        displacements.Should().BePositive("the chain moved its thread away");
+        long moves = scheduler.CpuMovesPerWorker[index];
+        moves.Should().BePositive("placement moved the worker back at least once");
+
+        // Ten in the first second, one more for each second a stalled machine stretches the run by, and a margin.
+        moves.Should().BeLessThan(30, "each move back doubles the pause before the next");
+
+        void Step(bool first)
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int current);
+            if (first)
+            {
+                index = current;
+            }
+
+            if (current != index)
+            {
+                return;
+            }
+
+            steps++;
+            int preferred = scheduler.PreferredCpus[current];
+            if (CpuAffinity.CurrentCpu() == preferred
+                && CpuAffinity.MoveCallingThreadTo(CpuAffinity.AllowedCpus().First(cpu => cpu != preferred)))
+            {
+                displacements++;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A busy worker already on its CPU is not moved. Its thread is confined to that CPU, so that the kernel cannot move
+    /// it either: any move counted is placement's own. Fails with the "already there" check removed or its <c>||</c>
+    /// made <c>&amp;&amp;</c> (session 49's mutation run): every busy turn past the back-off "moved" it to the CPU it was on.
+    /// </summary>
+    [Fact]
+    public async Task A_busy_worker_on_its_own_cpu_is_left_there()
+    {
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        int index = -1;
+        int steps = 0;
+        using var stop = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        await RunBusyChainAsync(scheduler, Step, stop.Token).WaitAsync(SchedulerTestHelpers.Timeout);
+
+        steps.Should().BeGreaterThan(100, "the chain kept the worker busy across many fairness turns");
+        scheduler.CpuMovesPerWorker[index].Should().Be(0);
+
+        void Step(bool first)
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int current);
+            if (first)
+            {
+                index = current;
+                CpuAffinity.SetCallingThreadAffinity([scheduler.PreferredCpus[current]]).Should().BeTrue();
+            }
+            else if (current == index)
+            {
+                steps++;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Placement needs at least one worker per CPU, not exactly one: with more workers than CPUs every worker still
+    /// prefers one (round robin, so each CPU is someone's). Fails with the bounds compared the other way round (more than
+    /// two workers, or more workers than CPUs, taken as a reason to place nobody: session 49's mutation run), which a
+    /// scheduler of exactly one worker per CPU did not show.
+    /// </summary>
+    [Fact]
+    public async Task A_scheduler_with_more_workers_than_cpus_places_every_worker()
+    {
+        var scheduler = SchedulerTestHelpers.Create(Cpus + 1);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        if (!CanPlace)
+        {
+            scheduler.PreferredCpus.Should().OnlyContain(cpu => cpu == -1, "placement needs Linux and at least two CPUs");
+            return;
+        }
+
+        int[] allowed = CpuAffinity.AllowedCpus();
+        scheduler.PreferredCpus.Should().OnlyContain(cpu => allowed.Contains(cpu));
+        scheduler.PreferredCpus.Distinct().Should().HaveCount(allowed.Length, "round robin gives every CPU a worker");
+    }
+
+    /// <summary>
+    /// The CPUs placement hands out are those of the creating thread, which its workers inherit: a thread confined to one
+    /// CPU creates a scheduler with nothing to spread over, so nobody is placed. Fails with that bound compared the other
+    /// way round, or combined with the worker count by <c>&amp;&amp;</c>, or its <c>return</c> removed (this session's
+    /// mutation run): every worker then preferred the one CPU.
+    /// </summary>
+    [Fact]
+    public void A_scheduler_created_on_a_thread_confined_to_one_cpu_places_nobody()
+    {
+        if (!CanPlace)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        int[]? preferred = null;
+        Exception? failure = null;
+        var creator = new Thread(() =>
+        {
+            try
+            {
+                CpuAffinity.SetCallingThreadAffinity([CpuAffinity.AllowedCpus()[0]]).Should().BeTrue();
+                var scheduler = SchedulerTestHelpers.Create(Cpus);
+                using var join = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+                preferred = scheduler.PreferredCpus;
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        creator.Start();
+        creator.Join();
+        failure.Should().BeNull();
+        preferred.Should().NotBeNull().And.OnlyContain(cpu => cpu == -1);
     }
 
     /// <summary>
@@ -240,12 +416,23 @@ public sealed class CpuPlacementTests
     /// <summary>
     /// A chain of short tasks, each spawning the next from its worker, keeps one worker busy (placement acts at a busy
     /// worker's fairness turns) until <paramref name="stop"/> is cancelled; each step first runs <paramref name="step"/>
-    /// (with true for the first). Completes when the chain ends, or faults with the exception a step threw.
+    /// (with true for the first). Starts on worker <paramref name="onWorker"/> when one is given (its first step may still
+    /// be stolen). Completes when the chain ends, or faults with the exception a step threw.
     /// </summary>
-    private static Task RunBusyChainAsync(WorkStealingTaskScheduler scheduler, Action<bool> step, CancellationToken stop)
+    private static Task RunBusyChainAsync(WorkStealingTaskScheduler scheduler, Action<bool> step, CancellationToken stop, int onWorker = -1)
     {
         var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        scheduler.Factory.StartNew(() => Next(first: true), CancellationToken.None);
+        if (onWorker < 0)
+        {
+            scheduler.Factory.StartNew(() => Next(first: true), CancellationToken.None);
+        }
+        else
+        {
+            // Spawned from that worker, the first step goes to its own queue.
+            scheduler.EnqueueToWorker(onWorker, new SchedulerTestHelpers.RecordingWorkItem(
+                () => scheduler.Factory.StartNew(() => Next(first: true), CancellationToken.None)));
+        }
+
         return ended.Task;
 
         void Next(bool first)
