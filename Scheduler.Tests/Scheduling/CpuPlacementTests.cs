@@ -88,15 +88,8 @@ public sealed class CpuPlacementTests
     /// mutation run of the placement), which one worker alone, the one the first chain happened to land on, did not show.
     /// </summary>
     [Fact]
-    public async Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu()
+    public Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu() => WithPlacedSchedulerAsync(async scheduler =>
     {
-        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
-        if (scheduler is null)
-        {
-            return; // nothing to place: one CPU, or not Linux
-        }
-
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
 
         // A chain starts on the worker asked for, but the other one may steal its first step: try again until each
         // worker has been moved back once.
@@ -108,7 +101,7 @@ public sealed class CpuPlacementTests
         }
 
         returned.Should().BeEquivalentTo(Enumerable.Range(0, scheduler.WorkerCount), "every worker was moved back to its CPU");
-    }
+    });
 
     /// <summary>
     /// Runs a busy chain, started on worker <paramref name="onWorker"/>, that moves its thread off its preferred CPU
@@ -178,51 +171,27 @@ public sealed class CpuPlacementTests
     /// was moved back at every busy fairness turn, hundreds of times.
     /// </summary>
     [Fact]
-    public async Task A_worker_moved_away_again_and_again_backs_off()
+    public Task A_worker_moved_away_again_and_again_backs_off() => WithPlacedSchedulerAsync(async scheduler =>
     {
-        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
-        if (scheduler is null)
-        {
-            return; // nothing to place: one CPU, or not Linux
-        }
-
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        int index = -1;
-        int steps = 0;
         int displacements = 0;
-        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(1));
-        await RunBusyChainAsync(scheduler, Step, stop.Token).WaitAsync(SchedulerTestHelpers.Timeout);
-
-        steps.Should().BeGreaterThan(1_000, "the chain kept the worker busy across many fairness turns");
-        displacements.Should().BePositive("the chain moved its thread away");
-        long moves = scheduler.CpuMovesPerWorker[index];
-        moves.Should().BePositive("placement moved the worker back at least once");
-
-        // Ten in the first second, one more for each second a stalled machine stretches the run by, and a margin.
-        moves.Should().BeLessThan(30, "each move back doubles the pause before the next");
-
-        void Step(bool first)
+        (int worker, int steps) = await RunChainOnOneWorkerAsync(scheduler, TimeSpan.FromSeconds(1), (current, _) =>
         {
-            scheduler.TryGetCurrentWorkerIndex(out int current);
-            if (first)
-            {
-                index = current;
-            }
-
-            if (current != index)
-            {
-                return;
-            }
-
-            steps++;
             int preferred = scheduler.PreferredCpus[current];
             if (CpuAffinity.CurrentCpu() == preferred
                 && CpuAffinity.MoveCallingThreadTo(CpuAffinity.AllowedCpus().First(cpu => cpu != preferred)))
             {
                 displacements++;
             }
-        }
-    }
+        });
+
+        steps.Should().BeGreaterThan(1_000, "the chain kept the worker busy across many fairness turns");
+        displacements.Should().BePositive("the chain moved its thread away");
+        long moves = scheduler.CpuMovesPerWorker[worker];
+        moves.Should().BePositive("placement moved the worker back at least once");
+
+        // Ten in the first second, one more for each second a stalled machine stretches the run by, and a margin.
+        moves.Should().BeLessThan(30, "each move back doubles the pause before the next");
+    });
 
     /// <summary>
     /// A busy worker already on its CPU is not moved. Its thread is confined to that CPU, so that the kernel cannot move
@@ -230,37 +199,19 @@ public sealed class CpuPlacementTests
     /// made <c>&amp;&amp;</c> (session 49's mutation run): every busy turn past the back-off "moved" it to the CPU it was on.
     /// </summary>
     [Fact]
-    public async Task A_busy_worker_on_its_own_cpu_is_left_there()
+    public Task A_busy_worker_on_its_own_cpu_is_left_there() => WithPlacedSchedulerAsync(async scheduler =>
     {
-        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
-        if (scheduler is null)
+        (int worker, int steps) = await RunChainOnOneWorkerAsync(scheduler, TimeSpan.FromMilliseconds(300), (current, first) =>
         {
-            return; // nothing to place: one CPU, or not Linux
-        }
-
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        int index = -1;
-        int steps = 0;
-        using var stop = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
-        await RunBusyChainAsync(scheduler, Step, stop.Token).WaitAsync(SchedulerTestHelpers.Timeout);
-
-        steps.Should().BeGreaterThan(100, "the chain kept the worker busy across many fairness turns");
-        scheduler.CpuMovesPerWorker[index].Should().Be(0);
-
-        void Step(bool first)
-        {
-            scheduler.TryGetCurrentWorkerIndex(out int current);
             if (first)
             {
-                index = current;
                 CpuAffinity.SetCallingThreadAffinity([scheduler.PreferredCpus[current]]).Should().BeTrue();
             }
-            else if (current == index)
-            {
-                steps++;
-            }
-        }
-    }
+        });
+
+        steps.Should().BeGreaterThan(100, "the chain kept the worker busy across many fairness turns");
+        scheduler.CpuMovesPerWorker[worker].Should().Be(0);
+    });
 
     /// <summary>
     /// Placement needs at least one worker per CPU, not exactly one: with more workers than CPUs every worker still
@@ -328,15 +279,8 @@ public sealed class CpuPlacementTests
     /// in 61 ends on a busy fairness turn, which then counted as a busy stretch and moved the worker back.
     /// </summary>
     [Fact]
-    public async Task A_worker_that_idles_between_items_is_not_moved_back()
+    public Task A_worker_that_idles_between_items_is_not_moved_back() => WithPlacedSchedulerAsync(async scheduler =>
     {
-        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
-        if (scheduler is null)
-        {
-            return; // nothing to place: one CPU, or not Linux
-        }
-
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         int preferred = scheduler.PreferredCpus[0];
         int away = CpuAffinity.AllowedCpus().First(cpu => cpu != preferred);
         long movesBefore = scheduler.CpuMovesPerWorker[0];
@@ -358,21 +302,13 @@ public sealed class CpuPlacementTests
 
         ranAway.Should().BePositive("the items ran away from the worker's CPU");
         scheduler.CpuMovesPerWorker[0].Should().Be(movesBefore, "worker 0 went idle after every item: never a busy stretch");
-    }
+    });
 
     [Fact]
-    public async Task A_narrower_affinity_set_after_construction_is_kept_not_widened()
+    public Task A_narrower_affinity_set_after_construction_is_kept_not_widened() => WithPlacedSchedulerAsync(async scheduler =>
     {
         // The CPUs a worker may use can shrink after the scheduler started (taskset on the process, a container's
         // cpuset). Placement must then never move the worker outside the new set, nor restore the old one after a move.
-        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
-        if (scheduler is null)
-        {
-            return; // nothing to place: one CPU, or not Linux
-        }
-
-        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-
         var violations = new List<string>();
         int index = -1;
         int restrictedTo = -1;
@@ -411,7 +347,7 @@ public sealed class CpuPlacementTests
                 }
             }
         }
-    }
+    });
 
     /// <summary>
     /// A chain of short tasks, each spawning the next from its worker, keeps one worker busy (placement acts at a busy
@@ -457,6 +393,53 @@ public sealed class CpuPlacementTests
                 scheduler.Factory.StartNew(() => Next(first: false), CancellationToken.None);
             }
         }
+    }
+
+    /// <summary>
+    /// Runs a busy chain for <paramref name="duration"/>, calling <paramref name="step"/> (with the worker's index, and
+    /// true for the first) only for the steps that run on the worker that ran the first; returns that worker and how many
+    /// steps it ran.
+    /// </summary>
+    private static async Task<(int Worker, int Steps)> RunChainOnOneWorkerAsync(
+        WorkStealingTaskScheduler scheduler, TimeSpan duration, Action<int, bool> step)
+    {
+        int worker = -1;
+        int steps = 0;
+        using var stop = new CancellationTokenSource(duration);
+        await RunBusyChainAsync(scheduler, OnStep, stop.Token).WaitAsync(SchedulerTestHelpers.Timeout);
+        return (worker, steps);
+
+        void OnStep(bool first)
+        {
+            scheduler.TryGetCurrentWorkerIndex(out int current);
+            if (first)
+            {
+                worker = current;
+            }
+
+            if (current == worker)
+            {
+                steps++;
+                step(current, first);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="test"/> on a started scheduler with one worker per allowed CPU (see
+    /// <see cref="StartPlacedSchedulerAsync"/>) and disposes it after; does nothing where there is nothing to place (one
+    /// CPU, or not Linux).
+    /// </summary>
+    private static async Task WithPlacedSchedulerAsync(Func<WorkStealingTaskScheduler, Task> test)
+    {
+        WorkStealingTaskScheduler? scheduler = await StartPlacedSchedulerAsync();
+        if (scheduler is null)
+        {
+            return; // nothing to place: one CPU, or not Linux
+        }
+
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        await test(scheduler);
     }
 
     /// <summary>
