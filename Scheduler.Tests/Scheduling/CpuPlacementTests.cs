@@ -84,13 +84,12 @@ public sealed class CpuPlacementTests
     /// <summary>
     /// Every worker, whichever CPU it prefers and whichever it was moved to: with two CPUs one worker prefers CPU 0 and
     /// is moved to CPU 1, the other the reverse. Fails with CPU 0 taken for "no placement" or for "CPU unknown" (a
-    /// preferred or current CPU compared with <c>&lt;= 0</c>, or a current one with <c>&gt; 0</c>; this session's
+    /// preferred or current CPU compared with <c>&lt;= 0</c>, or a current one with <c>&gt; 0</c>; session 49's
     /// mutation run of the placement), which one worker alone, the one the first chain happened to land on, did not show.
     /// </summary>
     [Fact]
     public Task A_busy_worker_that_the_kernel_moved_away_returns_to_its_cpu() => WithPlacedSchedulerAsync(async scheduler =>
     {
-
         // A chain starts on the worker asked for, but the other one may steal its first step: try again until each
         // worker has been moved back once.
         var returned = new HashSet<int>();
@@ -166,7 +165,7 @@ public sealed class CpuPlacementTests
 
     /// <summary>
     /// A worker that the kernel keeps moving away (its CPU contended) backs off: at most one move after a pause that
-    /// doubles from 1 ms up to a second, so about ten in the first second. Every step of a busy chain moves it off its
+    /// doubles from 1 ms up to a second, so about a dozen in the first second. Every step of a busy chain moves it off its
     /// CPU here; without the back-off (the pause not waited, or reset at every move: session 49's mutation run) it
     /// was moved back at every busy fairness turn, hundreds of times.
     /// </summary>
@@ -189,7 +188,7 @@ public sealed class CpuPlacementTests
         long moves = scheduler.CpuMovesPerWorker[worker];
         moves.Should().BePositive("placement moved the worker back at least once");
 
-        // Ten in the first second, one more for each second a stalled machine stretches the run by, and a margin.
+        // About a dozen in the second (the first two come without a pause, then 1, 2, 4 ... 512 ms), and a wide margin.
         moves.Should().BeLessThan(30, "each move back doubles the pause before the next");
     });
 
@@ -238,7 +237,7 @@ public sealed class CpuPlacementTests
     /// <summary>
     /// The CPUs placement hands out are those of the creating thread, which its workers inherit: a thread confined to one
     /// CPU creates a scheduler with nothing to spread over, so nobody is placed. Fails with that bound compared the other
-    /// way round, or combined with the worker count by <c>&amp;&amp;</c>, or its <c>return</c> removed (this session's
+    /// way round, or combined with the worker count by <c>&amp;&amp;</c>, or its <c>return</c> removed (session 49's
     /// mutation run): every worker then preferred the one CPU.
     /// </summary>
     [Fact]
