@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.IO.Pipelines;
+using System.Net.Sockets;
 using Scheduler.IO;
 using Scheduler.Native;
 using Scheduler.Tests.Scheduling;
@@ -75,6 +76,7 @@ public sealed class ReactorEpollFailureTests
             // The sockets that had nothing pending are closed too, and say why when used.
             (await CaughtAsync(io.Run(async () => await client.SendAsync(new byte[] { 1 }))))
                 .Should().BeOfType<ObjectDisposedException>().Which.Message.Should().Contain(EpollFailure);
+            client.Invoking(s => s.Shutdown(SocketShutdown.Send)).Should().Throw<ObjectDisposedException>().WithMessage($"*{EpollFailure}*");
 
             // The scheduler is not the reactor's to stop: work still runs on it.
             (await io.Run(() => Task.FromResult(42))).Should().Be(42);

@@ -640,6 +640,36 @@ public sealed class ReactorSocketTests
         });
     }
 
+    [Fact]
+    public async Task A_gathered_send_of_exactly_int_MaxValue_bytes_is_taken()
+    {
+        // The largest send that fits the result: 2,048 segments over one 1 MB array, the last one byte short.
+        var chunk = new byte[1 << 20];
+        var first = new ChunkSegment(chunk, 0);
+        ChunkSegment last = first;
+        for (int i = 1; i < 2 * 1024; i++)
+        {
+            last = last.Append(chunk);
+        }
+
+        var largest = new System.Buffers.ReadOnlySequence<byte>(first, 0, last, chunk.Length - 1);
+        largest.Length.Should().Be(int.MaxValue);
+
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        await io.RunOnPair(listener, async (client, server) =>
+        {
+            // The peer does not read: the send goes out as far as the kernel's buffers take it and waits, until cancelled.
+            using var cancellation = new CancellationTokenSource();
+            ValueTask<int> send = client.SendAsync(largest, cancellation.Token);
+            send.IsCompleted.Should().BeFalse("the send was taken, not refused, and waits for the peer to read");
+            cancellation.Cancel();
+            Func<Task> cancelled = async () => await send;
+            await cancelled.Should().ThrowAsync<OperationCanceledException>();
+            client.UnacknowledgedSendBytes().Should().BePositive("part of the send went out before it waited");
+        });
+    }
+
     private sealed class ChunkSegment : System.Buffers.ReadOnlySequenceSegment<byte>
     {
         public ChunkSegment(byte[] chunk, long runningIndex)

@@ -194,7 +194,12 @@ public sealed partial class ReactorSocket : IDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(how), how, "Expected Receive, Send or Both."),
         };
 
-        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (IsDisposed)
+        {
+            // Not ObjectDisposedException.ThrowIf: its message would not say when the reactor's failure closed the socket.
+            throw CreateDisposedException();
+        }
+
         using FdReference fd = AddRef();
         if (Libc.Shutdown(fd.Fd, nativeHow) != 0)
         {
