@@ -630,7 +630,8 @@ public sealed class ReactorSocketTests
         await io.RunOnPair(listener, async (client, server) =>
         {
             Func<Task> tooLong = async () => await client.SendAsync(huge);
-            await tooLong.Should().ThrowAsync<ArgumentOutOfRangeException>();
+            (await tooLong.Should().ThrowAsync<ArgumentOutOfRangeException>().WithMessage("A send takes at most int.MaxValue bytes*in slices*"))
+                .Which.ParamName.Should().Be("buffers");
 
             // Nothing was sent and the send side is free: the next send goes out.
             (await client.SendAsync(new byte[] { 7 })).Should().Be(1);
