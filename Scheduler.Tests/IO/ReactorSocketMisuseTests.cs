@@ -76,7 +76,7 @@ public sealed class ReactorSocketMisuseTests
     }
 
     [Fact]
-    public async Task Every_operation_on_a_disposed_socket_says_the_socket_has_been_disposed()
+    public async Task Every_operation_on_a_disposed_socket_says_the_socket_has_been_disposed_even_with_a_cancelled_token()
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
@@ -94,6 +94,15 @@ public sealed class ReactorSocketMisuseTests
         client.Invoking(s => s.Shutdown(SocketShutdown.Send)).Should().Throw<ObjectDisposedException>().WithMessage(Disposed);
         client.LocalEndPoint.Should().BeNull();
         client.RemoteEndPoint.Should().BeNull();
+
+        // The disposal is reported before a cancellation, as System.Net.Sockets.Socket reports it.
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        (await CaughtAsync(() => listener.AcceptAsync(cancelled.Token))).Should().BeOfType<ObjectDisposedException>();
+        (await CaughtAsync(() => client.ReceiveAsync(new byte[1], cancelled.Token))).Should().BeOfType<ObjectDisposedException>();
+        (await CaughtAsync(() => client.SendAsync(new byte[1], cancelled.Token))).Should().BeOfType<ObjectDisposedException>();
+        (await CaughtAsync(() => client.SendAsync(new System.Buffers.ReadOnlySequence<byte>(new byte[1]), cancelled.Token)))
+            .Should().BeOfType<ObjectDisposedException>();
     }
 
     [Fact]
