@@ -671,6 +671,43 @@ public sealed class ReactorSocketTests
         });
     }
 
+    [Fact]
+    public async Task A_TCP_connect_that_waits_for_room_in_the_backlog_completes_on_the_writable_edge()
+    {
+        // A loopback connect with room is connected by the time its call returns. With the accept queue full (Linux
+        // queues backlog + 1), the listener drops the SYN: the connect stays in progress until a retransmission (a
+        // second later) finds room, and only the reactor's writable edge then tells the connect operation to finish.
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(backlog: 1);
+        var clients = new List<ReactorSocket>();
+        try
+        {
+            Task<ReactorSocket>? waiting = null;
+            for (int i = 0; i < 8 && waiting is null; i++)
+            {
+                (bool pending, Task<ReactorSocket> connect) = await io.StartConnect(listener.LocalEndPoint!);
+                if (!pending)
+                {
+                    clients.Add(await connect);
+                }
+                else
+                {
+                    waiting = connect;
+                }
+            }
+
+            waiting.Should().NotBeNull("a connect to a full accept queue waits");
+            using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
+            using ReactorSocket client = await waiting!.WaitAsync(IoTestContext.Timeout);
+            client.RemoteEndPoint.Should().Be(listener.LocalEndPoint);
+            await io.Run(async () => await client.SendAsync(new byte[] { 42 }));
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+        }
+    }
+
     private sealed class ChunkSegment : System.Buffers.ReadOnlySequenceSegment<byte>
     {
         public ChunkSegment(byte[] chunk, long runningIndex)
