@@ -94,6 +94,8 @@ public sealed class ReactorSocketMisuseTests
         client.Invoking(s => s.Shutdown(SocketShutdown.Send)).Should().Throw<ObjectDisposedException>().WithMessage(Disposed);
         client.LocalEndPoint.Should().BeNull();
         client.RemoteEndPoint.Should().BeNull();
+        client.UnacknowledgedSendBytes().Should().Be(0);
+        client.IsReceiveSideShut().Should().BeFalse();
 
         // The disposal is reported before a cancellation, as System.Net.Sockets.Socket reports it.
         using var cancelled = new CancellationTokenSource();
@@ -103,6 +105,20 @@ public sealed class ReactorSocketMisuseTests
         (await CaughtAsync(() => client.SendAsync(new byte[1], cancelled.Token))).Should().BeOfType<ObjectDisposedException>();
         (await CaughtAsync(() => client.SendAsync(new System.Buffers.ReadOnlySequence<byte>(new byte[1]), cancelled.Token)))
             .Should().BeOfType<ObjectDisposedException>();
+    }
+
+    [Fact]
+    public async Task The_remote_endpoint_of_a_connection_reset_before_it_was_first_read_is_null()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        using ReactorSocket socket = await io.AcceptConnectionResetByPeerAsync(listener);
+        Func<Task> receive = () => io.Run(async () => await socket.ReceiveAsync(new byte[8]));
+        (await receive.Should().ThrowAsync<SocketException>()).Which.SocketErrorCode.Should().Be(SocketError.ConnectionReset);
+
+        // The kernel no longer has a peer to tell (getpeername says ENOTCONN): no made-up address stands for it.
+        socket.RemoteEndPoint.Should().BeNull();
+        socket.LocalEndPoint.Should().Be(listener.LocalEndPoint, "the local address outlives the connection");
     }
 
     [Fact]

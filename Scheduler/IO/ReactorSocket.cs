@@ -63,7 +63,10 @@ public sealed partial class ReactorSocket : IDisposable
     /// <remarks>Null after disposal even when read before it (the cached value is not returned for a closed socket).</remarks>
     public EndPoint? LocalEndPoint => IsDisposed ? null : _localEndPoint ??= QueryEndPoint(remote: false);
 
-    /// <summary>The connected peer's endpoint, or null for a listening or disposed socket.</summary>
+    /// <summary>
+    /// The connected peer's endpoint, or null for a listening or disposed socket, and for a connection that failed
+    /// (was reset, ...) before this was first read: the kernel then has no peer to tell.
+    /// </summary>
     /// <remarks>Null after disposal even when read before it (the cached value is not returned for a closed socket).</remarks>
     public EndPoint? RemoteEndPoint => IsDisposed ? null : _remoteEndPoint ??= _accept is null ? QueryEndPoint(remote: true) : null;
 
