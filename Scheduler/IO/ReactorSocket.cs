@@ -197,13 +197,7 @@ public sealed partial class ReactorSocket : IDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(how), how, "Expected Receive, Send or Both."),
         };
 
-        if (IsDisposed)
-        {
-            // Not ObjectDisposedException.ThrowIf: its message would not say when the reactor's failure closed the socket.
-            throw CreateDisposedException();
-        }
-
-        using FdReference fd = AddRef();
+        using FdReference fd = AddRef(); // on a disposed socket, throws what CreateDisposedException says
         if (Libc.Shutdown(fd.Fd, nativeHow) != 0)
         {
             Errno.ThrowLast("shutdown");
