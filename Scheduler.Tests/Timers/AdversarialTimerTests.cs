@@ -44,6 +44,8 @@ public sealed class AdversarialTimerTests
             {
                 ((ArgumentOutOfRangeException)ours!).ParamName.Should().Be(name);
                 ((ArgumentOutOfRangeException)oursChange!).ParamName.Should().Be(name);
+                ours.Message.Should().StartWith("The time must be more than -2 ms", "the message says which values are taken");
+                oursChange.Message.Should().StartWith("The time must be more than -2 ms");
             }
         }
 

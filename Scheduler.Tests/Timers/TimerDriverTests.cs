@@ -10,6 +10,20 @@ namespace Scheduler.Tests.Timers;
 /// </summary>
 public sealed class TimerDriverTests
 {
+    [Fact]
+    public void The_driver_is_one_named_background_thread_and_Dispose_returns_once_it_has_ended()
+    {
+        // A foreground driver would keep a process whose code forgot to dispose its wheel from ever exiting.
+        var wheel = new TimerWheel();
+        Thread driver = wheel.DriverThread!;
+        driver.Should().NotBeNull();
+        driver.IsBackground.Should().BeTrue("an undisposed wheel must not keep the process alive");
+        driver.Name.Should().Be("TimerWheel driver", "a thread dump or a profiler names what it sees");
+        driver.IsAlive.Should().BeTrue();
+        wheel.Dispose();
+        driver.IsAlive.Should().BeFalse("Dispose joins the driver: nothing of the wheel runs after it returns");
+    }
+
     private static readonly TimeSpan Tick = TimeSpan.FromMilliseconds(1);
 
     // Kills: WakeDriverIfEarlierLocked, its WakeSleeper call removed (a timer inserted while the driver sleeps past its

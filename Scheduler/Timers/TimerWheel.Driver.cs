@@ -22,6 +22,9 @@ public sealed partial class TimerWheel
     private long _plannedWake = DriverAwake;
     private long _driverWakeups;
 
+    /// <summary>The driver thread, or null for a wheel created without one (hosted, or a test's). For tests.</summary>
+    internal Thread? DriverThread => _driver;
+
     /// <summary>How many times the driver woke up (timeouts and pulses). For idle-CPU tests.</summary>
     internal long DriverWakeups => Interlocked.Read(ref _driverWakeups);
 
