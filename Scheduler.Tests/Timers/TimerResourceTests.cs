@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Scheduler.Tests.Scheduling;
 using Scheduler.Timers;
 
@@ -169,5 +170,38 @@ public sealed class TimerResourceTests
         wheel.PendingCount.Should().Be(2 * Count);
         GC.KeepAlive(delays);
         GC.KeepAlive(timers);
+    }
+
+    [Fact]
+    public void A_disposed_wheel_lets_go_of_every_timers_state_while_the_wheel_itself_is_still_referenced()
+    {
+        // A wheel kept by whoever disposed it (a field, a DI container) must not keep what its timers carried.
+        var wheel = new TimerWheel();
+        WeakReference[] states = CreateUnreferencedTimers(wheel, 200);
+        wheel.PendingCount.Should().Be(200, "every timer is linked into the wheel before it is disposed");
+        wheel.Dispose();
+        wheel.LinkedCount.Should().Be(0, "Dispose unlinks every timer");
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        states.Count(state => state.IsAlive).Should().Be(0, "nothing but the disposed wheel referenced the timers");
+        GC.KeepAlive(wheel);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference[] CreateUnreferencedTimers(TimerWheel wheel, int count)
+    {
+        // Due between a second and an hour, a quarter of them periodic: every level of the wheel holds some, none fires.
+        var states = new WeakReference[count];
+        for (int i = 0; i < count; i++)
+        {
+            var state = new object();
+            states[i] = new WeakReference(state);
+            TimeSpan due = TimeSpan.FromSeconds(1 + (i * 3599L / count));
+            _ = wheel.CreateTimer(static _ => { }, state, due, i % 4 == 0 ? due : Timeout.InfiniteTimeSpan);
+        }
+
+        return states;
     }
 }
