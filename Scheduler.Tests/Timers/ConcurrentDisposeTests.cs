@@ -143,12 +143,6 @@ public sealed class ConcurrentDisposeTests
             Returned.Set();
         }
 
-        internal override long OnRemovedByDispose() => 0;
-
-        internal override void OnWheelDisposed(long token)
-        {
-        }
-
         public void Dispose()
         {
             Firing.Dispose();

@@ -54,12 +54,6 @@ internal sealed class RecordingEntry : TimerEntry
         Interlocked.Increment(ref FireCount);
     }
 
-    internal override long OnRemovedByDispose() => 0;
-
-    internal override void OnWheelDisposed(long token)
-    {
-    }
-
     public void Schedule(TimerWheel wheel, long deadline, long now)
     {
         lock (wheel.SyncRoot)

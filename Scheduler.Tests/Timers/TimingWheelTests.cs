@@ -15,12 +15,6 @@ public sealed class TimingWheelTests
         internal override void Fire(long token)
         {
         }
-
-        internal override long OnRemovedByDispose() => 0;
-
-        internal override void OnWheelDisposed(long token)
-        {
-        }
     }
 
     private static Entry At(long dueTick) => new() { DueTick = dueTick };

@@ -8,7 +8,8 @@ namespace Scheduler.Timers;
 /// whoever holds the owning <see cref="TimerWheel"/>'s lock (the driver, in production); user threads never
 /// take that lock to arm or cancel: they publish their intent on the entry and push it once onto the wheel's
 /// pending-changes stack (<see cref="PendingNext"/>), and the lock holder applies it in <see cref="Reconcile"/>.
-/// Only <see cref="Fire"/> and <see cref="OnWheelDisposed"/> run outside the lock.
+/// Only <see cref="Fire"/> runs outside the lock. A wheel's disposal unlinks its entries and tells them nothing: a
+/// timer of a disposed wheel never fires again, and its own calls find the wheel disposed.
 /// </summary>
 /// <remarks>
 /// Intrusive links (rather than a <c>LinkedList&lt;T&gt;</c> of nodes) are what make insert and cancel O(1)
@@ -88,12 +89,6 @@ internal abstract class TimerEntry
 
     /// <summary>Delivers an expiry outside the lock, on the driver thread. Must never run user code inline.</summary>
     internal abstract void Fire(long token);
-
-    /// <summary>Returns the token for <see cref="OnWheelDisposed"/>; called under the lock while the wheel is being disposed.</summary>
-    internal abstract long OnRemovedByDispose();
-
-    /// <summary>Tells a pending entry, outside the lock, that its wheel was disposed.</summary>
-    internal abstract void OnWheelDisposed(long token);
 
     // Reconcile, LinkRelative and Recheck serve the pending stack; an entry that is never pushed (a sentinel, a test's
     // entry scheduled directly under the lock) keeps their throwing defaults.

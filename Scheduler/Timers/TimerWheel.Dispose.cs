@@ -1,4 +1,3 @@
-using System.Diagnostics.CodeAnalysis;
 using Scheduler.Sources;
 
 namespace Scheduler.Timers;
@@ -22,7 +21,6 @@ public sealed partial class TimerWheel
     /// the first call is itself waiting for (the driver thread, or the first call's own thread, where a continuation
     /// it runs inline may dispose again), which returns at once.
     /// </summary>
-    [SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Every pending entry must be told; a failure is re-raised as unhandled on the ThreadPool.")]
     public void Dispose()
     {
         var removed = new ExpiredTimers();
@@ -44,11 +42,6 @@ public sealed partial class TimerWheel
             _wheel.RemoveAll(removed);
             _delayWheel.RemoveAll(removed);
             TakeDelaysIntoBatchLocked(removed);
-            for (int i = 0; i < removed.Count; i++)
-            {
-                removed.SetToken(i, removed[i].OnRemovedByDispose());
-            }
-
             Monitor.PulseAll(_lock);
         }
 
@@ -59,19 +52,10 @@ public sealed partial class TimerWheel
                 _driver.Join();
             }
 
-            // Delays first: completing one only queues its continuation (or posts it to a captured context: user code).
+            // The timers unlinked above need nothing more: a timer of a disposed wheel simply never fires again, and
+            // its Change reports the disposal. Completing a delay only queues its continuation (or posts it to a
+            // captured context: user code), so that happens outside the lock.
             CompleteDelays(removed, DelayWord.Disposed);
-            for (int i = 0; i < removed.Count; i++)
-            {
-                try
-                {
-                    removed[i].OnWheelDisposed(removed.GetToken(i));
-                }
-                catch (Exception exception)
-                {
-                    Unhandled.Raise(exception);
-                }
-            }
         }
         finally
         {

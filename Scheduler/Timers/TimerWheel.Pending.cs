@@ -428,9 +428,5 @@ public sealed partial class TimerWheel
         internal override long OnExpired(TimerWheel wheel, long nowTimestamp) => throw new UnreachableException();
 
         internal override void Fire(long token) => throw new UnreachableException();
-
-        internal override long OnRemovedByDispose() => throw new UnreachableException();
-
-        internal override void OnWheelDisposed(long token) => throw new UnreachableException();
     }
 }

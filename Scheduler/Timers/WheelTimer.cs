@@ -542,13 +542,6 @@ internal sealed class WheelTimer : TimerEntry, ITimer, IThreadPoolWorkItem
             "The wheel links an entry at its due tick or later, never earlier (past the intent's range the computed tick is never).");
     }
 
-    internal override long OnRemovedByDispose() => 0;
-
-    internal override void OnWheelDisposed(long token)
-    {
-        // A timer of a disposed wheel simply never fires again; Change reports the disposal.
-    }
-
     /// <summary>The context the callback runs in (null: the one a ThreadPool work item starts in). For tests.</summary>
     internal ExecutionContext? CallbackContext => ContextOf(Volatile.Read(ref _contextOrExtras));
 
