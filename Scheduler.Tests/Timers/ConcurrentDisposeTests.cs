@@ -85,10 +85,12 @@ public sealed class ConcurrentDisposeTests
         disposer.Start();
         WaitUntilBlockedOrDone(disposer);
         wheel.IsDisposed.Should().BeTrue();
+        disposer.IsAlive.Should().BeTrue("Dispose returns only once the driver, still firing, has ended");
 
         entry.Release.Set();
         disposer.Join(s_bound).Should().BeTrue("the driver's own Dispose does not wait for the Dispose that joins it");
         entry.Returned.IsSet.Should().BeTrue();
+        wheel.DriverThread!.IsAlive.Should().BeFalse();
     }
 
     /// <summary>Starts <paramref name="start"/> and awaits what it returns, with <paramref name="context"/> installed while they register.</summary>
