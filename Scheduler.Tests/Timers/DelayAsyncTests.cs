@@ -84,6 +84,7 @@ public sealed class DelayAsyncTests
         await Task.Delay(50);
         delay.IsCompleted.Should().BeFalse();
         wheel.PendingCount.Should().Be(1);
+        wheel.LinkedCount.Should().Be(1, "an infinite delay is held for its cancellation, and counted like any other");
 
         await cts.CancelAsync();
         Func<Task> act = () => delay.WaitAsync(s_timeout);
