@@ -614,15 +614,7 @@ public sealed class ReactorSocketTests
     {
         // Only a pipe without backpressure (pauseWriterThreshold 0) hands the send loop that much; 3 GB of segments
         // over one 1 MB array stands in for it without the allocation.
-        var chunk = new byte[1 << 20];
-        var first = new ChunkSegment(chunk, 0);
-        ChunkSegment last = first;
-        for (int i = 1; i < 3 * 1024; i++)
-        {
-            last = last.Append(chunk);
-        }
-
-        var huge = new System.Buffers.ReadOnlySequence<byte>(first, 0, last, chunk.Length);
+        System.Buffers.ReadOnlySequence<byte> huge = ChunkSegment.Sequence(3 * 1024, trimLast: 0);
         huge.Length.Should().BeGreaterThan(int.MaxValue);
 
         await using var io = new IoTestContext();
@@ -645,15 +637,7 @@ public sealed class ReactorSocketTests
     public async Task A_gathered_send_of_exactly_int_MaxValue_bytes_is_taken()
     {
         // The largest send that fits the result: 2,048 segments over one 1 MB array, the last one byte short.
-        var chunk = new byte[1 << 20];
-        var first = new ChunkSegment(chunk, 0);
-        ChunkSegment last = first;
-        for (int i = 1; i < 2 * 1024; i++)
-        {
-            last = last.Append(chunk);
-        }
-
-        var largest = new System.Buffers.ReadOnlySequence<byte>(first, 0, last, chunk.Length - 1);
+        System.Buffers.ReadOnlySequence<byte> largest = ChunkSegment.Sequence(2 * 1024, trimLast: 1);
         largest.Length.Should().Be(int.MaxValue);
 
         await using var io = new IoTestContext();
@@ -721,6 +705,20 @@ public sealed class ReactorSocketTests
             var next = new ChunkSegment(chunk, RunningIndex + Memory.Length);
             Next = next;
             return next;
+        }
+
+        /// <summary><paramref name="count"/> segments over one 1 MB array, the last one <paramref name="trimLast"/> bytes short.</summary>
+        public static System.Buffers.ReadOnlySequence<byte> Sequence(int count, int trimLast)
+        {
+            var chunk = new byte[1 << 20];
+            var first = new ChunkSegment(chunk, 0);
+            ChunkSegment last = first;
+            for (int i = 1; i < count; i++)
+            {
+                last = last.Append(chunk);
+            }
+
+            return new System.Buffers.ReadOnlySequence<byte>(first, 0, last, chunk.Length - trimLast);
         }
     }
 }
