@@ -275,9 +275,17 @@ public sealed class AdversarialSchedulerTests(ITestOutputHelper output)
     public async Task Waiting_untimed_on_a_worker_for_a_task_of_another_scheduler_never_runs_it_here()
     {
         // An untimed Wait calls the target's scheduler's TryExecuteTaskInline: b must refuse a's worker, so b's task
-        // waits for b's own (busy) worker and then runs there, seeing b as current.
+        // waits for b's own (busy) worker and then runs there, seeing b as current. b does not compensate for its
+        // blocked worker: with the default 100-ms delay, a loaded CI run (session 50) took longer than that between
+        // the blocker and the check below, and b's compensating thread had run the task by then.
         var a = Create(1, background: true);
-        var b = Create(1, background: true);
+        var b = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            SpinIterations = 30,
+            ThreadNamePrefix = "Test",
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
         await using var disposeA = SchedulerTestHelpers.DisposeWithin(a, timeout: Bound);
         await using var disposeB = SchedulerTestHelpers.DisposeWithin(b, timeout: Bound);
         using var gate = new ManualResetEventSlim();
