@@ -136,6 +136,29 @@ internal sealed class IoTestContext : IAsyncDisposable
             return Task.FromResult((!started.IsCompleted, started.AsTask()));
         });
 
+    /// <summary>
+    /// Fills a listener's backlog (Linux queues backlog + 1 connections) with connects to <paramref name="endPoint"/>
+    /// until one is still pending when its call returns, and returns that one (null after eight that all completed).
+    /// Those that completed go into <paramref name="connected"/>, for the caller to dispose. A connect with room
+    /// completes within its call (Unix domain) or by the time it returns (TCP over loopback), so the call's own result
+    /// tells which one waits, where a fixed window of real time could be outlasted by a loaded run.
+    /// </summary>
+    public async Task<Task<ReactorSocket>?> ConnectUntilOneWaitsAsync(EndPoint endPoint, List<ReactorSocket> connected)
+    {
+        for (int i = 0; i < 8; i++)
+        {
+            (bool pending, Task<ReactorSocket> connect) = await StartConnect(endPoint);
+            if (pending)
+            {
+                return connect;
+            }
+
+            connected.Add(await connect); // a connect that failed at its call threw in StartConnect
+        }
+
+        return null;
+    }
+
     /// <summary>Reads <paramref name="connection"/>'s Input (on the scheduler) to its end; throws what the end reports.</summary>
     public Task ReadInputToEnd(ReactorConnection connection) => Run(async () =>
     {

@@ -666,19 +666,7 @@ public sealed class ReactorSocketTests
         var clients = new List<ReactorSocket>();
         try
         {
-            Task<ReactorSocket>? waiting = null;
-            for (int i = 0; i < 8 && waiting is null; i++)
-            {
-                (bool pending, Task<ReactorSocket> connect) = await io.StartConnect(listener.LocalEndPoint!);
-                if (!pending)
-                {
-                    clients.Add(await connect);
-                }
-                else
-                {
-                    waiting = connect;
-                }
-            }
+            Task<ReactorSocket>? waiting = await io.ConnectUntilOneWaitsAsync(listener.LocalEndPoint!, clients);
 
             waiting.Should().NotBeNull("a connect to a full accept queue waits");
             using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());

@@ -21,22 +21,9 @@ public sealed class UnixConnectBacklogTests
             await using var io = new IoTestContext();
             using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
 
-            // Fill the backlog (Linux queues backlog + 1 connections) until a connect stays pending. A Unix domain connect
-            // with room completes within its call, so the call's own result tells which one waits; a 200-ms window
-            // stood for that, and a loaded run that started a connect with room late took it for the waiting one.
-            Task<ReactorSocket>? waiting = null;
-            for (int i = 0; i < 8 && waiting is null; i++)
-            {
-                (bool pending, Task<ReactorSocket> connect) = await io.StartConnect(endPoint);
-                if (!pending)
-                {
-                    clients.Add(await connect); // a connect that failed at the call (WouldBlock before the fix) threw above
-                }
-                else
-                {
-                    waiting = connect;
-                }
-            }
+            // A 200-ms window once stood for "still pending", and a loaded run that started a connect with room late
+            // took it for the waiting one. A connect that failed at its call (WouldBlock before the fix) throws here.
+            Task<ReactorSocket>? waiting = await io.ConnectUntilOneWaitsAsync(endPoint, clients);
 
             waiting.Should().NotBeNull("a connect to a full backlog waits");
             io.Reactor.RegisteredCount.Should().Be(1 + clients.Count, "the waiting socket is registered only once connected");
