@@ -112,22 +112,7 @@ public sealed class AdversarialLifecycleTests
         return (client, await accept.WaitAsync(Bound));
     }
 
-    private static async Task<Exception?> Outcome(Task task)
-    {
-        try
-        {
-            await task.WaitAsync(Bound);
-            return null;
-        }
-        catch (TimeoutException) when (!task.IsCompleted)
-        {
-            throw;
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-    }
+    private static Task<Exception?> Outcome(Task task) => task.ExceptionWithin(Bound);
 
     // ---------------------------------------------------------------- lifecycles
 

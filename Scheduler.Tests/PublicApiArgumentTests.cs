@@ -170,7 +170,7 @@ public sealed partial class PublicApiArgumentTests(PublicApiArgumentTests.Resour
             if (c.IsSetter && s_deferredValidation.TryGetValue(c.OpenDeclaringType, out Action<object>? consumer) && outcome.Thrown is null)
             {
                 // The type documents validation at its consumer: the null must be refused there, naming the property.
-                Exception? thrown = Catch(() => consumer(context.Instance!));
+                Exception? thrown = Record.Exception(() => consumer(context.Instance!));
                 Describe(thrown).Should().Be(
                     Expected(c.Member.Name["set_".Length..]),
                     $"{c.Key}: the setter took null, so the consumer that validates {c.OpenDeclaringType.Name} must refuse it");
@@ -214,19 +214,6 @@ public sealed partial class PublicApiArgumentTests(PublicApiArgumentTests.Resour
         ArgumentException a => $"{a.GetType().Name} (ParamName {a.ParamName})",
         _ => $"{e.GetType().Name}: {e.Message}",
     };
-
-    private static Exception? Catch(Action action)
-    {
-        try
-        {
-            action();
-            return null;
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-    }
 
     private static bool ReturnsTask(MethodBase member) =>
         member is MethodInfo m && (typeof(Task).IsAssignableFrom(m.ReturnType) || m.ReturnType == typeof(ValueTask)

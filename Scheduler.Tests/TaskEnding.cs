@@ -15,4 +15,26 @@ internal static class TaskEnding
             CancellationToken.None,
             TaskContinuationOptions.ExecuteSynchronously,
             TaskScheduler.Default);
+
+    /// <summary>
+    /// How <paramref name="task"/> ends within <paramref name="bound"/>: null when it succeeds, its exception when it
+    /// fails or is cancelled. A task still running at the bound throws <see cref="TimeoutException"/>: a hang is never
+    /// mistaken for a failure of the kind a test expects.
+    /// </summary>
+    public static async Task<Exception?> ExceptionWithin(this Task task, TimeSpan bound)
+    {
+        try
+        {
+            await task.WaitAsync(bound);
+            return null;
+        }
+        catch (TimeoutException e) when (!task.IsCompleted)
+        {
+            throw new TimeoutException($"The task neither completed nor failed within {bound}.", e);
+        }
+        catch (Exception e)
+        {
+            return e;
+        }
+    }
 }

@@ -656,22 +656,7 @@ public sealed class AdversarialSoakTests
         }
     }
 
-    private static async Task<Exception?> Record(Task task)
-    {
-        try
-        {
-            await task.WaitAsync(Guard);
-            return null;
-        }
-        catch (TimeoutException)
-        {
-            throw;
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-    }
+    private static Task<Exception?> Record(Task task) => task.ExceptionWithin(Guard);
 
     /// <summary>
     /// Two healthy connections streaming both ways for the whole churn (a plain peer echoed through a ReactorConnection,

@@ -495,7 +495,7 @@ public sealed class AdversarialSocketTests
             await Task.WhenAll(peerTasks);
             for (int i = 0; i < Connections; i++)
             {
-                Exception? error = await Record(serverTasks[i]);
+                Exception? error = await Record.ExceptionAsync(() => serverTasks[i]);
                 if (i % 2 == 0)
                 {
                     error.Should().BeOfType<SocketException>("the reset reaches connection {0}: {1}", i, error);
@@ -517,19 +517,6 @@ public sealed class AdversarialSocketTests
             {
                 server?.Dispose();
             }
-        }
-    }
-
-    private static async Task<Exception?> Record(Task task)
-    {
-        try
-        {
-            await task;
-            return null;
-        }
-        catch (Exception e)
-        {
-            return e;
         }
     }
 
@@ -573,7 +560,7 @@ public sealed class AdversarialSocketTests
         reactor.RegisteredCount.Should().Be(0);
         foreach (Task task in pending)
         {
-            Exception? error = await Record(task.WaitAsync(Guard));
+            Exception? error = await Record.ExceptionAsync(() => task.WaitAsync(Guard));
             error.Should().BeOfType<ObjectDisposedException>("every operation pending at the reactor's disposal fails with it (got {0})", error);
         }
 

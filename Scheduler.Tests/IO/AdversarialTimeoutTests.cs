@@ -40,19 +40,6 @@ public sealed class AdversarialTimeoutTests
         }
     }
 
-    private static async Task<Exception?> Failure(Func<Task> operation)
-    {
-        try
-        {
-            await operation();
-            return null;
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-    }
-
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -489,7 +476,7 @@ public sealed class AdversarialTimeoutTests
             pending.IsCompleted.Should().BeFalse();
 
             using ITimer killer = wheel.CreateTimer(s => ((ReactorSocket)s!).Dispose(), connection.Socket, TimeSpan.FromMilliseconds(5), Timeout.InfiniteTimeSpan);
-            Exception? error = await Failure(async () =>
+            Exception? error = await Record.ExceptionAsync(async () =>
             {
                 FlushResult result = await pending.WaitAsync(Guard);
                 result.IsCompleted.Should().BeTrue("the send loop ended: nobody reads Output any more");
@@ -776,7 +763,7 @@ public sealed class AdversarialTimeoutTests
                                 case 2: // closed while the receive still waits for its timeout
                                     ValueTask<int> pending = server.ReceiveAsync(buffer, timeout.Token);
                                     server.Dispose();
-                                    Exception? error = await Failure(async () => await pending);
+                                    Exception? error = await Record.ExceptionAsync(async () => await pending);
                                     error.Should().Match<Exception>(e => e is ObjectDisposedException || e is OperationCanceledException);
                                     break;
                                 default: // the peer closes just before the timeout
@@ -972,7 +959,7 @@ public sealed class AdversarialTimeoutTests
 
                     foreach (Task t in new[] { receive, send })
                     {
-                        Exception? error = await Failure(() => t.WaitAsync(Guard));
+                        Exception? error = await Record.ExceptionAsync(() => t.WaitAsync(Guard));
                         error.Should().NotBeNull();
                         error.Should().Match<Exception>(e => e is ObjectDisposedException || e is OperationCanceledException,
                             $"round {round}: {error}");
@@ -1042,7 +1029,7 @@ public sealed class AdversarialTimeoutTests
                 await Task.WhenAll(a, b).WaitAsync(Guard);
                 foreach ((string what, Task operation) in operations)
                 {
-                    Exception? error = await Failure(() => operation.WaitAsync(Guard));
+                    Exception? error = await Record.ExceptionAsync(() => operation.WaitAsync(Guard));
                     error.Should().Match<Exception>(e => e is ObjectDisposedException || e is OperationCanceledException, $"round {round}: the {what} ended with {error}");
                 }
             }
@@ -1157,7 +1144,7 @@ public sealed class AdversarialTimeoutTests
 
                 foreach ((string what, Task operation) in operations)
                 {
-                    Exception? error = await Failure(() => operation.WaitAsync(Guard));
+                    Exception? error = await Record.ExceptionAsync(() => operation.WaitAsync(Guard));
                     error.Should().NotBeNull($"round {round}: the {what} cannot succeed");
                     error.Should().Match<Exception>(e => e is ObjectDisposedException || e is OperationCanceledException,
                         $"round {round}: the {what} ended with {error}");
@@ -1212,11 +1199,11 @@ public sealed class AdversarialTimeoutTests
                 trigger.CancelAfter(TimeSpan.FromMilliseconds(20));
 
                 await disposed.Task.WaitAsync(Guard);
-                (await Failure(() => receive.WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
-                (await Failure(() => delay.WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
+                (await Record.ExceptionAsync(() => receive.WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
+                (await Record.ExceptionAsync(() => delay.WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
                 FluentActions.Invoking(() => io.Reactor.Timers).Should().Throw<ObjectDisposedException>();
                 FluentActions.Invoking(() => new CancellationTokenSource(TimeSpan.FromSeconds(1), wheel)).Should().Throw<ObjectDisposedException>();
-                (await Failure(() => Task.Delay(TimeSpan.FromMilliseconds(1), wheel).WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
+                (await Record.ExceptionAsync(() => Task.Delay(TimeSpan.FromMilliseconds(1), wheel).WaitAsync(Guard))).Should().BeOfType<ObjectDisposedException>();
             }
         }
         finally

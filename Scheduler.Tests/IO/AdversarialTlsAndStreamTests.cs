@@ -47,22 +47,7 @@ public sealed class AdversarialTlsAndStreamTests
     };
 
     /// <summary>Awaits <paramref name="task"/> (bounded) and returns what it threw, or null when it succeeded.</summary>
-    private static async Task<Exception?> Outcome(Task task, TimeSpan bound)
-    {
-        try
-        {
-            await task.WaitAsync(bound);
-            return null;
-        }
-        catch (TimeoutException) when (!task.IsCompleted)
-        {
-            throw new TimeoutException($"hung: the awaiting party got neither a result nor an exception within {bound}");
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-    }
+    private static Task<Exception?> Outcome(Task task, TimeSpan bound) => task.ExceptionWithin(bound);
 
     /// <summary>A healthy echo connection on the same reactor: proves another connection is unaffected.</summary>
     private sealed class Bystander : IAsyncDisposable

@@ -184,21 +184,7 @@ public sealed class ReactorEpollFailureTests
         return before;
     }
 
-    private static async Task<Exception> CaughtAsync(Task task)
-    {
-        try
-        {
-            await task.WaitAsync(IoTestContext.Timeout);
-        }
-        catch (TimeoutException e) when (!task.IsCompleted)
-        {
-            throw new TimeoutException("The operation never completed after the reactor stopped.", e);
-        }
-        catch (Exception e)
-        {
-            return e;
-        }
-
-        throw new InvalidOperationException("The operation completed successfully after the reactor stopped.");
-    }
+    private static async Task<Exception> CaughtAsync(Task task) =>
+        await task.ExceptionWithin(IoTestContext.Timeout)
+        ?? throw new InvalidOperationException("The operation completed successfully after the reactor stopped.");
 }

@@ -217,10 +217,10 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         Action continuation = () =>
         {
             // The continuation has started (taken); another thread's direct read wins now.
-            Exception? directRead = Record(() => Task.Run(read).GetAwaiter().GetResult());
+            Exception? directRead = Record.Exception(() => Task.Run(read).GetAwaiter().GetResult());
             bool completed = false;
-            Exception? status = Record(() => completed = isCompleted());
-            Exception? continuationRead = Record(read);
+            Exception? status = Record.Exception(() => completed = isCompleted());
+            Exception? continuationRead = Record.Exception(read);
             observed.SetResult((directRead, status, completed, continuationRead));
         };
         if (kind == "delay")
@@ -239,19 +239,6 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         statusError.Should().BeNull("GetStatus of a consumed token must not throw: the BCL's AsTask callback calls it outside its try");
         reportedCompleted.Should().BeTrue("a consumed operation reports itself completed (faulted), so the read that follows throws");
         continuationReadError.Should().BeOfType<InvalidOperationException>("the loser of two reads fails loudly");
-
-        static Exception? Record(Action action)
-        {
-            try
-            {
-                action();
-                return null;
-            }
-            catch (Exception error)
-            {
-                return error;
-            }
-        }
     }
 
     // The same race through the BCL's real AsTask callback, many rounds: without the fix above, a round where the direct

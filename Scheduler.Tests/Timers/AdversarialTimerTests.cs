@@ -29,12 +29,12 @@ public sealed class AdversarialTimerTests
             string name = asPeriod ? "period" : "dueTime";
             TimeSpan due = asPeriod ? Timeout.InfiniteTimeSpan : value;
             TimeSpan period = asPeriod ? value : Timeout.InfiniteTimeSpan;
-            Exception? system = Record(() => TimeProvider.System.CreateTimer(_ => { }, null, due, period).Dispose());
-            Exception? ours = Record(() => wheel.CreateTimer(_ => { }, null, due, period).Dispose());
+            Exception? system = Record.Exception(() => TimeProvider.System.CreateTimer(_ => { }, null, due, period).Dispose());
+            Exception? ours = Record.Exception(() => wheel.CreateTimer(_ => { }, null, due, period).Dispose());
             using ITimer live = wheel.CreateTimer(_ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            Exception? oursChange = Record(() => live.Change(due, period));
+            Exception? oursChange = Record.Exception(() => live.Change(due, period));
             using ITimer systemLive = TimeProvider.System.CreateTimer(_ => { }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            Exception? systemChange = Record(() => systemLive.Change(due, period));
+            Exception? systemChange = Record.Exception(() => systemLive.Change(due, period));
             live.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
             systemLive.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
 
@@ -46,19 +46,6 @@ public sealed class AdversarialTimerTests
                 ((ArgumentOutOfRangeException)oursChange!).ParamName.Should().Be(name);
                 ours.Message.Should().StartWith("The time must be more than -2 ms", "the message says which values are taken");
                 oursChange.Message.Should().StartWith("The time must be more than -2 ms");
-            }
-        }
-
-        static Exception? Record(Action action)
-        {
-            try
-            {
-                action();
-                return null;
-            }
-            catch (Exception exception)
-            {
-                return exception;
             }
         }
     }
