@@ -60,7 +60,7 @@ public sealed class FailurePathLeakTests
             await using var io = new IoTestContext();
             FailedStep step = Fail(call, EADDRINUSE, () => io.Listen(new UnixDomainSocketEndPoint(path)).Dispose());
 
-            step.Exception.Should().BeOfType<SocketException>();
+            step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(call);
             step.OpenedBeforeFailure.Should().ContainSingle("the listener's socket was open");
             step.StillOpen().Should().BeEmpty();
             File.Exists(path).Should().BeFalse("the bind created the file, and the listener it was made for never came to be");
@@ -95,23 +95,23 @@ public sealed class FailurePathLeakTests
     }
 
     [Theory]
-    [InlineData("setsockopt")]
-    [InlineData("listen")]
-    [InlineData("epoll_ctl")]
-    public async Task A_tcp_listener_that_fails_to_set_up_closes_its_fd(string call)
+    [InlineData("setsockopt", "setsockopt(SO_REUSEADDR)")]
+    [InlineData("listen", "listen")]
+    [InlineData("epoll_ctl", "epoll_ctl")]
+    public async Task A_tcp_listener_that_fails_to_set_up_closes_its_fd_and_names_the_call(string call, string named)
     {
         await using var io = new IoTestContext();
         FailedStep step = Fail(call, ENOMEM, () => io.Listen().Dispose());
 
-        step.Exception.Should().BeOfType<SocketException>();
+        step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(named);
         step.OpenedBeforeFailure.Should().ContainSingle();
         step.StillOpen().Should().BeEmpty();
     }
 
     [Theory]
-    [InlineData("setsockopt")]
-    [InlineData("epoll_ctl")]
-    public async Task A_connect_that_fails_to_set_up_closes_its_fd(string call)
+    [InlineData("setsockopt", "setsockopt(TCP_NODELAY)")]
+    [InlineData("epoll_ctl", "epoll_ctl")]
+    public async Task A_connect_that_fails_to_set_up_closes_its_fd_and_names_the_call(string call, string named)
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
@@ -121,15 +121,15 @@ public sealed class FailurePathLeakTests
         // the returned task's, and the fd must be closed.
         FailedStep step = Fail(call, ENOMEM, () => ReactorSocket.ConnectAsync(io.Reactor, endPoint).AsTask().GetAwaiter().GetResult().Dispose());
 
-        step.Exception.Should().BeOfType<SocketException>();
+        step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(named);
         step.OpenedBeforeFailure.Should().NotBeEmpty();
         step.StillOpen().Should().BeEmpty();
     }
 
     [Theory]
-    [InlineData("setsockopt")]
-    [InlineData("epoll_ctl")]
-    public async Task An_accept_that_fails_to_set_up_the_accepted_socket_closes_it(string call)
+    [InlineData("setsockopt", "setsockopt(TCP_NODELAY)")]
+    [InlineData("epoll_ctl", "epoll_ctl")]
+    public async Task An_accept_that_fails_to_set_up_the_accepted_socket_closes_it_and_names_the_call(string call, string named)
     {
         await using var io = new IoTestContext();
         using ReactorSocket listener = io.Listen();
@@ -138,7 +138,7 @@ public sealed class FailurePathLeakTests
 
         FailedStep step = Fail(call, ENOMEM, () => listener.AcceptAsync().AsTask().GetAwaiter().GetResult().Dispose());
 
-        step.Exception.Should().BeOfType<SocketException>();
+        step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(named);
         step.OpenedBeforeFailure.Should().ContainSingle("the accepted connection");
         step.StillOpen().Should().BeEmpty();
 
