@@ -35,6 +35,9 @@ internal static class ThreadNurseries
     // the same lock as every write).
     private static TimerNursery?[] s_byThreadId = new TimerNursery?[64];
 
+    /// <summary>Tests only: how many thread ids the table covers now (ids at or beyond it have no slot yet).</summary>
+    internal static int LengthForTests => Volatile.Read(ref s_byThreadId).Length;
+
     /// <summary>The nursery that <paramref name="thread"/> (the calling thread) registered last, or null.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static TimerNursery? Of(Thread thread)
