@@ -33,6 +33,23 @@ public sealed class UnixConnectBacklogTests
             using ReactorSocket client = await waiting!.WaitAsync(IoTestContext.Timeout);
             client.RemoteEndPoint!.ToString().Should().Be(path);
             await io.Run(async () => await client.SendAsync(new byte[] { 42 }));
+
+            // Registered once connected: a receive that has to wait completes on the readiness edge (an unregistered
+            // socket's receive waited for good, and every check above still passed).
+            io.Reactor.RegisteredCount.Should().Be(3 + clients.Count, "the listener, the accepted socket, the clients with room and the waiting one");
+            for (int i = 1; i < clients.Count; i++)
+            {
+                (await io.Run(async () => await listener.AcceptAsync())).Dispose(); // the other clients with room
+            }
+
+            using ReactorSocket peer = await io.Run(async () => await listener.AcceptAsync()); // accepted in connect order
+            var received = new byte[1];
+            Task<int> receive = io.Run(async () => await client.ReceiveAsync(received));
+            await Task.Delay(20);
+            receive.IsCompleted.Should().BeFalse("nothing was sent to the client yet");
+            await io.Run(async () => await peer.SendAsync(new byte[] { 7 }));
+            (await receive.WaitAsync(IoTestContext.Timeout)).Should().Be(1);
+            received[0].Should().Be(7);
         }
         finally
         {

@@ -33,6 +33,8 @@ public sealed class DelayWordTests
     [Theory]
     [InlineData(-1)] // awaited off the scheduler's workers
     [InlineData(DelayWord.NoWorker)] // too many workers to name
+    [InlineData(DelayWord.NoWorker + 1)] // shifted unchecked, these two would alias worker 0 and worker 488
+    [InlineData(1000)]
     [InlineData(int.MaxValue)]
     public void A_thread_that_is_no_nameable_worker_reads_back_as_none(int worker)
     {
