@@ -1341,7 +1341,7 @@ public sealed class AdversarialTimeoutTests
         var clients = new List<ReactorSocket>();
         try
         {
-            await using var io = new IoTestContext();
+            await using var io = new IoTestContext(threadNamePrefix: "wheel-gone");
             using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
             for (int i = 0; i < 2; i++)
             {
@@ -1350,10 +1350,17 @@ public sealed class AdversarialTimeoutTests
 
             io.Reactor.Timers.Dispose();
 
+            ThreadCpu.Snapshot before = ThreadCpu.Take();
             Task<ReactorSocket> waiting = io.Run(async () => await ReactorSocket.ConnectAsync(io.Reactor, endPoint));
-            await Task.WhenAny(waiting, Task.Delay(100));
+            await Task.WhenAny(waiting, Task.Delay(300));
             Exception? early = waiting.IsFaulted ? waiting.Exception!.InnerException : null;
             early.Should().BeNull("the reactor is not disposed: the connect waits for room");
+
+            // It still pauses between tries (Task.Delay stands in for the wheel): tried again without one, the connect
+            // kept a worker busy for the whole wait (a mutation run, session 51).
+            IReadOnlyList<ThreadCpu.Usage> used = ThreadCpu.Since(before);
+            ThreadCpu.Sum(used, name => name.StartsWith("wheel-gone", StringComparison.Ordinal)).Should()
+                .BeLessThan(100, "a waiting connect sleeps between tries ({0})", ThreadCpu.Describe(used));
 
             using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
             using ReactorSocket client = await waiting.WaitAsync(Guard);
