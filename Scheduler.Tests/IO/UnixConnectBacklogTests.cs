@@ -62,18 +62,23 @@ public sealed class UnixConnectBacklogTests
     public async Task A_connect_that_has_waited_long_still_tries_again_within_64_ms()
     {
         // The pause between tries doubles from 1 ms and stops growing at 64 ms: after a long wait the connect still
-        // notices room within a pause. Left growing, the 1.2 s wait here ends inside a pause of about a second.
+        // notices room within a pause. Left growing, the 1.2 s wait here ends inside a pause of about a second; made to
+        // shrink, the pauses reach zero and the connect spins on its worker.
         string path = Path.Combine(Path.GetTempPath(), $"backlog-{Guid.NewGuid():N}.sock");
         var endPoint = new UnixDomainSocketEndPoint(path);
         var clients = new List<ReactorSocket>();
         try
         {
-            await using var io = new IoTestContext();
+            await using var io = new IoTestContext(threadNamePrefix: "long-wait");
             using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
             Task<ReactorSocket>? waiting = await io.ConnectUntilOneWaitsAsync(endPoint, clients);
             waiting.Should().NotBeNull("a connect to a full backlog waits");
+            ThreadCpu.Snapshot before = ThreadCpu.Take();
             await Task.Delay(1200);
             waiting!.IsCompleted.Should().BeFalse("nothing was accepted yet");
+            IReadOnlyList<ThreadCpu.Usage> used = ThreadCpu.Since(before);
+            ThreadCpu.Sum(used, name => name.StartsWith("long-wait", StringComparison.Ordinal)).Should()
+                .BeLessThan(300, "about twenty tries in 1.2 s cost next to nothing ({0})", ThreadCpu.Describe(used));
 
             Task<long> connectedAt = waiting.CompletedAt();
             using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
