@@ -110,6 +110,7 @@ public sealed class FailurePathLeakTests
 
     [Theory]
     [InlineData("setsockopt", "setsockopt(TCP_NODELAY)")]
+    [InlineData("connect", "connect to 127.0.0.1:")]
     [InlineData("epoll_ctl", "epoll_ctl")]
     public async Task A_connect_that_fails_to_set_up_closes_its_fd_and_names_the_call(string call, string named)
     {
@@ -124,6 +125,78 @@ public sealed class FailurePathLeakTests
         step.Exception.Should().BeOfType<SocketException>().Which.Message.Should().Contain(named);
         step.OpenedBeforeFailure.Should().NotBeEmpty();
         step.StillOpen().Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task A_connect_interrupted_by_a_signal_is_made_again()
+    {
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen();
+        int thread = Environment.CurrentManagedThreadId;
+        int tries = 0;
+        FaultInjection.HookForTests = name => name == "connect" && Environment.CurrentManagedThreadId == thread && ++tries == 1 ? EINTR : 0;
+        ValueTask<ReactorSocket> connecting;
+        try
+        {
+            connecting = ReactorSocket.ConnectAsync(io.Reactor, listener.LocalEndPoint!); // every try is made within the call
+        }
+        finally
+        {
+            FaultInjection.HookForTests = null;
+        }
+
+        tries.Should().Be(2, "the interrupted try is made again, once");
+        using ReactorSocket client = await connecting.AsTask().WaitAsync(IoTestContext.Timeout);
+        using ReactorSocket server = await io.Run(async () => await listener.AcceptAsync());
+        await io.Run(() => IoTestContext.AssertByteCrossesAsync(client, server, 5));
+    }
+
+    [Fact]
+    public async Task A_unix_domain_connect_waiting_for_room_tries_again_about_every_64_ms()
+    {
+        // The pause between tries doubles from 1 ms and stops growing at 64 ms: 2 s of waiting makes at most 36 tries
+        // (7 in the first 127 ms, then one per 64 ms), about 20 here, as each pause ends a little late. Left growing,
+        // the pauses allow 6 at most; shrinking to zero, thousands.
+        string path = Path.Combine(Path.GetTempPath(), $"backlog-tries-{Guid.NewGuid():N}.sock");
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var clients = new List<ReactorSocket>();
+        try
+        {
+            await using var io = new IoTestContext();
+            using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
+            Task<ReactorSocket>? waiting = await io.ConnectUntilOneWaitsAsync(endPoint, clients);
+            waiting.Should().NotBeNull("a connect to a full backlog waits");
+
+            int tries = 0;
+            FaultInjection.HookForTests = name =>
+            {
+                if (name == "connect")
+                {
+                    Interlocked.Increment(ref tries); // the tries after a pause run wherever the pause ended
+                }
+
+                return 0;
+            };
+            try
+            {
+                await Task.Delay(2000);
+            }
+            finally
+            {
+                FaultInjection.HookForTests = null;
+            }
+
+            waiting!.IsCompleted.Should().BeFalse("nothing was accepted yet");
+            Volatile.Read(ref tries).Should().BeInRange(8, 100);
+
+            using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
+            using ReactorSocket client = await waiting.WaitAsync(IoTestContext.Timeout);
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+            File.Delete(path);
+        }
     }
 
     [Theory]

@@ -227,7 +227,7 @@ public sealed partial class ReactorSocket
         {
             do
             {
-                rc = Libc.Connect(fd, native, (uint)address.Size);
+                rc = FaultInjection.Fails("connect") ? -1 : Libc.Connect(fd, native, (uint)address.Size);
                 errno = rc == 0 ? 0 : Errno.Last;
             }
             while (rc != 0 && errno == EINTR);

@@ -18,7 +18,9 @@ internal static class FaultInjection
     /// Names: <c>"epoll_create1"</c>, <c>"eventfd"</c>, <c>"epoll_ctl"</c> (every registration, the eventfd's too),
     /// <c>"epoll_wait"</c> (every wait of the reactor's loop, whichever call it makes; asked on the reactor's thread),
     /// <c>"epoll_pwait2"</c> (only the nanosecond wait, before the millisecond fallback), <c>"listen"</c>,
-    /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), and three that fail with
+    /// <c>"setsockopt"</c> (the options a listener or a stream socket sets), <c>"connect"</c> (every try of a connect,
+    /// those of a Unix domain connect waiting for backlog room too, which are asked on the thread that resumes it after
+    /// a pause), and three that fail with
     /// <see cref="OutOfMemoryException"/>: <c>"pthread_create"</c> (the reactor's thread, as .NET reports a refused
     /// thread), <c>"SafeFileDescriptor"</c> (the allocation of the handle that owns an fd) and <c>"registration-table"</c>
     /// (the growth of the reactor's table of sockets). The scheduler's queues, all failing with
