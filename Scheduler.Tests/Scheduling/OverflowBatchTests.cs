@@ -56,6 +56,58 @@ public sealed class OverflowBatchTests
     }
 
     [Fact]
+    public async Task QueuedTasks_counts_every_item_of_the_batches_left_after_one_was_taken()
+    {
+        // One worker with a 16-slot ring spawns 40 children: three spills of eight leave three batches in the global queue.
+        // Once its deque is empty the worker takes the oldest batch, and the first of those children to run blocks it.
+        // The two batches still queued must count all their items: the one taken counts out exactly its own (a batch
+        // that counted out two more left QueuedTasks two short, hidden while no other batch was queued).
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            LocalQueueCapacity = 16,
+            FairnessInterval = int.MaxValue,
+            ThreadNamePrefix = "Test",
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+        });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        const int Children = 40, Spilled = 8; // the oldest eight are the first batch
+        int ran = 0;
+        int blocked = 0;
+        using var gate = new ManualResetEventSlim();
+        Task parent = scheduler.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < Children; i++)
+            {
+                bool fromFirstBatch = i < Spilled;
+                Task.Factory.StartNew(
+                    () =>
+                    {
+                        if (fromFirstBatch && Interlocked.Exchange(ref blocked, 1) == 0)
+                        {
+                            gate.Wait(SchedulerTestHelpers.Timeout);
+                        }
+
+                        Interlocked.Increment(ref ran);
+                    },
+                    CancellationToken.None,
+                    TaskCreationOptions.None,
+                    scheduler);
+            }
+        });
+
+        await parent.WithTimeout();
+        await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref blocked) == 1);
+        int expected = Children - Volatile.Read(ref ran) - 1; // nothing else runs while the only worker is blocked
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().QueuedTasks == expected);
+        scheduler.GetStatistics().QueuedTasks.Should().Be(expected, "every child not yet run is queued somewhere");
+
+        gate.Set();
+        await SchedulerTestHelpers.WaitUntilAsync(() => Volatile.Read(ref ran) == Children);
+        scheduler.GetStatistics().QueuedTasks.Should().Be(0);
+    }
+
+    [Fact]
     public void A_steady_overflow_reuses_its_batches_instead_of_allocating_new_ones()
     {
         // One worker with a 16-slot ring. Each round a callback posted from outside schedules 40 more from the worker,
