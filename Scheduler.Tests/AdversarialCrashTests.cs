@@ -327,8 +327,11 @@ public sealed class AdversarialCrashTests
                 Timeout.InfiniteTimeSpan);
             timers.Add(self);
 
-            await periodicFired.Task.WaitAsync(Bound);
-            await selfDone.Task.WaitAsync(Bound);
+            // Seen once (session 51, a clean-clone Debug pass, one-hour ticks): the self-re-arming chain did not end
+            // within the bound, and nothing else failed. A timeout now says how far each chain got and what the wheel
+            // and the ThreadPool (where the callbacks run) held.
+            await WithinBound(periodicFired.Task, () => $"periodic timers fired {Volatile.Read(ref periodicOnceFired)} of {huge.Length}");
+            await WithinBound(selfDone.Task, () => $"the self-re-arming timer fired {Volatile.Read(ref selfChanged)} of {huge.Length + 1} times");
             if (tickTicks < TimeSpan.TicksPerSecond)
             {
                 // The driver still advances: a short delay and a short timer complete after all of that.
@@ -371,6 +374,22 @@ public sealed class AdversarialCrashTests
         }
 
         scope.SeenCount.Should().Be(0, "nothing may go unhandled on the driver or the ThreadPool");
+
+        async Task WithinBound(Task task, Func<string> progress)
+        {
+            try
+            {
+                await task.WaitAsync(Bound);
+            }
+            catch (TimeoutException e) when (!task.IsCompleted)
+            {
+                throw new TimeoutException(
+                    $"{progress()} within {Bound}; the wheel: {wheel.PendingCount} pending, {wheel.LinkedCount} linked, " +
+                    $"{wheel.DriverWakeups} driver wake-ups; the ThreadPool: {ThreadPool.ThreadCount} threads, " +
+                    $"{ThreadPool.PendingWorkItemCount} items queued.",
+                    e);
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------------------------------
