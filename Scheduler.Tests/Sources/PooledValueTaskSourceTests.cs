@@ -7,6 +7,10 @@ namespace Scheduler.Tests.Sources;
 
 public sealed class PooledValueTaskSourceTests
 {
+    // What a misuse error must tell its reader: which rule was broken and what to do instead.
+    internal const string StaleTokenMessage = "The awaited operation is no longer current*can be awaited (or its result read) only once.";
+    internal const string NotCompletedMessage = "The operation has not completed yet; await the ValueTask instead*";
+
     [Fact]
     public async Task Completed_rental_awaits_its_result()
     {
@@ -52,7 +56,7 @@ public sealed class PooledValueTaskSourceTests
         await task;
 
         Func<Task> again = async () => await task;
-        await again.Should().ThrowAsync<InvalidOperationException>();
+        await again.Should().ThrowAsync<InvalidOperationException>().WithMessage(StaleTokenMessage);
     }
 
     [Fact]
@@ -94,7 +98,7 @@ public sealed class PooledValueTaskSourceTests
         ValueTask<int> task = source.Task;
 
         Action early = () => _ = Read(task);
-        early.Should().Throw<InvalidOperationException>();
+        early.Should().Throw<InvalidOperationException>().WithMessage(NotCompletedMessage);
 
         source.TrySetResult(8).Should().BeTrue();
         Read(task).Should().Be(8);
@@ -189,14 +193,15 @@ public sealed class PooledValueTaskSourceTests
         var source = PooledValueTaskSource<int>.Rent();
         Action a = () => source.TrySetException(null!);
         Action b = () => source.TrySetException(source.Version, null!);
-        a.Should().Throw<ArgumentNullException>();
-        b.Should().Throw<ArgumentNullException>();
+        // Named as the caller wrote it: the core's own check would name its parameter "error".
+        a.Should().Throw<ArgumentNullException>().WithParameterName("exception");
+        b.Should().Throw<ArgumentNullException>().WithParameterName("exception");
 
         var plain = PooledValueTaskSource.Rent();
         Action c = () => plain.TrySetException(null!);
         Action d = () => plain.TrySetException(plain.Version, null!);
-        c.Should().Throw<ArgumentNullException>();
-        d.Should().Throw<ArgumentNullException>();
+        c.Should().Throw<ArgumentNullException>().WithParameterName("exception");
+        d.Should().Throw<ArgumentNullException>().WithParameterName("exception");
     }
 
     [Fact]
@@ -251,7 +256,7 @@ public sealed class PooledValueTaskSourceTests
         source.Version.Should().NotBe(first);
         source.TrySetResult(first).Should().BeFalse();
         Func<Task> again = async () => await task;
-        await again.Should().ThrowAsync<InvalidOperationException>();
+        await again.Should().ThrowAsync<InvalidOperationException>().WithMessage(StaleTokenMessage);
 
         var canceled = PooledValueTaskSource.Rent();
         using var cts = new CancellationTokenSource();
@@ -269,7 +274,7 @@ public sealed class PooledValueTaskSourceTests
 
         var early = PooledValueTaskSource.Rent();
         Action read = () => early.Task.GetAwaiter().GetResult();
-        read.Should().Throw<InvalidOperationException>();
+        read.Should().Throw<InvalidOperationException>().WithMessage(NotCompletedMessage);
         early.TrySetException(new InvalidOperationException("x")).Should().BeTrue();
         early.TrySetResult().Should().BeFalse();
     }

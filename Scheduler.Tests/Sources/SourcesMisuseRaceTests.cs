@@ -182,7 +182,8 @@ public sealed class SourcesMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper 
         (builtIn ? pooled.TrySetResult(token, (RoundValue)42) : custom.TrySetResult(token, (RoundValue)42)).Should().BeTrue();
         context.Held.Should().Be(1, "the continuation was posted, not run");
 
-        source.Invoking(s => s.GetResult(token)).Should().Throw<InvalidOperationException>("the operation is awaited and its continuation is queued");
+        source.Invoking(s => s.GetResult(token)).Should().Throw<InvalidOperationException>("the operation is awaited and its continuation is queued")
+            .WithMessage("A continuation is already registered*can be awaited only once.");
 
         context.RunAll();
         received.Should().Be((RoundValue)42, "the awaiting continuation still gets the outcome");

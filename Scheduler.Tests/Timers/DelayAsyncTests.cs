@@ -130,7 +130,7 @@ public sealed class DelayAsyncTests
         ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(1));
         await delay;
         Func<Task> again = async () => await delay;
-        await again.Should().ThrowAsync<InvalidOperationException>();
+        await again.Should().ThrowAsync<InvalidOperationException>().WithMessage(Sources.PooledValueTaskSourceTests.StaleTokenMessage);
     }
 
     [Fact]

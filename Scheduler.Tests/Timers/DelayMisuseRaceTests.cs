@@ -91,7 +91,8 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
 #pragma warning restore CA2012
 
         Func<Task> secondAwait = () => second.WaitAsync(TimeSpan.FromSeconds(10));
-        await secondAwait.Should().ThrowAsync<InvalidOperationException>("the second await fails in its own method");
+        await secondAwait.Should().ThrowAsync<InvalidOperationException>("the second await fails in its own method")
+            .WithMessage(Sources.PooledValueTaskSourceTests.NotCompletedMessage);
         first.IsCompleted.Should().BeFalse("the first await waits for the delay");
         clock.Advance(TimeSpan.FromMilliseconds(101));
         wheel.RunDueTimers();
