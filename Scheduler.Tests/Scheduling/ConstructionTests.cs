@@ -66,7 +66,9 @@ public sealed class ConstructionTests
     {
         var options = new WorkStealingTaskSchedulerOptions { WorkerCount = 1, ThreadNamePrefix = "Edge" };
         typeof(WorkStealingTaskSchedulerOptions).GetProperty(option)!.SetValue(options, value);
-        AcceptsOrRefuses(options, accepted, option, option);
+
+        // The capacity's refusal says what is allowed (the parameter name alone is in every such message).
+        AcceptsOrRefuses(options, accepted, option, option == "LocalQueueCapacity" ? "a power of two from 16 to 1,048,576" : option);
     }
 
     /// <summary>An accepted option makes a scheduler that runs a task; a refused one throws naming the option.</summary>
