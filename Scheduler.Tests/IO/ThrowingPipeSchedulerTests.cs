@@ -114,6 +114,9 @@ public sealed class ThrowingPipeSchedulerTests
             throwing.Throws.Should().BeGreaterThan(0, "the workload made the pipe schedule on the throwing scheduler");
             ended.Should().NotBeNull("the connection was aborted: Input does not end as if the peer had finished");
             ended.Should().BeOfType<InvalidOperationException>().Which.InnerException.Should().BeSameAs(throwing.FirstThrown, "Input reports the scheduler's first failure");
+            ended!.Message.Should().Be(
+                $"The connection's PipeScheduler ({typeof(ThrowingScheduler).FullName}) threw from Schedule; the connection was aborted and the callback ran on the ThreadPool.",
+                "the error names the scheduler and says what became of the connection and the callback");
             await connection.DisposeAsync().AsTask().WaitAsync(Guard);
             await sending;
             await receiving;

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using Scheduler.Tests.Sources;
 
 namespace Scheduler.Tests.Scheduling;
 
@@ -340,5 +341,154 @@ public sealed class StatisticsTests
         seen.Clear();
         listener.RecordObservableInstruments();
         seen.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task Parks_and_wakeups_are_summed_over_every_worker()
+    {
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(2, spin: 0);
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().WorkerParks == 2);
+        scheduler.GetStatistics().WorkerParks.Should().Be(2, "both workers park at once when they start with nothing to do");
+
+        using (new WorkerBlockers(scheduler, 2))
+        {
+            // Both workers woke: each runs one blocker.
+        }
+
+        // Quiet again, every worker is parked once more than it was woken. Counting one worker's wakeups only (the
+        // other's dropped from the sum) leaves the difference at 3 or more.
+        static long ParkedBeyondWoken(SchedulerStatistics s) => s.WorkerParks - s.WorkerWakeups;
+        await SchedulerTestHelpers.WaitUntilAsync(() => ParkedBeyondWoken(scheduler.GetStatistics()) == 2);
+        SchedulerStatistics quiet = scheduler.GetStatistics();
+        ParkedBeyondWoken(quiet).Should().Be(2, $"both workers are parked (parks {quiet.WorkerParks}, wakeups {quiet.WorkerWakeups})");
+        quiet.WorkerWakeups.Should().BeGreaterThanOrEqualTo(2);
+    }
+
+    [Fact]
+    public async Task Each_instrument_of_the_meter_reports_its_own_statistic()
+    {
+        // One worker and no compensation: nothing is stolen, and queued work stays queued while the worker is held.
+        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
+        {
+            WorkerCount = 1,
+            SpinIterations = 0,
+            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
+            ThreadNamePrefix = "MeterValues",
+        });
+        await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
+        await scheduler.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                Task.Factory.StartNew(() => { }, CancellationToken.None, TaskCreationOptions.None, scheduler).Wait();
+            }
+        }).WithTimeout();
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().TasksInlined > 0);
+        scheduler.GetStatistics().TasksInlined.Should().BePositive("the values must differ for a swap of two instruments to show");
+
+        // Parked: one park more than wakeups.
+        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics() is { WorkerParks: > 0 } s && s.WorkerParks > s.WorkerWakeups);
+        await ExpectMeterToMatchStatistics(scheduler, "parked");
+
+        // Held, with work queued behind it.
+        using var release = new ManualResetEventSlim();
+        using var running = new ManualResetEventSlim();
+        Task holder = scheduler.Factory.StartNew(() =>
+        {
+            running.Set();
+            release.Wait(SchedulerTestHelpers.Timeout);
+        });
+        running.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
+        Task[] queued = [.. Enumerable.Range(0, 3).Select(_ => scheduler.Factory.StartNew(() => { }))];
+        scheduler.GetStatistics().QueuedTasks.Should().Be(3);
+        await ExpectMeterToMatchStatistics(scheduler, "held");
+
+        release.Set();
+        await Task.WhenAll([holder, .. queued]).WithTimeout();
+    }
+
+    [Fact]
+    public void The_meter_and_its_instruments_say_what_they_are()
+    {
+        var scheduler = SchedulerTestHelpers.Create(1);
+        using var disposeScheduler = SchedulerTestHelpers.DisposeBoundedOnExit(scheduler);
+        var described = new Dictionary<string, (string? Version, string? Description)>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, _) =>
+        {
+            if (instrument.Meter.Name == "Scheduler")
+            {
+                lock (described)
+                {
+                    described[instrument.Name] = (instrument.Meter.Version, instrument.Description);
+                }
+            }
+        };
+        listener.Start();
+
+        described.Should().HaveCount(6);
+        described.Values.Should().OnlyContain(d => d.Version == "1.0", "docs/scheduling.md gives the meter's version");
+        described["scheduler.tasks.executed"].Description.Should().Be("Work items run by workers.");
+        described["scheduler.tasks.stolen"].Description.Should().Be("Work items taken from another worker.");
+        described["scheduler.tasks.inlined"].Description.Should().Be("Tasks run inline on a worker.");
+        described["scheduler.worker.parks"].Description.Should().Be("Times a worker parked.");
+        described["scheduler.worker.wakeups"].Description.Should().Be("Times a parked worker was woken.");
+        described["scheduler.tasks.queued"].Description.Should().Be("Work items waiting in queues (approximate).");
+    }
+
+    /// <summary>Reads the meter while the statistics hold still (read before and after it) and compares instrument by instrument.</summary>
+    private static async Task ExpectMeterToMatchStatistics(WorkStealingTaskScheduler scheduler, string when)
+    {
+        for (int attempt = 0; attempt < 200; attempt++)
+        {
+            SchedulerStatistics before = scheduler.GetStatistics();
+            Dictionary<string, long> meter = ReadMeter(scheduler);
+            if (scheduler.GetStatistics() == before)
+            {
+                meter.Should().Equal(
+                    new Dictionary<string, long>
+                    {
+                        ["scheduler.tasks.executed"] = before.TasksExecuted,
+                        ["scheduler.tasks.stolen"] = before.TasksStolen,
+                        ["scheduler.tasks.inlined"] = before.TasksInlined,
+                        ["scheduler.worker.parks"] = before.WorkerParks,
+                        ["scheduler.worker.wakeups"] = before.WorkerWakeups,
+                        ["scheduler.tasks.queued"] = before.QueuedTasks,
+                    },
+                    $"each instrument reports its own statistic ({when}: {before})");
+                return;
+            }
+
+            await Task.Delay(10);
+        }
+
+        throw new TimeoutException($"The statistics never held still while the meter was read ({when}).");
+    }
+
+    private static Dictionary<string, long> ReadMeter(WorkStealingTaskScheduler scheduler)
+    {
+        var seen = new Dictionary<string, long>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "Scheduler")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "scheduler.id" && (int?)tag.Value == scheduler.Id)
+                {
+                    seen[instrument.Name] = value;
+                }
+            }
+        });
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return seen;
     }
 }

@@ -57,6 +57,39 @@ public sealed class TimerDriverTests
         Volatile.Read(ref wakes).Should().Be(2, "this one is due 20 ms before the planned wake (or the host planned to sleep for ever)");
     }
 
+    // Kills (TimerWheel.Hosted.cs): the hosted constructor starting a driver thread of its own or losing its null check;
+    // RunHostedDriverStep's fast path removed or its `plan != DriverAwake` flipped (every step took the lock and
+    // advanced the wheel), and its wake-up count removed or made `--`.
+    [Fact]
+    public void A_hosted_wheel_has_no_driver_and_a_step_with_nothing_new_takes_the_fast_path()
+    {
+        FluentActions.Invoking(() => new TimerWheel(Tick, wakeHost: null!)).Should().Throw<ArgumentNullException>().WithParameterName("wakeHost");
+
+        int wakes = 0;
+        using var wheel = new TimerWheel(Tick, () => Interlocked.Increment(ref wakes));
+        wheel.IsHosted.Should().BeTrue();
+        wheel.DriverThread.Should().BeNull("the host's own thread drives the wheel");
+        wheel.DriverWakeups.Should().Be(0);
+
+        long now = 0;
+        for (int i = 0; i < 10; i++)
+        {
+            wheel.RunHostedDriverStep(out now).Should().Be(long.MaxValue);
+        }
+
+        wheel.DriverWakeups.Should().Be(0, "an empty hosted wheel starts with the plan to sleep until woken, and nothing asked for an earlier wake-up: each step reads the plan and returns it");
+
+        // An insert before the plan takes it down (and wakes the host): the next step is a full one, then fast again.
+        var entry = new RecordingEntry();
+        entry.Schedule(wheel, now + StopwatchUnits.From(TimeSpan.FromSeconds(30)), now);
+        Volatile.Read(ref wakes).Should().Be(1);
+        long plan = wheel.RunHostedDriverStep(out _);
+        plan.Should().BeLessThan(long.MaxValue, "the host must come back for the entry");
+        wheel.DriverWakeups.Should().Be(1, "that step took the lock and made a new plan");
+        wheel.RunHostedDriverStep(out _).Should().Be(plan);
+        wheel.DriverWakeups.Should().Be(1);
+    }
+
     // Kills: DriverLoop, `_driverWakeups++` removed or made `--` (the count the idle-CPU tests bound from above could
     // not grow, or shrank, and every such bound passed).
     [Fact]
