@@ -40,9 +40,7 @@ internal static class SocketAddressMarshal
     /// <summary>Builds an endpoint of <paramref name="family"/> from native <c>sockaddr</c> bytes.</summary>
     public static EndPoint? ToEndPoint(AddressFamily family, ReadOnlySpan<byte> native)
     {
-        var address = new SocketAddress(family, Math.Max(native.Length, family == AddressFamily.Unix ? 2 : 16));
-        native.CopyTo(address.Buffer.Span);
-        address.Size = native.Length;
+        // The family first: SocketAddress itself refuses some families with a bare PlatformNotSupportedException.
         EndPoint template = family switch
         {
             AddressFamily.InterNetwork => new IPEndPoint(IPAddress.Any, 0),
@@ -50,6 +48,9 @@ internal static class SocketAddressMarshal
             AddressFamily.Unix => new UnixDomainSocketEndPoint("x"),
             _ => throw new ArgumentException($"Address family {family} is not supported.", nameof(family)),
         };
+        var address = new SocketAddress(family, Math.Max(native.Length, family == AddressFamily.Unix ? 2 : 16));
+        native.CopyTo(address.Buffer.Span);
+        address.Size = native.Length;
         return template.Create(address);
     }
 }
