@@ -1,4 +1,3 @@
-using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using Scheduler.Timers;
@@ -49,7 +48,8 @@ public sealed class DelayContinuationRetentionTests
 
 #pragma warning disable CA2012 // the ValueTask is taken apart to reach its source, as an awaiter does
         ValueTask delay = wheel.DelayAsync(TimeSpan.FromMilliseconds(5));
-        (IValueTaskSource source, short token) = SourceOf(delay);
+        var source = (IValueTaskSource)DelayTestHooks.ValueTaskSource(ref delay)!;
+        short token = DelayTestHooks.ValueTaskToken(ref delay);
 #pragma warning restore CA2012
 
         // A delegate of its own (an awaiter passes a static one; a library calling OnCompleted directly may not).
@@ -62,13 +62,5 @@ public sealed class DelayContinuationRetentionTests
         source.OnCompleted(continuation, state, token, ValueTaskSourceOnCompletedFlags.FlowExecutionContext);
         local.Value = null!; // the captured context still holds it
         return [new WeakReference(captured), new WeakReference(state), new WeakReference(inContext)];
-    }
-
-    private static (IValueTaskSource Source, short Token) SourceOf(ValueTask task)
-    {
-        object boxed = task;
-        var source = (IValueTaskSource)typeof(ValueTask).GetField("_obj", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(boxed)!;
-        short token = (short)typeof(ValueTask).GetField("_token", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(boxed)!;
-        return (source, token);
     }
 }

@@ -101,6 +101,44 @@ public sealed class DelayMisuseRaceTests(Xunit.Abstractions.ITestOutputHelper ou
         static async Task AwaitIt(ValueTask delay) => await delay;
     }
 
+    // A direct read racing the awaiter's dispatch: the cancellation that completed the delay is still posting the awaiter's
+    // continuation (held by the context) when a first read claims the use; that read then waits, in the registration's
+    // Dispose, for the cancellation callback to return. A second read meanwhile is refused by name, and the first one
+    // gets the outcome once the post is let go. Deterministic: every step waits for the one before it.
+    [Fact]
+    public async Task A_read_while_another_read_holds_the_delay_is_told_another_consumer_has_it_and_the_holder_gets_the_outcome()
+    {
+        using var wheel = new TimerWheel();
+        using var cts = new CancellationTokenSource();
+        using var gate = new Sources.GatedSynchronizationContext();
+#pragma warning disable CA2012 // the misuse under test: one ValueTask awaited and read, twice
+        ValueTask delay = wheel.DelayAsync(TimeSpan.FromHours(1), cts.Token);
+#pragma warning restore CA2012
+        var continued = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        OnCompletedUnder(gate, delay, () => continued.SetResult(Record.Exception(() => delay.GetAwaiter().GetResult())));
+
+        Task cancel = Task.Factory.StartNew(cts.Cancel, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        gate.WaitUntilHeld(TimeSpan.FromSeconds(10)).Should().BeTrue("the cancellation completes the delay and posts its continuation inline");
+
+        Task<Exception?> holder = Task.Factory.StartNew<Exception?>(
+            () => Record.Exception(() => delay.GetAwaiter().GetResult()), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var clock = Stopwatch.StartNew();
+        while (!DelaySlotIsHeldByAConsumer(delay) && clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            Thread.Sleep(1);
+        }
+
+        DelaySlotIsHeldByAConsumer(delay).Should().BeTrue("the first read claimed the use and waits for the cancellation callback");
+        FluentActions.Invoking(() => delay.GetAwaiter().GetResult()).Should().Throw<InvalidOperationException>()
+            .WithMessage("The operation is being awaited or its result read by another consumer at this moment*can be awaited (or its result read) only once.");
+        holder.IsCompleted.Should().BeFalse();
+
+        gate.Release();
+        (await holder.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeAssignableTo<OperationCanceledException>("the holder gets the outcome: canceled");
+        (await continued.Task.WaitAsync(TimeSpan.FromSeconds(10))).Should().BeOfType<InvalidOperationException>("the awaiter's own read comes after the holder consumed the use");
+        await cancel.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
     /// <summary>Waits for one of the two continuations to run and returns which.</summary>
     private static int WaitForEitherRun(int[] runs, int round)
     {

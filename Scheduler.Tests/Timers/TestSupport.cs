@@ -195,6 +195,10 @@ internal static class DelayTestHooks
     public static bool DelaySlotHoldsContinuation(ValueTask delay) =>
         ((DelayChunk)ValueTaskSource(ref delay)!).SlotHoldsContinuationForTests(ValueTaskToken(ref delay));
 
+    /// <summary>Whether a consumer (a registration or a read) holds the slot behind <paramref name="delay"/> right now.</summary>
+    public static bool DelaySlotIsHeldByAConsumer(ValueTask delay) =>
+        ((DelayChunk)ValueTaskSource(ref delay)!).SlotIsHeldByAConsumerForTests(ValueTaskToken(ref delay));
+
     /// <summary>Registers <paramref name="continuation"/> under a context that runs it inline on the completing thread.</summary>
     public static void OnCompletedInline(ValueTask delay, Action continuation) =>
         OnCompletedUnder(new InlineSynchronizationContext(), delay, continuation);

@@ -484,6 +484,9 @@ internal sealed class DelayChunk : IValueTaskSource
         WakerDispatch.Dispatch(workItem, context, DelayWord.WorkerIndex(word));
     }
 
+    /// <summary>For tests: whether a consumer (a registration or a read) holds the slot of <paramref name="token"/> right now.</summary>
+    internal bool SlotIsHeldByAConsumerForTests(short token) => (Volatile.Read(ref Slot(IndexOf(token)).Word) & DelayWord.Registering) != 0;
+
     /// <summary>For tests: whether the slot of <paramref name="token"/> still holds a continuation (a reset slot holds none).</summary>
     internal bool SlotHoldsContinuationForTests(short token)
     {
