@@ -37,14 +37,8 @@ public sealed class CpuAffinityTests
     [Fact]
     public void Restricting_the_thread_to_each_allowed_cpu_keeps_it_there_and_reads_back()
     {
-        if (!OperatingSystem.IsLinux())
+        OnOwnLinuxThread(allowed =>
         {
-            return;
-        }
-
-        OnOwnThread(() =>
-        {
-            int[] allowed = CpuAffinity.AllowedCpus();
             foreach (int cpu in allowed)
             {
                 CpuAffinity.SetCallingThreadAffinity([cpu]).Should().BeTrue();
@@ -62,14 +56,8 @@ public sealed class CpuAffinityTests
     [Fact]
     public void Moving_the_thread_to_an_allowed_cpu_takes_it_there_without_pinning_it()
     {
-        if (!OperatingSystem.IsLinux())
+        OnOwnLinuxThread(allowed =>
         {
-            return;
-        }
-
-        OnOwnThread(() =>
-        {
-            int[] allowed = CpuAffinity.AllowedCpus();
             foreach (int cpu in allowed)
             {
                 // The move itself is exact; where the thread is a moment later is the kernel's choice, so a few tries
@@ -91,14 +79,8 @@ public sealed class CpuAffinityTests
     [Fact]
     public void A_move_outside_the_threads_affinity_or_the_mask_is_refused_and_changes_nothing()
     {
-        if (!OperatingSystem.IsLinux())
+        OnOwnLinuxThread(allowed =>
         {
-            return;
-        }
-
-        OnOwnThread(() =>
-        {
-            int[] allowed = CpuAffinity.AllowedCpus();
             foreach (int cpu in new[] { -1, -64, 1024, 1088, int.MaxValue, int.MinValue })
             {
                 CpuAffinity.MoveCallingThreadTo(cpu).Should().BeFalse($"{cpu} is not a CPU of the 1,024-bit mask");
@@ -118,6 +100,15 @@ public sealed class CpuAffinityTests
                 CpuAffinity.CurrentCpu().Should().Be(allowed[0]);
             }
         });
+    }
+
+    /// <summary>On Linux, runs <paramref name="body"/> with the CPUs allowed at its start on a thread of its own; elsewhere nothing.</summary>
+    private static void OnOwnLinuxThread(Action<int[]> body)
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            OnOwnThread(() => body(CpuAffinity.AllowedCpus()));
+        }
     }
 
     /// <summary>Runs <paramref name="body"/> on a new thread (its affinity dies with it) and rethrows its failure.</summary>
