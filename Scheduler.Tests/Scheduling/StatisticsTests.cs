@@ -346,19 +346,21 @@ public sealed class StatisticsTests
     [Fact]
     public async Task Parks_and_wakeups_are_summed_over_every_worker()
     {
+        // A parked worker has parked once more than it was woken, so with every worker parked the difference is the
+        // worker count. Both workers park as soon as they start with nothing to do.
+        static long ParkedBeyondWoken(SchedulerStatistics s) => s.WorkerParks - s.WorkerWakeups;
         var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(2, spin: 0);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
-        await SchedulerTestHelpers.WaitUntilAsync(() => scheduler.GetStatistics().WorkerParks == 2);
-        scheduler.GetStatistics().WorkerParks.Should().Be(2, "both workers park at once when they start with nothing to do");
+        await SchedulerTestHelpers.WaitUntilAsync(() => ParkedBeyondWoken(scheduler.GetStatistics()) == 2);
+        ParkedBeyondWoken(scheduler.GetStatistics()).Should().Be(2, "both workers parked after they started");
 
         using (new WorkerBlockers(scheduler, 2))
         {
             // Both workers woke: each runs one blocker.
         }
 
-        // Quiet again, every worker is parked once more than it was woken. Counting one worker's wakeups only (the
-        // other's dropped from the sum) leaves the difference at 3 or more.
-        static long ParkedBeyondWoken(SchedulerStatistics s) => s.WorkerParks - s.WorkerWakeups;
+        // Quiet again. Each worker has now parked at least twice, so counting one worker's wake-ups only (the other's
+        // dropped from the sum) leaves the difference at 3 or more.
         await SchedulerTestHelpers.WaitUntilAsync(() => ParkedBeyondWoken(scheduler.GetStatistics()) == 2);
         SchedulerStatistics quiet = scheduler.GetStatistics();
         ParkedBeyondWoken(quiet).Should().Be(2, $"both workers are parked (parks {quiet.WorkerParks}, wakeups {quiet.WorkerWakeups})");
