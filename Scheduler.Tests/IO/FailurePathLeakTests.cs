@@ -157,46 +157,36 @@ public sealed class FailurePathLeakTests
         // The pause between tries doubles from 1 ms and stops growing at 64 ms: 2 s of waiting makes at most 36 tries
         // (7 in the first 127 ms, then one per 64 ms), about 20 here, as each pause ends a little late. Left growing,
         // the pauses allow 6 at most; shrinking to zero, thousands.
-        string path = Path.Combine(Path.GetTempPath(), $"backlog-tries-{Guid.NewGuid():N}.sock");
-        var endPoint = new UnixDomainSocketEndPoint(path);
-        var clients = new List<ReactorSocket>();
+        using var backlog = new UnixBacklogPath("backlog-tries");
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(backlog.EndPoint, backlog: 1);
+        Task<ReactorSocket>? waiting = await backlog.ConnectUntilOneWaitsAsync(io);
+        waiting.Should().NotBeNull("a connect to a full backlog waits");
+
+        int tries = 0;
+        FaultInjection.HookForTests = name =>
+        {
+            if (name == "connect")
+            {
+                Interlocked.Increment(ref tries); // the tries after a pause run wherever the pause ended
+            }
+
+            return 0;
+        };
         try
         {
-            await using var io = new IoTestContext();
-            using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
-            Task<ReactorSocket>? waiting = await io.ConnectUntilOneWaitsAsync(endPoint, clients);
-            waiting.Should().NotBeNull("a connect to a full backlog waits");
-
-            int tries = 0;
-            FaultInjection.HookForTests = name =>
-            {
-                if (name == "connect")
-                {
-                    Interlocked.Increment(ref tries); // the tries after a pause run wherever the pause ended
-                }
-
-                return 0;
-            };
-            try
-            {
-                await Task.Delay(2000);
-            }
-            finally
-            {
-                FaultInjection.HookForTests = null;
-            }
-
-            waiting!.IsCompleted.Should().BeFalse("nothing was accepted yet");
-            Volatile.Read(ref tries).Should().BeInRange(8, 100);
-
-            using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
-            using ReactorSocket client = await waiting.WaitAsync(IoTestContext.Timeout);
+            await Task.Delay(2000);
         }
         finally
         {
-            clients.ForEach(c => c.Dispose());
-            File.Delete(path);
+            FaultInjection.HookForTests = null;
         }
+
+        waiting!.IsCompleted.Should().BeFalse("nothing was accepted yet");
+        Volatile.Read(ref tries).Should().BeInRange(8, 100);
+
+        using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
+        using ReactorSocket client = await waiting.WaitAsync(IoTestContext.Timeout);
     }
 
     [Theory]

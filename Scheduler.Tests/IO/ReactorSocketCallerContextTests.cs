@@ -39,43 +39,33 @@ public sealed class ReactorSocketCallerContextTests
     [Fact]
     public async Task A_connect_waiting_for_a_full_Unix_backlog_never_posts_its_pauses_to_the_callers_context()
     {
-        string path = Path.Combine(Path.GetTempPath(), $"ctx-backlog-{Guid.NewGuid():N}.sock");
-        var endPoint = new UnixDomainSocketEndPoint(path);
-        var clients = new List<ReactorSocket>();
+        using var backlog = new UnixBacklogPath("ctx-backlog");
         var blocked = new BlockedSynchronizationContext();
-        try
+        await using var io = new IoTestContext();
+        using ReactorSocket listener = io.Listen(backlog.EndPoint, backlog: 1);
+        // A Unix domain connect with room completes within its call, so the call's result tells which one waits; a
+        // 200-ms window stood for that, which a connect with room, run late on a loaded machine, could outlast.
+        Task<ReactorSocket>? waiting = null;
+        for (int i = 0; i < 8 && waiting is null; i++)
         {
-            await using var io = new IoTestContext();
-            using ReactorSocket listener = io.Listen(endPoint, backlog: 1);
-            // A Unix domain connect with room completes within its call, so the call's result tells which one waits; a
-            // 200-ms window stood for that, which a connect with room, run late on a loaded machine, could outlast.
-            Task<ReactorSocket>? waiting = null;
-            for (int i = 0; i < 8 && waiting is null; i++)
+            Task<ReactorSocket>? connect = null;
+            blocked.Run(() => connect = ConnectWithoutContextAsync(io.Reactor, backlog.EndPoint));
+            if (connect!.IsCompleted)
             {
-                Task<ReactorSocket>? connect = null;
-                blocked.Run(() => connect = ConnectWithoutContextAsync(io.Reactor, endPoint));
-                if (connect!.IsCompleted)
-                {
-                    clients.Add(await connect);
-                }
-                else
-                {
-                    waiting = connect;
-                }
+                backlog.Clients.Add(await connect);
             }
+            else
+            {
+                waiting = connect;
+            }
+        }
 
-            waiting.Should().NotBeNull("a connect to a full backlog waits, pausing again and again");
-            await Task.Delay(200); // the waiting connect's pauses (1 ms, then 2, 4, ...) come and go meanwhile
-            blocked.Posts.Should().Be(0, "the connect's pauses resume off the caller's context");
-            using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
-            using ReactorSocket client = await waiting!.WaitAsync(IoTestContext.Timeout);
-            blocked.Posts.Should().Be(0);
-        }
-        finally
-        {
-            clients.ForEach(c => c.Dispose());
-            File.Delete(path);
-        }
+        waiting.Should().NotBeNull("a connect to a full backlog waits, pausing again and again");
+        await Task.Delay(200); // the waiting connect's pauses (1 ms, then 2, 4, ...) come and go meanwhile
+        blocked.Posts.Should().Be(0, "the connect's pauses resume off the caller's context");
+        using ReactorSocket first = await io.Run(async () => await listener.AcceptAsync());
+        using ReactorSocket client = await waiting!.WaitAsync(IoTestContext.Timeout);
+        blocked.Posts.Should().Be(0);
     }
 
     private static async Task<ReactorSocket> ConnectWithoutContextAsync(IoReactor reactor, UnixDomainSocketEndPoint endPoint) =>
