@@ -371,13 +371,7 @@ public sealed class StatisticsTests
     public async Task Each_instrument_of_the_meter_reports_its_own_statistic()
     {
         // One worker and no compensation: nothing is stolen, and queued work stays queued while the worker is held.
-        var scheduler = new WorkStealingTaskScheduler(new WorkStealingTaskSchedulerOptions
-        {
-            WorkerCount = 1,
-            SpinIterations = 0,
-            BlockingCompensationDelay = Timeout.InfiniteTimeSpan,
-            ThreadNamePrefix = "MeterValues",
-        });
+        var scheduler = SchedulerTestHelpers.CreateWithoutCompensation(1, spin: 0);
         await using var disposeScheduler = SchedulerTestHelpers.DisposeWithin(scheduler);
         await scheduler.Factory.StartNew(() =>
         {
