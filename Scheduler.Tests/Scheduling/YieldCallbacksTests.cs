@@ -1,3 +1,5 @@
+using Scheduler.Tests.Sources;
+
 namespace Scheduler.Tests.Scheduling;
 
 /// <summary>
@@ -16,13 +18,13 @@ public sealed class YieldCallbacksTests
         found.Should().HaveCount(2).And.OnlyContain(callback => callback != null);
         found[0].Should().NotBeSameAs(found[1]);
 
-        var recorder = new RecordingContext();
+        var recorder = new HeldPostsSynchronizationContext(); // runs nothing it is given until asked
         var resumption = new TaskCompletionSource();
         SynchronizationContext? previous = SynchronizationContext.Current;
         try
         {
             SynchronizationContext.SetSynchronizationContext(recorder);
-            _ = YieldOnceAsync(); // posts its yield and stays suspended: the recorder never runs what it is given
+            _ = YieldOnceAsync(); // posts its yield and stays suspended
             Task.Yield().GetAwaiter().UnsafeOnCompleted(static () => { });
             _ = AwaitAsync(resumption.Task);
         }
@@ -32,37 +34,13 @@ public sealed class YieldCallbacksTests
         }
 
         resumption.SetResult(); // completed off the recorder: the awaiting method's resumption is posted to it, within this call
-        recorder.Posted.Should().HaveCount(3);
-        found.Should().Contain(recorder.Posted[0], "an async method's yield").And.Contain(recorder.Posted[1], "an awaiter's yield");
-        found.Should().NotContain(recorder.Posted[2], "an awaited task's resumption is no yield");
+        SendOrPostCallback[] posted = recorder.HeldCallbacks;
+        posted.Should().HaveCount(3);
+        found.Should().Contain(posted[0], "an async method's yield").And.Contain(posted[1], "an awaiter's yield");
+        found.Should().NotContain(posted[2], "an awaited task's resumption is no yield");
     }
 
     private static async Task YieldOnceAsync() => await Task.Yield();
 
     private static async Task AwaitAsync(Task task) => await task;
-
-    /// <summary>Records each post's callback and runs none.</summary>
-    private sealed class RecordingContext : SynchronizationContext
-    {
-        private readonly List<SendOrPostCallback> _posted = [];
-
-        public IReadOnlyList<SendOrPostCallback> Posted
-        {
-            get
-            {
-                lock (_posted)
-                {
-                    return [.. _posted];
-                }
-            }
-        }
-
-        public override void Post(SendOrPostCallback d, object? state)
-        {
-            lock (_posted)
-            {
-                _posted.Add(d);
-            }
-        }
-    }
 }

@@ -62,6 +62,18 @@ internal sealed class HeldPostsSynchronizationContext : SynchronizationContext
         }
     }
 
+    /// <summary>The callbacks held, in the order they were posted.</summary>
+    public SendOrPostCallback[] HeldCallbacks
+    {
+        get
+        {
+            lock (_posts)
+            {
+                return [.. _posts.Select(post => post.Callback)];
+            }
+        }
+    }
+
     public override void Post(SendOrPostCallback d, object? state)
     {
         lock (_posts)
