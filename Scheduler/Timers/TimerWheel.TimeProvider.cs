@@ -15,7 +15,10 @@ public sealed partial class TimerWheel
     /// </summary>
     /// <param name="callback">Invoked on each firing. An exception it throws is unhandled on its ThreadPool thread, as with <see cref="System.Threading.Timer"/>; the wheel keeps running.</param>
     /// <param name="state">Passed to <paramref name="callback"/>.</param>
-    /// <param name="dueTime">Delay before the first firing; <see cref="TimeSpan.Zero"/> fires at once, <see cref="Timeout.InfiniteTimeSpan"/> never (until <see cref="ITimer.Change"/>).</param>
+    /// <param name="dueTime">
+    /// Delay before the first firing; <see cref="TimeSpan.Zero"/> fires at once (the callback may run before this method
+    /// returns, as with <see cref="System.Threading.Timer"/>), <see cref="Timeout.InfiniteTimeSpan"/> never (until <see cref="ITimer.Change"/>).
+    /// </param>
     /// <param name="period">Interval between firings; <see cref="TimeSpan.Zero"/> or <see cref="Timeout.InfiniteTimeSpan"/> for a one-shot timer.</param>
     /// <returns>The timer; <see cref="ITimer.Change"/> reschedules it, <see cref="IDisposable.Dispose"/> cancels it.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="callback"/> is null.</exception>
