@@ -51,6 +51,11 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         bool stop = false;
         using var roundStart = new Barrier(Producers + 1);
         using var roundEnd = new Barrier(Producers + 1);
+
+        // A failed round leaves the producers waiting at a barrier. Released by this, they end; left there, the barriers'
+        // disposal threw on their threads and crashed the test host (session 53, under a mutant), which reported the
+        // run aborted instead of this test failed.
+        using var abandon = new CancellationTokenSource();
         var producers = new Thread[Producers];
         for (int p = 0; p < Producers; p++)
         {
@@ -60,8 +65,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 CancellationToken token = tokens[producer].Token;
                 while (true)
                 {
-                    roundStart.SignalAndWait();
-                    if (Volatile.Read(ref stop))
+                    if (!TrySignalAndWait(roundStart, abandon.Token) || Volatile.Read(ref stop))
                     {
                         return;
                     }
@@ -95,7 +99,10 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                         }
                     }
 
-                    roundEnd.SignalAndWait();
+                    if (!TrySignalAndWait(roundEnd, abandon.Token))
+                    {
+                        return;
+                    }
                 }
             })
             { IsBackground = true, Name = $"stress producer {p}" };
@@ -124,62 +131,78 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         long rentals = 0;
         int round = 0;
         var awaiters = new Task[Batch];
-        while (rentals < TargetRentals && (stopwatch.Elapsed < budget || (rentals < MinimumRentals && stopwatch.Elapsed < hardLimit)))
+        bool finished = false;
+        try
         {
-            for (int i = 0; i < Batch; i++)
+            while (rentals < TargetRentals && (stopwatch.Elapsed < budget || (rentals < MinimumRentals && stopwatch.Elapsed < hardLimit)))
             {
-                sources[i] = PooledValueTaskSource<long>.Rent();
-                versions[i] = sources[i].Version;
-                ids[i] = rentals + i;
-                winners[i] = -1;
-                outcomes[i] = -1;
+                for (int i = 0; i < Batch; i++)
+                {
+                    sources[i] = PooledValueTaskSource<long>.Rent();
+                    versions[i] = sources[i].Version;
+                    ids[i] = rentals + i;
+                    winners[i] = -1;
+                    outcomes[i] = -1;
+                }
+
+                // Alternate: awaiters on a scheduler worker (continuations go to its inbox) or on the ThreadPool.
+                if (round % 2 == 0)
+                {
+                    await scheduler.Factory.StartNew(() =>
+                    {
+                        for (int i = 0; i < Batch; i++)
+                        {
+                            awaiters[i] = AwaitRental(i, ids[i], sources[i]);
+                        }
+                    });
+                }
+                else
+                {
+                    await Task.Run(() =>
+                    {
+                        for (int i = 0; i < Batch; i++)
+                        {
+                            awaiters[i] = AwaitRental(i, ids[i], sources[i]);
+                        }
+                    });
+                }
+
+                await Task.Run(() => roundStart.SignalAndWait());
+                await Task.Run(() => roundEnd.SignalAndWait());
+                await Task.WhenAll(awaiters).WaitAsync(TimeSpan.FromSeconds(30));
+
+                for (int i = 0; i < Batch; i++)
+                {
+                    int winner = winners[i];
+                    winner.Should().BeGreaterThanOrEqualTo(0, "rental {0} must have been completed by exactly one producer", ids[i]);
+                    int expected = winner % 3 == KindCanceled ? winner : winner % 3;
+                    outcomes[i].Should().Be(expected, "rental {0} must be delivered to its own awaiter with the winner's outcome", ids[i]);
+                }
+
+                Array.Copy(sources, previousSources, Batch);
+                Array.Copy(versions, previousVersions, Batch);
+                rentals += Batch;
+                round++;
             }
 
-            // Alternate: awaiters on a scheduler worker (continuations go to its inbox) or on the ThreadPool.
-            if (round % 2 == 0)
+            finished = true;
+        }
+        finally
+        {
+            if (finished)
             {
-                await scheduler.Factory.StartNew(() =>
-                {
-                    for (int i = 0; i < Batch; i++)
-                    {
-                        awaiters[i] = AwaitRental(i, ids[i], sources[i]);
-                    }
-                });
+                Volatile.Write(ref stop, true);
+                roundStart.SignalAndWait();
             }
             else
             {
-                await Task.Run(() =>
-                {
-                    for (int i = 0; i < Batch; i++)
-                    {
-                        awaiters[i] = AwaitRental(i, ids[i], sources[i]);
-                    }
-                });
+                abandon.Cancel();
             }
 
-            await Task.Run(() => roundStart.SignalAndWait());
-            await Task.Run(() => roundEnd.SignalAndWait());
-            await Task.WhenAll(awaiters).WaitAsync(TimeSpan.FromSeconds(30));
-
-            for (int i = 0; i < Batch; i++)
+            foreach (Thread producer in producers)
             {
-                int winner = winners[i];
-                winner.Should().BeGreaterThanOrEqualTo(0, "rental {0} must have been completed by exactly one producer", ids[i]);
-                int expected = winner % 3 == KindCanceled ? winner : winner % 3;
-                outcomes[i].Should().Be(expected, "rental {0} must be delivered to its own awaiter with the winner's outcome", ids[i]);
+                producer.Join();
             }
-
-            Array.Copy(sources, previousSources, Batch);
-            Array.Copy(versions, previousVersions, Batch);
-            rentals += Batch;
-            round++;
-        }
-
-        Volatile.Write(ref stop, true);
-        roundStart.SignalAndWait();
-        foreach (Thread producer in producers)
-        {
-            producer.Join();
         }
 
         foreach (CancellationTokenSource cts in tokens)
@@ -191,6 +214,19 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         doubleWins.Should().Be(0);
         staleSuccesses.Should().Be(0);
         rentals.Should().BeGreaterThanOrEqualTo(MinimumRentals, "the race needs a meaningful number of rentals even on a slow machine");
+    }
+
+    private static bool TrySignalAndWait(Barrier barrier, CancellationToken abandon)
+    {
+        try
+        {
+            barrier.SignalAndWait(abandon);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
     }
 
     private sealed class RentalFault(int slot) : Exception($"fault for slot {slot}");
