@@ -20,7 +20,7 @@ public sealed class ValueTaskSourcePoolTests
         pool.Return(first).Should().BeTrue();
         pool.Count.Should().Be(0, "the first object returned on a thread stays in that thread's cache");
         pool.Rent().Should().BeSameAs(first);
-        pool.Return(first);
+        pool.Return(first).Should().BeTrue("the thread's own slot, empty again, keeps it (session 53: a mutant that kept it and said false survived)");
 
         // Same thread, so almost always the same processor's slots; the overflow queue covers a migration.
         var seen = new HashSet<object>(ReferenceEqualityComparer.Instance);

@@ -240,6 +240,9 @@ public sealed class ValueTaskSourcePool<T>
         return false;
     }
 
+    /// <summary>The length of the per-thread array now (for tests of the threads whose offset lies at its end).</summary>
+    internal int ThreadCacheLengthForTests => Volatile.Read(ref _threadCache).Length;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int CurrentStripe() => (int)((uint)Thread.GetCurrentProcessorId() % (uint)_stripeCount);
 }
