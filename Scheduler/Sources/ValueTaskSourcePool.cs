@@ -243,6 +243,12 @@ public sealed class ValueTaskSourcePool<T>
     /// <summary>The length of the per-thread array now (for tests of the threads whose offset lies at its end).</summary>
     internal int ThreadCacheLengthForTests => Volatile.Read(ref _threadCache).Length;
 
+    /// <summary>
+    /// Replaces the per-thread array with an empty one of <paramref name="length"/> slots, so that a test thread's offset
+    /// can lie exactly at its end: the arrays the pool makes cover every id once the process has used the highest one.
+    /// </summary>
+    internal void SetThreadCacheLengthForTests(int length) => Volatile.Write(ref _threadCache, new object?[length]);
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int CurrentStripe() => (int)((uint)Thread.GetCurrentProcessorId() % (uint)_stripeCount);
 }
