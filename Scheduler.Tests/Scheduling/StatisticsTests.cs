@@ -388,20 +388,15 @@ public sealed class StatisticsTests
         await ExpectMeterToMatchStatistics(scheduler, "parked");
 
         // Held, with work queued behind it.
-        using var release = new ManualResetEventSlim();
-        using var running = new ManualResetEventSlim();
-        Task holder = scheduler.Factory.StartNew(() =>
+        Task[] queued;
+        using (new WorkerBlockers(scheduler, 1))
         {
-            running.Set();
-            release.Wait(SchedulerTestHelpers.Timeout);
-        });
-        running.Wait(SchedulerTestHelpers.Timeout).Should().BeTrue();
-        Task[] queued = [.. Enumerable.Range(0, 3).Select(_ => scheduler.Factory.StartNew(() => { }))];
-        scheduler.GetStatistics().QueuedTasks.Should().Be(3);
-        await ExpectMeterToMatchStatistics(scheduler, "held");
+            queued = [.. Enumerable.Range(0, 3).Select(_ => scheduler.Factory.StartNew(() => { }))];
+            scheduler.GetStatistics().QueuedTasks.Should().Be(3);
+            await ExpectMeterToMatchStatistics(scheduler, "held");
+        }
 
-        release.Set();
-        await Task.WhenAll([holder, .. queued]).WithTimeout();
+        await Task.WhenAll(queued).WithTimeout();
     }
 
     [Fact]

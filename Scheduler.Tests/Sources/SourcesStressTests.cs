@@ -48,14 +48,13 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
 
         int doubleWins = 0;
         int staleSuccesses = 0;
-        bool stop = false;
         using var roundStart = new Barrier(Producers + 1);
         using var roundEnd = new Barrier(Producers + 1);
 
-        // A failed round leaves the producers waiting at a barrier. Released by this, they end; left there, the barriers'
-        // disposal threw on their threads and crashed the test host (session 53, under a mutant), which reported the
-        // run aborted instead of this test failed.
-        using var abandon = new CancellationTokenSource();
+        // Ends the producers, which wait at a barrier between rounds, whether the run finished or a round failed. Left
+        // there by a failed round, they met the barriers' disposal, which threw on their threads and crashed the test
+        // host (session 53, under a mutant): the run was reported aborted instead of this test failed.
+        using var producersEnd = new CancellationTokenSource();
         var producers = new Thread[Producers];
         for (int p = 0; p < Producers; p++)
         {
@@ -65,7 +64,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 CancellationToken token = tokens[producer].Token;
                 while (true)
                 {
-                    if (!TrySignalAndWait(roundStart, abandon.Token) || Volatile.Read(ref stop))
+                    if (!TrySignalAndWait(roundStart, producersEnd.Token))
                     {
                         return;
                     }
@@ -99,7 +98,7 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                         }
                     }
 
-                    if (!TrySignalAndWait(roundEnd, abandon.Token))
+                    if (!TrySignalAndWait(roundEnd, producersEnd.Token))
                     {
                         return;
                     }
@@ -131,7 +130,6 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         long rentals = 0;
         int round = 0;
         var awaiters = new Task[Batch];
-        bool finished = false;
         try
         {
             while (rentals < TargetRentals && (stopwatch.Elapsed < budget || (rentals < MinimumRentals && stopwatch.Elapsed < hardLimit)))
@@ -184,21 +182,10 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
                 rentals += Batch;
                 round++;
             }
-
-            finished = true;
         }
         finally
         {
-            if (finished)
-            {
-                Volatile.Write(ref stop, true);
-                roundStart.SignalAndWait();
-            }
-            else
-            {
-                abandon.Cancel();
-            }
-
+            producersEnd.Cancel();
             foreach (Thread producer in producers)
             {
                 producer.Join();
@@ -216,11 +203,11 @@ public sealed class SourcesStressTests(ITestOutputHelper output)
         rentals.Should().BeGreaterThanOrEqualTo(MinimumRentals, "the race needs a meaningful number of rentals even on a slow machine");
     }
 
-    private static bool TrySignalAndWait(Barrier barrier, CancellationToken abandon)
+    private static bool TrySignalAndWait(Barrier barrier, CancellationToken end)
     {
         try
         {
-            barrier.SignalAndWait(abandon);
+            barrier.SignalAndWait(end);
             return true;
         }
         catch (OperationCanceledException)

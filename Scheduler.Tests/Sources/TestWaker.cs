@@ -52,28 +52,35 @@ internal sealed class TestWaker<T> : IValueTaskSource<T>, IThreadPoolWorkItem
 internal sealed class WorkerBlockers : IDisposable
 {
     private readonly ManualResetEventSlim _release = new();
+
+    // Disposed with the blockers, not when the constructor's wait returns: the last blocker may still be inside Signal
+    // then, and a disposed event would fault it before it blocks its worker.
+    private readonly CountdownEvent _started;
     private readonly Task[] _blockers;
 
     public WorkerBlockers(WorkStealingTaskScheduler scheduler, int count)
     {
-        using var started = new CountdownEvent(count);
+        _started = new CountdownEvent(count);
         _blockers = new Task[count];
         for (int i = 0; i < count; i++)
         {
             _blockers[i] = scheduler.Factory.StartNew(() =>
             {
-                started.Signal();
+                _started.Signal();
                 _release.Wait();
             });
         }
 
-        started.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue("every blocker should start on its own worker");
+        _started.Wait(TimeSpan.FromSeconds(10)).Should().BeTrue("every blocker should start on its own worker");
     }
 
     public void Dispose()
     {
         _release.Set();
-        Task.WaitAll(_blockers, TimeSpan.FromSeconds(10));
-        _release.Dispose();
+        if (Task.WaitAll(_blockers, TimeSpan.FromSeconds(10)))
+        {
+            _started.Dispose();
+            _release.Dispose();
+        }
     }
 }
